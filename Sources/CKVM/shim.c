@@ -1,0 +1,42 @@
+// Computed in C, never in Swift or C++: see PLATFORM.md on flexible arrays.
+#define _GNU_SOURCE
+#include "CKVM.h"
+#include <sys/mman.h>
+#include <sys/ioctl.h>
+
+const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
+const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
+const unsigned long CKVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
+const unsigned long CKVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
+const unsigned long CKVM_CREATE_VCPU = KVM_CREATE_VCPU;
+const unsigned long CKVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
+const unsigned long CKVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
+const unsigned long CKVM_ENABLE_CAP = KVM_ENABLE_CAP;
+const unsigned long CKVM_RUN = KVM_RUN;
+const unsigned long CKVM_GET_REGS = KVM_GET_REGS;
+const unsigned long CKVM_SET_REGS = KVM_SET_REGS;
+const unsigned long CKVM_GET_SREGS = KVM_GET_SREGS;
+const unsigned long CKVM_SET_SREGS = KVM_SET_SREGS;
+const unsigned long CKVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
+const unsigned long CKVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
+const unsigned long CKVM_SET_MSRS = KVM_SET_MSRS;
+const unsigned long CKVM_GET_MSRS = KVM_GET_MSRS;
+
+int ckvm_ioctl(int fd, unsigned long request, unsigned long argument) {
+    return ioctl(fd, request, argument);
+}
+
+int ckvm_ioctl_ptr(int fd, unsigned long request, void *argument) {
+    return ioctl(fd, request, argument);
+}
+
+size_t ckvm_sizeof_kvm_run(void) { return sizeof(struct kvm_run); }
+size_t ckvm_sizeof_kvm_regs(void) { return sizeof(struct kvm_regs); }
+size_t ckvm_sizeof_kvm_sregs(void) { return sizeof(struct kvm_sregs); }
+size_t ckvm_sizeof_kvm_vcpu_events(void) { return sizeof(struct kvm_vcpu_events); }
+size_t ckvm_sizeof_kvm_userspace_memory_region(void) { return sizeof(struct kvm_userspace_memory_region); }
+size_t ckvm_offsetof_kvm_run_s(void) { return offsetof(struct kvm_run, s); }
+
+int ckvm_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+size_t ckvm_sizeof_kvm_msrs(void) { return sizeof(struct kvm_msrs); }
+size_t ckvm_offsetof_msr_list_entries(void) { return offsetof(struct ckvm_msr_list, entries); }

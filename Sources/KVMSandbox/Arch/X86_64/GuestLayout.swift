@@ -1,0 +1,28 @@
+/// Where things live in the guest's virtual address space (x86-64, lower canonical half).
+///
+/// ```
+/// 0x0000_0000_0000  page 0: never mapped (null pointers fault)
+/// 0x0000_0040_0000  ELF image (ET_EXEC at its own addresses; static-PIE loaded here)
+///    ...            heap (brk), growing up from the end of the image
+///    ...            anonymous mmap regions, growing down from below the stack
+/// stackTop-size     stack (RW, NX); the page below it is an unmapped guard page
+/// 0x7fff_ffff_e000  syscall entry stub (user read+execute, read-only: `syscall` lands here)
+/// 0x7fff_ffff_f000  GDT (supervisor-only, read-only: the guest cannot touch it)
+/// ```
+/// Page tables are in guest-physical pages that no virtual address maps.
+public enum GuestLayout {
+    /// The lowest address an ELF segment may use (page 0 stays unmapped).
+    public static let lowestSegmentAddress: UInt64 = 0x1000
+    /// Where a static-PIE (ET_DYN) program is loaded.
+    public static let pieBase: UInt64 = 0x40_0000
+    /// One past the highest stack byte.
+    public static let stackTop: UInt64 = 0x7ff0_0000_0000
+    /// Unmapped pages kept between the stack's guard page and the mmap region.
+    public static let stackGap: UInt64 = 256 * PageSize.bytes
+    /// Program segments must end below this address (leaves room for mmap and the stack).
+    public static let imageLimit: UInt64 = 0x7000_0000_0000
+    /// The page holding the `syscall` entry stub (MSR_LSTAR).
+    public static let syscallStubPage: UInt64 = 0x7ff0_0000_1000
+    /// The page holding the GDT.
+    public static let systemPage: UInt64 = 0x7fff_ffff_f000
+}

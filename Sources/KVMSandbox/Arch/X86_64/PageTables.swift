@@ -1,0 +1,120 @@
+/// Permissions of a guest page, as the guest's program sees them.
+public struct PagePermissions: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    /// The guest may read the page (every mapped user page is readable on x86-64).
+    public static let read = PagePermissions(rawValue: 1)
+    /// The guest may write the page.
+    public static let write = PagePermissions(rawValue: 2)
+    /// The guest may execute the page.
+    public static let execute = PagePermissions(rawValue: 4)
+    /// Only the CPU at CPL 0 may touch the page (GDT, IDT, TSS): the guest program may not.
+    public static let supervisor = PagePermissions(rawValue: 8)
+}
+
+/// How the guest program wants to use a page, for translations checked like the MMU would.
+enum MemoryAccess {
+    case read, write, execute
+}
+
+/// x86-64 4-level page tables, built by the host inside guest memory.
+///
+/// The tables live in guest-physical pages that no virtual address maps, so the guest cannot
+/// read or write them. Intermediate entries allow everything; the leaf carries the permissions.
+struct X86PageTables {
+    /// Entry bits.
+    static let present: UInt64 = 1 << 0
+    static let writable: UInt64 = 1 << 1
+    static let user: UInt64 = 1 << 2
+    static let accessed: UInt64 = 1 << 5
+    static let dirty: UInt64 = 1 << 6
+    static let noExecute: UInt64 = 1 << 63
+    static let addressMask: UInt64 = 0x000f_ffff_ffff_f000
+    /// The guest program may use virtual addresses below this (the lower canonical half).
+    static let userAddressLimit: UInt64 = 1 << 47
+
+    /// Guest-physical address of the PML4 (what CR3 holds).
+    let root: UInt64
+
+    /// Allocates an empty PML4.
+    init(memory: GuestMemory, allocator: inout PhysicalPageAllocator) throws(SandboxError) {
+        guard let root = allocator.allocate() else {
+            throw .outOfGuestMemory(needed: PageSize.bytes, available: allocator.available)
+        }
+        memory.zero(at: root, count: Int(PageSize.bytes))
+        self.root = root
+    }
+
+    /// The leaf entry bits for `permissions`.
+    static func leafBits(_ permissions: PagePermissions) -> UInt64 {
+        var bits = present | accessed
+        if permissions.contains(.write) { bits |= writable | dirty }
+        if !permissions.contains(.supervisor) { bits |= user }
+        if !permissions.contains(.execute) { bits |= noExecute }
+        return bits
+    }
+
+    private static func index(_ virtual: UInt64, level: Int) -> UInt64 {
+        (virtual >> (12 + 9 * UInt64(level))) & 0x1ff
+    }
+
+    /// Maps the 4 KiB page at `virtual` to `physical`, allocating intermediate tables as needed.
+    /// An existing mapping is replaced.
+    func map(_ virtual: UInt64, to physical: UInt64, _ permissions: PagePermissions,
+             memory: GuestMemory, allocator: inout PhysicalPageAllocator) throws(SandboxError) {
+        precondition(virtual % PageSize.bytes == 0 && physical % PageSize.bytes == 0)
+        precondition(virtual < Self.userAddressLimit, "virtual address outside the lower half")
+        var table = root
+        for level in stride(from: 3, to: 0, by: -1) {
+            let slot = table + Self.index(virtual, level: level) * 8
+            let entry = memory.load(UInt64.self, at: slot)
+            if entry & Self.present != 0 {
+                table = entry & Self.addressMask
+            } else {
+                guard let next = allocator.allocate() else {
+                    throw .outOfGuestMemory(needed: PageSize.bytes, available: allocator.available)
+                }
+                memory.zero(at: next, count: Int(PageSize.bytes))
+                memory.store(next | Self.present | Self.writable | Self.user | Self.accessed, at: slot)
+                table = next
+            }
+        }
+        memory.store(physical | Self.leafBits(permissions), at: table + Self.index(virtual, level: 0) * 8)
+    }
+
+    /// The leaf entry for `virtual`, or nil when a level is not present.
+    func leafEntry(_ virtual: UInt64, memory: GuestMemory) -> UInt64? {
+        guard virtual < Self.userAddressLimit else { return nil }
+        var table = root
+        var entry: UInt64 = 0
+        for level in stride(from: 3, through: 0, by: -1) {
+            let slot = table + Self.index(virtual, level: level) * 8
+            guard memory.contains(slot, count: 8) else { return nil }
+            entry = memory.load(UInt64.self, at: slot)
+            guard entry & Self.present != 0 else { return nil }
+            table = entry & Self.addressMask
+        }
+        return entry
+    }
+
+    /// Translates a virtual address as the MMU would for the guest program at CPL 3, or nil when
+    /// that access would fault (not present, supervisor-only, read-only, no-execute).
+    func translate(_ virtual: UInt64, for access: MemoryAccess, memory: GuestMemory) -> UInt64? {
+        guard let entry = leafEntry(virtual, memory: memory), entry & Self.user != 0 else { return nil }
+        switch access {
+        case .read: break
+        case .write: guard entry & Self.writable != 0 else { return nil }
+        case .execute: guard entry & Self.noExecute == 0 else { return nil }
+        }
+        let physical = (entry & Self.addressMask) | (virtual & (PageSize.bytes - 1))
+        return memory.contains(physical, count: 1) ? physical : nil
+    }
+
+    /// Translates for the host itself (loader, stack builder): any present page, whatever its permissions.
+    func translateForHost(_ virtual: UInt64, memory: GuestMemory) -> UInt64? {
+        guard let entry = leafEntry(virtual, memory: memory) else { return nil }
+        let physical = (entry & Self.addressMask) | (virtual & (PageSize.bytes - 1))
+        return memory.contains(physical, count: 1) ? physical : nil
+    }
+}

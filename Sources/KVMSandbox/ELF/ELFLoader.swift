@@ -1,0 +1,135 @@
+/// A program loaded into guest memory: where it is and what the initial stack needs to know.
+public struct LoadedProgram: Sendable {
+    /// The load base (0 for ET_EXEC; `GuestLayout.pieBase` minus the lowest page for static-PIE).
+    public let base: UInt64
+    /// The relocated entry point.
+    public let entry: UInt64
+    /// The guest address of the program headers (AT_PHDR), or 0 when they are not loaded.
+    public let programHeaderAddress: UInt64
+    /// AT_PHNUM.
+    public let programHeaderCount: Int
+    /// The first page after the highest segment: where the heap starts.
+    public let imageEnd: UInt64
+    /// The ELF's symbols (linked addresses; add `base`).
+    public let symbols: SymbolTable
+
+    /// `function+0xoffset` for a guest address, when a symbol covers it.
+    public func symbolize(_ address: UInt64) -> String? {
+        guard address >= base, let (symbol, offset) = symbols.function(containing: address - base) else { return nil }
+        return offset == 0 ? symbol.name : "\(symbol.name)+0x\(String(offset, radix: 16))"
+    }
+}
+
+/// Copies an ELF's PT_LOAD segments into fresh guest pages with the segments' permissions and
+/// applies static-PIE relocations.
+///
+/// Every page gets exactly the permissions its segment asks for: code is read+execute, data is
+/// read+write+NX, read-only data is read+NX. A page is writable and executable only when a single
+/// segment asks for both, or two segments with different permissions share it.
+enum ELFLoader {
+    static func load(_ elf: ELFFile, into space: AddressSpace) throws(SandboxError) -> LoadedProgram {
+        let loads = elf.loadSegments.filter { $0.memorySize > 0 }
+        let lowest = PageSize.alignDown(loads.map(\.virtualAddress).min() ?? 0)
+        let base = elf.isPositionIndependent ? GuestLayout.pieBase &- lowest : 0
+
+        // Page permissions: the union of every segment that touches the page.
+        var pages: [UInt64: PagePermissions] = [:]
+        var imageEnd: UInt64 = 0
+        for (index, segment) in elf.segments.enumerated() where segment.type == ELFFile.ptLoad && segment.memorySize > 0 {
+            let (start, startOverflow) = segment.virtualAddress.addingReportingOverflow(base)
+            let (end, endOverflow) = start.addingReportingOverflow(segment.memorySize)
+            guard !startOverflow, !endOverflow, start >= GuestLayout.lowestSegmentAddress,
+                  end <= GuestLayout.imageLimit, let pageEnd = PageSize.alignUp(end) else {
+                throw .invalidELF(.segmentOutsideGuestMemory(index: index, start: start, end: end))
+            }
+            guard (pageEnd - PageSize.alignDown(start)) / PageSize.bytes <= space.memory.size / PageSize.bytes else {
+                throw .outOfGuestMemory(needed: pageEnd - PageSize.alignDown(start), available: space.availableBytes)
+            }
+            var page = PageSize.alignDown(start)
+            while page < pageEnd {
+                pages[page, default: []].formUnion(segment.permissions)
+                page += PageSize.bytes
+            }
+            imageEnd = max(imageEnd, pageEnd)
+        }
+        for page in pages.keys.sorted() {
+            try space.mapNew(page, length: PageSize.bytes, pages[page]!)
+        }
+        for segment in loads where segment.fileSize > 0 {
+            let bytes = Array(elf.bytes[Int(segment.offset)..<Int(segment.offset + segment.fileSize)])
+            try hostWrite(bytes, at: base + segment.virtualAddress, space)
+        }
+        if elf.isPositionIndependent {
+            try relocate(elf, base: base, space: space)
+        }
+        return LoadedProgram(
+            base: base, entry: base + elf.entry,
+            programHeaderAddress: programHeaderAddress(elf).map { base + $0 } ?? 0,
+            programHeaderCount: elf.programHeaderCount, imageEnd: imageEnd, symbols: elf.symbols)
+    }
+
+    private static func hostWrite(_ bytes: [UInt8], at address: UInt64, _ space: AddressSpace) throws(SandboxError) {
+        do { try space.hostWrite(bytes, at: address) } catch {
+            throw .invalidELF(.badRelocations("write to unmapped address 0x\(String(address, radix: 16))"))
+        }
+    }
+
+    /// Where the program headers are in the (unrelocated) image: PT_PHDR, or the PT_LOAD holding e_phoff.
+    private static func programHeaderAddress(_ elf: ELFFile) -> UInt64? {
+        if let phdr = elf.segments.first(where: { $0.type == ELFFile.ptPhdr }) { return phdr.virtualAddress }
+        let size = UInt64(elf.programHeaderCount) * 56
+        return elf.loadSegments.first { segment in
+            elf.programHeaderOffset >= segment.offset && elf.programHeaderOffset - segment.offset + size <= segment.fileSize
+        }.map { $0.virtualAddress + (elf.programHeaderOffset - $0.offset) }
+    }
+
+    /// Applies R_X86_64_RELATIVE relocations from DT_RELA (all a static-PIE has). Idempotent, so a
+    /// libc that also relocates itself (musl's rcrt1) computes the same values again.
+    private static func relocate(_ elf: ELFFile, base: UInt64, space: AddressSpace) throws(SandboxError) {
+        guard let dynamic = elf.segments.first(where: { $0.type == ELFFile.ptDynamic }) else { return }
+        let reader = ByteReader(bytes: elf.bytes)
+        func fail(_ reason: String) -> SandboxError { .invalidELF(.badRelocations(reason)) }
+        guard reader.contains(dynamic.offset, dynamic.fileSize) else { throw fail("PT_DYNAMIC lies outside the file") }
+        var rela: UInt64?, relaSize: UInt64 = 0, relaEntry: UInt64 = 24
+        do {
+            for index in 0..<(dynamic.fileSize / 16) {
+                let tag = try reader.integer(UInt64.self, at: dynamic.offset + index * 16, "d_tag")
+                let value = try reader.integer(UInt64.self, at: dynamic.offset + index * 16 + 8, "d_val")
+                switch tag {
+                case 0: break
+                case 7: rela = value
+                case 8: relaSize = value
+                case 9: relaEntry = value
+                case 17, 36: throw fail("DT_REL/DT_RELR relocations are not supported (link without -z pack-relative-relocs)")
+                default: continue
+                }
+                if tag == 0 { break }
+            }
+            guard let rela, relaSize > 0 else { return }
+            guard relaEntry == 24 else { throw fail("DT_RELAENT is \(relaEntry), expected 24") }
+            guard let offset = elf.fileOffset(ofVirtualAddress: rela, count: relaSize) else {
+                throw fail("DT_RELA table lies outside the file")
+            }
+            for index in 0..<(relaSize / 24) {
+                let at = offset + index * 24
+                let target = try reader.integer(UInt64.self, at: at, "r_offset")
+                let info = try reader.integer(UInt64.self, at: at + 8, "r_info")
+                let addend = try reader.integer(UInt64.self, at: at + 16, "r_addend")
+                switch info & 0xffff_ffff {
+                case 0: continue  // R_X86_64_NONE
+                case 8:  // R_X86_64_RELATIVE
+                    let value = base &+ addend
+                    try hostWrite((0..<8).map { UInt8(truncatingIfNeeded: value >> ($0 * 8)) }, at: base &+ target, space)
+                default:
+                    throw fail("relocation type \(info & 0xffff_ffff) is not supported in a static program")
+                }
+            }
+        } catch let error as SandboxError {
+            throw error
+        } catch let error as ELFError {
+            throw .invalidELF(error)
+        } catch {
+            throw fail("\(error)")
+        }
+    }
+}

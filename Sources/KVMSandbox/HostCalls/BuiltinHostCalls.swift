@@ -1,0 +1,201 @@
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a built-in call asks the run loop to do.
+enum HostCallEffect: Equatable {
+    /// Return this value in `rax` and resume.
+    case value(Int64)
+    /// The guest exited with this status.
+    case exit(Int32)
+    /// The guest raised this signal at itself (e.g. `abort()`).
+    case signal(Int32)
+    /// Set the FS base (TLS pointer), return 0, resume.
+    case setFSBase(UInt64)
+    /// Not a built-in call.
+    case notBuiltin
+}
+
+/// The built-in host calls: output, exit, memory (brk, anonymous mmap), clocks, and the few Linux
+/// calls musl's start-up and stdio make. Every guest pointer goes through `GuestMemoryView`.
+final class BuiltinHostCalls {
+    private let space: AddressSpace
+    private let outputs: [Int32: OutputDestination]
+    private let outputLimit: UInt64
+    private(set) var outputWritten: UInt64 = 0
+    private(set) var captured: [Int32: [UInt8]] = [:]
+    private(set) var fsBase: UInt64 = 0
+
+    /// The heap (brk) and mmap regions: brk grows up from the image, mmap grows down from below the stack.
+    private let heapStart: UInt64
+    private var heapEnd: UInt64
+    private var heapMappedEnd: UInt64
+    private var mmapBottom: UInt64
+
+    init(space: AddressSpace, heapStart: UInt64, mmapTop: UInt64, outputs: [Int32: OutputDestination], outputLimit: UInt64) {
+        self.space = space
+        self.heapStart = heapStart
+        self.heapEnd = heapStart
+        self.heapMappedEnd = heapStart
+        self.mmapBottom = mmapTop
+        self.outputs = outputs
+        self.outputLimit = outputLimit
+    }
+
+    /// Serves call `number`; `.notBuiltin` when the number is not one of ours.
+    func handle(_ call: HostCall) throws -> HostCallEffect {
+        let E = HostCallErrno.self
+        switch call.number {
+        case HostCallNumber.write:
+            return .value(try write(fd: call.signed(0), call.memory, address: call[1], count: call[2]))
+        case HostCallNumber.writev:
+            return .value(try writev(fd: call.signed(0), call.memory, vector: call[1], count: call[2]))
+        case HostCallNumber.read:
+            return .value(-Int64(E.EBADF))
+        case HostCallNumber.exit, HostCallNumber.exitGroup:
+            return .exit(Int32(truncatingIfNeeded: call[0] & 0xff))
+        case HostCallNumber.brk:
+            return .value(Int64(bitPattern: brk(call[0])))
+        case HostCallNumber.mmap:
+            return .value(mmap(length: call[1], protection: call[2], flags: call[3]))
+        case HostCallNumber.munmap, HostCallNumber.madvise:
+            return .value(0)  // pages stay mapped: the guest keeps its memory until the VM ends
+        case HostCallNumber.mprotect:
+            return .value(-Int64(E.ENOSYS))
+        case HostCallNumber.ioctl:
+            return .value(try ioctl(fd: call.signed(0), request: call[1], call.memory, argument: call[2]))
+        case HostCallNumber.archPrctl:
+            switch call[0] {
+            case 0x1002: return call[1] < X86PageTables.userAddressLimit ? .setFSBase(call[1]) : .value(-Int64(E.EPERM))
+            case 0x1003: try call.memory.store(fsBase, at: call[1]); return .value(0)
+            default: return .value(-Int64(E.EINVAL))
+            }
+        case HostCallNumber.setTidAddress, HostCallNumber.getpid, HostCallNumber.gettid:
+            return .value(1)
+        case HostCallNumber.rtSigaction, HostCallNumber.rtSigprocmask:
+            return .value(0)
+        case HostCallNumber.kill, HostCallNumber.tkill:
+            return call[1] == 0 ? .value(0) : .signal(Int32(truncatingIfNeeded: call[1]))
+        case HostCallNumber.tgkill:
+            return call[2] == 0 ? .value(0) : .signal(Int32(truncatingIfNeeded: call[2]))
+        case HostCallNumber.clockGettime:
+            return .value(try clockGettime(clock: call[0], call.memory, into: call[1]))
+        case HostCallNumber.getrandom:
+            let count = min(call[1], 1 << 20)
+            try call.memory.write((0..<count).map { _ in UInt8.random(in: 0...255) }, to: call[0])
+            return .value(Int64(count))
+        default:
+            return .notBuiltin
+        }
+    }
+
+    func setFSBase(_ base: UInt64) { fsBase = base }
+
+    // MARK: output
+
+    private func write(fd: Int64, _ memory: GuestMemoryView, address: UInt64, count: UInt64) throws -> Int64 {
+        guard let destination = outputs[Int32(truncatingIfNeeded: fd)], fd == 1 || fd == 2 else {
+            return -Int64(HostCallErrno.EBADF)
+        }
+        guard count > 0 else { return 0 }
+        guard outputWritten < outputLimit else { return -Int64(HostCallErrno.EFBIG) }
+        let allowed = min(count, outputLimit - outputWritten)
+        var failed = false
+        try memory.withReadableChunks(address, count: allowed) { chunk in
+            guard !failed else { return }
+            switch destination {
+            case .discard: break
+            case .capture: captured[Int32(fd), default: []].append(contentsOf: chunk)
+            case .fileDescriptor(let hostFD):
+                do { _ = try FileDescriptor(rawValue: hostFD).writeAll(chunk) } catch { failed = true }
+            }
+        }
+        if failed { return -Int64(HostCallErrno.EIO) }
+        outputWritten += allowed
+        return Int64(allowed)
+    }
+
+    /// At most this many iovecs per writev (Linux's IOV_MAX).
+    static let maximumIOVectors: UInt64 = 1024
+
+    private func writev(fd: Int64, _ memory: GuestMemoryView, vector: UInt64, count: UInt64) throws -> Int64 {
+        guard count <= Self.maximumIOVectors else { return -Int64(HostCallErrno.EINVAL) }
+        let table = try memory.read(vector, count: Int(count) * 16)
+        var total: Int64 = 0
+        for index in 0..<Int(count) {
+            let base = table[index * 16..<index * 16 + 8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            let length = table[index * 16 + 8..<index * 16 + 16].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            let written = try write(fd: fd, memory, address: base, count: length)
+            if written < 0 { return total > 0 ? total : written }
+            total += written
+            if UInt64(written) < length { break }
+        }
+        return total
+    }
+
+    /// The captured bytes written to `fd`.
+    func capturedOutput(fd: Int32) -> [UInt8] { captured[fd] ?? [] }
+
+    /// TIOCGWINSZ on fd 1 or 2 succeeds when the host stream is a terminal (so libc line-buffers
+    /// it, as on Linux); every other ioctl is -ENOTTY.
+    private func ioctl(fd: Int64, request: UInt64, _ memory: GuestMemoryView, argument: UInt64) throws -> Int64 {
+        guard request == 0x5413, fd == 1 || fd == 2,
+              case .fileDescriptor(let hostFD) = outputs[Int32(fd)], isatty(hostFD) == 1 else {
+            return -Int64(HostCallErrno.ENOTTY)
+        }
+        var size = winsize()
+        guard ckvmIoctlPointer(hostFD, UInt(TIOCGWINSZ), &size) == 0 else { return -Int64(HostCallErrno.ENOTTY) }
+        try memory.write([UInt8(truncatingIfNeeded: size.ws_row), UInt8(size.ws_row >> 8),
+                          UInt8(truncatingIfNeeded: size.ws_col), UInt8(size.ws_col >> 8), 0, 0, 0, 0], to: argument)
+        return 0
+    }
+
+    // MARK: memory
+
+    /// Linux brk: grows (never shrinks) the heap; returns the new break, or the old one on failure.
+    private func brk(_ requested: UInt64) -> UInt64 {
+        guard requested > heapEnd else { return heapEnd }
+        guard let mappedEnd = PageSize.alignUp(requested), mappedEnd <= mmapBottom else { return heapEnd }
+        if mappedEnd > heapMappedEnd {
+            guard (try? space.mapNew(heapMappedEnd, length: mappedEnd - heapMappedEnd, [.read, .write])) != nil else {
+                return heapEnd
+            }
+            heapMappedEnd = mappedEnd
+        }
+        heapEnd = requested
+        return heapEnd
+    }
+
+    /// Anonymous private mappings only, placed top-down below the stack; no executable memory.
+    private func mmap(length: UInt64, protection: UInt64, flags: UInt64) -> Int64 {
+        let E = HostCallErrno.self
+        let anonymous: UInt64 = 0x20, fixed: UInt64 = 0x10, exec: UInt64 = 0x4
+        guard flags & anonymous != 0, flags & fixed == 0 else { return -Int64(E.EINVAL) }
+        guard protection & exec == 0 else { return -Int64(E.EACCES) }
+        guard length > 0, let size = PageSize.alignUp(length), size <= space.memory.size else { return -Int64(E.ENOMEM) }
+        guard mmapBottom >= size, mmapBottom - size >= heapMappedEnd + GuestLayout.stackGap else { return -Int64(E.ENOMEM) }
+        let start = mmapBottom - size
+        if protection != 0 {
+            guard (try? space.mapNew(start, length: size, [.read, .write])) != nil else { return -Int64(E.ENOMEM) }
+        }
+        mmapBottom = start
+        return Int64(start)
+    }
+
+    // MARK: time
+
+    private func clockGettime(clock: UInt64, _ memory: GuestMemoryView, into address: UInt64) throws -> Int64 {
+        let clockID: clockid_t
+        switch clock {
+        case 0, 8: clockID = CLOCK_REALTIME
+        case 1, 4, 6, 7: clockID = CLOCK_MONOTONIC
+        default: return -Int64(HostCallErrno.EINVAL)
+        }
+        var now = timespec()
+        clock_gettime(clockID, &now)
+        try memory.store(UInt64(now.tv_sec), at: address)
+        try memory.store(UInt64(now.tv_nsec), at: address + 8)
+        return 0
+    }
+}

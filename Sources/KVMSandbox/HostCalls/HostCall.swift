@@ -1,0 +1,61 @@
+/// Host-call numbers. Built-in calls use Linux x86-64 system-call numbers and semantics, so the
+/// same table serves `ks_hostcall` (the `out` trap) and the `syscall` instruction (musl's libc).
+/// Embedders register their own calls at `firstUserNumber` and above.
+public enum HostCallNumber {
+    public static let read = 0, write = 1, mmap = 9, mprotect = 10, munmap = 11, brk = 12
+    public static let rtSigaction = 13, rtSigprocmask = 14, ioctl = 16, writev = 20, madvise = 28
+    public static let getpid = 39, exit = 60, kill = 62, archPrctl = 158, gettid = 186, tkill = 200
+    public static let setTidAddress = 218, clockGettime = 228, exitGroup = 231, tgkill = 234
+    public static let getrandom = 318
+    /// The first number an embedder may register.
+    public static let firstUserNumber = 0x1000
+}
+
+/// The port a guest writes to (`out %al, $0x42`) to make a host call.
+public let hostCallPort: UInt16 = 0x42
+
+/// Linux errno values a host call returns negated.
+public enum HostCallErrno {
+    public static let EPERM: Int32 = 1, ENOENT: Int32 = 2, EINTR: Int32 = 4, EIO: Int32 = 5, EBADF: Int32 = 9
+    public static let ENOMEM: Int32 = 12, EACCES: Int32 = 13, EFAULT: Int32 = 14, EINVAL: Int32 = 22
+    public static let ENOTTY: Int32 = 25, EFBIG: Int32 = 27, ENOSYS: Int32 = 38
+}
+
+/// Thrown by a host-call handler to return `-code` to the guest.
+public struct HostCallFailure: Error, Sendable, Equatable {
+    /// The (positive) errno.
+    public let code: Int32
+    /// Fails the call with `code` (e.g. `HostCallErrno.EINVAL`).
+    public init(_ code: Int32) { self.code = code }
+}
+
+/// One host call, as a handler sees it: the number, six integer arguments, and checked access to
+/// the guest's memory.
+public struct HostCall {
+    /// The host-call number (guest `rax`).
+    public let number: Int
+    /// The arguments, in the order of guest registers rdi, rsi, rdx, r10, r8, r9.
+    public let arguments: [UInt64]
+    /// The guest's memory, with the guest's own permissions.
+    public let memory: GuestMemoryView
+
+    /// Argument `index` (0...5) as an unsigned integer.
+    public subscript(index: Int) -> UInt64 { arguments[index] }
+    /// Argument `index` as a signed integer.
+    public func signed(_ index: Int) -> Int64 { Int64(bitPattern: arguments[index]) }
+}
+
+/// A host-call handler. The value it returns goes to the guest's `rax`. Throwing
+/// `GuestMemoryError` returns `-EFAULT`; throwing `HostCallFailure(code)` returns `-code`;
+/// any other error ends the run with `RunOutcome.hostCallFailed`.
+public typealias HostCallHandler = (HostCall) throws -> Int64
+
+/// Where the guest's writes to fd 1 or 2 go.
+public enum OutputDestination: Sendable, Equatable {
+    /// A host file descriptor (not closed by the sandbox).
+    case fileDescriptor(Int32)
+    /// Kept in memory, read back with `Sandbox.capturedOutput(fd:)`.
+    case capture
+    /// Thrown away (the guest still sees the write succeed).
+    case discard
+}

@@ -1,0 +1,58 @@
+import CKVM
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+// Thin Swift names for the C shim, so the rest of the KVM layer reads as Swift.
+
+@inline(__always) func ckvmIoctl(_ fd: Int32, _ request: UInt, _ argument: UInt) -> Int32 {
+    ckvm_ioctl(fd, request, argument)
+}
+
+@inline(__always) func ckvmIoctlPointer(_ fd: Int32, _ request: UInt, _ pointer: UnsafeMutableRawPointer) -> Int32 {
+    ckvm_ioctl_ptr(fd, request, pointer)
+}
+
+@inline(__always) func systemErrno() -> Int32 { errno }
+
+/// The ioctl request numbers, computed by the C compiler from <linux/kvm.h>.
+enum KVMRequest {
+    static let getAPIVersion = CKVM_GET_API_VERSION
+    static let createVM = CKVM_CREATE_VM
+    static let checkExtension = CKVM_CHECK_EXTENSION
+    static let getVCPUMmapSize = CKVM_GET_VCPU_MMAP_SIZE
+    static let createVCPU = CKVM_CREATE_VCPU
+    static let setUserMemoryRegion = CKVM_SET_USER_MEMORY_REGION
+    static let getDirtyLog = CKVM_GET_DIRTY_LOG
+    static let enableCap = CKVM_ENABLE_CAP
+    static let run = CKVM_RUN
+    static let getRegs = CKVM_GET_REGS
+    static let setRegs = CKVM_SET_REGS
+    static let getSRegs = CKVM_GET_SREGS
+    static let setSRegs = CKVM_SET_SREGS
+    static let getVCPUEvents = CKVM_GET_VCPU_EVENTS
+    static let setVCPUEvents = CKVM_SET_VCPU_EVENTS
+    static let setMSRs = CKVM_SET_MSRS
+    static let getMSRs = CKVM_GET_MSRS
+}
+
+/// The sizes of the C structs, as the C compiler sees them (checked against Swift in a test).
+public enum KVMStructSizes {
+    /// `sizeof` of each struct Swift imports, keyed by name, with Swift's `MemoryLayout.size` beside it.
+    public static var all: [(name: String, c: Int, swift: Int)] {
+        [
+            ("kvm_run", ckvm_sizeof_kvm_run(), MemoryLayout<kvm_run>.size),
+            ("kvm_regs", ckvm_sizeof_kvm_regs(), MemoryLayout<kvm_regs>.size),
+            ("kvm_sregs", ckvm_sizeof_kvm_sregs(), MemoryLayout<kvm_sregs>.size),
+            ("kvm_vcpu_events", ckvm_sizeof_kvm_vcpu_events(), MemoryLayout<kvm_vcpu_events>.size),
+            ("kvm_userspace_memory_region", ckvm_sizeof_kvm_userspace_memory_region(),
+             MemoryLayout<kvm_userspace_memory_region>.size),
+            ("kvm_run.s offset", ckvm_offsetof_kvm_run_s(), MemoryLayout<kvm_run>.offset(of: \kvm_run.s) ?? -1),
+            ("kvm_msrs header", ckvm_sizeof_kvm_msrs(), ckvm_offsetof_msr_list_entries()),
+            ("ckvm_msr_list.entries offset", ckvm_offsetof_msr_list_entries(),
+             MemoryLayout<ckvm_msr_list>.offset(of: \ckvm_msr_list.entries) ?? -1),
+        ]
+    }
+}

@@ -1,0 +1,177 @@
+import Atomics
+import CKVM
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why `KVM_RUN` returned, decoded from `kvm_run`.
+enum VCPUExit: Equatable {
+    /// `in`/`out`: port, direction, access size, repeat count.
+    case io(port: UInt16, isOut: Bool, size: Int, count: Int)
+    /// An access to guest-physical memory with no memslot.
+    case mmio(address: UInt64, isWrite: Bool, length: Int)
+    /// `KVM_EXIT_SHUTDOWN`: on PVM, any CPU exception when there is no IDT.
+    case shutdown
+    /// `KVM_EXIT_INTERNAL_ERROR` with its suberror (hardware KVM: an exception with no IDT).
+    case internalError(suberror: UInt32)
+    /// `KVM_EXIT_FAIL_ENTRY` with the hardware's reason.
+    case failEntry(reason: UInt64)
+    /// `KVM_RUN` returned `EINTR` (a signal or `immediate_exit`).
+    case interrupted
+    /// `KVM_EXIT_HLT` and anything else: the raw exit reason.
+    case other(reason: UInt32)
+
+    /// The `KVM_EXIT_*` name of a raw exit reason, for error messages.
+    static func name(of reason: UInt32) -> String {
+        let names: [UInt32: String] = [
+            0: "KVM_EXIT_UNKNOWN", 1: "KVM_EXIT_EXCEPTION", 2: "KVM_EXIT_IO", 3: "KVM_EXIT_HYPERCALL",
+            4: "KVM_EXIT_DEBUG", 5: "KVM_EXIT_HLT", 6: "KVM_EXIT_MMIO", 7: "KVM_EXIT_IRQ_WINDOW_OPEN",
+            8: "KVM_EXIT_SHUTDOWN", 9: "KVM_EXIT_FAIL_ENTRY", 10: "KVM_EXIT_INTR", 11: "KVM_EXIT_SET_TPR",
+            12: "KVM_EXIT_TPR_ACCESS", 17: "KVM_EXIT_INTERNAL_ERROR", 24: "KVM_EXIT_SYSTEM_EVENT",
+        ]
+        return names[reason] ?? "exit reason \(reason)"
+    }
+}
+
+/// A vCPU file descriptor and its mapped `kvm_run` page. Unmapped and closed on deinit.
+///
+/// Registers travel through the sync-regs area of `kvm_run` (`KVM_CAP_SYNC_REGS`), so a
+/// round trip costs one `KVM_RUN` and no `KVM_GET_REGS`/`KVM_SET_REGS`.
+final class VirtualCPU {
+    let fd: FileDescriptor
+    private let runPage: UnsafeMutablePointer<kvm_run>
+    private let mmapSize: Int
+
+    init(fd: FileDescriptor, mmapSize: Int) throws(KVMError) {
+        guard let mapping = mmap(nil, mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd.rawValue, 0),
+              mapping != MAP_FAILED else {
+            throw KVMError("mmap(kvm_run)", .current)
+        }
+        self.fd = fd
+        self.mmapSize = mmapSize
+        self.runPage = mapping.bindMemory(to: kvm_run.self, capacity: 1)
+        runPage.pointee.kvm_valid_regs = UInt64(KVM_SYNC_X86_REGS | KVM_SYNC_X86_EVENTS)
+    }
+
+    deinit {
+        munmap(runPage, mmapSize)
+        try? fd.close()
+    }
+
+    /// Enters the guest until the next exit.
+    func run() throws(KVMError) -> VCPUExit {
+        if ckvmIoctl(fd.rawValue, KVMRequest.run, 0) < 0 {
+            let error = Errno.current
+            if error == .interrupted { return .interrupted }
+            throw KVMError("KVM_RUN", error)
+        }
+        let r = runPage.pointee
+        switch r.exit_reason {
+        case UInt32(KVM_EXIT_IO):
+            return .io(port: r.io.port, isOut: r.io.direction == UInt8(KVM_EXIT_IO_OUT),
+                       size: Int(r.io.size), count: Int(r.io.count))
+        case UInt32(KVM_EXIT_MMIO):
+            return .mmio(address: r.mmio.phys_addr, isWrite: r.mmio.is_write != 0, length: Int(r.mmio.len))
+        case UInt32(KVM_EXIT_SHUTDOWN):
+            return .shutdown
+        case UInt32(KVM_EXIT_INTERNAL_ERROR):
+            return .internalError(suberror: r.internal.suberror)
+        case UInt32(KVM_EXIT_FAIL_ENTRY):
+            return .failEntry(reason: r.fail_entry.hardware_entry_failure_reason)
+        default:
+            return .other(reason: r.exit_reason)
+        }
+    }
+
+    /// The general-purpose registers as of the last exit (from the sync-regs area).
+    var registers: kvm_regs { runPage.pointee.s.regs.regs }
+
+    /// Changes the registers; they reach the vCPU on the next `KVM_RUN`.
+    func modifyRegisters(_ body: (inout kvm_regs) -> Void) {
+        body(&runPage.pointee.s.regs.regs)
+        runPage.pointee.kvm_dirty_regs |= UInt64(KVM_SYNC_X86_REGS)
+    }
+
+    /// Exception and interrupt state as of the last exit (from the sync-regs area).
+    var events: kvm_vcpu_events { runPage.pointee.s.regs.events }
+
+    /// Sets all general-purpose registers now (`KVM_SET_REGS`); used once at start-up.
+    func setRegisters(_ registers: kvm_regs) throws(KVMError) {
+        var value = registers
+        try kvmIoctl(fd, KVMRequest.setRegs, &value, "KVM_SET_REGS")
+        runPage.pointee.kvm_dirty_regs &= ~UInt64(KVM_SYNC_X86_REGS)
+    }
+
+    /// `KVM_GET_SREGS`: control registers, segments, descriptor tables.
+    func specialRegisters() throws(KVMError) -> kvm_sregs {
+        var sregs = kvm_sregs()
+        try kvmIoctl(fd, KVMRequest.getSRegs, &sregs, "KVM_GET_SREGS")
+        return sregs
+    }
+
+    /// `KVM_SET_SREGS`.
+    func setSpecialRegisters(_ sregs: kvm_sregs) throws(KVMError) {
+        var value = sregs
+        try kvmIoctl(fd, KVMRequest.setSRegs, &value, "KVM_SET_SREGS")
+    }
+
+    /// `KVM_GET_VCPU_EVENTS`.
+    func vcpuEvents() throws(KVMError) -> kvm_vcpu_events {
+        var events = kvm_vcpu_events()
+        try kvmIoctl(fd, KVMRequest.getVCPUEvents, &events, "KVM_GET_VCPU_EVENTS")
+        return events
+    }
+
+    /// Writes model-specific registers (`KVM_SET_MSRS`), at most 8 at a time.
+    func setMSRs(_ values: [(index: UInt32, value: UInt64)]) throws(KVMError) {
+        precondition(values.count <= 8)
+        var list = ckvm_msr_list()
+        list.nmsrs = UInt32(values.count)
+        withUnsafeMutableBytes(of: &list.entries) { raw in
+            let entries = raw.bindMemory(to: kvm_msr_entry.self)
+            for (slot, msr) in values.enumerated() {
+                entries[slot] = kvm_msr_entry(index: msr.index, reserved: 0, data: msr.value)
+            }
+        }
+        let written = try kvmIoctl(fd, KVMRequest.setMSRs, &list, "KVM_SET_MSRS")
+        guard written == values.count else { throw KVMError("KVM_SET_MSRS (only \(written) of \(values.count) set)", .invalidArgument) }
+    }
+
+    /// Clears `immediate_exit` after an interruption so the next `KVM_RUN` enters the guest.
+    func clearImmediateExit() {
+        interrupter.immediateExit.store(0, ordering: .relaxed)
+    }
+
+    /// A handle another thread can use to stop this vCPU's current or next `KVM_RUN`.
+    var interrupter: VCPUInterrupter {
+        VCPUInterrupter(immediateExit: UnsafeAtomic<UInt8>(
+            at: UnsafeMutableRawPointer(runPage.pointer(to: \kvm_run.immediate_exit)!)
+                .assumingMemoryBound(to: UInt8.AtomicRepresentation.self)))
+    }
+}
+
+/// Stops a vCPU from another thread: sets `immediate_exit` (so a `KVM_RUN` about to start returns
+/// at once) and signals the vCPU's thread (so one in progress returns `EINTR`).
+///
+/// Valid only while the `VirtualCPU` it came from is alive; the watchdog disarms it before then.
+struct VCPUInterrupter: @unchecked Sendable {
+    let immediateExit: UnsafeAtomic<UInt8>
+
+    /// Kicks `thread` out of `KVM_RUN`.
+    func interrupt(thread: pthread_t) {
+        immediateExit.store(1, ordering: .sequentiallyConsistent)
+        pthread_kill(thread, VCPUInterrupter.signal)
+    }
+
+    /// The signal used to kick vCPU threads (a real-time signal with an empty handler, no SA_RESTART).
+    static let signal: Int32 = {
+        let number = __libc_current_sigrtmin() + 3
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in }
+        sigemptyset(&action.sa_mask)
+        action.sa_flags = 0
+        sigaction(number, &action, nil)
+        return number
+    }()
+}

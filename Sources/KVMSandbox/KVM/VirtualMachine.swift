@@ -1,0 +1,36 @@
+import CKVM
+import SystemPackage
+
+/// A KVM VM file descriptor: memory slots and vCPUs hang off it. Closed on deinit.
+final class VirtualMachine {
+    let fd: FileDescriptor
+    /// Kept alive so the system fd outlives every VM created from it.
+    let system: KVMSystem
+
+    init(fd: FileDescriptor, system: KVMSystem) {
+        self.fd = fd
+        self.system = system
+    }
+
+    deinit { try? fd.close() }
+
+    /// Maps `size` bytes of host memory at `hostAddress` to guest-physical `guestPhysicalAddress`.
+    func setMemoryRegion(slot: UInt32, guestPhysicalAddress: UInt64, size: UInt64, hostAddress: UInt64,
+                         flags: UInt32 = 0) throws(KVMError) {
+        var region = kvm_userspace_memory_region(
+            slot: slot, flags: flags, guest_phys_addr: guestPhysicalAddress,
+            memory_size: size, userspace_addr: hostAddress)
+        try kvmIoctl(fd, KVMRequest.setUserMemoryRegion, &region, "KVM_SET_USER_MEMORY_REGION")
+    }
+
+    /// Creates vCPU `id` and maps its `kvm_run` page.
+    func createVCPU(id: Int = 0) throws(KVMError) -> VirtualCPU {
+        let vcpufd = FileDescriptor(rawValue: try kvmIoctl(fd, KVMRequest.createVCPU, UInt(id), "KVM_CREATE_VCPU"))
+        do {
+            return try VirtualCPU(fd: vcpufd, mmapSize: system.vcpuMmapSize)
+        } catch {
+            try? vcpufd.close()
+            throw error
+        }
+    }
+}

@@ -1,0 +1,159 @@
+/// A guest address the guest program may not access the way it asked; host calls return `-EFAULT`.
+public struct GuestMemoryError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The first byte of the range that failed.
+    public let address: UInt64
+    /// The length that was asked for.
+    public let count: UInt64
+
+    public var description: String { "bad guest address 0x\(String(address, radix: 16)) (+\(count) bytes)" }
+}
+
+/// The guest's virtual address space: guest-physical memory, the page tables over it, and the
+/// allocator that hands out physical pages as the guest's mappings grow.
+final class AddressSpace {
+    let memory: GuestMemory
+    private(set) var allocator: PhysicalPageAllocator
+    let tables: X86PageTables
+
+    init(memory: GuestMemory) throws(SandboxError) {
+        self.memory = memory
+        // Guest-physical page 0 is left unused, so no table or page ever sits at physical 0.
+        var allocator = PhysicalPageAllocator(start: PageSize.bytes, limit: memory.size)
+        self.tables = try X86PageTables(memory: memory, allocator: &allocator)
+        self.allocator = allocator
+    }
+
+    /// Bytes of guest-physical memory not yet used.
+    var availableBytes: UInt64 { allocator.available }
+
+    /// Maps fresh zeroed pages over `[start, start + length)` (page-aligned) with `permissions`.
+    func mapNew(_ start: UInt64, length: UInt64, _ permissions: PagePermissions) throws(SandboxError) {
+        precondition(start % PageSize.bytes == 0 && length % PageSize.bytes == 0)
+        var page = start
+        while page < start + length {
+            guard let physical = allocator.allocate() else {
+                throw .outOfGuestMemory(needed: start + length - page, available: allocator.available)
+            }
+            memory.zero(at: physical, count: Int(PageSize.bytes))
+            try tables.map(page, to: physical, permissions, memory: memory, allocator: &allocator)
+            page += PageSize.bytes
+        }
+    }
+
+    /// Changes the permissions of an already mapped page, keeping its contents.
+    func protect(_ page: UInt64, _ permissions: PagePermissions) throws(SandboxError) {
+        guard let physical = tables.translateForHost(page, memory: memory) else { return }
+        try tables.map(page, to: physical, permissions, memory: memory, allocator: &allocator)
+    }
+
+    /// Whether a virtual page is mapped at all.
+    func isMapped(_ page: UInt64) -> Bool { tables.leafEntry(page, memory: memory) != nil }
+
+    /// Walks `[address, address + count)` page by page as guest-physical chunks, after checking that
+    /// every page allows `access` (`nil` access: the host's own view, any mapped page).
+    /// Nothing is touched unless the whole range is valid.
+    func withPhysicalChunks(_ address: UInt64, count: UInt64, access: MemoryAccess?,
+                            _ body: (_ physical: UInt64, _ length: Int) throws -> Void) throws {
+        let fault = GuestMemoryError(address: address, count: count)
+        guard count > 0 else { return }
+        let (end, overflow) = address.addingReportingOverflow(count)
+        guard !overflow, count <= memory.size, end <= X86PageTables.userAddressLimit else { throw fault }
+        var chunks: [(UInt64, Int)] = []
+        chunks.reserveCapacity(Int(count / PageSize.bytes) + 2)
+        var cursor = address
+        while cursor < end {
+            let pageEnd = PageSize.alignDown(cursor) + PageSize.bytes
+            let length = Int(min(pageEnd, end) - cursor)
+            let physical = access.map { tables.translate(cursor, for: $0, memory: memory) }
+                ?? tables.translateForHost(cursor, memory: memory)
+            guard let physical else { throw fault }
+            chunks.append((physical, length))
+            cursor += UInt64(length)
+        }
+        for (physical, length) in chunks { try body(physical, length) }
+    }
+
+    /// Writes bytes at a virtual address as the host (ignores page permissions; pages must be mapped).
+    func hostWrite(_ bytes: [UInt8], at address: UInt64) throws {
+        var offset = 0
+        try withPhysicalChunks(address, count: UInt64(bytes.count), access: nil) { physical, length in
+            memory.write(bytes[offset..<offset + length], at: physical)
+            offset += length
+        }
+    }
+}
+
+/// Bounds- and permission-checked access to the guest program's memory, by guest virtual address,
+/// exactly as the guest itself could access it: unmapped, supervisor-only or (for writes)
+/// read-only pages, and ranges that overflow, throw `GuestMemoryError`.
+public struct GuestMemoryView {
+    let space: AddressSpace
+
+    /// Reads `count` bytes at `address`.
+    public func read(_ address: UInt64, count: Int) throws(GuestMemoryError) -> [UInt8] {
+        guard count >= 0 else { throw GuestMemoryError(address: address, count: UInt64(bitPattern: Int64(count))) }
+        var result = [UInt8]()
+        result.reserveCapacity(min(count, Int(space.memory.size)))
+        try rethrowingMemoryError {
+            try space.withPhysicalChunks(address, count: UInt64(count), access: .read) { physical, length in
+                space.memory.withBytes(at: physical, count: length) { result.append(contentsOf: $0) }
+            }
+        }
+        return result
+    }
+
+    /// Writes `bytes` at `address`; nothing is written unless the whole range is writable.
+    public func write(_ bytes: [UInt8], to address: UInt64) throws(GuestMemoryError) {
+        var offset = 0
+        try rethrowingMemoryError {
+            try space.withPhysicalChunks(address, count: UInt64(bytes.count), access: .write) { physical, length in
+                space.memory.write(bytes[offset..<offset + length], at: physical)
+                offset += length
+            }
+        }
+    }
+
+    /// Reads a little-endian integer at `address`.
+    public func load<T: FixedWidthInteger>(_ type: T.Type, at address: UInt64) throws(GuestMemoryError) -> T {
+        let bytes = try read(address, count: MemoryLayout<T>.size)
+        return bytes.reversed().reduce(T.zero) { ($0 << 8) | T(truncatingIfNeeded: $1) }
+    }
+
+    /// Writes a little-endian integer at `address`.
+    public func store<T: FixedWidthInteger>(_ value: T, at address: UInt64) throws(GuestMemoryError) {
+        try write((0..<MemoryLayout<T>.size).map { UInt8(truncatingIfNeeded: value >> ($0 * 8)) }, to: address)
+    }
+
+    /// Reads a NUL-terminated string of at most `maxLength` bytes (not counting the NUL).
+    /// Throws when the string is unterminated within the limit or runs into an inaccessible page.
+    public func readCString(_ address: UInt64, maxLength: Int) throws(GuestMemoryError) -> String {
+        var bytes: [UInt8] = []
+        var cursor = address
+        while bytes.count <= maxLength {
+            // Read up to the end of the current page, so a string ending before an unmapped page works.
+            let pageRemaining = Int(PageSize.alignDown(cursor) + PageSize.bytes - cursor)
+            let chunk = try read(cursor, count: min(pageRemaining, maxLength + 1 - bytes.count))
+            if let nul = chunk.firstIndex(of: 0) {
+                bytes.append(contentsOf: chunk[..<nul])
+                return String(decoding: bytes, as: UTF8.self)
+            }
+            bytes.append(contentsOf: chunk)
+            cursor += UInt64(chunk.count)
+        }
+        throw GuestMemoryError(address: address, count: UInt64(maxLength))
+    }
+
+    /// Lends the guest bytes at `[address, address + count)` to `body` chunk by chunk without copying.
+    func withReadableChunks(_ address: UInt64, count: UInt64,
+                            _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        try space.withPhysicalChunks(address, count: count, access: .read) { physical, length in
+            try space.memory.withBytes(at: physical, count: length, body)
+        }
+    }
+
+    private func rethrowingMemoryError(_ body: () throws -> Void) throws(GuestMemoryError) {
+        do { try body() } catch let error as GuestMemoryError { throw error } catch {
+            preconditionFailure("unexpected error \(error)")
+        }
+    }
+}

@@ -1,0 +1,105 @@
+import CKVM
+
+/// The guest's general-purpose registers at a point in time.
+public struct GuestRegisters: Sendable, Equatable, Codable {
+    public var rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp: UInt64
+    public var r8, r9, r10, r11, r12, r13, r14, r15: UInt64
+    public var rip, rflags: UInt64
+
+    init(_ r: kvm_regs) {
+        (rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp) = (r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp)
+        (r8, r9, r10, r11, r12, r13, r14, r15) = (r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15)
+        (rip, rflags) = (r.rip, r.rflags)
+    }
+
+    /// Name/value pairs in the conventional order, for printing.
+    public var named: [(String, UInt64)] {
+        [("rax", rax), ("rbx", rbx), ("rcx", rcx), ("rdx", rdx), ("rsi", rsi), ("rdi", rdi), ("rbp", rbp),
+         ("rsp", rsp), ("r8", r8), ("r9", r9), ("r10", r10), ("r11", r11), ("r12", r12), ("r13", r13),
+         ("r14", r14), ("r15", r15), ("rip", rip), ("rflags", rflags)]
+    }
+}
+
+/// A CPU exception that ended the guest.
+public struct GuestFault: Sendable, Equatable, CustomStringConvertible {
+    /// The exception vector (14 = #PF, 13 = #GP, 6 = #UD, ...).
+    public let vector: UInt8
+    /// The error code the CPU pushed, for vectors that have one.
+    public let errorCode: UInt32?
+    /// For #PF, the faulting virtual address (CR2).
+    public let faultAddress: UInt64?
+    /// Registers at the faulting instruction.
+    public let registers: GuestRegisters
+    /// `function+0xoffset` of the faulting instruction, when the ELF has symbols.
+    public let location: String?
+
+    /// `#PF`, `#GP`, ...
+    public var mnemonic: String { X86Exception.mnemonic(vector) }
+
+    /// For #PF: what the access was and why it failed, decoded from the error code.
+    public var pageFaultCause: String? {
+        guard vector == 14, let code = errorCode else { return nil }
+        let access = code & 0x10 != 0 ? "instruction fetch" : code & 0x2 != 0 ? "write" : "read"
+        let why = code & 0x1 != 0 ? "protection violation" : "page not present"
+        return "\(access), \(why)\(code & 0x4 == 0 ? " (supervisor access)" : "")"
+    }
+
+    public var description: String {
+        var text = "\(mnemonic) \(X86Exception.name(vector))"
+        if let cause = pageFaultCause { text += " (\(cause))" }
+        if let address = faultAddress { text += " at address 0x\(String(address, radix: 16))" }
+        if let code = errorCode { text += ", error code 0x\(String(code, radix: 16))" }
+        text += ", rip 0x\(String(registers.rip, radix: 16))"
+        if let location { text += " in \(location)" }
+        return text
+    }
+}
+
+/// How a guest run ended. Guest misbehaviour is an outcome, not a thrown error.
+public enum RunOutcome: Sendable, Equatable, CustomStringConvertible {
+    /// The guest exited (exit, exit_group, or returning from main) with this status (0...255).
+    case exited(status: Int32)
+    /// A CPU exception.
+    case fault(GuestFault)
+    /// The guest raised a signal at itself (e.g. `abort()` raises SIGABRT).
+    case signaled(signal: Int32)
+    /// The deadline passed; the guest was stopped at `rip`.
+    case timedOut(seconds: Double, rip: UInt64)
+    /// The guest left the VM in a way the ABI does not allow (I/O to an unknown port, `in`, ...).
+    case abiViolation(String)
+    /// An embedder's host-call handler threw an error that is not a guest error.
+    case hostCallFailed(number: Int, message: String)
+
+    /// The exit status `kvmsandbox run` uses for this outcome (documented in the README).
+    public var exitStatus: Int32 {
+        switch self {
+        case .exited(let status): return status
+        case .fault(let fault): return 128 + X86Exception.signal(fault.vector)
+        case .signaled(let signal): return 128 + signal
+        case .timedOut: return ExitStatus.timeout
+        case .abiViolation, .hostCallFailed: return ExitStatus.abiViolation
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .exited(let status): return "exited with status \(status)"
+        case .fault(let fault): return "fault: \(fault)"
+        case .signaled(let signal): return "killed by signal \(signal)\(signal == 6 ? " (SIGABRT: abort())" : "")"
+        case .timedOut(let seconds, let rip):
+            return "timed out after \(seconds) s (stopped at rip 0x\(String(rip, radix: 16)))"
+        case .abiViolation(let message): return "ABI violation: \(message)"
+        case .hostCallFailed(let number, let message): return "host call \(number) failed: \(message)"
+        }
+    }
+}
+
+/// Exit statuses of `kvmsandbox run` that are not the guest's own.
+public enum ExitStatus {
+    /// The guest ran past `--timeout`.
+    public static let timeout: Int32 = 124
+    /// kvmsandbox could not run the guest (no KVM, bad ELF, bad options).
+    public static let sandboxError: Int32 = 125
+    /// The guest broke the host-call ABI, or a host-call handler failed.
+    public static let abiViolation: Int32 = 126
+}

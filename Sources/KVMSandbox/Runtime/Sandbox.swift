@@ -1,0 +1,222 @@
+import CKVM
+import Logging
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One guest program in its own micro-VM: one vCPU at CPL 3, its own memory, no devices.
+///
+/// ```swift
+/// let sandbox = try Sandbox(elfPath: "hello.elf")
+/// try sandbox.register(0x1000) { call in Int64(call[0] * 2) }
+/// let outcome = try sandbox.run()
+/// ```
+/// A sandbox is used from one thread at a time; it runs its guest once.
+public final class Sandbox {
+    /// The limits and inputs it was created with.
+    public let configuration: SandboxConfiguration
+    /// The loaded program (entry, base, symbols).
+    public let program: LoadedProgram
+    /// Which kind of KVM runs it.
+    public var platform: KVMPlatform { system.platform }
+    /// VM exits so far, and how many of them were host calls.
+    public private(set) var statistics = RunStatistics()
+
+    private let system: KVMSystem
+    private let memory: GuestMemory
+    private let vm: VirtualMachine
+    private let vcpu: VirtualCPU
+    private let space: AddressSpace
+    private let builtins: BuiltinHostCalls
+    private var handlers: [Int: HostCallHandler] = [:]
+    private var outcome: RunOutcome?
+    private let logger = Logger(label: "kvmsandbox")
+
+    /// Exit counters of a run.
+    public struct RunStatistics: Sendable, Equatable {
+        /// Every return from `KVM_RUN`.
+        public var exits = 0
+        /// Host calls served (by `out` or by `syscall`).
+        public var hostCalls = 0
+    }
+
+    /// Loads the ELF file at `elfPath` into a new VM.
+    public convenience init(elfPath: String, configuration: SandboxConfiguration = .init(),
+                            system: KVMSystem? = nil) throws(SandboxError) {
+        let bytes: [UInt8]
+        do { bytes = try readFile(elfPath) } catch {
+            throw .invalidConfiguration("cannot read \(elfPath): \(error)")
+        }
+        let elf: ELFFile
+        do { elf = try ELFFile(bytes: bytes) } catch { throw .invalidELF(error) }
+        try self.init(elf: elf, configuration: configuration, system: system)
+    }
+
+    /// Loads `elf` into a new VM, ready to `run()`.
+    public init(elf: ELFFile, configuration: SandboxConfiguration = .init(), system: KVMSystem? = nil) throws(SandboxError) {
+        try configuration.validate()
+        self.configuration = configuration
+        if let system { self.system = system } else { self.system = try KVMSystem.shared() }
+        memory = try GuestMemory(size: configuration.memorySize)
+        space = try AddressSpace(memory: memory)
+        program = try ELFLoader.load(elf, into: space)
+
+        let stackBottom = GuestLayout.stackTop - configuration.stackSize
+        try space.mapNew(stackBottom, length: configuration.stackSize, [.read, .write])
+        let stackPointer = try InitialStack.build(
+            in: space, top: GuestLayout.stackTop, size: configuration.stackSize,
+            arguments: configuration.arguments, environment: configuration.environment, program: program)
+        try X86CPUState.installSystemTables(in: space)
+        builtins = BuiltinHostCalls(
+            space: space, heapStart: program.imageEnd,
+            mmapTop: stackBottom - PageSize.bytes - GuestLayout.stackGap,
+            outputs: [1: configuration.standardOutput, 2: configuration.standardError],
+            outputLimit: configuration.outputLimit)
+
+        do {
+            vm = try self.system.createVM()
+            try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: memory.size, hostAddress: memory.hostAddress)
+            vcpu = try vm.createVCPU()
+            let sregs = X86CPUState.specialRegisters(from: try vcpu.specialRegisters(), pageTableRoot: space.tables.root)
+            try vcpu.setSpecialRegisters(sregs)
+            try vcpu.setRegisters(X86CPUState.initialRegisters(entry: program.entry, stackPointer: stackPointer))
+            try vcpu.setMSRs(X86CPUState.syscallMSRs)
+        } catch {
+            throw .kvm(error)
+        }
+    }
+
+    /// Registers `handler` for host-call `number` (at least `HostCallNumber.firstUserNumber`),
+    /// replacing any earlier handler for it.
+    public func register(_ number: Int, _ handler: @escaping HostCallHandler) throws(SandboxError) {
+        guard number >= HostCallNumber.firstUserNumber else { throw .reservedHostCallNumber(number) }
+        handlers[number] = handler
+    }
+
+    /// What the guest wrote to `fd` (1 or 2) when that stream was configured as `.capture`.
+    public func capturedOutput(fd: Int32) -> [UInt8] { builtins.capturedOutput(fd: fd) }
+
+    /// Checked access to the guest's memory, as the guest sees it.
+    public var guestMemory: GuestMemoryView { GuestMemoryView(space: space) }
+
+    /// Runs the guest until it exits, faults, breaks the ABI or times out.
+    /// Throws only for host-side failures (a KVM ioctl failing); guest behaviour is the outcome.
+    public func run() throws(SandboxError) -> RunOutcome {
+        guard outcome == nil else { throw .alreadyFinished }
+        let watchdog = configuration.timeout.map { Watchdog(seconds: $0, interrupter: vcpu.interrupter) }
+        defer { watchdog?.disarm() }
+        do {
+            while true {
+                let exit = try vcpu.run()
+                statistics.exits += 1
+                if let result = try handle(exit, watchdog: watchdog) {
+                    outcome = result
+                    return result
+                }
+            }
+        } catch {
+            throw .kvm(error)
+        }
+    }
+
+    /// Handles one exit; returns the outcome when the run is over.
+    private func handle(_ exit: VCPUExit, watchdog: Watchdog?) throws(KVMError) -> RunOutcome? {
+        switch exit {
+        case .io(port: hostCallPort, isOut: true, size: 1, count: 1):
+            return try serveHostCall()
+        case .io(let port, let isOut, let size, _):
+            return .abiViolation("\(isOut ? "out" : "in") of \(size) byte(s) to port 0x\(String(port, radix: 16)) at rip 0x\(String(vcpu.registers.rip, radix: 16)) (host calls use out %al, $0x42)")
+        case .shutdown:
+            return try handleException()
+        case .interrupted:
+            if let watchdog, watchdog.fired {
+                return .timedOut(seconds: configuration.timeout ?? 0, rip: vcpu.registers.rip)
+            }
+            vcpu.clearImmediateExit()
+            return nil
+        case .mmio(let address, let isWrite, let length):
+            return .abiViolation("\(isWrite ? "write" : "read") of \(length) bytes at unbacked guest-physical 0x\(String(address, radix: 16))")
+        case .internalError(let suberror):
+            // Hardware KVM without an IDT: an exception became a triple fault; the vector is lost.
+            return .abiViolation("KVM_EXIT_INTERNAL_ERROR (suberror \(suberror)) at rip 0x\(String(vcpu.registers.rip, radix: 16)): on \(platform.rawValue) a CPU exception without an IDT cannot be reported")
+        case .failEntry(let reason):
+            return .abiViolation("KVM_EXIT_FAIL_ENTRY (hardware reason 0x\(String(reason, radix: 16)))")
+        case .other(let reason):
+            return .abiViolation("unexpected \(VCPUExit.name(of: reason)) at rip 0x\(String(vcpu.registers.rip, radix: 16))")
+        }
+    }
+
+    /// A CPU exception (PVM: `KVM_EXIT_SHUTDOWN`, the vector in the synced events): the run ends.
+    private func handleException() throws(KVMError) -> RunOutcome? {
+        let events = vcpu.events
+        let vector = events.exception.nr
+        let regs = vcpu.registers
+        let sregs = try vcpu.specialRegisters()
+        let fault = GuestFault(
+            vector: vector,
+            errorCode: events.exception.has_error_code != 0 || X86Exception.hasErrorCode(vector)
+                ? events.exception.error_code : nil,
+            faultAddress: vector == 14 ? sregs.cr2 : nil,
+            registers: GuestRegisters(regs),
+            location: program.symbolize(regs.rip))
+        logger.debug("guest fault: \(fault)")
+        return .fault(fault)
+    }
+
+    /// Serves the host call described by the guest's registers; the guest resumes after its `out`.
+    private func serveHostCall() throws(KVMError) -> RunOutcome? {
+        statistics.hostCalls += 1
+        let r = vcpu.registers
+        let call = HostCall(number: Int(truncatingIfNeeded: Int64(bitPattern: r.rax)),
+                            arguments: [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9], memory: guestMemory)
+        var result: Int64
+        do {
+            if call.number >= HostCallNumber.firstUserNumber {
+                if let handler = handlers[call.number] { result = try handler(call) } else { result = -Int64(HostCallErrno.ENOSYS) }
+            } else {
+                switch try builtins.handle(call) {
+                case .value(let value): result = value
+                case .exit(let status): return .exited(status: status)
+                case .signal(let signal): return .signaled(signal: signal)
+                case .notBuiltin: result = -Int64(HostCallErrno.ENOSYS)
+                case .setFSBase(let base):
+                    var sregs = try vcpu.specialRegisters()
+                    sregs.fs.base = base
+                    try vcpu.setSpecialRegisters(sregs)
+                    builtins.setFSBase(base)
+                    result = 0
+                }
+            }
+        } catch is GuestMemoryError {
+            result = -Int64(HostCallErrno.EFAULT)
+        } catch let failure as HostCallFailure {
+            result = -Int64(failure.code)
+        } catch let error as KVMError {
+            throw error
+        } catch {
+            return .hostCallFailed(number: call.number, message: "\(error)")
+        }
+        vcpu.modifyRegisters { $0.rax = UInt64(bitPattern: result) }
+        return nil
+    }
+}
+
+/// Reads a whole file (the guest ELF) with a size cap.
+func readFile(_ path: String, limit: Int = 1 << 30) throws -> [UInt8] {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw Errno.current }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 1 << 16)
+    while true {
+        let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw Errno.current
+        }
+        if n == 0 { return bytes }
+        bytes += buffer[0..<n]
+        guard bytes.count <= limit else { throw Errno.fileTooLarge }
+    }
+}

@@ -1,0 +1,35 @@
+/// Limits and inputs for one sandbox.
+public struct SandboxConfiguration: Sendable {
+    /// Guest memory in bytes: everything the guest has (image, page tables, stack, heap).
+    public var memorySize: UInt64 = 64 << 20
+    /// Stack size in bytes; an unmapped guard page lies below it.
+    public var stackSize: UInt64 = 1 << 20
+    /// Wall-clock limit for `run()`, in seconds; nil for none.
+    public var timeout: Double?
+    /// argv, including argv[0].
+    public var arguments: [String] = ["guest"]
+    /// envp, as `NAME=value` strings.
+    public var environment: [String] = []
+    /// Where the guest's fd 1 goes.
+    public var standardOutput: OutputDestination = .fileDescriptor(1)
+    /// Where the guest's fd 2 goes.
+    public var standardError: OutputDestination = .fileDescriptor(2)
+    /// The most bytes the guest may write to fd 1 and 2 together; writes past it fail with `-EFBIG`.
+    public var outputLimit: UInt64 = 64 << 20
+
+    /// The defaults: 64 MiB memory, 1 MiB stack, no timeout, output to this process's stdout/stderr.
+    public init() {}
+
+    func validate() throws(SandboxError) {
+        guard memorySize >= 1 << 20, memorySize % PageSize.bytes == 0, memorySize <= GuestMemory.maximumSize else {
+            throw .invalidConfiguration("memory must be a multiple of 4 KiB between 1 MiB and \(GuestMemory.maximumSize >> 30) GiB")
+        }
+        guard stackSize >= 16 * PageSize.bytes, stackSize % PageSize.bytes == 0, stackSize < memorySize else {
+            throw .invalidConfiguration("stack must be a multiple of 4 KiB, at least 64 KiB and smaller than memory")
+        }
+        if let timeout, !(timeout > 0 && timeout.isFinite) {
+            throw .invalidConfiguration("timeout must be a positive number of seconds")
+        }
+        guard !arguments.isEmpty else { throw .invalidConfiguration("arguments must include argv[0]") }
+    }
+}

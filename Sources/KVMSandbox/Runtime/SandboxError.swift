@@ -1,0 +1,58 @@
+import SystemPackage
+
+/// Why a sandbox could not be created or run. Guest misbehaviour is not an error: it is a `RunOutcome`.
+public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// `/dev/kvm` does not exist.
+    case kvmNotFound(path: String)
+    /// `/dev/kvm` exists but this user may not open it.
+    case kvmPermissionDenied(path: String)
+    /// `/dev/kvm` could not be opened for another reason.
+    case kvmOpenFailed(path: String, errno: Errno)
+    /// The kernel speaks a KVM API version other than 12.
+    case unsupportedAPIVersion(Int32)
+    /// This KVM lacks a capability the sandbox requires.
+    case missingCapability(name: String)
+    /// A KVM ioctl failed.
+    case kvm(KVMError)
+    /// A host resource (memfd, mmap, thread) could not be had.
+    case hostResource(operation: String, errno: Errno)
+    /// The guest program is not a loadable ELF; the message says why.
+    case invalidELF(ELFError)
+    /// The guest does not fit into the configured memory.
+    case outOfGuestMemory(needed: UInt64, available: UInt64)
+    /// A configuration value is out of range.
+    case invalidConfiguration(String)
+    /// Host-call numbers below `HostCallNumber.firstUserNumber` belong to the built-in calls.
+    case reservedHostCallNumber(Int)
+    /// `run()` was called on a sandbox whose guest has already finished.
+    case alreadyFinished
+
+    public var description: String {
+        switch self {
+        case .kvmNotFound(let path):
+            return "\(path) does not exist: this machine has no KVM (load kvm_intel, kvm_amd or kvm_pvm, or enable nested virtualization)"
+        case .kvmPermissionDenied(let path):
+            return "no permission to open \(path): run as root or add this user to the 'kvm' group"
+        case .kvmOpenFailed(let path, let errno):
+            return "cannot open \(path): \(errno)"
+        case .unsupportedAPIVersion(let version):
+            return "KVM API version \(version) is not supported (need 12)"
+        case .missingCapability(let name):
+            return "this KVM lacks \(name), which kvmsandbox requires"
+        case .kvm(let error):
+            return error.description
+        case .hostResource(let operation, let errno):
+            return "\(operation) failed: \(errno)"
+        case .invalidELF(let error):
+            return "invalid guest program: \(error)"
+        case .outOfGuestMemory(let needed, let available):
+            return "guest memory too small: needs \(needed / 1024) KiB more, \(available / 1024) KiB left (raise --memory)"
+        case .invalidConfiguration(let message):
+            return "invalid configuration: \(message)"
+        case .reservedHostCallNumber(let number):
+            return "host-call number \(number) is reserved for built-in calls (use \(HostCallNumber.firstUserNumber) or above)"
+        case .alreadyFinished:
+            return "the guest has already finished; create a new sandbox to run it again"
+        }
+    }
+}

@@ -1,0 +1,102 @@
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Builds guest programs: the C compiler with musl's libc, static, plus the SDK header.
+///
+/// `kvmsandbox cc` and the test suite both go through here, so there is one definition of what a
+/// guest is built with.
+public struct GuestToolchain: Sendable {
+    /// The compiler driver (`musl-gcc`: gcc with musl's headers, start files and libc).
+    public let compiler: String
+    /// The directory holding `kvmsandbox.h`.
+    public let includeDirectory: String
+
+    /// Flags every guest is built with: static, no PIE unless asked, frame pointers for backtraces.
+    public static let defaultFlags = ["-static", "-fno-omit-frame-pointer"]
+
+    /// Finds `musl-gcc` on PATH and the SDK's include directory.
+    public init() throws(ToolchainError) {
+        guard let compiler = Self.findOnPath("musl-gcc") else { throw .compilerNotFound("musl-gcc") }
+        guard let include = Self.findSDKInclude() else { throw .sdkNotFound }
+        self.compiler = compiler
+        self.includeDirectory = include
+    }
+
+    /// The full argument list for compiling `arguments` (gcc flags, sources, `-o OUT`).
+    public func commandLine(_ arguments: [String]) -> [String] {
+        [compiler] + Self.defaultFlags + ["-I", includeDirectory] + arguments
+    }
+
+    /// Compiles; throws with the compiler's exit status when it fails (its diagnostics go to stderr).
+    public func compile(_ arguments: [String]) throws(ToolchainError) {
+        let status = Self.spawn(commandLine(arguments))
+        guard status == 0 else { throw .compilationFailed(status: status) }
+    }
+
+    /// Runs a command and waits for it; returns its exit status (127 when it could not start).
+    static func spawn(_ command: [String]) -> Int32 {
+        var pid = pid_t()
+        var cArguments = command.map { strdup($0) } + [nil]
+        defer { cArguments.forEach { free($0) } }
+        guard posix_spawnp(&pid, command[0], nil, nil, &cArguments, environ) == 0 else { return 127 }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+
+    static func findOnPath(_ name: String) -> String? {
+        let path = String(cString: getenv("PATH") ?? strdup("/usr/bin:/bin"))
+        return path.split(separator: ":").map { "\($0)/\(name)" }.first { access($0, X_OK) == 0 }
+    }
+
+    /// `$KVMSANDBOX_SDK/include`, else `Guest/include` found upward from the executable, else
+    /// from this source file (a development checkout).
+    static func findSDKInclude() -> String? {
+        func has(_ dir: String) -> Bool { access("\(dir)/kvmsandbox.h", R_OK) == 0 }
+        if let sdk = getenv("KVMSANDBOX_SDK").map({ String(cString: $0) }), has("\(sdk)/include") {
+            return "\(sdk)/include"
+        }
+        var candidates: [String] = []
+        do {
+            let executable = FilePath(String(decoding: readLink("/proc/self/exe"), as: UTF8.self))
+            var dir = executable.removingLastComponent()
+            while !dir.isEmpty && dir != "/" {
+                candidates.append(dir.appending("Guest/include").string)
+                dir = dir.removingLastComponent()
+            }
+        }
+        var source = FilePath(#filePath)
+        for _ in 0..<4 { source = source.removingLastComponent() }
+        candidates.append(source.appending("Guest/include").string)
+        return candidates.first(where: has)
+    }
+
+    private static func readLink(_ path: String) -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let n = buffer.withUnsafeMutableBytes { readlink(path, $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count) }
+        return n > 0 ? Array(buffer[0..<n]) : []
+    }
+}
+
+/// Why a guest could not be built.
+public enum ToolchainError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The compiler driver is not installed.
+    case compilerNotFound(String)
+    /// The SDK header directory could not be found.
+    case sdkNotFound
+    /// The compiler exited with a non-zero status.
+    case compilationFailed(status: Int32)
+
+    public var description: String {
+        switch self {
+        case .compilerNotFound(let name):
+            return "\(name) not found on PATH: install musl (Debian/Ubuntu: apt-get install musl-tools musl-dev)"
+        case .sdkNotFound:
+            return "kvmsandbox.h not found: set KVMSANDBOX_SDK to the repository's Guest directory"
+        case .compilationFailed(let status):
+            return "the guest compiler failed (exit status \(status))"
+        }
+    }
+}

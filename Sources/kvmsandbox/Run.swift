@@ -1,0 +1,65 @@
+import ArgumentParser
+import KVMSandbox
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `kvmsandbox run`: one guest in a fresh micro-VM; exits with the guest's status.
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a static x86-64 ELF in a fresh micro-VM and exit with its status.",
+        discussion: """
+        Exit status: the guest's own (0-255); 124 timeout; 125 kvmsandbox could not run it \
+        (no KVM, invalid ELF, bad option); 126 the guest broke the host-call ABI; 128+N a CPU \
+        exception, N being the signal a Linux process would get (132 #UD, 133 #BP, 134 abort(), \
+        135 #AC, 136 #DE/#XM, 139 #PF/#GP and others). Reports go to stderr.
+        """)
+
+    @Option(name: .long, help: "Guest memory in MiB (everything: image, stack, heap, page tables).")
+    var memory: UInt64 = 64
+
+    @Option(name: .long, help: "Wall-clock limit in seconds (fractions allowed).")
+    var timeout: Double?
+
+    @Option(name: .long, help: "Stack size in KiB.")
+    var stack: UInt64 = 1024
+
+    @Option(name: .customLong("env"), help: "Add NAME=value to the guest's environment (repeatable).")
+    var environment: [String] = []
+
+    @Flag(name: .long, help: "Print the platform and exit counters to stderr.")
+    var verbose = false
+
+    @Argument(help: "The guest program (a static x86-64 ELF).")
+    var program: String
+
+    @Argument(parsing: .captureForPassthrough, help: "Arguments passed to the guest.")
+    var arguments: [String] = []
+
+    func run() throws {
+        var configuration = SandboxConfiguration()
+        configuration.memorySize = memory << 20
+        configuration.stackSize = stack << 10
+        configuration.timeout = timeout
+        configuration.arguments = [program] + arguments
+        configuration.environment = environment
+        let outcome: RunOutcome
+        do {
+            let sandbox = try Sandbox(elfPath: program, configuration: configuration)
+            if verbose { printError("kvmsandbox: platform \(sandbox.platform.rawValue), entry 0x\(String(sandbox.program.entry, radix: 16))") }
+            outcome = try sandbox.run()
+            if verbose { printError("kvmsandbox: \(outcome); \(sandbox.statistics.exits) exits, \(sandbox.statistics.hostCalls) host calls") }
+        } catch {
+            printError("kvmsandbox: \(error)")
+            throw ExitCode(ExitStatus.sandboxError)
+        }
+        if case .exited = outcome {} else { printError(Report.text(outcome)) }
+        throw ExitCode(outcome.exitStatus)
+    }
+}
+
+func printError(_ message: String) {
+    var text = message
+    if !text.hasSuffix("\n") { text += "\n" }
+    _ = text.withCString { write(2, $0, strlen($0)) }
+}
