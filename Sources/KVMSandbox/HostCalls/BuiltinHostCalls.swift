@@ -32,6 +32,10 @@ final class BuiltinHostCalls {
     private var heapEnd: UInt64
     private var heapMappedEnd: UInt64
     private var mmapBottom: UInt64
+    private let mmapTop: UInt64
+    /// Unmapped anonymous ranges, still mapped to their pages, reused (zeroed) by later mmaps.
+    /// Reusing translations instead of changing them means no guest TLB can ever hold a stale one.
+    private var freeRanges: [(start: UInt64, length: UInt64)] = []
 
     init(space: AddressSpace, heapStart: UInt64, mmapTop: UInt64, outputs: [Int32: OutputDestination], outputLimit: UInt64) {
         self.space = space
@@ -39,6 +43,7 @@ final class BuiltinHostCalls {
         self.heapEnd = heapStart
         self.heapMappedEnd = heapStart
         self.mmapBottom = mmapTop
+        self.mmapTop = mmapTop
         self.outputs = outputs
         self.outputLimit = outputLimit
     }
@@ -59,8 +64,10 @@ final class BuiltinHostCalls {
             return .value(Int64(bitPattern: brk(call[0])))
         case HostCallNumber.mmap:
             return .value(mmap(length: call[1], protection: call[2], flags: call[3]))
-        case HostCallNumber.munmap, HostCallNumber.madvise:
-            return .value(0)  // pages stay mapped: the guest keeps its memory until the VM ends
+        case HostCallNumber.munmap:
+            return .value(munmap(call[0], length: call[1]))
+        case HostCallNumber.madvise:
+            return .value(0)
         case HostCallNumber.mprotect:
             return .value(-Int64(E.ENOSYS))
         case HostCallNumber.ioctl:
@@ -175,12 +182,48 @@ final class BuiltinHostCalls {
         guard protection & exec == 0 else { return -Int64(E.EACCES) }
         guard length > 0, let size = PageSize.alignUp(length), size <= space.memory.size else { return -Int64(E.ENOMEM) }
         guard mmapBottom >= size, mmapBottom - size >= heapMappedEnd + GuestLayout.stackGap else { return -Int64(E.ENOMEM) }
+        if protection != 0, let index = freeRanges.firstIndex(where: { $0.length >= size }) {
+            let start = freeRanges[index].start
+            freeRanges[index].start += size
+            freeRanges[index].length -= size
+            if freeRanges[index].length == 0 { freeRanges.remove(at: index) }
+            space.zeroMapped(start, length: size)
+            return Int64(start)
+        }
         let start = mmapBottom - size
         if protection != 0 {
             guard (try? space.mapNew(start, length: size, [.read, .write])) != nil else { return -Int64(E.ENOMEM) }
         }
         mmapBottom = start
         return Int64(start)
+    }
+
+    /// Returns anonymous pages to the free list (they stay mapped; see `freeRanges`). Only the
+    /// mmap region can be unmapped: the image, heap, stack and system pages cannot.
+    private func munmap(_ address: UInt64, length: UInt64) -> Int64 {
+        guard address % PageSize.bytes == 0, length > 0, let size = PageSize.alignUp(length),
+              address >= mmapBottom, size <= mmapTop - address else { return -Int64(HostCallErrno.EINVAL) }
+        var page = address
+        while page < address + size {
+            var run: UInt64 = 0
+            while page + run < address + size, space.isMapped(page + run),
+                  !freeRanges.contains(where: { page + run >= $0.start && page + run < $0.start + $0.length }) {
+                run += PageSize.bytes
+            }
+            if run > 0 { freeRanges.append((page, run)) }
+            page += max(run, PageSize.bytes)
+        }
+        freeRanges.sort { $0.start < $1.start }
+        var merged: [(start: UInt64, length: UInt64)] = []
+        for range in freeRanges {
+            if let last = merged.last, last.start + last.length == range.start {
+                merged[merged.count - 1].length += range.length
+            } else {
+                merged.append(range)
+            }
+        }
+        freeRanges = merged
+        return 0
     }
 
     // MARK: time

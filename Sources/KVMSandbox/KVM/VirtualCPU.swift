@@ -164,6 +164,22 @@ struct VCPUInterrupter: @unchecked Sendable {
         pthread_kill(thread, VCPUInterrupter.signal)
     }
 
+    /// Unblocks the kick signal on the calling thread (thread pools such as libdispatch's block all
+    /// signals in their workers) and returns the previous mask for `restoreSignalMask`.
+    static func unblockSignalOnThisThread() -> sigset_t {
+        var kick = sigset_t(), previous = sigset_t()
+        sigemptyset(&kick)
+        sigaddset(&kick, signal)
+        pthread_sigmask(SIG_UNBLOCK, &kick, &previous)
+        return previous
+    }
+
+    /// Puts back the mask `unblockSignalOnThisThread` replaced.
+    static func restoreSignalMask(_ mask: sigset_t) {
+        var mask = mask
+        pthread_sigmask(SIG_SETMASK, &mask, nil)
+    }
+
     /// The signal used to kick vCPU threads (a real-time signal with an empty handler, no SA_RESTART).
     static let signal: Int32 = {
         let number = __libc_current_sigrtmin() + 3

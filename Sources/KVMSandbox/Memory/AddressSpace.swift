@@ -27,8 +27,14 @@ final class AddressSpace {
     var availableBytes: UInt64 { allocator.available }
 
     /// Maps fresh zeroed pages over `[start, start + length)` (page-aligned) with `permissions`.
+    /// Fails before mapping anything when the pages and the tables they may need do not fit.
     func mapNew(_ start: UInt64, length: UInt64, _ permissions: PagePermissions) throws(SandboxError) {
         precondition(start % PageSize.bytes == 0 && length % PageSize.bytes == 0)
+        let pages = length / PageSize.bytes
+        let worstCaseTables = 3 * (pages / 512 + 2)  // page tables, directories, PDPTs the range may touch
+        guard (pages + worstCaseTables) * PageSize.bytes <= allocator.available else {
+            throw .outOfGuestMemory(needed: length, available: allocator.available)
+        }
         var page = start
         while page < start + length {
             guard let physical = allocator.allocate() else {
@@ -44,6 +50,13 @@ final class AddressSpace {
     func protect(_ page: UInt64, _ permissions: PagePermissions) throws(SandboxError) {
         guard let physical = tables.translateForHost(page, memory: memory) else { return }
         try tables.map(page, to: physical, permissions, memory: memory, allocator: &allocator)
+    }
+
+    /// Zeroes the (mapped) pages of `[start, start + length)`.
+    func zeroMapped(_ start: UInt64, length: UInt64) {
+        try? withPhysicalChunks(start, count: length, access: nil) { physical, count in
+            memory.zero(at: physical, count: count)
+        }
     }
 
     /// Whether a virtual page is mapped at all.

@@ -104,13 +104,17 @@ public final class Sandbox {
     /// Throws only for host-side failures (a KVM ioctl failing); guest behaviour is the outcome.
     public func run() throws(SandboxError) -> RunOutcome {
         guard outcome == nil else { throw .alreadyFinished }
-        let watchdog = configuration.timeout.map { Watchdog(seconds: $0, interrupter: vcpu.interrupter) }
-        defer { watchdog?.disarm() }
+        let deadline = configuration.timeout.map { Watchdog.shared.arm(seconds: $0, interrupter: vcpu.interrupter) }
+        let signalMask = deadline.map { _ in VCPUInterrupter.unblockSignalOnThisThread() }
+        defer {
+            if let deadline { Watchdog.shared.disarm(deadline) }
+            if let signalMask { VCPUInterrupter.restoreSignalMask(signalMask) }
+        }
         do {
             while true {
                 let exit = try vcpu.run()
                 statistics.exits += 1
-                if let result = try handle(exit, watchdog: watchdog) {
+                if let result = try handle(exit, deadline: deadline) {
                     outcome = result
                     return result
                 }
@@ -121,7 +125,7 @@ public final class Sandbox {
     }
 
     /// Handles one exit; returns the outcome when the run is over.
-    private func handle(_ exit: VCPUExit, watchdog: Watchdog?) throws(KVMError) -> RunOutcome? {
+    private func handle(_ exit: VCPUExit, deadline: Watchdog.Token?) throws(KVMError) -> RunOutcome? {
         switch exit {
         case .io(port: hostCallPort, isOut: true, size: 1, count: 1):
             return try serveHostCall()
@@ -130,7 +134,7 @@ public final class Sandbox {
         case .shutdown:
             return try handleException()
         case .interrupted:
-            if let watchdog, watchdog.fired {
+            if let deadline, Watchdog.shared.fired(deadline) {
                 return .timedOut(seconds: configuration.timeout ?? 0, rip: vcpu.registers.rip)
             }
             vcpu.clearImmediateExit()

@@ -1,45 +1,106 @@
-import Dispatch
 import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Enforces a run's deadline: a timer that, when it fires, kicks the vCPU thread out of `KVM_RUN`
-/// (`immediate_exit` plus a signal), however the guest is spinning.
+/// Enforces run deadlines with one process-wide thread: it sleeps until the nearest deadline and
+/// kicks the vCPU thread whose deadline passed out of `KVM_RUN` (`immediate_exit` plus a signal),
+/// however that guest is spinning.
 ///
-/// `disarm()` guarantees no kick is sent afterwards, so the vCPU outlives every use of the kicker.
-final class Watchdog {
-    private final class Deadline: Sendable {
-        enum State { case armed, fired, disarmed }
-        let state = Mutex(State.armed)
+/// It owns its thread instead of borrowing a shared pool: a pool whose workers are all busy
+/// running guests would never get round to firing their deadlines.
+final class Watchdog: Sendable {
+    /// A deadline armed for one run.
+    struct Token: Sendable, Hashable { fileprivate let id: UInt64 }
+
+    private struct Entry {
+        let deadline: UInt64
+        let interrupter: VCPUInterrupter
+        let thread: pthread_t
     }
-    private let deadline = Deadline()
-    private let timer: any DispatchSourceTimer
+    private struct State {
+        var entries: [UInt64: Entry] = [:]
+        var fired: Set<UInt64> = []
+        var nextID: UInt64 = 0
+    }
+    private let state = Mutex(State())
+    /// A pipe: the thread polls the read end; `arm` writes a byte to wake it for a nearer deadline.
+    private let wakeRead: Int32, wakeWrite: Int32
+
+    /// The process's watchdog, started on first use.
+    static let shared = Watchdog()
+
+    private init() {
+        var fds: [Int32] = [-1, -1]
+        precondition(pipe(&fds) == 0, "pipe failed: errno \(errno)")
+        for fd in fds {
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        }
+        (wakeRead, wakeWrite) = (fds[0], fds[1])
+        _ = VCPUInterrupter.signal  // install the kick handler before any kick
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(self).toOpaque()
+        let result = pthread_create(&thread, nil, { context in
+            Unmanaged<Watchdog>.fromOpaque(context!).takeUnretainedValue().loop()
+        }, context)
+        precondition(result == 0, "pthread_create failed: \(result)")
+        pthread_detach(thread)
+    }
 
     /// Arms a deadline `seconds` from now for the calling thread's vCPU.
-    init(seconds: Double, interrupter: VCPUInterrupter) {
+    func arm(seconds: Double, interrupter: VCPUInterrupter) -> Token {
+        let deadline = Self.now() &+ UInt64(min(seconds, 1e9) * 1e9)
         let thread = pthread_self()
-        _ = VCPUInterrupter.signal  // install the handler before any kick
-        timer = DispatchSource.makeTimerSource(queue: .global(qos: .userInitiated))
-        timer.schedule(deadline: .now() + seconds, leeway: .microseconds(200))
-        timer.setEventHandler { [deadline] in
-            deadline.state.withLock { current in
-                guard current == .armed else { return }
-                current = .fired
-                interrupter.interrupt(thread: thread)
-            }
+        let id = state.withLock { state in
+            state.nextID += 1
+            state.entries[state.nextID] = Entry(deadline: deadline, interrupter: interrupter, thread: thread)
+            return state.nextID
         }
-        timer.activate()
+        var byte: UInt8 = 1
+        _ = write(wakeWrite, &byte, 1)
+        return Token(id: id)
     }
 
     /// Whether the deadline has passed and the vCPU was kicked.
-    var fired: Bool { deadline.state.withLock { $0 == .fired } }
+    func fired(_ token: Token) -> Bool { state.withLock { $0.fired.contains(token.id) } }
 
-    /// Stops the timer; no kick happens after this returns.
-    func disarm() {
-        deadline.state.withLock { current in
-            if current == .armed { current = .disarmed }
+    /// Forgets the deadline; no kick for it happens after this returns.
+    func disarm(_ token: Token) {
+        state.withLock { state in
+            state.entries[token.id] = nil
+            state.fired.remove(token.id)
         }
-        timer.cancel()
+    }
+
+    private func loop() -> UnsafeMutableRawPointer? {
+        var pollFD = pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)
+        var drain = [UInt8](repeating: 0, count: 64)
+        while true {
+            let now = Self.now()
+            // Kick under the lock, so that `disarm` (which takes it) orders after every kick.
+            let next: UInt64? = state.withLock { state in
+                var nearest: UInt64?
+                for (id, entry) in state.entries where !state.fired.contains(id) {
+                    if entry.deadline <= now {
+                        state.fired.insert(id)
+                        entry.interrupter.interrupt(thread: entry.thread)
+                    } else {
+                        nearest = min(nearest ?? .max, entry.deadline)
+                    }
+                }
+                return nearest
+            }
+            // Milliseconds, rounded up, so the thread never wakes early and spins.
+            let timeout = next.map { Int32(min(($0 - now + 999_999) / 1_000_000, 60_000)) } ?? -1
+            _ = poll(&pollFD, 1, timeout)
+            _ = drain.withUnsafeMutableBytes { read(wakeRead, $0.baseAddress, $0.count) }
+        }
+    }
+
+    private static func now() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
     }
 }
