@@ -38,7 +38,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(m, "ud2")) __asm__ volatile("ud2");
     else if (!strcmp(m, "int3")) __asm__ volatile("int3");
     else if (!strcmp(m, "int80")) __asm__ volatile("int $0x80");
-    else if (!strcmp(m, "divide")) return 1 / zero;
+    else if (!strcmp(m, "divide")) { unsigned d = zero; __asm__ volatile("xor %%edx, %%edx\n div %0" :: "r"(d), "a"(1) : "rdx"); }
     else if (!strcmp(m, "syscall-nonsense")) {
         long r;
         __asm__ volatile("syscall" : "=a"(r) : "a"(100000L) : "rcx", "r11", "memory");

@@ -82,3 +82,17 @@ extension RunOutcome {
         return nil
     }
 }
+
+/// Runs a host command (for building non-guest fixtures).
+enum GuestToolchainTestHook {
+    static func spawn(_ command: [String]) -> Int32 {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = command
+        do { try process.run() } catch { return 127 }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+}
+
+func readBytes(_ path: String) throws -> [UInt8] { [UInt8](try Data(contentsOf: URL(fileURLWithPath: path))) }

@@ -5,6 +5,12 @@ public struct GuestMemoryError: Error, Sendable, Equatable, CustomStringConverti
     /// The length that was asked for.
     public let count: UInt64
 
+    /// A bad access of `count` bytes at `address` (handlers may throw it for their own checks).
+    public init(address: UInt64, count: UInt64) {
+        self.address = address
+        self.count = count
+    }
+
     public var description: String { "bad guest address 0x\(String(address, radix: 16)) (+\(count) bytes)" }
 }
 
