@@ -66,21 +66,22 @@ final class VirtualCPU {
             if error == .interrupted { return .interrupted }
             throw KVMError("KVM_RUN", error)
         }
-        let r = runPage.pointee
-        switch r.exit_reason {
+        // Read single fields through the pointer: copying all of kvm_run (2 KiB+) per exit shows up.
+        let r = runPage
+        switch r.pointee.exit_reason {
         case UInt32(KVM_EXIT_IO):
-            return .io(port: r.io.port, isOut: r.io.direction == UInt8(KVM_EXIT_IO_OUT),
-                       size: Int(r.io.size), count: Int(r.io.count))
+            return .io(port: r.pointee.io.port, isOut: r.pointee.io.direction == UInt8(KVM_EXIT_IO_OUT),
+                       size: Int(r.pointee.io.size), count: Int(r.pointee.io.count))
         case UInt32(KVM_EXIT_MMIO):
-            return .mmio(address: r.mmio.phys_addr, isWrite: r.mmio.is_write != 0, length: Int(r.mmio.len))
+            return .mmio(address: r.pointee.mmio.phys_addr, isWrite: r.pointee.mmio.is_write != 0, length: Int(r.pointee.mmio.len))
         case UInt32(KVM_EXIT_SHUTDOWN):
             return .shutdown
         case UInt32(KVM_EXIT_INTERNAL_ERROR):
-            return .internalError(suberror: r.internal.suberror)
+            return .internalError(suberror: r.pointee.internal.suberror)
         case UInt32(KVM_EXIT_FAIL_ENTRY):
-            return .failEntry(reason: r.fail_entry.hardware_entry_failure_reason)
+            return .failEntry(reason: r.pointee.fail_entry.hardware_entry_failure_reason)
         default:
-            return .other(reason: r.exit_reason)
+            return .other(reason: r.pointee.exit_reason)
         }
     }
 
