@@ -24,11 +24,7 @@ public final class ExitFloor {
         }
         try X86CPUState.installSystemTables(in: space)
         do {
-            vm = try kvm.createVM()
-            try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: memory.size, hostAddress: memory.hostAddress)
-            vcpu = try vm.createVCPU()
-            try vcpu.setSpecialRegisters(X86CPUState.specialRegisters(from: try vcpu.specialRegisters(), pageTableRoot: space.tables.root))
-            try vcpu.setRegisters(X86CPUState.initialRegisters(entry: code, stackPointer: 0))
+            (vm, vcpu) = try MicroVM.create(system: kvm, memory: memory, space: space, entry: code, stackPointer: 0)
         } catch {
             throw .kvm(error)
         }

@@ -75,13 +75,8 @@ public final class Sandbox {
             outputLimit: configuration.outputLimit)
 
         do {
-            vm = try self.system.createVM()
-            try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: memory.size, hostAddress: memory.hostAddress)
-            vcpu = try vm.createVCPU()
-            let sregs = X86CPUState.specialRegisters(from: try vcpu.specialRegisters(), pageTableRoot: space.tables.root)
-            try vcpu.setSpecialRegisters(sregs)
-            try vcpu.setRegisters(X86CPUState.initialRegisters(entry: program.entry, stackPointer: stackPointer))
-            try vcpu.setMSRs(X86CPUState.syscallMSRs)
+            (vm, vcpu) = try MicroVM.create(system: self.system, memory: memory, space: space,
+                                            entry: program.entry, stackPointer: stackPointer)
         } catch {
             throw .kvm(error)
         }
