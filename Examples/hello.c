@@ -11,6 +11,7 @@ int main(int argc, char **argv) {
     char *copy = malloc(64);
     if (!copy) return 1;
     snprintf(copy, 64, "%s says hi", argv[0]);
+    fflush(stdout);  // printf is buffered; ks_write goes straight to the host
     ks_write(1, copy, strlen(copy));
     ks_write(1, "\n", 1);
     free(copy);
