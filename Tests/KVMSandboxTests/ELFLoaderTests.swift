@@ -1,4 +1,4 @@
-import KVMSandbox
+@testable import KVMSandbox
 import Testing
 
 /// Helpers to patch little-endian fields of a valid ELF.
@@ -92,7 +92,7 @@ extension KVMTests {
         @Test func dynamicallyLinkedProgramSaysLinkStatic() throws {
             let output = Guests.outputDirectory.appendingPathComponent("dynamic.elf").path
             let source = Guests.testsDirectory.deletingLastPathComponent().appendingPathComponent("Guests/pie.c").path
-            #expect(GuestToolchainTestHook.spawn(["gcc", "-O2", "-o", output, source]) == 0)
+            #expect(GuestToolchain.spawn(["gcc", "-O2", "-o", output, source]) == 0)
             let error = elfError(try readBytes(output))
             guard case .dynamicallyLinked(let interpreter) = error else {
                 Issue.record("expected dynamicallyLinked, got \(String(describing: error))")

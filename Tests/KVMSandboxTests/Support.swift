@@ -83,16 +83,4 @@ extension RunOutcome {
     }
 }
 
-/// Runs a host command (for building non-guest fixtures).
-enum GuestToolchainTestHook {
-    static func spawn(_ command: [String]) -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = command
-        do { try process.run() } catch { return 127 }
-        process.waitUntilExit()
-        return process.terminationStatus
-    }
-}
-
 func readBytes(_ path: String) throws -> [UInt8] { [UInt8](try Data(contentsOf: URL(fileURLWithPath: path))) }

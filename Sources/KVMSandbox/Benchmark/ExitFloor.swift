@@ -1,7 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// The thinnest guest-to-host round trip this library's KVM layer can make: a guest that loops on
 /// `out %al, $0x42`, and a host loop that only re-enters `KVM_RUN`. It is the floor the host-call
 /// path is compared with (`kvmsandbox bench`).
@@ -40,11 +36,4 @@ public final class ExitFloor {
         }
         return Double(monotonicNanoseconds() - start) / Double(count)
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds.
-public func monotonicNanoseconds() -> UInt64 {
-    var time = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &time)
-    return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
 }

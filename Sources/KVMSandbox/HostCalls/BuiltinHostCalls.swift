@@ -181,7 +181,6 @@ final class BuiltinHostCalls {
         guard flags & anonymous != 0, flags & fixed == 0 else { return -Int64(E.EINVAL) }
         guard protection & exec == 0 else { return -Int64(E.EACCES) }
         guard length > 0, let size = PageSize.alignUp(length), size <= space.memory.size else { return -Int64(E.ENOMEM) }
-        guard mmapBottom >= size, mmapBottom - size >= heapMappedEnd + GuestLayout.stackGap else { return -Int64(E.ENOMEM) }
         if protection != 0, let index = freeRanges.firstIndex(where: { $0.length >= size }) {
             let start = freeRanges[index].start
             freeRanges[index].start += size
@@ -190,6 +189,7 @@ final class BuiltinHostCalls {
             space.zeroMapped(start, length: size)
             return Int64(start)
         }
+        guard mmapBottom >= size, mmapBottom - size >= heapMappedEnd + GuestLayout.stackGap else { return -Int64(E.ENOMEM) }
         let start = mmapBottom - size
         if protection != 0 {
             guard (try? space.mapNew(start, length: size, [.read, .write])) != nil else { return -Int64(E.ENOMEM) }

@@ -50,7 +50,7 @@ final class Watchdog: Sendable {
 
     /// Arms a deadline `seconds` from now for the calling thread's vCPU.
     func arm(seconds: Double, interrupter: VCPUInterrupter) -> Token {
-        let deadline = Self.now() &+ UInt64(min(seconds, 1e9) * 1e9)
+        let deadline = monotonicNanoseconds() &+ UInt64(min(seconds, 1e9) * 1e9)
         let thread = pthread_self()
         let id = state.withLock { state in
             state.nextID += 1
@@ -77,7 +77,7 @@ final class Watchdog: Sendable {
         var pollFD = pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)
         var drain = [UInt8](repeating: 0, count: 64)
         while true {
-            let now = Self.now()
+            let now = monotonicNanoseconds()
             // Kick under the lock, so that `disarm` (which takes it) orders after every kick.
             let next: UInt64? = state.withLock { state in
                 var nearest: UInt64?
@@ -96,11 +96,5 @@ final class Watchdog: Sendable {
             _ = poll(&pollFD, 1, timeout)
             _ = drain.withUnsafeMutableBytes { read(wakeRead, $0.baseAddress, $0.count) }
         }
-    }
-
-    private static func now() -> UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
     }
 }
