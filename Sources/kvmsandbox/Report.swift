@@ -1,7 +1,9 @@
+import Foundation
 import KVMSandbox
 
-/// The human-readable report of a run that did not end in a normal exit.
+/// The reports `kvmsandbox run` prints for people and writes as JSON.
 enum Report {
+    /// The human-readable report of a run that did not end in a normal exit.
     static func text(_ outcome: RunOutcome) -> String {
         guard case .fault(let fault) = outcome else { return "kvmsandbox: guest \(outcome)" }
         var lines = ["kvmsandbox: guest fault: \(fault)"]
@@ -12,7 +14,20 @@ enum Report {
             lines.append("  " + registers[row..<min(row + 3, registers.count)]
                 .map { pad($0, 26) }.joined())
         }
+        lines.append("backtrace:")
+        for (index, frame) in fault.backtrace.frames.enumerated() {
+            lines.append("  #\(pad(String(index), 3))\(frame)  [\(frame.foundBy.rawValue)]")
+        }
+        lines.append("  (\(fault.backtrace.end))")
+        if let why = fault.backtrace.lineInfoUnavailable { lines.append("  no file:line: \(why)") }
         return lines.joined(separator: "\n")
+    }
+
+    /// The JSON form of a run's outcome (schema in the README).
+    static func json(_ outcome: RunOutcome) throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return try encoder.encode(RunReport(outcome))
     }
 }
 

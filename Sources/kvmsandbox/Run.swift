@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import KVMSandbox
 #if canImport(Glibc)
 import Glibc
@@ -27,6 +28,9 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("env"), help: "Add NAME=value to the guest's environment (repeatable).")
     var environment: [String] = []
 
+    @Option(name: .long, help: "Also write the outcome (fault, registers, backtrace) as JSON to this file.")
+    var reportJSON: String?
+
     @Flag(name: .long, help: "Print the platform and exit counters to stderr.")
     var verbose = false
 
@@ -54,6 +58,12 @@ struct Run: ParsableCommand {
             throw ExitCode(ExitStatus.sandboxError)
         }
         if case .exited = outcome {} else { printError(Report.text(outcome)) }
+        if let reportJSON {
+            do { try Report.json(outcome).write(to: URL(fileURLWithPath: reportJSON)) } catch {
+                printError("kvmsandbox: cannot write \(reportJSON): \(error)")
+                throw ExitCode(ExitStatus.sandboxError)
+            }
+        }
         throw ExitCode(outcome.exitStatus)
     }
 }

@@ -25,6 +25,19 @@ int main(int argc, char **argv) {
     else if (!strcmp(m, "stack-overflow")) return recurse(0);
     else if (!strcmp(m, "hlt")) __asm__ volatile("hlt");
     else if (!strcmp(m, "cli")) __asm__ volatile("cli");
+    else if (!strcmp(m, "sti")) __asm__ volatile("sti");
+    else if (!strcmp(m, "mov-cr0")) { unsigned long v; __asm__ volatile("mov %%cr0, %0" : "=r"(v)); }
+    else if (!strcmp(m, "misaligned-sse")) {
+        static char buffer[64] __attribute__((aligned(16)));
+        __asm__ volatile("movaps (%0), %%xmm0" :: "r"(buffer + 1) : "xmm0");
+    }
+    else if (!strcmp(m, "read-low-pages")) {  // where identity-mapped page tables would be
+        for (unsigned long a = 0x1000; a < 0x400000; a += 0x1000) zero += *(volatile char *)a;
+    }
+    else if (!strcmp(m, "host-address")) return *(volatile char *)0x7f0000000000L;
+    else if (!strcmp(m, "kernel-address")) return *(volatile char *)0xffffffff81000000UL;
+    else if (!strcmp(m, "non-canonical")) return *(volatile char *)0x0000800000000000UL;
+    else if (!strcmp(m, "wild-jump")) ((fn)0xdeadbeef000L)();
     else if (!strcmp(m, "mov-cr3")) { unsigned long v; __asm__ volatile("mov %%cr3, %0" : "=r"(v)); }
     else if (!strcmp(m, "write-cr3")) __asm__ volatile("mov %0, %%cr3" :: "r"(0UL));
     else if (!strcmp(m, "lgdt")) { struct { uint16_t l; uint64_t b; } __attribute__((packed)) d = {0, 0}; __asm__ volatile("lgdt %0" :: "m"(d)); }

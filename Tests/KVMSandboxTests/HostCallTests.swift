@@ -57,6 +57,22 @@ extension KVMTests {
             #expect(outcome.exitStatus == ExitStatus.abiViolation)
         }
 
+        @Test func aHandlerThatRunsTheGuestAgainIsRefused() throws {
+            var thrown: (any Error)?
+            let (outcome, _, _) = try Guests.run("hostcalls", ["echo"], setUp: { sandbox in
+                try sandbox.register(HostCallNumber.firstUserNumber) { [unowned sandbox] _ in
+                    do { _ = try sandbox.run() } catch { thrown = error; throw error }
+                    return 0
+                }
+            })
+            #expect(thrown as? SandboxError == .alreadyRunning)
+            guard case .hostCallFailed(_, let message) = outcome else {
+                Issue.record("expected hostCallFailed, got \(outcome)")
+                return
+            }
+            #expect(message.contains("cannot be called from one of its own handlers"))
+        }
+
         @Test func builtinNumbersCannotBeRegistered() throws {
             let sandbox = try Sandbox(elfPath: try Guests.build("hostcalls"))
             #expect(throws: SandboxError.reservedHostCallNumber(1)) { try sandbox.register(1) { _ in 0 } }

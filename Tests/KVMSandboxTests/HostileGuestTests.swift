@@ -22,7 +22,15 @@ extension KVMTests {
             .init(mode: "stack-overflow", vector: 14, errorCode: 0x6),                  // into the guard page
             .init(mode: "read-gdt", vector: 14, errorCode: 0x5, address: GuestLayout.systemPage),  // supervisor page
             .init(mode: "write-stub", vector: 14, errorCode: 0x7, address: GuestLayout.syscallStubPage),
+            .init(mode: "read-low-pages", vector: 14, errorCode: 0x4, address: 0x1000),   // nothing maps page tables
+            .init(mode: "host-address", vector: 14, errorCode: 0x4, address: 0x7f00_0000_0000),
+            .init(mode: "wild-jump", vector: 14, errorCode: 0x14, address: 0xdead_beef_000),  // user fetch, not present
             .init(mode: "hlt", vector: 13, errorCode: 0),
+            .init(mode: "sti", vector: 13, errorCode: 0),
+            .init(mode: "mov-cr0", vector: 13, errorCode: 0),
+            .init(mode: "misaligned-sse", vector: 13, errorCode: 0),
+            .init(mode: "kernel-address", vector: 14, errorCode: 0x4, address: 0xffff_ffff_8100_0000),
+            .init(mode: "non-canonical", vector: 13, errorCode: 0),
             .init(mode: "cli", vector: 13, errorCode: 0),
             .init(mode: "mov-cr3", vector: 13, errorCode: 0),
             .init(mode: "write-cr3", vector: 13, errorCode: 0),
@@ -49,7 +57,7 @@ extension KVMTests {
             if let code = expected.errorCode { #expect(fault.errorCode == code, "\(expected.mode): \(fault)") }
             if let address = expected.address { #expect(fault.faultAddress == address, "\(expected.mode): \(fault)") }
             #expect(outcome.exitStatus == 128 + X86Exception.signal(expected.vector))
-            if !["stack-overflow", "stack-exec", "data-exec"].contains(expected.mode) {  // RIP is not in code there
+            if !["stack-overflow", "stack-exec", "data-exec", "wild-jump"].contains(expected.mode) {  // RIP is not in code there
                 #expect(fault.location?.hasPrefix("main") == true, "\(expected.mode): \(fault)")
             }
             // The host is unharmed: a normal guest still runs.

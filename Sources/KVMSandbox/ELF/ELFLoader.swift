@@ -12,6 +12,10 @@ public struct LoadedProgram: Sendable {
     public let imageEnd: UInt64
     /// The ELF's symbols (linked addresses; add `base`).
     public let symbols: SymbolTable
+    /// The guest addresses the ELF's segments occupy, from the lowest page to `imageEnd`.
+    public let imageRange: Range<UInt64>
+    /// DWARF line tables and call-frame information, opened on first use (a fault).
+    let debugInfo: LazyDebugInfo
 
     /// `function+0xoffset` for a guest address, when a symbol covers it.
     public func symbolize(_ address: UInt64) -> String? {
@@ -65,7 +69,8 @@ enum ELFLoader {
         return LoadedProgram(
             base: base, entry: base + elf.entry,
             programHeaderAddress: programHeaderAddress(elf).map { base + $0 } ?? 0,
-            programHeaderCount: elf.programHeaderCount, imageEnd: imageEnd, symbols: elf.symbols)
+            programHeaderCount: elf.programHeaderCount, imageEnd: imageEnd, symbols: elf.symbols,
+            imageRange: (base &+ lowest)..<imageEnd, debugInfo: LazyDebugInfo(elfBytes: elf.bytes))
     }
 
     private static func hostWrite(_ bytes: [UInt8], at address: UInt64, _ space: AddressSpace) throws(SandboxError) {

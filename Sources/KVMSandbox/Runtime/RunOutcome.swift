@@ -12,6 +12,13 @@ public struct GuestRegisters: Sendable, Equatable, Codable {
         (rip, rflags) = (r.rip, r.rflags)
     }
 
+    /// The registers in KVM's layout.
+    var kvmRegisters: kvm_regs {
+        kvm_regs(rax: rax, rbx: rbx, rcx: rcx, rdx: rdx, rsi: rsi, rdi: rdi, rsp: rsp, rbp: rbp,
+                 r8: r8, r9: r9, r10: r10, r11: r11, r12: r12, r13: r13, r14: r14, r15: r15,
+                 rip: rip, rflags: rflags)
+    }
+
     /// Name/value pairs in the conventional order, for printing.
     public var named: [(String, UInt64)] {
         [("rax", rax), ("rbx", rbx), ("rcx", rcx), ("rdx", rdx), ("rsi", rsi), ("rdi", rdi), ("rbp", rbp),
@@ -21,7 +28,7 @@ public struct GuestRegisters: Sendable, Equatable, Codable {
 }
 
 /// A CPU exception that ended the guest.
-public struct GuestFault: Sendable, Equatable, CustomStringConvertible {
+public struct GuestFault: Sendable, Equatable, Codable, CustomStringConvertible {
     /// The exception vector (14 = #PF, 13 = #GP, 6 = #UD, ...).
     public let vector: UInt8
     /// The error code the CPU pushed, for vectors that have one.
@@ -32,9 +39,13 @@ public struct GuestFault: Sendable, Equatable, CustomStringConvertible {
     public let registers: GuestRegisters
     /// `function+0xoffset` of the faulting instruction, when the ELF has symbols.
     public let location: String?
+    /// The call stack at the fault, symbolized from the guest's ELF.
+    public let backtrace: Backtrace
 
     /// `#PF`, `#GP`, ...
     public var mnemonic: String { X86Exception.mnemonic(vector) }
+    /// "page fault", "general protection", ...
+    public var name: String { X86Exception.name(vector) }
 
     /// For #PF: what the access was and why it failed, decoded from the error code.
     public var pageFaultCause: String? {
@@ -102,4 +113,61 @@ public enum ExitStatus {
     public static let sandboxError: Int32 = 125
     /// The guest broke the host-call ABI, or a host-call handler failed.
     public static let abiViolation: Int32 = 126
+}
+
+/// What an exception handler decided about a CPU exception.
+public enum ExceptionDecision: Sendable {
+    /// End the run with a `.fault` outcome.
+    case stop
+    /// Continue the guest with the (possibly changed) registers.
+    case resume
+}
+
+/// Sees a CPU exception before it ends a run; may change the registers and resume the guest.
+public typealias ExceptionHandler = (_ fault: GuestFault, _ registers: inout GuestRegisters) -> ExceptionDecision
+
+/// A run's outcome as plain data, for JSON (`kvmsandbox run --report-json`).
+public struct RunReport: Sendable, Codable, Equatable {
+    /// `exited`, `fault`, `signaled`, `timedOut`, `abiViolation` or `hostCallFailed`.
+    public let outcome: String
+    /// The exit status `kvmsandbox run` uses.
+    public let exitStatus: Int32
+    /// One line for people.
+    public let summary: String
+    /// The exception, for `fault`.
+    public let fault: Fault?
+
+    /// A CPU exception with every decoded field spelled out.
+    public struct Fault: Sendable, Codable, Equatable {
+        public let vector: UInt8
+        public let mnemonic: String
+        public let name: String
+        public let errorCode: UInt32?
+        public let faultAddress: UInt64?
+        public let pageFaultCause: String?
+        public let location: String?
+        public let registers: GuestRegisters
+        public let backtrace: Backtrace
+    }
+
+    /// The report of `outcome`.
+    public init(_ outcome: RunOutcome) {
+        exitStatus = outcome.exitStatus
+        summary = outcome.description
+        switch outcome {
+        case .exited: self.outcome = "exited"
+        case .fault: self.outcome = "fault"
+        case .signaled: self.outcome = "signaled"
+        case .timedOut: self.outcome = "timedOut"
+        case .abiViolation: self.outcome = "abiViolation"
+        case .hostCallFailed: self.outcome = "hostCallFailed"
+        }
+        if case .fault(let f) = outcome {
+            fault = Fault(vector: f.vector, mnemonic: f.mnemonic, name: f.name, errorCode: f.errorCode,
+                          faultAddress: f.faultAddress, pageFaultCause: f.pageFaultCause, location: f.location,
+                          registers: f.registers, backtrace: f.backtrace)
+        } else {
+            fault = nil
+        }
+    }
 }

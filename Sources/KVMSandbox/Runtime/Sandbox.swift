@@ -30,7 +30,9 @@ public final class Sandbox {
     private let space: AddressSpace
     private let builtins: BuiltinHostCalls
     private var handlers: [Int: HostCallHandler] = [:]
+    private var exceptionHandler: ExceptionHandler?
     private var outcome: RunOutcome?
+    private var isRunning = false
     private let logger = Logger(label: "kvmsandbox")
 
     /// Exit counters of a run.
@@ -89,6 +91,13 @@ public final class Sandbox {
         handlers[number] = handler
     }
 
+    /// Lets `handler` see every CPU exception before it ends the run: it may change the registers
+    /// (skip an instruction, emulate it, treat `int3` as a breakpoint) and resume the guest.
+    /// Without a handler, or when it returns `.stop`, the exception ends the run as a `.fault`.
+    public func onException(_ handler: @escaping ExceptionHandler) {
+        exceptionHandler = handler
+    }
+
     /// What the guest wrote to `fd` (1 or 2) when that stream was configured as `.capture`.
     public func capturedOutput(fd: Int32) -> [UInt8] { builtins.capturedOutput(fd: fd) }
 
@@ -99,6 +108,9 @@ public final class Sandbox {
     /// Throws only for host-side failures (a KVM ioctl failing); guest behaviour is the outcome.
     public func run() throws(SandboxError) -> RunOutcome {
         guard outcome == nil else { throw .alreadyFinished }
+        guard !isRunning else { throw .alreadyRunning }
+        isRunning = true
+        defer { isRunning = false }
         let deadline = configuration.timeout.map { Watchdog.shared.arm(seconds: $0, interrupter: vcpu.interrupter) }
         let signalMask = deadline.map { _ in VCPUInterrupter.unblockSignalOnThisThread() }
         defer {
@@ -146,21 +158,40 @@ public final class Sandbox {
         }
     }
 
-    /// A CPU exception (PVM: `KVM_EXIT_SHUTDOWN`, the vector in the synced events): the run ends.
+    /// A CPU exception (PVM: `KVM_EXIT_SHUTDOWN`, the vector in the synced events): the run ends
+    /// unless the embedder's exception handler resumes it.
     private func handleException() throws(KVMError) -> RunOutcome? {
         let events = vcpu.events
         let vector = events.exception.nr
         let regs = vcpu.registers
         let sregs = try vcpu.specialRegisters()
+        let registers = GuestRegisters(regs)
         let fault = GuestFault(
             vector: vector,
             errorCode: events.exception.has_error_code != 0 || X86Exception.hasErrorCode(vector)
                 ? events.exception.error_code : nil,
             faultAddress: vector == 14 ? sregs.cr2 : nil,
-            registers: GuestRegisters(regs),
-            location: program.symbolize(regs.rip))
+            registers: registers,
+            location: program.symbolize(regs.rip),
+            backtrace: backtrace(from: registers))
         logger.debug("guest fault: \(fault)")
+        if let exceptionHandler {
+            var changed = registers
+            if exceptionHandler(fault, &changed) == .resume {
+                vcpu.modifyRegisters { $0 = changed.kvmRegisters }
+                return nil
+            }
+        }
         return .fault(fault)
+    }
+
+    /// The guest's call stack, symbolized from its ELF (frame pointers and `.eh_frame`, DWARF lines).
+    func backtrace(from registers: GuestRegisters) -> Backtrace {
+        let view = guestMemory
+        let unwinder = Unwinder(program: program, debugInfo: program.debugInfo.value) { address in
+            try? view.load(UInt64.self, at: address)
+        }
+        return unwinder.backtrace(from: registers)
     }
 
     /// Serves the host call described by the guest's registers; the guest resumes after its `out`.

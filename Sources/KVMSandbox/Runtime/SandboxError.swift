@@ -26,6 +26,8 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
     case reservedHostCallNumber(Int)
     /// `run()` was called on a sandbox whose guest has already finished.
     case alreadyFinished
+    /// `run()` was called while the guest is running (from a host-call or exception handler).
+    case alreadyRunning
 
     public var description: String {
         switch self {
@@ -53,6 +55,8 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
             return "host-call number \(number) is reserved for built-in calls (use \(HostCallNumber.firstUserNumber) or above)"
         case .alreadyFinished:
             return "the guest has already finished; create a new sandbox to run it again"
+        case .alreadyRunning:
+            return "the guest is running: run() cannot be called from one of its own handlers"
         }
     }
 }
