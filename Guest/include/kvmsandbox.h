@@ -26,6 +26,7 @@ extern "C" {
 #define KS_HC_CLOCK_GETTIME 228  /* (clock, struct timespec *) -> 0 */
 #define KS_HC_EXIT 231           /* (status): does not return */
 /* The first number an embedder may register. */
+#define KS_HC_READY 0xf00         /* (): initialized; the host may snapshot here. Returns 0 */
 #define KS_HOSTCALL_USER 0x1000
 
 /* Make host call `nr` with six arguments. */
@@ -54,6 +55,11 @@ __attribute__((noreturn)) static inline void ks_exit(int status) {
 }
 
 /* Nanoseconds on the host's monotonic clock. */
+/* Tells the host the program has initialized. Under `Snapshot`, the host freezes the VM here:
+ * every fork starts paused at this point, where the host may call the program's functions or
+ * let main() continue. Elsewhere it just returns. */
+static inline void ks_ready(void) { ks_hostcall(KS_HC_READY, 0, 0, 0, 0, 0, 0); }
+
 static inline long long ks_clock_ns(void) {
     struct { long long sec, nsec; } ts = {0, 0};
     ks_hostcall(KS_HC_CLOCK_GETTIME, 1 /* CLOCK_MONOTONIC */, (long)&ts, 0, 0, 0, 0);

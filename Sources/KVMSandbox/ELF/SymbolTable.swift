@@ -16,11 +16,22 @@ public struct SymbolTable: Sendable {
     /// Symbols sorted by address.
     public let symbols: [Symbol]
 
+    /// Function symbols by name (the first one wins when a name repeats).
+    let functionsByName: [String: Symbol]
+
     /// No symbols.
-    public init() { symbols = [] }
+    public init() { self.init(symbols: []) }
+
+    init(symbols: [Symbol]) {
+        self.symbols = symbols
+        functionsByName = Dictionary(symbols.filter(\.isFunction).map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    /// The function symbol called `name`.
+    public func function(named name: String) -> Symbol? { functionsByName[name] }
 
     init(elf reader: ByteReader) {
-        symbols = (try? Self.parse(reader)) ?? []
+        self.init(symbols: (try? Self.parse(reader)) ?? [])
     }
 
     /// At most this many symbols are kept (a hostile file cannot make the host allocate more).

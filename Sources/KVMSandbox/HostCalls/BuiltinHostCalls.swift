@@ -23,30 +23,34 @@ final class BuiltinHostCalls {
     private let space: AddressSpace
     private let outputs: [Int32: OutputDestination]
     private let outputLimit: UInt64
-    private(set) var outputWritten: UInt64 = 0
-    private(set) var captured: [Int32: [UInt8]] = [:]
-    private(set) var fsBase: UInt64 = 0
-
-    /// The heap (brk) and mmap regions: brk grows up from the image, mmap grows down from below the stack.
+    /// Everything the calls change, as one value: a snapshot saves it, a reset puts it back.
+    struct State {
+        var outputWritten: UInt64 = 0
+        var captured: [Int32: [UInt8]] = [:]
+        var fsBase: UInt64 = 0
+        /// The heap (brk) grows up from the image; mmap grows down from below the stack.
+        var heapEnd: UInt64
+        var heapMappedEnd: UInt64
+        var mmapBottom: UInt64
+        /// Unmapped anonymous ranges, still mapped to their pages, reused (zeroed) by later mmaps.
+        /// Reusing translations instead of changing them means no guest TLB can ever hold a stale one.
+        var freeRanges: [(start: UInt64, length: UInt64)] = []
+    }
+    var state: State
     private let heapStart: UInt64
-    private var heapEnd: UInt64
-    private var heapMappedEnd: UInt64
-    private var mmapBottom: UInt64
     private let mmapTop: UInt64
-    /// Unmapped anonymous ranges, still mapped to their pages, reused (zeroed) by later mmaps.
-    /// Reusing translations instead of changing them means no guest TLB can ever hold a stale one.
-    private var freeRanges: [(start: UInt64, length: UInt64)] = []
 
     init(space: AddressSpace, heapStart: UInt64, mmapTop: UInt64, outputs: [Int32: OutputDestination], outputLimit: UInt64) {
         self.space = space
         self.heapStart = heapStart
-        self.heapEnd = heapStart
-        self.heapMappedEnd = heapStart
-        self.mmapBottom = mmapTop
         self.mmapTop = mmapTop
+        self.state = State(heapEnd: heapStart, heapMappedEnd: heapStart, mmapBottom: mmapTop)
         self.outputs = outputs
         self.outputLimit = outputLimit
     }
+
+    /// The FS base (TLS pointer) the guest last set.
+    var fsBase: UInt64 { state.fsBase }
 
     /// Serves call `number`; `.notBuiltin` when the number is not one of ours.
     func handle(_ call: HostCall) throws -> HostCallEffect {
@@ -97,7 +101,7 @@ final class BuiltinHostCalls {
         }
     }
 
-    func setFSBase(_ base: UInt64) { fsBase = base }
+    func setFSBase(_ base: UInt64) { state.fsBase = base }
 
     // MARK: output
 
@@ -106,20 +110,20 @@ final class BuiltinHostCalls {
             return -Int64(HostCallErrno.EBADF)
         }
         guard count > 0 else { return 0 }
-        guard outputWritten < outputLimit else { return -Int64(HostCallErrno.EFBIG) }
-        let allowed = min(count, outputLimit - outputWritten)
+        guard state.outputWritten < outputLimit else { return -Int64(HostCallErrno.EFBIG) }
+        let allowed = min(count, outputLimit - state.outputWritten)
         var failed = false
         try memory.withReadableChunks(address, count: allowed) { chunk in
             guard !failed else { return }
             switch destination {
             case .discard: break
-            case .capture: captured[Int32(fd), default: []].append(contentsOf: chunk)
+            case .capture: state.captured[Int32(fd), default: []].append(contentsOf: chunk)
             case .fileDescriptor(let hostFD):
                 do { _ = try FileDescriptor(rawValue: hostFD).writeAll(chunk) } catch { failed = true }
             }
         }
         if failed { return -Int64(HostCallErrno.EIO) }
-        outputWritten += allowed
+        state.outputWritten += allowed
         return Int64(allowed)
     }
 
@@ -141,8 +145,8 @@ final class BuiltinHostCalls {
         return total
     }
 
-    /// The captured bytes written to `fd`.
-    func capturedOutput(fd: Int32) -> [UInt8] { captured[fd] ?? [] }
+    /// The state.captured bytes written to `fd`.
+    func capturedOutput(fd: Int32) -> [UInt8] { state.captured[fd] ?? [] }
 
     /// TIOCGWINSZ on fd 1 or 2 succeeds when the host stream is a terminal (so libc line-buffers
     /// it, as on Linux); every other ioctl is -ENOTTY.
@@ -162,16 +166,16 @@ final class BuiltinHostCalls {
 
     /// Linux brk: grows (never shrinks) the heap; returns the new break, or the old one on failure.
     private func brk(_ requested: UInt64) -> UInt64 {
-        guard requested > heapEnd else { return heapEnd }
-        guard let mappedEnd = PageSize.alignUp(requested), mappedEnd <= mmapBottom else { return heapEnd }
-        if mappedEnd > heapMappedEnd {
-            guard (try? space.mapNew(heapMappedEnd, length: mappedEnd - heapMappedEnd, [.read, .write])) != nil else {
-                return heapEnd
+        guard requested > state.heapEnd else { return state.heapEnd }
+        guard let mappedEnd = PageSize.alignUp(requested), mappedEnd <= state.mmapBottom else { return state.heapEnd }
+        if mappedEnd > state.heapMappedEnd {
+            guard (try? space.mapNew(state.heapMappedEnd, length: mappedEnd - state.heapMappedEnd, [.read, .write])) != nil else {
+                return state.heapEnd
             }
-            heapMappedEnd = mappedEnd
+            state.heapMappedEnd = mappedEnd
         }
-        heapEnd = requested
-        return heapEnd
+        state.heapEnd = requested
+        return state.heapEnd
     }
 
     /// Anonymous private mappings only, placed top-down below the stack; no executable memory.
@@ -181,48 +185,48 @@ final class BuiltinHostCalls {
         guard flags & anonymous != 0, flags & fixed == 0 else { return -Int64(E.EINVAL) }
         guard protection & exec == 0 else { return -Int64(E.EACCES) }
         guard length > 0, let size = PageSize.alignUp(length), size <= space.memory.size else { return -Int64(E.ENOMEM) }
-        if protection != 0, let index = freeRanges.firstIndex(where: { $0.length >= size }) {
-            let start = freeRanges[index].start
-            freeRanges[index].start += size
-            freeRanges[index].length -= size
-            if freeRanges[index].length == 0 { freeRanges.remove(at: index) }
+        if protection != 0, let index = state.freeRanges.firstIndex(where: { $0.length >= size }) {
+            let start = state.freeRanges[index].start
+            state.freeRanges[index].start += size
+            state.freeRanges[index].length -= size
+            if state.freeRanges[index].length == 0 { state.freeRanges.remove(at: index) }
             space.zeroMapped(start, length: size)
             return Int64(start)
         }
-        guard mmapBottom >= size, mmapBottom - size >= heapMappedEnd + GuestLayout.stackGap else { return -Int64(E.ENOMEM) }
-        let start = mmapBottom - size
+        guard state.mmapBottom >= size, state.mmapBottom - size >= state.heapMappedEnd + GuestLayout.stackGap else { return -Int64(E.ENOMEM) }
+        let start = state.mmapBottom - size
         if protection != 0 {
             guard (try? space.mapNew(start, length: size, [.read, .write])) != nil else { return -Int64(E.ENOMEM) }
         }
-        mmapBottom = start
+        state.mmapBottom = start
         return Int64(start)
     }
 
-    /// Returns anonymous pages to the free list (they stay mapped; see `freeRanges`). Only the
+    /// Returns anonymous pages to the free list (they stay mapped; see `state.freeRanges`). Only the
     /// mmap region can be unmapped: the image, heap, stack and system pages cannot.
     private func munmap(_ address: UInt64, length: UInt64) -> Int64 {
         guard address % PageSize.bytes == 0, length > 0, let size = PageSize.alignUp(length),
-              address >= mmapBottom, size <= mmapTop - address else { return -Int64(HostCallErrno.EINVAL) }
+              address >= state.mmapBottom, size <= mmapTop - address else { return -Int64(HostCallErrno.EINVAL) }
         var page = address
         while page < address + size {
             var run: UInt64 = 0
             while page + run < address + size, space.isMapped(page + run),
-                  !freeRanges.contains(where: { page + run >= $0.start && page + run < $0.start + $0.length }) {
+                  !state.freeRanges.contains(where: { page + run >= $0.start && page + run < $0.start + $0.length }) {
                 run += PageSize.bytes
             }
-            if run > 0 { freeRanges.append((page, run)) }
+            if run > 0 { state.freeRanges.append((page, run)) }
             page += max(run, PageSize.bytes)
         }
-        freeRanges.sort { $0.start < $1.start }
+        state.freeRanges.sort { $0.start < $1.start }
         var merged: [(start: UInt64, length: UInt64)] = []
-        for range in freeRanges {
+        for range in state.freeRanges {
             if let last = merged.last, last.start + last.length == range.start {
                 merged[merged.count - 1].length += range.length
             } else {
                 merged.append(range)
             }
         }
-        freeRanges = merged
+        state.freeRanges = merged
         return 0
     }
 

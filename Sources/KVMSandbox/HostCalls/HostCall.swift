@@ -7,6 +7,10 @@ public enum HostCallNumber {
     public static let getpid = 39, exit = 60, kill = 62, archPrctl = 158, gettid = 186, tkill = 200
     public static let setTidAddress = 218, clockGettime = 228, exitGroup = 231, tgkill = 234
     public static let getrandom = 318
+    /// `ks_ready()`: the guest has initialized; a snapshot may be taken here (0 is returned).
+    public static let ready = 0xf00
+    /// Used by the return stub of a host-to-guest function call: the result is in the first argument.
+    public static let guestCallReturn = 0xf01
     /// The first number an embedder may register.
     public static let firstUserNumber = 0x1000
 }

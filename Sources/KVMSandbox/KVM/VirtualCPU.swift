@@ -97,6 +97,12 @@ final class VirtualCPU {
     /// Exception and interrupt state as of the last exit (from the sync-regs area).
     var events: kvm_vcpu_events { runPage.pointee.s.regs.events }
 
+    /// Replaces the exception and interrupt state; it reaches the vCPU on the next `KVM_RUN`.
+    func setEvents(_ events: kvm_vcpu_events) {
+        runPage.pointee.s.regs.events = events
+        runPage.pointee.kvm_dirty_regs |= UInt64(KVM_SYNC_X86_EVENTS)
+    }
+
     /// Sets all general-purpose registers now (`KVM_SET_REGS`); used once at start-up.
     func setRegisters(_ registers: kvm_regs) throws(KVMError) {
         var value = registers

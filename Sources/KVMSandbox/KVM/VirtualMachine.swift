@@ -23,6 +23,21 @@ final class VirtualMachine {
         try kvmIoctl(fd, KVMRequest.setUserMemoryRegion, &region, "KVM_SET_USER_MEMORY_REGION")
     }
 
+    /// `KVM_MEM_LOG_DIRTY_PAGES`: KVM records every page the guest writes in the slot.
+    static let logDirtyPages: UInt32 = 1
+
+    /// `KVM_GET_DIRTY_LOG`: fills `bitmap` (one bit per page of the slot) with the pages the guest
+    /// wrote since the last call, and write-protects them again.
+    func fetchDirtyLog(slot: UInt32, into bitmap: inout [UInt64]) throws(KVMError) {
+        let result = bitmap.withUnsafeMutableBytes { buffer in
+            var log = kvm_dirty_log()
+            log.slot = slot
+            log.dirty_bitmap = buffer.baseAddress
+            return withUnsafeMutablePointer(to: &log) { ckvmIoctlPointer(fd.rawValue, KVMRequest.getDirtyLog, $0) }
+        }
+        if result < 0 { throw KVMError("KVM_GET_DIRTY_LOG", .current) }
+    }
+
     /// Creates vCPU `id` and maps its `kvm_run` page.
     func createVCPU(id: Int = 0) throws(KVMError) -> VirtualCPU {
         let vcpufd = FileDescriptor(rawValue: try kvmIoctl(fd, KVMRequest.createVCPU, UInt(id), "KVM_CREATE_VCPU"))

@@ -21,6 +21,26 @@ final class AddressSpace {
     private(set) var allocator: PhysicalPageAllocator
     let tables: X86PageTables
 
+    /// Whether translations were added since creation or the last `restore`: then a vCPU's
+    /// cached translations (PVM's shadow pages, a TLB) must be dropped when it is reset.
+    private(set) var translationsChanged = false
+
+    /// The allocator position: with the page tables in guest memory, all a snapshot needs.
+    var allocatorState: PhysicalPageAllocator { allocator }
+
+    /// An address space whose tables and pages are already in `memory` (a fork of a snapshot).
+    init(memory: GuestMemory, tablesRoot: UInt64, allocator: PhysicalPageAllocator) {
+        self.memory = memory
+        self.tables = X86PageTables(root: tablesRoot)
+        self.allocator = allocator
+    }
+
+    /// Puts the allocator back to a snapshot's position (its memory is restored separately).
+    func restore(allocator: PhysicalPageAllocator) {
+        self.allocator = allocator
+        translationsChanged = false
+    }
+
     init(memory: GuestMemory) throws(SandboxError) {
         self.memory = memory
         // Guest-physical page 0 is left unused, so no table or page ever sits at physical 0.
@@ -36,6 +56,7 @@ final class AddressSpace {
     /// Fails before mapping anything when the pages and the tables they may need do not fit.
     func mapNew(_ start: UInt64, length: UInt64, _ permissions: PagePermissions) throws(SandboxError) {
         precondition(start % PageSize.bytes == 0 && length % PageSize.bytes == 0)
+        translationsChanged = true
         let pages = length / PageSize.bytes
         let worstCaseTables = 3 * (pages / 512 + 2)  // page tables, directories, PDPTs the range may touch
         guard (pages + worstCaseTables) * PageSize.bytes <= allocator.available else {
@@ -55,6 +76,7 @@ final class AddressSpace {
     /// Changes the permissions of an already mapped page, keeping its contents.
     func protect(_ page: UInt64, _ permissions: PagePermissions) throws(SandboxError) {
         guard let physical = tables.translateForHost(page, memory: memory) else { return }
+        translationsChanged = true
         try tables.map(page, to: physical, permissions, memory: memory, allocator: &allocator)
     }
 

@@ -4,17 +4,23 @@ import SystemPackage
 import Glibc
 #endif
 
-/// Guest-physical memory: a memfd of `size` bytes mapped shared into the host.
-/// Unmapped and closed on deinit.
+/// Guest-physical memory: a memfd of `size` bytes mapped into the host, either shared (a VM's
+/// own memory, or a snapshot's) or private copy-on-write over a snapshot's memfd (a fork).
+/// Unmapped, and its memfd closed, on deinit.
 ///
 /// This type and `VirtualCPU` are the only places that touch raw pointers. Every access is
 /// bounds-checked here; callers above deal in guest-physical addresses only.
 public final class GuestMemory {
     /// Size in bytes (a multiple of the page size).
     public let size: UInt64
-    /// The memfd that backs the memory (later forked copy-on-write).
+    /// The memfd that backs the memory (a fork's is its snapshot's).
     let fd: FileDescriptor
+    /// For a copy-on-write fork: the snapshot memory it reads through, kept alive by this reference.
+    let source: GuestMemory?
     private let base: UnsafeMutableRawPointer
+    /// Pages the host wrote since the last `takeHostDirtyPages()` (KVM's dirty log sees only the
+    /// guest's writes), tracked for forks only.
+    private var hostDirty: (bitmap: [UInt64], pages: [UInt64])?
 
     /// Creates zeroed guest memory of `size` bytes.
     init(size: UInt64) throws(SandboxError) {
@@ -29,20 +35,76 @@ public final class GuestMemory {
             try? fd.close()
             throw .hostResource(operation: "ftruncate(guest memory)", errno: error)
         }
-        guard let mapping = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, raw, 0),
-              mapping != MAP_FAILED else {
-            let error = Errno.current
+        do {
+            base = try Self.map(fd, size: size, flags: MAP_SHARED)
+        } catch {
             try? fd.close()
-            throw .hostResource(operation: "mmap(guest memory)", errno: error)
+            throw error
         }
         self.size = size
         self.fd = fd
-        self.base = mapping
+        self.source = nil
+    }
+
+    /// A copy-on-write view of `snapshot`: `MAP_PRIVATE` over its memfd. Pages are shared with the
+    /// snapshot and every other fork until written; writes stay private to this mapping.
+    init(copyOnWriteOf snapshot: GuestMemory) throws(SandboxError) {
+        size = snapshot.size
+        fd = snapshot.fd
+        source = snapshot
+        base = try Self.map(snapshot.fd, size: snapshot.size, flags: MAP_PRIVATE)
+        hostDirty = ([UInt64](repeating: 0, count: Int((size / PageSize.bytes + 63) / 64)), [])
+    }
+
+    private static func map(_ fd: FileDescriptor, size: UInt64, flags: Int32) throws(SandboxError) -> UnsafeMutableRawPointer {
+        guard let mapping = mmap(nil, Int(size), PROT_READ | PROT_WRITE, flags | MAP_NORESERVE, fd.rawValue, 0),
+              mapping != MAP_FAILED else {
+            throw .hostResource(operation: "mmap(guest memory)", errno: .current)
+        }
+        return mapping
     }
 
     deinit {
         munmap(base, Int(size))
-        try? fd.close()
+        if source == nil { try? fd.close() }
+    }
+
+    /// Notes that the host wrote `[address, address + count)`, for a fork's reset.
+    @inline(__always) private func noteHostWrite(_ address: UInt64, _ count: Int) {
+        guard hostDirty != nil, count > 0 else { return }
+        var page = address >> PageSize.shift
+        let last = (address + UInt64(count) - 1) >> PageSize.shift
+        while page <= last {
+            let (word, bit) = (Int(page / 64), UInt64(1) << (page % 64))
+            if hostDirty!.bitmap[word] & bit == 0 {
+                hostDirty!.bitmap[word] |= bit
+                hostDirty!.pages.append(page)
+            }
+            page += 1
+        }
+    }
+
+    /// The pages (guest-physical page numbers) the host wrote since the last call, and forgets them.
+    func takeHostDirtyPages() -> [UInt64] {
+        guard let pages = hostDirty?.pages, !pages.isEmpty else { return [] }
+        for page in pages { hostDirty!.bitmap[Int(page / 64)] = 0 }
+        hostDirty!.pages.removeAll(keepingCapacity: true)
+        return pages
+    }
+
+    /// Copies page `page` (a guest-physical page number) back from the snapshot a fork reads through.
+    func restorePage(_ page: UInt64) {
+        guard let source else { preconditionFailure("restorePage on memory that is not a fork") }
+        let offset = Int(page << PageSize.shift)
+        precondition(UInt64(offset) < size)
+        (base + offset).copyMemory(from: source.base + offset, byteCount: Int(PageSize.bytes))
+    }
+
+    /// Copies the first `count` bytes of `other` (of the same size) into this memory.
+    func copyPrefix(of other: GuestMemory, count: UInt64) {
+        precondition(count <= size && count <= other.size)
+        base.copyMemory(from: other.base, byteCount: Int(count))
+        noteHostWrite(0, Int(count))
     }
 
     /// The largest guest memory this library creates (the x86-64 layout keeps guest-physical below 64 GiB).
@@ -71,11 +133,13 @@ public final class GuestMemory {
     /// Writes a little-endian integer at a guest-physical address.
     func store<T: FixedWidthInteger>(_ value: T, at address: UInt64) {
         checked(address, MemoryLayout<T>.size).storeBytes(of: value.littleEndian, as: T.self)
+        noteHostWrite(address, MemoryLayout<T>.size)
     }
 
     /// Copies bytes into guest-physical memory.
     func write<C: Collection<UInt8>>(_ bytes: C, at address: UInt64) {
         let destination = checked(address, bytes.count)
+        noteHostWrite(address, bytes.count)
         let copied: Void? = bytes.withContiguousStorageIfAvailable { source in
             destination.copyMemory(from: source.baseAddress!, byteCount: source.count)
         }
@@ -93,6 +157,7 @@ public final class GuestMemory {
     /// Fills a guest-physical range with zeros.
     func zero(at address: UInt64, count: Int) {
         checked(address, count).initializeMemory(as: UInt8.self, repeating: 0, count: count)
+        noteHostWrite(address, count)
     }
 
     /// Lends a guest-physical range to `body` without copying (e.g. to write(2) guest output).

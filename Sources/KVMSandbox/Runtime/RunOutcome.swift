@@ -70,6 +70,10 @@ public struct GuestFault: Sendable, Equatable, Codable, CustomStringConvertible 
 public enum RunOutcome: Sendable, Equatable, CustomStringConvertible {
     /// The guest exited (exit, exit_group, or returning from main) with this status (0...255).
     case exited(status: Int32)
+    /// `runUntilReady()`: the guest called `ks_ready()` and is paused there.
+    case ready
+    /// `call(_:_:)`: the guest function returned this value (its `rax`).
+    case returned(UInt64)
     /// A CPU exception.
     case fault(GuestFault)
     /// The guest raised a signal at itself (e.g. `abort()` raises SIGABRT).
@@ -85,6 +89,7 @@ public enum RunOutcome: Sendable, Equatable, CustomStringConvertible {
     public var exitStatus: Int32 {
         switch self {
         case .exited(let status): return status
+        case .ready, .returned: return 0
         case .fault(let fault): return 128 + X86Exception.signal(fault.vector)
         case .signaled(let signal): return 128 + signal
         case .timedOut: return ExitStatus.timeout
@@ -95,6 +100,8 @@ public enum RunOutcome: Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .exited(let status): return "exited with status \(status)"
+        case .ready: return "ready (paused at ks_ready())"
+        case .returned(let value): return "returned \(value)"
         case .fault(let fault): return "fault: \(fault)"
         case .signaled(let signal): return "killed by signal \(signal)\(signal == 6 ? " (SIGABRT: abort())" : "")"
         case .timedOut(let seconds, let rip):
@@ -128,7 +135,7 @@ public typealias ExceptionHandler = (_ fault: GuestFault, _ registers: inout Gue
 
 /// A run's outcome as plain data, for JSON (`kvmsandbox run --report-json`).
 public struct RunReport: Sendable, Codable, Equatable {
-    /// `exited`, `fault`, `signaled`, `timedOut`, `abiViolation` or `hostCallFailed`.
+    /// `exited`, `ready`, `returned`, `fault`, `signaled`, `timedOut`, `abiViolation` or `hostCallFailed`.
     public let outcome: String
     /// The exit status `kvmsandbox run` uses.
     public let exitStatus: Int32
@@ -156,6 +163,8 @@ public struct RunReport: Sendable, Codable, Equatable {
         summary = outcome.description
         switch outcome {
         case .exited: self.outcome = "exited"
+        case .ready: self.outcome = "ready"
+        case .returned: self.outcome = "returned"
         case .fault: self.outcome = "fault"
         case .signaled: self.outcome = "signaled"
         case .timedOut: self.outcome = "timedOut"

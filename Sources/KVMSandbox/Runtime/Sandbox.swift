@@ -12,7 +12,8 @@ import Glibc
 /// try sandbox.register(0x1000) { call in Int64(call[0] * 2) }
 /// let outcome = try sandbox.run()
 /// ```
-/// A sandbox is used from one thread at a time; it runs its guest once.
+/// A sandbox is used from one thread at a time. A fresh one runs its guest once; a fork of a
+/// `Snapshot` can call guest functions, run, and be `reset()` to the snapshot any number of times.
 public final class Sandbox {
     /// The limits and inputs it was created with.
     public let configuration: SandboxConfiguration
@@ -21,19 +22,45 @@ public final class Sandbox {
     /// Which kind of KVM runs it.
     public var platform: KVMPlatform { system.platform }
     /// VM exits so far, and how many of them were host calls.
-    public private(set) var statistics = RunStatistics()
+    public internal(set) var statistics = RunStatistics()
 
-    private let system: KVMSystem
-    private let memory: GuestMemory
-    private let vm: VirtualMachine
-    private let vcpu: VirtualCPU
-    private let space: AddressSpace
-    private let builtins: BuiltinHostCalls
+    let system: KVMSystem
+    let memory: GuestMemory
+    let vm: VirtualMachine
+    let vcpu: VirtualCPU
+    let space: AddressSpace
+    let builtins: BuiltinHostCalls
+    /// Where the stack ends (its lowest mapped byte).
+    let stackBottom: UInt64
+    /// The snapshot this sandbox was forked from, and its reset machinery.
+    let fork: ForkState?
     private var handlers: [Int: HostCallHandler] = [:]
     private var exceptionHandler: ExceptionHandler?
-    private var outcome: RunOutcome?
-    private var isRunning = false
+    var phase = Phase.notStarted
     private let logger = Logger(label: "kvmsandbox")
+
+    /// Where the guest is in its life.
+    enum Phase {
+        /// Created, not run yet.
+        case notStarted
+        /// Stopped at `ks_ready()` (a fork starts here) or after a guest function returned:
+        /// `run()` resumes it, `call` may call into it, `snapshot()` may copy it.
+        case paused(kvm_regs)
+        /// Inside `run()` or `call`.
+        case running
+        /// Ended; only a fork's `reset()` brings it back.
+        case finished(RunOutcome)
+    }
+
+    /// Why the run loop stops besides the guest ending.
+    enum StopCondition {
+        /// Run to the end; `ks_ready()` just returns 0.
+        case end
+        /// Stop at `ks_ready()`.
+        case ready
+        /// Stop when the guest function returns through the return stub.
+        case guestReturn
+    }
 
     /// Exit counters of a run.
     public struct RunStatistics: Sendable, Equatable {
@@ -56,13 +83,13 @@ public final class Sandbox {
     }
 
     /// Loads `elf` into a new VM, ready to `run()`.
-    public init(elf: ELFFile, configuration: SandboxConfiguration = .init(), system: KVMSystem? = nil) throws(SandboxError) {
+    public convenience init(elf: ELFFile, configuration: SandboxConfiguration = .init(), system given: KVMSystem? = nil) throws(SandboxError) {
         try configuration.validate()
-        self.configuration = configuration
-        if let system { self.system = system } else { self.system = try KVMSystem.shared() }
-        memory = try GuestMemory(size: configuration.memorySize)
-        space = try AddressSpace(memory: memory)
-        program = try ELFLoader.load(elf, into: space)
+        let system: KVMSystem
+        if let given { system = given } else { system = try KVMSystem.shared() }
+        let memory = try GuestMemory(size: configuration.memorySize)
+        let space = try AddressSpace(memory: memory)
+        let program = try ELFLoader.load(elf, into: space)
 
         let stackBottom = GuestLayout.stackTop - configuration.stackSize
         try space.mapNew(stackBottom, length: configuration.stackSize, [.read, .write])
@@ -70,19 +97,45 @@ public final class Sandbox {
             in: space, top: GuestLayout.stackTop, size: configuration.stackSize,
             arguments: configuration.arguments, environment: configuration.environment, program: program)
         try X86CPUState.installSystemTables(in: space)
-        builtins = BuiltinHostCalls(
-            space: space, heapStart: program.imageEnd,
-            mmapTop: stackBottom - PageSize.bytes - GuestLayout.stackGap,
+        let builtins = BuiltinHostCalls(
+            space: space, heapStart: program.imageEnd, mmapTop: Self.mmapTop(stackBottom: stackBottom),
             outputs: [1: configuration.standardOutput, 2: configuration.standardError],
             outputLimit: configuration.outputLimit)
-
+        let vm: VirtualMachine, vcpu: VirtualCPU
         do {
-            (vm, vcpu) = try MicroVM.create(system: self.system, memory: memory, space: space,
+            (vm, vcpu) = try MicroVM.create(system: system, memory: memory, space: space,
                                             entry: program.entry, stackPointer: stackPointer)
         } catch {
             throw .kvm(error)
         }
+        self.init(parts: Parts(configuration: configuration, program: program, system: system, memory: memory,
+                               vm: vm, vcpu: vcpu, space: space, builtins: builtins, stackBottom: stackBottom, fork: nil),
+                  phase: .notStarted)
     }
+
+    /// Everything a sandbox is made of, assembled by a fresh load or by a fork.
+    struct Parts {
+        let configuration: SandboxConfiguration
+        let program: LoadedProgram
+        let system: KVMSystem
+        let memory: GuestMemory
+        let vm: VirtualMachine
+        let vcpu: VirtualCPU
+        let space: AddressSpace
+        let builtins: BuiltinHostCalls
+        let stackBottom: UInt64
+        let fork: ForkState?
+    }
+
+    init(parts: Parts, phase: Phase) {
+        (configuration, program, system, memory) = (parts.configuration, parts.program, parts.system, parts.memory)
+        (vm, vcpu, space, builtins) = (parts.vm, parts.vcpu, parts.space, parts.builtins)
+        (stackBottom, fork) = (parts.stackBottom, parts.fork)
+        self.phase = phase
+    }
+
+    /// The top of the anonymous-mmap region: below the stack's guard page and a gap.
+    static func mmapTop(stackBottom: UInt64) -> UInt64 { stackBottom - PageSize.bytes - GuestLayout.stackGap }
 
     /// Registers `handler` for host-call `number` (at least `HostCallNumber.firstUserNumber`),
     /// replacing any earlier handler for it.
@@ -104,13 +157,27 @@ public final class Sandbox {
     /// Checked access to the guest's memory, as the guest sees it.
     public var guestMemory: GuestMemoryView { GuestMemoryView(space: space) }
 
-    /// Runs the guest until it exits, faults, breaks the ABI or times out.
-    /// Throws only for host-side failures (a KVM ioctl failing); guest behaviour is the outcome.
+    /// Runs the guest until it exits, faults, breaks the ABI or times out (a fork: from where it
+    /// is paused). Throws only for host-side failures (a KVM ioctl failing); guest behaviour is
+    /// the outcome.
     public func run() throws(SandboxError) -> RunOutcome {
-        guard outcome == nil else { throw .alreadyFinished }
-        guard !isRunning else { throw .alreadyRunning }
-        isRunning = true
-        defer { isRunning = false }
+        try runLoop(until: .end)
+    }
+
+    /// Runs the guest until it calls `ks_ready()` (then the outcome is `.ready` and the sandbox is
+    /// paused there, ready for `snapshot()`), or until it ends without doing so.
+    public func runUntilReady() throws(SandboxError) -> RunOutcome {
+        try runLoop(until: .ready)
+    }
+
+    /// The run loop shared by `run`, `runUntilReady` and guest function calls.
+    func runLoop(until stop: StopCondition) throws(SandboxError) -> RunOutcome {
+        switch phase {
+        case .finished: throw .alreadyFinished
+        case .running: throw .alreadyRunning
+        case .notStarted, .paused: break
+        }
+        phase = .running
         let deadline = configuration.timeout.map { Watchdog.shared.arm(seconds: $0, interrupter: vcpu.interrupter) }
         let signalMask = deadline.map { _ in VCPUInterrupter.unblockSignalOnThisThread() }
         defer {
@@ -121,21 +188,25 @@ public final class Sandbox {
             while true {
                 let exit = try vcpu.run()
                 statistics.exits += 1
-                if let result = try handle(exit, deadline: deadline) {
-                    outcome = result
+                if let result = try handle(exit, deadline: deadline, stop: stop) {
+                    switch result {
+                    case .ready, .returned: phase = .paused(vcpu.registers)
+                    default: phase = .finished(result)
+                    }
                     return result
                 }
             }
         } catch {
+            phase = .finished(.abiViolation("host failure: \(error)"))
             throw .kvm(error)
         }
     }
 
     /// Handles one exit; returns the outcome when the run is over.
-    private func handle(_ exit: VCPUExit, deadline: Watchdog.Token?) throws(KVMError) -> RunOutcome? {
+    private func handle(_ exit: VCPUExit, deadline: Watchdog.Token?, stop: StopCondition) throws(KVMError) -> RunOutcome? {
         switch exit {
         case .io(port: hostCallPort, isOut: true, size: 1, count: 1):
-            return try serveHostCall()
+            return try serveHostCall(stop: stop)
         case .io(let port, let isOut, let size, _):
             return .abiViolation("\(isOut ? "out" : "in") of \(size) byte(s) to port 0x\(String(port, radix: 16)) at rip 0x\(String(vcpu.registers.rip, radix: 16)) (host calls use out %al, $0x42)")
         case .shutdown:
@@ -195,9 +266,20 @@ public final class Sandbox {
     }
 
     /// Serves the host call described by the guest's registers; the guest resumes after its `out`.
-    private func serveHostCall() throws(KVMError) -> RunOutcome? {
+    private func serveHostCall(stop: StopCondition) throws(KVMError) -> RunOutcome? {
         statistics.hostCalls += 1
         let r = vcpu.registers
+        switch Int(truncatingIfNeeded: Int64(bitPattern: r.rax)) {
+        case HostCallNumber.ready:
+            vcpu.modifyRegisters { $0.rax = 0 }
+            return stop == .ready ? .ready : nil
+        case HostCallNumber.guestCallReturn:
+            guard stop == .guestReturn else {
+                return .abiViolation("the guest-call return stub was reached outside a guest function call")
+            }
+            return .returned(r.rdi)
+        default: break
+        }
         let call = HostCall(number: Int(truncatingIfNeeded: Int64(bitPattern: r.rax)),
                             arguments: [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9], memory: guestMemory)
         var result: Int64

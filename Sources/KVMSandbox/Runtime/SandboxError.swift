@@ -26,6 +26,16 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
     case reservedHostCallNumber(Int)
     /// `run()` was called on a sandbox whose guest has already finished.
     case alreadyFinished
+    /// `Snapshot(elfPath:)`: the guest ended before it called `ks_ready()`.
+    case notReady(RunOutcome)
+    /// A snapshot or a guest function call needs a sandbox paused at `ks_ready()` or after a call.
+    case notPaused
+    /// `reset()` needs a fork of a snapshot.
+    case notAFork
+    /// A guest function call named a symbol the ELF does not have as a function.
+    case noSuchFunction(String)
+    /// A guest function call's arguments do not fit the calling convention or the guest stack.
+    case invalidArguments(String)
     /// `run()` was called while the guest is running (from a host-call or exception handler).
     case alreadyRunning
 
@@ -55,6 +65,16 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
             return "host-call number \(number) is reserved for built-in calls (use \(HostCallNumber.firstUserNumber) or above)"
         case .alreadyFinished:
             return "the guest has already finished; create a new sandbox to run it again"
+        case .notReady(let outcome):
+            return "the guest ended before it called ks_ready(): \(outcome)"
+        case .notPaused:
+            return "the sandbox is not paused at ks_ready() or after a guest call (run a snapshot's fork, or runUntilReady() first)"
+        case .notAFork:
+            return "only a fork of a snapshot can be reset"
+        case .noSuchFunction(let name):
+            return "the guest program has no function named \(name)"
+        case .invalidArguments(let why):
+            return "invalid guest call arguments: \(why)"
         case .alreadyRunning:
             return "the guest is running: run() cannot be called from one of its own handlers"
         }

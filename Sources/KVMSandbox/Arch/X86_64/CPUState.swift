@@ -64,6 +64,13 @@ enum X86CPUState {
     /// r11 keeps the flags, as on Linux). On PVM `syscall` stays at CPL 3, so the stub is user code.
     static let syscallStub: [UInt8] = [0xe6, UInt8(hostCallPort), 0xff, 0xe1]
 
+    /// Where a guest function called by the host returns to: `mov %rax, %rdi; mov $guestCallReturn,
+    /// %eax; out %al, $0x42; ud2`, in the stub page after the syscall stub.
+    static let returnStubAddress = GuestLayout.syscallStubPage + 0x40
+    static let returnStub: [UInt8] = [0x48, 0x89, 0xc7, 0xb8]
+        + withUnsafeBytes(of: UInt32(HostCallNumber.guestCallReturn).littleEndian, Array.init)
+        + [0xe6, UInt8(hostCallPort), 0x0f, 0x0b]
+
     /// MSRs for `syscall`: LSTAR at the stub, STAR with Linux's selectors, no flag masking.
     static let syscallMSRs: [(index: UInt32, value: UInt64)] = [
         (0xc000_0081, UInt64(0x0023_0010) << 32),  // STAR: sysret base 0x23, syscall CS 0x10
@@ -80,6 +87,7 @@ enum X86CPUState {
             try space.hostWrite(gdtBytes, at: GuestLayout.systemPage)
             try space.hostWrite(tssBytes, at: GuestLayout.systemPage + tssOffset)
             try space.hostWrite(syscallStub, at: GuestLayout.syscallStubPage)
+            try space.hostWrite(returnStub, at: returnStubAddress)
         } catch {
             preconditionFailure("system pages were just mapped")
         }

@@ -37,6 +37,9 @@ struct X86PageTables {
     /// Guest-physical address of the PML4 (what CR3 holds).
     let root: UInt64
 
+    /// Tables already in memory (a fork's, from its snapshot).
+    init(root: UInt64) { self.root = root }
+
     /// Allocates an empty PML4.
     init(memory: GuestMemory, allocator: inout PhysicalPageAllocator) throws(SandboxError) {
         guard let root = allocator.allocate() else {

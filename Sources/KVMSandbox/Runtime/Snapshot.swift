@@ -1,0 +1,157 @@
+import CKVM
+
+/// A frozen, initialized guest: its memory (in a memfd of its own) and its vCPU state, paused at
+/// `ks_ready()`. Forks are new VMs over a copy-on-write mapping of that memfd, so they share every
+/// page they do not write; a fork's `reset()` copies back only the pages it dirtied.
+///
+/// ```swift
+/// let snapshot = try Snapshot(elfPath: "service.elf")      // runs main() up to ks_ready()
+/// let vm = try snapshot.fork()
+/// let result = try vm.call("handle", .bytes(request), .integer(UInt64(request.count)))
+/// try vm.reset()                                             // back to the snapshot, for the next request
+/// ```
+/// Immutable once made, so any number of threads may fork it at once.
+public final class Snapshot: @unchecked Sendable {
+    /// The configuration of the sandbox it was taken from (forks use the same limits).
+    public let configuration: SandboxConfiguration
+    /// The loaded program (symbols for calls and fault reports).
+    public let program: LoadedProgram
+    /// Guest-memory pages in use at the snapshot (image, tables, stack, heap): what a fork shares.
+    public let usedBytes: UInt64
+    let system: KVMSystem
+    let memory: GuestMemory
+    let registers: kvm_regs
+    let specialRegisters: kvm_sregs
+    let events: kvm_vcpu_events
+    let tablesRoot: UInt64
+    let allocator: PhysicalPageAllocator
+    let builtins: BuiltinHostCalls.State
+    let stackBottom: UInt64
+
+    /// Loads the ELF at `elfPath`, runs it until it calls `ks_ready()`, and snapshots it there.
+    /// `setUp` registers the host calls its initialization needs. Throws `.notReady` with the
+    /// outcome when the guest ends (exits, faults, times out) before it is ready.
+    public convenience init(elfPath: String, configuration: SandboxConfiguration = .init(), system: KVMSystem? = nil,
+                            setUp: (Sandbox) throws -> Void = { _ in }) throws {
+        let sandbox = try Sandbox(elfPath: elfPath, configuration: configuration, system: system)
+        try setUp(sandbox)
+        let outcome = try sandbox.runUntilReady()
+        guard outcome == .ready else { throw SandboxError.notReady(outcome) }
+        try self.init(of: sandbox)
+    }
+
+    /// Snapshots `sandbox`, which must be paused (at `ks_ready()`, or after a guest function call).
+    /// The sandbox itself is unchanged and may go on running.
+    public init(of sandbox: Sandbox) throws(SandboxError) {
+        guard case .paused(let registers) = sandbox.phase else { throw .notPaused }
+        configuration = sandbox.configuration
+        program = sandbox.program
+        system = sandbox.system
+        let sregs: kvm_sregs
+        do { sregs = try sandbox.vcpu.specialRegisters() } catch { throw .kvm(error) }
+        specialRegisters = sregs
+        self.registers = registers
+        events = sandbox.vcpu.events
+        tablesRoot = sandbox.space.tables.root
+        allocator = sandbox.space.allocatorState
+        var state = sandbox.builtins.state
+        state.captured = [:]
+        builtins = state
+        stackBottom = sandbox.stackBottom
+        usedBytes = allocator.next
+        // Everything above the allocator's high-water mark is still zero: copy only what is used.
+        memory = try GuestMemory(size: sandbox.memory.size)
+        memory.copyPrefix(of: sandbox.memory, count: usedBytes)
+    }
+
+    /// A new VM from this snapshot, paused where the snapshot was taken. Costs a VM and vCPU
+    /// creation and a `MAP_PRIVATE` mapping; no guest memory is copied.
+    public func fork() throws(SandboxError) -> Sandbox {
+        try Sandbox(forking: self)
+    }
+}
+
+/// What a fork needs to go back to its snapshot.
+final class ForkState {
+    let snapshot: Snapshot
+    /// KVM's dirty bitmap for the memslot, reused across resets.
+    var dirtyBitmap: [UInt64]
+
+    init(snapshot: Snapshot) {
+        self.snapshot = snapshot
+        dirtyBitmap = [UInt64](repeating: 0, count: Int((snapshot.memory.size / PageSize.bytes + 63) / 64))
+    }
+}
+
+extension Sandbox {
+    /// A fork of `snapshot`: a new VM over a copy-on-write view of its memory, with KVM's dirty log
+    /// on, paused where the snapshot was taken. Same as `snapshot.fork()`.
+    public convenience init(forking snapshot: Snapshot) throws(SandboxError) {
+        let memory = try GuestMemory(copyOnWriteOf: snapshot.memory)
+        let space = AddressSpace(memory: memory, tablesRoot: snapshot.tablesRoot, allocator: snapshot.allocator)
+        let builtins = BuiltinHostCalls(
+            space: space, heapStart: snapshot.program.imageEnd, mmapTop: Self.mmapTop(stackBottom: snapshot.stackBottom),
+            outputs: [1: snapshot.configuration.standardOutput, 2: snapshot.configuration.standardError],
+            outputLimit: snapshot.configuration.outputLimit)
+        builtins.state = snapshot.builtins
+        let vm: VirtualMachine, vcpu: VirtualCPU
+        do {
+            (vm, vcpu) = try MicroVM.create(system: snapshot.system, memory: memory, logDirtyPages: true,
+                                            specialRegisters: { _ in snapshot.specialRegisters },
+                                            registers: snapshot.registers)
+        } catch {
+            throw .kvm(error)
+        }
+        self.init(parts: .init(configuration: snapshot.configuration, program: snapshot.program, system: snapshot.system,
+                               memory: memory, vm: vm, vcpu: vcpu, space: space, builtins: builtins,
+                               stackBottom: snapshot.stackBottom, fork: ForkState(snapshot: snapshot)),
+                  phase: .paused(snapshot.registers))
+    }
+
+    /// Brings a fork back to its snapshot, whatever happened since (a fault, a timeout, an exit,
+    /// a finished call): the pages the guest or the host wrote are copied back from the snapshot
+    /// (KVM's dirty log plus the host's own record), then registers and host-call state are put back.
+    /// Costs one `KVM_GET_DIRTY_LOG` plus a page copy per dirtied page, independent of memory size.
+    public func reset() throws(SandboxError) {
+        guard let fork else { throw .notAFork }
+        if case .running = phase { throw .alreadyRunning }
+        let snapshot = fork.snapshot
+        do { try vm.fetchDirtyLog(slot: 0, into: &fork.dirtyBitmap) } catch { throw .kvm(error) }
+        for word in fork.dirtyBitmap.indices where fork.dirtyBitmap[word] != 0 {
+            var bits = fork.dirtyBitmap[word]
+            while bits != 0 {
+                memory.restorePage(UInt64(word * 64 + bits.trailingZeroBitCount))
+                bits &= bits - 1
+            }
+        }
+        for page in memory.takeHostDirtyPages() { memory.restorePage(page) }
+        // Restoring pages did not count as host writes worth tracking: forget them again.
+        _ = memory.takeHostDirtyPages()
+
+        let translationsChanged = space.translationsChanged
+        space.restore(allocator: snapshot.allocator)
+        let fsBaseChanged = builtins.fsBase != snapshot.builtins.fsBase
+        builtins.state = snapshot.builtins
+        vcpu.modifyRegisters { $0 = snapshot.registers }
+        vcpu.clearImmediateExit()
+        if case .finished(.fault) = phase { vcpu.setEvents(snapshot.events) }
+        do {
+            if translationsChanged {
+                // The page tables just lost translations the guest may have used. KVM's shadow MMU
+                // (PVM) caches guest tables and never sees host writes to them, and a CR3 reload
+                // reuses its cached shadow pages; re-creating the memslot makes KVM zap them all.
+                try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: 0, hostAddress: memory.hostAddress)
+                try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: memory.size, hostAddress: memory.hostAddress,
+                                       flags: VirtualMachine.logDirtyPages)
+            }
+            if fsBaseChanged { try vcpu.setSpecialRegisters(snapshot.specialRegisters) }
+        } catch {
+            throw .kvm(error)
+        }
+        statistics = RunStatistics()
+        phase = .paused(snapshot.registers)
+    }
+
+    /// Whether this sandbox is a fork of a snapshot (and so can be reset).
+    public var isFork: Bool { fork != nil }
+}
