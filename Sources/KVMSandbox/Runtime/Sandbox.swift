@@ -108,30 +108,17 @@ public final class Sandbox {
         } catch {
             throw .kvm(error)
         }
-        self.init(parts: Parts(configuration: configuration, program: program, system: system, memory: memory,
-                               vm: vm, vcpu: vcpu, space: space, builtins: builtins, stackBottom: stackBottom, fork: nil),
-                  phase: .notStarted)
+        self.init(configuration: configuration, program: program, system: system, memory: memory, vm: vm, vcpu: vcpu,
+                  space: space, builtins: builtins, stackBottom: stackBottom, fork: nil, phase: .notStarted)
     }
 
-    /// Everything a sandbox is made of, assembled by a fresh load or by a fork.
-    struct Parts {
-        let configuration: SandboxConfiguration
-        let program: LoadedProgram
-        let system: KVMSystem
-        let memory: GuestMemory
-        let vm: VirtualMachine
-        let vcpu: VirtualCPU
-        let space: AddressSpace
-        let builtins: BuiltinHostCalls
-        let stackBottom: UInt64
-        let fork: ForkState?
-    }
-
-    init(parts: Parts, phase: Phase) {
-        (configuration, program, system, memory) = (parts.configuration, parts.program, parts.system, parts.memory)
-        (vm, vcpu, space, builtins) = (parts.vm, parts.vcpu, parts.space, parts.builtins)
-        (stackBottom, fork) = (parts.stackBottom, parts.fork)
-        self.phase = phase
+    /// A sandbox from its parts, assembled by a fresh load or by a fork.
+    init(configuration: SandboxConfiguration, program: LoadedProgram, system: KVMSystem, memory: GuestMemory,
+         vm: VirtualMachine, vcpu: VirtualCPU, space: AddressSpace, builtins: BuiltinHostCalls,
+         stackBottom: UInt64, fork: ForkState?, phase: Phase) {
+        (self.configuration, self.program, self.system, self.memory) = (configuration, program, system, memory)
+        (self.vm, self.vcpu, self.space, self.builtins) = (vm, vcpu, space, builtins)
+        (self.stackBottom, self.fork, self.phase) = (stackBottom, fork, phase)
     }
 
     /// The top of the anonymous-mmap region: below the stack's guard page and a gap.

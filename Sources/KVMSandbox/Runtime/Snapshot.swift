@@ -102,10 +102,9 @@ extension Sandbox {
         } catch {
             throw .kvm(error)
         }
-        self.init(parts: .init(configuration: snapshot.configuration, program: snapshot.program, system: snapshot.system,
-                               memory: memory, vm: vm, vcpu: vcpu, space: space, builtins: builtins,
-                               stackBottom: snapshot.stackBottom, fork: ForkState(snapshot: snapshot)),
-                  phase: .paused(snapshot.registers))
+        self.init(configuration: snapshot.configuration, program: snapshot.program, system: snapshot.system,
+                  memory: memory, vm: vm, vcpu: vcpu, space: space, builtins: builtins,
+                  stackBottom: snapshot.stackBottom, fork: ForkState(snapshot: snapshot), phase: .paused(snapshot.registers))
     }
 
     /// Brings a fork back to its snapshot, whatever happened since (a fault, a timeout, an exit,
