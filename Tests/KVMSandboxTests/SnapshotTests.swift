@@ -126,6 +126,38 @@ extension KVMTests {
             }
         }
 
+        @Test func aPoolServesConcurrentRequestsWithFreshVMs() async throws {
+            let pool = try SandboxPool(snapshot: try Self.snapshot(), capacity: 3, prefork: 1) { vm in
+                try vm.register(HostCallNumber.firstUserNumber) { call in Int64(call[0] + 1) }
+            }
+            let results = try await withThrowingTaskGroup(of: Bool.self) { group in
+                for request in 0..<40 {
+                    group.addTask {
+                        try await pool.withSandbox { vm in
+                            // Every request starts from the snapshot: no secret from an earlier one.
+                            guard try vm.call("read_secret") == .returned(0) else { return false }
+                            _ = try vm.call("write_secret", .string("request \(request)"))
+                            return try vm.call("ask_host", .integer(UInt64(request))) == .returned(UInt64(request + 1))
+                        }
+                    }
+                }
+                return try await group.reduce(into: [Bool]()) { $0.append($1) }
+            }
+            #expect(results.count == 40 && results.allSatisfy { $0 })
+            #expect(pool.counts.total <= 3)
+            #expect(pool.counts.idle == pool.counts.total)
+        }
+
+        @Test func aPoolDropsNothingWhenRequestsFault() async throws {
+            let pool = try SandboxPool(snapshot: try Self.snapshot(), capacity: 1)
+            for _ in 0..<3 {
+                let outcome = try await pool.withSandbox { vm in try vm.call("crash") }
+                #expect(outcome.fault?.vector == 14)
+            }
+            #expect(try await pool.withSandbox { vm in try vm.call("add", 2, 2) } == .returned(4))
+            #expect(pool.counts == (1, 1))
+        }
+
         @Test func forkAndResetCyclesLeakNothing() throws {
             let snapshot = try Self.snapshot()
             func cycle() throws {
