@@ -17,6 +17,12 @@ struct Bench: ParsableCommand {
     @Option(help: "Rounds of the compute benchmark.")
     var computeRounds = 200_000_000
 
+    @Option(help: "Fork/reset cycles for the resource-flatness check.")
+    var cycles = 10_000
+
+    @Flag(help: "Skip the snapshot/fork/reset figures.")
+    var skipFork = false
+
     @Flag(help: "Print one JSON object instead of the table.")
     var json = false
 
@@ -73,10 +79,13 @@ struct Bench: ParsableCommand {
         let nativeNs = median(try (0..<computeBatches).map { _ in try nativeRun() })
         let guestNs = median(try (0..<computeBatches).map { _ in try guestRun(compute, ["\(computeRounds)"]) })
 
-        let results: [(String, Double)] = [
+        var results: [(String, Double)] = [
             ("floor_out_ns", floorNs), ("hostcall_ns", hostcallNs), ("hostcall_vs_floor", hostcallNs / floorNs),
             ("compute_native_ns", nativeNs), ("compute_guest_ns", guestNs), ("compute_ratio", guestNs / nativeNs),
         ]
+        if !skipFork {
+            results += try ForkBench(service: try build("service"), batches: batches, cycles: cycles).run(progress: progress)
+        }
         if json {
             let body = results.map { "\"\($0.0)\": \(String(format: "%.3f", $0.1))" }.joined(separator: ", ")
             print("{\"platform\": \"\(KVMPlatform.detect().rawValue)\", \(body)}")
@@ -86,9 +95,11 @@ struct Bench: ParsableCommand {
             print("library host call             \(String(format: "%10.0f ns", hostcallNs))   \(String(format: "%.3fx", hostcallNs / floorNs)) the floor")
             print("compute, native process       \(String(format: "%10.2f ms", nativeNs / 1e6))")
             print("compute, guest (incl. VM)     \(String(format: "%10.2f ms", guestNs / 1e6))   \(String(format: "%.3fx", guestNs / nativeNs)) native")
+            for (key, value) in results.dropFirst(6) {
+                print(pad(key, 30) + String(format: value.magnitude < 10 ? "%12.3f" : "%12.0f", value))
+            }
         }
     }
 
-    private func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
     private func progress(_ message: String) { printError("bench: \(message)...") }
 }

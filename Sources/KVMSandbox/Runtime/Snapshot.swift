@@ -116,11 +116,13 @@ extension Sandbox {
         if case .running = phase { throw .alreadyRunning }
         let snapshot = fork.snapshot
         do { try vm.fetchDirtyLog(slot: 0, into: &fork.dirtyBitmap) } catch { throw .kvm(error) }
-        for word in fork.dirtyBitmap.indices where fork.dirtyBitmap[word] != 0 {
-            var bits = fork.dirtyBitmap[word]
-            while bits != 0 {
-                memory.restorePage(UInt64(word * 64 + bits.trailingZeroBitCount))
-                bits &= bits - 1
+        fork.dirtyBitmap.withUnsafeBufferPointer { words in
+            for word in words.indices where words[word] != 0 {
+                var bits = words[word]
+                while bits != 0 {
+                    memory.restorePage(UInt64(word * 64 + bits.trailingZeroBitCount))
+                    bits &= bits - 1
+                }
             }
         }
         for page in memory.takeHostDirtyPages() { memory.restorePage(page) }
