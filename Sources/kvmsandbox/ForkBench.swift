@@ -48,22 +48,26 @@ struct ForkBench {
         results += [("fresh_vm_to_ready_ns", fresh), ("pooled_request_ns", request),
                     ("fresh_vs_pooled", fresh / request), ("floor_out_ns", out), ("pooled_request_vs_floor", request / out)]
 
-        progress("reset cost by dirty pages, 16 MiB vs 1 GiB guest")
-        for (name, snapshot) in [("16m", small), ("1g", large)] {
-            let vm = try snapshot.fork()
-            for pages in [1, 64, 1024] {
-                _ = try vm.call("touch", .integer(UInt64(pages)))
-                try vm.reset()
-                let resetNs = median(try (0..<batches * 3).map { _ in
+        progress("reset cost by dirty pages, 16 MiB vs 1 GiB guest, dirty bitmap vs dirty ring")
+        for tracking in DirtyTracking.allCases {
+            for (name, snapshot) in [("16m", small), ("1g", large)] {
+                let vm = try snapshot.fork(tracking: tracking)
+                for pages in [1, 64, 1024] {
                     _ = try vm.call("touch", .integer(UInt64(pages)))
-                    return try timed { try vm.reset() }
-                })
-                results.append(("reset_\(pages)p_\(name)_ns", resetNs))
+                    try vm.reset()
+                    let resetNs = median(try (0..<batches * 3).map { _ in
+                        _ = try vm.call("touch", .integer(UInt64(pages)))
+                        return try timed { try vm.reset() }
+                    })
+                    results.append(("reset_\(tracking.rawValue)_\(pages)p_\(name)_ns", resetNs))
+                }
             }
+            func result(_ key: String) -> Double { results.first { $0.0 == key }!.1 }
+            let one16 = result("reset_\(tracking.rawValue)_1p_16m_ns"), one1g = result("reset_\(tracking.rawValue)_1p_1g_ns")
+            let many = result("reset_\(tracking.rawValue)_1024p_16m_ns")
+            results += [("reset_\(tracking.rawValue)_1g_vs_16m", one1g / one16),
+                        ("reset_\(tracking.rawValue)_per_page_ns", (many - one16) / 1023)]
         }
-        let one16 = results.first { $0.0 == "reset_1p_16m_ns" }!.1, one1g = results.first { $0.0 == "reset_1p_1g_ns" }!.1
-        let big = results.first { $0.0 == "reset_1024p_16m_ns" }!.1
-        results += [("reset_1g_vs_16m", one1g / one16), ("reset_per_dirty_page_ns", (big - one16) / 1023)]
 
         progress("resident memory per idle fork (100 forks, one call each)")
         let before = ProcessMemory.residentBytes

@@ -20,6 +20,7 @@ extern const unsigned long CKVM_CREATE_VCPU;
 extern const unsigned long CKVM_SET_USER_MEMORY_REGION;
 extern const unsigned long CKVM_GET_DIRTY_LOG;
 extern const unsigned long CKVM_ENABLE_CAP;
+extern const unsigned long CKVM_RESET_DIRTY_RINGS;
 // vCPU ioctls.
 extern const unsigned long CKVM_RUN;
 extern const unsigned long CKVM_GET_REGS;

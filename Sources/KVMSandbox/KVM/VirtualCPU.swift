@@ -17,6 +17,8 @@ enum VCPUExit: Equatable {
     case internalError(suberror: UInt32)
     /// `KVM_EXIT_FAIL_ENTRY` with the hardware's reason.
     case failEntry(reason: UInt64)
+    /// `KVM_EXIT_DIRTY_RING_FULL`: harvest the dirty ring, reset it, and run on.
+    case dirtyRingFull
     /// `KVM_RUN` returned `EINTR` (a signal or `immediate_exit`).
     case interrupted
     /// `KVM_EXIT_HLT` and anything else: the raw exit reason.
@@ -43,7 +45,11 @@ final class VirtualCPU {
     private let runPage: UnsafeMutablePointer<kvm_run>
     private let mmapSize: Int
 
-    init(fd: FileDescriptor, mmapSize: Int) throws(KVMError) {
+    /// The vCPU's dirty ring, when the VM has one.
+    let dirtyRing: DirtyRing?
+
+    init(fd: FileDescriptor, mmapSize: Int, dirtyRingEntries: Int? = nil) throws(KVMError) {
+        dirtyRing = try dirtyRingEntries.map { (entries) throws(KVMError) in try DirtyRing(vcpu: fd, entries: entries) }
         guard let mapping = mmap(nil, mmapSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd.rawValue, 0),
               mapping != MAP_FAILED else {
             throw KVMError("mmap(kvm_run)", .current)
@@ -78,6 +84,8 @@ final class VirtualCPU {
             return .shutdown
         case UInt32(KVM_EXIT_INTERNAL_ERROR):
             return .internalError(suberror: r.pointee.internal.suberror)
+        case UInt32(KVM_EXIT_DIRTY_RING_FULL):
+            return .dirtyRingFull
         case UInt32(KVM_EXIT_FAIL_ENTRY):
             return .failEntry(reason: r.pointee.fail_entry.hardware_entry_failure_reason)
         default:

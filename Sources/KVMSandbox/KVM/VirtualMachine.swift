@@ -38,11 +38,29 @@ final class VirtualMachine {
         if result < 0 { throw KVMError("KVM_GET_DIRTY_LOG", .current) }
     }
 
+    /// Turns on KVM's dirty ring (`KVM_CAP_DIRTY_LOG_RING`) with `entries` per vCPU; only before
+    /// any vCPU exists. Then `KVM_GET_DIRTY_LOG` is off and each vCPU has a `DirtyRing`.
+    func enableDirtyRing(entries: Int) throws(KVMError) {
+        var cap = kvm_enable_cap()
+        cap.cap = UInt32(KVM_CAP_DIRTY_LOG_RING)
+        cap.args.0 = UInt64(entries * MemoryLayout<kvm_dirty_gfn>.stride)
+        try kvmIoctl(fd, KVMRequest.enableCap, &cap, "KVM_ENABLE_CAP(DIRTY_LOG_RING)")
+        dirtyRingEntries = entries
+    }
+
+    /// Entries per vCPU dirty ring, when it is on.
+    private(set) var dirtyRingEntries: Int?
+
+    /// `KVM_RESET_DIRTY_RINGS`: re-arms dirty tracking for the entries marked harvested.
+    func resetDirtyRings() throws(KVMError) {
+        _ = try kvmIoctl(fd, KVMRequest.resetDirtyRings, 0, "KVM_RESET_DIRTY_RINGS")
+    }
+
     /// Creates vCPU `id` and maps its `kvm_run` page.
     func createVCPU(id: Int = 0) throws(KVMError) -> VirtualCPU {
         let vcpufd = FileDescriptor(rawValue: try kvmIoctl(fd, KVMRequest.createVCPU, UInt(id), "KVM_CREATE_VCPU"))
         do {
-            return try VirtualCPU(fd: vcpufd, mmapSize: system.vcpuMmapSize)
+            return try VirtualCPU(fd: vcpufd, mmapSize: system.vcpuMmapSize, dirtyRingEntries: dirtyRingEntries)
         } catch {
             try? vcpufd.close()
             throw error

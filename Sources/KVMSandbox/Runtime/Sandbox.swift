@@ -198,6 +198,9 @@ public final class Sandbox {
             return .abiViolation("\(isOut ? "out" : "in") of \(size) byte(s) to port 0x\(String(port, radix: 16)) at rip 0x\(String(vcpu.registers.rip, radix: 16)) (host calls use out %al, $0x42)")
         case .shutdown:
             return try handleException()
+        case .dirtyRingFull:
+            try harvestDirtyRing()
+            return nil
         case .interrupted:
             if let deadline, Watchdog.shared.fired(deadline) {
                 return .timedOut(seconds: configuration.timeout ?? 0, rip: vcpu.registers.rip)

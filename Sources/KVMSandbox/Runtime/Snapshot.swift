@@ -66,27 +66,33 @@ public final class Snapshot: @unchecked Sendable {
 
     /// A new VM from this snapshot, paused where the snapshot was taken. Costs a VM and vCPU
     /// creation and a `MAP_PRIVATE` mapping; no guest memory is copied.
-    public func fork() throws(SandboxError) -> Sandbox {
-        try Sandbox(forking: self)
+    public func fork(tracking: DirtyTracking? = nil) throws(SandboxError) -> Sandbox {
+        try Sandbox(forking: self, tracking: tracking)
     }
 }
 
 /// What a fork needs to go back to its snapshot.
 final class ForkState {
     let snapshot: Snapshot
-    /// KVM's dirty bitmap for the memslot, reused across resets.
+    let tracking: DirtyTracking
+    /// KVM's dirty bitmap for the memslot, reused across resets (bitmap tracking).
     var dirtyBitmap: [UInt64]
+    /// Pages harvested from a full dirty ring during a run, restored at the next reset.
+    var harvested: [UInt64] = []
 
-    init(snapshot: Snapshot) {
+    init(snapshot: Snapshot, tracking: DirtyTracking) {
         self.snapshot = snapshot
-        dirtyBitmap = [UInt64](repeating: 0, count: Int((snapshot.memory.size / PageSize.bytes + 63) / 64))
+        self.tracking = tracking
+        dirtyBitmap = tracking == .bitmap ? [UInt64](repeating: 0, count: Int((snapshot.memory.size / PageSize.bytes + 63) / 64)) : []
     }
 }
 
 extension Sandbox {
     /// A fork of `snapshot`: a new VM over a copy-on-write view of its memory, with KVM's dirty log
-    /// on, paused where the snapshot was taken. Same as `snapshot.fork()`.
-    public convenience init(forking snapshot: Snapshot) throws(SandboxError) {
+    /// tracking on (`tracking`, or the faster one this KVM has), paused where the snapshot was
+    /// taken. Same as `snapshot.fork()`.
+    public convenience init(forking snapshot: Snapshot, tracking: DirtyTracking? = nil) throws(SandboxError) {
+        let tracking = tracking ?? DirtyTracking.preferred(on: snapshot.system)
         let memory = try GuestMemory(copyOnWriteOf: snapshot.memory)
         let space = AddressSpace(memory: memory, tablesRoot: snapshot.tablesRoot, allocator: snapshot.allocator)
         let builtins = BuiltinHostCalls(
@@ -96,7 +102,7 @@ extension Sandbox {
         builtins.state = snapshot.builtins
         let vm: VirtualMachine, vcpu: VirtualCPU
         do {
-            (vm, vcpu) = try MicroVM.create(system: snapshot.system, memory: memory, logDirtyPages: true,
+            (vm, vcpu) = try MicroVM.create(system: snapshot.system, memory: memory, dirtyTracking: tracking,
                                             specialRegisters: { _ in snapshot.specialRegisters },
                                             registers: snapshot.registers)
         } catch {
@@ -104,7 +110,7 @@ extension Sandbox {
         }
         self.init(configuration: snapshot.configuration, program: snapshot.program, system: snapshot.system,
                   memory: memory, vm: vm, vcpu: vcpu, space: space, builtins: builtins,
-                  stackBottom: snapshot.stackBottom, fork: ForkState(snapshot: snapshot), phase: .paused(snapshot.registers))
+                  stackBottom: snapshot.stackBottom, fork: ForkState(snapshot: snapshot, tracking: tracking), phase: .paused(snapshot.registers))
     }
 
     /// Brings a fork back to its snapshot, whatever happened since (a fault, a timeout, an exit,
@@ -115,15 +121,26 @@ extension Sandbox {
         guard let fork else { throw .notAFork }
         if case .running = phase { throw .alreadyRunning }
         let snapshot = fork.snapshot
-        do { try vm.fetchDirtyLog(slot: 0, into: &fork.dirtyBitmap) } catch { throw .kvm(error) }
-        fork.dirtyBitmap.withUnsafeBufferPointer { words in
-            for word in words.indices where words[word] != 0 {
-                var bits = words[word]
-                while bits != 0 {
-                    memory.restorePage(UInt64(word * 64 + bits.trailingZeroBitCount))
-                    bits &= bits - 1
+        do {
+            switch fork.tracking {
+            case .bitmap:
+                try vm.fetchDirtyLog(slot: 0, into: &fork.dirtyBitmap)
+                fork.dirtyBitmap.withUnsafeBufferPointer { words in
+                    for word in words.indices where words[word] != 0 {
+                        var bits = words[word]
+                        while bits != 0 {
+                            memory.restorePage(UInt64(word * 64 + bits.trailingZeroBitCount))
+                            bits &= bits - 1
+                        }
+                    }
                 }
+            case .ring:
+                try harvestDirtyRing()
+                for page in fork.harvested { memory.restorePage(page) }
+                fork.harvested.removeAll(keepingCapacity: true)
             }
+        } catch {
+            throw .kvm(error)
         }
         for page in memory.takeHostDirtyPages() { memory.restorePage(page) }
         // Restoring pages did not count as host writes worth tracking: forget them again.
@@ -151,6 +168,16 @@ extension Sandbox {
         }
         statistics = RunStatistics()
         phase = .paused(snapshot.registers)
+    }
+
+    /// Moves the pages listed in the vCPU's dirty ring to `fork.harvested` and re-arms the ring
+    /// (at a reset, and when a run fills the ring).
+    func harvestDirtyRing() throws(KVMError) {
+        guard let fork, let ring = vcpu.dirtyRing else { return }
+        ring.harvest { slot, page in
+            if slot == 0 { fork.harvested.append(page) }
+        }
+        try vm.resetDirtyRings()
     }
 
     /// Whether this sandbox is a fork of a snapshot (and so can be reset).
