@@ -28,6 +28,9 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("env"), help: "Add NAME=value to the guest's environment (repeatable).")
     var environment: [String] = []
 
+    @Option(name: .long, help: "How CPU exceptions reach the host: automatic, shutdownExit (PVM) or idtStubs (hardware KVM).")
+    var exceptionDelivery: String = "automatic"
+
     @Option(name: .long, help: "Also write the outcome (fault, registers, backtrace) as JSON to this file.")
     var reportJSON: String?
 
@@ -47,6 +50,11 @@ struct Run: ParsableCommand {
         configuration.timeout = timeout
         configuration.arguments = [program] + arguments
         configuration.environment = environment
+        guard let delivery = ExceptionDelivery(rawValue: exceptionDelivery) else {
+            printError("kvmsandbox: --exception-delivery must be one of \(ExceptionDelivery.allCases.map(\.rawValue).joined(separator: ", "))")
+            throw ExitCode(ExitStatus.sandboxError)
+        }
+        configuration.exceptionDelivery = delivery
         let outcome: RunOutcome
         do {
             let sandbox = try Sandbox(elfPath: program, configuration: configuration)

@@ -18,9 +18,9 @@ public final class ExitFloor {
         do { try space.hostWrite([0xe6, UInt8(hostCallPort), 0xeb, 0xfc], at: code) } catch {
             preconditionFailure("code page was just mapped")
         }
-        try X86CPUState.installSystemTables(in: space)
+        try X86CPUState.installSystemTables(in: space, exceptionStubs: false)
         do {
-            (vm, vcpu) = try MicroVM.create(system: kvm, memory: memory, space: space, entry: code, stackPointer: 0)
+            (vm, vcpu) = try MicroVM.create(system: kvm, memory: memory, space: space, entry: code, stackPointer: 0, exceptionStubs: false)
         } catch {
             throw .kvm(error)
         }

@@ -27,6 +27,8 @@ public enum KVMPlatform: String, Sendable, Codable {
     /// Whether guest exceptions reach the host as `KVM_EXIT_SHUTDOWN` with the vector intact (PVM)
     /// rather than as a triple fault that loses it (hardware KVM without an IDT).
     public var reportsExceptionsWithoutIDT: Bool { self == .pvm }
+    /// Whether `syscall` from CPL 3 enters CPL 0 at LSTAR (hardware) or stays at CPL 3 (PVM).
+    public var syscallEntersCPL0: Bool { self != .pvm }
 }
 
 /// The KVM subsystem: an open `/dev/kvm`. Creates VMs; answers capability queries.

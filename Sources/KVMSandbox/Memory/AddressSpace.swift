@@ -114,6 +114,15 @@ final class AddressSpace {
         for (physical, length) in chunks { try body(physical, length) }
     }
 
+    /// Reads bytes at a virtual address as the host (ignores page permissions; pages must be mapped).
+    func hostRead(_ address: UInt64, count: Int) throws -> [UInt8] {
+        var result: [UInt8] = []
+        try withPhysicalChunks(address, count: UInt64(count), access: nil) { physical, length in
+            memory.withBytes(at: physical, count: length) { result.append(contentsOf: $0) }
+        }
+        return result
+    }
+
     /// Writes bytes at a virtual address as the host (ignores page permissions; pages must be mapped).
     func hostWrite(_ bytes: [UInt8], at address: UInt64) throws {
         var offset = 0

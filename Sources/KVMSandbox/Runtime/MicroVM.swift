@@ -5,15 +5,16 @@ enum MicroVM {
     /// A VM whose vCPU starts at `entry` in user mode on `space`'s page tables, with `syscall`
     /// routed to the stub.
     static func create(system: KVMSystem, memory: GuestMemory, space: AddressSpace, entry: UInt64,
-                       stackPointer: UInt64) throws(KVMError) -> (VirtualMachine, VirtualCPU) {
-        try create(system: system, memory: memory, dirtyTracking: nil,
-                   specialRegisters: { X86CPUState.specialRegisters(from: $0, pageTableRoot: space.tables.root) },
+                       stackPointer: UInt64, exceptionStubs: Bool) throws(KVMError) -> (VirtualMachine, VirtualCPU) {
+        try create(system: system, memory: memory, dirtyTracking: nil, exceptionStubs: exceptionStubs,
+                   specialRegisters: { X86CPUState.specialRegisters(from: $0, pageTableRoot: space.tables.root,
+                                                                     exceptionStubs: exceptionStubs) },
                    registers: X86CPUState.initialRegisters(entry: entry, stackPointer: stackPointer))
     }
 
     /// A VM over `memory` whose vCPU gets the given registers (a fork: a snapshot's), optionally
     /// with KVM's dirty-page tracking on the memslot.
-    static func create(system: KVMSystem, memory: GuestMemory, dirtyTracking: DirtyTracking?,
+    static func create(system: KVMSystem, memory: GuestMemory, dirtyTracking: DirtyTracking?, exceptionStubs: Bool,
                        specialRegisters: (kvm_sregs) -> kvm_sregs,
                        registers: kvm_regs) throws(KVMError) -> (VirtualMachine, VirtualCPU) {
         let vm = try system.createVM()
@@ -23,7 +24,7 @@ enum MicroVM {
         let vcpu = try vm.createVCPU()
         try vcpu.setSpecialRegisters(specialRegisters(try vcpu.specialRegisters()))
         try vcpu.setRegisters(registers)
-        try vcpu.setMSRs(X86CPUState.syscallMSRs)
+        try vcpu.setMSRs(X86CPUState.syscallMSRs(cpl0Entry: exceptionStubs && system.platform.syscallEntersCPL0))
         return (vm, vcpu)
     }
 }

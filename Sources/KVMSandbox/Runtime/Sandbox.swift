@@ -96,7 +96,8 @@ public final class Sandbox {
         let stackPointer = try InitialStack.build(
             in: space, top: GuestLayout.stackTop, size: configuration.stackSize,
             arguments: configuration.arguments, environment: configuration.environment, program: program)
-        try X86CPUState.installSystemTables(in: space)
+        let exceptionStubs = configuration.exceptionDelivery.resolved(on: system.platform) == .idtStubs
+        try X86CPUState.installSystemTables(in: space, exceptionStubs: exceptionStubs)
         let builtins = BuiltinHostCalls(
             space: space, heapStart: program.imageEnd, mmapTop: Self.mmapTop(stackBottom: stackBottom),
             outputs: [1: configuration.standardOutput, 2: configuration.standardError],
@@ -104,7 +105,8 @@ public final class Sandbox {
         let vm: VirtualMachine, vcpu: VirtualCPU
         do {
             (vm, vcpu) = try MicroVM.create(system: system, memory: memory, space: space,
-                                            entry: program.entry, stackPointer: stackPointer)
+                                            entry: program.entry, stackPointer: stackPointer,
+                                            exceptionStubs: exceptionStubs)
         } catch {
             throw .kvm(error)
         }
@@ -123,6 +125,10 @@ public final class Sandbox {
 
     /// The top of the anonymous-mmap region: below the stack's guard page and a gap.
     static func mmapTop(stackBottom: UInt64) -> UInt64 { stackBottom - PageSize.bytes - GuestLayout.stackGap }
+
+    /// Whether CPU exceptions arrive through the host-built IDT stubs (hardware KVM) rather than
+    /// as a shutdown exit (PVM).
+    var usesExceptionStubs: Bool { configuration.exceptionDelivery.resolved(on: system.platform) == .idtStubs }
 
     /// Registers `handler` for host-call `number` (at least `HostCallNumber.firstUserNumber`),
     /// replacing any earlier handler for it.
@@ -194,6 +200,8 @@ public final class Sandbox {
         switch exit {
         case .io(port: hostCallPort, isOut: true, size: 1, count: 1):
             return try serveHostCall(stop: stop)
+        case .io(port: ExceptionStubs.reportPort, isOut: true, size: 1, count: 1) where usesExceptionStubs:
+            return try handleStubException()
         case .io(let port, let isOut, let size, _):
             return .abiViolation("\(isOut ? "out" : "in") of \(size) byte(s) to port 0x\(String(port, radix: 16)) at rip 0x\(String(vcpu.registers.rip, radix: 16)) (host calls use out %al, $0x42)")
         case .shutdown:
@@ -224,26 +232,73 @@ public final class Sandbox {
     private func handleException() throws(KVMError) -> RunOutcome? {
         let events = vcpu.events
         let vector = events.exception.nr
-        let regs = vcpu.registers
-        let sregs = try vcpu.specialRegisters()
-        let registers = GuestRegisters(regs)
+        let registers = GuestRegisters(vcpu.registers)
+        let errorCode = events.exception.has_error_code != 0 || X86Exception.hasErrorCode(vector)
+            ? events.exception.error_code : nil
+        let fault = try makeFault(vector: vector, errorCode: errorCode, registers: registers)
+        guard var changed = resumedRegisters(after: fault) else { return .fault(fault) }
+        changed.rflags = (changed.rflags & ExceptionStubs.userSettableFlags) | 0x2
+        vcpu.modifyRegisters { $0 = changed.kvmRegisters }
+        return nil
+    }
+
+    /// A CPU exception reported by an IDT stub (hardware KVM): the guest's registers are as they
+    /// were, except RIP, RSP and RFLAGS, which are in the frame on the CPL 0 stack. Resuming
+    /// edits that frame; the stub's `iretq` returns to it.
+    private func handleStubException() throws(KVMError) -> RunOutcome? {
+        let current = vcpu.registers
+        guard let vector = ExceptionStubs.vector(atStub: current.rip),
+              let bytes = try? space.hostRead(current.rsp, count: Int(ExceptionStubs.Frame.size)) else {
+            return .abiViolation("an exception report from outside the stubs (rip 0x\(String(current.rip, radix: 16)), rsp 0x\(String(current.rsp, radix: 16)))")
+        }
+        var frame = ExceptionStubs.Frame(words: stride(from: 0, to: bytes.count, by: 8).map { offset in
+            bytes[offset..<offset + 8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        })
+        var registers = GuestRegisters(current)
+        (registers.rip, registers.rsp, registers.rflags) = (frame.rip, frame.rsp, frame.rflags)
+        let errorCode = ExceptionStubs.pushesErrorCode(vector) ? UInt32(truncatingIfNeeded: frame.errorCode) : nil
+        let fault = try makeFault(vector: vector, errorCode: errorCode, registers: registers)
+        // An exception inside a stub or the syscall entry is never resumed.
+        guard frame.fromUserMode, let changed = resumedRegisters(after: fault) else { return .fault(fault) }
+        (frame.rip, frame.rsp) = (changed.rip, changed.rsp)
+        frame.rflags = (changed.rflags & ExceptionStubs.userSettableFlags) | 0x2
+        do {
+            try space.hostWrite(frame.words.flatMap { word in (0..<8).map { UInt8(truncatingIfNeeded: word >> ($0 * 8)) } },
+                                at: current.rsp)
+        } catch {
+            return .abiViolation("the exception frame at 0x\(String(current.rsp, radix: 16)) is not writable")
+        }
+        vcpu.modifyRegisters { live in
+            var updated = changed.kvmRegisters
+            (updated.rip, updated.rsp, updated.rflags) = (live.rip, live.rsp, live.rflags)
+            live = updated
+        }
+        return nil
+    }
+
+    private func isInSyscallEntry(_ rip: UInt64) -> Bool {
+        usesExceptionStubs && rip >= ExceptionStubs.stubPage && rip < ExceptionStubs.stubPage + PageSize.bytes
+    }
+
+    /// The report of an exception, with its backtrace.
+    private func makeFault(vector: UInt8, errorCode: UInt32?, registers: GuestRegisters) throws(KVMError) -> GuestFault {
         let fault = GuestFault(
-            vector: vector,
-            errorCode: events.exception.has_error_code != 0 || X86Exception.hasErrorCode(vector)
-                ? events.exception.error_code : nil,
-            faultAddress: vector == 14 ? sregs.cr2 : nil,
-            registers: registers,
-            location: program.symbolize(regs.rip),
+            vector: vector, errorCode: errorCode,
+            faultAddress: vector == 14 ? try vcpu.specialRegisters().cr2 : nil,
+            registers: registers, location: program.symbolize(registers.rip),
             backtrace: backtrace(from: registers))
         logger.debug("guest fault: \(fault)")
-        if let exceptionHandler {
-            var changed = registers
-            if exceptionHandler(fault, &changed) == .resume {
-                vcpu.modifyRegisters { $0 = changed.kvmRegisters }
-                return nil
-            }
-        }
-        return .fault(fault)
+        return fault
+    }
+
+    /// The registers to resume with, when the embedder's exception handler chooses to resume
+    /// with a user-mode RIP and RSP; nil to end the run.
+    private func resumedRegisters(after fault: GuestFault) -> GuestRegisters? {
+        guard let exceptionHandler else { return nil }
+        var changed = fault.registers
+        guard exceptionHandler(fault, &changed) == .resume,
+              changed.rip < X86PageTables.userAddressLimit, changed.rsp < X86PageTables.userAddressLimit else { return nil }
+        return changed
     }
 
     /// The guest's call stack, symbolized from its ELF (frame pointers and `.eh_frame`, DWARF lines).
@@ -262,7 +317,9 @@ public final class Sandbox {
         switch Int(truncatingIfNeeded: Int64(bitPattern: r.rax)) {
         case HostCallNumber.ready:
             vcpu.modifyRegisters { $0.rax = 0 }
-            return stop == .ready ? .ready : nil
+            // Only the `out` trap from user code pauses: through `syscall` on hardware KVM the
+            // vCPU would be paused at CPL 0 inside the syscall entry.
+            return stop == .ready && ExceptionStubs.vector(atStub: r.rip) == nil && !isInSyscallEntry(r.rip) ? .ready : nil
         case HostCallNumber.guestCallReturn:
             guard stop == .guestReturn else {
                 return .abiViolation("the guest-call return stub was reached outside a guest function call")

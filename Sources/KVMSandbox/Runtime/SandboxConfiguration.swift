@@ -17,6 +17,9 @@ public struct SandboxConfiguration: Sendable {
     /// The most bytes the guest may write to fd 1 and 2 together; writes past it fail with `-EFBIG`.
     public var outputLimit: UInt64 = 64 << 20
 
+    /// How CPU exceptions reach the host: chosen from the platform unless set.
+    public var exceptionDelivery: ExceptionDelivery = .automatic
+
     /// The defaults: 64 MiB memory, 1 MiB stack, no timeout, output to this process's stdout/stderr.
     public init() {}
 
@@ -31,5 +34,23 @@ public struct SandboxConfiguration: Sendable {
             throw .invalidConfiguration("timeout must be a positive number of seconds")
         }
         guard !arguments.isEmpty else { throw .invalidConfiguration("arguments must include argv[0]") }
+    }
+}
+
+/// How CPU exceptions in the guest reach the host.
+public enum ExceptionDelivery: String, Sendable, CaseIterable {
+    /// PVM: the exit; hardware KVM (VMX/SVM): the IDT stubs.
+    case automatic
+    /// No IDT: the exception is a `KVM_EXIT_SHUTDOWN` with the vector in the vCPU events.
+    /// Works on PVM only; on hardware the vector is lost in a triple fault.
+    case shutdownExit
+    /// A host-built IDT whose CPL 0 stubs report the exception by an exit on port 0x43
+    /// (`ExceptionStubs`). Required on hardware KVM.
+    case idtStubs
+
+    /// What `automatic` means on `platform`.
+    func resolved(on platform: KVMPlatform) -> ExceptionDelivery {
+        guard self == .automatic else { return self }
+        return platform.reportsExceptionsWithoutIDT ? .shutdownExit : .idtStubs
     }
 }

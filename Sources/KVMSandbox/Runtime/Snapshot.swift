@@ -103,6 +103,8 @@ extension Sandbox {
         let vm: VirtualMachine, vcpu: VirtualCPU
         do {
             (vm, vcpu) = try MicroVM.create(system: snapshot.system, memory: memory, dirtyTracking: tracking,
+                                            exceptionStubs: snapshot.configuration.exceptionDelivery
+                                                .resolved(on: snapshot.system.platform) == .idtStubs,
                                             specialRegisters: { _ in snapshot.specialRegisters },
                                             registers: snapshot.registers)
         } catch {
@@ -162,7 +164,8 @@ extension Sandbox {
                 try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: memory.size, hostAddress: memory.hostAddress,
                                        flags: VirtualMachine.logDirtyPages)
             }
-            if fsBaseChanged { try vcpu.setSpecialRegisters(snapshot.specialRegisters) }
+            // With IDT stubs the vCPU may have stopped at CPL 0 (in a stub or the syscall entry).
+            if fsBaseChanged || usesExceptionStubs { try vcpu.setSpecialRegisters(snapshot.specialRegisters) }
         } catch {
             throw .kvm(error)
         }

@@ -36,11 +36,17 @@ enum X86CPUState {
     }
     static var tssLimit: UInt32 { UInt32(tssSize + ioBitmap.count - 1) }
 
-    /// The TSS: all zero but the I/O-map base (offset 0x66), then the bitmap.
-    static var tssBytes: [UInt8] {
+    /// The TSS: the I/O-map base (offset 0x66), the bitmap, and with exception stubs the CPL 0
+    /// stack pointers (RSP0, IST1); all else zero.
+    static func tssBytes(exceptionStubs: Bool) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: tssSize)
         bytes[0x66] = UInt8(tssSize & 0xff)
         bytes[0x67] = UInt8(tssSize >> 8)
+        if exceptionStubs {
+            for field in ExceptionStubs.tssStackFields {
+                for index in 0..<8 { bytes[field.offset + index] = UInt8(truncatingIfNeeded: field.value >> (index * 8)) }
+            }
+        }
         return bytes + ioBitmap
     }
 
@@ -71,21 +77,30 @@ enum X86CPUState {
         + withUnsafeBytes(of: UInt32(HostCallNumber.guestCallReturn).littleEndian, Array.init)
         + [0xe6, UInt8(hostCallPort), 0x0f, 0x0b]
 
-    /// MSRs for `syscall`: LSTAR at the stub, STAR with Linux's selectors, no flag masking.
-    static let syscallMSRs: [(index: UInt32, value: UInt64)] = [
-        (0xc000_0081, UInt64(0x0023_0010) << 32),  // STAR: sysret base 0x23, syscall CS 0x10
-        (0xc000_0082, GuestLayout.syscallStubPage), // LSTAR
-        (0xc000_0084, 0),                           // FMASK
-    ]
+    /// MSRs for `syscall`: STAR with Linux's selectors; LSTAR at the user stub (PVM, where
+    /// `syscall` stays at CPL 3; no flag masking, the stub returns with `jmp`) or at the CPL 0
+    /// entry of the exception stubs (hardware; FMASK clears TF, DF, IF, AC like Linux, and
+    /// `sysretq` restores the guest's flags from R11).
+    /// The CPL 0 entry exists only where the stubs are installed.
+    static func syscallMSRs(cpl0Entry: Bool) -> [(index: UInt32, value: UInt64)] {
+        [
+            (0xc000_0081, UInt64(0x0023_0010) << 32),  // STAR: sysret base 0x23, syscall CS 0x10
+            (0xc000_0082, cpl0Entry ? ExceptionStubs.stubPage + ExceptionStubs.syscallEntryOffset
+                                    : GuestLayout.syscallStubPage),  // LSTAR
+            (0xc000_0084, cpl0Entry ? 0x4_7700 : 0),  // FMASK
+        ]
+    }
 
     /// Maps the system page with the GDT and TSS (supervisor-only, read-only, NX) and the syscall
     /// stub page (user, read + execute, read-only), and writes their contents.
-    static func installSystemTables(in space: AddressSpace) throws(SandboxError) {
+    /// With `exceptionStubs` (hardware KVM), also the IDT, its stubs and the CPL 0 stacks.
+    static func installSystemTables(in space: AddressSpace, exceptionStubs: Bool) throws(SandboxError) {
+        if exceptionStubs { try ExceptionStubs.install(in: space) }
         try space.mapNew(GuestLayout.systemPage, length: PageSize.bytes, [.read, .supervisor])
         try space.mapNew(GuestLayout.syscallStubPage, length: PageSize.bytes, [.read, .execute])
         do {
             try space.hostWrite(gdtBytes, at: GuestLayout.systemPage)
-            try space.hostWrite(tssBytes, at: GuestLayout.systemPage + tssOffset)
+            try space.hostWrite(tssBytes(exceptionStubs: exceptionStubs), at: GuestLayout.systemPage + tssOffset)
             try space.hostWrite(syscallStub, at: GuestLayout.syscallStubPage)
             try space.hostWrite(returnStub, at: returnStubAddress)
         } catch {
@@ -109,7 +124,7 @@ enum X86CPUState {
     }
 
     /// Special registers for a user-mode start on `root`'s page tables, with our TSS in TR.
-    static func specialRegisters(from initial: kvm_sregs, pageTableRoot root: UInt64) -> kvm_sregs {
+    static func specialRegisters(from initial: kvm_sregs, pageTableRoot root: UInt64, exceptionStubs: Bool) -> kvm_sregs {
         var sregs = initial
         sregs.cr0 = cr0
         sregs.cr3 = root
@@ -129,8 +144,8 @@ enum X86CPUState {
         sregs.tr.selector = tssSelector
         sregs.tr.type = 0xb
         sregs.tr.present = 1
-        sregs.idt.base = 0
-        sregs.idt.limit = 0
+        sregs.idt.base = exceptionStubs ? ExceptionStubs.idtPage : 0
+        sregs.idt.limit = exceptionStubs ? ExceptionStubs.idtLimit : 0
         return sregs
     }
 

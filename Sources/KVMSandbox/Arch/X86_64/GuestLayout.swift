@@ -6,8 +6,11 @@
 ///    ...            heap (brk), growing up from the end of the image
 ///    ...            anonymous mmap regions, growing down from below the stack
 /// stackTop-size     stack (RW, NX); the page below it is an unmapped guard page
-/// 0x7fff_ffff_e000  syscall entry stub (user read+execute, read-only: `syscall` lands here)
-/// 0x7fff_ffff_f000  GDT (supervisor-only, read-only: the guest cannot touch it)
+/// 0x7ff0_0000_1000  user stubs (read+execute, read-only): `syscall` on PVM, guest-call return
+/// 0x7fff_ffff_9000  hardware KVM only, all supervisor-only with unmapped pages between:
+///                   IST stack (#DF/NMI/#MC), CPL 0 stack (TSS.RSP0), exception stubs and the
+///                   CPL 0 `syscall` entry (read+execute), IDT (read-only); see `ExceptionStubs`
+/// 0x7fff_ffff_f000  GDT and TSS (supervisor-only, read-only: the guest cannot touch them)
 /// ```
 /// Page tables are in guest-physical pages that no virtual address maps.
 public enum GuestLayout {
