@@ -52,11 +52,10 @@ import Testing
     }
 
     @Test func theTSSPointsAtTheCPL0Stacks() {
-        let tss = X86CPUState.tssBytes(exceptionStubs: true)
+        let tss = X86CPUState.tssBytes
         func word(_ offset: Int) -> UInt64 { tss[offset..<offset + 8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) } }
         #expect(word(0x04) == ExceptionStubs.kernelStackPage + 4096)
         #expect(word(0x24) == ExceptionStubs.criticalStackPage + 4096)
-        #expect(X86CPUState.tssBytes(exceptionStubs: false)[0x04..<0x2c].allSatisfy { $0 == 0 })
     }
 
     @Test func theCPL0PagesLieApartWithUnmappedGuardsAndAboveTheUserStack() {

@@ -75,12 +75,5 @@ enum ProcessResources {
     }
 }
 
-extension RunOutcome {
-    /// The fault, when the outcome is one.
-    var fault: GuestFault? {
-        if case .fault(let fault) = self { return fault }
-        return nil
-    }
-}
 
 func readBytes(_ path: String) throws -> [UInt8] { [UInt8](try Data(contentsOf: URL(fileURLWithPath: path))) }

@@ -18,7 +18,7 @@ public final class ExitFloor {
         do { try space.hostWrite([0xe6, UInt8(hostCallPort), 0xeb, 0xfc], at: code) } catch {
             preconditionFailure("code page was just mapped")
         }
-        try X86CPUState.installSystemTables(in: space, exceptionStubs: false)
+        try X86CPUState.installSystemTables(in: space)
         do {
             (vm, vcpu) = try MicroVM.create(system: kvm, memory: memory, space: space, entry: code, stackPointer: 0, exceptionStubs: false)
         } catch {

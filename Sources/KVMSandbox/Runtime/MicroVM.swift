@@ -23,6 +23,7 @@ enum MicroVM {
                                flags: dirtyTracking == nil ? 0 : VirtualMachine.logDirtyPages)
         let vcpu = try vm.createVCPU()
         try vcpu.setSpecialRegisters(specialRegisters(try vcpu.specialRegisters()))
+
         try vcpu.setRegisters(registers)
         try vcpu.setMSRs(X86CPUState.syscallMSRs(cpl0Entry: exceptionStubs && system.platform.syscallEntersCPL0))
         return (vm, vcpu)

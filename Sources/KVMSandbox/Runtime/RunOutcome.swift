@@ -85,6 +85,12 @@ public enum RunOutcome: Sendable, Equatable, CustomStringConvertible {
     /// An embedder's host-call handler threw an error that is not a guest error.
     case hostCallFailed(number: Int, message: String)
 
+    /// The fault, when the outcome is one.
+    public var fault: GuestFault? {
+        if case .fault(let fault) = self { return fault }
+        return nil
+    }
+
     /// The exit status `kvmsandbox run` uses for this outcome (documented in the README).
     public var exitStatus: Int32 {
         switch self {

@@ -37,6 +37,8 @@ public final class Sandbox {
     private var handlers: [Int: HostCallHandler] = [:]
     private var exceptionHandler: ExceptionHandler?
     var phase = Phase.notStarted
+    /// What the current run loop stops at.
+    private var currentStop = StopCondition.end
     private let logger = Logger(label: "kvmsandbox")
 
     /// Where the guest is in its life.
@@ -97,7 +99,7 @@ public final class Sandbox {
             in: space, top: GuestLayout.stackTop, size: configuration.stackSize,
             arguments: configuration.arguments, environment: configuration.environment, program: program)
         let exceptionStubs = configuration.exceptionDelivery.resolved(on: system.platform) == .idtStubs
-        try X86CPUState.installSystemTables(in: space, exceptionStubs: exceptionStubs)
+        try X86CPUState.installSystemTables(in: space)
         let builtins = BuiltinHostCalls(
             space: space, heapStart: program.imageEnd, mmapTop: Self.mmapTop(stackBottom: stackBottom),
             outputs: [1: configuration.standardOutput, 2: configuration.standardError],
@@ -171,6 +173,7 @@ public final class Sandbox {
         case .notStarted, .paused: break
         }
         phase = .running
+        currentStop = stop
         let deadline = configuration.timeout.map { Watchdog.shared.arm(seconds: $0, interrupter: vcpu.interrupter) }
         let signalMask = deadline.map { _ in VCPUInterrupter.unblockSignalOnThisThread() }
         defer {
@@ -254,6 +257,11 @@ public final class Sandbox {
         var frame = ExceptionStubs.Frame(words: stride(from: 0, to: bytes.count, by: 8).map { offset in
             bytes[offset..<offset + 8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
         })
+        if vector == 13, frame.errorCode == 0, frame.fromUserMode,
+           let instruction = try? guestMemory.read(frame.rip, count: 2), instruction.first == 0xe6 || instruction.first == 0xe4,
+           instruction.last == UInt8(hostCallPort) {
+            return try portAccessRefusedByTheCPU(instruction.first == 0xe6, frame: frame, current: current)
+        }
         var registers = GuestRegisters(current)
         (registers.rip, registers.rsp, registers.rflags) = (frame.rip, frame.rsp, frame.rflags)
         let errorCode = ExceptionStubs.pushesErrorCode(vector) ? UInt32(truncatingIfNeeded: frame.errorCode) : nil
@@ -274,6 +282,23 @@ public final class Sandbox {
             live = updated
         }
         return nil
+    }
+
+    /// `out %al, $0x42` or `in $0x42, %al` at CPL 3 raised #GP although the TSS I/O bitmap
+    /// allows the port: some CPUs emulating SVM (QEMU's TCG) check the bitmap of a TSS other
+    /// than the guest's. Leave the stub on the host side (back to user mode after the
+    /// instruction) and handle the access as its VM exit would have been: a host call for
+    /// `out`, an ABI violation for `in`. Costs an exception round trip, only there.
+    private func portAccessRefusedByTheCPU(_ isOut: Bool, frame: ExceptionStubs.Frame,
+                                           current: kvm_regs) throws(KVMError) -> RunOutcome? {
+        var user = current
+        (user.rip, user.rsp, user.rflags) = (frame.rip &+ 2, frame.rsp, frame.rflags)
+        vcpu.modifyRegisters { $0 = user }
+        try vcpu.setSpecialRegisters(X86CPUState.userMode(try vcpu.specialRegisters()))
+        guard isOut else {
+            return .abiViolation("in of 1 byte(s) to port 0x\(String(hostCallPort, radix: 16)) at rip 0x\(String(frame.rip, radix: 16)) (host calls use out %al, $0x42)")
+        }
+        return try serveHostCall(stop: currentStop)
     }
 
     private func isInSyscallEntry(_ rip: UInt64) -> Bool {

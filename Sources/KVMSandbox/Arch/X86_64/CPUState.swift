@@ -36,16 +36,14 @@ enum X86CPUState {
     }
     static var tssLimit: UInt32 { UInt32(tssSize + ioBitmap.count - 1) }
 
-    /// The TSS: the I/O-map base (offset 0x66), the bitmap, and with exception stubs the CPL 0
-    /// stack pointers (RSP0, IST1); all else zero.
-    static func tssBytes(exceptionStubs: Bool) -> [UInt8] {
+    /// The TSS: the I/O-map base (offset 0x66), the bitmap, and the CPL 0 stack pointers (RSP0,
+    /// IST1) the exception stubs use on hardware KVM; all else zero.
+    static var tssBytes: [UInt8] {
         var bytes = [UInt8](repeating: 0, count: tssSize)
         bytes[0x66] = UInt8(tssSize & 0xff)
         bytes[0x67] = UInt8(tssSize >> 8)
-        if exceptionStubs {
-            for field in ExceptionStubs.tssStackFields {
-                for index in 0..<8 { bytes[field.offset + index] = UInt8(truncatingIfNeeded: field.value >> (index * 8)) }
-            }
+        for field in ExceptionStubs.tssStackFields {
+            for index in 0..<8 { bytes[field.offset + index] = UInt8(truncatingIfNeeded: field.value >> (index * 8)) }
         }
         return bytes + ioBitmap
     }
@@ -93,14 +91,15 @@ enum X86CPUState {
 
     /// Maps the system page with the GDT and TSS (supervisor-only, read-only, NX) and the syscall
     /// stub page (user, read + execute, read-only), and writes their contents.
-    /// With `exceptionStubs` (hardware KVM), also the IDT, its stubs and the CPL 0 stacks.
-    static func installSystemTables(in space: AddressSpace, exceptionStubs: Bool) throws(SandboxError) {
-        if exceptionStubs { try ExceptionStubs.install(in: space) }
+    /// Also the IDT, its stubs and the CPL 0 stacks, on every platform, so that the guest sees the
+    /// same address space everywhere (only hardware KVM loads the IDT and uses the CPL 0 entry).
+    static func installSystemTables(in space: AddressSpace) throws(SandboxError) {
+        try ExceptionStubs.install(in: space)
         try space.mapNew(GuestLayout.systemPage, length: PageSize.bytes, [.read, .supervisor])
         try space.mapNew(GuestLayout.syscallStubPage, length: PageSize.bytes, [.read, .execute])
         do {
             try space.hostWrite(gdtBytes, at: GuestLayout.systemPage)
-            try space.hostWrite(tssBytes(exceptionStubs: exceptionStubs), at: GuestLayout.systemPage + tssOffset)
+            try space.hostWrite(tssBytes, at: GuestLayout.systemPage + tssOffset)
             try space.hostWrite(syscallStub, at: GuestLayout.syscallStubPage)
             try space.hostWrite(returnStub, at: returnStubAddress)
         } catch {
@@ -142,10 +141,18 @@ enum X86CPUState {
         sregs.tr.base = GuestLayout.systemPage + tssOffset
         sregs.tr.limit = tssLimit
         sregs.tr.selector = tssSelector
-        sregs.tr.type = 0xb
+        sregs.tr.type = 0xb  // a busy 64-bit TSS, as LTR leaves it (VMX entry requires busy)
         sregs.tr.present = 1
         sregs.idt.base = exceptionStubs ? ExceptionStubs.idtPage : 0
         sregs.idt.limit = exceptionStubs ? ExceptionStubs.idtLimit : 0
+        return sregs
+    }
+
+    /// `sregs` with user-mode code and stack segments (after a CPL 0 stub is left by the host).
+    static func userMode(_ sregs: kvm_sregs) -> kvm_sregs {
+        var sregs = sregs
+        sregs.cs = segment(userCode, code: true)
+        sregs.ss = segment(userData, code: false)
         return sregs
     }
 
