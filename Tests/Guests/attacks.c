@@ -47,6 +47,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(m, "out-other-port")) __asm__ volatile("outb %%al, $0x80" :: "a"(0));
     else if (!strcmp(m, "in-port")) { unsigned char v; __asm__ volatile("inb $0x42, %0" : "=a"(v)); }
     else if (!strcmp(m, "read-gdt")) return *(volatile char *)0x7ffffffff000L;
+    else if (!strcmp(m, "write-gdt")) *(volatile char *)0x7ffffffff000L = 0;
+    else if (!strcmp(m, "trap-flag")) __asm__ volatile("pushf\n orq $0x100, (%rsp)\n popf\n nop\n nop");
     else if (!strcmp(m, "read-idt")) return *(volatile char *)0x7fffffffe000L;
     else if (!strcmp(m, "write-idt")) *(volatile char *)0x7fffffffe000L = 0;
     else if (!strcmp(m, "read-kernel-stack")) return *(volatile char *)0x7fffffffbff8L;
