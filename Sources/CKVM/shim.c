@@ -1,6 +1,7 @@
 // Computed in C, never in Swift or C++: see PLATFORM.md on flexible arrays.
 #define _GNU_SOURCE
 #include "CKVM.h"
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/ioctl.h>
 
@@ -41,3 +42,23 @@ size_t ckvm_offsetof_kvm_run_s(void) { return offsetof(struct kvm_run, s); }
 int ckvm_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
 size_t ckvm_sizeof_kvm_msrs(void) { return sizeof(struct kvm_msrs); }
 size_t ckvm_offsetof_msr_list_entries(void) { return offsetof(struct ckvm_msr_list, entries); }
+
+int ckvm_available_cpus(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+    return CPU_COUNT(&set);
+}
+
+int ckvm_pin_to_cpu(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return sched_setaffinity(0, sizeof set, &set);
+}
+
+int ckvm_unpin(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) CPU_SET(cpu, &set);
+    return sched_setaffinity(0, sizeof set, &set);
+}

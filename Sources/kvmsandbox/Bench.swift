@@ -46,8 +46,9 @@ struct Bench: ParsableCommand {
         let floorNs = median(try (0..<batches).map { _ in try floor.measure(count: iterations) })
 
         progress("library host call")
-        func guestRun(_ path: String, _ arguments: [String]) throws -> Double {
+        func guestRun(_ path: String, _ arguments: [String], transport: HostCallTransport = .exit) throws -> Double {
             var configuration = SandboxConfiguration()
+            configuration.hostCallTransport = transport
             configuration.arguments = [path] + arguments
             configuration.standardOutput = .discard
             let sandbox = try Sandbox(elfPath: path, configuration: configuration)
@@ -58,9 +59,16 @@ struct Bench: ParsableCommand {
             return Double(monotonicNanoseconds() - start)
         }
         // Per call: (run with N calls - run with 0 calls) / N, so VM start-up does not count.
-        let hostcallNs = median(try (0..<batches).map { _ in
-            (try guestRun(loop, ["\(iterations)"]) - guestRun(loop, ["0"])) / Double(iterations)
-        })
+        func perCall(_ transport: HostCallTransport, count: Int) throws -> Double {
+            median(try (0..<batches).map { _ in
+                (try guestRun(loop, ["\(count)"], transport: transport) - guestRun(loop, ["0"], transport: transport)) / Double(count)
+            })
+        }
+        let hostcallNs = try perCall(.exit, count: iterations)
+        progress("exitless host call (mailbox + polling thread), then everything on one core")
+        let exitlessNs = try perCall(.exitless, count: iterations * 50)
+        let oneCore = try onOneCore(.exitless, loop, count: iterations)
+        let oneCoreExit = try onOneCore(.exit, loop, count: iterations)
 
         progress("compute: guest vs native (\(computeRounds) rounds)")
         let native = work.appendingPathComponent("compute-native").path
@@ -81,6 +89,9 @@ struct Bench: ParsableCommand {
 
         var results: [(String, Double)] = [
             ("floor_out_ns", floorNs), ("hostcall_ns", hostcallNs), ("hostcall_vs_floor", hostcallNs / floorNs),
+            ("hostcall_exitless_ns", exitlessNs), ("hostcall_exitless_vs_floor", exitlessNs / floorNs),
+            ("hostcall_exitless_1core_ns", oneCore), ("hostcall_exit_1core_ns", oneCoreExit),
+            ("hostcall_exitless_1core_vs_exit", oneCore / oneCoreExit),
             ("compute_native_ns", nativeNs), ("compute_guest_ns", guestNs), ("compute_ratio", guestNs / nativeNs),
         ]
         if !skipFork {
@@ -95,10 +106,30 @@ struct Bench: ParsableCommand {
             print("library host call             \(String(format: "%10.0f ns", hostcallNs))   \(String(format: "%.3fx", hostcallNs / floorNs)) the floor")
             print("compute, native process       \(String(format: "%10.2f ms", nativeNs / 1e6))")
             print("compute, guest (incl. VM)     \(String(format: "%10.2f ms", guestNs / 1e6))   \(String(format: "%.3fx", guestNs / nativeNs)) native")
-            for (key, value) in results.dropFirst(6) {
+            for (key, value) in results.dropFirst(3).filter({ !$0.0.hasPrefix("compute") }) {
                 print(pad(key, 30) + String(format: value.magnitude < 10 ? "%12.3f" : "%12.0f", value))
             }
         }
+    }
+
+    /// Nanoseconds per host call of `loop` run by `kvmsandbox run` in a child process confined to
+    /// CPU 0 (`taskset -c 0`): the vCPU thread, the poller and everything else share one core.
+    private func onOneCore(_ transport: HostCallTransport, _ loop: String, count: Int) throws -> Double {
+        let taskset = "/usr/bin/taskset"
+        guard FileManager.default.isExecutableFile(atPath: taskset) else {
+            throw ValidationError("\(taskset) is missing (apt-get install util-linux)")
+        }
+        func timedRun(_ calls: Int) throws -> Double {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: taskset)
+            process.arguments = ["-c", "0", CommandLine.arguments[0], "run", "--host-calls", transport.rawValue, loop, "\(calls)"]
+            let start = monotonicNanoseconds()
+            try process.run()
+            process.waitUntilExit()
+            guard process.terminationStatus == 0 else { throw ValidationError("one-core run failed: \(process.terminationStatus)") }
+            return Double(monotonicNanoseconds() - start)
+        }
+        return median(try (0..<batches).map { _ in (try timedRun(count) - timedRun(0)) / Double(count) })
     }
 
     private func progress(_ message: String) { printError("bench: \(message)...") }

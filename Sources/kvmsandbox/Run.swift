@@ -31,6 +31,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "How CPU exceptions reach the host: automatic, shutdownExit (PVM) or idtStubs (hardware KVM).")
     var exceptionDelivery: String = "automatic"
 
+    @Option(name: .long, help: "How embedder host calls travel: automatic, exit or exitless.")
+    var hostCalls: String = "automatic"
+
     @Option(name: .long, help: "Also write the outcome (fault, registers, backtrace) as JSON to this file.")
     var reportJSON: String?
 
@@ -55,6 +58,11 @@ struct Run: ParsableCommand {
             throw ExitCode(ExitStatus.sandboxError)
         }
         configuration.exceptionDelivery = delivery
+        guard let transport = HostCallTransport(rawValue: hostCalls) else {
+            printError("kvmsandbox: --host-calls must be one of \(HostCallTransport.allCases.map(\.rawValue).joined(separator: ", "))")
+            throw ExitCode(ExitStatus.sandboxError)
+        }
+        configuration.hostCallTransport = transport
         let outcome: RunOutcome
         do {
             let sandbox = try Sandbox(elfPath: program, configuration: configuration)

@@ -21,23 +21,36 @@ func registerTestHandlers(_ sandbox: Sandbox) throws {
 
 extension KVMTests {
     @Suite struct HostCalls {
-        func run(_ mode: String) throws -> (RunOutcome, String, String) {
-            try Guests.run("hostcalls", [mode], setUp: registerTestHandlers)
+        /// Both transports: every host-call test runs by exit and exitless.
+        static let transports: [HostCallTransport] = [.exit, .exitless]
+
+        func run(_ mode: String, _ transport: HostCallTransport = .exit) throws -> (RunOutcome, String, String) {
+            try Guests.run("hostcalls", [mode], configure: { $0.hostCallTransport = transport }, setUp: registerTestHandlers)
         }
 
-        @Test(arguments: ["echo", "unknown", "unknown-builtin", "fill", "puts", "read-sum", "write-badfd"])
-        func callSucceedsWithTheDocumentedResult(mode: String) throws {
-            let (outcome, stdout, _) = try run(mode)
+        @Test(arguments: transports, ["echo", "unknown", "unknown-builtin", "fill", "puts", "read-sum", "write-badfd"])
+        func callSucceedsWithTheDocumentedResult(transport: HostCallTransport, mode: String) throws {
+            let (outcome, stdout, _) = try run(mode, transport)
             #expect(outcome == .exited(status: 0), "\(mode): \(stdout)")
         }
 
         /// Every kind of bad pointer or length returns -EFAULT to the guest, which keeps running.
-        @Test(arguments: ["null", "wild", "kernel-half", "host-address", "write-rodata", "write-code", "read-gdt",
-                          "overflow-length", "straddle", "unterminated", "write-bad", "write-huge"])
-        func badPointerReturnsEFAULT(mode: String) throws {
-            let (outcome, stdout, _) = try run(mode)
+        @Test(arguments: transports, ["null", "wild", "kernel-half", "host-address", "write-rodata", "write-code", "read-gdt",
+                                      "overflow-length", "straddle", "unterminated", "write-bad", "write-huge"])
+        func badPointerReturnsEFAULT(transport: HostCallTransport, mode: String) throws {
+            let (outcome, stdout, _) = try run(mode, transport)
             #expect(outcome == .exited(status: 0), "\(mode): \(stdout)")
             #expect(stdout == "result=-14\n")
+        }
+
+        @Test(arguments: transports)
+        func handlerErrorEndsTheRunWith(transport: HostCallTransport) throws {
+            let (outcome, _, _) = try run("throw", transport)
+            guard case .hostCallFailed(let number, _) = outcome else {
+                Issue.record("expected hostCallFailed, got \(outcome)")
+                return
+            }
+            #expect(number == HostCallNumber.firstUserNumber + 4)
         }
 
         @Test func writeToStderrIsCaptured() throws {

@@ -47,6 +47,13 @@ int ckvm_ioctl_ptr(int fd, unsigned long request, void *argument);
 /// memfd_create(name, MFD_CLOEXEC): the backing of guest memory (glibc hides it from Swift).
 int ckvm_memfd_create(const char *name);
 
+/// CPUs this process may run on: CPU_COUNT of sched_getaffinity (glibc hides both from Swift).
+int ckvm_available_cpus(void);
+/// Pins the calling thread to one CPU (sched_setaffinity), for tests and benchmarks; 0 or -1.
+int ckvm_pin_to_cpu(int cpu);
+/// Lets the calling thread run on every CPU again; 0 or -1.
+int ckvm_unpin(void);
+
 /// sizeof of the structs Swift imports, for layout checks in tests.
 size_t ckvm_sizeof_kvm_run(void);
 size_t ckvm_sizeof_kvm_regs(void);

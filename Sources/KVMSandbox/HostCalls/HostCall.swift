@@ -11,6 +11,9 @@ public enum HostCallNumber {
     public static let ready = 0xf00
     /// Used by the return stub of a host-to-guest function call: the result is in the first argument.
     public static let guestCallReturn = 0xf01
+    /// `KS_HC_MAILBOX_WAIT`: the guest gave up spinning on mailbox request `arg0`; the result
+    /// of that request is returned.
+    public static let mailboxWait = 0xf02
     /// The first number an embedder may register.
     public static let firstUserNumber = 0x1000
 }

@@ -69,8 +69,15 @@ public final class GuestMemory {
         if source == nil { try? fd.close() }
     }
 
+    /// The host address of guest-physical page `physical`, for memory shared with a host thread
+    /// while the guest runs (the exitless-call mailbox). Valid while this object lives.
+    func pagePointer(_ physical: UInt64) -> UnsafeMutableRawPointer {
+        precondition(physical % PageSize.bytes == 0)
+        return checked(physical, Int(PageSize.bytes))
+    }
+
     /// Notes that the host wrote `[address, address + count)`, for a fork's reset.
-    @inline(__always) private func noteHostWrite(_ address: UInt64, _ count: Int) {
+    @inline(__always) func noteHostWrite(_ address: UInt64, _ count: Int) {
         guard hostDirty != nil, count > 0 else { return }
         var page = address >> PageSize.shift
         let last = (address + UInt64(count) - 1) >> PageSize.shift

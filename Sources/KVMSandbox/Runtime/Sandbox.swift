@@ -37,6 +37,10 @@ public final class Sandbox {
     private var handlers: [Int: HostCallHandler] = [:]
     private var exceptionHandler: ExceptionHandler?
     var phase = Phase.notStarted
+    /// The exitless-call mailbox (`GuestLayout.mailboxPage`) and, during a run that uses it, its server.
+    let mailbox: Mailbox
+    private let mailboxPhysical: UInt64
+    private var exitless: ExitlessServer?
     /// What the current run loop stops at.
     private var currentStop = StopCondition.end
     private let logger = Logger(label: "kvmsandbox")
@@ -100,6 +104,7 @@ public final class Sandbox {
             arguments: configuration.arguments, environment: configuration.environment, program: program)
         let exceptionStubs = configuration.exceptionDelivery.resolved(on: system.platform) == .idtStubs
         try X86CPUState.installSystemTables(in: space)
+        try space.mapNew(GuestLayout.mailboxPage, length: PageSize.bytes, [.read, .write])
         let builtins = BuiltinHostCalls(
             space: space, heapStart: program.imageEnd, mmapTop: Self.mmapTop(stackBottom: stackBottom),
             outputs: [1: configuration.standardOutput, 2: configuration.standardError],
@@ -123,6 +128,11 @@ public final class Sandbox {
         (self.configuration, self.program, self.system, self.memory) = (configuration, program, system, memory)
         (self.vm, self.vcpu, self.space, self.builtins) = (vm, vcpu, space, builtins)
         (self.stackBottom, self.fork, self.phase) = (stackBottom, fork, phase)
+        guard let physical = space.tables.translateForHost(GuestLayout.mailboxPage, memory: memory) else {
+            preconditionFailure("every VM maps the mailbox page")
+        }
+        mailboxPhysical = physical
+        mailbox = Mailbox(memory: memory, physical: physical)
     }
 
     /// The top of the anonymous-mmap region: below the stack's guard page and a gap.
@@ -175,9 +185,20 @@ public final class Sandbox {
         phase = .running
         currentStop = stop
         let deadline = configuration.timeout.map { Watchdog.shared.arm(seconds: $0, interrupter: vcpu.interrupter) }
-        let signalMask = deadline.map { _ in VCPUInterrupter.unblockSignalOnThisThread() }
+        if configuration.hostCallTransport.resolved == .exitless {
+            let server = ExitlessServer(mailbox: mailbox, memory: guestMemory, handlers: handlers, interrupter: vcpu.interrupter)
+            exitless = server
+            MailboxPoller.shared.register(server)
+        }
+        let signalMask = deadline != nil || exitless != nil ? VCPUInterrupter.unblockSignalOnThisThread() : nil
         defer {
             if let deadline { Watchdog.shared.disarm(deadline) }
+            if let server = exitless {
+                MailboxPoller.shared.unregister(server)
+                exitless = nil
+                // The poller wrote the page behind GuestMemory's back: a fork's reset must restore it.
+                memory.noteHostWrite(mailboxPhysical, Int(PageSize.bytes))
+            }
             if let signalMask { VCPUInterrupter.restoreSignalMask(signalMask) }
         }
         do {
@@ -213,6 +234,9 @@ public final class Sandbox {
             try harvestDirtyRing()
             return nil
         case .interrupted:
+            if let failure = exitless?.failure {
+                return .hostCallFailed(number: failure.number, message: failure.message)
+            }
             if let deadline, Watchdog.shared.fired(deadline) {
                 return .timedOut(seconds: configuration.timeout ?? 0, rip: vcpu.registers.rip)
             }
@@ -356,8 +380,20 @@ public final class Sandbox {
                             arguments: [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9], memory: guestMemory)
         var result: Int64
         do {
-            if call.number >= HostCallNumber.firstUserNumber {
-                if let handler = handlers[call.number] { result = try handler(call) } else { result = -Int64(HostCallErrno.ENOSYS) }
+            if call.number == HostCallNumber.mailboxWait {
+                // The guest gave up spinning on an exitless call: serve or collect it here.
+                guard let exitless else { throw HostCallFailure(HostCallErrno.ENOSYS) }
+                result = exitless.waitExit(sequence: call[0])
+                MailboxPoller.shared.noteExitCall(from: exitless, fallback: true)
+                if let failure = exitless.failure { return .hostCallFailed(number: failure.number, message: failure.message) }
+            } else if call.number >= HostCallNumber.firstUserNumber {
+                guard let handler = handlers[call.number] else { throw HostCallFailure(HostCallErrno.ENOSYS) }
+                if let exitless {
+                    MailboxPoller.shared.noteExitCall(from: exitless, fallback: false)
+                    result = try exitless.exclusively { try handler(call) }
+                } else {
+                    result = try handler(call)
+                }
             } else {
                 switch try builtins.handle(call) {
                 case .value(let value): result = value

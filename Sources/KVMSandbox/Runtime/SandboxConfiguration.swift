@@ -1,3 +1,5 @@
+import CKVM
+
 /// Limits and inputs for one sandbox.
 public struct SandboxConfiguration: Sendable {
     /// Guest memory in bytes: everything the guest has (image, page tables, stack, heap).
@@ -16,6 +18,9 @@ public struct SandboxConfiguration: Sendable {
     public var standardError: OutputDestination = .fileDescriptor(2)
     /// The most bytes the guest may write to fd 1 and 2 together; writes past it fail with `-EFBIG`.
     public var outputLimit: UInt64 = 64 << 20
+
+    /// How embedder host calls travel: by exit, or exitless through the shared mailbox.
+    public var hostCallTransport: HostCallTransport = .automatic
 
     /// How CPU exceptions reach the host: chosen from the platform unless set.
     public var exceptionDelivery: ExceptionDelivery = .automatic
@@ -54,3 +59,24 @@ public enum ExceptionDelivery: String, Sendable, CaseIterable {
         return platform.reportsExceptionsWithoutIDT ? .shutdownExit : .idtStubs
     }
 }
+
+/// How a guest's embedder host calls (`KS_HOSTCALL_USER` and up, made with the SDK's
+/// `ks_hostcall`) reach their handlers. Results and errors are the same either way.
+public enum HostCallTransport: String, Sendable, CaseIterable {
+    /// Exitless where it can win: when this process may run on at least two CPUs.
+    case automatic
+    /// Always a VM exit (`out %al, $0x42`).
+    case exit
+    /// Through the mailbox page, served by a host polling thread; the guest falls back to an
+    /// exit after a bounded spin, so it works (slower) even without a free core.
+    case exitless
+
+    /// `automatic` decided for this process.
+    public var resolved: HostCallTransport {
+        guard self == .automatic else { return self }
+        return availableCPUs() >= 2 ? .exitless : .exit
+    }
+}
+
+/// CPUs this process may run on (its affinity mask).
+func availableCPUs() -> Int { Int(ckvm_available_cpus()) }

@@ -7,6 +7,7 @@
 ///    ...            anonymous mmap regions, growing down from below the stack
 /// stackTop-size     stack (RW, NX); the page below it is an unmapped guard page
 /// 0x7ff0_0000_1000  user stubs (read+execute, read-only): `syscall` on PVM, guest-call return
+/// 0x7ff0_0000_2000  the exitless host-call mailbox (user read+write, NX; see `Mailbox`)
 /// 0x7fff_ffff_9000  hardware KVM only, all supervisor-only with unmapped pages between:
 ///                   IST stack (#DF/NMI/#MC), CPL 0 stack (TSS.RSP0), exception stubs and the
 ///                   CPL 0 `syscall` entry (read+execute), IDT (read-only); see `ExceptionStubs`
@@ -26,6 +27,8 @@ public enum GuestLayout {
     public static let imageLimit: UInt64 = 0x7000_0000_0000
     /// The page holding the `syscall` entry stub (MSR_LSTAR).
     public static let syscallStubPage: UInt64 = 0x7ff0_0000_1000
+    /// The exitless host-call mailbox (user read+write, NX), shared with a host polling thread.
+    public static let mailboxPage: UInt64 = 0x7ff0_0000_2000
     /// The page holding the GDT.
     public static let systemPage: UInt64 = 0x7fff_ffff_f000
 }

@@ -1,0 +1,134 @@
+import Atomics
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Serves one running sandbox's mailbox: from the poller thread while the guest spins, or from
+/// the vCPU thread when the guest gives up spinning and exits (`KS_HC_MAILBOX_WAIT`). A lock
+/// makes the two (and the exit path's own user calls) mutually exclusive, so each request is
+/// served exactly once and handlers never run concurrently.
+///
+/// Only embedder calls (`HostCallNumber.firstUserNumber` and up) travel by mailbox; the SDK
+/// sends built-in calls (exit, memory, output) by exit.
+final class ExitlessServer: @unchecked Sendable {
+    let mailbox: Mailbox
+    private let memory: GuestMemoryView
+    private let handlers: [Int: HostCallHandler]
+    private let interrupter: VCPUInterrupter
+    private let vcpuThread: pthread_t
+    private let state = Mutex(State())
+    /// The last sequence served, readable without the lock (the poller's fast path).
+    private let lastServed = ManagedAtomic<UInt64>(0)
+
+    /// Until when (monotonic ns) the guest is told not to post, because its posts kept going
+    /// unanswered (the poller has no core: e.g. everything on one CPU).
+    private let suspendedUntil = ManagedAtomic<UInt64>(0)
+
+    private struct State {
+        var lastServed: UInt64 = 0
+        var lastResult: Int64 = 0
+        /// Fallbacks among the requests since `windowStart` (a window of `window` requests).
+        var windowStart: UInt64 = 0
+        var windowFallbacks = 0
+        var suspension: UInt64 = 1_000_000
+        /// A handler failed with a non-guest error on the poller thread: the run must end.
+        var failure: (number: Int, message: String)?
+    }
+
+    /// A server for the current run of a sandbox on the calling (vCPU) thread.
+    init(mailbox: Mailbox, memory: GuestMemoryView, handlers: [Int: HostCallHandler], interrupter: VCPUInterrupter) {
+        self.mailbox = mailbox
+        self.memory = memory
+        self.handlers = handlers
+        self.interrupter = interrupter
+        vcpuThread = pthread_self()
+        // The page may hold an old request (e.g. from before a snapshot): never serve it again.
+        let posted = mailbox.postedSequence
+        lastServed.store(posted, ordering: .relaxed)
+        state.withLock { $0.lastServed = posted }
+    }
+
+    /// Whether the guest posted a request not yet served (two atomic loads; no lock).
+    var hasPendingRequest: Bool { mailbox.postedSequence != lastServed.load(ordering: .acquiring) }
+
+    /// Poller thread: serves a newly posted request unless another thread is serving. Returns
+    /// whether it served one.
+    func pollOnce() -> Bool {
+        guard mailbox.postedSequence != lastServed.load(ordering: .acquiring) else { return false }
+        return state.withLockIfAvailable { state in
+            let request = mailbox.copyRequest()
+            guard request.sequence != state.lastServed else { return false }
+            serve(request, &state)
+            return true
+        } ?? false
+    }
+
+    /// vCPU thread, at the fallback exit for request `sequence`: its result, serving it first
+    /// if the poller has not.
+    func waitExit(sequence: UInt64) -> Int64 {
+        state.withLock { state in
+            noteFallback(sequence, &state)
+            if state.lastServed == sequence { return state.lastResult }
+            let request = mailbox.copyRequest()
+            guard request.sequence == sequence else { return -Int64(HostCallErrno.EINVAL) }
+            serve(request, &state)
+            return state.lastResult
+        }
+    }
+
+    /// Requests per window, and the fallbacks in a window that suspend posting.
+    static let window: UInt64 = 16, tolerableFallbacks = 4
+
+    /// Counts a fallback; when too many of the recent requests fell back, tells the guest to stop
+    /// posting for a while (doubling from 1 ms to 1 s while it keeps happening).
+    private func noteFallback(_ sequence: UInt64, _ state: inout State) {
+        if sequence &- state.windowStart >= Self.window {
+            if state.windowFallbacks <= Self.tolerableFallbacks { state.suspension = 1_000_000 }
+            state.windowStart = sequence
+            state.windowFallbacks = 0
+        }
+        state.windowFallbacks += 1
+        guard state.windowFallbacks > Self.tolerableFallbacks else { return }
+        suspendedUntil.store(monotonicNanoseconds() + state.suspension, ordering: .relaxed)
+        state.suspension = min(state.suspension * 2, 1_000_000_000)
+        state.windowFallbacks = 0
+        mailbox.setPolling(false)
+    }
+
+    /// Whether the guest should be told to post now (the poller sets `polling` from this).
+    func shouldPoll(now: UInt64) -> Bool { now >= suspendedUntil.load(ordering: .relaxed) }
+
+    /// vCPU thread: runs an exit-path embedder call while the poller cannot serve.
+    func exclusively<T>(_ body: () throws -> T) rethrows -> T {
+        try state.withLock { _ in try body() }
+    }
+
+    /// The failure a poller-served handler left, if any.
+    var failure: (number: Int, message: String)? { state.withLock { $0.failure } }
+
+    private func serve(_ request: Mailbox.Request, _ state: inout State) {
+        var result: Int64
+        if request.number >= HostCallNumber.firstUserNumber, let handler = handlers[request.number] {
+            do {
+                result = try handler(HostCall(number: request.number, arguments: request.arguments, memory: memory))
+            } catch is GuestMemoryError {
+                result = -Int64(HostCallErrno.EFAULT)
+            } catch let failure as HostCallFailure {
+                result = -Int64(failure.code)
+            } catch {
+                result = -Int64(HostCallErrno.EIO)
+                if state.failure == nil {
+                    state.failure = (request.number, "\(error)")
+                    interrupter.interrupt(thread: vcpuThread)
+                }
+            }
+        } else {
+            result = -Int64(HostCallErrno.ENOSYS)
+        }
+        state.lastServed = request.sequence
+        state.lastResult = result
+        lastServed.store(request.sequence, ordering: .releasing)
+        mailbox.answer(sequence: request.sequence, result: result)
+    }
+}

@@ -1,0 +1,61 @@
+import Atomics
+
+/// The page of exitless host calls, shared by the guest and a host polling thread while the
+/// guest runs. Mapped user read+write at `GuestLayout.mailboxPage` in every VM. Layout (little-
+/// endian 64-bit words; the guest SDK's `struct ks_mailbox`):
+///
+/// | offset | field | written by |
+/// |---|---|---|
+/// | 0 | request: sequence number of the posted call | guest, last (release) |
+/// | 8 | number | guest |
+/// | 16-63 | six arguments | guest |
+/// | 64 | response: sequence number of the answered call | host, last (release) |
+/// | 72 | result | host |
+/// | 128 | polling: nonzero while a host thread watches this page | host |
+///
+/// The guest posts a call and spins on `response` for a bounded time, then falls back to the
+/// exit `KS_HC_MAILBOX_WAIT` (0xf02) with the sequence number. Every field is untrusted: the
+/// host copies a request out once, then validates the copy.
+final class Mailbox: @unchecked Sendable {
+    /// A request as copied out of the page.
+    struct Request: Equatable {
+        let sequence: UInt64
+        let number: Int
+        let arguments: [UInt64]
+    }
+
+    private let memory: GuestMemory
+    private let base: UnsafeMutableRawPointer
+
+    /// The mailbox in guest-physical page `physical` of `memory`.
+    init(memory: GuestMemory, physical: UInt64) {
+        self.memory = memory
+        base = memory.pagePointer(physical)
+    }
+
+    private func word(_ offset: Int) -> UnsafeAtomic<UInt64> {
+        UnsafeAtomic(at: (base + offset).assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
+    }
+
+    /// The sequence number of the latest posted request.
+    var postedSequence: UInt64 { word(0).load(ordering: .acquiring) }
+
+    /// Copies the posted request out of the page, once.
+    func copyRequest() -> Request {
+        let sequence = word(0).load(ordering: .acquiring)
+        let number = Int(truncatingIfNeeded: Int64(bitPattern: word(8).load(ordering: .relaxed)))
+        let arguments = (0..<6).map { word(16 + 8 * $0).load(ordering: .relaxed) }
+        return Request(sequence: sequence, number: number, arguments: arguments)
+    }
+
+    /// Publishes `result` as the answer to request `sequence`.
+    func answer(sequence: UInt64, result: Int64) {
+        word(72).store(UInt64(bitPattern: result), ordering: .relaxed)
+        word(64).store(sequence, ordering: .releasing)
+    }
+
+    /// Tells the guest whether a host thread is watching (so posting is worth it).
+    func setPolling(_ polling: Bool) {
+        word(128).store(polling ? 1 : 0, ordering: .releasing)
+    }
+}

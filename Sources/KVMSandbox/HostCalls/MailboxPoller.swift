@@ -1,0 +1,212 @@
+import Atomics
+import CKVM
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The process-wide thread that serves the mailboxes of running sandboxes (exitless host calls).
+///
+/// Policy, so that it only ever helps:
+/// - one thread for all sandboxes, started on first use, and only where at least two CPUs are
+///   available to this process (`HostCallTransport.automatic`);
+/// - it spins over the registered mailboxes while calls arrive, and after `idleLimit` without
+///   one it clears every mailbox's `polling` flag (guests then call by exit) and sleeps until
+///   a sandbox registers or a guest makes an embedder call by exit;
+/// - if guests fell back to exits more often than the poller answered during a spin (the
+///   poller is not getting a core), it backs off for a growing period (1 ms doubling to 1 s);
+/// - one request per mailbox per pass, so no guest can keep it from the others.
+final class MailboxPoller: @unchecked Sendable {
+    static let shared = MailboxPoller()
+
+    /// Spin this long without a request before sleeping.
+    static let idleLimit: UInt64 = 200_000
+    private static let minimumBackoff: UInt64 = 1_000_000, maximumBackoff: UInt64 = 1_000_000_000
+
+    private struct Registry {
+        var servers: [ObjectIdentifier: ExitlessServer] = [:]
+        var generation: UInt64 = 0
+        var awake = false
+        var backoffUntil: UInt64 = 0
+        var backoff = MailboxPoller.minimumBackoff
+        var started = false
+        /// -1: any CPU.
+        var pinnedCPU: Int32 = -1
+        var appliedCPU: Int32 = -1
+    }
+    private let registry = Mutex(Registry())
+    /// Held while a pass touches servers: `unregister` waits on it.
+    private let pass = Mutex(())
+    private let generation = ManagedAtomic<UInt64>(0)
+    private let fallbacks = ManagedAtomic<Int>(0)
+    private let sleeping = ManagedAtomic<Bool>(true)
+    /// Set by `wake`; the poller spins only when asked (a run started, or a guest called by exit).
+    private let wakeRequested = ManagedAtomic<Bool>(false)
+    private let wakeLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let wakeCondition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+
+    private init() {
+        pthread_mutex_init(wakeLock, nil)
+        pthread_cond_init(wakeCondition, nil)
+    }
+
+    /// Starts serving `server` (at the start of a run).
+    func register(_ server: ExitlessServer) {
+        let start = registry.withLock { registry -> Bool in
+            registry.servers[ObjectIdentifier(server)] = server
+            registry.generation += 1
+            generation.store(registry.generation, ordering: .releasing)
+            defer { registry.started = true }
+            return !registry.started
+        }
+        if start { startThread() }
+        // Post from the first call: if the poller is slow to come, the guest's bounded spin
+        // falls back to an exit, which serves the request just as well.
+        server.mailbox.setPolling(true)
+        wake()
+    }
+
+    /// Stops serving `server`; when this returns, the poller no longer touches it.
+    func unregister(_ server: ExitlessServer) {
+        registry.withLock { registry in
+            registry.servers[ObjectIdentifier(server)] = nil
+            registry.generation += 1
+            generation.store(registry.generation, ordering: .releasing)
+        }
+        pass.withLock { _ in }  // waits for a pass in progress
+        server.mailbox.setPolling(false)
+    }
+
+    /// A guest made an embedder call by exit (it found no poller, or gave up spinning). Wakes
+    /// the poller, unless `server` is suspended from posting (the poller had no core for it).
+    func noteExitCall(from server: ExitlessServer, fallback: Bool) {
+        if fallback { fallbacks.wrappingIncrement(ordering: .relaxed) }
+        if sleeping.load(ordering: .relaxed), server.shouldPoll(now: monotonicNanoseconds()) { wake() }
+    }
+
+    /// Pins the poller thread to `cpu` (nil: any CPU) from its next spin on; for tests and
+    /// benchmarks that put everything on one core.
+    func pin(cpu: Int?) {
+        registry.withLock { $0.pinnedCPU = cpu.map(Int32.init) ?? -1 }
+        wake()
+    }
+
+    private func wake() {
+        wakeRequested.store(true, ordering: .relaxed)
+        pthread_mutex_lock(wakeLock)
+        pthread_cond_signal(wakeCondition)
+        pthread_mutex_unlock(wakeLock)
+    }
+
+    private func startThread() {
+        var thread = pthread_t()
+        let context = Unmanaged.passUnretained(self).toOpaque()
+        let result = pthread_create(&thread, nil, { context in
+            Unmanaged<MailboxPoller>.fromOpaque(context!).takeUnretainedValue().loop()
+            return nil
+        }, context)
+        precondition(result == 0, "pthread_create failed: \(result)")
+        pthread_detach(thread)
+    }
+
+    private func servers() -> (UInt64, [ExitlessServer]) {
+        registry.withLock { ($0.generation, Array($0.servers.values)) }
+    }
+
+    private func loop() -> Never {
+        while true {
+            sleepUntilWorthPolling()
+            spin()
+        }
+    }
+
+    private func sleepUntilWorthPolling() {
+        sleeping.store(true, ordering: .relaxed)
+        pthread_mutex_lock(wakeLock)
+        while true {
+            let (empty, backoffUntil) = registry.withLock { ($0.servers.isEmpty, $0.backoffUntil) }
+            let now = monotonicNanoseconds()
+            if !empty && now >= backoffUntil && wakeRequested.exchange(false, ordering: .relaxed) { break }
+            var deadline = timespec()
+            clock_gettime(CLOCK_REALTIME, &deadline)
+            let wait = empty || now >= backoffUntil ? 1_000_000_000 : backoffUntil - now
+            deadline.tv_sec += Int(wait / 1_000_000_000)
+            deadline.tv_nsec += Int(wait % 1_000_000_000)
+            if deadline.tv_nsec >= 1_000_000_000 { deadline.tv_sec += 1; deadline.tv_nsec -= 1_000_000_000 }
+            pthread_cond_timedwait(wakeCondition, wakeLock, &deadline)
+        }
+        pthread_mutex_unlock(wakeLock)
+        sleeping.store(false, ordering: .relaxed)
+    }
+
+    private func spin() {
+        let (wanted, applied) = registry.withLock { ($0.pinnedCPU, $0.appliedCPU) }
+        if wanted != applied {
+            _ = wanted >= 0 ? ckvm_pin_to_cpu(wanted) : ckvm_unpin()
+            registry.withLock { $0.appliedCPU = wanted }
+        }
+        var seen: UInt64 = 0
+        var list: [ExitlessServer] = []
+        /// Refreshes `list` when the registry changed; call with `pass` held, so that a server
+        /// `unregister` has removed is never touched again.
+        func refresh() {
+            guard generation.load(ordering: .acquiring) != seen || list.isEmpty else { return }
+            (seen, list) = servers()
+            let now = monotonicNanoseconds()
+            for server in list { server.mailbox.setPolling(server.shouldPoll(now: now)) }
+        }
+        let fallbacksBefore = fallbacks.load(ordering: .relaxed)
+        var answered = 0
+        var idleSince = monotonicNanoseconds()
+        var iteration = 0
+        var servedSinceCheck = false
+        while true {
+            iteration &+= 1
+            // Reading a mailbox needs no lock (its memory lives as long as the server object);
+            // serving one does, and re-checks that the server is still registered.
+            if generation.load(ordering: .acquiring) != seen { pass.withLock { _ in refresh() } }
+            var servedAny = false
+            for server in list where server.hasPendingRequest {
+                servedAny = pass.withLock { _ in
+                    guard generation.load(ordering: .acquiring) == seen else { refresh(); return false }
+                    return server.pollOnce()
+                } || servedAny
+            }
+            if servedAny {
+                answered += 1
+                servedSinceCheck = true
+            }
+            // Read the clock rarely: it is not free in a VM.
+            if iteration % 256 == 0 {
+                let now = monotonicNanoseconds()
+                // Guests whose suspension ended may post again.
+                if iteration % 4096 == 0 {
+                    pass.withLock { _ in
+                        refresh()
+                        for server in list where server.shouldPoll(now: now) { server.mailbox.setPolling(true) }
+                    }
+                }
+                if servedSinceCheck {
+                    idleSince = now
+                    servedSinceCheck = false
+                } else if list.isEmpty || now - idleSince > Self.idleLimit {
+                    break
+                }
+            }
+        }
+        pass.withLock { _ in
+            refresh()
+            for server in list { server.mailbox.setPolling(false) }
+        }
+        // Guests gave up waiting more often than we answered: we are not getting a core.
+        let gaveUp = fallbacks.load(ordering: .relaxed) - fallbacksBefore
+        registry.withLock { registry in
+            if gaveUp > answered {
+                registry.backoffUntil = monotonicNanoseconds() + registry.backoff
+                registry.backoff = min(registry.backoff * 2, Self.maximumBackoff)
+            } else {
+                registry.backoff = Self.minimumBackoff
+            }
+        }
+    }
+}
