@@ -14,9 +14,9 @@ import Glibc
 final class ExitlessServer: @unchecked Sendable {
     let mailbox: Mailbox
     private let memory: GuestMemoryView
-    private let handlers: [Int: HostCallHandler]
+    /// Set by `prepare` before each run, read only while registered with the poller.
+    private var handlers: [Int: HostCallHandler] = [:]
     private let interrupter: VCPUInterrupter
-    private let vcpuThread: pthread_t
     private let state = Mutex(State())
     /// The last sequence served, readable without the lock (the poller's fast path).
     private let lastServed = ManagedAtomic<UInt64>(0)
@@ -36,17 +36,26 @@ final class ExitlessServer: @unchecked Sendable {
         var failure: (number: Int, message: String)?
     }
 
-    /// A server for the current run of a sandbox on the calling (vCPU) thread.
-    init(mailbox: Mailbox, memory: GuestMemoryView, handlers: [Int: HostCallHandler], interrupter: VCPUInterrupter) {
+    /// A server for a sandbox's mailbox; `prepare` it before each run.
+    init(mailbox: Mailbox, memory: GuestMemoryView, interrupter: VCPUInterrupter) {
         self.mailbox = mailbox
         self.memory = memory
-        self.handlers = handlers
         self.interrupter = interrupter
-        vcpuThread = pthread_self()
-        // The page may hold an old request (e.g. from before a snapshot): never serve it again.
+    }
+
+    /// Readies the server for a run with `handlers` (call while not registered with the poller).
+    func prepare(handlers: [Int: HostCallHandler]) {
+        self.handlers = handlers
+        // The page may hold an old request (from an earlier run or before a snapshot): never
+        // serve it again.
         let posted = mailbox.postedSequence
         lastServed.store(posted, ordering: .relaxed)
-        state.withLock { $0.lastServed = posted }
+        state.withLock { state in
+            state.lastServed = posted
+            state.failure = nil
+            state.windowStart = posted
+            state.windowFallbacks = 0
+        }
     }
 
     /// Whether the guest posted a request not yet served (two atomic loads; no lock).
@@ -120,7 +129,8 @@ final class ExitlessServer: @unchecked Sendable {
                 result = -Int64(HostCallErrno.EIO)
                 if state.failure == nil {
                     state.failure = (request.number, "\(error)")
-                    interrupter.interrupt(thread: vcpuThread)
+                    // Ends the run at the guest's next exit (at the latest its fallback exit).
+                    interrupter.immediateExit.store(1, ordering: .sequentiallyConsistent)
                 }
             }
         } else {

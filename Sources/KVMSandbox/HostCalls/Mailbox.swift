@@ -26,6 +26,9 @@ final class Mailbox: @unchecked Sendable {
 
     private let memory: GuestMemory
     private let base: UnsafeMutableRawPointer
+    /// Whether the host wrote the page since the last `takeWritten()` (KVM's dirty log does not
+    /// see host writes; a fork's reset must restore the page then).
+    private let written = ManagedAtomic<Bool>(false)
 
     /// The mailbox in guest-physical page `physical` of `memory`.
     init(memory: GuestMemory, physical: UInt64) {
@@ -50,12 +53,17 @@ final class Mailbox: @unchecked Sendable {
 
     /// Publishes `result` as the answer to request `sequence`.
     func answer(sequence: UInt64, result: Int64) {
+        written.store(true, ordering: .relaxed)
         word(72).store(UInt64(bitPattern: result), ordering: .relaxed)
         word(64).store(sequence, ordering: .releasing)
     }
 
+    /// Whether the host wrote the page since the last call.
+    func takeWritten() -> Bool { written.exchange(false, ordering: .relaxed) }
+
     /// Tells the guest whether a host thread is watching (so posting is worth it).
     func setPolling(_ polling: Bool) {
+        written.store(true, ordering: .relaxed)
         word(128).store(polling ? 1 : 0, ordering: .releasing)
     }
 }

@@ -50,8 +50,10 @@ final class MailboxPoller: @unchecked Sendable {
         pthread_cond_init(wakeCondition, nil)
     }
 
-    /// Starts serving `server` (at the start of a run).
-    func register(_ server: ExitlessServer) {
+    /// Starts serving `server` (at the start of a run). `eagerly`: the guest may post from its
+    /// first call and the poller wakes now; otherwise the poller wakes at the guest's first
+    /// embedder call by exit, so runs that make none cost only this registration.
+    func register(_ server: ExitlessServer, eagerly: Bool) {
         let start = registry.withLock { registry -> Bool in
             registry.servers[ObjectIdentifier(server)] = server
             registry.generation += 1
@@ -60,6 +62,7 @@ final class MailboxPoller: @unchecked Sendable {
             return !registry.started
         }
         if start { startThread() }
+        guard eagerly else { return }
         // Post from the first call: if the poller is slow to come, the guest's bounded spin
         // falls back to an exit, which serves the request just as well.
         server.mailbox.setPolling(true)

@@ -41,6 +41,8 @@ public final class Sandbox {
     let mailbox: Mailbox
     private let mailboxPhysical: UInt64
     private var exitless: ExitlessServer?
+    /// The sandbox's mailbox server, made on first use and kept across runs.
+    private lazy var exitlessServer = ExitlessServer(mailbox: mailbox, memory: guestMemory, interrupter: vcpu.interrupter)
     /// What the current run loop stops at.
     private var currentStop = StopCondition.end
     private let logger = Logger(label: "kvmsandbox")
@@ -186,18 +188,19 @@ public final class Sandbox {
         currentStop = stop
         let deadline = configuration.timeout.map { Watchdog.shared.arm(seconds: $0, interrupter: vcpu.interrupter) }
         if configuration.hostCallTransport.resolved == .exitless {
-            let server = ExitlessServer(mailbox: mailbox, memory: guestMemory, handlers: handlers, interrupter: vcpu.interrupter)
+            let server = exitlessServer
+            server.prepare(handlers: handlers)
             exitless = server
-            MailboxPoller.shared.register(server)
+            MailboxPoller.shared.register(server, eagerly: configuration.hostCallTransport == .exitless)
         }
-        let signalMask = deadline != nil || exitless != nil ? VCPUInterrupter.unblockSignalOnThisThread() : nil
+        let signalMask = deadline.map { _ in VCPUInterrupter.unblockSignalOnThisThread() }
         defer {
             if let deadline { Watchdog.shared.disarm(deadline) }
             if let server = exitless {
                 MailboxPoller.shared.unregister(server)
                 exitless = nil
                 // The poller wrote the page behind GuestMemory's back: a fork's reset must restore it.
-                memory.noteHostWrite(mailboxPhysical, Int(PageSize.bytes))
+                if mailbox.takeWritten() { memory.noteHostWrite(mailboxPhysical, Int(PageSize.bytes)) }
             }
             if let signalMask { VCPUInterrupter.restoreSignalMask(signalMask) }
         }

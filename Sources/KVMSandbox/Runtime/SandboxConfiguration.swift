@@ -63,19 +63,24 @@ public enum ExceptionDelivery: String, Sendable, CaseIterable {
 /// How a guest's embedder host calls (`KS_HOSTCALL_USER` and up, made with the SDK's
 /// `ks_hostcall`) reach their handlers. Results and errors are the same either way.
 public enum HostCallTransport: String, Sendable, CaseIterable {
-    /// Exitless where it can win: when this process may run on at least two CPUs.
+    /// Exitless where it can win: when this process may run on at least two CPUs, and from a
+    /// run's first embedder call on (that one goes by exit and wakes the poller), so runs
+    /// that make no calls pay nothing for it.
     case automatic
     /// Always a VM exit (`out %al, $0x42`).
     case exit
-    /// Through the mailbox page, served by a host polling thread; the guest falls back to an
-    /// exit after a bounded spin, so it works (slower) even without a free core.
+    /// Through the mailbox page from the first call, served by a host polling thread; the guest
+    /// falls back to an exit after a bounded spin, so it works even without a free core.
     case exitless
 
     /// `automatic` decided for this process.
     public var resolved: HostCallTransport {
         guard self == .automatic else { return self }
-        return availableCPUs() >= 2 ? .exitless : .exit
+        return Self.automaticChoice
     }
+
+    /// Decided once per process (the affinity mask is read with a system call).
+    private static let automaticChoice: HostCallTransport = availableCPUs() >= 2 ? .exitless : .exit
 }
 
 /// CPUs this process may run on (its affinity mask).
