@@ -1,11 +1,11 @@
 import Foundation
 import KVMSandbox
 
-/// The snapshot, fork, reset and pooled-request figures of `kvmsandbox bench`, each next to the
-/// baseline it is judged against, measured in the same run.
+/// The snapshot, fork, reset, guest-call and pooled-request figures of `kvmsandbox bench`, each
+/// next to the baseline it is judged against, measured in the same run.
 struct ForkBench {
     let service: String
-    let batches: Int
+    let samples: Int
     let cycles: Int
 
     private func configuration(memory: UInt64) -> SandboxConfiguration {
@@ -16,58 +16,55 @@ struct ForkBench {
         return configuration
     }
 
-    func run(progress: (String) -> Void) throws -> [(String, Double)] {
-        var results: [(String, Double)] = []
+    func run(into results: inout BenchResults, floor: Double, progress: (String) -> Void) throws {
         let small = try Snapshot(elfPath: service, configuration: configuration(memory: 16 << 20))
         let large = try Snapshot(elfPath: service, configuration: configuration(memory: 1 << 30))
 
-        progress("bare KVM_CREATE_VM + KVM_CREATE_VCPU vs fork")
-        _ = try BareVM.create()
-        let bare = median(try (0..<batches * 5).map { _ in try BareVM.create() })
-        let fork = median(try (0..<batches * 5).map { _ in
-            try timed { _ = try small.fork() }
-        })
-        let forkAndCall = median(try (0..<batches * 5).map { _ in
-            try timed { _ = try small.fork().call("add", 1, 2) }
-        })
-        results += [("bare_vm_create_ns", bare), ("fork_ns", fork), ("fork_vs_bare_vm", fork / bare),
-                    ("fork_first_call_ns", forkAndCall)]
+        progress("fork (new VM over a copy-on-write mapping of the snapshot)")
+        _ = try small.fork()
+        results.add("fork_ns", try Samples.measure(samples) { _ = try small.fork() })
+        if let fork = results["fork_ns"], let bare = results["vm_create_floor_ns"] { results.add("fork_vs_vm_create_floor", fork / bare) }
+        results.add("fork_first_call_ns", try Samples.measure(samples) { _ = try small.fork().call("add", 1, 2) })
 
-        progress("fresh VM to ready vs pooled request (call + reset)")
-        let fresh = median(try (0..<batches * 3).map { _ in
-            try timed { _ = try Snapshot.readyTime(service, configuration(memory: 16 << 20)) }
-        })
+        progress("guest call, reset after dirtying 1/64/1024 pages (16 MiB and 1 GiB), pooled request")
         let vm = try small.fork()
         for _ in 0..<100 { _ = try vm.call("add", 1, 2); try vm.reset() }
-        let request = median(try (0..<batches).map { _ in
-            try timed(per: 1000) { for _ in 0..<1000 { _ = try vm.call("add", 1, 2); try vm.reset() } }
-        })
-        let floor = try ExitFloor()
-        _ = try floor.measure(count: 1000)
-        let out = median(try (0..<batches).map { _ in try floor.measure(count: 2000) })
-        results += [("fresh_vm_to_ready_ns", fresh), ("pooled_request_ns", request),
-                    ("fresh_vs_pooled", fresh / request), ("floor_out_ns", out), ("pooled_request_vs_floor", request / out)]
-
-        progress("reset cost by dirty pages, 16 MiB vs 1 GiB guest, dirty bitmap vs dirty ring")
-        for tracking in DirtyTracking.allCases {
-            for (name, snapshot) in [("16m", small), ("1g", large)] {
-                let vm = try snapshot.fork(tracking: tracking)
-                for pages in [1, 64, 1024] {
-                    _ = try vm.call("touch", .integer(UInt64(pages)))
-                    try vm.reset()
-                    let resetNs = median(try (0..<batches * 3).map { _ in
-                        _ = try vm.call("touch", .integer(UInt64(pages)))
-                        return try timed { try vm.reset() }
-                    })
-                    results.append(("reset_\(tracking.rawValue)_\(pages)p_\(name)_ns", resetNs))
-                }
-            }
-            func result(_ key: String) -> Double { results.first { $0.0 == key }!.1 }
-            let one16 = result("reset_\(tracking.rawValue)_1p_16m_ns"), one1g = result("reset_\(tracking.rawValue)_1p_1g_ns")
-            let many = result("reset_\(tracking.rawValue)_1024p_16m_ns")
-            results += [("reset_\(tracking.rawValue)_1g_vs_16m", one1g / one16),
-                        ("reset_\(tracking.rawValue)_per_page_ns", (many - one16) / 1023)]
+        results.add("guest_call_ns", try Samples.measure(samples * 10) { _ = try vm.call("add", 1, 2) })
+        try vm.reset()
+        for (key, pages, snapshot) in [("reset_1_page_ns", 1, small), ("reset_64_pages_ns", 64, small),
+                                       ("reset_1024_pages_ns", 1024, small), ("reset_1_page_1gib_ns", 1, large)] {
+            let forked = try snapshot.fork()
+            _ = try forked.call("touch", .integer(UInt64(pages)))
+            try forked.reset()
+            results.add(key, try Samples.measure(samples) {
+                _ = try forked.call("touch", .integer(UInt64(pages)))
+                try forked.reset()
+            })
         }
+        if let one = results["reset_1_page_ns"], let big = results["reset_1_page_1gib_ns"] { results.add("reset_1gib_vs_16mib", big / one) }
+        // The same with the dirty bitmap instead of the ring, reset alone (the run excluded).
+        for (key, snapshot) in [("reset_bitmap_only_1_page_ns", small), ("reset_bitmap_only_1_page_1gib_ns", large)] {
+            let forked = try snapshot.fork(tracking: .bitmap)
+            results.add(key, median(try (0..<samples).map { _ in
+                _ = try forked.call("touch", 1)
+                return try timed { try forked.reset() }
+            }))
+        }
+        let pool = try SandboxPool(snapshot: small, capacity: 1, prefork: 1)
+        // Requests made from async code, as a server would: take, call, reset, return.
+        let count = samples * 10
+        let request = Samples(try blockingAsync {
+            var times: [Double] = []
+            for _ in 0..<count {
+                let start = monotonicNanoseconds()
+                _ = try await pool.withSandbox { vm in try vm.call("add", 1, 2) }
+                times.append(Double(monotonicNanoseconds() - start))
+            }
+            return times
+        })
+        results.add("pooled_request_ns", request)
+        if let fresh = results["vm_create_ns"] { results.add("vm_create_vs_pooled_request", fresh / request.median) }
+        results.add("pooled_request_vs_floor", request.median / floor)
 
         progress("resident memory per idle fork (100 forks, one call each)")
         let before = ProcessMemory.residentBytes
@@ -76,8 +73,8 @@ struct ForkBench {
             _ = try vm.call("add", 1, 2)
             return vm
         }
-        let perFork = Double(ProcessMemory.residentBytes - before) / Double(forks.count)
-        results.append(("rss_per_idle_fork_bytes", perFork))
+        results.add("rss_per_idle_fork_bytes", Double(ProcessMemory.residentBytes - before) / Double(forks.count))
+        withExtendedLifetime(forks) {}
 
         progress("\(cycles) fork/reset cycles: resources before and after")
         func cycle(_ count: Int) throws {
@@ -91,32 +88,27 @@ struct ForkBench {
         try cycle(100)
         let (fds, maps, rss) = (ProcessMemory.openFileDescriptors, ProcessMemory.mappings, ProcessMemory.residentBytes)
         try cycle(cycles)
-        results += [("cycles", Double(cycles)),
-                    ("cycles_fd_delta", Double(ProcessMemory.openFileDescriptors - fds)),
-                    ("cycles_mapping_delta", Double(ProcessMemory.mappings - maps)),
-                    ("cycles_rss_delta_bytes", Double(ProcessMemory.residentBytes - rss))]
-        withExtendedLifetime(forks) {}
-        return results
-    }
-
-    private func timed(_ body: () throws -> Void) throws -> Double {
-        let start = monotonicNanoseconds()
-        try body()
-        return Double(monotonicNanoseconds() - start)
-    }
-
-    private func timed(per count: Int, _ body: () throws -> Void) throws -> Double {
-        try timed(body) / Double(count)
+        results.add("cycles", Double(cycles))
+        results.add("cycles_fd_delta", Double(ProcessMemory.openFileDescriptors - fds))
+        results.add("cycles_mapping_delta", Double(ProcessMemory.mappings - maps))
+        results.add("cycles_rss_delta_bytes", Double(ProcessMemory.residentBytes - rss))
     }
 }
 
-extension Snapshot {
-    /// Creates a VM, loads the ELF and runs its initialization to `ks_ready()`: what a request
-    /// costs without snapshots.
-    static func readyTime(_ path: String, _ configuration: SandboxConfiguration) throws {
-        let sandbox = try Sandbox(elfPath: path, configuration: configuration)
-        guard try sandbox.runUntilReady() == .ready else { throw SandboxError.notPaused }
+/// Runs async `body` to completion from synchronous code (one hop for the whole measurement).
+func blockingAsync<R: Sendable>(_ body: @escaping @Sendable () async throws -> R) throws -> R {
+    let box = ResultBox<R>()
+    let done = DispatchSemaphore(value: 0)
+    Task {
+        do { box.result = .success(try await body()) } catch { box.result = .failure(error) }
+        done.signal()
     }
+    done.wait()
+    return try box.result!.get()
+}
+
+private final class ResultBox<R>: @unchecked Sendable {
+    var result: Result<R, Error>?
 }
 
 /// This process's resources, from /proc.
@@ -131,5 +123,3 @@ enum ProcessMemory {
         ((try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8)) ?? "").split(separator: "\n").count
     }
 }
-
-func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }

@@ -73,6 +73,13 @@ final class AddressSpace {
         }
     }
 
+    /// Maps `page` to a guest-physical address past the end of guest memory: the guest's writes
+    /// there are MMIO exits (the doorbell trap). The host never reads or writes through it.
+    func mapOutsideMemory(_ page: UInt64, _ permissions: PagePermissions) throws(SandboxError) {
+        translationsChanged = true
+        try tables.map(page, to: memory.size, permissions, memory: memory, allocator: &allocator)
+    }
+
     /// Changes the permissions of an already mapped page, keeping its contents.
     func protect(_ page: UInt64, _ permissions: PagePermissions) throws(SandboxError) {
         guard let physical = tables.translateForHost(page, memory: memory) else { return }
@@ -107,7 +114,8 @@ final class AddressSpace {
             let length = Int(min(pageEnd, end) - cursor)
             let physical = access.map { tables.translate(cursor, for: $0, memory: memory) }
                 ?? tables.translateForHost(cursor, memory: memory)
-            guard let physical else { throw fault }
+            // A translation may lead outside guest memory (the MMIO doorbell): never for the host.
+            guard let physical, physical < memory.size, UInt64(length) <= memory.size - physical else { throw fault }
             chunks.append((physical, length))
             cursor += UInt64(length)
         }

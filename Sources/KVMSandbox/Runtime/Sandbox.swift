@@ -107,6 +107,7 @@ public final class Sandbox {
         let exceptionStubs = configuration.exceptionDelivery.resolved(on: system.platform) == .idtStubs
         try X86CPUState.installSystemTables(in: space)
         try space.mapNew(GuestLayout.mailboxPage, length: PageSize.bytes, [.read, .write])
+        try space.mapOutsideMemory(GuestLayout.doorbellPage, [.read, .write])
         let builtins = BuiltinHostCalls(
             space: space, heapStart: program.imageEnd, mmapTop: Self.mmapTop(stackBottom: stackBottom),
             outputs: [1: configuration.standardOutput, 2: configuration.standardError],
@@ -245,6 +246,8 @@ public final class Sandbox {
             }
             vcpu.clearImmediateExit()
             return nil
+        case .mmio(address: memory.size, isWrite: true, length: _):
+            return try serveHostCall(stop: stop)  // the doorbell: a host call by MMIO write
         case .mmio(let address, let isWrite, let length):
             return .abiViolation("\(isWrite ? "write" : "read") of \(length) bytes at unbacked guest-physical 0x\(String(address, radix: 16))")
         case .internalError(let suberror):

@@ -8,6 +8,7 @@
 /// stackTop-size     stack (RW, NX); the page below it is an unmapped guard page
 /// 0x7ff0_0000_1000  user stubs (read+execute, read-only): `syscall` on PVM, guest-call return
 /// 0x7ff0_0000_2000  the exitless host-call mailbox (user read+write, NX; see `Mailbox`)
+/// 0x7ff0_0000_3000  the MMIO doorbell (user write: leads past guest memory, every write exits)
 /// 0x7fff_ffff_9000  hardware KVM only, all supervisor-only with unmapped pages between:
 ///                   IST stack (#DF/NMI/#MC), CPL 0 stack (TSS.RSP0), exception stubs and the
 ///                   CPL 0 `syscall` entry (read+execute), IDT (read-only); see `ExceptionStubs`
@@ -29,6 +30,9 @@ public enum GuestLayout {
     public static let syscallStubPage: UInt64 = 0x7ff0_0000_1000
     /// The exitless host-call mailbox (user read+write, NX), shared with a host polling thread.
     public static let mailboxPage: UInt64 = 0x7ff0_0000_2000
+    /// The MMIO doorbell: mapped to the guest-physical address just past guest memory, so a
+    /// write there is an MMIO exit, served as a host call (an alternative trap to `out`).
+    public static let doorbellPage: UInt64 = 0x7ff0_0000_3000
     /// The page holding the GDT.
     public static let systemPage: UInt64 = 0x7fff_ffff_f000
 }
