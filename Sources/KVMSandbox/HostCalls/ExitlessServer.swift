@@ -92,6 +92,9 @@ final class ExitlessServer: @unchecked Sendable {
     /// Counts a fallback; when too many of the recent requests fell back, tells the guest to stop
     /// posting for a while (doubling from 1 ms to 1 s while it keeps happening).
     private func noteFallback(_ sequence: UInt64, _ state: inout State) {
+        // Only a fallback while the poller spins says it has no core; one while it slept is
+        // just wake-up latency (the exit that follows wakes it).
+        guard MailboxPoller.shared.isSpinning else { return }
         if sequence &- state.windowStart >= Self.window {
             if state.windowFallbacks <= Self.tolerableFallbacks { state.suspension = 1_000_000 }
             state.windowStart = sequence

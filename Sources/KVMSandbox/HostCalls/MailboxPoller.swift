@@ -13,22 +13,19 @@ import Glibc
 /// - it spins over the registered mailboxes while calls arrive, and after `idleLimit` without
 ///   one it clears every mailbox's `polling` flag (guests then call by exit) and sleeps until
 ///   a sandbox registers or a guest makes an embedder call by exit;
-/// - if guests fell back to exits more often than the poller answered during a spin (the
-///   poller is not getting a core), it backs off for a growing period (1 ms doubling to 1 s);
+/// - a VM whose posts keep going unanswered while the poller spins (it has no core) is told
+///   to stop posting for a while (`ExitlessServer`);
 /// - one request per mailbox per pass, so no guest can keep it from the others.
 final class MailboxPoller: @unchecked Sendable {
     static let shared = MailboxPoller()
 
     /// Spin this long without a request before sleeping.
     static let idleLimit: UInt64 = 200_000
-    private static let minimumBackoff: UInt64 = 1_000_000, maximumBackoff: UInt64 = 1_000_000_000
 
     private struct Registry {
         var servers: [ObjectIdentifier: ExitlessServer] = [:]
         var generation: UInt64 = 0
         var awake = false
-        var backoffUntil: UInt64 = 0
-        var backoff = MailboxPoller.minimumBackoff
         var started = false
         /// -1: any CPU.
         var pinnedCPU: Int32 = -1
@@ -38,7 +35,6 @@ final class MailboxPoller: @unchecked Sendable {
     /// Held while a pass touches servers: `unregister` waits on it.
     private let pass = Mutex(())
     private let generation = ManagedAtomic<UInt64>(0)
-    private let fallbacks = ManagedAtomic<Int>(0)
     private let sleeping = ManagedAtomic<Bool>(true)
     /// Set by `wake`; the poller spins only when asked (a run started, or a guest called by exit).
     private let wakeRequested = ManagedAtomic<Bool>(false)
@@ -82,10 +78,12 @@ final class MailboxPoller: @unchecked Sendable {
 
     /// A guest made an embedder call by exit (it found no poller, or gave up spinning). Wakes
     /// the poller, unless `server` is suspended from posting (the poller had no core for it).
-    func noteExitCall(from server: ExitlessServer, fallback: Bool) {
-        if fallback { fallbacks.wrappingIncrement(ordering: .relaxed) }
+    func noteExitCall(from server: ExitlessServer) {
         if sleeping.load(ordering: .relaxed), server.shouldPoll(now: monotonicNanoseconds()) { wake() }
     }
+
+    /// Whether the poller is spinning now (a fallback then means it had no core, not that it slept).
+    var isSpinning: Bool { !sleeping.load(ordering: .relaxed) }
 
     /// Pins the poller thread to `cpu` (nil: any CPU) from its next spin on; for tests and
     /// benchmarks that put everything on one core.
@@ -127,12 +125,11 @@ final class MailboxPoller: @unchecked Sendable {
         sleeping.store(true, ordering: .relaxed)
         pthread_mutex_lock(wakeLock)
         while true {
-            let (empty, backoffUntil) = registry.withLock { ($0.servers.isEmpty, $0.backoffUntil) }
-            let now = monotonicNanoseconds()
-            if !empty && now >= backoffUntil && wakeRequested.exchange(false, ordering: .relaxed) { break }
+            let empty = registry.withLock { $0.servers.isEmpty }
+            if !empty && wakeRequested.exchange(false, ordering: .relaxed) { break }
             var deadline = timespec()
             clock_gettime(CLOCK_REALTIME, &deadline)
-            let wait = empty || now >= backoffUntil ? 1_000_000_000 : backoffUntil - now
+            let wait: UInt64 = 1_000_000_000
             deadline.tv_sec += Int(wait / 1_000_000_000)
             deadline.tv_nsec += Int(wait % 1_000_000_000)
             if deadline.tv_nsec >= 1_000_000_000 { deadline.tv_sec += 1; deadline.tv_nsec -= 1_000_000_000 }
@@ -158,8 +155,6 @@ final class MailboxPoller: @unchecked Sendable {
             let now = monotonicNanoseconds()
             for server in list { server.mailbox.setPolling(server.shouldPoll(now: now)) }
         }
-        let fallbacksBefore = fallbacks.load(ordering: .relaxed)
-        var answered = 0
         var idleSince = monotonicNanoseconds()
         var iteration = 0
         var servedSinceCheck = false
@@ -175,10 +170,7 @@ final class MailboxPoller: @unchecked Sendable {
                     return server.pollOnce()
                 } || servedAny
             }
-            if servedAny {
-                answered += 1
-                servedSinceCheck = true
-            }
+            if servedAny { servedSinceCheck = true }
             // Read the clock rarely: it is not free in a VM.
             if iteration % 256 == 0 {
                 let now = monotonicNanoseconds()
@@ -200,16 +192,6 @@ final class MailboxPoller: @unchecked Sendable {
         pass.withLock { _ in
             refresh()
             for server in list { server.mailbox.setPolling(false) }
-        }
-        // Guests gave up waiting more often than we answered: we are not getting a core.
-        let gaveUp = fallbacks.load(ordering: .relaxed) - fallbacksBefore
-        registry.withLock { registry in
-            if gaveUp > answered {
-                registry.backoffUntil = monotonicNanoseconds() + registry.backoff
-                registry.backoff = min(registry.backoff * 2, Self.maximumBackoff)
-            } else {
-                registry.backoff = Self.minimumBackoff
-            }
         }
     }
 }

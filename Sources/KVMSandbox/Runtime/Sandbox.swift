@@ -390,12 +390,12 @@ public final class Sandbox {
                 // The guest gave up spinning on an exitless call: serve or collect it here.
                 guard let exitless else { throw HostCallFailure(HostCallErrno.ENOSYS) }
                 result = exitless.waitExit(sequence: call[0])
-                MailboxPoller.shared.noteExitCall(from: exitless, fallback: true)
+                MailboxPoller.shared.noteExitCall(from: exitless)
                 if let failure = exitless.failure { return .hostCallFailed(number: failure.number, message: failure.message) }
             } else if call.number >= HostCallNumber.firstUserNumber {
                 guard let handler = handlers[call.number] else { throw HostCallFailure(HostCallErrno.ENOSYS) }
                 if let exitless {
-                    MailboxPoller.shared.noteExitCall(from: exitless, fallback: false)
+                    MailboxPoller.shared.noteExitCall(from: exitless)
                     result = try exitless.exclusively { try handler(call) }
                 } else {
                     result = try handler(call)
