@@ -1,0 +1,110 @@
+import CKVM
+
+/// CPU exceptions: the report (registers, CR2, backtrace), the embedder's chance to resume, and
+/// the two ways exceptions arrive (PVM's shutdown exit, hardware KVM's IDT stubs).
+extension Sandbox {
+    /// A CPU exception (PVM: `KVM_EXIT_SHUTDOWN`, the vector in the synced events): the run ends
+    /// unless the embedder's exception handler resumes it.
+    func handleException() throws(KVMError) -> RunOutcome? {
+        let events = vcpu.events
+        let vector = events.exception.nr
+        let registers = GuestRegisters(vcpu.registers)
+        let errorCode = events.exception.has_error_code != 0 || X86Exception.hasErrorCode(vector)
+            ? events.exception.error_code : nil
+        let fault = try makeFault(vector: vector, errorCode: errorCode, registers: registers)
+        guard var changed = resumedRegisters(after: fault) else { return .fault(fault) }
+        changed.rflags = (changed.rflags & ExceptionStubs.userSettableFlags) | 0x2
+        vcpu.modifyRegisters { $0 = changed.kvmRegisters }
+        return nil
+    }
+
+    /// A CPU exception reported by an IDT stub (hardware KVM): the guest's registers are as they
+    /// were, except RIP, RSP and RFLAGS, which are in the frame on the CPL 0 stack. Resuming
+    /// edits that frame; the stub's `iretq` returns to it.
+    func handleStubException() throws(KVMError) -> RunOutcome? {
+        let current = vcpu.registers
+        guard let vector = ExceptionStubs.vector(atStub: current.rip),
+              let bytes = try? space.hostRead(current.rsp, count: Int(ExceptionStubs.Frame.size)) else {
+            return .abiViolation("an exception report from outside the stubs (rip 0x\(String(current.rip, radix: 16)), rsp 0x\(String(current.rsp, radix: 16)))")
+        }
+        var frame = ExceptionStubs.Frame(words: stride(from: 0, to: bytes.count, by: 8).map { offset in
+            bytes[offset..<offset + 8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        })
+        if vector == 13, frame.errorCode == 0, frame.fromUserMode,
+           let instruction = try? guestMemory.read(frame.rip, count: 2), instruction.first == 0xe6 || instruction.first == 0xe4,
+           instruction.last == UInt8(hostCallPort) {
+            return try portAccessRefusedByTheCPU(instruction.first == 0xe6, frame: frame, current: current)
+        }
+        var registers = GuestRegisters(current)
+        (registers.rip, registers.rsp, registers.rflags) = (frame.rip, frame.rsp, frame.rflags)
+        let errorCode = ExceptionStubs.pushesErrorCode(vector) ? UInt32(truncatingIfNeeded: frame.errorCode) : nil
+        let fault = try makeFault(vector: vector, errorCode: errorCode, registers: registers)
+        // An exception inside a stub or the syscall entry is never resumed.
+        guard frame.fromUserMode, let changed = resumedRegisters(after: fault) else { return .fault(fault) }
+        (frame.rip, frame.rsp) = (changed.rip, changed.rsp)
+        frame.rflags = (changed.rflags & ExceptionStubs.userSettableFlags) | 0x2
+        do {
+            try space.hostWrite(frame.words.flatMap { word in (0..<8).map { UInt8(truncatingIfNeeded: word >> ($0 * 8)) } },
+                                at: current.rsp)
+        } catch {
+            return .abiViolation("the exception frame at 0x\(String(current.rsp, radix: 16)) is not writable")
+        }
+        vcpu.modifyRegisters { live in
+            var updated = changed.kvmRegisters
+            (updated.rip, updated.rsp, updated.rflags) = (live.rip, live.rsp, live.rflags)
+            live = updated
+        }
+        return nil
+    }
+
+    /// `out %al, $0x42` or `in $0x42, %al` at CPL 3 raised #GP although the TSS I/O bitmap
+    /// allows the port: some CPUs emulating SVM (QEMU's TCG) check the bitmap of a TSS other
+    /// than the guest's. Leave the stub on the host side (back to user mode after the
+    /// instruction) and handle the access as its VM exit would have been: a host call for
+    /// `out`, an ABI violation for `in`. Costs an exception round trip, only there.
+    func portAccessRefusedByTheCPU(_ isOut: Bool, frame: ExceptionStubs.Frame,
+                                           current: kvm_regs) throws(KVMError) -> RunOutcome? {
+        var user = current
+        (user.rip, user.rsp, user.rflags) = (frame.rip &+ 2, frame.rsp, frame.rflags)
+        vcpu.modifyRegisters { $0 = user }
+        try vcpu.setSpecialRegisters(X86CPUState.userMode(try vcpu.specialRegisters()))
+        guard isOut else {
+            return .abiViolation("in of 1 byte(s) to port 0x\(String(hostCallPort, radix: 16)) at rip 0x\(String(frame.rip, radix: 16)) (host calls use out %al, $0x42)")
+        }
+        return try serveHostCall(stop: currentStop)
+    }
+
+    func isInSyscallEntry(_ rip: UInt64) -> Bool {
+        usesExceptionStubs && rip >= ExceptionStubs.stubPage && rip < ExceptionStubs.stubPage + PageSize.bytes
+    }
+
+    /// The report of an exception, with its backtrace.
+    func makeFault(vector: UInt8, errorCode: UInt32?, registers: GuestRegisters) throws(KVMError) -> GuestFault {
+        let fault = GuestFault(
+            vector: vector, errorCode: errorCode,
+            faultAddress: vector == 14 ? try vcpu.specialRegisters().cr2 : nil,
+            registers: registers, location: program.symbolize(registers.rip),
+            backtrace: backtrace(from: registers))
+        logger.debug("guest fault: \(fault)")
+        return fault
+    }
+
+    /// The registers to resume with, when the embedder's exception handler chooses to resume
+    /// with a user-mode RIP and RSP; nil to end the run.
+    func resumedRegisters(after fault: GuestFault) -> GuestRegisters? {
+        guard let exceptionHandler else { return nil }
+        var changed = fault.registers
+        guard exceptionHandler(fault, &changed) == .resume,
+              changed.rip < X86PageTables.userAddressLimit, changed.rsp < X86PageTables.userAddressLimit else { return nil }
+        return changed
+    }
+
+    /// The guest's call stack, symbolized from its ELF (frame pointers and `.eh_frame`, DWARF lines).
+    func backtrace(from registers: GuestRegisters) -> Backtrace {
+        let view = guestMemory
+        let unwinder = Unwinder(program: program, debugInfo: program.debugInfo.value) { address in
+            try? view.load(UInt64.self, at: address)
+        }
+        return unwinder.backtrace(from: registers)
+    }
+}
