@@ -31,14 +31,18 @@ int main(int argc, char **argv) {
     const char *m = argv[1];
     long n = atol(argv[2]);
     int check = argc < 4;  /* a third argument: do not check results (no handler, e.g. `kvmsandbox run`) */
+    int method = !strcmp(m, "out") ? 0 : !strcmp(m, "mmio") ? 1 : !strcmp(m, "syscall") ? 2
+               : !strcmp(m, "exception") ? 3 : !strcmp(m, "exitless") ? 4 : -1;
+    if (method < 0) return 100;
     for (long i = 0; i < n; i++) {
         long r;
-        if (!strcmp(m, "out")) r = ks_hostcall_exit(KS_HOSTCALL_USER, i, 0, 0, 0, 0, 0);
-        else if (!strcmp(m, "mmio")) r = by_mmio(KS_HOSTCALL_USER, i);
-        else if (!strcmp(m, "syscall")) r = by_syscall(KS_HOSTCALL_USER, i);
-        else if (!strcmp(m, "exception")) r = by_exception(KS_HOSTCALL_USER, i);
-        else if (!strcmp(m, "exitless")) r = ks_hostcall(KS_HOSTCALL_USER, i, 0, 0, 0, 0, 0);
-        else return 100;
+        switch (method) {
+        case 0: r = ks_hostcall_exit(KS_HOSTCALL_USER, i, 0, 0, 0, 0, 0); break;
+        case 1: r = by_mmio(KS_HOSTCALL_USER, i); break;
+        case 2: r = by_syscall(KS_HOSTCALL_USER, i); break;
+        case 3: r = by_exception(KS_HOSTCALL_USER, i); break;
+        default: r = ks_hostcall(KS_HOSTCALL_USER, i, 0, 0, 0, 0, 0); break;
+        }
         if (check && r != i + 1) return 1;
     }
     return 0;

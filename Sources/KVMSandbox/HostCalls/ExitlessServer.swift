@@ -26,6 +26,8 @@ final class ExitlessServer: @unchecked Sendable {
     private let suspendedUntil = ManagedAtomic<UInt64>(0)
 
     private struct State {
+        /// The arguments of the request being served, reused.
+        var arguments = [UInt64](repeating: 0, count: 6)
         var lastServed: UInt64 = 0
         var lastResult: Int64 = 0
         /// Fallbacks among the requests since `windowStart` (a window of `window` requests).
@@ -66,7 +68,7 @@ final class ExitlessServer: @unchecked Sendable {
     func pollOnce() -> Bool {
         guard mailbox.postedSequence != lastServed.load(ordering: .acquiring) else { return false }
         return state.withLockIfAvailable { state in
-            let request = mailbox.copyRequest()
+            let request = mailbox.copyRequest(arguments: &state.arguments)
             guard request.sequence != state.lastServed else { return false }
             serve(request, &state)
             return true
@@ -79,7 +81,7 @@ final class ExitlessServer: @unchecked Sendable {
         state.withLock { state in
             noteFallback(sequence, &state)
             if state.lastServed == sequence { return state.lastResult }
-            let request = mailbox.copyRequest()
+            let request = mailbox.copyRequest(arguments: &state.arguments)
             guard request.sequence == sequence else { return -Int64(HostCallErrno.EINVAL) }
             serve(request, &state)
             return state.lastResult
@@ -123,7 +125,7 @@ final class ExitlessServer: @unchecked Sendable {
         var result: Int64
         if request.number >= HostCallNumber.firstUserNumber, let handler = handlers[request.number] {
             do {
-                result = try handler(HostCall(number: request.number, arguments: request.arguments, memory: memory))
+                result = try handler(HostCall(number: request.number, arguments: state.arguments, memory: memory))
             } catch is GuestMemoryError {
                 result = -Int64(HostCallErrno.EFAULT)
             } catch let failure as HostCallFailure {

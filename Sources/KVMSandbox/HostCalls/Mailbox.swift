@@ -17,11 +17,10 @@ import Atomics
 /// exit `KS_HC_MAILBOX_WAIT` (0xf02) with the sequence number. Every field is untrusted: the
 /// host copies a request out once, then validates the copy.
 final class Mailbox: @unchecked Sendable {
-    /// A request as copied out of the page.
+    /// A request as copied out of the page (the arguments into the caller's buffer).
     struct Request: Equatable {
         let sequence: UInt64
         let number: Int
-        let arguments: [UInt64]
     }
 
     private let memory: GuestMemory
@@ -43,12 +42,13 @@ final class Mailbox: @unchecked Sendable {
     /// The sequence number of the latest posted request.
     var postedSequence: UInt64 { word(0).load(ordering: .acquiring) }
 
-    /// Copies the posted request out of the page, once.
-    func copyRequest() -> Request {
+    /// Copies the posted request out of the page, once: its six arguments into `arguments`
+    /// (which must hold six; reused across calls so that serving allocates nothing).
+    func copyRequest(arguments: inout [UInt64]) -> Request {
         let sequence = word(0).load(ordering: .acquiring)
         let number = Int(truncatingIfNeeded: Int64(bitPattern: word(8).load(ordering: .relaxed)))
-        let arguments = (0..<6).map { word(16 + 8 * $0).load(ordering: .relaxed) }
-        return Request(sequence: sequence, number: number, arguments: arguments)
+        for index in 0..<6 { arguments[index] = word(16 + 8 * index).load(ordering: .relaxed) }
+        return Request(sequence: sequence, number: number)
     }
 
     /// Publishes `result` as the answer to request `sequence`.
