@@ -51,6 +51,23 @@ int main(int argc, char **argv) {
         __atomic_store_n(&box->request, box->request + 1, __ATOMIC_RELEASE);
         for (;;) __builtin_ia32_pause();
     }
+    if (!strcmp(m, "race")) {
+        // Post a call whose handler writes guest memory, and without waiting make built-in calls
+        // that write guest memory too: the host must never run both at once.
+        static char buffer[256];
+        ks_ready();
+        for (long i = 0; i < n; i++) {
+            box->number = ECHO + 1;
+            box->args[0] = (unsigned long)buffer; box->args[1] = sizeof buffer;
+            unsigned long sequence = box->request + 1;
+            __atomic_store_n(&box->request, sequence, __ATOMIC_RELEASE);
+            struct { long long sec, nsec; } ts;
+            ks_hostcall_exit(KS_HC_CLOCK_GETTIME, 1, (long)&ts, 0, 0, 0, 0);
+            while (__atomic_load_n(&box->response, __ATOMIC_ACQUIRE) != sequence && box->polling) __builtin_ia32_pause();
+        }
+        printf("ok\n");
+        return 0;
+    }
     if (!strcmp(m, "call-forever")) for (;;) ks_hostcall(ECHO, 1, 0, 0, 0, 0, 0);
     return 100;
 }

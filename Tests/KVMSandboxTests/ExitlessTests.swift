@@ -38,6 +38,25 @@ extension KVMTests {
             #expect(served.outcome == .exited(status: 0) && served.stdout == "ok\n")
         }
 
+        @Test func racingBuiltInCallsAgainstAPolledCallIsSafe() throws {
+            // In a fork (where host writes are recorded for reset), a guest races a posted call
+            // whose handler writes its memory against built-in calls that write it too.
+            var configuration = SandboxConfiguration()
+            configuration.arguments = ["mailbox", "race", "3000"]
+            configuration.standardOutput = .capture
+            configuration.hostCallTransport = .exitless
+            configuration.timeout = 60
+            let snapshot = try Snapshot(elfPath: try Guests.build("mailbox"), configuration: configuration)
+            let vm = try snapshot.fork()
+            try vm.register(HostCallNumber.firstUserNumber + 1) { call in
+                try call.memory.write([UInt8](repeating: 0x5a, count: Int(min(call[1], 256))), to: call[0])
+                return 0
+            }
+            #expect(try vm.run() == .exited(status: 0))
+            #expect(String(decoding: vm.capturedOutput(fd: 1), as: UTF8.self) == "ok\n")
+            try vm.reset()
+        }
+
         @Test func aForgedWaitIsRefused() throws {
             #expect(try Self.run("forged-wait").stdout == "result=-22\n")
             #expect(try Self.run("forged-wait", transport: .exit).stdout == "result=-38\n")

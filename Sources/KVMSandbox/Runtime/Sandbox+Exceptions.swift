@@ -94,7 +94,10 @@ extension Sandbox {
     func resumedRegisters(after fault: GuestFault) -> GuestRegisters? {
         guard let exceptionHandler else { return nil }
         var changed = fault.registers
-        guard exceptionHandler(fault, &changed) == .resume,
+        // The embedder's handler may touch guest memory: never alongside a poller-served call.
+        let decision = if let exitless { exitless.exclusively { exceptionHandler(fault, &changed) } }
+                       else { exceptionHandler(fault, &changed) }
+        guard decision == .resume,
               changed.rip < X86PageTables.userAddressLimit, changed.rsp < X86PageTables.userAddressLimit else { return nil }
         return changed
     }

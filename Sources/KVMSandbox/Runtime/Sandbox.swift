@@ -40,7 +40,7 @@ public final class Sandbox {
     /// The exitless-call mailbox (`GuestLayout.mailboxPage`) and, during a run that uses it, its server.
     let mailbox: Mailbox
     private let mailboxPhysical: UInt64
-    private var exitless: ExitlessServer?
+    private(set) var exitless: ExitlessServer?
     /// The sandbox's mailbox server, made on first use and kept across runs.
     private lazy var exitlessServer = ExitlessServer(mailbox: mailbox, memory: guestMemory, interrupter: vcpu.interrupter)
     /// What the current run loop stops at.
@@ -296,7 +296,9 @@ public final class Sandbox {
                     result = try handler(call)
                 }
             } else {
-                switch try builtins.handle(call) {
+                // Built-ins write guest memory too: never alongside a poller-served handler.
+                let effect = if let exitless { try exitless.exclusively { try builtins.handle(call) } } else { try builtins.handle(call) }
+                switch effect {
                 case .value(let value): result = value
                 case .exit(let status): return .exited(status: status)
                 case .signal(let signal): return .signaled(signal: signal)
