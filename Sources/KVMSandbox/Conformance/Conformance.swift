@@ -10,7 +10,9 @@ public struct ConformanceCorpus: Codable, Sendable {
 
     /// A guest to compile with the SDK toolchain.
     public struct Build: Codable, Sendable {
+        /// The C source, relative to the repository.
         public var source: String
+        /// Compiler flags (besides the SDK's own).
         public var flags: [String]
     }
 
@@ -38,9 +40,13 @@ public struct ConformanceCorpus: Codable, Sendable {
     public struct Expectation: Codable, Sendable {
         /// `exited`, `fault`, `signaled`, `timedOut`, `abiViolation`.
         public var outcome: String?
+        /// `kvmsandbox run`'s exit status for the outcome.
         public var exitStatus: Int32?
+        /// Everything the guest wrote to fd 1.
         public var stdout: String?
+        /// The exception vector.
         public var vector: UInt8?
+        /// The exception's error code.
         public var errorCode: UInt32?
         /// Hex, e.g. "0x7ffffffff000".
         public var faultAddress: String?

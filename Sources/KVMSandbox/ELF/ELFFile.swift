@@ -5,11 +5,17 @@
 public struct ELFFile: Sendable {
     /// A program header.
     public struct Segment: Sendable, Equatable {
+        /// p_type (1 = PT_LOAD, ...).
         public let type: UInt32
+        /// p_flags (PF_R, PF_W, PF_X).
         public let flags: UInt32
+        /// p_offset: where the segment's bytes start in the file.
         public let offset: UInt64
+        /// p_vaddr: its linked address.
         public let virtualAddress: UInt64
+        /// p_filesz: bytes taken from the file.
         public let fileSize: UInt64
+        /// p_memsz: bytes in memory (the rest zero).
         public let memorySize: UInt64
 
         /// Read, write and execute permissions from PF_R/PF_W/PF_X.

@@ -2,6 +2,7 @@
 /// same table serves `ks_hostcall` (the `out` trap) and the `syscall` instruction (musl's libc).
 /// Embedders register their own calls at `firstUserNumber` and above.
 public enum HostCallNumber {
+    /// Linux x86-64 system-call numbers served as built-in host calls.
     public static let read = 0, write = 1, mmap = 9, mprotect = 10, munmap = 11, brk = 12
     public static let rtSigaction = 13, rtSigprocmask = 14, ioctl = 16, writev = 20, madvise = 28
     public static let getpid = 39, exit = 60, kill = 62, archPrctl = 158, gettid = 186, tkill = 200
@@ -23,6 +24,7 @@ public let hostCallPort: UInt16 = 0x42
 
 /// Linux errno values a host call returns negated.
 public enum HostCallErrno {
+    /// The errno values host calls return (negated), as on Linux.
     public static let EPERM: Int32 = 1, ENOENT: Int32 = 2, EINTR: Int32 = 4, EIO: Int32 = 5, EBADF: Int32 = 9
     public static let ENOMEM: Int32 = 12, EACCES: Int32 = 13, EFAULT: Int32 = 14, EINVAL: Int32 = 22
     public static let ENOTTY: Int32 = 25, EFBIG: Int32 = 27, ENOSYS: Int32 = 38

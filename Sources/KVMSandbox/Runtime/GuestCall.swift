@@ -12,6 +12,7 @@ public enum GuestArgument: Sendable, Equatable, ExpressibleByIntegerLiteral {
     /// A NUL-terminated C string.
     public static func string(_ text: String) -> GuestArgument { .bytes(Array(text.utf8) + [0]) }
 
+    /// An integer argument from a literal (negative values as two's complement).
     public init(integerLiteral value: Int64) { self = .integer(UInt64(bitPattern: value)) }
 }
 

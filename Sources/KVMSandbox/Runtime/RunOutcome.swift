@@ -2,6 +2,7 @@ import CKVM
 
 /// The guest's general-purpose registers at a point in time.
 public struct GuestRegisters: Sendable, Equatable, Codable {
+    /// The sixteen general-purpose registers, RIP and RFLAGS.
     public var rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp: UInt64
     public var r8, r9, r10, r11, r12, r13, r14, r15: UInt64
     public var rip, rflags: UInt64
@@ -152,14 +153,23 @@ public struct RunReport: Sendable, Codable, Equatable {
 
     /// A CPU exception with every decoded field spelled out.
     public struct Fault: Sendable, Codable, Equatable {
+        /// The vector (14 = #PF, ...).
         public let vector: UInt8
+        /// `#PF`, `#GP`, ...
         public let mnemonic: String
+        /// "page fault", ...
         public let name: String
+        /// The error code the CPU pushed, if any.
         public let errorCode: UInt32?
+        /// CR2, for #PF.
         public let faultAddress: UInt64?
+        /// For #PF: read/write/fetch and absent/protected.
         public let pageFaultCause: String?
+        /// `function+0xoffset` of the faulting instruction.
         public let location: String?
+        /// All general-purpose registers.
         public let registers: GuestRegisters
+        /// The call stack.
         public let backtrace: Backtrace
     }
 

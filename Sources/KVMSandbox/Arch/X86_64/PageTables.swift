@@ -1,6 +1,8 @@
 /// Permissions of a guest page, as the guest's program sees them.
 public struct PagePermissions: OptionSet, Sendable, Hashable {
+    /// The permission bits.
     public let rawValue: UInt8
+    /// Permissions from their bits.
     public init(rawValue: UInt8) { self.rawValue = rawValue }
 
     /// The guest may read the page (every mapped user page is readable on x86-64).
