@@ -24,6 +24,13 @@ long checksum(void) {
     return (long)(h ^ (unsigned long)counter);
 }
 long allocate(long n) { unsigned char *p = malloc(n); if (!p) return -1; memset(p, 7, n); return p[n - 1]; }
+long nonzero_in_fresh(long n) {  /* new memory must read as zero, whatever earlier requests did */
+    unsigned char *p = malloc(n);
+    if (!p) return -1;
+    long count = 0;
+    for (long i = 0; i < n; i++) count += p[i] != 0;
+    return count;
+}
 long map_and_touch(long n) { unsigned char *p = malloc(n); if (!p) return 0; memset(p, 1, n); return (long)p; }
 long probe(long address) { return *(volatile unsigned char *)address; }
 long crash(void) { *(volatile int *)0 = 1; return 0; }

@@ -67,7 +67,8 @@ final class AddressSpace {
             guard let physical = allocator.allocate() else {
                 throw .outOfGuestMemory(needed: start + length - page, available: allocator.available)
             }
-            memory.zero(at: physical, count: Int(PageSize.bytes))
+            // Fresh pages are zero already (see `PhysicalPageAllocator`): touching them to zero
+            // them would only make the host allocate them early.
             try tables.map(page, to: physical, permissions, memory: memory, allocator: &allocator)
             page += PageSize.bytes
         }

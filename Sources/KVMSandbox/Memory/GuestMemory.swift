@@ -200,6 +200,11 @@ enum PageSize {
 }
 
 /// Hands out guest-physical pages from a bump pointer; the guest's memory limit is where it stops.
+///
+/// Every page it hands out is zero, without being written: pages are never freed, so a page at
+/// or above `next` has never been used. In a fresh VM it is an untouched memfd page; in a fork
+/// it is the snapshot's (zero: snapshots copy only the pages below `next`), or a page a request
+/// used and `reset()` restored to that.
 struct PhysicalPageAllocator {
     /// The next free guest-physical address.
     private(set) var next: UInt64
@@ -214,7 +219,7 @@ struct PhysicalPageAllocator {
     /// Bytes not yet handed out.
     var available: UInt64 { limit - next }
 
-    /// Takes `count` contiguous zeroed pages, or nil when memory is exhausted.
+    /// Takes `count` contiguous zero pages, or nil when memory is exhausted.
     mutating func allocate(pages count: UInt64 = 1) -> UInt64? {
         let bytes = count * PageSize.bytes
         guard bytes / PageSize.bytes == count, bytes <= available else { return nil }

@@ -47,7 +47,6 @@ struct X86PageTables {
         guard let root = allocator.allocate() else {
             throw .outOfGuestMemory(needed: PageSize.bytes, available: allocator.available)
         }
-        memory.zero(at: root, count: Int(PageSize.bytes))
         self.root = root
     }
 
@@ -80,7 +79,6 @@ struct X86PageTables {
                 guard let next = allocator.allocate() else {
                     throw .outOfGuestMemory(needed: PageSize.bytes, available: allocator.available)
                 }
-                memory.zero(at: next, count: Int(PageSize.bytes))
                 memory.store(next | Self.present | Self.writable | Self.user | Self.accessed, at: slot)
                 table = next
             }
