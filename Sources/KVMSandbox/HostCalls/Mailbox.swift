@@ -62,8 +62,12 @@ final class Mailbox: @unchecked Sendable {
     func takeWritten() -> Bool { written.exchange(false, ordering: .relaxed) }
 
     /// Tells the guest whether a host thread is watching (so posting is worth it).
+    /// Writes only when the value changes, so that a run without exitless calls leaves the page
+    /// clean (nothing for a fork's reset to copy back).
     func setPolling(_ polling: Bool) {
+        let value: UInt64 = polling ? 1 : 0
+        guard word(128).load(ordering: .relaxed) != value else { return }
         written.store(true, ordering: .relaxed)
-        word(128).store(polling ? 1 : 0, ordering: .releasing)
+        word(128).store(value, ordering: .releasing)
     }
 }
