@@ -179,19 +179,8 @@ struct Bench: ParsableCommand {
     private func progress(_ message: String) { printError("bench: \(message)...") }
 }
 
-/// posix_spawn + waitpid: what isolating a request in a fresh process costs.
-func spawnAndWait(_ path: String, _ arguments: [String] = [], requireSuccess: Bool = true) throws {
-    var pid = pid_t()
-    let argv = ([path] + arguments).map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-    let result = posix_spawn(&pid, path, &actions, nil, argv, environ)
-    guard result == 0 else { throw ValidationError("posix_spawn \(path): \(result)") }
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-    if requireSuccess, status != 0 { throw ValidationError("\(path) exited with wait status \(status)") }
+/// posix_spawn + waitpid (output discarded): what isolating a request in a fresh process costs.
+func spawnAndWait(_ path: String, _ arguments: [String] = []) throws {
+    let status = GuestToolchain.spawn([path] + arguments, discardingOutput: true)
+    guard status == 0 else { throw ValidationError("\(path) exited with status \(status)") }
 }

@@ -67,13 +67,13 @@ struct ForkBench {
         results.add("pooled_request_vs_floor", request.median / floor)
 
         progress("resident memory per idle fork (100 forks, one call each)")
-        let before = ProcessMemory.residentBytes
+        let before = ProcessResources.residentBytes
         let forks = try (0..<100).map { _ in
             let vm = try small.fork()
             _ = try vm.call("add", 1, 2)
             return vm
         }
-        results.add("rss_per_idle_fork_bytes", Double(ProcessMemory.residentBytes - before) / Double(forks.count))
+        results.add("rss_per_idle_fork_bytes", Double(ProcessResources.residentBytes - before) / Double(forks.count))
         withExtendedLifetime(forks) {}
 
         progress("\(cycles) fork/reset cycles: resources before and after")
@@ -86,12 +86,12 @@ struct ForkBench {
             }
         }
         try cycle(100)
-        let (fds, maps, rss) = (ProcessMemory.openFileDescriptors, ProcessMemory.mappings, ProcessMemory.residentBytes)
+        let (fds, maps, rss) = (ProcessResources.openFileDescriptors, ProcessResources.mappings, ProcessResources.residentBytes)
         try cycle(cycles)
         results.add("cycles", Double(cycles))
-        results.add("cycles_fd_delta", Double(ProcessMemory.openFileDescriptors - fds))
-        results.add("cycles_mapping_delta", Double(ProcessMemory.mappings - maps))
-        results.add("cycles_rss_delta_bytes", Double(ProcessMemory.residentBytes - rss))
+        results.add("cycles_fd_delta", Double(ProcessResources.openFileDescriptors - fds))
+        results.add("cycles_mapping_delta", Double(ProcessResources.mappings - maps))
+        results.add("cycles_rss_delta_bytes", Double(ProcessResources.residentBytes - rss))
     }
 }
 
@@ -109,17 +109,4 @@ func blockingAsync<R: Sendable>(_ body: @escaping @Sendable () async throws -> R
 
 private final class ResultBox<R>: @unchecked Sendable {
     var result: Result<R, Error>?
-}
-
-/// This process's resources, from /proc.
-enum ProcessMemory {
-    static var residentBytes: Int {
-        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
-        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-        return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) * 1024
-    }
-    static var openFileDescriptors: Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1 }
-    static var mappings: Int {
-        ((try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8)) ?? "").split(separator: "\n").count
-    }
 }

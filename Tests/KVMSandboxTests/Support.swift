@@ -65,15 +65,4 @@ enum Guests {
     }
 }
 
-/// Open file descriptors and memory mappings of this process, to check that nothing leaks.
-enum ProcessResources {
-    static var openFileDescriptors: Int {
-        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
-    }
-    static var mappings: Int {
-        ((try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8)) ?? "").split(separator: "\n").count
-    }
-}
-
-
 func readBytes(_ path: String) throws -> [UInt8] { [UInt8](try Data(contentsOf: URL(fileURLWithPath: path))) }

@@ -61,9 +61,7 @@ struct ByteReader {
     func integer<T: FixedWidthInteger>(_ type: T.Type, at offset: UInt64, _ what: @autoclosure () -> String) throws(ELFError) -> T {
         let size = UInt64(MemoryLayout<T>.size)
         guard contains(offset, size) else { throw .truncated(what: what()) }
-        var value = T.zero
-        for index in 0..<Int(size) { value |= T(bytes[Int(offset) + index]) << (index * 8) }
-        return value
+        return T(littleEndianBytes: bytes[Int(offset)..<Int(offset + size)])
     }
 
     /// Whether `[offset, offset + count)` is inside the bytes (overflow-safe).

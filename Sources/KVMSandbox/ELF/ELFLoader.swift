@@ -124,7 +124,7 @@ enum ELFLoader {
                 case 0: continue  // R_X86_64_NONE
                 case 8:  // R_X86_64_RELATIVE
                     let value = base &+ addend
-                    try hostWrite((0..<8).map { UInt8(truncatingIfNeeded: value >> ($0 * 8)) }, at: base &+ target, space)
+                    try hostWrite(value.littleEndianBytes, at: base &+ target, space)
                 default:
                     throw fail("relocation type \(info & 0xffff_ffff) is not supported in a static program")
                 }

@@ -135,8 +135,8 @@ final class BuiltinHostCalls {
         let table = try memory.read(vector, count: Int(count) * 16)
         var total: Int64 = 0
         for index in 0..<Int(count) {
-            let base = table[index * 16..<index * 16 + 8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-            let length = table[index * 16 + 8..<index * 16 + 16].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            let base = UInt64(littleEndianBytes: table[index * 16..<index * 16 + 8])
+            let length = UInt64(littleEndianBytes: table[index * 16 + 8..<index * 16 + 16])
             let written = try write(fd: fd, memory, address: base, count: length)
             if written < 0 { return total > 0 ? total : written }
             total += written

@@ -18,7 +18,7 @@ final class ExitlessServer: @unchecked Sendable {
     private var handlers: [Int: HostCallHandler] = [:]
     private let interrupter: VCPUInterrupter
     private let state = Mutex(State())
-    /// The last sequence served, readable without the lock (the poller's fast path).
+    /// The last sequence served: written under the lock, read without it on the poller's fast path.
     private let lastServed = ManagedAtomic<UInt64>(0)
 
     /// Until when (monotonic ns) the guest is told not to post, because its posts kept going
@@ -28,7 +28,6 @@ final class ExitlessServer: @unchecked Sendable {
     private struct State {
         /// The arguments of the request being served, reused.
         var arguments = [UInt64](repeating: 0, count: 6)
-        var lastServed: UInt64 = 0
         var lastResult: Int64 = 0
         /// Fallbacks among the requests since `windowStart` (a window of `window` requests).
         var windowStart: UInt64 = 0
@@ -53,7 +52,6 @@ final class ExitlessServer: @unchecked Sendable {
         let posted = mailbox.postedSequence
         lastServed.store(posted, ordering: .relaxed)
         state.withLock { state in
-            state.lastServed = posted
             state.failure = nil
             state.windowStart = posted
             state.windowFallbacks = 0
@@ -69,7 +67,7 @@ final class ExitlessServer: @unchecked Sendable {
         guard mailbox.postedSequence != lastServed.load(ordering: .acquiring) else { return false }
         return state.withLockIfAvailable { state in
             let request = mailbox.copyRequest(arguments: &state.arguments)
-            guard request.sequence != state.lastServed else { return false }
+            guard request.sequence != lastServed.load(ordering: .relaxed) else { return false }
             serve(request, &state)
             return true
         } ?? false
@@ -80,7 +78,7 @@ final class ExitlessServer: @unchecked Sendable {
     func waitExit(sequence: UInt64) -> Int64 {
         state.withLock { state in
             noteFallback(sequence, &state)
-            if state.lastServed == sequence { return state.lastResult }
+            if lastServed.load(ordering: .relaxed) == sequence { return state.lastResult }
             let request = mailbox.copyRequest(arguments: &state.arguments)
             guard request.sequence == sequence else { return -Int64(HostCallErrno.EINVAL) }
             serve(request, &state)
@@ -126,22 +124,21 @@ final class ExitlessServer: @unchecked Sendable {
         if request.number >= HostCallNumber.firstUserNumber, let handler = handlers[request.number] {
             do {
                 result = try handler(HostCall(number: request.number, arguments: state.arguments, memory: memory))
-            } catch is GuestMemoryError {
-                result = -Int64(HostCallErrno.EFAULT)
-            } catch let failure as HostCallFailure {
-                result = -Int64(failure.code)
             } catch {
-                result = -Int64(HostCallErrno.EIO)
-                if state.failure == nil {
-                    state.failure = (request.number, "\(error)")
-                    // Ends the run at the guest's next exit (at the latest its fallback exit).
-                    interrupter.immediateExit.store(1, ordering: .sequentiallyConsistent)
+                if let guestResult = HostCallErrno.result(for: error) {
+                    result = guestResult
+                } else {
+                    result = -Int64(HostCallErrno.EIO)
+                    if state.failure == nil {
+                        state.failure = (request.number, "\(error)")
+                        // Ends the run at the guest's next exit (at the latest its fallback exit).
+                        interrupter.immediateExit.store(1, ordering: .sequentiallyConsistent)
+                    }
                 }
             }
         } else {
             result = -Int64(HostCallErrno.ENOSYS)
         }
-        state.lastServed = request.sequence
         state.lastResult = result
         lastServed.store(request.sequence, ordering: .releasing)
         mailbox.answer(sequence: request.sequence, result: result)

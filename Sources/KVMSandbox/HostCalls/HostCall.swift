@@ -30,6 +30,18 @@ public enum HostCallErrno {
     public static let ENOTTY: Int32 = 25, EFBIG: Int32 = 27, ENOSYS: Int32 = 38
 }
 
+extension HostCallErrno {
+    /// What the guest gets when a handler throws `error`: -EFAULT for a bad guest address,
+    /// -code for a `HostCallFailure`; nil for any other error (a host failure: the run ends).
+    static func result(for error: any Error) -> Int64? {
+        switch error {
+        case is GuestMemoryError: return -Int64(EFAULT)
+        case let failure as HostCallFailure: return -Int64(failure.code)
+        default: return nil
+        }
+    }
+}
+
 /// Thrown by a host-call handler to return `-code` to the guest.
 public struct HostCallFailure: Error, Sendable, Equatable {
     /// The (positive) errno.

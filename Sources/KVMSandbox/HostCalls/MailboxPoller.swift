@@ -24,8 +24,6 @@ final class MailboxPoller: @unchecked Sendable {
 
     private struct Registry {
         var servers: [ObjectIdentifier: ExitlessServer] = [:]
-        var generation: UInt64 = 0
-        var awake = false
         var started = false
         /// -1: any CPU.
         var pinnedCPU: Int32 = -1
@@ -34,6 +32,7 @@ final class MailboxPoller: @unchecked Sendable {
     private let registry = Mutex(Registry())
     /// Held while a pass touches servers: `unregister` waits on it.
     private let pass = Mutex(())
+    /// Bumped (under the registry lock) whenever the set of servers changes.
     private let generation = ManagedAtomic<UInt64>(0)
     private let sleeping = ManagedAtomic<Bool>(true)
     /// Set by `wake`; the poller spins only when asked (a run started, or a guest called by exit).
@@ -52,8 +51,7 @@ final class MailboxPoller: @unchecked Sendable {
     func register(_ server: ExitlessServer, eagerly: Bool) {
         let start = registry.withLock { registry -> Bool in
             registry.servers[ObjectIdentifier(server)] = server
-            registry.generation += 1
-            generation.store(registry.generation, ordering: .releasing)
+            generation.wrappingIncrement(ordering: .releasing)
             defer { registry.started = true }
             return !registry.started
         }
@@ -69,8 +67,7 @@ final class MailboxPoller: @unchecked Sendable {
     func unregister(_ server: ExitlessServer) {
         registry.withLock { registry in
             registry.servers[ObjectIdentifier(server)] = nil
-            registry.generation += 1
-            generation.store(registry.generation, ordering: .releasing)
+            generation.wrappingIncrement(ordering: .releasing)
         }
         pass.withLock { _ in }  // waits for a pass in progress
         server.mailbox.setPolling(false)
@@ -111,7 +108,7 @@ final class MailboxPoller: @unchecked Sendable {
     }
 
     private func servers() -> (UInt64, [ExitlessServer]) {
-        registry.withLock { ($0.generation, Array($0.servers.values)) }
+        registry.withLock { (generation.load(ordering: .acquiring), Array($0.servers.values)) }
     }
 
     private func loop() -> Never {
@@ -127,12 +124,10 @@ final class MailboxPoller: @unchecked Sendable {
         while true {
             let empty = registry.withLock { $0.servers.isEmpty }
             if !empty && wakeRequested.exchange(false, ordering: .relaxed) { break }
+            // `wake` signals under this lock; the 1 s timeout is only a safety net.
             var deadline = timespec()
             clock_gettime(CLOCK_REALTIME, &deadline)
-            let wait: UInt64 = 1_000_000_000
-            deadline.tv_sec += Int(wait / 1_000_000_000)
-            deadline.tv_nsec += Int(wait % 1_000_000_000)
-            if deadline.tv_nsec >= 1_000_000_000 { deadline.tv_sec += 1; deadline.tv_nsec -= 1_000_000_000 }
+            deadline.tv_sec += 1
             pthread_cond_timedwait(wakeCondition, wakeLock, &deadline)
         }
         pthread_mutex_unlock(wakeLock)

@@ -175,12 +175,12 @@ public struct GuestMemoryView {
     /// Reads a little-endian integer at `address`.
     public func load<T: FixedWidthInteger>(_ type: T.Type, at address: UInt64) throws(GuestMemoryError) -> T {
         let bytes = try read(address, count: MemoryLayout<T>.size)
-        return bytes.reversed().reduce(T.zero) { ($0 << 8) | T(truncatingIfNeeded: $1) }
+        return T(littleEndianBytes: bytes)
     }
 
     /// Writes a little-endian integer at `address`.
     public func store<T: FixedWidthInteger>(_ value: T, at address: UInt64) throws(GuestMemoryError) {
-        try write((0..<MemoryLayout<T>.size).map { UInt8(truncatingIfNeeded: value >> ($0 * 8)) }, to: address)
+        try write(value.littleEndianBytes, to: address)
     }
 
     /// Reads a NUL-terminated string of at most `maxLength` bytes (not counting the NUL).

@@ -40,7 +40,7 @@ enum InitialStack {
         cursor &= ~15
         if words.count % 2 == 1 { cursor -= 8 }  // argc must sit on a 16-byte boundary
         cursor -= UInt64(words.count * 8)
-        data.append((cursor, words.flatMap { word in (0..<8).map { UInt8(truncatingIfNeeded: word >> ($0 * 8)) } }))
+        data.append((cursor, [UInt8](littleEndianWords: words)))
         for (address, bytes) in data {
             do { try space.hostWrite(bytes, at: address) } catch {
                 throw .invalidConfiguration("the initial stack does not fit into \(size / 1024) KiB")

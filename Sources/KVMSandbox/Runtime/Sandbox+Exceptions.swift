@@ -28,7 +28,7 @@ extension Sandbox {
             return .abiViolation("an exception report from outside the stubs (rip 0x\(String(current.rip, radix: 16)), rsp 0x\(String(current.rsp, radix: 16)))")
         }
         var frame = ExceptionStubs.Frame(words: stride(from: 0, to: bytes.count, by: 8).map { offset in
-            bytes[offset..<offset + 8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+            UInt64(littleEndianBytes: bytes[offset..<offset + 8])
         })
         if vector == 13, frame.errorCode == 0, frame.fromUserMode,
            let instruction = try? guestMemory.read(frame.rip, count: 2), instruction.first == 0xe6 || instruction.first == 0xe4,
@@ -44,8 +44,7 @@ extension Sandbox {
         (frame.rip, frame.rsp) = (changed.rip, changed.rsp)
         frame.rflags = (changed.rflags & ExceptionStubs.userSettableFlags) | 0x2
         do {
-            try space.hostWrite(frame.words.flatMap { word in (0..<8).map { UInt8(truncatingIfNeeded: word >> ($0 * 8)) } },
-                                at: current.rsp)
+            try space.hostWrite([UInt8](littleEndianWords: frame.words), at: current.rsp)
         } catch {
             return .abiViolation("the exception frame at 0x\(String(current.rsp, radix: 16)) is not writable")
         }

@@ -104,7 +104,6 @@ public final class Sandbox {
         let stackPointer = try InitialStack.build(
             in: space, top: GuestLayout.stackTop, size: configuration.stackSize,
             arguments: configuration.arguments, environment: configuration.environment, program: program)
-        let exceptionStubs = configuration.exceptionDelivery.resolved(on: system.platform) == .idtStubs
         try X86CPUState.installSystemTables(in: space)
         try space.mapNew(GuestLayout.mailboxPage, length: PageSize.bytes, [.read, .write])
         try space.mapOutsideMemory(GuestLayout.doorbellPage, [.read, .write])
@@ -116,7 +115,7 @@ public final class Sandbox {
         do {
             (vm, vcpu) = try MicroVM.create(system: system, memory: memory, space: space,
                                             entry: program.entry, stackPointer: stackPointer,
-                                            exceptionStubs: exceptionStubs)
+                                            exceptionStubs: configuration.exceptionDelivery.usesStubs(on: system.platform))
         } catch {
             throw .kvm(error)
         }
@@ -143,7 +142,7 @@ public final class Sandbox {
 
     /// Whether CPU exceptions arrive through the host-built IDT stubs (hardware KVM) rather than
     /// as a shutdown exit (PVM).
-    var usesExceptionStubs: Bool { configuration.exceptionDelivery.resolved(on: system.platform) == .idtStubs }
+    var usesExceptionStubs: Bool { configuration.exceptionDelivery.usesStubs(on: system.platform) }
 
     /// Registers `handler` for host-call `number` (at least `HostCallNumber.firstUserNumber`),
     /// replacing any earlier handler for it.
@@ -311,14 +310,13 @@ public final class Sandbox {
                     result = 0
                 }
             }
-        } catch is GuestMemoryError {
-            result = -Int64(HostCallErrno.EFAULT)
-        } catch let failure as HostCallFailure {
-            result = -Int64(failure.code)
         } catch let error as KVMError {
             throw error
         } catch {
-            return .hostCallFailed(number: call.number, message: "\(error)")
+            guard let guestResult = HostCallErrno.result(for: error) else {
+                return .hostCallFailed(number: call.number, message: "\(error)")
+            }
+            result = guestResult
         }
         vcpu.modifyRegisters { $0.rax = UInt64(bitPattern: result) }
         return nil

@@ -58,6 +58,9 @@ public enum ExceptionDelivery: String, Sendable, CaseIterable {
         guard self == .automatic else { return self }
         return platform.reportsExceptionsWithoutIDT ? .shutdownExit : .idtStubs
     }
+
+    /// Whether, on `platform`, exceptions arrive through the IDT stubs.
+    func usesStubs(on platform: KVMPlatform) -> Bool { resolved(on: platform) == .idtStubs }
 }
 
 /// How a guest's embedder host calls (`KS_HOSTCALL_USER` and up, made with the SDK's

@@ -103,8 +103,7 @@ extension Sandbox {
         let vm: VirtualMachine, vcpu: VirtualCPU
         do {
             (vm, vcpu) = try MicroVM.create(system: snapshot.system, memory: memory, dirtyTracking: tracking,
-                                            exceptionStubs: snapshot.configuration.exceptionDelivery
-                                                .resolved(on: snapshot.system.platform) == .idtStubs,
+                                            exceptionStubs: snapshot.configuration.exceptionDelivery.usesStubs(on: snapshot.system.platform),
                                             specialRegisters: { _ in snapshot.specialRegisters },
                                             registers: snapshot.registers)
         } catch {
@@ -144,9 +143,8 @@ extension Sandbox {
         } catch {
             throw .kvm(error)
         }
+        // `restorePage` is not recorded as a host write, so this leaves the record empty.
         for page in memory.takeHostDirtyPages() { memory.restorePage(page) }
-        // Restoring pages did not count as host writes worth tracking: forget them again.
-        _ = memory.takeHostDirtyPages()
 
         let translationsChanged = space.translationsChanged
         space.restore(allocator: snapshot.allocator)

@@ -35,12 +35,20 @@ public struct GuestToolchain: Sendable {
         guard status == 0 else { throw .compilationFailed(status: status) }
     }
 
-    /// Runs a command and waits for it; returns its exit status (127 when it could not start).
-    static func spawn(_ command: [String]) -> Int32 {
+    /// Runs a command (`posix_spawnp`) and waits for it; returns its exit status (127 when it
+    /// could not start). `discardingOutput` sends its stdout and stderr to /dev/null.
+    public static func spawn(_ command: [String], discardingOutput: Bool = false) -> Int32 {
         var pid = pid_t()
         var cArguments = command.map { strdup($0) } + [nil]
         defer { cArguments.forEach { free($0) } }
-        guard posix_spawnp(&pid, command[0], nil, nil, &cArguments, environ) == 0 else { return 127 }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if discardingOutput {
+            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        }
+        guard posix_spawnp(&pid, command[0], &actions, nil, &cArguments, environ) == 0 else { return 127 }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)

@@ -43,7 +43,7 @@ enum X86CPUState {
         bytes[0x66] = UInt8(tssSize & 0xff)
         bytes[0x67] = UInt8(tssSize >> 8)
         for field in ExceptionStubs.tssStackFields {
-            for index in 0..<8 { bytes[field.offset + index] = UInt8(truncatingIfNeeded: field.value >> (index * 8)) }
+            bytes.replaceSubrange(field.offset..<field.offset + 8, with: field.value.littleEndianBytes)
         }
         return bytes + ioBitmap
     }
@@ -55,7 +55,7 @@ enum X86CPUState {
         let low = (limit & 0xffff) | ((base & 0xff_ffff) << 16) | (UInt64(0x8b) << 40)
             | (((limit >> 16) & 0xf) << 48) | (((base >> 24) & 0xff) << 56)
         let high = base >> 32
-        return (gdt + [0, low, high]).flatMap { entry in (0..<8).map { UInt8(truncatingIfNeeded: entry >> ($0 * 8)) } }
+        return [UInt8](littleEndianWords: gdt + [0, low, high])
     }
 
     static let cr0: UInt64 = 0x8005_0033     // PG, WP, NE, ET, MP, PE
@@ -72,7 +72,7 @@ enum X86CPUState {
     /// %eax; out %al, $0x42; ud2`, in the stub page after the syscall stub.
     static let returnStubAddress = GuestLayout.syscallStubPage + 0x40
     static let returnStub: [UInt8] = [0x48, 0x89, 0xc7, 0xb8]
-        + withUnsafeBytes(of: UInt32(HostCallNumber.guestCallReturn).littleEndian, Array.init)
+        + UInt32(HostCallNumber.guestCallReturn).littleEndianBytes
         + [0xe6, UInt8(hostCallPort), 0x0f, 0x0b]
 
     /// MSRs for `syscall`: STAR with Linux's selectors; LSTAR at the user stub (PVM, where

@@ -61,11 +61,11 @@ enum ExceptionStubs {
     static func gate(handler: UInt64, selector: UInt16, dpl: UInt8, ist: UInt8) -> [UInt8] {
         let typeAttributes: UInt8 = 0x80 | (dpl & 3) << 5 | 0x0e   // present, DPL, 64-bit interrupt gate
         var bytes: [UInt8] = []
-        bytes += withUnsafeBytes(of: UInt16(truncatingIfNeeded: handler).littleEndian, Array.init)
-        bytes += withUnsafeBytes(of: selector.littleEndian, Array.init)
+        bytes += UInt16(truncatingIfNeeded: handler).littleEndianBytes
+        bytes += selector.littleEndianBytes
         bytes += [ist & 7, typeAttributes]
-        bytes += withUnsafeBytes(of: UInt16(truncatingIfNeeded: handler >> 16).littleEndian, Array.init)
-        bytes += withUnsafeBytes(of: UInt32(truncatingIfNeeded: handler >> 32).littleEndian, Array.init)
+        bytes += UInt16(truncatingIfNeeded: handler >> 16).littleEndianBytes
+        bytes += UInt32(truncatingIfNeeded: handler >> 32).littleEndianBytes
         bytes += [0, 0, 0, 0]
         return bytes
     }
