@@ -35,6 +35,13 @@ struct Bench: ParsableCommand {
     @Flag(help: "Print one JSON object instead of the table.")
     var json = false
 
+    func validate() throws {
+        try OptionChecks.count(iterations, in: 1...100_000_000, option: "--iterations")
+        try OptionChecks.count(batches, in: 1...10_000, option: "--batches")
+        try OptionChecks.count(computeRounds, in: 1...100_000_000_000, option: "--compute-rounds")
+        try OptionChecks.count(cycles, in: 1...100_000_000, option: "--cycles")
+    }
+
     func run() throws {
         let iterations = quick ? 200 : self.iterations, batches = quick ? 3 : self.batches
         let computeRounds = quick ? 20_000_000 : self.computeRounds, cycles = quick ? 500 : self.cycles

@@ -33,9 +33,15 @@ struct Call: ParsableCommand {
     @Argument(help: "Integer arguments.")
     var arguments: [Int64] = []
 
+    func validate() throws {
+        _ = try OptionChecks.mebibytes(memory, option: "--memory")
+        try OptionChecks.count(forks, in: 0...1_000_000_000, option: "--forks")
+        try OptionChecks.timeout(timeout)
+    }
+
     func run() throws {
         var configuration = SandboxConfiguration()
-        configuration.memorySize = memory << 20
+        configuration.memorySize = try OptionChecks.mebibytes(memory, option: "--memory")
         configuration.timeout = timeout
         configuration.arguments = [program]
         do {

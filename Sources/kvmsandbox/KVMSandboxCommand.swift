@@ -1,5 +1,8 @@
 import ArgumentParser
 import KVMSandbox
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @main
 struct KVMSandboxCommand: ParsableCommand {
@@ -7,4 +10,18 @@ struct KVMSandboxCommand: ParsableCommand {
         commandName: "kvmsandbox",
         abstract: "Run untrusted static x86-64 programs in KVM micro-VMs.",
         subcommands: [Run.self, Call.self, CC.self, Bench.self, ConformanceCommand.self, Doctor.self])
+
+    /// Parses the command line (after `GuestArgumentSplit` takes the guest's own arguments off
+    /// it) and runs the subcommand.
+    static func main() {
+        // Guest output into a closed pipe must be an error for the guest (-EPIPE), not a
+        // signal that kills every VM in this process.
+        signal(SIGPIPE, SIG_IGN)
+        do {
+            var command = try parseAsRoot(GuestArgumentSplit.split(Array(CommandLine.arguments.dropFirst())))
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
 }

@@ -10,8 +10,9 @@ struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a static x86-64 ELF in a fresh micro-VM and exit with its status.",
         discussion: """
-        Exit status: the guest's own (0-255); 124 timeout; 125 kvmsandbox could not run it \
-        (no KVM, invalid ELF, bad option); 126 the guest broke the host-call ABI; 128+N a CPU \
+        Exit status: the guest's own (0-255); 123 a host failure while the guest ran (a KVM \
+        ioctl failed); 124 timeout; 125 kvmsandbox could not run it (no KVM, invalid ELF, bad \
+        option); 126 the guest broke the host-call ABI; 128+N a CPU \
         exception, N being the signal a Linux process would get (132 #UD, 133 #BP, 134 abort(), \
         135 #AC, 136 #DE/#XM, 139 #PF/#GP and others). Reports go to stderr.
         """)
@@ -46,13 +47,20 @@ struct Run: ParsableCommand {
     @Argument(parsing: .captureForPassthrough, help: "Arguments passed to the guest.")
     var arguments: [String] = []
 
+    func validate() throws {
+        _ = try OptionChecks.mebibytes(memory, option: "--memory")
+        _ = try OptionChecks.kibibytes(stack, option: "--stack")
+        try OptionChecks.timeout(timeout)
+    }
+
     func run() throws {
         var configuration = SandboxConfiguration()
-        configuration.memorySize = memory << 20
-        configuration.stackSize = stack << 10
+        configuration.memorySize = try OptionChecks.mebibytes(memory, option: "--memory")
+        configuration.stackSize = try OptionChecks.kibibytes(stack, option: "--stack")
         configuration.timeout = timeout
-        configuration.arguments = [program] + arguments
-        configuration.environment = environment
+        let split = GuestArgumentSplit.parts
+        configuration.arguments = [program] + arguments + split.guestArguments
+        configuration.environment = environment + split.environment
         guard let delivery = ExceptionDelivery(rawValue: exceptionDelivery) else {
             printError("kvmsandbox: --exception-delivery must be one of \(ExceptionDelivery.allCases.map(\.rawValue).joined(separator: ", "))")
             throw ExitCode(ExitStatus.sandboxError)
@@ -63,16 +71,22 @@ struct Run: ParsableCommand {
             throw ExitCode(ExitStatus.sandboxError)
         }
         configuration.hostCallTransport = transport
-        let outcome: RunOutcome
+        let sandbox: Sandbox
         do {
-            let sandbox = try Sandbox(elfPath: program, configuration: configuration)
-            if verbose { printError("kvmsandbox: platform \(sandbox.platform.rawValue), entry 0x\(String(sandbox.program.entry, radix: 16))") }
-            outcome = try sandbox.run()
-            if verbose { printError("kvmsandbox: \(outcome); \(sandbox.statistics.exits) exits, \(sandbox.statistics.hostCalls) host calls") }
+            sandbox = try Sandbox(elfPath: program, configuration: configuration)
         } catch {
             printError("kvmsandbox: \(error)")
-            throw ExitCode(ExitStatus.sandboxError)
+            throw ExitCode(error == .loadTimedOut ? ExitStatus.timeout : ExitStatus.sandboxError)
         }
+        if verbose { printError("kvmsandbox: platform \(sandbox.platform.rawValue), entry 0x\(String(sandbox.program.entry, radix: 16))") }
+        let outcome: RunOutcome
+        do {
+            outcome = try sandbox.run()
+        } catch {
+            printError("kvmsandbox: host failure while the guest ran: \(error)")
+            throw ExitCode(ExitStatus.hostFailure)
+        }
+        if verbose { printError("kvmsandbox: \(outcome); \(sandbox.statistics.exits) exits, \(sandbox.statistics.hostCalls) host calls") }
         if case .exited = outcome {} else { printError(Report.text(outcome)) }
         if let reportJSON {
             do { try Report.json(outcome).write(to: URL(fileURLWithPath: reportJSON)) } catch {

@@ -39,10 +39,36 @@ long ask_host(long x) { return ks_hostcall(KS_HOSTCALL_USER, x, 0, 0, 0, 0, 0); 
 long say(const char *s) { printf("%s\n", s); fflush(stdout); return (long)strlen(s); }
 long quit(long status) { exit((int)status); }
 
+/* FPU and vector state: a request must never see what an earlier one left there. */
+long set_fpu_secret(long v) {
+    __asm__ volatile("movq %0, %%xmm0\n\tmovq %0, %%xmm7\n\tmovq %0, %%xmm15" :: "r"(v) : "xmm0", "xmm7", "xmm15");
+    unsigned mxcsr = 0x7f80 | 0x6000;  /* all exceptions masked, round toward zero */
+    __asm__ volatile("ldmxcsr %0" :: "m"(mxcsr));
+    unsigned short cw = 0x0c7f;         /* x87: round toward zero */
+    __asm__ volatile("fldcw %0\n\tfld1\n\tfld1" :: "m"(cw));  /* and two values left on the x87 stack */
+    return 0;
+}
+long read_xmm0(void) { long v; __asm__ volatile("movq %%xmm0, %0" : "=r"(v)); return v; }
+long read_xmm7(void) { long v; __asm__ volatile("movq %%xmm7, %0" : "=r"(v)); return v; }
+long read_xmm15(void) { long v; __asm__ volatile("movq %%xmm15, %0" : "=r"(v)); return v; }
+long read_mxcsr(void) { unsigned v; __asm__ volatile("stmxcsr %0" : "=m"(v)); return v; }
+long read_x87_control(void) { unsigned short v; __asm__ volatile("fnstcw %0" : "=m"(v)); return v; }
+long read_x87_status(void) { unsigned short v; __asm__ volatile("fnstsw %0" : "=m"(v)); return v; }
+
 int main(int argc, char **argv) {
+    /* State the snapshot holds, which every fork must start from. */
+    unsigned mxcsr = 0x1f80 | 0x8000;  /* flush-to-zero */
+    __asm__ volatile("ldmxcsr %0" :: "m"(mxcsr));
+    if (argc > 1 && !strcmp(argv[1], "wild-ready")) {
+        /* ks_ready() with a stack pointer that points nowhere: the host must refuse calls, not trap. */
+        __asm__ volatile("mov %%rsp, %%r12\n\tmov $0x80, %%rsp\n\tmov $0xf00, %%eax\n\tout %%al, $0x42\n\tmov %%r12, %%rsp"
+                         ::: "rax", "r12", "memory");
+        return 8;
+    }
     table = malloc(TABLE);
     for (long i = 0; i < TABLE; i++) table[i] = (unsigned char)(i * 7);
     if (argc > 1 && !strcmp(argv[1], "no-ready")) return 9;
+    __asm__ volatile("movq %0, %%xmm7" :: "r"(0x5eed5eedL) : "xmm7");
     ks_ready();
     printf("main resumed, counter=%ld\n", counter);
     return 3;

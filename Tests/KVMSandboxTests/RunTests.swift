@@ -35,7 +35,11 @@ extension KVMTests {
         }
 
         @Test func staticPIEIsRelocated() throws {
-            let (outcome, stdout, _) = try Guests.run("pie", flags: ["-O2", "-static-pie", "-fPIE"])
+            // A real static-PIE (ET_DYN with musl's rcrt1.o), so the relocation path runs.
+            let elf = try ELFFile(bytes: readBytes(try Guests.build("pie", flags: ["-O2", "-static-pie"])))
+            #expect(elf.isPositionIndependent)
+            #expect(elf.segments.contains { $0.type == 2 /* PT_DYNAMIC */ })
+            let (outcome, stdout, _) = try Guests.run("pie", flags: ["-O2", "-static-pie"])
             #expect(outcome == .exited(status: 0))
             #expect(stdout == "relocated pointers work\n")
         }

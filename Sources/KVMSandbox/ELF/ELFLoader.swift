@@ -31,13 +31,16 @@ public struct LoadedProgram: Sendable {
 /// read+write+NX, read-only data is read+NX. A page is writable and executable only when a single
 /// segment asks for both, or two segments with different permissions share it.
 enum ELFLoader {
-    static func load(_ elf: ELFFile, into space: AddressSpace) throws(SandboxError) -> LoadedProgram {
+    /// Loads `elf` into `space`; gives up with `.loadTimedOut` past `deadline` (monotonic ns).
+    static func load(_ elf: ELFFile, into space: AddressSpace, deadline: UInt64? = nil) throws(SandboxError) -> LoadedProgram {
         let loads = elf.loadSegments.filter { $0.memorySize > 0 }
         let lowest = PageSize.alignDown(loads.map(\.virtualAddress).min() ?? 0)
         let base = elf.isPositionIndependent ? GuestLayout.pieBase &- lowest : 0
 
-        // Page permissions: the union of every segment that touches the page.
-        var pages: [UInt64: PagePermissions] = [:]
+        // Every segment's place, checked, and the pages they need in all, before any per-page
+        // work: a file of a few KiB can declare thousands of huge segments.
+        var placed: [(start: UInt64, pageEnd: UInt64, permissions: PagePermissions)] = []
+        var totalPages: UInt64 = 0
         var imageEnd: UInt64 = 0
         for (index, segment) in elf.segments.enumerated() where segment.type == ELFFile.ptLoad && segment.memorySize > 0 {
             let (start, startOverflow) = segment.virtualAddress.addingReportingOverflow(base)
@@ -46,18 +49,34 @@ enum ELFLoader {
                   end <= GuestLayout.imageLimit, let pageEnd = PageSize.alignUp(end) else {
                 throw .invalidELF(.segmentOutsideGuestMemory(index: index, start: start, end: end))
             }
-            guard (pageEnd - PageSize.alignDown(start)) / PageSize.bytes <= space.memory.size / PageSize.bytes else {
-                throw .outOfGuestMemory(needed: pageEnd - PageSize.alignDown(start), available: space.availableBytes)
+            // Segments do not overlap (ELFFile checks), so distinct pages are at least the sum
+            // less one shared boundary page per segment.
+            totalPages += (pageEnd - PageSize.alignDown(start)) / PageSize.bytes - 1
+            guard totalPages <= space.availableBytes / PageSize.bytes else {
+                throw .outOfGuestMemory(needed: (totalPages + 1) * PageSize.bytes, available: space.availableBytes)
             }
-            var page = PageSize.alignDown(start)
-            while page < pageEnd {
-                pages[page, default: []].formUnion(segment.permissions)
-                page += PageSize.bytes
-            }
+            placed.append((PageSize.alignDown(start), pageEnd, segment.permissions))
             imageEnd = max(imageEnd, pageEnd)
         }
-        for page in pages.keys.sorted() {
-            try space.mapNew(page, length: PageSize.bytes, pages[page]!)
+        // Page permissions: the union of every segment that touches the page. Sorted and
+        // disjoint, segments that share a page with this one start at or before it.
+        placed.sort { $0.start < $1.start }
+        var page: UInt64 = 0
+        for (index, segment) in placed.enumerated() {
+            page = max(page, segment.start)
+            while page < segment.pageEnd {
+                var permissions = segment.permissions
+                var next = index + 1
+                while next < placed.count, placed[next].start <= page {
+                    permissions.formUnion(placed[next].permissions)
+                    next += 1
+                }
+                try space.mapNew(page, length: PageSize.bytes, permissions)
+                page += PageSize.bytes
+                if let deadline, page % (4096 * PageSize.bytes) == 0, monotonicNanoseconds() > deadline {
+                    throw .loadTimedOut
+                }
+            }
         }
         for segment in loads where segment.fileSize > 0 {
             let bytes = Array(elf.bytes[Int(segment.offset)..<Int(segment.offset + segment.fileSize)])
@@ -66,9 +85,17 @@ enum ELFLoader {
         if elf.isPositionIndependent {
             try relocate(elf, base: base, space: space)
         }
+        var headers: UInt64 = 0
+        if let linked = programHeaderAddress(elf) {
+            let (address, overflow) = linked.addingReportingOverflow(base)
+            guard !overflow, address < X86PageTables.userAddressLimit else {
+                throw .invalidELF(.badProgramHeaderTable("PT_PHDR address 0x\(String(linked, radix: 16)) lies outside the address space"))
+            }
+            headers = address
+        }
         return LoadedProgram(
-            base: base, entry: base + elf.entry,
-            programHeaderAddress: programHeaderAddress(elf).map { base + $0 } ?? 0,
+            base: base, entry: base &+ elf.entry,
+            programHeaderAddress: headers,
             programHeaderCount: elf.programHeaderCount, imageEnd: imageEnd, symbols: elf.symbols,
             imageRange: (base &+ lowest)..<imageEnd, debugInfo: LazyDebugInfo(elfBytes: elf.bytes))
     }

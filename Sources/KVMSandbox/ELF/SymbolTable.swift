@@ -36,6 +36,10 @@ public struct SymbolTable: Sendable {
 
     /// At most this many symbols are kept (a hostile file cannot make the host allocate more).
     static let limit = 1 << 20
+    /// At most this many bytes of symbol names in all: symbols may share (or overlap in) one
+    /// long string, so the names' total is not bounded by the file size. Past it, the rest of
+    /// the table is ignored.
+    static let nameBudget = 32 << 20
 
     private static func parse(_ reader: ByteReader) throws(ELFError) -> [Symbol] {
         let shoff = try reader.integer(UInt64.self, at: 40, "e_shoff")
@@ -57,6 +61,7 @@ public struct SymbolTable: Sendable {
             let strings = try header(UInt64(section.link))
             guard reader.contains(strings.offset, strings.size) else { return [] }
             var symbols: [Symbol] = []
+            var nameBytes = 0
             let count = min(section.size / 24, UInt64(limit))
             for entry in 0..<count {
                 let at = section.offset + entry * 24
@@ -68,6 +73,8 @@ public struct SymbolTable: Sendable {
                 let size = try reader.integer(UInt64.self, at: at + 16, "st_size")
                 guard value != 0, nameOffset < strings.size,
                       let name = reader.cString(at: strings.offset + nameOffset, limit: 1024) else { continue }
+                nameBytes += name.utf8.count
+                guard nameBytes <= nameBudget else { break }
                 symbols.append(Symbol(name: name, address: value, size: size, isFunction: kind == 2))
             }
             return symbols.sorted { $0.address < $1.address }

@@ -37,6 +37,8 @@ final class BuiltinHostCalls {
         var freeRanges: [(start: UInt64, length: UInt64)] = []
     }
     var state: State
+    /// The vCPU's kick flag: output stops waiting for a slow reader once the run is interrupted.
+    var interrupter: VCPUInterrupter?
     private let heapStart: UInt64
     private let mmapTop: UInt64
 
@@ -87,9 +89,9 @@ final class BuiltinHostCalls {
         case HostCallNumber.rtSigaction, HostCallNumber.rtSigprocmask:
             return .value(0)
         case HostCallNumber.kill, HostCallNumber.tkill:
-            return call[1] == 0 ? .value(0) : .signal(Int32(truncatingIfNeeded: call[1]))
+            return Self.raise(call[1])
         case HostCallNumber.tgkill:
-            return call[2] == 0 ? .value(0) : .signal(Int32(truncatingIfNeeded: call[2]))
+            return Self.raise(call[2])
         case HostCallNumber.clockGettime:
             return .value(try clockGettime(clock: call[0], call.memory, into: call[1]))
         case HostCallNumber.getrandom:
@@ -103,6 +105,19 @@ final class BuiltinHostCalls {
 
     func setFSBase(_ base: UInt64) { state.fsBase = base }
 
+    /// Linux's highest signal number (`_NSIG - 1`).
+    static let highestSignal: UInt64 = 64
+
+    /// `kill`/`tkill`/`tgkill` at the guest itself: signal 0 only probes (0); 1-64 ends the run
+    /// as that signal; anything else is `-EINVAL`, as on Linux.
+    static func raise(_ signal: UInt64) -> HostCallEffect {
+        switch signal {
+        case 0: return .value(0)
+        case 1...highestSignal: return .signal(Int32(signal))
+        default: return .value(-Int64(HostCallErrno.EINVAL))
+        }
+    }
+
     // MARK: output
 
     private func write(fd: Int64, _ memory: GuestMemoryView, address: UInt64, count: UInt64) throws -> Int64 {
@@ -112,19 +127,31 @@ final class BuiltinHostCalls {
         guard count > 0 else { return 0 }
         guard state.outputWritten < outputLimit else { return -Int64(HostCallErrno.EFBIG) }
         let allowed = min(count, outputLimit - state.outputWritten)
-        var failed = false
+        var written: UInt64 = 0
+        var failure: Int64?
         try memory.withReadableChunks(address, count: allowed) { chunk in
-            guard !failed else { return }
+            guard failure == nil else { return }
             switch destination {
-            case .discard: break
-            case .capture: state.captured[Int32(fd), default: []].append(contentsOf: chunk)
+            case .discard: written += UInt64(chunk.count)
+            case .capture:
+                state.captured[Int32(fd), default: []].append(contentsOf: chunk)
+                written += UInt64(chunk.count)
             case .fileDescriptor(let hostFD):
-                do { _ = try FileDescriptor(rawValue: hostFD).writeAll(chunk) } catch { failed = true }
+                switch OutputWriter.write(chunk, to: hostFD, interrupted: { interrupter?.isInterrupted ?? false }) {
+                case .complete: written += UInt64(chunk.count)
+                case .interrupted(let count):
+                    written += UInt64(count)
+                    failure = -Int64(HostCallErrno.EINTR)
+                case .failed(let errno, let count):
+                    written += UInt64(count)
+                    failure = -Int64(errno == .brokenPipe ? HostCallErrno.EPIPE : HostCallErrno.EIO)
+                }
             }
         }
-        if failed { return -Int64(HostCallErrno.EIO) }
-        state.outputWritten += allowed
-        return Int64(allowed)
+        state.outputWritten += written
+        // Linux: a partial write returns its count; an error only when nothing was written.
+        if let failure, written == 0 { return failure }
+        return Int64(written)
     }
 
     /// At most this many iovecs per writev (Linux's IOV_MAX).
@@ -206,7 +233,7 @@ final class BuiltinHostCalls {
     /// mmap region can be unmapped: the image, heap, stack and system pages cannot.
     private func munmap(_ address: UInt64, length: UInt64) -> Int64 {
         guard address % PageSize.bytes == 0, length > 0, let size = PageSize.alignUp(length),
-              address >= state.mmapBottom, size <= mmapTop - address else { return -Int64(HostCallErrno.EINVAL) }
+              address >= state.mmapBottom, address <= mmapTop, size <= mmapTop - address else { return -Int64(HostCallErrno.EINVAL) }
         var page = address
         while page < address + size {
             var run: UInt64 = 0

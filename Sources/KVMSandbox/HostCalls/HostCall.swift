@@ -27,7 +27,7 @@ public enum HostCallErrno {
     /// The errno values host calls return (negated), as on Linux.
     public static let EPERM: Int32 = 1, ENOENT: Int32 = 2, EINTR: Int32 = 4, EIO: Int32 = 5, EBADF: Int32 = 9
     public static let ENOMEM: Int32 = 12, EACCES: Int32 = 13, EFAULT: Int32 = 14, EINVAL: Int32 = 22
-    public static let ENOTTY: Int32 = 25, EFBIG: Int32 = 27, ENOSYS: Int32 = 38
+    public static let ENOTTY: Int32 = 25, EFBIG: Int32 = 27, EPIPE: Int32 = 32, ENOSYS: Int32 = 38
 }
 
 extension HostCallErrno {

@@ -173,6 +173,9 @@ final class VirtualCPU {
 struct VCPUInterrupter: @unchecked Sendable {
     let immediateExit: UnsafeAtomic<UInt8>
 
+    /// Whether a kick is pending (set by `interrupt`, cleared when the run loop resumes the guest).
+    var isInterrupted: Bool { immediateExit.load(ordering: .relaxed) != 0 }
+
     /// Kicks `thread` out of `KVM_RUN`.
     func interrupt(thread: pthread_t) {
         immediateExit.store(1, ordering: .sequentiallyConsistent)

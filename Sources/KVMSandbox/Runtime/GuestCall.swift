@@ -35,14 +35,20 @@ extension Sandbox {
         guard let symbol = program.symbols.function(named: function) else { throw .noSuchFunction(function) }
         guard arguments.count <= 6 else { throw .invalidArguments("\(arguments.count) arguments; at most 6 go in registers") }
 
-        var stack = (paused.rsp &- 128) & ~15  // below the paused code's red zone
+        // The paused RSP is the guest's: it may point anywhere. Calls run on the program's own
+        // stack, so refuse one whose stack pointer is not inside it with room for the call.
+        let lowest = stackBottom + Self.minimumCallStack
+        guard paused.rsp >= lowest + 256, paused.rsp <= GuestLayout.stackTop else {
+            throw .invalidArguments("the guest paused with its stack pointer at 0x\(String(paused.rsp, radix: 16)), outside its stack [0x\(String(stackBottom, radix: 16)), 0x\(String(GuestLayout.stackTop, radix: 16))) or without \(Self.minimumCallStack >> 10) KiB free below it")
+        }
+        var stack = (paused.rsp - 128) & ~15  // below the paused code's red zone
         var values: [UInt64] = []
         for argument in arguments {
             switch argument {
             case .integer(let value): values.append(value)
             case .bytes(let bytes):
-                guard UInt64(bytes.count) <= stack - stackBottom,
-                      (stack - UInt64(bytes.count)) & ~15 >= stackBottom + Self.minimumCallStack else {
+                // stack >= lowest + 128 here; compare before subtracting so nothing can wrap.
+                guard UInt64(bytes.count) <= stack - lowest, (stack - UInt64(bytes.count)) & ~15 >= lowest else {
                     throw .invalidArguments("\(bytes.count) bytes do not fit on the guest stack (\(configuration.stackSize >> 10) KiB, \(Self.minimumCallStack >> 10) KiB kept for the call)")
                 }
                 stack = (stack - UInt64(bytes.count)) & ~15

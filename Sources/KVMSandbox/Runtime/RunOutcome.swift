@@ -85,6 +85,9 @@ public enum RunOutcome: Sendable, Equatable, CustomStringConvertible {
     case abiViolation(String)
     /// An embedder's host-call handler threw an error that is not a guest error.
     case hostCallFailed(number: Int, message: String)
+    /// The host failed while running the guest (a KVM ioctl failed, KVM could not enter the
+    /// guest): not the guest's doing. `run()` also throws the error itself.
+    case hostFailure(String)
 
     /// The fault, when the outcome is one.
     public var fault: GuestFault? {
@@ -97,10 +100,12 @@ public enum RunOutcome: Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .exited(let status): return status
         case .ready, .returned: return 0
-        case .fault(let fault): return 128 + X86Exception.signal(fault.vector)
-        case .signaled(let signal): return 128 + signal
+        case .fault(let fault): return 128 &+ X86Exception.signal(fault.vector)
+        // Signals are 1...64 (the host refuses others); anything else would not be a signal status.
+        case .signaled(let signal): return (1...64).contains(signal) ? 128 + signal : ExitStatus.abiViolation
         case .timedOut: return ExitStatus.timeout
         case .abiViolation, .hostCallFailed: return ExitStatus.abiViolation
+        case .hostFailure: return ExitStatus.hostFailure
         }
     }
 
@@ -115,6 +120,7 @@ public enum RunOutcome: Sendable, Equatable, CustomStringConvertible {
             return "timed out after \(seconds) s (stopped at rip 0x\(String(rip, radix: 16)))"
         case .abiViolation(let message): return "ABI violation: \(message)"
         case .hostCallFailed(let number, let message): return "host call \(number) failed: \(message)"
+        case .hostFailure(let message): return "host failure: \(message)"
         }
     }
 }
@@ -127,6 +133,8 @@ public enum ExitStatus {
     public static let sandboxError: Int32 = 125
     /// The guest broke the host-call ABI, or a host-call handler failed.
     public static let abiViolation: Int32 = 126
+    /// The host failed while the guest ran (a KVM ioctl failed, KVM could not enter the guest).
+    public static let hostFailure: Int32 = 123
 }
 
 /// What an exception handler decided about a CPU exception.
@@ -142,7 +150,7 @@ public typealias ExceptionHandler = (_ fault: GuestFault, _ registers: inout Gue
 
 /// A run's outcome as plain data, for JSON (`kvmsandbox run --report-json`).
 public struct RunReport: Sendable, Codable, Equatable {
-    /// `exited`, `ready`, `returned`, `fault`, `signaled`, `timedOut`, `abiViolation` or `hostCallFailed`.
+    /// `exited`, `ready`, `returned`, `fault`, `signaled`, `timedOut`, `abiViolation`, `hostCallFailed` or `hostFailure`.
     public let outcome: String
     /// The exit status `kvmsandbox run` uses.
     public let exitStatus: Int32
@@ -186,6 +194,7 @@ public struct RunReport: Sendable, Codable, Equatable {
         case .timedOut: self.outcome = "timedOut"
         case .abiViolation: self.outcome = "abiViolation"
         case .hostCallFailed: self.outcome = "hostCallFailed"
+        case .hostFailure: self.outcome = "hostFailure"
         }
         if case .fault(let f) = outcome {
             fault = Fault(vector: f.vector, mnemonic: f.mnemonic, name: f.name, errorCode: f.errorCode,

@@ -97,7 +97,8 @@ public final class Sandbox {
         if let given { system = given } else { system = try KVMSystem.shared() }
         let memory = try GuestMemory(size: configuration.memorySize)
         let space = try AddressSpace(memory: memory)
-        let program = try ELFLoader.load(elf, into: space)
+        let loadDeadline = configuration.timeout.map { monotonicNanoseconds() &+ UInt64(min($0, 1e9) * 1e9) }
+        let program = try ELFLoader.load(elf, into: space, deadline: loadDeadline)
 
         let stackBottom = GuestLayout.stackTop - configuration.stackSize
         try space.mapNew(stackBottom, length: configuration.stackSize, [.read, .write])
@@ -135,6 +136,7 @@ public final class Sandbox {
         }
         mailboxPhysical = physical
         mailbox = Mailbox(memory: memory, physical: physical)
+        builtins.interrupter = vcpu.interrupter
     }
 
     /// The top of the anonymous-mmap region: below the stack's guard page and a gap.
@@ -217,7 +219,7 @@ public final class Sandbox {
                 }
             }
         } catch {
-            phase = .finished(.abiViolation("host failure: \(error)"))
+            phase = .finished(.hostFailure("\(error)"))
             throw .kvm(error)
         }
     }
@@ -225,7 +227,7 @@ public final class Sandbox {
     /// Handles one exit; returns the outcome when the run is over.
     private func handle(_ exit: VCPUExit, deadline: Watchdog.Token?, stop: StopCondition) throws(KVMError) -> RunOutcome? {
         switch exit {
-        case .io(port: hostCallPort, isOut: true, size: 1, count: 1):
+        case .io(port: hostCallPort, isOut: true, size: 1, count: 1) where followsHostCallInstruction(vcpu.registers.rip):
             return try serveHostCall(stop: stop)
         case .io(port: ExceptionStubs.reportPort, isOut: true, size: 1, count: 1) where usesExceptionStubs:
             return try handleStubException()
@@ -253,10 +255,19 @@ public final class Sandbox {
             // Hardware KVM without an IDT: an exception became a triple fault; the vector is lost.
             return .abiViolation("KVM_EXIT_INTERNAL_ERROR (suberror \(suberror)) at rip 0x\(String(vcpu.registers.rip, radix: 16)): on \(platform.rawValue) a CPU exception without an IDT cannot be reported")
         case .failEntry(let reason):
-            return .abiViolation("KVM_EXIT_FAIL_ENTRY (hardware reason 0x\(String(reason, radix: 16)))")
+            return .hostFailure("KVM_EXIT_FAIL_ENTRY (hardware reason 0x\(String(reason, radix: 16))): KVM could not enter the guest")
         case .other(let reason):
             return .abiViolation("unexpected \(VCPUExit.name(of: reason)) at rip 0x\(String(vcpu.registers.rip, radix: 16))")
         }
+    }
+
+    /// Whether the two bytes before `rip` are `out %al, $0x42` (E6 42): KVM reports `outsb`,
+    /// `rep outsb` and `out %al, %dx` to the same port with the same exit, and only the
+    /// immediate form is the ABI (KVM advances RIP past it before exiting; a string form
+    /// exits with RIP on or after a different opcode).
+    func followsHostCallInstruction(_ rip: UInt64) -> Bool {
+        guard rip >= 2, let bytes = try? space.hostRead(rip - 2, count: 2) else { return false }
+        return bytes == [0xe6, UInt8(hostCallPort)]
     }
 
     /// Serves the host call described by the guest's registers; the guest resumes after its `out`.
@@ -323,21 +334,43 @@ public final class Sandbox {
     }
 }
 
-/// Reads a whole file (the guest ELF) with a size cap.
-func readFile(_ path: String, limit: Int = 1 << 30) throws -> [UInt8] {
+/// The largest ELF file the host reads (symbols and debug information included).
+let maximumELFFileSize = 1 << 30
+
+/// Reads a whole regular file (the guest ELF), refusing anything else (a device such as
+/// `/dev/zero`, a pipe, a directory) and files over `limit` before reading a byte.
+func readFile(_ path: String, limit: Int = maximumELFFileSize) throws -> [UInt8] {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw Errno.current }
     defer { close(fd) }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 1 << 16)
-    while true {
-        let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+    var status = stat()
+    guard fstat(fd, &status) == 0 else { throw Errno.current }
+    guard status.st_mode & S_IFMT == S_IFREG else { throw FileRefusal.notARegularFile }
+    guard status.st_size <= limit else { throw FileRefusal.tooLarge(bytes: Int64(status.st_size), limit: limit) }
+    let size = Int(status.st_size)
+    var bytes = [UInt8](repeating: 0, count: size)
+    var filled = 0
+    while filled < size {
+        let n = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + filled, size - filled) }
         if n < 0 {
             if errno == EINTR { continue }
             throw Errno.current
         }
-        if n == 0 { return bytes }
-        bytes += buffer[0..<n]
-        guard bytes.count <= limit else { throw Errno.fileTooLarge }
+        if n == 0 { break }  // the file shrank while we read it
+        filled += n
+    }
+    return Array(bytes.prefix(filled))
+}
+
+/// Why `readFile` refused a file before reading it.
+enum FileRefusal: Error, CustomStringConvertible {
+    case notARegularFile
+    case tooLarge(bytes: Int64, limit: Int)
+
+    var description: String {
+        switch self {
+        case .notARegularFile: return "not a regular file"
+        case .tooLarge(let bytes, let limit): return "\(bytes) bytes is larger than the \(limit >> 20) MiB limit for a program"
+        }
     }
 }

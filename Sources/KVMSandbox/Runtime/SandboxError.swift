@@ -38,6 +38,8 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
     case invalidArguments(String)
     /// `run()` was called while the guest is running (from a host-call or exception handler).
     case alreadyRunning
+    /// Loading the program took longer than the configured timeout.
+    case loadTimedOut
 
     public var description: String {
         switch self {
@@ -77,6 +79,8 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
             return "invalid guest call arguments: \(why)"
         case .alreadyRunning:
             return "the guest is running: run() cannot be called from one of its own handlers"
+        case .loadTimedOut:
+            return "loading the program took longer than the timeout"
         }
     }
 }

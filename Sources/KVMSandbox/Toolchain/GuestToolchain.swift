@@ -25,8 +25,29 @@ public struct GuestToolchain: Sendable {
     }
 
     /// The full argument list for compiling `arguments` (gcc flags, sources, `-o OUT`).
+    ///
+    /// `-static-pie` gets a real static-PIE: musl-gcc's specs know only `-static` (which would
+    /// win and give an ET_EXEC) or a dynamic PIE, so the start files are named explicitly
+    /// (musl's self-relocating `rcrt1.o`), libc is linked statically and no interpreter is set.
     public func commandLine(_ arguments: [String]) -> [String] {
-        [compiler] + Self.defaultFlags + ["-I", includeDirectory] + arguments
+        guard arguments.contains("-static-pie"), let lib = Self.findMuslLibraryDirectory() else {
+            return [compiler] + Self.defaultFlags + ["-I", includeDirectory] + arguments
+        }
+        return [compiler, "-fno-omit-frame-pointer", "-I", includeDirectory, "-fPIE", "-nostartfiles",
+                "-Wl,--no-dynamic-linker", "-Wl,-Bstatic", "\(lib)/rcrt1.o", "\(lib)/crti.o"]
+            + arguments + ["\(lib)/crtn.o"]
+    }
+
+    /// The directory of musl's start files and `libc.a`: the one musl-gcc's specs file is in.
+    static func findMuslLibraryDirectory() -> String? {
+        func has(_ dir: String) -> Bool { access("\(dir)/rcrt1.o", R_OK) == 0 }
+        var candidates: [String] = []
+        if let script = findOnPath("musl-gcc"), let bytes = try? readFile(script, limit: 1 << 16),
+           case let text = String(decoding: bytes, as: UTF8.self), let specs = text.split(whereSeparator: { $0 == " " || $0 == "\"" || $0 == "\n" }).first(where: { $0.hasSuffix("musl-gcc.specs") }) {
+            candidates.append(FilePath(String(specs)).removingLastComponent().string)
+        }
+        candidates += ["/usr/lib/x86_64-linux-musl", "/usr/lib/musl/lib", "/usr/local/musl/lib"]
+        return candidates.first(where: has)
     }
 
     /// Compiles; throws with the compiler's exit status when it fails (its diagnostics go to stderr).

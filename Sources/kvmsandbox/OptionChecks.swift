@@ -1,0 +1,32 @@
+import ArgumentParser
+
+/// Range checks for numeric options, so that no value a user types can wrap or trap: every
+/// size is converted with overflow-checked arithmetic and every count must be in range.
+enum OptionChecks {
+    /// `value` MiB in bytes, or a validation error naming `option`.
+    static func mebibytes(_ value: UInt64, option: String) throws -> UInt64 {
+        try scaled(value, shift: 20, unit: "MiB", option: option)
+    }
+
+    /// `value` KiB in bytes, or a validation error naming `option`.
+    static func kibibytes(_ value: UInt64, option: String) throws -> UInt64 {
+        try scaled(value, shift: 10, unit: "KiB", option: option)
+    }
+
+    private static func scaled(_ value: UInt64, shift: UInt64, unit: String, option: String) throws -> UInt64 {
+        let (bytes, overflow) = value.multipliedReportingOverflow(by: 1 << shift)
+        guard !overflow, bytes > 0 else { throw ValidationError("\(option) \(value) \(unit) is out of range") }
+        return bytes
+    }
+
+    /// Checks that `value` lies in `range`.
+    static func count<T: BinaryInteger>(_ value: T, in range: ClosedRange<T>, option: String) throws {
+        guard range.contains(value) else { throw ValidationError("\(option) must be between \(range.lowerBound) and \(range.upperBound), not \(value)") }
+    }
+
+    /// Checks a timeout in seconds: positive, finite, at most a year.
+    static func timeout(_ value: Double?) throws {
+        guard let value else { return }
+        guard value > 0, value <= 365 * 86_400 else { throw ValidationError("--timeout must be a positive number of seconds (at most a year), not \(value)") }
+    }
+}
