@@ -23,6 +23,14 @@ const unsigned long CKVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
 const unsigned long CKVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
 const unsigned long CKVM_SET_MSRS = KVM_SET_MSRS;
 const unsigned long CKVM_GET_MSRS = KVM_GET_MSRS;
+const unsigned long CKVM_GET_FPU = KVM_GET_FPU;
+const unsigned long CKVM_SET_FPU = KVM_SET_FPU;
+const unsigned long CKVM_GET_XSAVE = KVM_GET_XSAVE;
+const unsigned long CKVM_SET_XSAVE = KVM_SET_XSAVE;
+const unsigned long CKVM_GET_XCRS = KVM_GET_XCRS;
+const unsigned long CKVM_SET_XCRS = KVM_SET_XCRS;
+const unsigned long CKVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
+const unsigned long CKVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
 
 int ckvm_ioctl(int fd, unsigned long request, unsigned long argument) {
     return ioctl(fd, request, argument);
@@ -37,6 +45,10 @@ size_t ckvm_sizeof_kvm_regs(void) { return sizeof(struct kvm_regs); }
 size_t ckvm_sizeof_kvm_sregs(void) { return sizeof(struct kvm_sregs); }
 size_t ckvm_sizeof_kvm_vcpu_events(void) { return sizeof(struct kvm_vcpu_events); }
 size_t ckvm_sizeof_kvm_userspace_memory_region(void) { return sizeof(struct kvm_userspace_memory_region); }
+size_t ckvm_sizeof_kvm_fpu(void) { return sizeof(struct kvm_fpu); }
+size_t ckvm_sizeof_kvm_xsave(void) { return sizeof(struct kvm_xsave); }
+size_t ckvm_sizeof_kvm_xcrs(void) { return sizeof(struct kvm_xcrs); }
+size_t ckvm_sizeof_kvm_debugregs(void) { return sizeof(struct kvm_debugregs); }
 size_t ckvm_offsetof_kvm_run_s(void) { return offsetof(struct kvm_run, s); }
 
 int ckvm_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }

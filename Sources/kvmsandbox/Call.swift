@@ -18,6 +18,9 @@ struct Call: ParsableCommand {
     @Flag(name: .long, help: "Use one fork and reset it after each call, instead of a new fork per call.")
     var reset = false
 
+    @Flag(name: .long, help: "After every reset, compare every guest page and the whole vCPU state with the snapshot (fails on any difference).")
+    var verifyReset = false
+
     @Option(name: .long, help: "Guest memory in MiB.")
     var memory: UInt64 = 64
 
@@ -44,6 +47,7 @@ struct Call: ParsableCommand {
         configuration.memorySize = try OptionChecks.mebibytes(memory, option: "--memory")
         configuration.timeout = timeout
         configuration.arguments = [program]
+        configuration.verifyResets = verifyReset
         do {
             let start = monotonicNanoseconds()
             let snapshot = try Snapshot(elfPath: program, configuration: configuration)
@@ -65,6 +69,7 @@ struct Call: ParsableCommand {
                 }
                 print("\(reset ? "reset" : "fork") \(index): \(function)(\(self.arguments.map(String.init).joined(separator: ", "))) = \(Int64(bitPattern: value))  [\(microseconds(elapsed)) us]")
             }
+            if verifyReset && reset { print("every reset verified: guest memory and vCPU state identical to the snapshot") }
             if forks > 0 { print("mean per \(reset ? "call + reset" : "fork + call"): \(microseconds(total / UInt64(forks))) us") }
         } catch let error as SandboxError {
             printError("kvmsandbox: \(error)")

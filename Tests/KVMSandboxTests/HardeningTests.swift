@@ -174,5 +174,44 @@ extension KVMTests {
             }
             #expect(GuestToolchain.spawn([cli, "call", "--forks=-1", hello, "main"], discardingOutput: true) == 64)
         }
+    
+        /// Vector and FPU state belong to the snapshot: a fork starts from it, and a reset puts it
+        /// back (once, xmm registers, MXCSR and the x87 state leaked from request to request).
+        @Test(arguments: DirtyTracking.allCases)
+        func floatingPointStateIsPartOfTheSnapshot(_ tracking: DirtyTracking) throws {
+            let snapshot = try Snapshots.snapshot()
+            let probes = ["read_xmm0", "read_xmm7", "read_xmm15", "read_mxcsr", "read_x87_control", "read_x87_status"]
+            func state(_ vm: Sandbox) throws -> [RunOutcome] { try probes.map { try vm.call($0) } }
+            let fresh = try snapshot.fork(tracking: tracking)
+            let pristine = try state(fresh)
+            #expect(pristine[1] == .returned(0x5eed5eed))  // set before ks_ready()
+            #expect(pristine[3] == .returned(0x9f80))      // flush-to-zero, set before ks_ready()
+            #expect(try fresh.call("set_fpu_secret", 0x5ec7e7) == .returned(0))
+            let dirty = try state(fresh)
+            #expect(dirty[0] == .returned(0x5ec7e7) && dirty[3] == .returned(0x7f80 | 0x6000))
+            try fresh.reset()
+            #expect(try state(fresh) == pristine)
+            #expect(try state(try snapshot.fork(tracking: tracking)) == pristine)
+        }
+    
+        /// The paranoid check sees what a request changed, and nothing after a reset, whatever
+        /// the request did (returned, faulted, timed out, exited).
+        @Test func theParanoidCheckSeesChangesAndResetsUndoThem() throws {
+            let snapshot = try Snapshots.snapshot(timeout: 0.3)
+            let vm = try snapshot.fork()
+            #expect(try vm.differencesFromSnapshot() == [])
+            #expect(try vm.call("write_secret", .string("s3cret")) == .returned(1))
+            #expect(try vm.call("set_fpu_secret", 7) == .returned(0))
+            let changed = try vm.differencesFromSnapshot()
+            #expect(changed.contains { $0.contains("guest page") })
+            #expect(changed.contains { $0.contains("x87/SSE") })
+            try vm.reset()
+            #expect(try vm.differencesFromSnapshot() == [])
+            for function in ["crash", "probe", "spin", "quit"] {
+                _ = try vm.call(function, 1)
+                try vm.reset()
+                #expect(try vm.differencesFromSnapshot() == [], "after \(function)")
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ extension KVMTests {
             configuration.arguments = ["service"]
             configuration.standardOutput = .capture
             configuration.timeout = timeout
+            configuration.verifyResets = true  // every reset in these tests is checked page by page
             configuration.memorySize = memory
             return try Snapshot(elfPath: try Guests.build("service"), configuration: configuration)
         }

@@ -31,6 +31,14 @@ extern const unsigned long CKVM_GET_VCPU_EVENTS;
 extern const unsigned long CKVM_SET_VCPU_EVENTS;
 extern const unsigned long CKVM_SET_MSRS;
 extern const unsigned long CKVM_GET_MSRS;
+extern const unsigned long CKVM_GET_FPU;
+extern const unsigned long CKVM_SET_FPU;
+extern const unsigned long CKVM_GET_XSAVE;
+extern const unsigned long CKVM_SET_XSAVE;
+extern const unsigned long CKVM_GET_XCRS;
+extern const unsigned long CKVM_SET_XCRS;
+extern const unsigned long CKVM_GET_DEBUGREGS;
+extern const unsigned long CKVM_SET_DEBUGREGS;
 
 /// struct kvm_msrs with room for a few entries (kvm_msrs ends in a flexible array Swift cannot size).
 struct ckvm_msr_list {
@@ -60,6 +68,10 @@ size_t ckvm_sizeof_kvm_regs(void);
 size_t ckvm_sizeof_kvm_sregs(void);
 size_t ckvm_sizeof_kvm_vcpu_events(void);
 size_t ckvm_sizeof_kvm_userspace_memory_region(void);
+size_t ckvm_sizeof_kvm_fpu(void);
+size_t ckvm_sizeof_kvm_xsave(void);
+size_t ckvm_sizeof_kvm_xcrs(void);
+size_t ckvm_sizeof_kvm_debugregs(void);
 /// offsetof(struct kvm_run, s): where the sync-regs area starts.
 size_t ckvm_offsetof_kvm_run_s(void);
 /// sizeof(struct kvm_msrs) and offsetof(struct ckvm_msr_list, entries): must agree.

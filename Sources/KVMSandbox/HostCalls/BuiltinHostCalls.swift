@@ -35,6 +35,13 @@ final class BuiltinHostCalls {
         /// Unmapped anonymous ranges, still mapped to their pages, reused (zeroed) by later mmaps.
         /// Reusing translations instead of changing them means no guest TLB can ever hold a stale one.
         var freeRanges: [(start: UInt64, length: UInt64)] = []
+
+        /// Whether the guest-visible parts (not the captured output) are equal.
+        func matches(_ other: State) -> Bool {
+            outputWritten == other.outputWritten && fsBase == other.fsBase && heapEnd == other.heapEnd
+                && heapMappedEnd == other.heapMappedEnd && mmapBottom == other.mmapBottom
+                && freeRanges.elementsEqual(other.freeRanges) { $0.start == $1.start && $0.length == $1.length }
+        }
     }
     var state: State
     /// The vCPU's kick flag: output stops waiting for a slow reader once the run is interrupted.

@@ -37,6 +37,14 @@ enum KVMRequest {
     static let setVCPUEvents = CKVM_SET_VCPU_EVENTS
     static let setMSRs = CKVM_SET_MSRS
     static let getMSRs = CKVM_GET_MSRS
+    static let getFPU = CKVM_GET_FPU
+    static let setFPU = CKVM_SET_FPU
+    static let getXSave = CKVM_GET_XSAVE
+    static let setXSave = CKVM_SET_XSAVE
+    static let getXCRs = CKVM_GET_XCRS
+    static let setXCRs = CKVM_SET_XCRS
+    static let getDebugRegs = CKVM_GET_DEBUGREGS
+    static let setDebugRegs = CKVM_SET_DEBUGREGS
 }
 
 /// The sizes of the C structs, as the C compiler sees them (checked against Swift in a test).
@@ -50,6 +58,10 @@ public enum KVMStructSizes {
             ("kvm_vcpu_events", ckvm_sizeof_kvm_vcpu_events(), MemoryLayout<kvm_vcpu_events>.size),
             ("kvm_userspace_memory_region", ckvm_sizeof_kvm_userspace_memory_region(),
              MemoryLayout<kvm_userspace_memory_region>.size),
+            ("kvm_fpu", ckvm_sizeof_kvm_fpu(), MemoryLayout<kvm_fpu>.size),
+            ("kvm_xsave", ckvm_sizeof_kvm_xsave(), MemoryLayout<kvm_xsave>.size),
+            ("kvm_xcrs", ckvm_sizeof_kvm_xcrs(), MemoryLayout<kvm_xcrs>.size),
+            ("kvm_debugregs", ckvm_sizeof_kvm_debugregs(), MemoryLayout<kvm_debugregs>.size),
             ("kvm_run.s offset", ckvm_offsetof_kvm_run_s(), MemoryLayout<kvm_run>.offset(of: \kvm_run.s) ?? -1),
             ("kvm_msrs header", ckvm_sizeof_kvm_msrs(), ckvm_offsetof_msr_list_entries()),
             ("ckvm_msr_list.entries offset", ckvm_offsetof_msr_list_entries(),

@@ -44,6 +44,8 @@ public final class KVMSystem: Sendable {
     /// Which kind of KVM this is.
     public let platform: KVMPlatform
     let fd: FileDescriptor
+    /// Which optional vCPU state components (XSAVE, XCRs, debug registers) this KVM can save.
+    var stateCapabilities: VCPUStateCapabilities { VCPUStateCapabilities(system: self) }
 
     /// The capabilities the sandbox cannot run without, with their names for error messages.
     static let requiredCapabilities: [(capability: Int32, name: String, minimum: Int32)] = [

@@ -209,3 +209,91 @@ struct VCPUInterrupter: @unchecked Sendable {
         return number
     }()
 }
+
+extension VirtualCPU {
+    /// The whole vCPU state (`VCPUState`). Registers and events come from the sync-regs area,
+    /// i.e. as they will be at the next `KVM_RUN` (including changes not yet applied).
+    func saveState(capabilities: VCPUStateCapabilities) throws(KVMError) -> VCPUState {
+        VCPUState(
+            registers: registers, specialRegisters: try specialRegisters(), events: events,
+            floatingPoint: try floatingPointState(capabilities),
+            extendedControlRegisters: capabilities.xcrs ? try getXCRs() : nil,
+            debugRegisters: capabilities.debugRegisters ? try getDebugRegisters() : nil,
+            msrs: try getMSRs(VCPUState.savedMSRs))
+    }
+
+    /// Puts the whole state back (a fork, from its snapshot).
+    func restoreState(_ state: VCPUState) throws(KVMError) {
+        try setSpecialRegisters(state.specialRegisters)
+        try setFloatingPointState(state.floatingPoint)
+        if var xcrs = state.extendedControlRegisters { try kvmIoctl(fd, KVMRequest.setXCRs, &xcrs, "KVM_SET_XCRS") }
+        if var debug = state.debugRegisters { try kvmIoctl(fd, KVMRequest.setDebugRegs, &debug, "KVM_SET_DEBUGREGS") }
+        for start in stride(from: 0, to: state.msrs.count, by: 8) {
+            try setMSRs(Array(state.msrs[start..<min(start + 8, state.msrs.count)]))
+        }
+        modifyRegisters { $0 = state.registers }
+        setEvents(state.events)
+    }
+
+    /// The x87/SSE/AVX state.
+    func floatingPointState(_ capabilities: VCPUStateCapabilities) throws(KVMError) -> FloatingPointState {
+        if capabilities.xsave {
+            var area = kvm_xsave()
+            try kvmIoctl(fd, KVMRequest.getXSave, &area, "KVM_GET_XSAVE")
+            return .xsave(area)
+        }
+        var fpu = kvm_fpu()
+        try kvmIoctl(fd, KVMRequest.getFPU, &fpu, "KVM_GET_FPU")
+        return .fpu(fpu)
+    }
+
+    /// Replaces the x87/SSE/AVX state (one ioctl).
+    func setFloatingPointState(_ state: FloatingPointState) throws(KVMError) {
+        switch state {
+        case .xsave(var area): try kvmIoctl(fd, KVMRequest.setXSave, &area, "KVM_SET_XSAVE")
+        case .fpu(var fpu): try kvmIoctl(fd, KVMRequest.setFPU, &fpu, "KVM_SET_FPU")
+        }
+    }
+
+    private func getXCRs() throws(KVMError) -> kvm_xcrs {
+        var xcrs = kvm_xcrs()
+        try kvmIoctl(fd, KVMRequest.getXCRs, &xcrs, "KVM_GET_XCRS")
+        return xcrs
+    }
+
+    private func getDebugRegisters() throws(KVMError) -> kvm_debugregs {
+        var debug = kvm_debugregs()
+        try kvmIoctl(fd, KVMRequest.getDebugRegs, &debug, "KVM_GET_DEBUGREGS")
+        return debug
+    }
+
+    /// Reads the MSRs in `indices` that this KVM lets us read (KVM stops at the first it cannot).
+    func getMSRs(_ indices: [UInt32]) throws(KVMError) -> [(index: UInt32, value: UInt64)] {
+        var result: [(index: UInt32, value: UInt64)] = []
+        for index in indices {
+            var list = ckvm_msr_list()
+            list.nmsrs = 1
+            withUnsafeMutableBytes(of: &list.entries) { raw in
+                raw.bindMemory(to: kvm_msr_entry.self)[0] = kvm_msr_entry(index: index, reserved: 0, data: 0)
+            }
+            let read = try kvmIoctl(fd, KVMRequest.getMSRs, &list, "KVM_GET_MSRS")
+            guard read == 1 else { continue }
+            let value = withUnsafeBytes(of: &list.entries) { $0.load(fromByteOffset: 8, as: UInt64.self) }
+            result.append((index, value))
+        }
+        return result
+    }
+}
+
+/// Which optional state components this KVM can save and restore.
+struct VCPUStateCapabilities: Sendable {
+    let xsave: Bool
+    let xcrs: Bool
+    let debugRegisters: Bool
+
+    init(system: KVMSystem) {
+        xsave = system.checkExtension(KVM_CAP_XSAVE) > 0
+        xcrs = system.checkExtension(KVM_CAP_XCRS) > 0
+        debugRegisters = system.checkExtension(KVM_CAP_DEBUGREGS) > 0
+    }
+}

@@ -107,6 +107,18 @@ public final class GuestMemory {
         (base + offset).copyMemory(from: source.base + offset, byteCount: Int(PageSize.bytes))
     }
 
+    /// For a fork: the guest-physical page numbers whose contents differ from the snapshot's
+    /// (every page compared; the paranoid reset check).
+    func pagesDifferingFromSource() -> [UInt64] {
+        guard let source else { return [] }
+        var pages: [UInt64] = []
+        let count = Int(size / PageSize.bytes), pageBytes = Int(PageSize.bytes)
+        for page in 0..<count where memcmp(base + page * pageBytes, source.base + page * pageBytes, pageBytes) != 0 {
+            pages.append(UInt64(page))
+        }
+        return pages
+    }
+
     /// Copies the first `count` bytes of `other` (of the same size) into this memory.
     func copyPrefix(of other: GuestMemory, count: UInt64) {
         precondition(count <= size && count <= other.size)

@@ -22,6 +22,11 @@ public struct SandboxConfiguration: Sendable {
     /// How embedder host calls travel: by exit, or exitless through the shared mailbox.
     public var hostCallTransport: HostCallTransport = .automatic
 
+    /// Paranoid resets: after every `reset()` of a fork, compare every guest page and the whole
+    /// vCPU state with the snapshot, and throw `SandboxError.resetVerificationFailed` on any
+    /// difference. Costs a comparison of all of guest memory per reset; for tests and audits.
+    public var verifyResets = false
+
     /// How CPU exceptions reach the host: chosen from the platform unless set.
     public var exceptionDelivery: ExceptionDelivery = .automatic
 

@@ -40,6 +40,9 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
     case alreadyRunning
     /// Loading the program took longer than the configured timeout.
     case loadTimedOut
+    /// A paranoid reset (`SandboxConfiguration.verifyResets`) found the fork different from its
+    /// snapshot; the differences are listed.
+    case resetVerificationFailed([String])
 
     public var description: String {
         switch self {
@@ -81,6 +84,8 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
             return "the guest is running: run() cannot be called from one of its own handlers"
         case .loadTimedOut:
             return "loading the program took longer than the timeout"
+        case .resetVerificationFailed(let differences):
+            return "after a reset the VM differs from its snapshot: \(differences.joined(separator: "; "))"
         }
     }
 }

@@ -20,9 +20,11 @@ public final class Snapshot: @unchecked Sendable {
     public let usedBytes: UInt64
     let system: KVMSystem
     let memory: GuestMemory
-    let registers: kvm_regs
-    let specialRegisters: kvm_sregs
-    let events: kvm_vcpu_events
+    /// The whole vCPU: registers, segments, events, x87/SSE/AVX state, XCRs, debug registers, MSRs.
+    let vcpuState: VCPUState
+    var registers: kvm_regs { vcpuState.registers }
+    var specialRegisters: kvm_sregs { vcpuState.specialRegisters }
+    var events: kvm_vcpu_events { vcpuState.events }
     let tablesRoot: UInt64
     let allocator: PhysicalPageAllocator
     let builtins: BuiltinHostCalls.State
@@ -47,16 +49,15 @@ public final class Snapshot: @unchecked Sendable {
         configuration = sandbox.configuration
         program = sandbox.program
         system = sandbox.system
-        let sregs: kvm_sregs
-        do { sregs = try sandbox.vcpu.specialRegisters() } catch { throw .kvm(error) }
-        specialRegisters = sregs
-        self.registers = registers
-        events = sandbox.vcpu.events
+        var state: VCPUState
+        do { state = try sandbox.vcpu.saveState(capabilities: sandbox.system.stateCapabilities) } catch { throw .kvm(error) }
+        state.registers = registers
+        vcpuState = state
         tablesRoot = sandbox.space.tables.root
         allocator = sandbox.space.allocatorState
-        var state = sandbox.builtins.state
-        state.captured = [:]
-        builtins = state
+        var builtinState = sandbox.builtins.state
+        builtinState.captured = [:]
+        builtins = builtinState
         stackBottom = sandbox.stackBottom
         usedBytes = allocator.next
         // Everything above the allocator's high-water mark is still zero: copy only what is used.
@@ -106,6 +107,8 @@ extension Sandbox {
                                             exceptionStubs: snapshot.configuration.exceptionDelivery.usesStubs(on: snapshot.system.platform),
                                             specialRegisters: { _ in snapshot.specialRegisters },
                                             registers: snapshot.registers)
+            // Everything else of the vCPU (FPU/SSE/AVX, XCR0, debug registers, MSRs) as well.
+            try vcpu.restoreState(snapshot.vcpuState)
         } catch {
             throw .kvm(error)
         }
@@ -152,8 +155,13 @@ extension Sandbox {
         builtins.state = snapshot.builtins
         vcpu.modifyRegisters { $0 = snapshot.registers }
         vcpu.clearImmediateExit()
-        if case .finished(.fault) = phase { vcpu.setEvents(snapshot.events) }
+        var faulted = false
+        if case .finished(.fault) = phase { faulted = true }
+        if faulted { vcpu.setEvents(snapshot.events) }
         do {
+            // The guest's x87/SSE/AVX registers and MXCSR: a request must not see what the last
+            // one left there. (XCRs, debug registers and MSRs cannot change at CPL 3.)
+            try vcpu.setFloatingPointState(snapshot.vcpuState.floatingPoint)
             if translationsChanged {
                 // The page tables just lost translations the guest may have used. KVM's shadow MMU
                 // (PVM) caches guest tables and never sees host writes to them, and a CR3 reload
@@ -162,13 +170,18 @@ extension Sandbox {
                 try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: memory.size, hostAddress: memory.hostAddress,
                                        flags: VirtualMachine.logDirtyPages)
             }
-            // With IDT stubs the vCPU may have stopped at CPL 0 (in a stub or the syscall entry).
-            if fsBaseChanged || usesExceptionStubs { try vcpu.setSpecialRegisters(snapshot.specialRegisters) }
+            // With IDT stubs the vCPU may have stopped at CPL 0 (in a stub or the syscall entry);
+            // after a page fault CR2 holds the faulting address (found by the paranoid check).
+            if fsBaseChanged || usesExceptionStubs || faulted { try vcpu.setSpecialRegisters(snapshot.specialRegisters) }
         } catch {
             throw .kvm(error)
         }
         statistics = RunStatistics()
         phase = .paused(snapshot.registers)
+        if configuration.verifyResets {
+            let differences = try differencesFromSnapshot()
+            guard differences.isEmpty else { throw .resetVerificationFailed(differences) }
+        }
     }
 
     /// Moves the pages listed in the vCPU's dirty ring to `fork.harvested` and re-arms the ring
@@ -183,4 +196,30 @@ extension Sandbox {
 
     /// Whether this sandbox is a fork of a snapshot (and so can be reset).
     public var isFork: Bool { fork != nil }
+}
+
+extension Sandbox {
+    /// The paranoid reset check: compares every guest page, the whole vCPU state (registers,
+    /// segments, events, x87/SSE/AVX, XCRs, debug registers, MSRs) and the host-call state with
+    /// the snapshot, and returns what differs (empty: the fork is indistinguishable from it).
+    /// Meant right after `reset()`; `SandboxConfiguration.verifyResets` runs it after every reset.
+    public func differencesFromSnapshot() throws(SandboxError) -> [String] {
+        guard let fork else { throw .notAFork }
+        let snapshot = fork.snapshot
+        var result: [String] = []
+        let pages = memory.pagesDifferingFromSource()
+        if !pages.isEmpty {
+            let listed = pages.prefix(8).map { "0x\(String($0 << PageSize.shift, radix: 16))" }.joined(separator: ", ")
+            result.append("\(pages.count) guest page(s) (guest-physical \(listed)\(pages.count > 8 ? ", ..." : ""))")
+        }
+        do {
+            let now = try vcpu.saveState(capabilities: system.stateCapabilities)
+            result += differences(between: snapshot.vcpuState, and: now).map { "vCPU: \($0)" }
+        } catch {
+            throw .kvm(error)
+        }
+        if !builtins.state.matches(snapshot.builtins) { result.append("host-call state (heap, mmap regions, TLS base)") }
+        if space.allocatorState.next != snapshot.allocator.next { result.append("guest-physical page allocator") }
+        return result
+    }
 }

@@ -1,0 +1,65 @@
+import CKVM
+
+/// Everything of a vCPU that a snapshot holds and a fork or reset puts back, as KVM reports it
+/// (after Firecracker's `VcpuState` and Hyperlight's `reset_vcpu`): the general and special
+/// registers, exception and interrupt state, the x87/SSE/AVX state (the XSAVE area, or
+/// `kvm_fpu` where KVM lacks `KVM_CAP_XSAVE`), the extended control registers (XCR0), the debug
+/// registers and the model-specific registers in `VCPUState.savedMSRs` this KVM can read.
+struct VCPUState {
+    var registers: kvm_regs
+    var specialRegisters: kvm_sregs
+    var events: kvm_vcpu_events
+    var floatingPoint: FloatingPointState
+    /// nil where KVM lacks `KVM_CAP_XCRS`.
+    var extendedControlRegisters: kvm_xcrs?
+    /// nil where KVM lacks `KVM_CAP_DEBUGREGS`.
+    var debugRegisters: kvm_debugregs?
+    var msrs: [(index: UInt32, value: UInt64)]
+
+    /// The MSRs a snapshot saves: the `syscall` MSRs, the swapgs base, PAT and the SYSENTER MSRs.
+    /// A CPL 3 guest can write none of them (`wrmsr` is #GP), so a reset need not restore them;
+    /// the paranoid check (`Sandbox.verifyReset`) still compares them.
+    static let savedMSRs: [UInt32] = [
+        0xc000_0081, 0xc000_0082, 0xc000_0083, 0xc000_0084,  // STAR, LSTAR, CSTAR, SFMASK
+        0xc000_0102,                                          // KERNEL_GS_BASE
+        0x277,                                                // PAT
+        0x174, 0x175, 0x176,                                  // SYSENTER_CS/ESP/EIP
+    ]
+}
+
+/// The floating-point and vector state of a vCPU.
+enum FloatingPointState {
+    /// `KVM_GET_XSAVE`: the 4 KiB XSAVE area (x87, SSE, AVX and whatever XCR0 enables).
+    case xsave(kvm_xsave)
+    /// `KVM_GET_FPU`: x87 and SSE only.
+    case fpu(kvm_fpu)
+}
+
+/// What differs between two vCPU states, by component name ("registers", "fpu/xsave", "msr 0x277", ...).
+func differences(between a: VCPUState, and b: VCPUState) -> [String] {
+    var result: [String] = []
+    func compare<T>(_ name: String, _ x: T, _ y: T) {
+        if !bytesEqual(x, y) { result.append(name) }
+    }
+    compare("general-purpose registers", a.registers, b.registers)
+    compare("special registers", a.specialRegisters, b.specialRegisters)
+    compare("exception and interrupt state", a.events, b.events)
+    switch (a.floatingPoint, b.floatingPoint) {
+    case (.xsave(let x), .xsave(let y)): compare("x87/SSE/AVX state (XSAVE area)", x, y)
+    case (.fpu(let x), .fpu(let y)): compare("x87/SSE state", x, y)
+    default: result.append("floating-point state kinds")
+    }
+    if let x = a.extendedControlRegisters, let y = b.extendedControlRegisters { compare("XCRs", x, y) }
+    if let x = a.debugRegisters, let y = b.debugRegisters { compare("debug registers", x, y) }
+    let left = Dictionary(a.msrs.map { ($0.index, $0.value) }, uniquingKeysWith: { first, _ in first })
+    let right = Dictionary(b.msrs.map { ($0.index, $0.value) }, uniquingKeysWith: { first, _ in first })
+    for index in Set(left.keys).union(right.keys).sorted() where left[index] != right[index] {
+        result.append("MSR 0x\(String(index, radix: 16))")
+    }
+    return result
+}
+
+/// Whether two values of a C struct have the same bytes.
+private func bytesEqual<T>(_ a: T, _ b: T) -> Bool {
+    withUnsafeBytes(of: a) { x in withUnsafeBytes(of: b) { y in x.elementsEqual(y) } }
+}
