@@ -4,6 +4,7 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/ioctl.h>
+#include <sys/random.h>
 
 const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
 const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
@@ -54,6 +55,8 @@ size_t ckvm_offsetof_kvm_run_s(void) { return offsetof(struct kvm_run, s); }
 int ckvm_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
 size_t ckvm_sizeof_kvm_msrs(void) { return sizeof(struct kvm_msrs); }
 size_t ckvm_offsetof_msr_list_entries(void) { return offsetof(struct ckvm_msr_list, entries); }
+
+long ckvm_getrandom(void *buffer, unsigned long length) { return getrandom(buffer, length, 0); }
 
 int ckvm_available_cpus(void) {
     cpu_set_t set;

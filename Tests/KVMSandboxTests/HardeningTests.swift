@@ -213,5 +213,28 @@ extension KVMTests {
                 #expect(try vm.differencesFromSnapshot() == [], "after \(function)")
             }
         }
+    
+        /// Found by the host-call fuzzer: a C string at the very end of the address space once
+        /// overflowed the page arithmetic in `readCString`.
+        @Test func guestMemoryAtTheEndOfTheAddressSpaceIsAFault() throws {
+            let sandbox = try Sandbox(elfPath: try Guests.build("args"))
+            for address: UInt64 in [.max, .max - 5, .max - 4095, 1 << 47, (1 << 47) - 1] {
+                #expect(throws: GuestMemoryError.self) { try sandbox.guestMemory.readCString(address, maxLength: 8192) }
+                #expect(throws: GuestMemoryError.self) { try sandbox.guestMemory.read(address, count: 16) }
+                #expect(throws: GuestMemoryError.self) { try sandbox.guestMemory.write([1, 2, 3], to: address) }
+            }
+        }
+
+        /// The syscall-fuzzing guest: random built-in and unknown calls with boundary arguments,
+        /// by `syscall` and by `out`; every call must return and the guest end normally.
+        @Test(arguments: [1, 2, 3])
+        func theSyscallFuzzingGuestRunsToTheEnd(seed: Int) throws {
+            let (outcome, _, stderr) = try Guests.run("syscall-fuzz", ["\(seed)", "3000"]) {
+                $0.standardOutput = .discard
+                $0.timeout = 120
+            }
+            #expect(outcome == .exited(status: 0))
+            #expect(stderr.hasSuffix("3000 calls returned\n"))
+        }
     }
 }

@@ -55,6 +55,9 @@ int ckvm_ioctl_ptr(int fd, unsigned long request, void *argument);
 /// memfd_create(name, MFD_CLOEXEC): the backing of guest memory (glibc hides it from Swift).
 int ckvm_memfd_create(const char *name);
 
+/// getrandom(2) (glibc declares it in <sys/random.h>, which Swift's Glibc module lacks).
+long ckvm_getrandom(void *buffer, unsigned long length);
+
 /// CPUs this process may run on: CPU_COUNT of sched_getaffinity (glibc hides both from Swift).
 int ckvm_available_cpus(void);
 /// Pins the calling thread to one CPU (sched_setaffinity), for tests and benchmarks; 0 or -1.

@@ -1,3 +1,4 @@
+import CKVM
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -102,8 +103,14 @@ final class BuiltinHostCalls {
         case HostCallNumber.clockGettime:
             return .value(try clockGettime(clock: call[0], call.memory, into: call[1]))
         case HostCallNumber.getrandom:
-            let count = min(call[1], 1 << 20)
-            try call.memory.write((0..<count).map { _ in UInt8.random(in: 0...255) }, to: call[0])
+            let count = Int(min(call[1], 1 << 20))
+            var bytes = [UInt8](repeating: 0, count: count)
+            // One getrandom(2) for the whole buffer (the Swift generator makes one per 8 bytes).
+            let filled = bytes.withUnsafeMutableBytes { raw in
+                raw.count == 0 ? 0 : ckvm_getrandom(raw.baseAddress!, UInt(raw.count))
+            }
+            guard filled == count else { return .value(-Int64(HostCallErrno.EINTR)) }
+            try call.memory.write(bytes, to: call[0])
             return .value(Int64(count))
         default:
             return .notBuiltin
@@ -241,15 +248,24 @@ final class BuiltinHostCalls {
     private func munmap(_ address: UInt64, length: UInt64) -> Int64 {
         guard address % PageSize.bytes == 0, length > 0, let size = PageSize.alignUp(length),
               address >= state.mmapBottom, address <= mmapTop, size <= mmapTop - address else { return -Int64(HostCallErrno.EINVAL) }
-        var page = address
-        while page < address + size {
-            var run: UInt64 = 0
-            while page + run < address + size, space.isMapped(page + run),
-                  !state.freeRanges.contains(where: { page + run >= $0.start && page + run < $0.start + $0.length }) {
-                run += PageSize.bytes
+        // The parts of the range not already free (freeRanges is sorted and merged), then the
+        // mapped runs within them: linear in the pages and ranges, whatever the guest asks.
+        let end = address + size
+        var pieces: [(start: UInt64, end: UInt64)] = []
+        var cursor = address
+        for range in state.freeRanges where range.start + range.length > cursor && range.start < end {
+            if range.start > cursor { pieces.append((cursor, range.start)) }
+            cursor = max(cursor, range.start + range.length)
+        }
+        if cursor < end { pieces.append((cursor, end)) }
+        for piece in pieces {
+            var page = piece.start
+            while page < piece.end {
+                var run: UInt64 = 0
+                while page + run < piece.end, space.isMapped(page + run) { run += PageSize.bytes }
+                if run > 0 { state.freeRanges.append((page, run)) }
+                page += max(run, PageSize.bytes)
             }
-            if run > 0 { state.freeRanges.append((page, run)) }
-            page += max(run, PageSize.bytes)
         }
         state.freeRanges.sort { $0.start < $1.start }
         var merged: [(start: UInt64, length: UInt64)] = []

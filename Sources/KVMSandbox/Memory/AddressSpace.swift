@@ -190,14 +190,15 @@ public struct GuestMemoryView {
         var cursor = address
         while bytes.count <= maxLength {
             // Read up to the end of the current page, so a string ending before an unmapped page works.
-            let pageRemaining = Int(PageSize.alignDown(cursor) + PageSize.bytes - cursor)
+            // Computed without overflow: the guest's pointer may be in the last page of 2^64.
+            let pageRemaining = Int(PageSize.bytes - cursor & (PageSize.bytes - 1))
             let chunk = try read(cursor, count: min(pageRemaining, maxLength + 1 - bytes.count))
             if let nul = chunk.firstIndex(of: 0) {
                 bytes.append(contentsOf: chunk[..<nul])
                 return String(decoding: bytes, as: UTF8.self)
             }
             bytes.append(contentsOf: chunk)
-            cursor += UInt64(chunk.count)
+            cursor += UInt64(chunk.count)  // the read succeeded, so cursor + count is a user address
         }
         throw GuestMemoryError(address: address, count: UInt64(maxLength))
     }

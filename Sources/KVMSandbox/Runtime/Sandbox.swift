@@ -39,7 +39,7 @@ public final class Sandbox {
     var phase = Phase.notStarted
     /// The exitless-call mailbox (`GuestLayout.mailboxPage`) and, during a run that uses it, its server.
     let mailbox: Mailbox
-    private let mailboxPhysical: UInt64
+    let mailboxPhysical: UInt64
     private(set) var exitless: ExitlessServer?
     /// The sandbox's mailbox server, made on first use and kept across runs.
     private lazy var exitlessServer = ExitlessServer(mailbox: mailbox, memory: guestMemory, interrupter: vcpu.interrupter)

@@ -1,0 +1,48 @@
+import CKVM
+
+/// Entry points for the libFuzzer targets in `Fuzz/` (SPI: `@_spi(Fuzzing) import KVMSandbox`).
+/// Each takes one input and drives the code that parses guest-controlled data; none may trap.
+/// Not public API: the fuzz package is the only client.
+@_spi(Fuzzing) public enum FuzzEntryPoints {
+    /// (a) ELF parse + load into 16 MiB of guest memory + symbolize.
+    public static func elf(_ bytes: [UInt8]) {
+        guard let elf = try? ELFFile(bytes: bytes) else { return }
+        _ = elf.symbols.function(named: "main")
+        _ = elf.symbols.symbol(named: "_start")
+        guard let memory = try? GuestMemory(size: 16 << 20), let space = try? AddressSpace(memory: memory),
+              let program = try? ELFLoader.load(elf, into: space) else { return }
+        let view = GuestMemoryView(space: space)
+        for address in [program.entry, program.imageRange.lowerBound, program.imageRange.upperBound &- 1,
+                        program.programHeaderAddress, program.base] {
+            _ = program.symbolize(address)
+            _ = try? view.read(address, count: 64)
+        }
+        for symbol in elf.symbols.symbols.prefix(64) { _ = program.symbolize(program.base &+ symbol.address &+ 1) }
+    }
+
+    /// (b) The unwinder and DWARF lookups: the input is 64 bytes of registers, then an ELF image
+    /// (usually a corrupted one with `.eh_frame` and `.debug_*`). The guest "memory" the walk
+    /// reads is the input itself, mapped at the stack pointer's page.
+    public static func unwind(_ data: [UInt8]) {
+        guard data.count > 64 else { return }
+        let words = (0..<8).map { UInt64(littleEndianBytes: data[$0 * 8..<$0 * 8 + 8]) }
+        let image = Array(data[64...])
+        let symbols = (try? ELFFile(bytes: image))?.symbols ?? SymbolTable()
+        let program = LoadedProgram(base: words[7] & 0xffff_f000, entry: words[0], programHeaderAddress: 0, programHeaderCount: 0,
+                                    imageEnd: 0x80_0000, symbols: symbols, imageRange: 0x1000..<0x80_0000,
+                                    debugInfo: LazyDebugInfo(elfBytes: []))
+        let stackBase: UInt64 = 0x7ffe_0000_0000
+        let memory = data
+        let unwinder = Unwinder(program: program, debugInfo: DebugInfo(elfBytes: image)) { address in
+            guard address >= stackBase, address - stackBase <= UInt64(memory.count - 8) else { return nil }
+            let offset = Int(address - stackBase)
+            return UInt64(littleEndianBytes: memory[offset..<offset + 8])
+        }
+        var registers = GuestRegisters(kvm_regs())
+        registers.rip = words[0]
+        registers.rsp = stackBase &+ words[1] % UInt64(data.count)
+        registers.rbp = words[2] % 3 == 0 ? stackBase &+ words[2] % UInt64(data.count) : words[2]
+        (registers.rbx, registers.r12, registers.r13) = (words[3], words[4], words[5])
+        _ = unwinder.backtrace(from: registers)
+    }
+}
