@@ -144,7 +144,9 @@ final class DebugInfo: @unchecked Sendable {
     private static func registerPlusOffset(_ ops: UnsafeMutableRawPointer) -> (Int, Int64)? {
         let op = operation(ops, 0)
         switch op.atom {
-        case 0x92: return (Int(op.number), Int64(bitPattern: op.number2))           // DW_OP_bregx
+        // Register numbers come from the ELF's tables: never trap on a huge one (unknown registers
+        // simply have no value in the unwinder's state).
+        case 0x92: return (Int(truncatingIfNeeded: op.number), Int64(bitPattern: op.number2))  // DW_OP_bregx
         case 0x70...0x8f: return (Int(op.atom - 0x70), Int64(bitPattern: op.number))  // DW_OP_breg0..31
         default: return nil
         }
@@ -164,7 +166,7 @@ final class DebugInfo: @unchecked Sendable {
             let offset = Int64(bitPattern: atoms[1].number)
             return isValue ? .valueIsCFA(offset) : .savedAtCFA(offset)
         case [0x92] where isValue && atoms[0].number2 == 0:
-            return .inRegister(Int(atoms[0].number))
+            return .inRegister(Int(truncatingIfNeeded: atoms[0].number))
         default:
             return nil
         }

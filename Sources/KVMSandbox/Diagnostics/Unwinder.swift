@@ -113,7 +113,7 @@ struct Unwinder {
         guard let pc = state[16], let sp = state[7], let returnAddress = readWord(sp),
               program.imageRange.contains(returnAddress), returnAddress >= 5,
               let (function, _) = program.symbols.function(containing: pc &- program.base),
-              let low = readWord(returnAddress - 8) else { return nil }
+              let low = readWord(returnAddress &- 8) else { return nil }
         // The 5 bytes before the return address: E8 and a 32-bit displacement.
         guard (low >> 24) & 0xff == 0xe8 else { return nil }
         let displacement = Int64(Int32(truncatingIfNeeded: low >> 32))

@@ -292,7 +292,7 @@ final class BuiltinHostCalls {
         var now = timespec()
         clock_gettime(clockID, &now)
         try memory.store(UInt64(now.tv_sec), at: address)
-        try memory.store(UInt64(now.tv_nsec), at: address + 8)
+        try memory.store(UInt64(now.tv_nsec), at: address &+ 8)  // the store above proved address + 8 is in range
         return 0
     }
 }

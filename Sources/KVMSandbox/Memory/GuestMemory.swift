@@ -101,9 +101,9 @@ public final class GuestMemory {
 
     /// Copies page `page` (a guest-physical page number) back from the snapshot a fork reads through.
     func restorePage(_ page: UInt64) {
-        guard let source else { preconditionFailure("restorePage on memory that is not a fork") }
+        // Page numbers come from KVM's dirty log: out-of-range ones are ignored, never trusted.
+        guard let source, page < size >> PageSize.shift else { return }
         let offset = Int(page << PageSize.shift)
-        precondition(UInt64(offset) < size)
         (base + offset).copyMemory(from: source.base + offset, byteCount: Int(PageSize.bytes))
     }
 
