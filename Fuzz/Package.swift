@@ -3,10 +3,13 @@
 // Build and run them with Scripts/fuzz.
 import PackageDescription
 
+// SwiftPM names a path dependency after its directory: the checkout's, whatever it is called.
+let parent = String(Context.packageDirectory.split(separator: "/").dropLast().last ?? "main")
+
 let package = Package(
     name: "KVMSandboxFuzz",
     dependencies: [.package(path: "..")],
     targets: ["FuzzELF", "FuzzUnwinder", "FuzzHostCalls", "FuzzMailbox"].map { name in
-        .executableTarget(name: name, dependencies: [.product(name: "KVMSandbox", package: "main")])
+        .executableTarget(name: name, dependencies: [.product(name: "KVMSandbox", package: parent)])
     }
 )
