@@ -31,9 +31,16 @@ extension Sandbox {
             UInt64(littleEndianBytes: bytes[offset..<offset + 8])
         })
         if vector == 13, frame.errorCode == 0, frame.fromUserMode,
-           let instruction = try? guestMemory.read(frame.rip, count: 2), instruction.first == 0xe6 || instruction.first == 0xe4,
-           instruction.last == UInt8(hostCallPort) {
-            return try portAccessRefusedByTheCPU(instruction.first == 0xe6, frame: frame, current: current)
+           let instruction = try? guestMemory.read(frame.rip, count: 2) {
+            if instruction.first == 0xe6 || instruction.first == 0xe4, instruction.last == UInt8(hostCallPort) {
+                return try portAccessRefusedByTheCPU(instruction.first == 0xe6, frame: frame, current: current)
+            }
+            // The other forms on port 0x42 (through DX: in/out/ins/outs, with or without rep)
+            // would exit on a CPU that honours the bitmap, and be refused there: same here.
+            let opcode = instruction.first == 0xf3 ? instruction.last : instruction.first
+            if let opcode, [0x6c, 0x6d, 0x6e, 0x6f, 0xec, 0xed, 0xee, 0xef].contains(opcode), current.rdx & 0xffff == UInt64(hostCallPort) {
+                return .abiViolation("\(opcode & 0x02 != 0 ? "out" : "in") through DX to port 0x\(String(hostCallPort, radix: 16)) at rip 0x\(String(frame.rip, radix: 16)) (host calls use out %al, $0x42)")
+            }
         }
         var registers = GuestRegisters(current)
         (registers.rip, registers.rsp, registers.rflags) = (frame.rip, frame.rsp, frame.rflags)

@@ -261,13 +261,15 @@ public final class Sandbox {
         }
     }
 
-    /// Whether the two bytes before `rip` are `out %al, $0x42` (E6 42): KVM reports `outsb`,
-    /// `rep outsb` and `out %al, %dx` to the same port with the same exit, and only the
-    /// immediate form is the ABI (KVM advances RIP past it before exiting; a string form
-    /// exits with RIP on or after a different opcode).
+    /// Whether the exit came from `out %al, $0x42` (E6 42). KVM reports `outsb`, `rep outsb` and
+    /// `out %al, %dx` to the same port with the same exit, and only the immediate form is the
+    /// ABI. Where RIP stands at the exit differs: PVM has already advanced it past the
+    /// instruction, hardware KVM advances it when the vCPU next runs. So the instruction is at
+    /// `rip - 2` or at `rip`; a string form exits with RIP on or after a different opcode.
     func followsHostCallInstruction(_ rip: UInt64) -> Bool {
-        guard rip >= 2, let bytes = try? space.hostRead(rip - 2, count: 2) else { return false }
-        return bytes == [0xe6, UInt8(hostCallPort)]
+        let instruction: [UInt8] = [0xe6, UInt8(hostCallPort)]
+        return (rip >= 2 && (try? space.hostRead(rip - 2, count: 2)) == instruction)
+            || (try? space.hostRead(rip, count: 2)) == instruction
     }
 
     /// Serves the host call described by the guest's registers; the guest resumes after its `out`.
