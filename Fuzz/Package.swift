@@ -9,7 +9,9 @@ let parent = String(Context.packageDirectory.split(separator: "/").dropLast().la
 let package = Package(
     name: "KVMSandboxFuzz",
     dependencies: [.package(path: "..")],
-    targets: ["FuzzELF", "FuzzUnwinder", "FuzzHostCalls", "FuzzMailbox"].map { name in
-        .executableTarget(name: name, dependencies: [.product(name: "KVMSandbox", package: parent)])
+    targets: [
+        .target(name: "FuzzSupport", dependencies: [.product(name: "KVMSandbox", package: parent)]),
+    ] + ["FuzzELF", "FuzzUnwinder", "FuzzHostCalls", "FuzzMailbox"].map { name in
+        .executableTarget(name: name, dependencies: ["FuzzSupport", .product(name: "KVMSandbox", package: parent)])
     }
 )

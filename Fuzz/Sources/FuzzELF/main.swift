@@ -1,8 +1,5 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-// libFuzzer's driver, started from SwiftPM's main (which renames `main`, so libFuzzer's own
-// main cannot be used).
-var argc = CommandLine.argc
-var argv = CommandLine.unsafeArgv
-exit(runFuzzerDriver(&argc, &argv, fuzzOne))
+// libFuzzer target: ELF parse + load + symbolize.
+@_spi(Fuzzing) import KVMSandbox
+import FuzzSupport
+
+runFuzzer { FuzzEntryPoints.elf($0) }

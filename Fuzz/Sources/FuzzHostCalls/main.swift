@@ -1,8 +1,6 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-// libFuzzer's driver, started from SwiftPM's main (which renames `main`, so libFuzzer's own
-// main cannot be used).
-var argc = CommandLine.argc
-var argv = CommandLine.unsafeArgv
-exit(runFuzzerDriver(&argc, &argv, fuzzOne))
+// libFuzzer target: host-call dispatch against a live fork (see HostCallFuzzer.hostCalls).
+@_spi(Fuzzing) import KVMSandbox
+@_spi(Fuzzing) import FuzzSupport
+
+let harness = liveHarness()
+runFuzzer { input in mustNotThrow { try harness.hostCalls(input) } }

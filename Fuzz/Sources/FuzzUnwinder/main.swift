@@ -1,8 +1,5 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-// libFuzzer's driver, started from SwiftPM's main (which renames `main`, so libFuzzer's own
-// main cannot be used).
-var argc = CommandLine.argc
-var argv = CommandLine.unsafeArgv
-exit(runFuzzerDriver(&argc, &argv, fuzzOne))
+// libFuzzer target: 64 bytes of registers + an ELF with call-frame and DWARF sections.
+@_spi(Fuzzing) import KVMSandbox
+import FuzzSupport
+
+runFuzzer { FuzzEntryPoints.unwind($0) }

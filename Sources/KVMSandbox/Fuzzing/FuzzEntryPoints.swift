@@ -4,13 +4,19 @@ import CKVM
 /// Each takes one input and drives the code that parses guest-controlled data; none may trap.
 /// Not public API: the fuzz package is the only client.
 @_spi(Fuzzing) public enum FuzzEntryPoints {
+    /// Guest memory the ELF target loads into, input after input (one thread: libFuzzer's).
+    nonisolated(unsafe) static let reusableMemory = try? GuestMemory(size: 16 << 20)
+
     /// (a) ELF parse + load into 16 MiB of guest memory + symbolize.
     public static func elf(_ bytes: [UInt8]) {
         guard let elf = try? ELFFile(bytes: bytes) else { return }
         _ = elf.symbols.function(named: "main")
         _ = elf.symbols.symbol(named: "_start")
-        guard let memory = try? GuestMemory(size: 16 << 20), let space = try? AddressSpace(memory: memory),
-              let program = try? ELFLoader.load(elf, into: space) else { return }
+        // One 16 MiB guest memory for the whole run (a memfd and mapping per input would cost
+        // more than the parse and load), zeroed back to fresh after each input.
+        guard let memory = reusableMemory, let space = try? AddressSpace(memory: memory) else { return }
+        defer { memory.zero(at: 0, count: Int(space.allocatorState.next)) }
+        guard let program = try? ELFLoader.load(elf, into: space) else { return }
         let view = GuestMemoryView(space: space)
         for address in [program.entry, program.imageRange.lowerBound, program.imageRange.upperBound &- 1,
                         program.programHeaderAddress, program.base] {
