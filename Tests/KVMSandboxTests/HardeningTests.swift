@@ -27,6 +27,8 @@ extension KVMTests {
                 #expect(RunReport(.signaled(signal: signal)).exitStatus == ExitStatus.abiViolation)
             }
             #expect(RunOutcome.signaled(signal: 6).exitStatus == 134)
+            #expect(RunOutcome.hostFailure("KVM_RUN failed").exitStatus == ExitStatus.hostFailure)
+            #expect(RunReport(.hostFailure("x")).outcome == "hostFailure")
         }
 
         /// munmap above the mmap region (stack, stub, mailbox, GDT, the top of the address space)
