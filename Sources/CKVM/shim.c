@@ -5,6 +5,9 @@
 #include <sys/mman.h>
 #include <sys/ioctl.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
+#include <linux/openat2.h>
+#include <unistd.h>
 
 const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
 const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
@@ -57,6 +60,16 @@ size_t ckvm_sizeof_kvm_msrs(void) { return sizeof(struct kvm_msrs); }
 size_t ckvm_offsetof_msr_list_entries(void) { return offsetof(struct ckvm_msr_list, entries); }
 
 long ckvm_getrandom(void *buffer, unsigned long length) { return getrandom(buffer, length, 0); }
+
+int ckvm_openat2(int dirfd, const char *path, unsigned long long flags, unsigned long long mode,
+                 unsigned long long resolve) {
+    struct open_how how = {.flags = flags, .mode = mode, .resolve = resolve};
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+}
+
+long ckvm_getdents64(int fd, void *buffer, unsigned long length) {
+    return syscall(SYS_getdents64, fd, buffer, length);
+}
 
 int ckvm_available_cpus(void) {
     cpu_set_t set;

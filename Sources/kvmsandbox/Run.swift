@@ -35,6 +35,21 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "How embedder host calls travel: automatic, exit or exitless.")
     var hostCalls: String = "automatic"
 
+    @Option(name: .customLong("ro"), help: "Make a host file or directory visible to the guest at the same path, read-only (repeatable).")
+    var readOnly: [String] = []
+
+    @Option(name: .customLong("rw"), help: "Make a host file or directory visible at the same path, writable (repeatable).")
+    var readWrite: [String] = []
+
+    @Option(name: .long, help: "HOST:GUEST[:ro|rw]: make a host path visible at another guest path (repeatable; default ro).")
+    var volume: [String] = []
+
+    @Option(name: .long, help: "The guest's working directory (default: this one when a grant covers it, else /).")
+    var cwd: String?
+
+    @Flag(name: .long, help: "Print every Linux system call the guest makes, with its result, to stderr.")
+    var traceSyscalls = false
+
     @Option(name: .long, help: "Also write the outcome (fault, registers, backtrace) as JSON to this file.")
     var reportJSON: String?
 
@@ -58,6 +73,11 @@ struct Run: ParsableCommand {
         configuration.memorySize = try OptionChecks.mebibytes(memory, option: "--memory")
         configuration.stackSize = try OptionChecks.kibibytes(stack, option: "--stack")
         configuration.timeout = timeout
+        configuration.files = try grants()
+        configuration.workingDirectory = cwd
+        configuration.traceSyscalls = traceSyscalls
+        configuration.standardInput = .fileDescriptor(0)
+        configuration.programPath = program
         let split = GuestArgumentSplit.parts
         configuration.arguments = [program] + arguments + split.guestArguments
         configuration.environment = environment + split.environment
@@ -95,6 +115,25 @@ struct Run: ParsableCommand {
             }
         }
         throw ExitCode(outcome.exitStatus)
+    }
+}
+
+extension Run {
+    /// The file grants from --ro, --rw and --volume; relative host paths are made absolute.
+    func grants() throws -> [FileGrant] {
+        func absolute(_ path: String) -> String {
+            path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        }
+        var grants = readOnly.map { FileGrant(hostPath: absolute($0)) } + readWrite.map { FileGrant(hostPath: absolute($0), writable: true) }
+        for spec in volume {
+            let parts = spec.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 2 || parts.count == 3, !parts[0].isEmpty, parts[1].hasPrefix("/"),
+                  parts.count == 2 || parts[2] == "ro" || parts[2] == "rw" else {
+                throw ValidationError("--volume takes HOST:GUEST[:ro|rw] with an absolute GUEST path, not \(spec)")
+            }
+            grants.append(FileGrant(hostPath: absolute(parts[0]), guestPath: parts[1], writable: parts.count == 3 && parts[2] == "rw"))
+        }
+        return grants
     }
 }
 

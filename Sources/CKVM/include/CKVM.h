@@ -58,6 +58,13 @@ int ckvm_memfd_create(const char *name);
 /// getrandom(2) (glibc declares it in <sys/random.h>, which Swift's Glibc module lacks).
 long ckvm_getrandom(void *buffer, unsigned long length);
 
+/// openat2(2) with `RESOLVE_*` flags (no glibc wrapper): how guest paths are opened beneath a
+/// granted directory. Returns an fd, or -1 with errno.
+int ckvm_openat2(int dirfd, const char *path, unsigned long long flags, unsigned long long mode,
+                 unsigned long long resolve);
+/// getdents64(2) (no wrapper Swift can see): directory entries in Linux's own record format.
+long ckvm_getdents64(int fd, void *buffer, unsigned long length);
+
 /// CPUs this process may run on: CPU_COUNT of sched_getaffinity (glibc hides both from Swift).
 int ckvm_available_cpus(void);
 /// Pins the calling thread to one CPU (sched_setaffinity), for tests and benchmarks; 0 or -1.

@@ -16,6 +16,9 @@ enum HostCallEffect: Equatable {
     case setFSBase(UInt64)
     /// Not a built-in call.
     case notBuiltin
+    /// The guest's page tables lost or changed translations (mprotect): drop the vCPU's cached
+    /// ones, then return 0.
+    case invalidateTranslations
 }
 
 /// The built-in host calls: output, exit, memory (brk, anonymous mmap), clocks, and the few Linux
@@ -136,9 +139,13 @@ final class BuiltinHostCalls {
     // MARK: output
 
     private func write(fd: Int64, _ memory: GuestMemoryView, address: UInt64, count: UInt64) throws -> Int64 {
-        guard let destination = outputs[Int32(truncatingIfNeeded: fd)], fd == 1 || fd == 2 else {
-            return -Int64(HostCallErrno.EBADF)
-        }
+        guard fd == 1 || fd == 2 else { return -Int64(HostCallErrno.EBADF) }
+        return try writeOutput(stream: Int32(fd), memory, address: address, count: count)
+    }
+
+    /// Writes guest bytes to output stream 1 (stdout) or 2 (stderr), within the output limit.
+    func writeOutput(stream fd: Int32, _ memory: GuestMemoryView, address: UInt64, count: UInt64) throws -> Int64 {
+        guard let destination = outputs[fd] else { return -Int64(HostCallErrno.EBADF) }
         guard count > 0 else { return 0 }
         guard state.outputWritten < outputLimit else { return -Int64(HostCallErrno.EFBIG) }
         let allowed = min(count, outputLimit - state.outputWritten)
@@ -193,8 +200,13 @@ final class BuiltinHostCalls {
     /// TIOCGWINSZ on fd 1 or 2 succeeds when the host stream is a terminal (so libc line-buffers
     /// it, as on Linux); every other ioctl is -ENOTTY.
     private func ioctl(fd: Int64, request: UInt64, _ memory: GuestMemoryView, argument: UInt64) throws -> Int64 {
-        guard request == 0x5413, fd == 1 || fd == 2,
-              case .fileDescriptor(let hostFD) = outputs[Int32(fd)], isatty(hostFD) == 1 else {
+        guard request == 0x5413, fd == 1 || fd == 2 else { return -Int64(HostCallErrno.ENOTTY) }
+        return try windowSize(stream: Int32(fd), memory, into: argument)
+    }
+
+    /// TIOCGWINSZ for output stream 1 or 2: the host terminal's size, or -ENOTTY.
+    func windowSize(stream: Int32, _ memory: GuestMemoryView, into argument: UInt64) throws -> Int64 {
+        guard case .fileDescriptor(let hostFD) = outputs[stream], isatty(hostFD) == 1 else {
             return -Int64(HostCallErrno.ENOTTY)
         }
         var size = winsize()

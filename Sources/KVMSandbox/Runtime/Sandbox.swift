@@ -30,6 +30,8 @@ public final class Sandbox {
     let vcpu: VirtualCPU
     let space: AddressSpace
     let builtins: BuiltinHostCalls
+    /// The Linux personality: what the guest's `syscall` instruction reaches.
+    let linux: LinuxPersonality
     /// Where the stack ends (its lowest mapped byte).
     let stackBottom: UInt64
     /// The snapshot this sandbox was forked from, and its reset machinery.
@@ -112,6 +114,8 @@ public final class Sandbox {
             space: space, heapStart: program.imageEnd, mmapTop: Self.mmapTop(stackBottom: stackBottom),
             outputs: [1: configuration.standardOutput, 2: configuration.standardError],
             outputLimit: configuration.outputLimit)
+        let linux = LinuxPersonality(space: space, builtins: builtins, fileSystem: try FileSystemView(grants: configuration.files),
+                                     configuration: configuration, imageRange: program.imageRange)
         let vm: VirtualMachine, vcpu: VirtualCPU
         do {
             (vm, vcpu) = try MicroVM.create(system: system, memory: memory, space: space,
@@ -121,15 +125,15 @@ public final class Sandbox {
             throw .kvm(error)
         }
         self.init(configuration: configuration, program: program, system: system, memory: memory, vm: vm, vcpu: vcpu,
-                  space: space, builtins: builtins, stackBottom: stackBottom, fork: nil, phase: .notStarted)
+                  space: space, builtins: builtins, linux: linux, stackBottom: stackBottom, fork: nil, phase: .notStarted)
     }
 
     /// A sandbox from its parts, assembled by a fresh load or by a fork.
     init(configuration: SandboxConfiguration, program: LoadedProgram, system: KVMSystem, memory: GuestMemory,
-         vm: VirtualMachine, vcpu: VirtualCPU, space: AddressSpace, builtins: BuiltinHostCalls,
+         vm: VirtualMachine, vcpu: VirtualCPU, space: AddressSpace, builtins: BuiltinHostCalls, linux: LinuxPersonality,
          stackBottom: UInt64, fork: ForkState?, phase: Phase) {
         (self.configuration, self.program, self.system, self.memory) = (configuration, program, system, memory)
-        (self.vm, self.vcpu, self.space, self.builtins) = (vm, vcpu, space, builtins)
+        (self.vm, self.vcpu, self.space, self.builtins, self.linux) = (vm, vcpu, space, builtins, linux)
         (self.stackBottom, self.fork, self.phase) = (stackBottom, fork, phase)
         guard let physical = space.tables.translateForHost(GuestLayout.mailboxPage, memory: memory) else {
             preconditionFailure("every VM maps the mailbox page")
@@ -276,6 +280,7 @@ public final class Sandbox {
     func serveHostCall(stop: StopCondition) throws(KVMError) -> RunOutcome? {
         statistics.hostCalls += 1
         let r = vcpu.registers
+        if isSyscallTrap(r.rip) { return try serveSystemCall(r) }
         switch Int(truncatingIfNeeded: Int64(bitPattern: r.rax)) {
         case HostCallNumber.ready:
             vcpu.modifyRegisters { $0.rax = 0 }
@@ -310,17 +315,9 @@ public final class Sandbox {
             } else {
                 // Built-ins write guest memory too: never alongside a poller-served handler.
                 let effect = if let exitless { try exitless.exclusively { try builtins.handle(call) } } else { try builtins.handle(call) }
-                switch effect {
-                case .value(let value): result = value
-                case .exit(let status): return .exited(status: status)
-                case .signal(let signal): return .signaled(signal: signal)
-                case .notBuiltin: result = -Int64(HostCallErrno.ENOSYS)
-                case .setFSBase(let base):
-                    var sregs = try vcpu.specialRegisters()
-                    sregs.fs.base = base
-                    try vcpu.setSpecialRegisters(sregs)
-                    builtins.setFSBase(base)
-                    result = 0
+                switch try apply(effect) {
+                case .left(let value): result = value
+                case .right(let outcome): return outcome
                 }
             }
         } catch let error as KVMError {

@@ -19,6 +19,17 @@ public struct SandboxConfiguration: Sendable {
     /// The most bytes the guest may write to fd 1 and 2 together; writes past it fail with `-EFBIG`.
     public var outputLimit: UInt64 = 64 << 20
 
+    /// Where the guest's fd 0 reads from (`kvmsandbox run` passes its own stdin).
+    public var standardInput: InputSource = .empty
+    /// Host files and directories the guest may see (Linux system calls); nothing else exists.
+    public var files: [FileGrant] = []
+    /// The guest's initial working directory; default: the host's when a grant covers it, else `/`.
+    public var workingDirectory: String?
+    /// The program's path as the guest sees it (`/proc/self/exe`); default: `arguments[0]`.
+    public var programPath: String?
+    /// Print every Linux system call (name, arguments, result) to the host's stderr.
+    public var traceSyscalls = false
+
     /// How embedder host calls travel: by exit, or exitless through the shared mailbox.
     public var hostCallTransport: HostCallTransport = .automatic
 

@@ -28,6 +28,9 @@ public final class Snapshot: @unchecked Sendable {
     let tablesRoot: UInt64
     let allocator: PhysicalPageAllocator
     let builtins: BuiltinHostCalls.State
+    /// The Linux personality's state (fd table, cwd, signal actions) and its view of the files.
+    let linux: LinuxPersonality.State
+    let fileSystem: FileSystemView
     let stackBottom: UInt64
 
     /// Loads the ELF at `elfPath`, runs it until it calls `ks_ready()`, and snapshots it there.
@@ -58,6 +61,8 @@ public final class Snapshot: @unchecked Sendable {
         var builtinState = sandbox.builtins.state
         builtinState.captured = [:]
         builtins = builtinState
+        linux = sandbox.linux.state
+        fileSystem = sandbox.linux.fileSystem
         stackBottom = sandbox.stackBottom
         usedBytes = allocator.next
         // Everything above the allocator's high-water mark is still zero: copy only what is used.
@@ -101,6 +106,9 @@ extension Sandbox {
             outputs: [1: snapshot.configuration.standardOutput, 2: snapshot.configuration.standardError],
             outputLimit: snapshot.configuration.outputLimit)
         builtins.state = snapshot.builtins
+        let linux = LinuxPersonality(space: space, builtins: builtins, fileSystem: snapshot.fileSystem,
+                                     configuration: snapshot.configuration, imageRange: snapshot.program.imageRange)
+        linux.state = snapshot.linux
         let vm: VirtualMachine, vcpu: VirtualCPU
         do {
             (vm, vcpu) = try MicroVM.create(system: snapshot.system, memory: memory, dirtyTracking: tracking,
@@ -113,7 +121,7 @@ extension Sandbox {
             throw .kvm(error)
         }
         self.init(configuration: snapshot.configuration, program: snapshot.program, system: snapshot.system,
-                  memory: memory, vm: vm, vcpu: vcpu, space: space, builtins: builtins,
+                  memory: memory, vm: vm, vcpu: vcpu, space: space, builtins: builtins, linux: linux,
                   stackBottom: snapshot.stackBottom, fork: ForkState(snapshot: snapshot, tracking: tracking), phase: .paused(snapshot.registers))
     }
 
@@ -140,9 +148,10 @@ extension Sandbox {
                 }
             case .ring:
                 try harvestDirtyRing()
-                for page in fork.harvested { memory.restorePage(page) }
-                fork.harvested.removeAll(keepingCapacity: true)
             }
+            // Pages taken from the log during the run (a full ring, a memslot re-created by mprotect).
+            for page in fork.harvested { memory.restorePage(page) }
+            fork.harvested.removeAll(keepingCapacity: true)
         } catch {
             throw .kvm(error)
         }
@@ -153,6 +162,7 @@ extension Sandbox {
         space.restore(allocator: snapshot.allocator)
         let fsBaseChanged = builtins.fsBase != snapshot.builtins.fsBase
         builtins.state = snapshot.builtins
+        linux.state = snapshot.linux
         vcpu.modifyRegisters { $0 = snapshot.registers }
         vcpu.clearImmediateExit()
         var faulted = false

@@ -1,0 +1,134 @@
+import CKVM
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A host file or directory made visible to the guest (`kvmsandbox run --ro/--rw/--volume`).
+/// Nothing else of the host's file system exists for the guest: other paths are `ENOENT`.
+public struct FileGrant: Sendable, Equatable {
+    /// The host path (a directory or a file).
+    public var hostPath: String
+    /// Where the guest sees it (an absolute path).
+    public var guestPath: String
+    /// Whether the guest may create, write, rename and delete beneath it.
+    public var writable: Bool
+
+    /// Grants `hostPath` at `guestPath` (default: the same path), read-only unless `writable`.
+    public init(hostPath: String, guestPath: String? = nil, writable: Bool = false) {
+        self.hostPath = hostPath
+        self.guestPath = guestPath ?? hostPath
+        self.writable = writable
+    }
+}
+
+/// An open host directory (or a granted file's directory), closed on deinit.
+final class HostDirectory: @unchecked Sendable {
+    let fd: Int32
+    init(fd: Int32) { self.fd = fd }
+    deinit { close(fd) }
+}
+
+/// The guest's view of the host file system: the grants, each with a directory fd opened once,
+/// and path resolution that can never leave a grant. Guest paths are normalized lexically
+/// (`.` and `..` resolved against the guest's cwd, never above `/`); what remains is opened with
+/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)` from the grant's directory, so symbolic
+/// links and `..` inside the host tree cannot climb out either.
+struct FileSystemView: @unchecked Sendable {
+    struct Mount {
+        /// Normalized guest path ("/data").
+        let guestPath: String
+        let directory: HostDirectory
+        /// For a granted file: its name in `directory`; nil for a granted directory.
+        let fileName: String?
+        let writable: Bool
+    }
+    let mounts: [Mount]
+
+    /// Opens every grant; throws a readable error for one that does not exist.
+    init(grants: [FileGrant]) throws(SandboxError) {
+        var mounts: [Mount] = []
+        for grant in grants {
+            guard grant.guestPath.hasPrefix("/") else {
+                throw .invalidConfiguration("the guest path \(grant.guestPath) of a grant must be absolute")
+            }
+            var status = stat()
+            guard stat(grant.hostPath, &status) == 0 else {
+                throw .invalidConfiguration("cannot grant \(grant.hostPath): \(Errno.current)")
+            }
+            let isDirectory = status.st_mode & S_IFMT == S_IFDIR
+            let directoryPath = isDirectory ? grant.hostPath : Self.parent(of: grant.hostPath)
+            let fd = Glibc.open(directoryPath, 0o10000000 /* O_PATH */ | O_DIRECTORY | O_CLOEXEC)
+            guard fd >= 0 else { throw .invalidConfiguration("cannot open \(directoryPath): \(Errno.current)") }
+            mounts.append(Mount(guestPath: Self.normalize(grant.guestPath, cwd: "/"), directory: HostDirectory(fd: fd),
+                                fileName: isDirectory ? nil : Self.lastComponent(of: grant.hostPath), writable: grant.writable))
+        }
+        // Longest guest path first, so that the most specific grant wins.
+        self.mounts = mounts.sorted { $0.guestPath.count > $1.guestPath.count }
+    }
+
+    /// Where a normalized guest path lands: a mount and the path relative to its directory.
+    func locate(_ path: String) -> (mount: Mount, relative: String)? {
+        for mount in mounts {
+            if let name = mount.fileName {
+                if path == mount.guestPath { return (mount, name) }
+                continue
+            }
+            if path == mount.guestPath { return (mount, ".") }
+            let prefix = mount.guestPath == "/" ? "/" : mount.guestPath + "/"
+            if path.hasPrefix(prefix) { return (mount, String(path.dropFirst(prefix.count))) }
+        }
+        return nil
+    }
+
+    /// Whether a normalized guest path is a directory that leads to a grant (e.g. "/" or "/usr"
+    /// when "/usr/lib" is granted): such paths exist for the guest as empty directories.
+    func isAncestorOfAMount(_ path: String) -> Bool {
+        let prefix = path == "/" ? "/" : path + "/"
+        return mounts.contains { $0.guestPath.hasPrefix(prefix) }
+    }
+
+    /// `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`.
+    static let resolveFlags: UInt64 = 0x08 | 0x02
+
+    /// Opens a guest path as the host, beneath its grant. Returns the host fd or a Linux errno.
+    func open(_ path: String, flags: Int32, mode: UInt32) -> Result<Int32, Errno> {
+        guard let (mount, relative) = locate(path) else { return .failure(.noSuchFileOrDirectory) }
+        let writes = flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) != 0
+        if writes && !mount.writable { return .failure(.readOnlyFileSystem) }
+        let fd = ckvm_openat2(mount.directory.fd, relative, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)),
+                              UInt64(mode & 0o7777), Self.resolveFlags)
+        guard fd >= 0 else { return .failure(Self.guestErrno(Errno.current)) }
+        return .success(fd)
+    }
+
+    /// Escapes (`EXDEV`: a symlink or `..` that would leave the grant) look like absent files.
+    static func guestErrno(_ error: Errno) -> Errno {
+        error == .improperLink || error == .tooManySymbolicLinkLevels ? .noSuchFileOrDirectory : error
+    }
+
+    /// `path` made absolute against `cwd`, with `.`, `..` and repeated slashes resolved lexically;
+    /// `..` at the root stays at the root.
+    static func normalize(_ path: String, cwd: String) -> String {
+        var components: [Substring] = []
+        let full = path.hasPrefix("/") ? path : cwd + "/" + path
+        for component in full.split(separator: "/", omittingEmptySubsequences: true) {
+            switch component {
+            case ".": continue
+            case "..": if !components.isEmpty { components.removeLast() }
+            default: components.append(component)
+            }
+        }
+        return "/" + components.joined(separator: "/")
+    }
+
+    static func parent(of path: String) -> String {
+        let trimmed = path.hasSuffix("/") ? String(path.dropLast()) : path
+        guard let slash = trimmed.lastIndex(of: "/") else { return "." }
+        return slash == trimmed.startIndex ? "/" : String(trimmed[..<slash])
+    }
+
+    static func lastComponent(of path: String) -> String {
+        String(path.split(separator: "/").last ?? Substring(path))
+    }
+}

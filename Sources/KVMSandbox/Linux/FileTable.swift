@@ -1,0 +1,139 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where the guest's standard input comes from.
+public enum InputSource: Sendable, Equatable {
+    /// Reads return end of file.
+    case empty
+    /// These bytes (a reset rewinds them).
+    case bytes([UInt8])
+    /// A host file descriptor (not closed by the sandbox). A read waits for data at most until
+    /// the run's deadline.
+    case fileDescriptor(Int32)
+}
+
+/// A host file descriptor the guest's file table refers to; closed when the last table that
+/// holds it (a run's, a snapshot's) is gone. The host never seeks it: offsets are the guest's
+/// (`OpenFile.offset`) and reads and writes are positional, so forks never share an offset.
+final class HostFile: @unchecked Sendable {
+    let fd: Int32
+    init(fd: Int32) { self.fd = fd }
+    deinit { close(fd) }
+}
+
+/// An open file description (what `dup` shares): what it reads and writes, its offset and flags.
+struct OpenFile {
+    enum Kind {
+        /// The run's standard input.
+        case standardInput
+        /// The run's stdout (1) or stderr (2), whatever guest fd it is installed at.
+        case output(stream: Int32)
+        /// A regular file beneath a grant.
+        case host(HostFile)
+        /// A directory: its entries, read once at open, in `getdents64` records.
+        case directory(entries: [UInt8], host: HostFile?)
+        /// Synthesized contents (`/proc/meminfo`, `/sys/devices/system/cpu/online`).
+        case memory([UInt8])
+        case null, zero, random
+    }
+    var kind: Kind
+    var offset: UInt64 = 0
+    /// `O_ACCMODE | O_APPEND | O_NONBLOCK` as the guest opened it.
+    var statusFlags: Int32
+    /// The guest path it was opened by ("" for the standard streams).
+    var path: String
+
+    var readable: Bool { statusFlags & O_ACCMODE != O_WRONLY }
+    var writable: Bool { statusFlags & O_ACCMODE != O_RDONLY }
+}
+
+/// The guest's file descriptors: Linux's lowest-free numbering, close-on-exec flags, and open
+/// file descriptions shared by `dup`. A value: a snapshot copies it, a reset puts it back.
+struct FileTable {
+    struct Entry {
+        var description: Int
+        var closeOnExec: Bool
+    }
+    private(set) var descriptions: [Int: OpenFile] = [:]
+    private(set) var entries: [Int32: Entry] = [:]
+    private var nextDescription = 0
+    /// `RLIMIT_NOFILE`: descriptors are 0 ..< limit.
+    static let limit: Int32 = 1024
+
+    /// The table a run starts with: stdin, stdout, stderr.
+    static func standard() -> FileTable {
+        var table = FileTable()
+        _ = table.install(OpenFile(kind: .standardInput, statusFlags: O_RDONLY, path: ""), lowest: 0)
+        _ = table.install(OpenFile(kind: .output(stream: 1), statusFlags: O_WRONLY, path: ""), lowest: 1)
+        _ = table.install(OpenFile(kind: .output(stream: 2), statusFlags: O_WRONLY, path: ""), lowest: 2)
+        return table
+    }
+
+    /// The open file behind `fd`.
+    subscript(fd: Int64) -> OpenFile? {
+        guard let entry = entry(fd) else { return nil }
+        return descriptions[entry.description]
+    }
+
+    func entry(_ fd: Int64) -> Entry? {
+        guard fd >= 0, fd < Int64(Self.limit) else { return nil }
+        return entries[Int32(fd)]
+    }
+
+    /// Changes the open file behind `fd` (its offset, flags).
+    mutating func update(_ fd: Int64, _ body: (inout OpenFile) -> Void) {
+        guard let entry = entry(fd), var file = descriptions[entry.description] else { return }
+        body(&file)
+        descriptions[entry.description] = file
+    }
+
+    /// Installs a new description at the lowest free descriptor `>= lowest`; nil when full (EMFILE).
+    mutating func install(_ file: OpenFile, lowest: Int32 = 0, closeOnExec: Bool = false) -> Int32? {
+        guard let fd = lowestFree(from: lowest) else { return nil }
+        descriptions[nextDescription] = file
+        entries[fd] = Entry(description: nextDescription, closeOnExec: closeOnExec)
+        nextDescription += 1
+        return fd
+    }
+
+    /// `dup`-style: another descriptor for the same description.
+    mutating func duplicate(_ fd: Int64, lowest: Int32 = 0, at target: Int32? = nil, closeOnExec: Bool = false) -> Int32? {
+        guard let entry = entry(fd) else { return nil }
+        let slot: Int32
+        if let target {
+            _ = close(Int64(target))
+            slot = target
+        } else {
+            guard let free = lowestFree(from: lowest) else { return nil }
+            slot = free
+        }
+        entries[slot] = Entry(description: entry.description, closeOnExec: closeOnExec)
+        return slot
+    }
+
+    mutating func setCloseOnExec(_ fd: Int64, _ value: Bool) {
+        guard let entry = entry(fd) else { return }
+        entries[Int32(fd)]?.closeOnExec = value
+        _ = entry
+    }
+
+    /// Closes `fd`; its description goes when no descriptor refers to it. False: not open.
+    mutating func close(_ fd: Int64) -> Bool {
+        guard let entry = entry(fd) else { return false }
+        entries[Int32(fd)] = nil
+        if !entries.values.contains(where: { $0.description == entry.description }) {
+            descriptions[entry.description] = nil
+        }
+        return true
+    }
+
+    private func lowestFree(from lowest: Int32) -> Int32? {
+        var fd = max(0, lowest)
+        while fd < Self.limit {
+            if entries[fd] == nil { return fd }
+            fd += 1
+        }
+        return nil
+    }
+}

@@ -1,0 +1,88 @@
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The Linux personality: the guest's `syscall` instruction is a Linux system call, with Linux
+/// semantics and errnos, served here. Embedder host calls are not reachable this way (they
+/// travel by `out`, `ks_hostcall`). Areas live in their own files: files (`LinuxFiles`),
+/// identity, limits, time and signal storage (`LinuxProcess`), memory permissions
+/// (`LinuxMemory`); the memory calls that host calls share (brk, mmap, munmap), output and exit
+/// are the built-in host calls'.
+final class LinuxPersonality {
+    /// Everything the personality changes, as one value: a snapshot keeps it, a reset puts it back.
+    struct State {
+        var files = FileTable.standard()
+        var cwd = "/"
+        /// Installed signal actions (the kernel's 32-byte `struct sigaction`), by signal number.
+        var signalActions: [Int: [UInt8]] = [:]
+        var signalMask: UInt64 = 0
+        var alternateStack: [UInt8] = [0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]  // SS_DISABLE
+        var threadName: [UInt8] = Array("guest".utf8) + [UInt8](repeating: 0, count: 11)
+        var umask: UInt64 = 0o022
+        /// How far a `.bytes` standard input has been read.
+        var inputOffset = 0
+    }
+    var state: State
+    let space: AddressSpace
+    let builtins: BuiltinHostCalls
+    let fileSystem: FileSystemView
+    let input: InputSource
+    /// The program's path, as `/proc/self/exe` names it.
+    let programPath: String
+    let stackSize: UInt64
+    /// The program's image: the only place `mprotect` may make executable.
+    let imageRange: Range<UInt64>
+    /// Calls made, by number; calls answered `ENOSYS` because they are not implemented, by number.
+    var counts: [Int: Int] = [:]
+    var unimplemented: [Int: Int] = [:]
+
+    init(space: AddressSpace, builtins: BuiltinHostCalls, fileSystem: FileSystemView, configuration: SandboxConfiguration,
+         imageRange: Range<UInt64>) {
+        self.imageRange = imageRange
+        self.space = space
+        self.builtins = builtins
+        self.fileSystem = fileSystem
+        self.input = configuration.standardInput
+        self.programPath = configuration.programPath ?? configuration.arguments.first ?? "/guest"
+        self.stackSize = configuration.stackSize
+        var state = State()
+        state.cwd = Self.initialDirectory(configuration.workingDirectory, fileSystem: fileSystem)
+        self.state = state
+    }
+
+    /// `--cwd` when given; else the host's current directory when a grant covers it; else `/`.
+    static func initialDirectory(_ requested: String?, fileSystem: FileSystemView) -> String {
+        if let requested { return FileSystemView.normalize(requested, cwd: "/") }
+        var buffer = [CChar](repeating: 0, count: 4096)
+        guard getcwd(&buffer, buffer.count) != nil else { return "/" }
+        let host = String(cString: buffer)
+        return fileSystem.locate(FileSystemView.normalize(host, cwd: "/")) != nil ? host : "/"
+    }
+
+    /// The vCPU's kick flag: reads from a host stdin and sleeps stop waiting once it is set.
+    var interrupter: VCPUInterrupter? { builtins.interrupter }
+
+    /// Serves system call `call.number`.
+    func handle(_ call: HostCall) throws -> HostCallEffect {
+        counts[call.number, default: 0] += 1
+        if let effect = try handleFiles(call) { return effect }
+        if let effect = try handleProcess(call) { return effect }
+        if let effect = try handleMemory(call) { return effect }
+        let effect = try builtins.handle(call)
+        if effect == .notBuiltin {
+            unimplemented[call.number, default: 0] += 1
+            return .value(-Int64(Errno.noFunction.rawValue))
+        }
+        return effect
+    }
+
+    /// `-errno` as an effect.
+    static func fail(_ error: Errno) -> HostCallEffect { .value(-Int64(error.rawValue)) }
+}
+
+extension HostCall {
+    /// Argument `index` as a file descriptor: Linux takes the low 32 bits (`int fd`), so
+    /// `AT_FDCWD` arrives as -100 whatever the upper half of the register holds.
+    func descriptor(_ index: Int) -> Int64 { Int64(Int32(truncatingIfNeeded: arguments[index])) }
+}

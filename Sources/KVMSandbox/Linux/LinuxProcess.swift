@@ -1,0 +1,183 @@
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Identity, limits, time and signal state: fixed answers consistent with the sandbox's limits.
+/// Signal actions, masks and the alternate stack are stored and read back (delivery belongs to
+/// the threads-and-signals work).
+extension LinuxPersonality {
+    func handleProcess(_ call: HostCall) throws -> HostCallEffect? {
+        let memory = call.memory
+        switch call.number {
+        case 39, 186: return .value(1)                       // getpid, gettid
+        case 110: return .value(0)                           // getppid: no parent inside
+        case 111, 109, 112, 121: return .value(1)            // getpgrp, setpgid, setsid, getpgid
+        case 102, 104, 107, 108: return .value(0)            // getuid, getgid, geteuid, getegid
+        case 115: return .value(0)                           // getgroups: none
+        case 95:                                             // umask
+            let old = state.umask
+            state.umask = call[0] & 0o777
+            return .value(Int64(old))
+        case 63: return try uname(memory, into: call[0])
+        case 99: return try systemInformation(memory, into: call[0])
+        case 97: return try limit(resource: call[0], memory, old: call[1], new: 0)
+        case 302:                                            // prlimit64(pid, resource, new, old)
+            guard call[0] == 0 || call[0] == 1 else { return Self.fail(.noSuchProcess) }
+            return try limit(resource: call[1], memory, old: call[3], new: call[2])
+        case 204:                                            // sched_getaffinity: one CPU
+            guard call[1] >= 8 else { return Self.fail(.invalidArgument) }
+            try memory.store(UInt64(1), at: call[2])
+            return .value(8)
+        case 203: return .value(0)                           // sched_setaffinity
+        case 24: return .value(0)                            // sched_yield
+        case 157: return try processControl(call, memory)
+        case 273: return .value(0)                           // set_robust_list
+        case 334: return Self.fail(.noFunction)              // rseq: as a kernel without it
+        case 330: return Self.fail(.noFunction)              // pkey_alloc
+        case 125: return Self.fail(.notPermitted)            // capget
+        case 228: return nil                                 // clock_gettime: the built-in
+        case 229:                                            // clock_getres: 1 ns
+            if call[1] != 0 { try memory.write([UInt8](UInt64(0).littleEndianBytes + UInt64(1).littleEndianBytes), to: call[1]) }
+            return .value(0)
+        case 96:                                             // gettimeofday
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            if call[0] != 0 {
+                try memory.write(UInt64(now.tv_sec).littleEndianBytes + UInt64(now.tv_nsec / 1000).littleEndianBytes, to: call[0])
+            }
+            return .value(0)
+        case 201:                                            // time
+            let now = UInt64(Glibc.time(nil))
+            if call[0] != 0 { try memory.store(now, at: call[0]) }
+            return .value(Int64(now))
+        case 35: return try sleep(memory, request: call[0], remaining: call[1], absolute: false, clock: 1)
+        case 230: return try sleep(memory, request: call[2], remaining: call[3], absolute: call[1] & 1 != 0, clock: call[0])
+        case 13: return try signalAction(call.signed(0), memory, new: call[1], old: call[2], size: call[3])
+        case 14: return try signalMask(how: call[0], memory, new: call[1], old: call[2], size: call[3])
+        case 131: return try alternateStack(memory, new: call[0], old: call[1])
+        default: return nil
+        }
+    }
+
+    func uname(_ memory: GuestMemoryView, into address: UInt64) throws -> HostCallEffect {
+        var bytes: [UInt8] = []
+        for field in ["Linux", "kvmsandbox", "6.1.0", "#1 SMP kvmsandbox", "x86_64", "(none)"] {
+            bytes += Array(field.utf8.prefix(64)) + [UInt8](repeating: 0, count: 65 - min(64, field.utf8.count))
+        }
+        try memory.write(bytes, to: address)
+        return .value(0)
+    }
+
+    func systemInformation(_ memory: GuestMemoryView, into address: UInt64) throws -> HostCallEffect {
+        var uptime = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &uptime)
+        var words: [UInt64] = [UInt64(uptime.tv_sec), 0, 0, 0]      // uptime, loads[3]
+        words += [space.memory.size, space.availableBytes, 0, 0, 0, 0]  // ram, free, shared, buffer, swap, free swap
+        words += [1]                                                   // procs (u16) + padding
+        words += [0, 0]                                                // high memory
+        var bytes = [UInt8](littleEndianWords: words)
+        bytes += UInt32(1).littleEndianBytes + [UInt8](repeating: 0, count: 4)  // mem_unit, padding
+        try memory.write(bytes, to: address)
+        return .value(0)
+    }
+
+    /// Resource limits, consistent with the sandbox: the stack, the memory size, the fd table.
+    func limit(resource: UInt64, _ memory: GuestMemoryView, old: UInt64, new: UInt64) throws -> HostCallEffect {
+        let infinity = UInt64.max
+        let value: (UInt64, UInt64)
+        switch resource {
+        case 3: value = (stackSize, stackSize)                            // RLIMIT_STACK
+        case 2, 9, 5: value = (space.memory.size, space.memory.size)      // RLIMIT_DATA, RLIMIT_AS, RLIMIT_RSS
+        case 7: value = (UInt64(FileTable.limit), UInt64(FileTable.limit)) // RLIMIT_NOFILE
+        case 4: value = (0, 0)                                            // RLIMIT_CORE
+        case 6: value = (1, 1)                                            // RLIMIT_NPROC
+        case 0...15: value = (infinity, infinity)
+        default: return Self.fail(.invalidArgument)
+        }
+        if old != 0 { try memory.write(value.0.littleEndianBytes + value.1.littleEndianBytes, to: old) }
+        if new != 0 {
+            // Lowering is accepted (and has no effect yet); raising above the sandbox's is refused.
+            let requested = try memory.read(new, count: 16)
+            let maximum = UInt64(littleEndianBytes: requested[8..<16])
+            if maximum > value.1 { return Self.fail(.notPermitted) }
+        }
+        return .value(0)
+    }
+
+    func processControl(_ call: HostCall, _ memory: GuestMemoryView) throws -> HostCallEffect {
+        switch call[0] {
+        case 15:  // PR_SET_NAME
+            let name = try memory.readCString(call[1], maxLength: 4096)
+            state.threadName = Array(name.utf8.prefix(15)) + [UInt8](repeating: 0, count: 16 - min(15, name.utf8.count))
+            return .value(0)
+        case 16:  // PR_GET_NAME
+            try memory.write(state.threadName, to: call[1])
+            return .value(0)
+        default: return Self.fail(.invalidArgument)
+        }
+    }
+
+    /// nanosleep/clock_nanosleep: sleeps in slices, never past the run's deadline (then `EINTR`
+    /// with the time left, as a signal would).
+    func sleep(_ memory: GuestMemoryView, request: UInt64, remaining: UInt64, absolute: Bool, clock: UInt64) throws -> HostCallEffect {
+        let words = try memory.read(request, count: 16)
+        let seconds = Int64(bitPattern: UInt64(littleEndianBytes: words[0..<8]))
+        let nanoseconds = Int64(bitPattern: UInt64(littleEndianBytes: words[8..<16]))
+        guard seconds >= 0, (0..<1_000_000_000).contains(nanoseconds) else { return Self.fail(.invalidArgument) }
+        let clockID: clockid_t = clock == 0 ? CLOCK_REALTIME : CLOCK_MONOTONIC
+        var now = timespec()
+        clock_gettime(clockID, &now)
+        let nowNS = Int64(now.tv_sec) &* 1_000_000_000 &+ Int64(now.tv_nsec)
+        let requestNS = seconds > Int64.max / 2_000_000_000 ? Int64.max / 2 : seconds * 1_000_000_000 + nanoseconds
+        let endNS = absolute ? requestNS : nowNS &+ requestNS
+        while true {
+            clock_gettime(clockID, &now)
+            let current = Int64(now.tv_sec) &* 1_000_000_000 &+ Int64(now.tv_nsec)
+            if current >= endNS { return .value(0) }
+            if interrupter?.isInterrupted ?? false {
+                if !absolute && remaining != 0 {
+                    let left = UInt64(endNS - current)
+                    try memory.write((left / 1_000_000_000).littleEndianBytes + (left % 1_000_000_000).littleEndianBytes, to: remaining)
+                }
+                return Self.fail(.interrupted)
+            }
+            let slice = min(endNS - current, 50_000_000)
+            var pause = timespec(tv_sec: 0, tv_nsec: Int(slice))
+            nanosleep(&pause, nil)
+        }
+    }
+
+    func signalAction(_ signal: Int64, _ memory: GuestMemoryView, new: UInt64, old: UInt64, size: UInt64) throws -> HostCallEffect {
+        guard size == 8, (1...64).contains(signal) else { return Self.fail(.invalidArgument) }
+        let number = Int(signal)
+        if new != 0 && (number == 9 || number == 19) { return Self.fail(.invalidArgument) }  // SIGKILL, SIGSTOP
+        let previous = state.signalActions[number] ?? [UInt8](repeating: 0, count: 32)
+        if new != 0 { state.signalActions[number] = try memory.read(new, count: 32) }
+        if old != 0 { try memory.write(previous, to: old) }
+        return .value(0)
+    }
+
+    func signalMask(how: UInt64, _ memory: GuestMemoryView, new: UInt64, old: UInt64, size: UInt64) throws -> HostCallEffect {
+        guard size == 8 else { return Self.fail(.invalidArgument) }
+        let previous = state.signalMask
+        if new != 0 {
+            let set = try memory.load(UInt64.self, at: new) & ~(UInt64(1) << 8 | UInt64(1) << 18)  // never SIGKILL/SIGSTOP
+            switch how {
+            case 0: state.signalMask |= set
+            case 1: state.signalMask &= ~set
+            case 2: state.signalMask = set
+            default: return Self.fail(.invalidArgument)
+            }
+        }
+        if old != 0 { try memory.store(previous, at: old) }
+        return .value(0)
+    }
+
+    func alternateStack(_ memory: GuestMemoryView, new: UInt64, old: UInt64) throws -> HostCallEffect {
+        let previous = state.alternateStack
+        if new != 0 { state.alternateStack = try memory.read(new, count: 24) }
+        if old != 0 { try memory.write(previous, to: old) }
+        return .value(0)
+    }
+}

@@ -1,0 +1,98 @@
+import CKVM
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Either of two things (a host call's result or the outcome that ends the run).
+enum Either<Left, Right> {
+    case left(Left)
+    case right(Right)
+}
+
+/// The `syscall` trap: Linux system calls, served by the Linux personality.
+extension Sandbox {
+    /// Whether an exit at `rip` came from the `syscall` entry (PVM: the user stub; hardware KVM:
+    /// the CPL 0 entry) rather than from the guest's own `out` (a host call).
+    func isSyscallTrap(_ rip: UInt64) -> Bool {
+        (rip >= GuestLayout.syscallStubPage && rip < GuestLayout.syscallStubPage + 16) || isInSyscallEntry(rip)
+    }
+
+    /// Serves the Linux system call in `registers`; embedder host calls are not reachable this way.
+    func serveSystemCall(_ registers: kvm_regs) throws(KVMError) -> RunOutcome? {
+        statistics.hostCalls += 1
+        let call = HostCall(number: Int(truncatingIfNeeded: Int64(bitPattern: registers.rax)),
+                            arguments: [registers.rdi, registers.rsi, registers.rdx, registers.r10, registers.r8, registers.r9],
+                            memory: guestMemory)
+        var result: Int64
+        do {
+            // Built-ins write guest memory too: never alongside a poller-served handler.
+            let effect = if let exitless { try exitless.exclusively { try linux.handle(call) } } else { try linux.handle(call) }
+            switch try apply(effect) {
+            case .left(let value): result = value
+            case .right(let outcome):
+                if configuration.traceSyscalls { trace(call, result: "?", outcome: outcome) }
+                return outcome
+            }
+        } catch let error as KVMError {
+            throw error
+        } catch {
+            guard let guestResult = HostCallErrno.result(for: error) else {
+                return .hostCallFailed(number: call.number, message: "\(error)")
+            }
+            result = guestResult
+        }
+        if configuration.traceSyscalls { trace(call, result: LinuxSyscallNames.describe(result: result), outcome: nil) }
+        vcpu.modifyRegisters { $0.rax = UInt64(bitPattern: result) }
+        return nil
+    }
+
+    /// Carries out a built-in or Linux call's effect: the value for `rax`, or the run's end.
+    func apply(_ effect: HostCallEffect) throws -> Either<Int64, RunOutcome> {
+        switch effect {
+        case .value(let value): return .left(value)
+        case .exit(let status): return .right(.exited(status: status))
+        case .signal(let signal): return .right(.signaled(signal: signal))
+        case .notBuiltin: return .left(-Int64(HostCallErrno.ENOSYS))
+        case .setFSBase(let base):
+            var sregs = try vcpu.specialRegisters()
+            sregs.fs.base = base
+            try vcpu.setSpecialRegisters(sregs)
+            builtins.setFSBase(base)
+            return .left(0)
+        case .invalidateTranslations:
+            try dropCachedTranslations()
+            return .left(0)
+        }
+    }
+
+    /// Makes KVM forget every translation it cached from the guest's page tables (PVM's shadow
+    /// MMU does not see the host's writes to them): the memslot is deleted and re-created.
+    func dropCachedTranslations() throws(KVMError) {
+        let flags: UInt32 = fork == nil ? 0 : VirtualMachine.logDirtyPages
+        // Deleting the slot drops its dirty log: keep what it says for the next reset first.
+        if let fork {
+            switch fork.tracking {
+            case .ring: try harvestDirtyRing()
+            case .bitmap:
+                try vm.fetchDirtyLog(slot: 0, into: &fork.dirtyBitmap)
+                for (word, bits) in fork.dirtyBitmap.enumerated() where bits != 0 {
+                    var remaining = bits
+                    while remaining != 0 {
+                        fork.harvested.append(UInt64(word * 64 + remaining.trailingZeroBitCount))
+                        remaining &= remaining - 1
+                    }
+                }
+            }
+        }
+        try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: 0, hostAddress: memory.hostAddress)
+        try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: memory.size, hostAddress: memory.hostAddress, flags: flags)
+    }
+
+    /// One strace-style line on the host's stderr.
+    func trace(_ call: HostCall, result: String, outcome: RunOutcome?) {
+        var line = "[syscall] \(LinuxSyscallNames.name(call.number))("
+        line += call.arguments.prefix(LinuxSyscallNames.argumentCount(call.number)).map { "0x" + String($0, radix: 16) }.joined(separator: ", ")
+        line += ") = " + (outcome.map { "\($0)" } ?? result) + "\n"
+        _ = line.withCString { Glibc.write(2, $0, strlen($0)) }
+    }
+}
