@@ -16,9 +16,9 @@ enum HostCallEffect: Equatable {
     case setFSBase(UInt64)
     /// Not a built-in call.
     case notBuiltin
-    /// The guest's page tables lost or changed translations (mprotect): drop the vCPU's cached
-    /// ones, then return 0.
-    case invalidateTranslations
+    /// The guest's page tables lost or changed translations (mprotect, a file mapping): drop
+    /// the vCPU's cached ones, then return the value.
+    case invalidateTranslationsReturning(Int64)
 }
 
 /// The built-in host calls: output, exit, memory (brk, anonymous mmap), clocks, and the few Linux
@@ -233,7 +233,7 @@ final class BuiltinHostCalls {
     }
 
     /// Anonymous private mappings only, placed top-down below the stack; no executable memory.
-    private func mmap(length: UInt64, protection: UInt64, flags: UInt64) -> Int64 {
+    func mmap(length: UInt64, protection: UInt64, flags: UInt64) -> Int64 {
         let E = HostCallErrno.self
         let anonymous: UInt64 = 0x20, fixed: UInt64 = 0x10, exec: UInt64 = 0x4
         guard flags & anonymous != 0, flags & fixed == 0 else { return -Int64(E.EINVAL) }

@@ -96,8 +96,9 @@ struct FileSystemView: @unchecked Sendable {
         guard let (mount, relative) = locate(path) else { return .failure(.noSuchFileOrDirectory) }
         let writes = flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) != 0
         if writes && !mount.writable { return .failure(.readOnlyFileSystem) }
+        // openat2 is strict: a mode without O_CREAT is EINVAL (open ignores it).
         let fd = ckvm_openat2(mount.directory.fd, relative, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)),
-                              UInt64(mode & 0o7777), Self.resolveFlags)
+                              flags & O_CREAT != 0 ? UInt64(mode & 0o7777) : 0, Self.resolveFlags)
         guard fd >= 0 else { return .failure(Self.guestErrno(Errno.current)) }
         return .success(fd)
     }

@@ -1,10 +1,15 @@
 import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Memory permissions: `mprotect` changes the guest's page tables for real, keeping W^X (no page
 /// writable and executable at once; execute only where the program's image had code).
 extension LinuxPersonality {
     func handleMemory(_ call: HostCall) throws -> HostCallEffect? {
         switch call.number {
+        case 9 where call[3] & 0x20 == 0:           // mmap of a file (anonymous ones are the built-in's)
+            return try mapFile(length: call[1], protection: call[2], flags: call[3], fd: call.descriptor(4), offset: call[5])
         case 10: return protect(call[0], length: call[1], protection: call[2])
         case 28:                                    // madvise
             guard call[0] % PageSize.bytes == 0 else { return Self.fail(.invalidArgument) }
@@ -22,6 +27,47 @@ extension LinuxPersonality {
             return .value(0)
         default: return nil
         }
+    }
+
+    /// A private mapping of a regular file: fresh pages with the file's bytes copied in (the rest
+    /// of the last page zero). Shared writable mappings are not offered (`ENODEV`); a shared
+    /// read-only one is a private copy. Executable only from a read-only grant, never writable.
+    func mapFile(length: UInt64, protection: UInt64, flags: UInt64, fd: Int64, offset: UInt64) throws -> HostCallEffect {
+        guard protection & ~7 == 0, offset % PageSize.bytes == 0, length > 0 else { return Self.fail(.invalidArgument) }
+        guard flags & 0x10 == 0 else { return Self.fail(.invalidArgument) }  // MAP_FIXED: not yet
+        guard let file = state.files[fd] else { return Self.fail(.badFileDescriptor) }
+        guard case .host(let host) = file.kind, file.readable else { return Self.fail(.permissionDenied) }
+        let shared = flags & 0x03 == 0x01
+        let execute = protection & 4 != 0, write = protection & 2 != 0
+        if shared && write { return Self.fail(Errno(rawValue: 19)) }  // ENODEV
+        if execute && write { return Self.fail(.permissionDenied) }
+        if execute, let mount = fileSystem.locate(file.path)?.mount, mount.writable { return Self.fail(.permissionDenied) }
+        guard length <= space.memory.size, let size = PageSize.alignUp(length) else { return Self.fail(.noMemory) }
+        let start = builtins.mmap(length: size, protection: 3, flags: 0x22)
+        guard start >= 0 else { return .value(start) }
+        let address = UInt64(start)
+        // The file's bytes, in chunks; past its end the pages stay zero.
+        var copied: UInt64 = 0
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        while copied < size {
+            let want = Int(min(UInt64(chunk.count), size - copied))
+            let n = chunk.withUnsafeMutableBytes { pread(host.fd, $0.baseAddress!, want, off_t(truncatingIfNeeded: offset &+ copied)) }
+            if n <= 0 { break }
+            try space.hostWrite(Array(chunk[0..<n]), at: address + copied)
+            copied += UInt64(n)
+        }
+        if protection == 3 { return .value(start) }
+        var permissions: PagePermissions = []
+        if protection & 1 != 0 || execute { permissions.insert(.read) }
+        if write { permissions.insert(.write) }
+        if execute { permissions.insert(.execute) }
+        var page = address
+        while page < address + size {
+            try space.protect(page, permissions)
+            page += PageSize.bytes
+        }
+        // The pages may be reused ones the guest touched before: drop cached translations.
+        return .invalidateTranslationsReturning(start)
     }
 
     /// mprotect: every page in the range must be mapped (else `ENOMEM`, as Linux); PROT_EXEC
@@ -52,6 +98,6 @@ extension LinuxPersonality {
             do { try space.protect(page, permissions) } catch { return Self.fail(.noMemory) }
             page += PageSize.bytes
         }
-        return .invalidateTranslations
+        return .invalidateTranslationsReturning(0)
     }
 }

@@ -59,9 +59,9 @@ extension Sandbox {
             try vcpu.setSpecialRegisters(sregs)
             builtins.setFSBase(base)
             return .left(0)
-        case .invalidateTranslations:
+        case .invalidateTranslationsReturning(let value):
             try dropCachedTranslations()
-            return .left(0)
+            return .left(value)
         }
     }
 

@@ -1,0 +1,118 @@
+// An ordinary Linux program (no SDK): built by the tests with glibc (gcc -static) and with musl
+// (musl-gcc -static), run unmodified on the Linux personality. One mode per argv[1].
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *name(int e) {
+    switch (e) {
+    case 0: return "0"; case EACCES: return "EACCES"; case EINVAL: return "EINVAL"; case ENOMEM: return "ENOMEM";
+    case ENOENT: return "ENOENT"; case EMFILE: return "EMFILE"; case EFAULT: return "EFAULT"; case EROFS: return "EROFS";
+    case EXDEV: return "EXDEV"; case ELOOP: return "ELOOP"; default: return "other";
+    }
+}
+static volatile unsigned long huge_count = 1UL << 40;
+
+static int compare(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+int main(int argc, char **argv) {
+    const char *m = argc > 1 ? argv[1] : "";
+    if (!strcmp(m, "stdin")) {  // stdio on stdin: count lines and bytes
+        char line[256];
+        long lines = 0, bytes = 0;
+        while (fgets(line, sizeof line, stdin)) { lines++; bytes += (long)strlen(line); }
+        printf("lines=%ld bytes=%ld\n", lines, bytes);
+        return 0;
+    }
+    if (!strcmp(m, "files") && argc > 3) {  // read a file, list a directory, write a result
+        char path[512];
+        snprintf(path, sizeof path, "%s/fruit.txt", argv[2]);
+        FILE *in = fopen(path, "r");
+        if (!in) { printf("fopen: %s\n", strerror(errno)); return 1; }
+        char line[64];
+        int count = 0;
+        while (fgets(line, sizeof line, in)) count++;
+        fclose(in);
+        DIR *dir = opendir(argv[2]);
+        if (!dir) { printf("opendir: %s\n", strerror(errno)); return 1; }
+        char *names[64];
+        int n = 0;
+        for (struct dirent *e; (e = readdir(dir)) && n < 64;)
+            if (e->d_name[0] != '.') names[n++] = strdup(e->d_name);
+        closedir(dir);
+        qsort(names, n, sizeof *names, compare);
+        snprintf(path, sizeof path, "%s/result.txt", argv[3]);
+        FILE *out = fopen(path, "w");
+        if (!out) { printf("fopen out: %s\n", strerror(errno)); return 1; }
+        fprintf(out, "%d lines;", count);
+        for (int i = 0; i < n; i++) fprintf(out, " %s", names[i]);
+        fprintf(out, "\n");
+        fclose(out);
+        struct stat st;
+        if (stat(path, &st) != 0) { printf("stat: %s\n", strerror(errno)); return 1; }
+        printf("wrote %ld bytes: %d lines, %d entries\n", (long)st.st_size, count, n);
+        return 0;
+    }
+    if (!strcmp(m, "mmap") && argc > 2) {  // a private read-only file mapping
+        int fd = open(argv[2], O_RDONLY);
+        if (fd < 0) { printf("open: %s\n", strerror(errno)); return 1; }
+        struct stat st;
+        fstat(fd, &st);
+        char *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED) { printf("mmap: %s\n", strerror(errno)); return 1; }
+        printf("mapped: %.*s", (int)(strchr(p, '\n') - p + 1), p);
+        munmap(p, (size_t)st.st_size);
+        close(fd);
+        return 0;
+    }
+    if (!strcmp(m, "mprotect")) {  // real permissions, W^X kept
+        char *p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        strcpy(p, "data");
+        int ro = mprotect(p, 4096, PROT_READ);
+        int exec = mprotect(p, 4096, PROT_READ | PROT_EXEC) == 0 ? 0 : errno;
+        int rwx = mprotect(p, 4096, PROT_READ | PROT_WRITE | PROT_EXEC) == 0 ? 0 : errno;
+        int unaligned = mprotect(p + 1, 4096, PROT_READ) == 0 ? 0 : errno;
+        int wrapping = mprotect(p, (size_t)-4096, PROT_READ) == 0 ? 0 : errno;
+        int unmapped = mprotect((void *)0x100000000000UL, 4096, PROT_READ) == 0 ? 0 : errno;
+        printf("ro=%d exec=%s rwx=%s unaligned=%s wrapping=%s unmapped=%s still=%s\n", ro, name(exec),
+               name(rwx), name(unaligned), name(wrapping), name(unmapped), p);
+        return 0;
+    }
+    if (!strcmp(m, "write-readonly")) {  // a write to a page made read-only faults, as on Linux
+        char *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        p[0] = 1;
+        mprotect(p, 4096, PROT_READ);
+        p[0] = 2;
+        return 0;
+    }
+    if (!strcmp(m, "emfile")) {  // the fd table is bounded
+        int n = 0, fd;
+        while ((fd = open("/dev/null", O_RDONLY)) >= 0) n++;
+        printf("opened %d, then %s\n", n, name(errno));
+        return 0;
+    }
+    if (!strcmp(m, "escape") && argc > 2) {  // nothing outside the grants exists
+        const char *paths[] = {"../../../../etc/passwd", "/etc/passwd", "/proc/self/root/etc/passwd", "escape-link",
+                               "/proc/self/cwd/fruit.txt", "/tmp/../etc/passwd"};
+        if (chdir(argv[2]) != 0) { printf("chdir: %s\n", strerror(errno)); return 1; }
+        for (int i = 0; i < 6; i++) {
+            int fd = open(paths[i], O_RDONLY);
+            printf("%s: %s\n", paths[i], fd >= 0 ? "OPENED" : name(errno));
+        }
+        char buffer[16];
+        int fd = open("fruit.txt", O_RDONLY);
+        long huge = read(fd, buffer, huge_count);  // a count far past the buffer: EFAULT, nothing written past it
+        printf("huge read: %s\n", huge >= 0 ? "ok" : name(errno));
+        printf("write to ro: %s\n", open("new.txt", O_WRONLY | O_CREAT, 0644) >= 0 ? "OPENED" : name(errno));
+        return 0;
+    }
+    printf("unknown mode %s\n", m);
+    return 2;
+}
