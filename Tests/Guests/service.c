@@ -39,6 +39,11 @@ long ask_host(long x) { return ks_hostcall(KS_HOSTCALL_USER, x, 0, 0, 0, 0, 0); 
 long say(const char *s) { printf("%s\n", s); fflush(stdout); return (long)strlen(s); }
 long quit(long status) { exit((int)status); }
 
+/* Paths for the host-call fuzzer's Linux system calls (Fuzz/, Scripts/fuzz): it points path
+ * arguments into this table. */
+__attribute__((used)) const char fuzz_paths[] = "/dev/null\0/proc/meminfo\0/\0.\0..\0/fuzz/data\0/fuzz/data/fruit.txt\0"
+    "/fuzz/data/../../etc/passwd\0/proc/self/exe\0/fuzz\0/fuzz/data/escape-link\0/dev/zero\0/fuzz/data/sub/deeper\0";
+
 /* FPU and vector state: a request must never see what an earlier one left there. */
 long set_fpu_secret(long v) {
     __asm__ volatile("movq %0, %%xmm0\n\tmovq %0, %%xmm7\n\tmovq %0, %%xmm15" :: "r"(v) : "xmm0", "xmm7", "xmm15");

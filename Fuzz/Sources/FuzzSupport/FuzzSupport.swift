@@ -31,7 +31,8 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
 /// `KVMSANDBOX_FUZZ_GUEST` (Scripts/fuzz builds one).
 @_spi(Fuzzing) public func liveHarness() -> HostCallFuzzer {
     guard let path = getenv("KVMSANDBOX_FUZZ_GUEST") else { fatalError("set KVMSANDBOX_FUZZ_GUEST to a guest that calls ks_ready()") }
-    do { return try HostCallFuzzer(elfPath: String(cString: path)) } catch { fatalError("cannot start the harness: \(error)") }
+    let grant = getenv("KVMSANDBOX_FUZZ_GRANT").map { String(cString: $0) }
+    do { return try HostCallFuzzer(elfPath: String(cString: path), grant: grant) } catch { fatalError("cannot start the harness: \(error)") }
 }
 
 /// Runs `body`; a thrown error is a host-side failure (a KVM ioctl failed): a finding.

@@ -10,14 +10,17 @@ import CKVM
     /// How often the paranoid reset check runs (it compares all of guest memory).
     let verifyEvery = 256
 
-    /// A harness for the guest at `elfPath`.
-    public init(elfPath: String) throws {
+    /// A harness for the guest at `elfPath`; `grant` (a host directory) appears read-only at
+    /// /fuzz/data for the Linux system calls.
+    public init(elfPath: String, grant: String? = nil) throws {
         var configuration = SandboxConfiguration()
         configuration.memorySize = 16 << 20
         configuration.arguments = ["fuzz"]
         configuration.standardOutput = .discard
         configuration.standardError = .discard
         configuration.outputLimit = 1 << 20
+        configuration.files = grant.map { [FileGrant(hostPath: $0, guestPath: "/fuzz/data")] } ?? []
+        configuration.standardInput = .bytes(Array("fuzz input\n".utf8))
         let snapshot = try Snapshot(elfPath: elfPath, configuration: configuration)
         vm = try snapshot.fork()
         try vm.register(HostCallNumber.firstUserNumber, Self.memoryHandler)
@@ -40,7 +43,12 @@ import CKVM
     public func hostCalls(_ data: [UInt8]) throws {
         var decoder = ArgumentDecoder(data, vm: vm)
         while let (number, arguments) = decoder.nextCall() {
+            // Half the calls as if by `syscall` (the Linux personality), half by `out`.
+            let viaSyscall = decoder.nextByte() & 1 == 0
+            // Sleeps really sleep (no deadline is armed here): not worth fuzzing time.
+            if viaSyscall && (number == 35 || number == 230) { continue }
             vm.vcpu.modifyRegisters { r in
+                r.rip = viaSyscall ? GuestLayout.syscallStubPage + 2 : vm.program.entry
                 r.rax = UInt64(bitPattern: Int64(number))
                 (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (arguments[0], arguments[1], arguments[2], arguments[3], arguments[4], arguments[5])
             }
@@ -81,6 +89,8 @@ struct ArgumentDecoder {
     private let data: [UInt8]
     private var offset = 0
     private let regions: [UInt64]
+    /// The guest's table of path strings (`fuzz_paths` in the service guest), or 0.
+    private let paths: UInt64
 
     init(_ data: [UInt8], vm: Sandbox) {
         self.data = data
@@ -88,10 +98,14 @@ struct ArgumentDecoder {
                    GuestLayout.stackTop &- 4096, GuestLayout.syscallStubPage, GuestLayout.mailboxPage, GuestLayout.doorbellPage,
                    ExceptionStubs.criticalStackPage, ExceptionStubs.stubPage, ExceptionStubs.idtPage, GuestLayout.systemPage,
                    1 << 47, 0xffff_8000_0000_0000, UInt64.max &- 4095, Sandbox.mmapTop(stackBottom: vm.stackBottom)]
+        paths = vm.program.symbols.symbol(named: "fuzz_paths").map { vm.program.base &+ $0.address } ?? 0
     }
 
     static let numbers = [0, 1, 9, 10, 11, 12, 13, 14, 16, 20, 28, 39, 60, 62, 158, 186, 200, 218, 228, 231, 234, 318,
-                          0xf00, 0xf02, 0x1000, 0x1001, 0x1002, -1, Int(Int64.min)]
+                          0xf00, 0xf02, 0x1000, 0x1001, 0x1002, -1, Int(Int64.min),
+                          // Linux system calls (served when the call comes by `syscall`)
+                          2, 3, 4, 5, 6, 8, 17, 18, 19, 21, 32, 33, 63, 72, 79, 80, 82, 83, 84, 87, 89, 95, 96, 97,
+                          99, 115, 131, 157, 201, 204, 217, 229, 257, 258, 262, 263, 264, 267, 269, 292, 302, 332, 439]
 
     mutating func nextByte() -> UInt8 {
         guard offset < data.count else { return 0 }
@@ -115,8 +129,10 @@ struct ArgumentDecoder {
 
     mutating func nextArgument() -> UInt64 {
         let kind = nextByte()
-        switch kind % 6 {
+        switch kind % 8 {
         case 0: return nextWord()
+        case 6, 7 where paths != 0: return paths &+ UInt64(nextByte() % 160)  // into the path strings
+        case 6: return UInt64(nextByte())
         case 1: return UInt64(nextByte())
         case 2: return regions[Int(nextByte()) % regions.count] &+ UInt64(nextByte()) &* 8
         case 3: return regions[Int(nextByte()) % regions.count] &- UInt64(nextByte())
