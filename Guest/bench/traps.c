@@ -2,7 +2,8 @@
 // KS_HOSTCALL_USER returns its argument + 1, which the guest checks (unless given argv[3]).
 //   out       out %al, $0x42 (the SDK's exit path)
 //   mmio      a byte store to the MMIO doorbell page (an unbacked guest-physical address)
-//   syscall   the syscall instruction (LSTAR stub on PVM, CPL 0 entry on hardware)
+//   syscall   the syscall instruction (LSTAR stub on PVM, CPL 0 entry on hardware): a Linux
+//             getppid served by the Linux layer (embedder calls are not reachable this way)
 //   exception ud2, which the embedder's exception handler turns into the call and skips
 //   exitless  the SDK's ks_hostcall through the mailbox (polling host thread)
 #include <kvmsandbox.h>
@@ -39,7 +40,7 @@ int main(int argc, char **argv) {
         switch (method) {
         case 0: r = ks_hostcall_exit(KS_HOSTCALL_USER, i, 0, 0, 0, 0, 0); break;
         case 1: r = by_mmio(KS_HOSTCALL_USER, i); break;
-        case 2: r = by_syscall(KS_HOSTCALL_USER, i); break;
+        case 2: r = by_syscall(110 /* getppid */, i) + i + 1; break;  /* getppid is 0 inside */
         case 3: r = by_exception(KS_HOSTCALL_USER, i); break;
         default: r = ks_hostcall(KS_HOSTCALL_USER, i, 0, 0, 0, 0, 0); break;
         }

@@ -57,6 +57,7 @@ struct Bench: ParsableCommand {
             return output
         }
         let traps = try build("traps"), compute = try build("compute"), trivial = try build("trivial")
+        let files = try build("files")
         let platform = KVMPlatform.detect().rawValue
         var results = BenchResults()
         progress("platform \(platform), \(CPUAffinity.availableCPUs) CPUs")
@@ -103,6 +104,9 @@ struct Bench: ParsableCommand {
         let hostcall = try perCall("exitless", .automatic, count: iterations * 10)
         results.add("hostcall_ns", hostcall)
         results.add("hostcall_vs_floor", hostcall / floor)
+
+        progress("Linux layer: getppid, open + read + close, busybox sha256sum (each vs native)")
+        try LinuxBench.run(into: &results, floor: floor, files: files, work: work, rounds: iterations, batches: batches)
 
         progress("host calls with everything on one core (a child process under taskset -c 0)")
         do {

@@ -24,10 +24,10 @@ enum Report {
     }
 
     /// The JSON form of a run's outcome (schema in the README).
-    static func json(_ outcome: RunOutcome) throws -> Data {
+    static func json(_ outcome: RunOutcome, sandbox: Sandbox) throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        return try encoder.encode(RunReport(outcome))
+        return try encoder.encode(RunReport(outcome, sandbox: sandbox))
     }
 }
 

@@ -106,10 +106,14 @@ struct Run: ParsableCommand {
             printError("kvmsandbox: host failure while the guest ran: \(error)")
             throw ExitCode(ExitStatus.hostFailure)
         }
-        if verbose { printError("kvmsandbox: \(outcome); \(sandbox.statistics.exits) exits, \(sandbox.statistics.hostCalls) host calls") }
+        if verbose {
+            printError("kvmsandbox: \(outcome); \(sandbox.statistics.exits) exits, \(sandbox.statistics.hostCalls) host calls, \(sandbox.systemCallCounts.values.reduce(0, +)) Linux system calls")
+            let missing = sandbox.unimplementedSystemCalls.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }
+            if !missing.isEmpty { printError("kvmsandbox: not implemented (answered ENOSYS): \(missing.joined(separator: ", "))") }
+        }
         if case .exited = outcome {} else { printError(Report.text(outcome)) }
         if let reportJSON {
-            do { try Report.json(outcome).write(to: URL(fileURLWithPath: reportJSON)) } catch {
+            do { try Report.json(outcome, sandbox: sandbox).write(to: URL(fileURLWithPath: reportJSON)) } catch {
                 printError("kvmsandbox: cannot write \(reportJSON): \(error)")
                 throw ExitCode(ExitStatus.sandboxError)
             }

@@ -158,6 +158,10 @@ public struct RunReport: Sendable, Codable, Equatable {
     public let summary: String
     /// The exception, for `fault`.
     public let fault: Fault?
+    /// Linux system calls made, by name (when the report was made with them).
+    public var systemCalls: [String: Int]?
+    /// System calls answered `ENOSYS` because they are not implemented, by name.
+    public var unimplementedSystemCalls: [String: Int]?
 
     /// A CPU exception with every decoded field spelled out.
     public struct Fault: Sendable, Codable, Equatable {
@@ -179,6 +183,13 @@ public struct RunReport: Sendable, Codable, Equatable {
         public let registers: GuestRegisters
         /// The call stack.
         public let backtrace: Backtrace
+    }
+
+    /// The report of `outcome` with the system-call counts of `sandbox`.
+    public init(_ outcome: RunOutcome, sandbox: Sandbox) {
+        self.init(outcome)
+        systemCalls = sandbox.systemCallCounts
+        unimplementedSystemCalls = sandbox.unimplementedSystemCalls
     }
 
     /// The report of `outcome`.

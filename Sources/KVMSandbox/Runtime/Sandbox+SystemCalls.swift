@@ -11,6 +11,16 @@ enum Either<Left, Right> {
 
 /// The `syscall` trap: Linux system calls, served by the Linux personality.
 extension Sandbox {
+    /// Linux system calls the guest made so far, by name, and how often.
+    public var systemCallCounts: [String: Int] {
+        Dictionary(linux.counts.map { (LinuxSyscallNames.name($0.key), $0.value) }, uniquingKeysWith: +)
+    }
+
+    /// The system calls answered `ENOSYS` because the Linux layer does not implement them, by name.
+    public var unimplementedSystemCalls: [String: Int] {
+        Dictionary(linux.unimplemented.map { (LinuxSyscallNames.name($0.key), $0.value) }, uniquingKeysWith: +)
+    }
+
     /// Whether an exit at `rip` came from the `syscall` entry (PVM: the user stub; hardware KVM:
     /// the CPL 0 entry) rather than from the guest's own `out` (a host call).
     func isSyscallTrap(_ rip: UInt64) -> Bool {
@@ -19,7 +29,6 @@ extension Sandbox {
 
     /// Serves the Linux system call in `registers`; embedder host calls are not reachable this way.
     func serveSystemCall(_ registers: kvm_regs) throws(KVMError) -> RunOutcome? {
-        statistics.hostCalls += 1
         let call = HostCall(number: Int(truncatingIfNeeded: Int64(bitPattern: registers.rax)),
                             arguments: [registers.rdi, registers.rsi, registers.rdx, registers.r10, registers.r8, registers.r9],
                             memory: guestMemory)
