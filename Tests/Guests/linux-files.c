@@ -85,6 +85,26 @@ int main(int argc, char **argv) {
                name(rwx), name(unaligned), name(wrapping), name(unmapped), p);
         return 0;
     }
+    if (!strcmp(m, "reserve")) {  // PROT_NONE reservations cost nothing; MAP_FIXED and mprotect commit parts
+        size_t huge = 1UL << 30;  // far more than the guest's memory
+        char *r = mmap(NULL, huge, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (r == MAP_FAILED) { printf("reserve: %s\n", name(errno)); return 1; }
+        char *a = mmap(r + (256 << 20), 16384, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+        strcpy(a + 8192, "fixed");
+        int p = mprotect(r + (512 << 20), 8192, PROT_READ | PROT_WRITE);
+        strcpy(r + (512 << 20) + 4096, "protected");
+        void *stub = mmap((void *)0x7ff000001000UL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+        int stubErrno = errno;
+        void *exec = mmap(NULL, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        int execErrno = errno;
+        printf("fixed=%s%s protect=%d %s over-stub=%s exec-anon=%s\n", a == r + (256 << 20) ? "at-hint:" : "moved:", a + 8192,
+               p, r + (512 << 20) + 4096, stub == MAP_FAILED ? name(stubErrno) : "MAPPED", exec == MAP_FAILED ? name(execErrno) : "MAPPED");
+        return 0;
+    }
+    if (!strcmp(m, "read-reserved")) {  // a PROT_NONE page faults on any access
+        volatile char *r = mmap(NULL, 1UL << 20, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        return r[4096];
+    }
     if (!strcmp(m, "write-readonly")) {  // a write to a page made read-only faults, as on Linux
         char *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         p[0] = 1;

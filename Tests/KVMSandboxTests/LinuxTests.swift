@@ -147,6 +147,19 @@ extension KVMTests {
             #expect(fault.fault?.errorCode == 7)  // a user write to a present, read-only page
         }
 
+        /// PROT_NONE reservations larger than the guest's memory cost nothing; MAP_FIXED and
+        /// mprotect make parts accessible; MAP_FIXED over the stub page and executable anonymous
+        /// memory are refused; a reserved page faults on access.
+        @Test(arguments: ["glibc", "musl"])
+        func reservationsAndFixedMappings(libc: String) throws {
+            let program = try LinuxFixtures.program(libc)
+            let (outcome, stdout, _) = try LinuxFixtures.run(program, ["reserve"])
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "fixed=at-hint:fixed protect=0 protected over-stub=ENOMEM exec-anon=EACCES\n")
+            let (fault, _, _) = try LinuxFixtures.run(program, ["read-reserved"])
+            #expect(fault.fault?.vector == 14)
+        }
+
         @Test(arguments: ["glibc", "musl"])
         func theFileTableIsBounded(libc: String) throws {
             let (outcome, stdout, _) = try LinuxFixtures.run(try LinuxFixtures.program(libc), ["emfile"])

@@ -238,7 +238,10 @@ final class BuiltinHostCalls {
         let anonymous: UInt64 = 0x20, fixed: UInt64 = 0x10, exec: UInt64 = 0x4
         guard flags & anonymous != 0, flags & fixed == 0 else { return -Int64(E.EINVAL) }
         guard protection & exec == 0 else { return -Int64(E.EACCES) }
-        guard length > 0, let size = PageSize.alignUp(length), size <= space.memory.size else { return -Int64(E.ENOMEM) }
+        // PROT_NONE only reserves address space (Go reserves 512 MiB at start-up): it costs no
+        // memory until made accessible, so it is bounded by the address space, not the memory.
+        let limit = protection == 0 ? Self.largestReservation : space.memory.size
+        guard length > 0, let size = PageSize.alignUp(length), size <= limit else { return -Int64(E.ENOMEM) }
         if protection != 0, let index = state.freeRanges.firstIndex(where: { $0.length >= size }) {
             let start = state.freeRanges[index].start
             state.freeRanges[index].start += size
@@ -250,10 +253,30 @@ final class BuiltinHostCalls {
         guard state.mmapBottom >= size, state.mmapBottom - size >= state.heapMappedEnd + GuestLayout.stackGap else { return -Int64(E.ENOMEM) }
         let start = state.mmapBottom - size
         if protection != 0 {
-            guard (try? space.mapNew(start, length: size, [.read, .write])) != nil else { return -Int64(E.ENOMEM) }
+            let permissions: PagePermissions = protection & 2 != 0 ? [.read, .write] : [.read]
+            guard (try? space.mapNew(start, length: size, permissions)) != nil else { return -Int64(E.ENOMEM) }
         }
         state.mmapBottom = start
         return Int64(start)
+    }
+
+    /// The largest single PROT_NONE reservation (1 TiB; the address space below the stack is 128 TiB).
+    static let largestReservation: UInt64 = 1 << 40
+
+    /// The guest's anonymous-mmap region, `[mmapBottom, mmapTop)`: where MAP_FIXED may land.
+    var mmapRegion: Range<UInt64> { state.mmapBottom..<mmapTop }
+
+    /// Takes `[start, start + length)` out of the free list (a MAP_FIXED mapping claims it).
+    func claim(_ start: UInt64, length: UInt64) {
+        let end = start + length
+        var kept: [(start: UInt64, length: UInt64)] = []
+        for range in state.freeRanges {
+            let rangeEnd = range.start + range.length
+            if rangeEnd <= start || range.start >= end { kept.append(range); continue }
+            if range.start < start { kept.append((range.start, start - range.start)) }
+            if rangeEnd > end { kept.append((end, rangeEnd - end)) }
+        }
+        state.freeRanges = kept
     }
 
     /// Returns anonymous pages to the free list (they stay mapped; see `state.freeRanges`). Only the

@@ -8,6 +8,8 @@ import Glibc
 extension LinuxPersonality {
     func handleMemory(_ call: HostCall) throws -> HostCallEffect? {
         switch call.number {
+        case 9 where call[3] & (0x10 | 0x100000) != 0 && call[3] & 0x20 != 0:  // anonymous MAP_FIXED(_NOREPLACE)
+            return mapFixed(call[0], length: call[1], protection: call[2], replace: call[3] & 0x10 != 0)
         case 9 where call[3] & 0x20 == 0:           // mmap of a file (anonymous ones are the built-in's)
             return try mapFile(length: call[1], protection: call[2], flags: call[3], fd: call.descriptor(4), offset: call[5])
         case 10: return protect(call[0], length: call[1], protection: call[2])
@@ -27,6 +29,52 @@ extension LinuxPersonality {
             return .value(0)
         default: return nil
         }
+    }
+
+    /// Anonymous MAP_FIXED inside the guest's own mmap region (Go maps parts of its PROT_NONE
+    /// reservations this way): fresh zero pages with the protection asked for. Anywhere else (the
+    /// image, heap, stack, stub and system pages) is refused with `ENOMEM`.
+    func mapFixed(_ address: UInt64, length: UInt64, protection: UInt64, replace: Bool) -> HostCallEffect {
+        guard address % PageSize.bytes == 0, protection & ~7 == 0, length > 0 else { return Self.fail(.invalidArgument) }
+        guard protection & 4 == 0 else { return Self.fail(.permissionDenied) }  // no executable anonymous memory
+        guard let size = PageSize.alignUp(length) else { return Self.fail(.noMemory) }
+        let region = builtins.mmapRegion
+        guard address >= region.lowerBound, address <= region.upperBound, size <= region.upperBound - address else {
+            return Self.fail(.noMemory)
+        }
+        let end = address + size
+        var changed = false
+        var page = address
+        if !replace {  // MAP_FIXED_NOREPLACE
+            while page < end {
+                if space.isMapped(page) { return Self.fail(.fileExists) }
+                page += PageSize.bytes
+            }
+            page = address
+        }
+        let permissions = Self.permissions(protection)
+        while page < end {
+            if space.isMapped(page) {
+                space.zeroMapped(page, length: PageSize.bytes)
+                do { try space.protect(page, permissions) } catch { return Self.fail(.noMemory) }
+                changed = true
+            } else if protection != 0 {
+                do { try space.mapNew(page, length: PageSize.bytes, permissions) } catch { return Self.fail(.noMemory) }
+            }
+            page += PageSize.bytes
+        }
+        builtins.claim(address, length: size)
+        return changed ? .invalidateTranslationsReturning(Int64(address)) : .value(Int64(address))
+    }
+
+    /// Page permissions for PROT_* bits. PROT_NONE pages stay in the tables for the host but are
+    /// supervisor-only, so every guest access faults (x86 has no "present but unreadable" for user pages).
+    static func permissions(_ protection: UInt64) -> PagePermissions {
+        var permissions: PagePermissions = []
+        if protection & 1 != 0 || protection & 4 != 0 { permissions.insert(.read) }
+        if protection & 2 != 0 { permissions.formUnion([.read, .write]) }
+        if protection & 4 != 0 { permissions.insert(.execute) }
+        return permissions.isEmpty ? [.supervisor] : permissions
     }
 
     /// A private mapping of a regular file: fresh pages with the file's bytes copied in (the rest
@@ -57,10 +105,7 @@ extension LinuxPersonality {
             copied += UInt64(n)
         }
         if protection == 3 { return .value(start) }
-        var permissions: PagePermissions = []
-        if protection & 1 != 0 || execute { permissions.insert(.read) }
-        if write { permissions.insert(.write) }
-        if execute { permissions.insert(.execute) }
+        let permissions = Self.permissions(protection)
         var page = address
         while page < address + size {
             try space.protect(page, permissions)
@@ -83,19 +128,25 @@ extension LinuxPersonality {
         if execute && !(address >= imageRange.lowerBound && end <= imageRange.upperBound) {
             return Self.fail(.permissionDenied)
         }
+        // Every page must be mapped or reserved (PROT_NONE in the mmap region), as Linux wants.
+        let region = builtins.mmapRegion
         var page = address
         while page < end {
-            guard space.isMapped(page) else { return Self.fail(.noMemory) }
+            guard space.isMapped(page) || region.contains(page) else { return Self.fail(.noMemory) }
             page += PageSize.bytes
         }
-        var permissions: PagePermissions = []
-        if protection & 1 != 0 { permissions.insert(.read) }
-        if write { permissions.insert(.write) }
-        if execute { permissions.insert(.execute) }
+        let permissions = Self.permissions(protection)
         page = address
         while page < end {
-            // PROT_NONE: not present to the guest, but the page stays in the tables for the host.
-            do { try space.protect(page, permissions) } catch { return Self.fail(.noMemory) }
+            do {
+                if space.isMapped(page) {
+                    try space.protect(page, permissions)
+                } else if protection != 0 {
+                    try space.mapNew(page, length: PageSize.bytes, permissions)  // a reserved page made accessible
+                }
+            } catch {
+                return Self.fail(.noMemory)
+            }
             page += PageSize.bytes
         }
         return .invalidateTranslationsReturning(0)
