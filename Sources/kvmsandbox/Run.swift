@@ -44,6 +44,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "HOST:GUEST[:ro|rw]: make a host path visible at another guest path (repeatable; default ro).")
     var volume: [String] = []
 
+    @Option(name: .long, help: "A writable in-memory directory for the guest, e.g. /tmp (repeatable; gone when the run ends).")
+    var tmpfs: [String] = []
+
     @Option(name: .long, help: "The guest's working directory (default: this one when a grant covers it, else /).")
     var cwd: String?
 
@@ -75,6 +78,7 @@ struct Run: ParsableCommand {
         configuration.timeout = timeout
         configuration.files = try grants()
         configuration.workingDirectory = cwd
+        configuration.memoryDirectories = tmpfs
         configuration.traceSyscalls = traceSyscalls
         configuration.standardInput = .fileDescriptor(0)
         configuration.programPath = program

@@ -15,7 +15,7 @@ static const char *name(int e) {
     switch (e) {
     case 0: return "0"; case EACCES: return "EACCES"; case EINVAL: return "EINVAL"; case ENOMEM: return "ENOMEM";
     case ENOENT: return "ENOENT"; case EMFILE: return "EMFILE"; case EFAULT: return "EFAULT"; case EROFS: return "EROFS";
-    case EXDEV: return "EXDEV"; case ELOOP: return "ELOOP"; default: return "other";
+    case EXDEV: return "EXDEV"; case ELOOP: return "ELOOP"; case ENOTEMPTY: return "ENOTEMPTY"; default: return "other";
     }
 }
 static volatile unsigned long huge_count = 1UL << 40;
@@ -99,6 +99,52 @@ int main(int argc, char **argv) {
         int execErrno = errno;
         printf("fixed=%s%s protect=%d %s over-stub=%s exec-anon=%s\n", a == r + (256 << 20) ? "at-hint:" : "moved:", a + 8192,
                p, r + (512 << 20) + 4096, stub == MAP_FAILED ? name(stubErrno) : "MAPPED", exec == MAP_FAILED ? name(execErrno) : "MAPPED");
+        return 0;
+    }
+    if (!strcmp(m, "shrinking") && argc > 2) {  // the host truncates the file between two reads
+        int fd = open(argv[2], O_RDONLY);
+        char buffer[8];
+        long first = read(fd, buffer, 4);
+        long nr = 0x1000, result;  /* the embedder's host call (by out, as the SDK's ks_hostcall does) */
+        __asm__ volatile("out %%al, $0x42" : "=a"(result) : "a"(nr) : "memory");
+        long second = read(fd, buffer, 4);
+        struct stat st;
+        fstat(fd, &st);
+        long third = pread(fd, buffer, 4, 100);
+        printf("first=%ld host=%ld second=%ld size=%ld beyond=%ld\n", first, result, second, (long)st.st_size, third);
+        return 0;
+    }
+    if (!strcmp(m, "tmpfs")) {  // the in-memory /tmp: files, directories, renames, removals
+        FILE *f = fopen("/tmp/a", "w");
+        if (!f) { printf("fopen: %s\n", name(errno)); return 1; }
+        fputs("hello tmpfs\n", f);
+        fclose(f);
+        char line[64] = "";
+        f = fopen("/tmp/a", "r");
+        fgets(line, sizeof line, f);
+        fclose(f);
+        int made = mkdir("/tmp/d", 0755), moved = rename("/tmp/a", "/tmp/d/b");
+        struct stat st;
+        int stated = stat("/tmp/d/b", &st);
+        char listing[256] = "";
+        const char *dirs[] = {"/tmp", "/tmp/d", "/"};
+        for (int i = 0; i < 3; i++) {
+            DIR *dir = opendir(dirs[i]);
+            strcat(listing, dirs[i]);
+            strcat(listing, ":");
+            char *names[16];
+            int n = 0;
+            for (struct dirent *e; dir && (e = readdir(dir)) && n < 16;) if (e->d_name[0] != '.') names[n++] = strdup(e->d_name);
+            if (dir) closedir(dir);
+            qsort(names, n, sizeof *names, compare);
+            for (int k = 0; k < n; k++) { strcat(listing, " "); strcat(listing, names[k]); }
+            strcat(listing, ";");
+        }
+        int notEmpty = rmdir("/tmp/d") == 0 ? 0 : errno;
+        int removed = unlink("/tmp/d/b") + rmdir("/tmp/d");
+        int gone = access("/tmp/d", F_OK) == 0 ? 0 : errno;
+        printf("%s made=%d moved=%d size=%ld %s notempty=%s removed=%d gone=%s\n", line[0] ? "read" : "empty", made, moved,
+               stated == 0 ? (long)st.st_size : -1L, listing, name(notEmpty), removed, name(gone));
         return 0;
     }
     if (!strcmp(m, "read-reserved")) {  // a PROT_NONE page faults on any access

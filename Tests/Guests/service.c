@@ -53,6 +53,9 @@ long set_fpu_secret(long v) {
     __asm__ volatile("fldcw %0\n\tfld1\n\tfld1" :: "m"(cw));  /* and two values left on the x87 stack */
     return 0;
 }
+/* A file in the in-memory /tmp: part of the VM's state, so a reset must remove it. */
+long tmp_write(const char *s) { FILE *f = fopen("/tmp/state.txt", "w"); if (!f) return -1; fputs(s, f); fclose(f); return 0; }
+long tmp_read(void) { FILE *f = fopen("/tmp/state.txt", "r"); if (!f) return -2; int c = fgetc(f); fclose(f); return c; }
 long read_xmm0(void) { long v; __asm__ volatile("movq %%xmm0, %0" : "=r"(v)); return v; }
 long read_xmm7(void) { long v; __asm__ volatile("movq %%xmm7, %0" : "=r"(v)); return v; }
 long read_xmm15(void) { long v; __asm__ volatile("movq %%xmm15, %0" : "=r"(v)); return v; }

@@ -35,7 +35,7 @@ enum LinuxFixtures {
 
     /// Runs an unmodified Linux program with output captured.
     static func run(_ path: String, _ arguments: [String], input: InputSource = .empty, grants: [FileGrant] = [],
-                    cwd: String? = nil) throws -> (outcome: RunOutcome, stdout: String, stderr: String) {
+                    cwd: String? = nil, setUp: (Sandbox) throws -> Void = { _ in }) throws -> (outcome: RunOutcome, stdout: String, stderr: String) {
         var configuration = SandboxConfiguration()
         configuration.arguments = [path] + arguments
         configuration.standardOutput = .capture
@@ -45,6 +45,7 @@ enum LinuxFixtures {
         configuration.workingDirectory = cwd
         configuration.timeout = 20
         let sandbox = try Sandbox(elfPath: path, configuration: configuration)
+        try setUp(sandbox)
         let outcome = try sandbox.run()
         return (outcome, String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self),
                 String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self))
@@ -186,6 +187,36 @@ extension KVMTests {
                 write to ro: EROFS
 
                 """)
+        }
+
+        /// A file that shrinks under the guest (the host truncates it between two reads): reads
+        /// past the new end are end of file, as on Linux, never stale bytes or a host error.
+        @Test(arguments: ["glibc", "musl"])
+        func filesChangingSizeUnderTheGuest(libc: String) throws {
+            let directory = LinuxFixtures.scratch("shrink-\(libc)")
+            let file = "\(directory)/shrinking.txt"
+            try Data("0123456789".utf8).write(to: URL(fileURLWithPath: file))
+            let (outcome, stdout, _) = try LinuxFixtures.run(try LinuxFixtures.program(libc), ["shrinking", file],
+                                                             grants: [FileGrant(hostPath: directory)]) { sandbox in
+                try sandbox.register(HostCallNumber.firstUserNumber) { _ in Int64(truncate(file, 2)) }
+            }
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "first=4 host=0 second=0 size=2 beyond=0\n")
+        }
+
+        /// An in-memory /tmp: files, directories, renames and removals, with no host file touched.
+        @Test(arguments: ["glibc", "musl"])
+        func anInMemoryTemporaryDirectory(libc: String) throws {
+            let program = try LinuxFixtures.program(libc)
+            var configuration = SandboxConfiguration()
+            configuration.arguments = [program, "tmpfs"]
+            configuration.standardOutput = .capture
+            configuration.memoryDirectories = ["/tmp"]
+            configuration.timeout = 20
+            let sandbox = try Sandbox(elfPath: program, configuration: configuration)
+            #expect(try sandbox.run() == .exited(status: 0))
+            #expect(String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self)
+                    == "read made=0 moved=0 size=12 /tmp: d;/tmp/d: b;/: tmp; notempty=ENOTEMPTY removed=0 gone=ENOENT\n")
         }
 
         /// A grant at another guest path (--volume), and embedder host calls unreachable by `syscall`.

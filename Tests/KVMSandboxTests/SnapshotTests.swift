@@ -9,7 +9,8 @@ extension KVMTests {
             configuration.arguments = ["service"]
             configuration.standardOutput = .capture
             configuration.timeout = timeout
-            configuration.verifyResets = true  // every reset in these tests is checked page by page
+            configuration.verifyResets = true
+            configuration.memoryDirectories = ["/tmp"]  // every reset in these tests is checked page by page
             configuration.memorySize = memory
             return try Snapshot(elfPath: try Guests.build("service"), configuration: configuration)
         }
@@ -44,6 +45,18 @@ extension KVMTests {
             try a.reset()
             #expect(try a.call("read_secret") == .returned(0))
             #expect(try a.call("get_counter") == .returned(0))
+        }
+
+        /// Files in the in-memory /tmp are part of the VM: a reset removes them, other forks never see them.
+        @Test func filesInTheMemoryDirectoryAreIsolatedAndReset() throws {
+            let snapshot = try Self.snapshot()
+            let a = try snapshot.fork(), b = try snapshot.fork()
+            #expect(try a.call("tmp_read") == .returned(UInt64(bitPattern: -2)))
+            #expect(try a.call("tmp_write", .string("secret")) == .returned(0))
+            #expect(try a.call("tmp_read") == .returned(UInt64(UInt8(ascii: "s"))))
+            #expect(try b.call("tmp_read") == .returned(UInt64(bitPattern: -2)))
+            try a.reset()
+            #expect(try a.call("tmp_read") == .returned(UInt64(bitPattern: -2)))
         }
 
         @Test(arguments: DirtyTracking.allCases)

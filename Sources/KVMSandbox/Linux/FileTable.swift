@@ -35,6 +35,8 @@ struct OpenFile {
         case directory(entries: [UInt8], host: HostFile?)
         /// Synthesized contents (`/proc/meminfo`, `/sys/devices/system/cpu/online`).
         case memory([UInt8])
+        /// A file in an in-memory tree (`--tmpfs`), by path.
+        case memoryFile(path: String)
         case null, zero, random
     }
     var kind: Kind

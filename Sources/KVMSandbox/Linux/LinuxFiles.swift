@@ -98,8 +98,13 @@ extension LinuxPersonality {
         var file: OpenFile
         if let kind = syntheticFile(path) {
             file = OpenFile(kind: kind, statusFlags: keep, path: path)
+        } else if state.memoryFiles.covers(path) {
+            switch openInMemory(path, flags: flags) {
+            case .failure(let error): return Self.fail(error)
+            case .success(let kind): file = OpenFile(kind: kind, statusFlags: keep, path: path)
+            }
         } else if fileSystem.locate(path) == nil {
-            guard fileSystem.isAncestorOfAMount(path) else { return Self.fail(.noSuchFileOrDirectory) }
+            guard isAncestorOfAMount(path) else { return Self.fail(.noSuchFileOrDirectory) }
             guard flags & O_ACCMODE == O_RDONLY else { return Self.fail(.isDirectory) }
             file = OpenFile(kind: .directory(entries: syntheticDirectory(path), host: nil), statusFlags: keep, path: path)
         } else {
@@ -139,27 +144,64 @@ extension LinuxPersonality {
         }
     }
 
+    /// Whether a path is a directory only because grants or in-memory trees lie beneath it.
+    func isAncestorOfAMount(_ path: String) -> Bool {
+        let prefix = path == "/" ? "/" : path + "/"
+        return fileSystem.isAncestorOfAMount(path) || state.memoryFiles.mounts.contains { $0.hasPrefix(prefix) }
+    }
+
     /// A directory that exists only because grants lie beneath it: `.`, `..` and the next
     /// component of each such grant.
     func syntheticDirectory(_ path: String) -> [UInt8] {
         let prefix = path == "/" ? "/" : path + "/"
-        var names: [String] = [".", ".."]
-        for mount in fileSystem.mounts where mount.guestPath.hasPrefix(prefix) {
-            let next = String(mount.guestPath.dropFirst(prefix.count).split(separator: "/").first ?? "")
+        var names: [String] = []
+        for mount in fileSystem.mounts.map(\.guestPath) + state.memoryFiles.mounts where mount.hasPrefix(prefix) {
+            let next = String(mount.dropFirst(prefix.count).split(separator: "/").first ?? "")
             if !next.isEmpty && !names.contains(next) { names.append(next) }
         }
+        return Self.directoryRecords(names.map { ($0, true) })
+    }
+
+    /// `getdents64` records for `.`, `..` and `entries` (name, is a directory).
+    static func directoryRecords(_ entries: [(String, Bool)]) -> [UInt8] {
         var records: [UInt8] = []
-        for (index, name) in names.enumerated() {
+        for (index, (name, isDirectory)) in ([(".", true), ("..", true)] + entries).enumerated() {
             let length = (19 + name.utf8.count + 1 + 7) & ~7
             var record = [UInt8](repeating: 0, count: length)
             record.replaceSubrange(0..<8, with: UInt64(index + 1).littleEndianBytes)
             record.replaceSubrange(8..<16, with: UInt64(index + 1).littleEndianBytes)
             record.replaceSubrange(16..<18, with: UInt16(length).littleEndianBytes)
-            record[18] = 4  // DT_DIR
+            record[18] = isDirectory ? 4 : 8  // DT_DIR, DT_REG
             record.replaceSubrange(19..<19 + name.utf8.count, with: Array(name.utf8))
             records += record
         }
         return records
+    }
+
+    /// Opens a path in an in-memory tree: creating, truncating, or listing a directory.
+    func openInMemory(_ path: String, flags: Int32) -> Result<OpenFile.Kind, Errno> {
+        if flags & O_CREAT != 0 {
+            if let error = state.memoryFiles.createFile(path, exclusive: flags & O_EXCL != 0,
+                                                        truncate: flags & O_TRUNC != 0 && flags & O_ACCMODE != O_RDONLY) {
+                return .failure(error)
+            }
+        }
+        switch state.memoryFiles.node(path) {
+        case nil: return .failure(.noSuchFileOrDirectory)
+        case .directory:
+            guard flags & O_ACCMODE == O_RDONLY else { return .failure(.isDirectory) }
+            let names = state.memoryFiles.children(path).map { name -> (String, Bool) in
+                if case .directory = state.memoryFiles.node(path == "/" ? "/" + name : path + "/" + name) { return (name, true) }
+                return (name, false)
+            }
+            return .success(.directory(entries: Self.directoryRecords(names), host: nil))
+        case .file:
+            if flags & O_DIRECTORY != 0 { return .failure(.notDirectory) }
+            if flags & O_TRUNC != 0 && flags & O_CREAT == 0 && flags & O_ACCMODE != O_RDONLY {
+                _ = state.memoryFiles.createFile(path, exclusive: false, truncate: true)
+            }
+            return .success(.memoryFile(path: path))
+        }
     }
 
     // MARK: read and write
@@ -167,7 +209,10 @@ extension LinuxPersonality {
     func read(fd: Int64, _ memory: GuestMemoryView, into address: UInt64, count: UInt64, at position: UInt64?) throws -> HostCallEffect {
         guard let file = state.files[fd], file.readable else { return Self.fail(.badFileDescriptor) }
         let count = Int(min(count, UInt64(Self.transferLimit)))
-        if position != nil, case .host = file.kind {} else if position != nil { return Self.fail(.illegalSeek) }
+        switch file.kind {
+        case .host, .memoryFile: break
+        default: if position != nil { return Self.fail(.illegalSeek) }
+        }
         var bytes: [UInt8]
         switch file.kind {
         case .standardInput:
@@ -185,6 +230,10 @@ extension LinuxPersonality {
         case .directory: return Self.fail(.isDirectory)
         case .memory(let contents):
             let start = Int(min(file.offset, UInt64(contents.count)))
+            bytes = Array(contents[start..<min(contents.count, start + count)])
+        case .memoryFile(let path):
+            let contents = state.memoryFiles.contents(path) ?? []
+            let start = Int(min(position ?? file.offset, UInt64(contents.count)))
             bytes = Array(contents[start..<min(contents.count, start + count)])
         case .null: bytes = []
         case .zero: bytes = [UInt8](repeating: 0, count: count)
@@ -245,6 +294,16 @@ extension LinuxPersonality {
             guard n >= 0 else { return Self.fail(Errno.current) }
             if position == nil { state.files.update(fd) { $0.offset = offset + UInt64(n) } }
             return .value(Int64(n))
+        case .memoryFile(let path):
+            let bytes = try memory.read(address, count: Int(min(count, UInt64(Self.transferLimit))))
+            var offset = position ?? file.offset
+            if position == nil, file.statusFlags & O_APPEND != 0 { offset = UInt64(state.memoryFiles.contents(path)?.count ?? 0) }
+            switch state.memoryFiles.write(path, bytes, at: offset) {
+            case .failure(let error): return Self.fail(error)
+            case .success(let n):
+                if position == nil { state.files.update(fd) { $0.offset = offset + UInt64(n) } }
+                return .value(Int64(n))
+            }
         case .null, .zero, .random: _ = try memory.read(address, count: Int(min(count, UInt64(Self.transferLimit)))); return .value(Int64(min(count, UInt64(Self.transferLimit))))
         case .standardInput, .directory, .memory: return Self.fail(.badFileDescriptor)
         }
@@ -278,6 +337,7 @@ extension LinuxPersonality {
             guard fstat(host.fd, &status) == 0 else { return Self.fail(Errno.current) }
             size = Int64(status.st_size)
         case .memory(let contents): size = Int64(contents.count)
+        case .memoryFile(let path): size = Int64(state.memoryFiles.contents(path)?.count ?? 0)
         case .directory(let entries, _): size = Int64(entries.count)
         case .null, .zero, .random: return .value(0)
         case .standardInput, .output: return Self.fail(.illegalSeek)
@@ -305,6 +365,7 @@ extension LinuxPersonality {
             guard fstat(host.fd, &status) == 0 else { return Self.fail(Errno.current) }
         case .directory(_, nil): status.st_mode = S_IFDIR | 0o555; status.st_nlink = 2
         case .memory(let contents): status.st_mode = S_IFREG | 0o444; status.st_size = Int(contents.count)
+        case .memoryFile(let path): status = state.memoryFiles.status(path) ?? stat()
         case .null, .zero, .random: status.st_mode = S_IFCHR | 0o666
         case .standardInput, .output:
             status.st_mode = S_IFIFO | 0o600  // a pipe: stdio then buffers fully, as for a redirected stream
@@ -327,8 +388,11 @@ extension LinuxPersonality {
         if let kind = syntheticFile(path) {
             if case .memory(let contents) = kind { status.st_mode = S_IFREG | 0o444; status.st_size = contents.count }
             else { status.st_mode = S_IFCHR | 0o666 }
+        } else if state.memoryFiles.covers(path) {
+            guard let found = state.memoryFiles.status(path) else { return Self.fail(.noSuchFileOrDirectory) }
+            status = found
         } else if fileSystem.locate(path) == nil {
-            guard fileSystem.isAncestorOfAMount(path) else { return Self.fail(.noSuchFileOrDirectory) }
+            guard isAncestorOfAMount(path) else { return Self.fail(.noSuchFileOrDirectory) }
             status.st_mode = S_IFDIR | 0o555
             status.st_nlink = 2
         } else {
@@ -358,8 +422,9 @@ extension LinuxPersonality {
         case .success(let value): path = value
         }
         if syntheticFile(path) != nil { return .value(0) }
+        if state.memoryFiles.covers(path) { return state.memoryFiles.node(path) == nil ? Self.fail(.noSuchFileOrDirectory) : .value(0) }
         guard let (mount, _) = fileSystem.locate(path) else {
-            return fileSystem.isAncestorOfAMount(path) && mode & 2 == 0 ? .value(0) : Self.fail(.noSuchFileOrDirectory)
+            return isAncestorOfAMount(path) && mode & 2 == 0 ? .value(0) : Self.fail(.noSuchFileOrDirectory)
         }
         if mode & 2 != 0 && !mount.writable { return Self.fail(.readOnlyFileSystem) }
         switch fileSystem.open(path, flags: 0o10000000, mode: 0) {
@@ -385,8 +450,11 @@ extension LinuxPersonality {
         if path == "/proc/self/exe" {
             target = Array(FileSystemView.normalize(programPath, cwd: state.cwd).utf8)
         } else {
+            if state.memoryFiles.covers(path) {
+                return Self.fail(state.memoryFiles.node(path) == nil ? .noSuchFileOrDirectory : .invalidArgument)
+            }
             guard fileSystem.locate(path) != nil else {
-                return Self.fail(fileSystem.isAncestorOfAMount(path) || syntheticFile(path) != nil ? .invalidArgument : .noSuchFileOrDirectory)
+                return Self.fail(isAncestorOfAMount(path) || syntheticFile(path) != nil ? .invalidArgument : .noSuchFileOrDirectory)
             }
             switch fileSystem.open(path, flags: 0o10000000 | O_NOFOLLOW, mode: 0) {
             case .failure(let error): return Self.fail(error)
@@ -416,8 +484,10 @@ extension LinuxPersonality {
         case .failure(let error): return Self.fail(error)
         case .success(let value): path = value
         }
-        if fileSystem.locate(path) == nil {
-            guard fileSystem.isAncestorOfAMount(path) else { return Self.fail(.noSuchFileOrDirectory) }
+        if state.memoryFiles.covers(path) {
+            guard case .directory = state.memoryFiles.node(path) else { return Self.fail(.noSuchFileOrDirectory) }
+        } else if fileSystem.locate(path) == nil {
+            guard isAncestorOfAMount(path) else { return Self.fail(.noSuchFileOrDirectory) }
         } else {
             switch fileSystem.open(path, flags: 0o10000000 | O_DIRECTORY, mode: 0) {
             case .failure(let error): return Self.fail(error)
@@ -489,7 +559,7 @@ extension LinuxPersonality {
     /// A writable grant's directory fd and the last component, for the *at calls that change names.
     func parentInWritableGrant(_ path: String) -> Result<(Int32, String), Errno> {
         guard let (mount, _) = fileSystem.locate(path) else {
-            return .failure(fileSystem.isAncestorOfAMount(path) ? .readOnlyFileSystem : .noSuchFileOrDirectory)
+            return .failure(isAncestorOfAMount(path) ? .readOnlyFileSystem : .noSuchFileOrDirectory)
         }
         guard mount.writable else { return .failure(.readOnlyFileSystem) }
         let parent = FileSystemView.parent(of: path)
@@ -504,6 +574,7 @@ extension LinuxPersonality {
         switch try guestPath(dirfd, memory, address) {
         case .failure(let error): return Self.fail(error)
         case .success(let path):
+            if state.memoryFiles.covers(path) { return state.memoryFiles.makeDirectory(path).map(Self.fail) ?? .value(0) }
             switch parentInWritableGrant(path) {
             case .failure(let error): return Self.fail(error)
             case .success(let (fd, name)):
@@ -517,6 +588,7 @@ extension LinuxPersonality {
         switch try guestPath(dirfd, memory, address) {
         case .failure(let error): return Self.fail(error)
         case .success(let path):
+            if state.memoryFiles.covers(path) { return state.memoryFiles.remove(path, directory: directory).map(Self.fail) ?? .value(0) }
             switch parentInWritableGrant(path) {
             case .failure(let error): return Self.fail(error)
             case .success(let (fd, name)):
@@ -529,6 +601,11 @@ extension LinuxPersonality {
     func rename(_ fromDirectory: Int64, _ memory: GuestMemoryView, _ from: UInt64, _ toDirectory: Int64, _ to: UInt64) throws -> HostCallEffect {
         guard case .success(let source) = try guestPath(fromDirectory, memory, from),
               case .success(let target) = try guestPath(toDirectory, memory, to) else { return Self.fail(.noSuchFileOrDirectory) }
+        switch (state.memoryFiles.covers(source), state.memoryFiles.covers(target)) {
+        case (true, true): return state.memoryFiles.rename(source, to: target).map(Self.fail) ?? .value(0)
+        case (true, false), (false, true): return Self.fail(.improperLink)  // EXDEV: across file systems
+        case (false, false): break
+        }
         let from = parentInWritableGrant(source), to = parentInWritableGrant(target)
         defer {
             if case .success(let (fd, _)) = from { close(fd) }

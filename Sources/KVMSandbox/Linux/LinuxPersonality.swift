@@ -22,6 +22,8 @@ final class LinuxPersonality {
         var umask: UInt64 = 0o022
         /// How far a `.bytes` standard input has been read.
         var inputOffset = 0
+        /// The in-memory directories (`--tmpfs`).
+        var memoryFiles = MemoryFileSystem(mounts: [], capacity: 0)
     }
     var state: State
     let space: AddressSpace
@@ -47,6 +49,7 @@ final class LinuxPersonality {
         self.programPath = configuration.programPath ?? configuration.arguments.first ?? "/guest"
         self.stackSize = configuration.stackSize
         var state = State()
+        state.memoryFiles = MemoryFileSystem(mounts: configuration.memoryDirectories, capacity: configuration.memoryDirectoryCapacity)
         state.cwd = Self.initialDirectory(configuration.workingDirectory, fileSystem: fileSystem)
         self.state = state
     }

@@ -23,6 +23,11 @@ public struct SandboxConfiguration: Sendable {
     public var standardInput: InputSource = .empty
     /// Host files and directories the guest may see (Linux system calls); nothing else exists.
     public var files: [FileGrant] = []
+    /// Writable in-memory directories (`--tmpfs /tmp`): part of the VM's state, so snapshots
+    /// and resets cover them. Their files hold at most `memoryDirectoryCapacity` bytes in all.
+    public var memoryDirectories: [String] = []
+    /// The most bytes the files of `memoryDirectories` may hold together.
+    public var memoryDirectoryCapacity = 16 << 20
     /// The guest's initial working directory; default: the host's when a grant covers it, else `/`.
     public var workingDirectory: String?
     /// The program's path as the guest sees it (`/proc/self/exe`); default: `arguments[0]`.

@@ -1,0 +1,136 @@
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A writable in-memory directory tree (`kvmsandbox run --tmpfs /tmp`): part of the VM's state,
+/// so a snapshot holds it and a reset puts it back. A value; bounded by `capacity` bytes of
+/// file contents (`ENOSPC` past it) and `maximumNodes` entries.
+struct MemoryFileSystem {
+    enum Node {
+        case directory
+        case file([UInt8])
+    }
+    /// Normalized absolute paths of the mount points.
+    let mounts: [String]
+    private(set) var nodes: [String: Node] = [:]
+    private(set) var used = 0
+    let capacity: Int
+    static let maximumNodes = 65_536
+
+    init(mounts: [String], capacity: Int) {
+        self.mounts = mounts.map { FileSystemView.normalize($0, cwd: "/") }
+        self.capacity = capacity
+        for mount in self.mounts { nodes[mount] = .directory }
+    }
+
+    /// Whether `path` (normalized) lies in one of the in-memory trees.
+    func covers(_ path: String) -> Bool {
+        mounts.contains { path == $0 || path.hasPrefix($0 == "/" ? "/" : $0 + "/") }
+    }
+
+    func node(_ path: String) -> Node? { nodes[path] }
+
+    /// The file's contents, or nil when it is not a file.
+    func contents(_ path: String) -> [UInt8]? {
+        if case .file(let bytes) = nodes[path] { return bytes }
+        return nil
+    }
+
+    private func parentIsDirectory(_ path: String) -> Errno? {
+        switch nodes[FileSystemView.parent(of: path)] {
+        case .directory: return nil
+        case .file: return .notDirectory
+        case nil: return .noSuchFileOrDirectory
+        }
+    }
+
+    /// Creates an empty file (or truncates one with `truncate`).
+    mutating func createFile(_ path: String, exclusive: Bool, truncate: Bool) -> Errno? {
+        switch nodes[path] {
+        case .directory: return .isDirectory
+        case .file(let bytes):
+            if exclusive { return .fileExists }
+            if truncate { used -= bytes.count; nodes[path] = .file([]) }
+            return nil
+        case nil:
+            if let error = parentIsDirectory(path) { return error }
+            guard nodes.count < Self.maximumNodes else { return .noSpace }
+            nodes[path] = .file([])
+            return nil
+        }
+    }
+
+    /// Writes `bytes` at `offset` (zero-filling a gap); returns the count or an errno.
+    mutating func write(_ path: String, _ bytes: [UInt8], at offset: UInt64) -> Result<Int, Errno> {
+        guard case .file(var contents) = nodes[path] else { return .failure(.noSuchFileOrDirectory) }
+        guard offset <= UInt64(capacity) else { return .failure(.fileTooLarge) }
+        let start = Int(offset), end = start + bytes.count
+        let growth = max(0, end - contents.count)
+        guard used + growth <= capacity else { return .failure(.noSpace) }
+        if end > contents.count { contents += [UInt8](repeating: 0, count: end - contents.count) }
+        contents.replaceSubrange(start..<end, with: bytes)
+        used += growth
+        nodes[path] = .file(contents)
+        return .success(bytes.count)
+    }
+
+    mutating func makeDirectory(_ path: String) -> Errno? {
+        if nodes[path] != nil { return .fileExists }
+        if let error = parentIsDirectory(path) { return error }
+        guard nodes.count < Self.maximumNodes else { return .noSpace }
+        nodes[path] = .directory
+        return nil
+    }
+
+    mutating func remove(_ path: String, directory: Bool) -> Errno? {
+        guard let node = nodes[path] else { return .noSuchFileOrDirectory }
+        if mounts.contains(path) { return .resourceBusy }
+        switch node {
+        case .directory:
+            guard directory else { return .isDirectory }
+            if !children(path).isEmpty { return .directoryNotEmpty }
+        case .file(let bytes):
+            guard !directory else { return .notDirectory }
+            used -= bytes.count
+        }
+        nodes[path] = nil
+        return nil
+    }
+
+    mutating func rename(_ source: String, to target: String) -> Errno? {
+        guard let node = nodes[source] else { return .noSuchFileOrDirectory }
+        if mounts.contains(source) { return .resourceBusy }
+        if target.hasPrefix(source + "/") { return .invalidArgument }
+        if let error = parentIsDirectory(target) { return error }
+        if case .file(let bytes) = nodes[target] { used -= bytes.count }
+        if case .directory = nodes[target], !children(target).isEmpty { return .directoryNotEmpty }
+        // Move the node and everything beneath it.
+        let moved = nodes.filter { $0.key == source || $0.key.hasPrefix(source + "/") }
+        for (path, _) in moved { nodes[path] = nil }
+        for (path, value) in moved { nodes[target + path.dropFirst(source.count)] = value }
+        _ = node
+        return nil
+    }
+
+    /// The names directly inside directory `path`.
+    func children(_ path: String) -> [String] {
+        let prefix = path == "/" ? "/" : path + "/"
+        return nodes.keys.filter { $0.hasPrefix(prefix) && $0 != path && !$0.dropFirst(prefix.count).contains("/") }
+            .map { String($0.dropFirst(prefix.count)) }.sorted()
+    }
+
+    /// A `struct stat` for `path`.
+    func status(_ path: String) -> stat? {
+        var status = stat()
+        switch nodes[path] {
+        case .directory: status.st_mode = S_IFDIR | 0o777; status.st_nlink = 2
+        case .file(let bytes): status.st_mode = S_IFREG | 0o666; status.st_size = bytes.count; status.st_nlink = 1
+        case nil: return nil
+        }
+        status.st_ino = UInt(truncatingIfNeeded: path.hashValue)
+        status.st_blksize = 4096
+        status.st_blocks = (status.st_size + 511) / 512
+        return status
+    }
+}
