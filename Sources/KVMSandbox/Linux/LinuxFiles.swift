@@ -80,8 +80,37 @@ extension LinuxPersonality {
             let kib = space.memory.size >> 10, free = space.availableBytes >> 10
             return .memory(Array("MemTotal:       \(kib) kB\nMemFree:        \(free) kB\nMemAvailable:   \(free) kB\n".utf8))
         case "/sys/devices/system/cpu/online", "/sys/devices/system/cpu/possible": return .memory(Array("0\n".utf8))
+        case "/proc/self/maps": return .memory(Array(memoryMaps().utf8))
         default: return nil
         }
+    }
+
+    /// `/proc/self/maps` from the guest's page tables: runs of user pages with the same
+    /// permissions (what the guest can touch; host-only pages are left out).
+    func memoryMaps() -> String {
+        var lines: [String] = []
+        var run: (start: UInt64, end: UInt64, bits: String)?
+        func flush() {
+            guard let current = run else { return }
+            let name = current.start >= imageRange.lowerBound && current.end <= imageRange.upperBound ? programPath
+                : current.end == GuestLayout.stackTop ? "[stack]"
+                : current.start == GuestLayout.syscallStubPage ? "[kvmsandbox syscall stub]"
+                : current.start == GuestLayout.mailboxPage ? "[kvmsandbox mailbox and doorbell]" : ""
+            lines.append("\(String(current.start, radix: 16))-\(String(current.end, radix: 16)) \(current.bits) 00000000 00:00 0"
+                         + (name.isEmpty ? "" : "          \(name)"))
+        }
+        space.tables.forEachLeaf(from: 0, to: X86PageTables.userAddressLimit, memory: space.memory) { page, entry in
+            guard entry & X86PageTables.user != 0 else { return }
+            let bits = "r" + (entry & X86PageTables.writable != 0 ? "w" : "-") + (entry & X86PageTables.noExecute == 0 ? "x" : "-") + "p"
+            if let current = run, current.end == page, current.bits == bits {
+                run?.end = page + PageSize.bytes
+            } else {
+                flush()
+                run = (page, page + PageSize.bytes, bits)
+            }
+        }
+        flush()
+        return lines.joined(separator: "\n") + "\n"
     }
 
     // MARK: open

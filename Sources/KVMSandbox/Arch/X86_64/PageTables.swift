@@ -86,6 +86,24 @@ struct X86PageTables {
         memory.store(physical | Self.leafBits(permissions), at: table + Self.index(virtual, level: 0) * 8)
     }
 
+    /// Calls `body` with every present leaf in `[start, end)` (page-aligned) in address order,
+    /// skipping absent tables whole, so a sparse terabyte costs what is mapped in it.
+    func forEachLeaf(from start: UInt64, to end: UInt64, memory: GuestMemory, _ body: (UInt64, UInt64) -> Void) {
+        func walk(_ table: UInt64, level: Int, base: UInt64) {
+            let span = UInt64(1) << (12 + 9 * UInt64(level))
+            for index in UInt64(0)..<512 {
+                let low = base + index * span
+                guard low < end, low + span > start, low < Self.userAddressLimit else { continue }
+                let slot = table + index * 8
+                guard memory.contains(slot, count: 8) else { return }
+                let entry = memory.load(UInt64.self, at: slot)
+                guard entry & Self.present != 0 else { continue }
+                if level == 0 { body(low, entry) } else { walk(entry & Self.addressMask, level: level - 1, base: low) }
+            }
+        }
+        walk(root, level: 3, base: 0)
+    }
+
     /// The leaf entry for `virtual`, or nil when a level is not present.
     func leafEntry(_ virtual: UInt64, memory: GuestMemory) -> UInt64? {
         guard virtual < Self.userAddressLimit else { return nil }
