@@ -219,6 +219,15 @@ extension KVMTests {
                     == "read made=0 moved=0 size=12 /tmp: d;/tmp/d: b;/: tmp; notempty=ENOTEMPTY removed=0 gone=ENOENT\n")
         }
 
+        /// /proc/self/maps comes from the page tables: the program's code, the stack.
+        @Test func procSelfMapsShowsTheRealMappings() throws {
+            let (outcome, stdout, _) = try busybox(["cat", "/proc/self/maps"])
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout.contains("r-xp 00000000 00:00 0          /bin/busybox\n"))
+            #expect(stdout.contains("-7ff000000000 rw-p 00000000 00:00 0          [stack]\n"))
+            #expect(!stdout.contains("7fffffff"))  // the GDT, IDT and stubs are not the guest's
+        }
+
         /// A grant at another guest path (--volume), and embedder host calls unreachable by `syscall`.
         @Test func volumesMapHostPathsElsewhere() throws {
             let (outcome, stdout, _) = try busybox(["cat", "/srv/fruit.txt"], grants: [FileGrant(hostPath: LinuxFixtures.data, guestPath: "/srv")])
