@@ -15,7 +15,7 @@ static const char *name(int e) {
     switch (e) {
     case 0: return "0"; case EACCES: return "EACCES"; case EINVAL: return "EINVAL"; case ENOMEM: return "ENOMEM";
     case ENOENT: return "ENOENT"; case EMFILE: return "EMFILE"; case EFAULT: return "EFAULT"; case EROFS: return "EROFS";
-    case EXDEV: return "EXDEV"; case ELOOP: return "ELOOP"; case ENOTEMPTY: return "ENOTEMPTY"; default: return "other";
+    case EXDEV: return "EXDEV"; case ENXIO: return "ENXIO"; case ELOOP: return "ELOOP"; case ENOTEMPTY: return "ENOTEMPTY"; default: return "other";
     }
 }
 static volatile unsigned long huge_count = 1UL << 40;
@@ -166,9 +166,9 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(m, "escape") && argc > 2) {  // nothing outside the grants exists
         const char *paths[] = {"../../../../etc/passwd", "/etc/passwd", "/proc/self/root/etc/passwd", "escape-link",
-                               "/proc/self/cwd/fruit.txt", "/tmp/../etc/passwd"};
+                               "/proc/self/cwd/fruit.txt", "/tmp/../etc/passwd", "fifo"};
         if (chdir(argv[2]) != 0) { printf("chdir: %s\n", strerror(errno)); return 1; }
-        for (int i = 0; i < 6; i++) {
+        for (int i = 0; i < 7; i++) {
             int fd = open(paths[i], O_RDONLY);
             printf("%s: %s\n", paths[i], fd >= 0 ? "OPENED" : name(errno));
         }

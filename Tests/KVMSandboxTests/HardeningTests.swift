@@ -233,6 +233,7 @@ extension KVMTests {
         func theSyscallFuzzingGuestRunsToTheEnd(seed: Int) throws {
             let (outcome, _, stderr) = try Guests.run("syscall-fuzz", ["\(seed)", "3000"]) {
                 $0.standardOutput = .discard
+                $0.memoryDirectories = ["/tmp"]  // so random paths can create, write and remove files
                 $0.timeout = 120
             }
             #expect(outcome == .exited(status: 0))

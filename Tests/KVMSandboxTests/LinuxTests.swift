@@ -1,6 +1,9 @@
 import Foundation
 import KVMSandbox
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A directory of test data, made once per test process: fruit.txt, b.txt, and a symbolic link
 /// pointing out of it (at /etc/passwd).
@@ -11,6 +14,7 @@ enum LinuxFixtures {
         try? Data("banana\napple\ncherry\n".utf8).write(to: url.appendingPathComponent("fruit.txt"))
         try? Data("hello\n".utf8).write(to: url.appendingPathComponent("b.txt"))
         try? FileManager.default.createSymbolicLink(atPath: url.appendingPathComponent("escape-link").path, withDestinationPath: "/etc/passwd")
+        _ = mkfifo(url.appendingPathComponent("fifo").path, 0o644)  // opening it must not block the host
         return url.path
     }()
 
@@ -76,7 +80,7 @@ extension KVMTests {
         }
 
         @Test(arguments: [
-            (["ls"], "b.txt\nescape-link\nfruit.txt\n"),
+            (["ls"], "b.txt\nescape-link\nfifo\nfruit.txt\n"),
             (["cat", "fruit.txt"], "banana\napple\ncherry\n"),
             (["wc", "-l", "fruit.txt"], "3 fruit.txt\n"),
             (["sort", "fruit.txt"], "apple\nbanana\ncherry\n"),
@@ -121,8 +125,8 @@ extension KVMTests {
             let (outcome, stdout, _) = try LinuxFixtures.run(try LinuxFixtures.program(libc), ["files", data, out],
                                                              grants: [FileGrant(hostPath: data), FileGrant(hostPath: out, writable: true)])
             #expect(outcome == .exited(status: 0))
-            #expect(stdout == "wrote 37 bytes: 3 lines, 3 entries\n")
-            #expect(try String(contentsOfFile: "\(out)/result.txt", encoding: .utf8) == "3 lines; b.txt escape-link fruit.txt\n")
+            #expect(stdout == "wrote 42 bytes: 3 lines, 4 entries\n")
+            #expect(try String(contentsOfFile: "\(out)/result.txt", encoding: .utf8) == "3 lines; b.txt escape-link fifo fruit.txt\n")
         }
 
         @Test(arguments: ["glibc", "musl"])
@@ -183,6 +187,7 @@ extension KVMTests {
                 escape-link: ENOENT
                 /proc/self/cwd/fruit.txt: ENOENT
                 /tmp/../etc/passwd: ENOENT
+                fifo: EACCES
                 huge read: ok
                 write to ro: EROFS
 

@@ -140,12 +140,16 @@ extension LinuxPersonality {
             // O_PATH and O_TMPFILE are not offered; the rest goes to openat2 beneath the grant.
             guard flags & 0o10000000 == 0, flags & 0o20000000 == 0 else { return Self.fail(.invalidArgument) }
             let hostFlags = flags & (O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_DIRECTORY | O_NOFOLLOW | O_APPEND)
-            switch fileSystem.open(path, flags: hostFlags, mode: UInt32(truncatingIfNeeded: mode & ~state.umask)) {
+            // O_NONBLOCK: opening a FIFO or a device must not block the vCPU thread; only regular
+            // files and directories are offered (a FIFO, socket or device in a grant is EACCES).
+            switch fileSystem.open(path, flags: hostFlags | O_NONBLOCK, mode: UInt32(truncatingIfNeeded: mode & ~state.umask)) {
             case .failure(let error): return Self.fail(error)
             case .success(let fd):
                 let host = HostFile(fd: fd)
                 var status = stat()
                 guard fstat(fd, &status) == 0 else { return Self.fail(Errno.current) }
+                let kind = status.st_mode & S_IFMT
+                guard kind == S_IFREG || kind == S_IFDIR else { return Self.fail(.permissionDenied) }
                 if status.st_mode & S_IFMT == S_IFDIR {
                     guard let entries = Self.readDirectory(fd) else { return Self.fail(.noMemory) }
                     file = OpenFile(kind: .directory(entries: entries, host: host), statusFlags: keep, path: path)
