@@ -147,6 +147,16 @@ int main(int argc, char **argv) {
                stated == 0 ? (long)st.st_size : -1L, listing, name(notEmpty), removed, name(gone));
         return 0;
     }
+    if (!strcmp(m, "realloc")) {  // large blocks: glibc reallocs mmapped chunks with mremap
+        char *p = malloc(1 << 20);
+        memset(p, 'x', 1 << 20);
+        p[(1 << 20) - 1] = 'y';
+        for (int size = 2 << 20; size <= 8 << 20; size *= 2) p = realloc(p, (size_t)size);
+        char *shrunk = realloc(p, 3 << 20);
+        printf("realloc kept=%c%c%c\n", shrunk[0], shrunk[(1 << 20) - 2], shrunk[(1 << 20) - 1]);
+        free(shrunk);
+        return 0;
+    }
     if (!strcmp(m, "read-reserved")) {  // a PROT_NONE page faults on any access
         volatile char *r = mmap(NULL, 1UL << 20, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         return r[4096];

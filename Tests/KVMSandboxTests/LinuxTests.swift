@@ -165,6 +165,14 @@ extension KVMTests {
             #expect(fault.fault?.vector == 14)
         }
 
+        /// realloc of large blocks (glibc: mremap) keeps the contents.
+        @Test(arguments: ["glibc", "musl"])
+        func reallocOfLargeBlocks(libc: String) throws {
+            let (outcome, stdout, _) = try LinuxFixtures.run(try LinuxFixtures.program(libc), ["realloc"])
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "realloc kept=xxy\n")
+        }
+
         @Test(arguments: ["glibc", "musl"])
         func theFileTableIsBounded(libc: String) throws {
             let (outcome, stdout, _) = try LinuxFixtures.run(try LinuxFixtures.program(libc), ["emfile"])

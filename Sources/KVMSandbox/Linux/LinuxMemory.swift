@@ -13,6 +13,7 @@ extension LinuxPersonality {
         case 9 where call[3] & 0x20 == 0:           // mmap of a file (anonymous ones are the built-in's)
             return try mapFile(length: call[1], protection: call[2], flags: call[3], fd: call.descriptor(4), offset: call[5])
         case 10: return protect(call[0], length: call[1], protection: call[2])
+        case 25: return try remap(call[0], oldLength: call[1], newLength: call[2], flags: call[3])
         case 28:                                    // madvise
             guard call[0] % PageSize.bytes == 0 else { return Self.fail(.invalidArgument) }
             if call[2] == 4, let size = PageSize.alignUp(call[1]) {  // MADV_DONTNEED zeroes private anonymous pages
@@ -29,6 +30,42 @@ extension LinuxPersonality {
             return .value(0)
         default: return nil
         }
+    }
+
+    /// mremap of anonymous memory in the mmap region (glibc's realloc of large blocks): shrinking
+    /// in place; growing by a new mapping, a copy and an unmap when `MREMAP_MAYMOVE` allows it
+    /// (else `ENOMEM`, as when Linux cannot grow in place). `MREMAP_FIXED` is not offered.
+    func remap(_ address: UInt64, oldLength: UInt64, newLength: UInt64, flags: UInt64) throws -> HostCallEffect {
+        let mayMove: UInt64 = 1
+        guard address % PageSize.bytes == 0, flags & ~mayMove == 0, newLength > 0,
+              let oldSize = PageSize.alignUp(oldLength), let newSize = PageSize.alignUp(newLength), oldSize > 0 else {
+            return Self.fail(.invalidArgument)
+        }
+        let region = builtins.mmapRegion
+        guard address >= region.lowerBound, address <= region.upperBound, oldSize <= region.upperBound - address else {
+            return Self.fail(.invalidArgument)
+        }
+        var page = address
+        while page < address + oldSize {
+            guard space.isMapped(page) else { return Self.fail(.invalidArgument) }  // only memory that is there
+            page += PageSize.bytes
+        }
+        if newSize <= oldSize {
+            if newSize < oldSize { _ = try builtins.handle(HostCall(number: 11, arguments: [address + newSize, oldSize - newSize, 0, 0, 0, 0],
+                                                                     memory: GuestMemoryView(space: space))) }
+            return .value(Int64(address))
+        }
+        guard flags & mayMove != 0 else { return Self.fail(.noMemory) }
+        let new = builtins.mmap(length: newSize, protection: 3, flags: 0x22)
+        guard new >= 0 else { return .value(new) }
+        var copied: UInt64 = 0
+        while copied < oldSize {
+            let chunk = min(oldSize - copied, 1 << 20)
+            try space.hostWrite(try space.hostRead(address + copied, count: Int(chunk)), at: UInt64(new) + copied)
+            copied += chunk
+        }
+        _ = try builtins.handle(HostCall(number: 11, arguments: [address, oldSize, 0, 0, 0, 0], memory: GuestMemoryView(space: space)))
+        return .value(new)
     }
 
     /// Anonymous MAP_FIXED inside the guest's own mmap region (Go maps parts of its PROT_NONE
