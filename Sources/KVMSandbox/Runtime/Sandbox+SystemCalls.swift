@@ -32,27 +32,36 @@ extension Sandbox {
         let call = HostCall(number: Int(truncatingIfNeeded: Int64(bitPattern: registers.rax)),
                             arguments: [registers.rdi, registers.rsi, registers.rdx, registers.r10, registers.r8, registers.r9],
                             memory: guestMemory)
-        var result: Int64
-        do {
+        let effect = try guestResult(of: call) { () throws -> Either<Int64, RunOutcome> in
             // Built-ins write guest memory too: never alongside a poller-served handler.
             let effect = if let exitless { try exitless.exclusively { try linux.handle(call) } } else { try linux.handle(call) }
-            switch try apply(effect) {
-            case .left(let value): result = value
-            case .right(let outcome):
-                if configuration.traceSyscalls { trace(call, result: "?", outcome: outcome) }
-                return outcome
-            }
-        } catch let error as KVMError {
-            throw error
-        } catch {
-            guard let guestResult = HostCallErrno.result(for: error) else {
-                return .hostCallFailed(number: call.number, message: "\(error)")
-            }
-            result = guestResult
+            return try apply(effect)
+        }
+        let result: Int64
+        switch effect {
+        case .left(let value): result = value
+        case .right(let outcome):
+            if configuration.traceSyscalls { trace(call, result: "?", outcome: outcome) }
+            return outcome
         }
         if configuration.traceSyscalls { trace(call, result: LinuxSyscallNames.describe(result: result), outcome: nil) }
         vcpu.modifyRegisters { $0.rax = UInt64(bitPattern: result) }
         return nil
+    }
+
+    /// Runs a call's `body` and turns its errors into the guest's result: a `KVMError` is a host
+    /// failure (rethrown), a guest error is `-errno`, anything else ends the run as `.hostCallFailed`.
+    func guestResult(of call: HostCall, _ body: () throws -> Either<Int64, RunOutcome>) throws(KVMError) -> Either<Int64, RunOutcome> {
+        do {
+            return try body()
+        } catch let error as KVMError {
+            throw error
+        } catch {
+            guard let value = HostCallErrno.result(for: error) else {
+                return .right(.hostCallFailed(number: call.number, message: "\(error)"))
+            }
+            return .left(value)
+        }
     }
 
     /// Carries out a built-in or Linux call's effect: the value for `rax`, or the run's end.

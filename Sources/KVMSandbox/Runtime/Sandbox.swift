@@ -298,40 +298,31 @@ public final class Sandbox {
         }
         let call = HostCall(number: Int(truncatingIfNeeded: Int64(bitPattern: r.rax)),
                             arguments: [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9], memory: guestMemory)
-        var result: Int64
-        do {
+        let result = try guestResult(of: call) { () throws -> Either<Int64, RunOutcome> in
             if call.number == HostCallNumber.mailboxWait {
                 // The guest gave up spinning on an exitless call: serve or collect it here.
                 guard let exitless else { throw HostCallFailure(HostCallErrno.ENOSYS) }
-                result = exitless.waitExit(sequence: call[0])
+                let value = exitless.waitExit(sequence: call[0])
                 MailboxPoller.shared.noteExitCall(from: exitless)
-                if let failure = exitless.failure { return .hostCallFailed(number: failure.number, message: failure.message) }
+                if let failure = exitless.failure { return .right(.hostCallFailed(number: failure.number, message: failure.message)) }
+                return .left(value)
             } else if call.number >= HostCallNumber.firstUserNumber {
                 guard let handler = handlers[call.number] else { throw HostCallFailure(HostCallErrno.ENOSYS) }
-                if let exitless {
-                    MailboxPoller.shared.noteExitCall(from: exitless)
-                    result = try exitless.exclusively { try handler(call) }
-                } else {
-                    result = try handler(call)
-                }
+                guard let exitless else { return .left(try handler(call)) }
+                MailboxPoller.shared.noteExitCall(from: exitless)
+                return .left(try exitless.exclusively { try handler(call) })
             } else {
                 // Built-ins write guest memory too: never alongside a poller-served handler.
                 let effect = if let exitless { try exitless.exclusively { try builtins.handle(call) } } else { try builtins.handle(call) }
-                switch try apply(effect) {
-                case .left(let value): result = value
-                case .right(let outcome): return outcome
-                }
+                return try apply(effect)
             }
-        } catch let error as KVMError {
-            throw error
-        } catch {
-            guard let guestResult = HostCallErrno.result(for: error) else {
-                return .hostCallFailed(number: call.number, message: "\(error)")
-            }
-            result = guestResult
         }
-        vcpu.modifyRegisters { $0.rax = UInt64(bitPattern: result) }
-        return nil
+        switch result {
+        case .right(let outcome): return outcome
+        case .left(let value):
+            vcpu.modifyRegisters { $0.rax = UInt64(bitPattern: value) }
+            return nil
+        }
     }
 }
 
