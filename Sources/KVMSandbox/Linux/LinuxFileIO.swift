@@ -1,0 +1,161 @@
+import CKVM
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// File system calls: open/read/write/stat/getdents64/... on the fd table, beneath the grants.
+
+/// Reading and writing: files, standard streams, in-memory files and devices, and seeks.
+extension LinuxPersonality {
+    // MARK: read and write
+
+    func read(fd: Int64, _ memory: GuestMemoryView, into address: UInt64, count: UInt64, at position: UInt64?) throws -> HostCallEffect {
+        guard let file = state.files[fd], file.readable else { return Self.fail(.badFileDescriptor) }
+        let count = Int(min(count, UInt64(Self.transferLimit)))
+        switch file.kind {
+        case .host, .memoryFile: break
+        default: if position != nil { return Self.fail(.illegalSeek) }
+        }
+        var bytes: [UInt8]
+        switch file.kind {
+        case .standardInput:
+            switch readInput(count) {
+            case .success(let data): bytes = data
+            case .failure(let error): return Self.fail(error)
+            }
+        case .output: return Self.fail(.badFileDescriptor)
+        case .host(let host):
+            bytes = [UInt8](repeating: 0, count: count)
+            let offset = position ?? file.offset
+            let n = bytes.withUnsafeMutableBytes { count == 0 ? 0 : pread(host.fd, $0.baseAddress!, count, off_t(truncatingIfNeeded: offset)) }
+            guard n >= 0 else { return Self.fail(Errno.current) }
+            bytes.removeSubrange(n...)
+        case .directory: return Self.fail(.isDirectory)
+        case .memory(let contents):
+            let start = Int(min(file.offset, UInt64(contents.count)))
+            bytes = Array(contents[start..<min(contents.count, start + count)])
+        case .memoryFile(let path):
+            let contents = state.memoryFiles.contents(path) ?? []
+            let start = Int(min(position ?? file.offset, UInt64(contents.count)))
+            bytes = Array(contents[start..<min(contents.count, start + count)])
+        case .null: bytes = []
+        case .zero: bytes = [UInt8](repeating: 0, count: count)
+        case .random:
+            bytes = [UInt8](repeating: 0, count: count)
+            let n = bytes.withUnsafeMutableBytes { count == 0 ? 0 : ckvm_getrandom($0.baseAddress!, UInt(count)) }
+            bytes.removeSubrange(max(0, n)...)
+        }
+        try memory.write(bytes, to: address)
+        if position == nil { state.files.update(fd) { $0.offset += UInt64(bytes.count) } }
+        return .value(Int64(bytes.count))
+    }
+
+    /// Reads up to `count` bytes of standard input; a host descriptor is waited on in slices so
+    /// the deadline still holds.
+    func readInput(_ count: Int) -> Result<[UInt8], Errno> {
+        switch input {
+        case .empty: return .success([])
+        case .bytes(let data):
+            let start = min(state.inputOffset, data.count)
+            let chunk = Array(data[start..<min(data.count, start + count)])
+            state.inputOffset = start + chunk.count
+            return .success(chunk)
+        case .fileDescriptor(let fd):
+            while true {
+                if interrupter?.isInterrupted ?? false { return .failure(.interrupted) }
+                var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                let ready = poll(&descriptor, 1, OutputWriter.pollSlice)
+                if ready < 0 && errno != EINTR { return .failure(Errno.current) }
+                if ready <= 0 { continue }
+                var bytes = [UInt8](repeating: 0, count: count)
+                let n = bytes.withUnsafeMutableBytes { count == 0 ? 0 : Glibc.read(fd, $0.baseAddress!, count) }
+                if n < 0 {
+                    if errno == EINTR || errno == EAGAIN { continue }
+                    return .failure(Errno.current)
+                }
+                bytes.removeSubrange(n...)
+                return .success(bytes)
+            }
+        }
+    }
+
+    func write(fd: Int64, _ memory: GuestMemoryView, from address: UInt64, count: UInt64, at position: UInt64?) throws -> HostCallEffect {
+        guard let file = state.files[fd], file.writable else { return Self.fail(.badFileDescriptor) }
+        switch file.kind {
+        case .output(let stream):
+            if position != nil { return Self.fail(.illegalSeek) }
+            return .value(try builtins.writeOutput(stream: stream, memory, address: address, count: count))
+        case .host(let host):
+            let count = Int(min(count, UInt64(Self.transferLimit)))
+            let bytes = try memory.read(address, count: count)
+            var offset = position ?? file.offset
+            if position == nil, file.statusFlags & O_APPEND != 0 {
+                var status = stat()
+                if fstat(host.fd, &status) == 0 { offset = UInt64(max(0, status.st_size)) }
+            }
+            let n = bytes.withUnsafeBytes { count == 0 ? 0 : pwrite(host.fd, $0.baseAddress!, count, off_t(truncatingIfNeeded: offset)) }
+            guard n >= 0 else { return Self.fail(Errno.current) }
+            if position == nil { state.files.update(fd) { $0.offset = offset + UInt64(n) } }
+            return .value(Int64(n))
+        case .memoryFile(let path):
+            let bytes = try memory.read(address, count: Int(min(count, UInt64(Self.transferLimit))))
+            var offset = position ?? file.offset
+            if position == nil, file.statusFlags & O_APPEND != 0 { offset = UInt64(state.memoryFiles.contents(path)?.count ?? 0) }
+            switch state.memoryFiles.write(path, bytes, at: offset) {
+            case .failure(let error): return Self.fail(error)
+            case .success(let n):
+                if position == nil { state.files.update(fd) { $0.offset = offset + UInt64(n) } }
+                return .value(Int64(n))
+            }
+        case .null, .zero, .random: _ = try memory.read(address, count: Int(min(count, UInt64(Self.transferLimit)))); return .value(Int64(min(count, UInt64(Self.transferLimit))))
+        case .standardInput, .directory, .memory: return Self.fail(.badFileDescriptor)
+        }
+    }
+
+    /// readv/writev: each vector in turn, stopping at the first short transfer.
+    func vector(_ isWrite: Bool, fd: Int64, _ memory: GuestMemoryView, _ table: UInt64, count: UInt64) throws -> HostCallEffect {
+        guard count <= BuiltinHostCalls.maximumIOVectors else { return Self.fail(.invalidArgument) }
+        let entries = try memory.read(table, count: Int(count) * 16)
+        var total: Int64 = 0
+        for index in 0..<Int(count) {
+            let base = UInt64(littleEndianBytes: entries[index * 16..<index * 16 + 8])
+            let length = UInt64(littleEndianBytes: entries[index * 16 + 8..<index * 16 + 16])
+            guard length > 0 else { continue }
+            let effect = isWrite ? try write(fd: fd, memory, from: base, count: length, at: nil)
+                                 : try read(fd: fd, memory, into: base, count: length, at: nil)
+            guard case .value(let moved) = effect else { return effect }
+            if moved < 0 { return total > 0 ? .value(total) : effect }
+            total += moved
+            if UInt64(moved) < length { break }
+        }
+        return .value(total)
+    }
+
+    func seek(fd: Int64, offset: Int64, whence: UInt64) -> HostCallEffect {
+        guard let file = state.files[fd] else { return Self.fail(.badFileDescriptor) }
+        let size: Int64
+        switch file.kind {
+        case .host(let host):
+            var status = stat()
+            guard fstat(host.fd, &status) == 0 else { return Self.fail(Errno.current) }
+            size = Int64(status.st_size)
+        case .memory(let contents): size = Int64(contents.count)
+        case .memoryFile(let path): size = Int64(state.memoryFiles.contents(path)?.count ?? 0)
+        case .directory(let entries, _): size = Int64(entries.count)
+        case .null, .zero, .random: return .value(0)
+        case .standardInput, .output: return Self.fail(.illegalSeek)
+        }
+        let base: Int64
+        switch whence {
+        case 0: base = 0
+        case 1: base = Int64(bitPattern: file.offset)
+        case 2: base = size
+        default: return Self.fail(.invalidArgument)
+        }
+        let (target, overflow) = base.addingReportingOverflow(offset)
+        guard !overflow, target >= 0 else { return Self.fail(.invalidArgument) }
+        state.files.update(fd) { $0.offset = UInt64(target) }
+        return .value(target)
+    }
+}

@@ -1,0 +1,170 @@
+import CKVM
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// File system calls: open/read/write/stat/getdents64/... on the fd table, beneath the grants.
+
+/// stat, access, readlink, getcwd/chdir and directory listings.
+extension LinuxPersonality {
+    // MARK: metadata
+
+    func statDescriptor(_ fd: Int64, _ memory: GuestMemoryView, into address: UInt64) throws -> HostCallEffect {
+        guard let file = state.files[fd] else { return Self.fail(.badFileDescriptor) }
+        var status = stat()
+        switch file.kind {
+        case .host(let host), .directory(_, .some(let host)):
+            guard fstat(host.fd, &status) == 0 else { return Self.fail(Errno.current) }
+        case .directory(_, nil): status.st_mode = S_IFDIR | 0o555; status.st_nlink = 2
+        case .memory(let contents): status.st_mode = S_IFREG | 0o444; status.st_size = Int(contents.count)
+        case .memoryFile(let path): status = state.memoryFiles.status(path) ?? stat()
+        case .null, .zero, .random: status.st_mode = S_IFCHR | 0o666
+        case .standardInput, .output:
+            status.st_mode = S_IFIFO | 0o600  // a pipe: stdio then buffers fully, as for a redirected stream
+        }
+        status.st_blksize = 4096
+        try store(status, memory, at: address)
+        return .value(0)
+    }
+
+    func statPath(_ dirfd: Int64, _ memory: GuestMemoryView, path address: UInt64, into out: UInt64,
+                  follow: Bool, emptyPath: Bool) throws -> HostCallEffect {
+        let raw = try memory.readCString(address, maxLength: 4095)
+        if raw.isEmpty && emptyPath { return try statDescriptor(dirfd, memory, into: out) }
+        let path: String
+        switch try guestPath(dirfd, memory, address) {
+        case .failure(let error): return Self.fail(error)
+        case .success(let value): path = value
+        }
+        var status = stat()
+        if let kind = syntheticFile(path) {
+            if case .memory(let contents) = kind { status.st_mode = S_IFREG | 0o444; status.st_size = contents.count }
+            else { status.st_mode = S_IFCHR | 0o666 }
+        } else if state.memoryFiles.covers(path) {
+            guard let found = state.memoryFiles.status(path) else { return Self.fail(.noSuchFileOrDirectory) }
+            status = found
+        } else if fileSystem.locate(path) == nil {
+            guard isAncestorOfAMount(path) else { return Self.fail(.noSuchFileOrDirectory) }
+            status.st_mode = S_IFDIR | 0o555
+            status.st_nlink = 2
+        } else {
+            let flags = 0o10000000 /* O_PATH */ | (follow ? 0 : O_NOFOLLOW)
+            switch fileSystem.open(path, flags: flags, mode: 0) {
+            case .failure(let error): return Self.fail(error)
+            case .success(let fd):
+                defer { close(fd) }
+                guard fstat(fd, &status) == 0 else { return Self.fail(Errno.current) }
+            }
+        }
+        status.st_blksize = 4096
+        try store(status, memory, at: out)
+        return .value(0)
+    }
+
+    /// Writes a host `struct stat` (the x86-64 kernel layout, 144 bytes) into guest memory.
+    func store(_ status: stat, _ memory: GuestMemoryView, at address: UInt64) throws {
+        let bytes = withUnsafeBytes(of: status) { Array($0) }
+        try memory.write(bytes, to: address)
+    }
+
+    func access(_ dirfd: Int64, _ memory: GuestMemoryView, path address: UInt64, mode: UInt64) throws -> HostCallEffect {
+        let path: String
+        switch try guestPath(dirfd, memory, address) {
+        case .failure(let error): return Self.fail(error)
+        case .success(let value): path = value
+        }
+        if syntheticFile(path) != nil { return .value(0) }
+        if state.memoryFiles.covers(path) { return state.memoryFiles.node(path) == nil ? Self.fail(.noSuchFileOrDirectory) : .value(0) }
+        guard let (mount, _) = fileSystem.locate(path) else {
+            return isAncestorOfAMount(path) && mode & 2 == 0 ? .value(0) : Self.fail(.noSuchFileOrDirectory)
+        }
+        if mode & 2 != 0 && !mount.writable { return Self.fail(.readOnlyFileSystem) }
+        switch fileSystem.open(path, flags: 0o10000000, mode: 0) {
+        case .failure(let error): return Self.fail(error)
+        case .success(let fd):
+            defer { close(fd) }
+            var status = stat()
+            guard fstat(fd, &status) == 0 else { return Self.fail(Errno.current) }
+            // The guest runs as root: execute needs some execute bit, like Linux.
+            if mode & 1 != 0 && status.st_mode & 0o111 == 0 && status.st_mode & S_IFMT != S_IFDIR { return Self.fail(.permissionDenied) }
+            return .value(0)
+        }
+    }
+
+    func readLink(_ dirfd: Int64, _ memory: GuestMemoryView, path address: UInt64, into buffer: UInt64, size: UInt64) throws -> HostCallEffect {
+        guard Int64(bitPattern: size) > 0 else { return Self.fail(.invalidArgument) }
+        let path: String
+        switch try guestPath(dirfd, memory, address) {
+        case .failure(let error): return Self.fail(error)
+        case .success(let value): path = value
+        }
+        var target: [UInt8]
+        if path == "/proc/self/exe" {
+            target = Array(FileSystemView.normalize(programPath, cwd: state.cwd).utf8)
+        } else {
+            if state.memoryFiles.covers(path) {
+                return Self.fail(state.memoryFiles.node(path) == nil ? .noSuchFileOrDirectory : .invalidArgument)
+            }
+            guard fileSystem.locate(path) != nil else {
+                return Self.fail(isAncestorOfAMount(path) || syntheticFile(path) != nil ? .invalidArgument : .noSuchFileOrDirectory)
+            }
+            switch fileSystem.open(path, flags: 0o10000000 | O_NOFOLLOW, mode: 0) {
+            case .failure(let error): return Self.fail(error)
+            case .success(let fd):
+                defer { close(fd) }
+                target = [UInt8](repeating: 0, count: 4096)
+                let n = target.withUnsafeMutableBytes { readlinkat(fd, "", $0.baseAddress!.assumingMemoryBound(to: CChar.self), 4096) }
+                guard n >= 0 else { return Self.fail(Errno.current == .noSuchFileOrDirectory ? .invalidArgument : Errno.current) }
+                target.removeSubrange(n...)
+            }
+        }
+        let count = min(target.count, Int(min(size, 4096)))
+        try memory.write(Array(target.prefix(count)), to: buffer)
+        return .value(Int64(count))
+    }
+
+    func currentWorkingDirectory(_ memory: GuestMemoryView, into buffer: UInt64, size: UInt64) throws -> HostCallEffect {
+        let bytes = Array(state.cwd.utf8) + [0]
+        guard UInt64(bytes.count) <= size else { return .value(-Int64(ERANGE)) }
+        try memory.write(bytes, to: buffer)
+        return .value(Int64(bytes.count))
+    }
+
+    func changeDirectory(_ memory: GuestMemoryView, path address: UInt64) throws -> HostCallEffect {
+        let path: String
+        switch try guestPath(Self.currentDirectory, memory, address) {
+        case .failure(let error): return Self.fail(error)
+        case .success(let value): path = value
+        }
+        if state.memoryFiles.covers(path) {
+            guard case .directory = state.memoryFiles.node(path) else { return Self.fail(.noSuchFileOrDirectory) }
+        } else if fileSystem.locate(path) == nil {
+            guard isAncestorOfAMount(path) else { return Self.fail(.noSuchFileOrDirectory) }
+        } else {
+            switch fileSystem.open(path, flags: 0o10000000 | O_DIRECTORY, mode: 0) {
+            case .failure(let error): return Self.fail(error)
+            case .success(let fd): close(fd)
+            }
+        }
+        state.cwd = path
+        return .value(0)
+    }
+
+    func directoryEntries(fd: Int64, _ memory: GuestMemoryView, into address: UInt64, count: UInt64) throws -> HostCallEffect {
+        guard let file = state.files[fd] else { return Self.fail(.badFileDescriptor) }
+        guard case .directory(let entries, _) = file.kind else { return Self.fail(.notDirectory) }
+        var offset = Int(min(file.offset, UInt64(entries.count)))
+        let start = offset
+        let limit = Int(min(count, UInt64(Self.transferLimit)))
+        while offset + 19 <= entries.count {
+            let length = Int(UInt16(littleEndianBytes: entries[offset + 16..<offset + 18]))
+            guard length > 0, offset + length <= entries.count, offset + length - start <= limit else { break }
+            offset += length
+        }
+        if offset == start && offset < entries.count { return Self.fail(.invalidArgument) }  // buffer too small
+        try memory.write(Array(entries[start..<offset]), to: address)
+        state.files.update(fd) { $0.offset = UInt64(offset) }
+        return .value(Int64(offset - start))
+    }
+}
