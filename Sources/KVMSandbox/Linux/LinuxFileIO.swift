@@ -4,12 +4,8 @@ import SystemPackage
 import Glibc
 #endif
 
-/// File system calls: open/read/write/stat/getdents64/... on the fd table, beneath the grants.
-
 /// Reading and writing: files, standard streams, in-memory files and devices, and seeks.
 extension LinuxPersonality {
-    // MARK: read and write
-
     func read(fd: Int64, _ memory: GuestMemoryView, into address: UInt64, count: UInt64, at position: UInt64?) throws -> HostCallEffect {
         guard let file = state.files[fd], file.readable else { return Self.fail(.badFileDescriptor) }
         let count = Int(min(count, UInt64(Self.transferLimit)))

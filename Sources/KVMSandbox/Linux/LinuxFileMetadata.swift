@@ -4,12 +4,8 @@ import SystemPackage
 import Glibc
 #endif
 
-/// File system calls: open/read/write/stat/getdents64/... on the fd table, beneath the grants.
-
 /// stat, access, readlink, getcwd/chdir and directory listings.
 extension LinuxPersonality {
-    // MARK: metadata
-
     func statDescriptor(_ fd: Int64, _ memory: GuestMemoryView, into address: UInt64) throws -> HostCallEffect {
         guard let file = state.files[fd] else { return Self.fail(.badFileDescriptor) }
         var status = stat()

@@ -4,13 +4,9 @@ import SystemPackage
 import Glibc
 #endif
 
-/// File system calls: open/read/write/stat/getdents64/... on the fd table, beneath the grants.
-
 /// Descriptors (fcntl, dup, ioctl) and changes to names beneath writable grants and in-memory
 /// directories (mkdir, unlink, rmdir, rename).
 extension LinuxPersonality {
-    // MARK: descriptors
-
     func control(fd: Int64, command: UInt64, argument: UInt64) -> HostCallEffect {
         guard let entry = state.files.entry(fd), let file = state.files[fd] else { return Self.fail(.badFileDescriptor) }
         switch command {

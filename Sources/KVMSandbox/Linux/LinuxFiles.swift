@@ -4,7 +4,8 @@ import SystemPackage
 import Glibc
 #endif
 
-/// File system calls: open/read/write/stat/getdents64/... on the fd table, beneath the grants.
+/// File system calls: the dispatch, guest paths, synthesized files and open (I/O, metadata and
+/// names are in LinuxFileIO, LinuxFileMetadata and LinuxFileNames).
 extension LinuxPersonality {
     /// The most bytes one read or write moves (a short count, as Linux allows).
     static let transferLimit = 1 << 20
@@ -236,5 +237,4 @@ extension LinuxPersonality {
             return .success(.memoryFile(path: path))
         }
     }
-
 }
