@@ -76,12 +76,13 @@ int main(int argc, char **argv) {
         char *p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         strcpy(p, "data");
         int ro = mprotect(p, 4096, PROT_READ);
-        int exec = mprotect(p, 4096, PROT_READ | PROT_EXEC) == 0 ? 0 : errno;
+        int exec = mprotect(p, 4096, PROT_READ | PROT_EXEC) == 0 ? 0 : errno;  /* a JIT's RW -> RX flip */
+        int stack = mprotect((void *)((unsigned long)&ro & ~4095UL), 4096, PROT_READ | PROT_EXEC) == 0 ? 0 : errno;
         int rwx = mprotect(p, 4096, PROT_READ | PROT_WRITE | PROT_EXEC) == 0 ? 0 : errno;
         int unaligned = mprotect(p + 1, 4096, PROT_READ) == 0 ? 0 : errno;
         int wrapping = mprotect(p, (size_t)-4096, PROT_READ) == 0 ? 0 : errno;
         int unmapped = mprotect((void *)0x100000000000UL, 4096, PROT_READ) == 0 ? 0 : errno;
-        printf("ro=%d exec=%s rwx=%s unaligned=%s wrapping=%s unmapped=%s still=%s\n", ro, name(exec),
+        printf("ro=%d exec=%s stack-exec=%s rwx=%s unaligned=%s wrapping=%s unmapped=%s still=%s\n", ro, name(exec), name(stack),
                name(rwx), name(unaligned), name(wrapping), name(unmapped), p);
         return 0;
     }
@@ -160,6 +161,14 @@ int main(int argc, char **argv) {
     if (!strcmp(m, "read-reserved")) {  // a PROT_NONE page faults on any access
         volatile char *r = mmap(NULL, 1UL << 20, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         return r[4096];
+    }
+    if (!strcmp(m, "jit")) {  /* write code into RW memory, flip it to RX, run it */
+        unsigned char *code = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        static const unsigned char answer[] = {0xb8, 42, 0, 0, 0, 0xc3};  /* mov $42, %eax; ret */
+        memcpy(code, answer, sizeof answer);
+        if (mprotect(code, 4096, PROT_READ | PROT_EXEC) != 0) { printf("mprotect: %s\n", name(errno)); return 1; }
+        printf("jit=%d\n", ((int (*)(void))code)());
+        return 0;
     }
     if (!strcmp(m, "write-readonly")) {  // a write to a page made read-only faults, as on Linux
         char *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -146,7 +146,10 @@ extension KVMTests {
             #expect(outcome == .exited(status: 0))
             // musl's wrapper rounds an unaligned start down to its page; glibc passes it on.
             let unaligned = libc == "musl" ? "0" : "EINVAL"
-            #expect(stdout == "ro=0 exec=EACCES rwx=EACCES unaligned=\(unaligned) wrapping=ENOMEM unmapped=ENOMEM still=data\n")
+            #expect(stdout == "ro=0 exec=0 stack-exec=EACCES rwx=EACCES unaligned=\(unaligned) wrapping=ENOMEM unmapped=ENOMEM still=data\n")
+            let (jit, output, _) = try LinuxFixtures.run(program, ["jit"])
+            #expect(jit == .exited(status: 0))
+            #expect(output == "jit=42\n")
             let (fault, _, _) = try LinuxFixtures.run(program, ["write-readonly"])
             #expect(fault.fault?.vector == 14)
             #expect(fault.fault?.errorCode == 7)  // a user write to a present, read-only page

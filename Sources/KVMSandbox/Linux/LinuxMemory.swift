@@ -4,7 +4,8 @@ import Glibc
 #endif
 
 /// Memory permissions: `mprotect` changes the guest's page tables for real, keeping W^X (no page
-/// writable and executable at once; execute only where the program's image had code).
+/// writable and executable at once; execute only in the program's image, in files from read-only
+/// grants, and in anonymous mappings flipped from RW to RX, as JITs do; never by `mmap` itself).
 extension LinuxPersonality {
     func handleMemory(_ call: HostCall) throws -> HostCallEffect? {
         switch call.number {
@@ -162,11 +163,13 @@ extension LinuxPersonality {
         if size == 0 { return .value(0) }
         let execute = protection & 4 != 0, write = protection & 2 != 0
         if execute && write { return Self.fail(.permissionDenied) }
-        if execute && !(address >= imageRange.lowerBound && end <= imageRange.upperBound) {
-            return Self.fail(.permissionDenied)
-        }
-        // Every page must be mapped or reserved (PROT_NONE in the mmap region), as Linux wants.
+        // Execute: in the program's image, or a JIT's flip of its own mmap'd memory from RW to RX
+        // (never both at once). The heap, the stack and the host's pages never become executable.
         let region = builtins.mmapRegion
+        let inImage = address >= imageRange.lowerBound && end <= imageRange.upperBound
+        let inMappings = address >= region.lowerBound && end <= region.upperBound
+        if execute && !inImage && !inMappings { return Self.fail(.permissionDenied) }
+        // Every page must be mapped or reserved (PROT_NONE in the mmap region), as Linux wants.
         var page = address
         while page < end {
             guard space.isMapped(page) || region.contains(page) else { return Self.fail(.noMemory) }
