@@ -15,7 +15,7 @@ static const char *name(int e) {
     switch (e) {
     case 0: return "0"; case EACCES: return "EACCES"; case EINVAL: return "EINVAL"; case ENOMEM: return "ENOMEM";
     case ENOENT: return "ENOENT"; case EMFILE: return "EMFILE"; case EFAULT: return "EFAULT"; case EROFS: return "EROFS";
-    case EXDEV: return "EXDEV"; case ENXIO: return "ENXIO"; case ELOOP: return "ELOOP"; case ENOTEMPTY: return "ENOTEMPTY"; default: return "other";
+    case EXDEV: return "EXDEV"; case ENXIO: return "ENXIO"; case ELOOP: return "ELOOP"; case ENOTEMPTY: return "ENOTEMPTY"; case EAGAIN: return "EAGAIN"; case EPIPE: return "EPIPE"; default: return "other";
     }
 }
 static volatile unsigned long huge_count = 1UL << 40;
@@ -161,6 +161,26 @@ int main(int argc, char **argv) {
     if (!strcmp(m, "read-reserved")) {  // a PROT_NONE page faults on any access
         volatile char *r = mmap(NULL, 1UL << 20, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         return r[4096];
+    }
+    if (!strcmp(m, "pipe")) {  /* a pipe between the program's own descriptors */
+        int fds[2];
+        if (pipe2(fds, O_CLOEXEC) != 0) { printf("pipe2: %s\n", name(errno)); return 1; }
+        long w = write(fds[1], "hello", 5);
+        char buffer[16] = "";
+        long r = read(fds[0], buffer, sizeof buffer);
+        fcntl(fds[0], F_SETFL, O_NONBLOCK);
+        long empty = read(fds[0], buffer + 8, 4) < 0 ? errno : 0;
+        close(fds[1]);
+        long eof = read(fds[0], buffer + 8, 4);
+        int again[2];
+        pipe(again);
+        close(again[0]);
+        long broken = write(again[1], "x", 1) < 0 ? errno : 0;
+        struct stat st;
+        fstat(fds[0], &st);
+        printf("wrote=%ld read=%ld:%.5s empty=%s eof=%ld broken=%s fifo=%d\n", w, r, buffer, name((int)empty), eof,
+               name((int)broken), S_ISFIFO(st.st_mode));
+        return 0;
     }
     if (!strcmp(m, "jit")) {  /* write code into RW memory, flip it to RX, run it */
         unsigned char *code = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

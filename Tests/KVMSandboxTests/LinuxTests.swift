@@ -168,6 +168,15 @@ extension KVMTests {
             #expect(fault.fault?.vector == 14)
         }
 
+        /// A pipe between the program's own descriptors: data, EAGAIN when empty and non-blocking,
+        /// end of file once the write end is closed, EPIPE without a reader.
+        @Test(arguments: ["glibc", "musl"])
+        func pipes(libc: String) throws {
+            let (outcome, stdout, _) = try LinuxFixtures.run(try LinuxFixtures.program(libc), ["pipe"])
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "wrote=5 read=5:hello empty=EAGAIN eof=0 broken=EPIPE fifo=1\n")
+        }
+
         /// realloc of large blocks (glibc: mremap) keeps the contents.
         @Test(arguments: ["glibc", "musl"])
         func reallocOfLargeBlocks(libc: String) throws {

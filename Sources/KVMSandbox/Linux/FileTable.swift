@@ -37,6 +37,8 @@ struct OpenFile {
         case memory([UInt8])
         /// A file in an in-memory tree (`--tmpfs`), by path.
         case memoryFile(path: String)
+        /// One end of a pipe whose buffer is `LinuxPersonality.State.pipes[id]`.
+        case pipe(id: Int, writeEnd: Bool)
         case null, zero, random
     }
     var kind: Kind
@@ -118,6 +120,14 @@ struct FileTable {
         guard let entry = entry(fd) else { return }
         entries[Int32(fd)]?.closeOnExec = value
         _ = entry
+    }
+
+    /// Whether any descriptor refers to an end of pipe `id` (`writeEnd`: its write end).
+    func hasPipeEnd(_ id: Int, writeEnd: Bool) -> Bool {
+        entries.values.contains { entry in
+            if case .pipe(id, writeEnd) = descriptions[entry.description]?.kind { return true }
+            return false
+        }
     }
 
     /// Closes `fd`; its description goes when no descriptor refers to it. False: not open.

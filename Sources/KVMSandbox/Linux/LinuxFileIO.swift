@@ -31,6 +31,12 @@ extension LinuxPersonality {
         case .memory(let contents):
             let start = Int(min(file.offset, UInt64(contents.count)))
             bytes = Array(contents[start..<min(contents.count, start + count)])
+        case .pipe(let id, let writeEnd):
+            guard !writeEnd else { return Self.fail(.badFileDescriptor) }
+            switch readPipe(id, count: count, nonblocking: file.statusFlags & O_NONBLOCK != 0) {
+            case .success(let data): bytes = data
+            case .failure(let error): return Self.fail(error)
+            }
         case .memoryFile(let path):
             let contents = state.memoryFiles.contents(path) ?? []
             let start = Int(min(position ?? file.offset, UInt64(contents.count)))
@@ -94,6 +100,14 @@ extension LinuxPersonality {
             guard n >= 0 else { return Self.fail(Errno.current) }
             if position == nil { state.files.update(fd) { $0.offset = offset + UInt64(n) } }
             return .value(Int64(n))
+        case .pipe(let id, let writeEnd):
+            guard writeEnd else { return Self.fail(.badFileDescriptor) }
+            if position != nil { return Self.fail(.illegalSeek) }
+            let bytes = try memory.read(address, count: Int(min(count, UInt64(Self.pipeCapacity))))
+            switch writePipe(id, bytes, nonblocking: file.statusFlags & O_NONBLOCK != 0) {
+            case .success(let n): return .value(Int64(n))
+            case .failure(let error): return Self.fail(error)
+            }
         case .memoryFile(let path):
             let bytes = try memory.read(address, count: Int(min(count, UInt64(Self.transferLimit))))
             var offset = position ?? file.offset
@@ -140,7 +154,7 @@ extension LinuxPersonality {
         case .memoryFile(let path): size = Int64(state.memoryFiles.contents(path)?.count ?? 0)
         case .directory(let entries, _): size = Int64(entries.count)
         case .null, .zero, .random: return .value(0)
-        case .standardInput, .output: return Self.fail(.illegalSeek)
+        case .standardInput, .output, .pipe: return Self.fail(.illegalSeek)
         }
         let base: Int64
         switch whence {

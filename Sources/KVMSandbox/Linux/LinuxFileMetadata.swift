@@ -16,7 +16,7 @@ extension LinuxPersonality {
         case .memory(let contents): status.st_mode = S_IFREG | 0o444; status.st_size = Int(contents.count)
         case .memoryFile(let path): status = state.memoryFiles.status(path) ?? stat()
         case .null, .zero, .random: status.st_mode = S_IFCHR | 0o666
-        case .standardInput, .output:
+        case .standardInput, .output, .pipe:
             status.st_mode = S_IFIFO | 0o600  // a pipe: stdio then buffers fully, as for a redirected stream
         }
         status.st_blksize = 4096

@@ -24,6 +24,9 @@ final class LinuxPersonality {
         var inputOffset = 0
         /// The in-memory directories (`--tmpfs`).
         var memoryFiles = MemoryFileSystem(mounts: [], capacity: 0)
+        /// Pipe buffers, by pipe id (both ends are guest fds: the guest is one process).
+        var pipes: [Int: [UInt8]] = [:]
+        var nextPipe = 0
     }
     var state: State
     let space: AddressSpace
