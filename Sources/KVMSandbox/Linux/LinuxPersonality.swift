@@ -57,13 +57,15 @@ final class LinuxPersonality {
         self.state = state
     }
 
-    /// `--cwd` when given; else the host's current directory when a grant covers it; else `/`.
+    /// `--cwd` when given; else the host's current directory when the guest can see it (a grant
+    /// covers it or lies beneath it); else `/`.
     static func initialDirectory(_ requested: String?, fileSystem: FileSystemView) -> String {
         if let requested { return FileSystemView.normalize(requested, cwd: "/") }
         var buffer = [CChar](repeating: 0, count: 4096)
         guard getcwd(&buffer, buffer.count) != nil else { return "/" }
-        let host = String(cString: buffer)
-        return fileSystem.locate(FileSystemView.normalize(host, cwd: "/")) != nil ? host : "/"
+        let host = FileSystemView.normalize(String(cString: buffer), cwd: "/")
+        // Inside a grant, or a directory on the way to one (`--ro data` from the directory above it).
+        return fileSystem.locate(host) != nil || fileSystem.isAncestorOfAMount(host) ? host : "/"
     }
 
     /// The vCPU's kick flag: reads from a host stdin and sleeps stop waiting once it is set.
