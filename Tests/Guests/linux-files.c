@@ -182,6 +182,12 @@ int main(int argc, char **argv) {
                name((int)broken), S_ISFIFO(st.st_mode));
         return 0;
     }
+    if (!strcmp(m, "pipe-block")) {  /* a read nobody will ever satisfy: only the deadline ends it */
+        int fds[2];
+        pipe(fds);
+        char c;
+        return (int)read(fds[0], &c, 1);
+    }
     if (!strcmp(m, "jit")) {  /* write code into RW memory, flip it to RX, run it */
         unsigned char *code = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         static const unsigned char answer[] = {0xb8, 42, 0, 0, 0, 0xc3};  /* mov $42, %eax; ret */

@@ -177,6 +177,30 @@ extension KVMTests {
             #expect(stdout == "wrote=5 read=5:hello empty=EAGAIN eof=0 broken=EPIPE fifo=1\n")
         }
 
+        /// A blocking read of an empty pipe waits, as on Linux, and the deadline still ends the run.
+        @Test func aBlockedPipeReadEndsAtTheDeadline() throws {
+            let program = try LinuxFixtures.program("musl")
+            var configuration = SandboxConfiguration()
+            configuration.arguments = [program, "pipe-block"]
+            configuration.timeout = 0.3
+            let outcome = try Sandbox(elfPath: program, configuration: configuration).run()
+            guard case .timedOut = outcome else {
+                Issue.record("expected a timeout, got \(outcome)")
+                return
+            }
+        }
+
+        /// The guest starts in the host's directory when it can see it, else in `/`.
+        @Test func theWorkingDirectoryFollowsTheHostWhereVisible() throws {
+            let parent = FileManager.default.currentDirectoryPath
+            let (_, inside, _) = try busybox(["pwd"], grants: [FileGrant(hostPath: parent)])
+            #expect(inside == parent + "\n")
+            let (_, outside, _) = try busybox(["pwd"], grants: [FileGrant(hostPath: LinuxFixtures.data)])
+            #expect(outside == (LinuxFixtures.data.hasPrefix(parent + "/") ? parent : "/") + "\n")
+            let (_, given, _) = try busybox(["pwd"], grants: [FileGrant(hostPath: LinuxFixtures.data)], cwd: LinuxFixtures.data)
+            #expect(given == LinuxFixtures.data + "\n")
+        }
+
         /// realloc of large blocks (glibc: mremap) keeps the contents.
         @Test(arguments: ["glibc", "musl"])
         func reallocOfLargeBlocks(libc: String) throws {
