@@ -151,6 +151,13 @@ extension KVMTests {
             #expect(elf.symbols.symbols.count > 0)
         }
 
+        /// The timeout covers loading: a deadline that passes while the program loads ends there.
+        @Test func theTimeoutCoversLoading() throws {
+            var configuration = SandboxConfiguration()
+            configuration.timeout = 1e-9
+            #expect(throws: SandboxError.loadTimedOut) { try Sandbox(elfPath: try Guests.build("args"), configuration: configuration) }
+        }
+
         /// Devices, pipes and directories are refused before a byte is read (`/dev/zero` once
         /// read 1 GiB before being refused).
         @Test(arguments: ["/dev/zero", "/dev/urandom", "/tmp"])

@@ -85,6 +85,7 @@ enum ELFLoader {
         if elf.isPositionIndependent {
             try relocate(elf, base: base, space: space)
         }
+        if let deadline, monotonicNanoseconds() > deadline { throw .loadTimedOut }
         var headers: UInt64 = 0
         if let linked = programHeaderAddress(elf) {
             let (address, overflow) = linked.addingReportingOverflow(base)
