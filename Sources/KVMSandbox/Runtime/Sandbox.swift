@@ -47,6 +47,9 @@ public final class Sandbox {
     private lazy var exitlessServer = ExitlessServer(mailbox: mailbox, memory: guestMemory, interrupter: vcpu.interrupter)
     /// What the current run loop stops at.
     var currentStop = StopCondition.end
+    /// When a fresh sandbox started loading its program: its first run's deadline counts from
+    /// there, so `timeout` covers loading and running together (nil for forks).
+    var loadStarted: UInt64?
     let logger = Logger(label: "kvmsandbox")
 
     /// Where the guest is in its life.
@@ -99,7 +102,8 @@ public final class Sandbox {
         if let given { system = given } else { system = try KVMSystem.shared() }
         let memory = try GuestMemory(size: configuration.memorySize)
         let space = try AddressSpace(memory: memory)
-        let loadDeadline = configuration.timeout.map { monotonicNanoseconds() &+ UInt64(min($0, 1e9) * 1e9) }
+        let loadStarted = monotonicNanoseconds()
+        let loadDeadline = configuration.timeout.map { loadStarted &+ UInt64(min($0, 1e9) * 1e9) }
         let program = try ELFLoader.load(elf, into: space, deadline: loadDeadline)
 
         let stackBottom = GuestLayout.stackTop - configuration.stackSize
@@ -126,6 +130,7 @@ public final class Sandbox {
         }
         self.init(configuration: configuration, program: program, system: system, memory: memory, vm: vm, vcpu: vcpu,
                   space: space, builtins: builtins, linux: linux, stackBottom: stackBottom, fork: nil, phase: .notStarted)
+        self.loadStarted = loadStarted
     }
 
     /// A sandbox from its parts, assembled by a fresh load or by a fork.
@@ -190,9 +195,14 @@ public final class Sandbox {
         case .running: throw .alreadyRunning
         case .notStarted, .paused: break
         }
+        // A fresh sandbox's first run: what loading took counts against the timeout too.
+        var loading = 0.0
+        if case .notStarted = phase, let loadStarted { loading = Double(monotonicNanoseconds() &- loadStarted) / 1e9 }
         phase = .running
         currentStop = stop
-        let deadline = configuration.timeout.map { Watchdog.shared.arm(seconds: $0, interrupter: vcpu.interrupter) }
+        let deadline = configuration.timeout.map {
+            Watchdog.shared.arm(seconds: max($0 - loading, 1e-9), interrupter: vcpu.interrupter)
+        }
         if configuration.hostCallTransport.resolved == .exitless {
             let server = exitlessServer
             server.prepare(handlers: handlers)

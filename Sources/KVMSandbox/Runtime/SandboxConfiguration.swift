@@ -6,7 +6,9 @@ public struct SandboxConfiguration: Sendable {
     public var memorySize: UInt64 = 64 << 20
     /// Stack size in bytes; an unmapped guard page lies below it.
     public var stackSize: UInt64 = 1 << 20
-    /// Wall-clock limit for `run()`, in seconds; nil for none.
+    /// Wall-clock limit for `run()`, in seconds; nil for none. A freshly loaded sandbox's first
+    /// run counts it from the start of loading (loading is bounded by it as well); a fork's runs
+    /// and calls each get the whole of it.
     public var timeout: Double?
     /// argv, including argv[0].
     public var arguments: [String] = ["guest"]
