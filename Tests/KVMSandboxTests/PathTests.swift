@@ -1,0 +1,41 @@
+@testable import KVMSandbox
+import Testing
+
+/// Guest path normalization (no KVM): `..` never climbs above `/`, whatever the guest writes.
+@Suite struct GuestPaths {
+    @Test(arguments: [
+        ("/a/b/../c", "/", "/a/c"),
+        ("../../../../etc/passwd", "/data", "/etc/passwd"),
+        ("x/./y//z/", "/w", "/w/x/y/z"),
+        ("..", "/", "/"),
+        ("/../..", "/tmp", "/"),
+        ("", "/tmp", "/tmp"),
+        ("a/../../b", "/c/d", "/c/b"),
+    ])
+    func normalize(path: String, cwd: String, expected: String) {
+        #expect(FileSystemView.normalize(path, cwd: cwd) == expected)
+    }
+
+    @Test func parentAndLastComponent() {
+        #expect(FileSystemView.parent(of: "/a/b") == "/a")
+        #expect(FileSystemView.parent(of: "/a") == "/")
+        #expect(FileSystemView.lastComponent(of: "/a/b") == "b")
+    }
+
+    /// The in-memory tree keeps its byte budget and refuses what Linux refuses.
+    @Test func memoryFileSystemLimits() {
+        var tree = MemoryFileSystem(mounts: ["/tmp"], capacity: 10)
+        #expect(tree.createFile("/tmp/a", exclusive: false, truncate: false) == nil)
+        #expect(tree.createFile("/tmp/a", exclusive: true, truncate: false) == .fileExists)
+        #expect(tree.createFile("/tmp/none/a", exclusive: false, truncate: false) == .noSuchFileOrDirectory)
+        #expect(tree.write("/tmp/a", Array("0123456789".utf8), at: 0) == .success(10))
+        #expect(tree.write("/tmp/a", [1], at: 10) == .failure(.noSpace))
+        #expect(tree.write("/tmp/a", [1], at: UInt64.max) == .failure(.fileTooLarge))
+        #expect(tree.makeDirectory("/tmp/d") == nil)
+        #expect(tree.rename("/tmp/a", to: "/tmp/d/b") == nil)
+        #expect(tree.remove("/tmp/d", directory: true) == .directoryNotEmpty)
+        #expect(tree.remove("/tmp/d/b", directory: false) == nil)
+        #expect(tree.used == 0)
+        #expect(tree.remove("/tmp", directory: true) == .resourceBusy)
+    }
+}
