@@ -180,16 +180,26 @@ final class BuiltinHostCalls {
     static let maximumIOVectors: UInt64 = 1024
 
     private func writev(fd: Int64, _ memory: GuestMemoryView, vector: UInt64, count: UInt64) throws -> Int64 {
-        guard count <= Self.maximumIOVectors else { return -Int64(HostCallErrno.EINVAL) }
-        let table = try memory.read(vector, count: Int(count) * 16)
+        guard fd == 1 || fd == 2 else { return -Int64(HostCallErrno.EBADF) }  // even when every vector is empty
+        return try Self.transferVectors(memory, table: vector, count: count) { try write(fd: fd, memory, address: $0, count: $1) }
+    }
+
+    /// readv/writev: the iovec table at `table` (at most `maximumIOVectors`, else -EINVAL), each
+    /// non-empty vector through `transfer` in turn, stopping at the first short one; an error is
+    /// returned only when nothing moved, as on Linux.
+    static func transferVectors(_ memory: GuestMemoryView, table: UInt64, count: UInt64,
+                                _ transfer: (_ base: UInt64, _ length: UInt64) throws -> Int64) throws -> Int64 {
+        guard count <= maximumIOVectors else { return -Int64(HostCallErrno.EINVAL) }
+        let entries = try memory.read(table, count: Int(count) * 16)
         var total: Int64 = 0
         for index in 0..<Int(count) {
-            let base = UInt64(littleEndianBytes: table[index * 16..<index * 16 + 8])
-            let length = UInt64(littleEndianBytes: table[index * 16 + 8..<index * 16 + 16])
-            let written = try write(fd: fd, memory, address: base, count: length)
-            if written < 0 { return total > 0 ? total : written }
-            total += written
-            if UInt64(written) < length { break }
+            let base = UInt64(littleEndianBytes: entries[index * 16..<index * 16 + 8])
+            let length = UInt64(littleEndianBytes: entries[index * 16 + 8..<index * 16 + 16])
+            guard length > 0 else { continue }
+            let moved = try transfer(base, length)
+            if moved < 0 { return total > 0 ? total : moved }
+            total += moved
+            if UInt64(moved) < length { break }
         }
         return total
     }

@@ -125,21 +125,13 @@ extension LinuxPersonality {
 
     /// readv/writev: each vector in turn, stopping at the first short transfer.
     func vector(_ isWrite: Bool, fd: Int64, _ memory: GuestMemoryView, _ table: UInt64, count: UInt64) throws -> HostCallEffect {
-        guard count <= BuiltinHostCalls.maximumIOVectors else { return Self.fail(.invalidArgument) }
-        let entries = try memory.read(table, count: Int(count) * 16)
-        var total: Int64 = 0
-        for index in 0..<Int(count) {
-            let base = UInt64(littleEndianBytes: entries[index * 16..<index * 16 + 8])
-            let length = UInt64(littleEndianBytes: entries[index * 16 + 8..<index * 16 + 16])
-            guard length > 0 else { continue }
+        .value(try BuiltinHostCalls.transferVectors(memory, table: table, count: count) { base, length in
             let effect = isWrite ? try write(fd: fd, memory, from: base, count: length, at: nil)
                                  : try read(fd: fd, memory, into: base, count: length, at: nil)
-            guard case .value(let moved) = effect else { return effect }
-            if moved < 0 { return total > 0 ? .value(total) : effect }
-            total += moved
-            if UInt64(moved) < length { break }
-        }
-        return .value(total)
+            // Reads and writes only ever answer with a value.
+            guard case .value(let moved) = effect else { return -Int64(HostCallErrno.EIO) }
+            return moved
+        })
     }
 
     func seek(fd: Int64, offset: Int64, whence: UInt64) -> HostCallEffect {

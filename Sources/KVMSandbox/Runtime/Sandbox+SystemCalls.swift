@@ -86,24 +86,24 @@ extension Sandbox {
     /// Makes KVM forget every translation it cached from the guest's page tables (PVM's shadow
     /// MMU does not see the host's writes to them): the memslot is deleted and re-created.
     func dropCachedTranslations() throws(KVMError) {
-        let flags: UInt32 = fork == nil ? 0 : VirtualMachine.logDirtyPages
         // Deleting the slot drops its dirty log: keep what it says for the next reset first.
         if let fork {
             switch fork.tracking {
             case .ring: try harvestDirtyRing()
             case .bitmap:
                 try vm.fetchDirtyLog(slot: 0, into: &fork.dirtyBitmap)
-                for (word, bits) in fork.dirtyBitmap.enumerated() where bits != 0 {
-                    var remaining = bits
-                    while remaining != 0 {
-                        fork.harvested.append(UInt64(word * 64 + remaining.trailingZeroBitCount))
-                        remaining &= remaining - 1
-                    }
-                }
+                fork.forEachDirtyPage { fork.harvested.append($0) }
             }
         }
+        try recreateMemorySlot()
+    }
+
+    /// Deletes and re-creates the memslot, which makes KVM zap every cached translation (a
+    /// fork's slot keeps dirty logging on).
+    func recreateMemorySlot() throws(KVMError) {
         try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: 0, hostAddress: memory.hostAddress)
-        try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: memory.size, hostAddress: memory.hostAddress, flags: flags)
+        try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: memory.size, hostAddress: memory.hostAddress,
+                               flags: fork == nil ? 0 : VirtualMachine.logDirtyPages)
     }
 
     /// One strace-style line on the host's stderr.

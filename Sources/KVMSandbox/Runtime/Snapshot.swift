@@ -86,6 +86,19 @@ final class ForkState {
     /// Pages harvested from a full dirty ring during a run, restored at the next reset.
     var harvested: [UInt64] = []
 
+    /// Calls `body` with every page set in `dirtyBitmap` (guest-physical page numbers).
+    func forEachDirtyPage(_ body: (UInt64) -> Void) {
+        dirtyBitmap.withUnsafeBufferPointer { words in
+            for word in words.indices where words[word] != 0 {
+                var bits = words[word]
+                while bits != 0 {
+                    body(UInt64(word * 64 + bits.trailingZeroBitCount))
+                    bits &= bits - 1
+                }
+            }
+        }
+    }
+
     init(snapshot: Snapshot, tracking: DirtyTracking) {
         self.snapshot = snapshot
         self.tracking = tracking
@@ -137,15 +150,7 @@ extension Sandbox {
             switch fork.tracking {
             case .bitmap:
                 try vm.fetchDirtyLog(slot: 0, into: &fork.dirtyBitmap)
-                fork.dirtyBitmap.withUnsafeBufferPointer { words in
-                    for word in words.indices where words[word] != 0 {
-                        var bits = words[word]
-                        while bits != 0 {
-                            memory.restorePage(UInt64(word * 64 + bits.trailingZeroBitCount))
-                            bits &= bits - 1
-                        }
-                    }
-                }
+                fork.forEachDirtyPage { memory.restorePage($0) }
             case .ring:
                 try harvestDirtyRing()
             }
@@ -176,9 +181,7 @@ extension Sandbox {
                 // The page tables just lost translations the guest may have used. KVM's shadow MMU
                 // (PVM) caches guest tables and never sees host writes to them, and a CR3 reload
                 // reuses its cached shadow pages; re-creating the memslot makes KVM zap them all.
-                try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: 0, hostAddress: memory.hostAddress)
-                try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: memory.size, hostAddress: memory.hostAddress,
-                                       flags: VirtualMachine.logDirtyPages)
+                try recreateMemorySlot()
             }
             // With IDT stubs the vCPU may have stopped at CPL 0 (in a stub or the syscall entry);
             // after a page fault CR2 holds the faulting address (found by the paranoid check).
