@@ -1,6 +1,7 @@
 // Computed in C, never in Swift or C++: see PLATFORM.md on flexible arrays.
 #define _GNU_SOURCE
 #include "CKVM.h"
+#include <cpuid.h>
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/ioctl.h>
@@ -69,6 +70,10 @@ int ckvm_openat2(int dirfd, const char *path, unsigned long long flags, unsigned
 
 long ckvm_getdents64(int fd, void *buffer, unsigned long length) {
     return syscall(SYS_getdents64, fd, buffer, length);
+}
+
+void ckvm_cpuid(unsigned int leaf, unsigned int subleaf, unsigned int out[4]) {
+    __cpuid_count(leaf, subleaf, out[0], out[1], out[2], out[3]);
 }
 
 int ckvm_available_cpus(void) {

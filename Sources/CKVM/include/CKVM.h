@@ -65,6 +65,9 @@ int ckvm_openat2(int dirfd, const char *path, unsigned long long flags, unsigned
 /// getdents64(2) (no wrapper Swift can see): directory entries in Linux's own record format.
 long ckvm_getdents64(int fd, void *buffer, unsigned long length);
 
+/// The host CPU's CPUID leaf/subleaf: out[0..3] = EAX, EBX, ECX, EDX.
+void ckvm_cpuid(unsigned int leaf, unsigned int subleaf, unsigned int out[4]);
+
 /// CPUs this process may run on: CPU_COUNT of sched_getaffinity (glibc hides both from Swift).
 int ckvm_available_cpus(void);
 /// Pins the calling thread to one CPU (sched_setaffinity), for tests and benchmarks; 0 or -1.

@@ -12,8 +12,8 @@ public enum ELFError: Error, Sendable, Equatable, CustomStringConvertible {
     case wrongMachine(UInt16)
     /// Neither ET_EXEC nor ET_DYN (e.g. an object file or a core dump).
     case notExecutable(type: UInt16)
-    /// The program has an interpreter (PT_INTERP): it is dynamically linked.
-    case dynamicallyLinked(interpreter: String)
+    /// PT_INTERP is malformed (not a NUL-terminated absolute path inside the file, or more than one).
+    case badInterpreter(String)
     /// `e_phentsize`/`e_phnum`/`e_phoff` do not describe a program-header table inside the file.
     case badProgramHeaderTable(String)
     /// No PT_LOAD segment.
@@ -40,8 +40,7 @@ public enum ELFError: Error, Sendable, Equatable, CustomStringConvertible {
             let names: [UInt16: String] = [3: "i386", 40: "ARM", 183: "AArch64", 243: "RISC-V"]
             return "not an x86-64 program (e_machine \(machine)\(names[machine].map { ", \($0)" } ?? ""))"
         case .notExecutable(let type): return "not an executable (e_type \(type)); link a program, not an object file"
-        case .dynamicallyLinked(let interpreter):
-            return "dynamically linked (interpreter \(interpreter)); link with -static (or use 'kvmsandbox cc')"
+        case .badInterpreter(let reason): return "bad PT_INTERP: \(reason)"
         case .badProgramHeaderTable(let reason): return "bad program-header table: \(reason)"
         case .noLoadableSegments: return "no PT_LOAD segment"
         case .badSegment(let index, let reason): return "segment \(index): \(reason)"

@@ -1,4 +1,5 @@
-/// A parsed, validated ELF64 x86-64 static executable (ET_EXEC or static-PIE ET_DYN).
+/// A parsed, validated ELF64 x86-64 executable: static (ET_EXEC or static-PIE ET_DYN), dynamic
+/// (with a PT_INTERP naming its dynamic loader), or a dynamic loader itself (ET_DYN, no PT_INTERP).
 ///
 /// Parsing checks every offset and size against the file; loading (`ELFLoader`) then checks the
 /// segments against guest memory. Nothing here trusts the file.
@@ -42,9 +43,13 @@ public struct ELFFile: Sendable {
     public let programHeaderCount: Int
     /// All program headers.
     public let segments: [Segment]
+    /// The dynamic loader PT_INTERP names (`/lib64/ld-linux-x86-64.so.2`), nil for a static program.
+    public let interpreter: String?
     /// Function and object symbols from `.symtab`, sorted by address (empty when stripped).
     public let symbols: SymbolTable
 
+    /// Whether the program needs a dynamic loader.
+    public var isDynamic: Bool { interpreter != nil }
     /// Whether the file is position-independent and must be loaded at a base the host picks.
     public var isPositionIndependent: Bool { type == Self.etDyn }
     /// The PT_LOAD segments.
@@ -72,6 +77,7 @@ public struct ELFFile: Sendable {
         guard reader.contains(phoff, UInt64(phnum) * 56) else { throw .truncated(what: "the program-header table") }
 
         var segments: [Segment] = []
+        var interpreter: String?
         for index in 0..<UInt64(phnum) {
             let at = phoff + index * 56
             let segment = Segment(
@@ -82,8 +88,11 @@ public struct ELFFile: Sendable {
                 fileSize: try reader.integer(UInt64.self, at: at + 32, "p_filesz"),
                 memorySize: try reader.integer(UInt64.self, at: at + 40, "p_memsz"))
             if segment.type == Self.ptInterp {
-                let interpreter = reader.cString(at: segment.offset, limit: 256) ?? "?"
-                throw .dynamicallyLinked(interpreter: interpreter)
+                guard interpreter == nil else { throw .badInterpreter("more than one PT_INTERP") }
+                guard let path = reader.cString(at: segment.offset, limit: 4096), path.hasPrefix("/") else {
+                    throw .badInterpreter("not a NUL-terminated absolute path within the file")
+                }
+                interpreter = path
             }
             segments.append(segment)
         }
@@ -95,6 +104,7 @@ public struct ELFFile: Sendable {
         self.programHeaderOffset = phoff
         self.programHeaderCount = Int(phnum)
         self.segments = segments
+        self.interpreter = interpreter
         self.symbols = SymbolTable(elf: reader)
     }
 

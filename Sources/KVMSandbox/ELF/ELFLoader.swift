@@ -16,6 +16,8 @@ public struct LoadedProgram: Sendable {
     public let imageRange: Range<UInt64>
     /// DWARF line tables and call-frame information, opened on first use (a fault).
     let debugInfo: LazyDebugInfo
+    /// The file's path as the guest sees it, when the host knows it (the dynamic loader's).
+    public internal(set) var path: String?
 
     /// `function+0xoffset` for a guest address, when a symbol covers it.
     public func symbolize(_ address: UInt64) -> String? {
@@ -31,11 +33,38 @@ public struct LoadedProgram: Sendable {
 /// read+write+NX, read-only data is read+NX. A page is writable and executable only when a single
 /// segment asks for both, or two segments with different permissions share it.
 enum ELFLoader {
+    /// Where a file goes in the guest's address space.
+    enum Placement {
+        /// The program: at its linked addresses (ET_EXEC) or at `GuestLayout.pieBase` (ET_DYN).
+        case program
+        /// A dynamic loader (ET_DYN): its highest page just below `top`, as the kernel puts
+        /// ld.so in the mmap area.
+        case below(UInt64)
+    }
+
     /// Loads `elf` into `space`; gives up with `.loadTimedOut` past `deadline` (monotonic ns).
-    static func load(_ elf: ELFFile, into space: AddressSpace, deadline: UInt64? = nil) throws(SandboxError) -> LoadedProgram {
+    /// Static-PIE programs are relocated here; a dynamic program and its loader are relocated by
+    /// the loader itself.
+    static func load(_ elf: ELFFile, into space: AddressSpace, at placement: Placement = .program,
+                     deadline: UInt64? = nil) throws(SandboxError) -> LoadedProgram {
         let loads = elf.loadSegments.filter { $0.memorySize > 0 }
         let lowest = PageSize.alignDown(loads.map(\.virtualAddress).min() ?? 0)
-        let base = elf.isPositionIndependent ? GuestLayout.pieBase &- lowest : 0
+        let base: UInt64, limit: UInt64
+        switch placement {
+        case .program:
+            base = elf.isPositionIndependent ? GuestLayout.pieBase &- lowest : 0
+            limit = GuestLayout.imageLimit
+        case .below(let top):
+            guard elf.isPositionIndependent, !elf.isDynamic else {
+                throw .invalidELF(.badInterpreter("the dynamic loader must be ET_DYN without an interpreter of its own"))
+            }
+            let highest = loads.map { $0.virtualAddress &+ $0.memorySize }.max() ?? 0  // ELFFile checked: no overflow
+            guard let span = PageSize.alignUp(highest).map({ $0 - lowest }), span < top / 2 else {
+                throw .invalidELF(.badInterpreter("the dynamic loader spans more than the address space"))
+            }
+            base = PageSize.alignDown(top - span) &- lowest
+            limit = top
+        }
 
         // Every segment's place, checked, and the pages they need in all, before any per-page
         // work: a file of a few KiB can declare thousands of huge segments.
@@ -46,7 +75,7 @@ enum ELFLoader {
             let (start, startOverflow) = segment.virtualAddress.addingReportingOverflow(base)
             let (end, endOverflow) = start.addingReportingOverflow(segment.memorySize)
             guard !startOverflow, !endOverflow, start >= GuestLayout.lowestSegmentAddress,
-                  end <= GuestLayout.imageLimit, let pageEnd = PageSize.alignUp(end) else {
+                  end <= limit, let pageEnd = PageSize.alignUp(end) else {
                 throw .invalidELF(.segmentOutsideGuestMemory(index: index, start: start, end: end))
             }
             // Segments do not overlap (ELFFile checks), so distinct pages are at least the sum
@@ -82,7 +111,7 @@ enum ELFLoader {
             let bytes = Array(elf.bytes[Int(segment.offset)..<Int(segment.offset + segment.fileSize)])
             try hostWrite(bytes, at: base + segment.virtualAddress, space)
         }
-        if elf.isPositionIndependent {
+        if elf.isPositionIndependent, !elf.isDynamic, case .program = placement {
             try relocate(elf, base: base, space: space)
         }
         if let deadline, monotonicNanoseconds() > deadline { throw .loadTimedOut }

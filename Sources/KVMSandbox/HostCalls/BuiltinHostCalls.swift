@@ -39,12 +39,16 @@ final class BuiltinHostCalls {
         /// Unmapped anonymous ranges, still mapped to their pages, reused (zeroed) by later mmaps.
         /// Reusing translations instead of changing them means no guest TLB can ever hold a stale one.
         var freeRanges: [(start: UInt64, length: UInt64)] = []
+        /// Mappings placed where the guest hinted, below the top-down region (LuaJIT wants its
+        /// machine code within 2 GiB of its own): sorted, disjoint, page-aligned `[start, end)`.
+        var placed: [(start: UInt64, end: UInt64)] = []
 
         /// Whether the guest-visible parts (not the captured output) are equal.
         func matches(_ other: State) -> Bool {
             outputWritten == other.outputWritten && fsBase == other.fsBase && heapEnd == other.heapEnd
                 && heapMappedEnd == other.heapMappedEnd && mmapBottom == other.mmapBottom
                 && freeRanges.elementsEqual(other.freeRanges) { $0.start == $1.start && $0.length == $1.length }
+                && placed.elementsEqual(other.placed) { $0.start == $1.start && $0.end == $1.end }
         }
     }
     var state: State
@@ -80,7 +84,8 @@ final class BuiltinHostCalls {
         case HostCallNumber.brk:
             return .value(Int64(bitPattern: brk(call[0])))
         case HostCallNumber.mmap:
-            return .value(mmap(length: call[1], protection: call[2], flags: call[3]))
+            let address = mmap(length: call[1], protection: call[2], flags: call[3], hint: call[0])
+            return takePermissionsReduced() ? .invalidateTranslationsReturning(address) : .value(address)
         case HostCallNumber.munmap:
             return .value(munmap(call[0], length: call[1]))
         case HostCallNumber.madvise:
@@ -231,7 +236,8 @@ final class BuiltinHostCalls {
     /// Linux brk: grows (never shrinks) the heap; returns the new break, or the old one on failure.
     private func brk(_ requested: UInt64) -> UInt64 {
         guard requested > state.heapEnd else { return state.heapEnd }
-        guard let mappedEnd = PageSize.alignUp(requested), mappedEnd <= state.mmapBottom else { return state.heapEnd }
+        guard let mappedEnd = PageSize.alignUp(requested), mappedEnd <= state.mmapBottom,
+              !state.placed.contains(where: { $0.start >= state.heapMappedEnd && $0.start < mappedEnd }) else { return state.heapEnd }
         if mappedEnd > state.heapMappedEnd {
             guard (try? space.mapNew(state.heapMappedEnd, length: mappedEnd - state.heapMappedEnd, [.read, .write])) != nil else {
                 return state.heapEnd
@@ -242,8 +248,9 @@ final class BuiltinHostCalls {
         return state.heapEnd
     }
 
-    /// Anonymous private mappings only, placed top-down below the stack; no executable memory.
-    func mmap(length: UInt64, protection: UInt64, flags: UInt64) -> Int64 {
+    /// Anonymous private mappings only, placed top-down below the stack (or at `hint` when that
+    /// range is free, as Linux does); no executable memory.
+    func mmap(length: UInt64, protection: UInt64, flags: UInt64, hint: UInt64 = 0) -> Int64 {
         let E = HostCallErrno.self
         let anonymous: UInt64 = 0x20, fixed: UInt64 = 0x10, exec: UInt64 = 0x4
         guard flags & anonymous != 0, flags & fixed == 0 else { return -Int64(E.EINVAL) }
@@ -252,12 +259,29 @@ final class BuiltinHostCalls {
         // memory until made accessible, so it is bounded by the address space, not the memory.
         let limit = protection == 0 ? Self.largestReservation : space.memory.size
         guard length > 0, let size = PageSize.alignUp(length), size <= limit else { return -Int64(E.ENOMEM) }
+        if hint != 0, let start = place(at: hint, size: size, protection: protection) { return Int64(start) }
         if protection != 0, let index = state.freeRanges.firstIndex(where: { $0.length >= size }) {
             let start = state.freeRanges[index].start
             state.freeRanges[index].start += size
             state.freeRanges[index].length -= size
             if state.freeRanges[index].length == 0 { state.freeRanges.remove(at: index) }
             space.zeroMapped(start, length: size)
+            // Freed pages keep their old permissions: give them the ones asked for now. Losing
+            // write or execute permission needs cached translations dropped (PVM's shadow MMU
+            // would keep the old ones); gaining them does not (the next access faults and re-walks).
+            let permissions: PagePermissions = protection & 2 != 0 ? [.read, .write] : [.read]
+            var page = start
+            while page < start + size {
+                if let entry = space.tables.leafEntry(page, memory: space.memory) {
+                    let wasWritable = entry & X86PageTables.writable != 0, wasExecutable = entry & X86PageTables.noExecute == 0
+                    let writable = protection & 2 != 0
+                    if wasExecutable || wasWritable != writable || entry & X86PageTables.user == 0 {
+                        if wasExecutable || (wasWritable && !writable) { permissionsReduced = true }
+                        try? space.protect(page, permissions)
+                    }
+                }
+                page += PageSize.bytes
+            }
             return Int64(start)
         }
         guard state.mmapBottom >= size, state.mmapBottom - size >= state.heapMappedEnd + GuestLayout.stackGap else { return -Int64(E.ENOMEM) }
@@ -270,11 +294,49 @@ final class BuiltinHostCalls {
         return Int64(start)
     }
 
+    /// Set when `mmap` took away write or execute permission from reused pages.
+    private var permissionsReduced = false
+
+    /// Whether the last `mmap` reduced permissions of pages (then cached translations must be
+    /// dropped before the guest runs again); clears the flag.
+    func takePermissionsReduced() -> Bool {
+        defer { permissionsReduced = false }
+        return permissionsReduced
+    }
+
     /// The largest single PROT_NONE reservation (1 TiB; the address space below the stack is 128 TiB).
     static let largestReservation: UInt64 = 1 << 40
 
-    /// The guest's anonymous-mmap region, `[mmapBottom, mmapTop)`: where MAP_FIXED may land.
-    var mmapRegion: Range<UInt64> { state.mmapBottom..<mmapTop }
+    /// A mapping at the guest's hint: only between the heap (plus a gap) and the top-down
+    /// region, only over pages that are neither mapped nor placed before. Nil: use the region.
+    private func place(at hint: UInt64, size: UInt64, protection: UInt64) -> UInt64? {
+        guard let start = PageSize.alignUp(hint), start >= state.heapMappedEnd + GuestLayout.stackGap,
+              start < state.mmapBottom, size <= state.mmapBottom - start else { return nil }
+        let end = start + size
+        guard !state.placed.contains(where: { $0.start < end && $0.end > start }) else { return nil }
+        var page = start
+        while page < end {
+            if space.isMapped(page) { return nil }
+            page += PageSize.bytes
+        }
+        if protection != 0 {
+            let permissions: PagePermissions = protection & 2 != 0 ? [.read, .write] : [.read]
+            guard (try? space.mapNew(start, length: size, permissions)) != nil else { return nil }
+        }
+        state.placed.append((start, end))
+        state.placed.sort { $0.start < $1.start }
+        return start
+    }
+
+    /// Whether `[start, start + size)` lies in the guest's mappings: the top-down region
+    /// `[mmapBottom, mmapTop)` or one range placed at a hint. MAP_FIXED, munmap, mremap and
+    /// executable mprotect act only there (never on the image, heap, stack or host pages).
+    func ownsMappings(_ start: UInt64, _ size: UInt64) -> Bool {
+        let (end, overflow) = start.addingReportingOverflow(size)
+        guard !overflow else { return false }
+        if start >= state.mmapBottom && end <= mmapTop { return true }
+        return state.placed.contains { start >= $0.start && end <= $0.end }
+    }
 
     /// Takes `[start, start + length)` out of the free list (a MAP_FIXED mapping claims it).
     func claim(_ start: UInt64, length: UInt64) {
@@ -293,7 +355,7 @@ final class BuiltinHostCalls {
     /// mmap region can be unmapped: the image, heap, stack and system pages cannot.
     private func munmap(_ address: UInt64, length: UInt64) -> Int64 {
         guard address % PageSize.bytes == 0, length > 0, let size = PageSize.alignUp(length),
-              address >= state.mmapBottom, address <= mmapTop, size <= mmapTop - address else { return -Int64(HostCallErrno.EINVAL) }
+              ownsMappings(address, size) else { return -Int64(HostCallErrno.EINVAL) }
         // The parts of the range not already free (freeRanges is sorted and merged), then the
         // mapped runs within them: linear in the pages and ranges, whatever the guest asks.
         let end = address + size

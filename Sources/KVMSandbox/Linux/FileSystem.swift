@@ -92,15 +92,64 @@ struct FileSystemView: @unchecked Sendable {
     static let resolveFlags: UInt64 = 0x08 | 0x02
 
     /// Opens a guest path as the host, beneath its grant. Returns the host fd or a Linux errno.
+    ///
+    /// A symbolic link whose target leaves its grant (an absolute one, `/lib64/ld-linux-x86-64.so.2
+    /// -> /lib/x86_64-linux-gnu/...`, or `../..` above the grant) is followed in the *guest's*
+    /// namespace: its target is read, made a guest path, and opened again through `locate`, so it
+    /// reaches another grant or nothing, never the host's tree. At most 40 links, as Linux.
     func open(_ path: String, flags: Int32, mode: UInt32) -> Result<Int32, Errno> {
-        guard let (mount, relative) = locate(path) else { return .failure(.noSuchFileOrDirectory) }
-        let writes = flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) != 0
-        if writes && !mount.writable { return .failure(.readOnlyFileSystem) }
-        // openat2 is strict: a mode without O_CREAT is EINVAL (open ignores it).
-        let fd = ckvm_openat2(mount.directory.fd, relative, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)),
-                              flags & O_CREAT != 0 ? UInt64(mode & 0o7777) : 0, Self.resolveFlags)
-        guard fd >= 0 else { return .failure(Self.guestErrno(Errno.current)) }
-        return .success(fd)
+        openBeneath(path, flags: flags, mode: mode).map(\.fd)
+    }
+
+    /// `open`, also saying whether the grant the file was finally found in is writable.
+    func openBeneath(_ path: String, flags: Int32, mode: UInt32) -> Result<(fd: Int32, writableGrant: Bool), Errno> {
+        var current = path
+        for _ in 0..<Self.maximumLinks {
+            guard let (mount, relative) = locate(current) else { return .failure(.noSuchFileOrDirectory) }
+            let writes = flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) != 0
+            if writes && !mount.writable { return .failure(.readOnlyFileSystem) }
+            // openat2 is strict: a mode without O_CREAT is EINVAL (open ignores it).
+            let fd = ckvm_openat2(mount.directory.fd, relative, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)),
+                                  flags & O_CREAT != 0 ? UInt64(mode & 0o7777) : 0, Self.resolveFlags)
+            if fd >= 0 { return .success((fd, mount.writable)) }
+            let error = Errno.current
+            guard error == .improperLink,
+                  let next = followingFirstLink(in: current, includingLast: flags & O_NOFOLLOW == 0) else {
+                return .failure(Self.guestErrno(error))
+            }
+            current = next
+        }
+        return .failure(.tooManySymbolicLinkLevels)
+    }
+
+    /// Linux's limit on symbolic links followed in one lookup.
+    static let maximumLinks = 40
+
+    /// `path` with its first symbolic-link component replaced by the link's target (as a guest
+    /// path), or nil when no component is a link. Each prefix is opened `O_PATH|O_NOFOLLOW`
+    /// beneath its grant and the link read from that fd, so nothing outside a grant is looked at.
+    func followingFirstLink(in path: String, includingLast: Bool) -> String? {
+        let components = path.split(separator: "/").map(String.init)
+        let count = includingLast ? components.count : components.count - 1
+        guard count > 0 else { return nil }
+        for index in 1...count {
+            let prefix = "/" + components[0..<index].joined(separator: "/")
+            guard let (mount, relative) = locate(prefix) else { return nil }
+            let fd = ckvm_openat2(mount.directory.fd, relative, UInt64(0o10000000 | O_NOFOLLOW | O_CLOEXEC), 0, Self.resolveFlags)
+            guard fd >= 0 else { return nil }
+            defer { close(fd) }
+            var status = stat()
+            guard fstat(fd, &status) == 0 else { return nil }
+            guard status.st_mode & S_IFMT == S_IFLNK else { continue }
+            var buffer = [CChar](repeating: 0, count: 4097)
+            let length = readlinkat(fd, "", &buffer, 4096)
+            guard length > 0 else { return nil }
+            let target = String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let rest = components[index...].joined(separator: "/")
+            let joined = target.hasPrefix("/") ? target : Self.parent(of: prefix) + "/" + target
+            return Self.normalize(rest.isEmpty ? joined : joined + "/" + rest, cwd: "/")
+        }
+        return nil
     }
 
     /// Escapes (`EXDEV`: a symlink or `..` that would leave the grant) look like absent files.

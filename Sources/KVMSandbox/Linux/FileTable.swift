@@ -47,6 +47,8 @@ struct OpenFile {
     var statusFlags: Int32
     /// The guest path it was opened by ("" for the standard streams).
     var path: String
+    /// Whether `mmap` may map it executable: a regular file opened through a read-only grant.
+    var executable = false
 
     var readable: Bool { statusFlags & O_ACCMODE != O_WRONLY }
     var writable: Bool { statusFlags & O_ACCMODE != O_RDONLY }

@@ -89,27 +89,43 @@ extension LinuxPersonality {
     }
 
     /// `/proc/self/maps` from the guest's page tables: runs of user pages with the same
-    /// permissions (what the guest can touch; host-only pages are left out).
+    /// permissions and the same backing (the program, its loader, a mapped file, the stack);
+    /// host-only pages are left out.
     func memoryMaps() -> String {
+        // Images are listed at offset 0 throughout (their segments' file offsets are not kept).
+        var named: [(range: Range<UInt64>, name: String, offset: UInt64?)] = imageRanges.enumerated().map { index, range in
+            (range, index == 0 ? programPath : interpreterPath ?? "", nil)
+        }
+        named += state.fileMappings.map { ($0.start..<$0.end, $0.path, $0.offset) }
+        named.sort { $0.range.lowerBound < $1.range.lowerBound }
+        var next = 0
+        func backing(_ page: UInt64) -> (name: String, offset: UInt64) {
+            while next < named.count, named[next].range.upperBound <= page { next += 1 }
+            if next < named.count, named[next].range.contains(page) {
+                return (named[next].name, named[next].offset.map { $0 &+ (page - named[next].range.lowerBound) } ?? 0)
+            }
+            return page >= stackBottom && page < GuestLayout.stackTop ? ("[stack]", 0)
+                : page == GuestLayout.syscallStubPage ? ("[kvmsandbox syscall stub]", 0)
+                : page == GuestLayout.mailboxPage || page == GuestLayout.doorbellPage ? ("[kvmsandbox mailbox and doorbell]", 0) : ("", 0)
+        }
         var lines: [String] = []
-        var run: (start: UInt64, end: UInt64, bits: String)?
+        var run: (start: UInt64, end: UInt64, bits: String, name: String, offset: UInt64)?
         func flush() {
             guard let current = run else { return }
-            let name = current.start >= imageRange.lowerBound && current.end <= imageRange.upperBound ? programPath
-                : current.end == GuestLayout.stackTop ? "[stack]"
-                : current.start == GuestLayout.syscallStubPage ? "[kvmsandbox syscall stub]"
-                : current.start == GuestLayout.mailboxPage ? "[kvmsandbox mailbox and doorbell]" : ""
-            lines.append("\(String(current.start, radix: 16))-\(String(current.end, radix: 16)) \(current.bits) 00000000 00:00 0"
-                         + (name.isEmpty ? "" : "          \(name)"))
+            let offset = String(current.offset, radix: 16)
+            lines.append("\(String(current.start, radix: 16))-\(String(current.end, radix: 16)) \(current.bits) "
+                         + String(repeating: "0", count: max(0, 8 - offset.count)) + offset + " 00:00 0"
+                         + (current.name.isEmpty ? "" : "          \(current.name)"))
         }
         space.tables.forEachLeaf(from: 0, to: X86PageTables.userAddressLimit, memory: space.memory) { page, entry in
             guard entry & X86PageTables.user != 0 else { return }
             let bits = "r" + (entry & X86PageTables.writable != 0 ? "w" : "-") + (entry & X86PageTables.noExecute == 0 ? "x" : "-") + "p"
-            if let current = run, current.end == page, current.bits == bits {
+            let (name, offset) = backing(page)
+            if let current = run, current.end == page, current.bits == bits, current.name == name {
                 run?.end = page + PageSize.bytes
             } else {
                 flush()
-                run = (page, page + PageSize.bytes, bits)
+                run = (page, page + PageSize.bytes, bits, name, offset)
             }
         }
         flush()
@@ -145,9 +161,9 @@ extension LinuxPersonality {
             let hostFlags = flags & (O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_DIRECTORY | O_NOFOLLOW | O_APPEND)
             // O_NONBLOCK: opening a FIFO or a device must not block the vCPU thread; only regular
             // files and directories are offered (a FIFO, socket or device in a grant is EACCES).
-            switch fileSystem.open(path, flags: hostFlags | O_NONBLOCK, mode: UInt32(truncatingIfNeeded: mode & ~state.umask)) {
+            switch fileSystem.openBeneath(path, flags: hostFlags | O_NONBLOCK, mode: UInt32(truncatingIfNeeded: mode & ~state.umask)) {
             case .failure(let error): return Self.fail(error)
-            case .success(let fd):
+            case .success(let (fd, writableGrant)):
                 let host = HostFile(fd: fd)
                 var status = stat()
                 guard fstat(fd, &status) == 0 else { return Self.fail(Errno.current) }
@@ -157,7 +173,7 @@ extension LinuxPersonality {
                     guard let entries = Self.readDirectory(fd) else { return Self.fail(.noMemory) }
                     file = OpenFile(kind: .directory(entries: entries, host: host), statusFlags: keep, path: path)
                 } else {
-                    file = OpenFile(kind: .host(host), statusFlags: keep, path: path)
+                    file = OpenFile(kind: .host(host), statusFlags: keep, path: path, executable: !writableGrant)
                 }
             }
         }

@@ -12,7 +12,10 @@ extension LinuxPersonality {
         case 9 where call[3] & (0x10 | 0x100000) != 0 && call[3] & 0x20 != 0:  // anonymous MAP_FIXED(_NOREPLACE)
             return mapFixed(call[0], length: call[1], protection: call[2], replace: call[3] & 0x10 != 0)
         case 9 where call[3] & 0x20 == 0:           // mmap of a file (anonymous ones are the built-in's)
-            return try mapFile(length: call[1], protection: call[2], flags: call[3], fd: call.descriptor(4), offset: call[5])
+            return try mapFile(call[0], length: call[1], protection: call[2], flags: call[3], fd: call.descriptor(4), offset: call[5])
+        case 11:                                    // munmap: the built-in's, after forgetting file mappings
+            if call[0] % PageSize.bytes == 0, let size = PageSize.alignUp(call[1]) { forgetFileMappings(call[0], size) }
+            return nil
         case 10: return protect(call[0], length: call[1], protection: call[2])
         case 25: return try remap(call[0], oldLength: call[1], newLength: call[2], flags: call[3])
         case 28:                                    // madvise
@@ -42,10 +45,7 @@ extension LinuxPersonality {
               let oldSize = PageSize.alignUp(oldLength), let newSize = PageSize.alignUp(newLength), oldSize > 0 else {
             return Self.fail(.invalidArgument)
         }
-        let region = builtins.mmapRegion
-        guard address >= region.lowerBound, address <= region.upperBound, oldSize <= region.upperBound - address else {
-            return Self.fail(.invalidArgument)
-        }
+        guard builtins.ownsMappings(address, oldSize) else { return Self.fail(.invalidArgument) }
         var page = address
         while page < address + oldSize {
             guard space.isMapped(page) else { return Self.fail(.invalidArgument) }  // only memory that is there
@@ -66,43 +66,57 @@ extension LinuxPersonality {
             copied += chunk
         }
         _ = try builtins.handle(HostCall(number: 11, arguments: [address, oldSize, 0, 0, 0, 0], memory: GuestMemoryView(space: space)))
-        return .value(new)
+        forgetFileMappings(address, oldSize)
+        return builtins.takePermissionsReduced() ? .invalidateTranslationsReturning(new) : .value(new)
     }
 
     /// Anonymous MAP_FIXED inside the guest's own mmap region (Go maps parts of its PROT_NONE
-    /// reservations this way): fresh zero pages with the protection asked for. Anywhere else (the
-    /// image, heap, stack, stub and system pages) is refused with `ENOMEM`.
+    /// reservations this way; ld.so maps a library's bss): fresh zero pages with the protection
+    /// asked for. Anywhere else (the image, heap, stack, stub and system pages) is refused with `ENOMEM`.
     func mapFixed(_ address: UInt64, length: UInt64, protection: UInt64, replace: Bool) -> HostCallEffect {
         guard address % PageSize.bytes == 0, protection & ~7 == 0, length > 0 else { return Self.fail(.invalidArgument) }
         guard protection & 4 == 0 else { return Self.fail(.permissionDenied) }  // no executable anonymous memory
         guard let size = PageSize.alignUp(length) else { return Self.fail(.noMemory) }
-        let region = builtins.mmapRegion
-        guard address >= region.lowerBound, address <= region.upperBound, size <= region.upperBound - address else {
-            return Self.fail(.noMemory)
+        switch placeFixed(address, size: size, permissions: protection == 0 ? nil : Self.permissions(protection), replace: replace) {
+        case .failure(let error): return Self.fail(error)
+        case .success(let changed):
+            forgetFileMappings(address, size)
+            return changed ? .invalidateTranslationsReturning(Int64(address)) : .value(Int64(address))
         }
+    }
+
+    /// Makes `[address, address + size)` (inside the mmap region) fresh zero pages with
+    /// `permissions`, or reserved (no pages) when `permissions` is nil. Existing pages are
+    /// zeroed and re-protected; `replace == false` (MAP_FIXED_NOREPLACE) refuses any.
+    /// Returns whether existing pages changed (then cached translations must go).
+    func placeFixed(_ address: UInt64, size: UInt64, permissions: PagePermissions?, replace: Bool) -> Result<Bool, Errno> {
+        guard builtins.ownsMappings(address, size) else { return .failure(.noMemory) }
         let end = address + size
-        var changed = false
         var page = address
-        if !replace {  // MAP_FIXED_NOREPLACE
+        if !replace {
             while page < end {
-                if space.isMapped(page) { return Self.fail(.fileExists) }
+                if space.isMapped(page) { return .failure(.fileExists) }
                 page += PageSize.bytes
             }
             page = address
         }
-        let permissions = Self.permissions(protection)
+        var changed = false
         while page < end {
-            if space.isMapped(page) {
-                space.zeroMapped(page, length: PageSize.bytes)
-                do { try space.protect(page, permissions) } catch { return Self.fail(.noMemory) }
-                changed = true
-            } else if protection != 0 {
-                do { try space.mapNew(page, length: PageSize.bytes, permissions) } catch { return Self.fail(.noMemory) }
+            do {
+                if space.isMapped(page) {
+                    space.zeroMapped(page, length: PageSize.bytes)
+                    try space.protect(page, permissions ?? [.supervisor])
+                    changed = true
+                } else if let permissions {
+                    try space.mapNew(page, length: PageSize.bytes, permissions)
+                }
+            } catch {
+                return .failure(.noMemory)
             }
             page += PageSize.bytes
         }
         builtins.claim(address, length: size)
-        return changed ? .invalidateTranslationsReturning(Int64(address)) : .value(Int64(address))
+        return .success(changed)
     }
 
     /// Page permissions for PROT_* bits. PROT_NONE pages stay in the tables for the host but are
@@ -115,23 +129,36 @@ extension LinuxPersonality {
         return permissions.isEmpty ? [.supervisor] : permissions
     }
 
-    /// A private mapping of a regular file: fresh pages with the file's bytes copied in (the rest
-    /// of the last page zero). Shared writable mappings are not offered (`ENODEV`); a shared
-    /// read-only one is a private copy. Executable only from a read-only grant, never writable.
-    func mapFile(length: UInt64, protection: UInt64, flags: UInt64, fd: Int64, offset: UInt64) throws -> HostCallEffect {
+    /// A private mapping of a regular file: pages with the file's bytes copied in (the rest of
+    /// the last page zero), anywhere in the mmap region or, with MAP_FIXED, at the address asked
+    /// (ld.so places each segment of a library this way). Shared writable mappings are not
+    /// offered (`ENODEV`); a shared read-only one is a private copy. Executable only for files
+    /// opened through a read-only grant, and never writable and executable at once.
+    func mapFile(_ hint: UInt64, length: UInt64, protection: UInt64, flags: UInt64, fd: Int64, offset: UInt64) throws -> HostCallEffect {
         guard protection & ~7 == 0, offset % PageSize.bytes == 0, length > 0 else { return Self.fail(.invalidArgument) }
-        guard flags & 0x10 == 0 else { return Self.fail(.invalidArgument) }  // MAP_FIXED: not yet
         guard let file = state.files[fd] else { return Self.fail(.badFileDescriptor) }
         guard case .host(let host) = file.kind, file.readable else { return Self.fail(.permissionDenied) }
         let shared = flags & 0x03 == 0x01
         let execute = protection & 4 != 0, write = protection & 2 != 0
         if shared && write { return Self.fail(Errno(rawValue: 19)) }  // ENODEV
-        if execute && write { return Self.fail(.permissionDenied) }
-        if execute, let mount = fileSystem.locate(file.path)?.mount, mount.writable { return Self.fail(.permissionDenied) }
+        if execute && (write || !file.executable) { return Self.fail(.permissionDenied) }
         guard length <= space.memory.size, let size = PageSize.alignUp(length) else { return Self.fail(.noMemory) }
-        let start = builtins.mmap(length: size, protection: 3, flags: 0x22)
-        guard start >= 0 else { return .value(start) }
-        let address = UInt64(start)
+        let fixed = flags & (0x10 | 0x100000) != 0
+        let address: UInt64
+        if fixed {
+            guard hint % PageSize.bytes == 0 else { return Self.fail(.invalidArgument) }
+            switch placeFixed(hint, size: size, permissions: protection == 0 ? nil : [.read, .write], replace: flags & 0x10 != 0) {
+            case .failure(let error): return Self.fail(error)
+            case .success: address = hint
+            }
+        } else {
+            let start = builtins.mmap(length: size, protection: 3, flags: 0x22)
+            _ = builtins.takePermissionsReduced()  // translations are dropped below in any case
+            guard start >= 0 else { return .value(start) }
+            address = UInt64(start)
+        }
+        forgetFileMappings(address, size)
+        if protection == 0 { return .invalidateTranslationsReturning(Int64(address)) }
         // The file's bytes, in chunks; past its end the pages stay zero.
         var copied: UInt64 = 0
         var chunk = [UInt8](repeating: 0, count: 1 << 20)
@@ -142,15 +169,41 @@ extension LinuxPersonality {
             try space.hostWrite(Array(chunk[0..<n]), at: address + copied)
             copied += UInt64(n)
         }
-        if protection == 3 { return .value(start) }
         let permissions = Self.permissions(protection)
-        var page = address
-        while page < address + size {
-            try space.protect(page, permissions)
-            page += PageSize.bytes
+        if protection != 3 {
+            var page = address
+            while page < address + size {
+                try space.protect(page, permissions)
+                page += PageSize.bytes
+            }
         }
+        state.fileMappings.append(FileMapping(start: address, end: address + size, path: file.path, offset: offset,
+                                              executable: execute))
         // The pages may be reused ones the guest touched before: drop cached translations.
-        return .invalidateTranslationsReturning(start)
+        return .invalidateTranslationsReturning(Int64(address))
+    }
+
+    /// Drops the record of file mappings over `[address, address + size)` (unmapped or mapped over),
+    /// keeping the parts outside it.
+    func forgetFileMappings(_ address: UInt64, _ size: UInt64) {
+        let end = address &+ size
+        guard state.fileMappings.contains(where: { $0.start < end && $0.end > address }) else { return }
+        var kept: [FileMapping] = []
+        for mapping in state.fileMappings {
+            guard mapping.start < end && mapping.end > address else { kept.append(mapping); continue }
+            if mapping.start < address {
+                var left = mapping
+                left.end = address
+                kept.append(left)
+            }
+            if mapping.end > end {
+                var right = mapping
+                right.offset &+= end - mapping.start
+                right.start = end
+                kept.append(right)
+            }
+        }
+        state.fileMappings = kept
     }
 
     /// mprotect: every page in the range must be mapped (else `ENOMEM`, as Linux); PROT_EXEC
@@ -165,14 +218,13 @@ extension LinuxPersonality {
         if execute && write { return Self.fail(.permissionDenied) }
         // Execute: in the program's image, or a JIT's flip of its own mmap'd memory from RW to RX
         // (never both at once). The heap, the stack and the host's pages never become executable.
-        let region = builtins.mmapRegion
-        let inImage = address >= imageRange.lowerBound && end <= imageRange.upperBound
-        let inMappings = address >= region.lowerBound && end <= region.upperBound
+        let inImage = imageRanges.contains { address >= $0.lowerBound && end <= $0.upperBound }
+        let inMappings = builtins.ownsMappings(address, size)
         if execute && !inImage && !inMappings { return Self.fail(.permissionDenied) }
-        // Every page must be mapped or reserved (PROT_NONE in the mmap region), as Linux wants.
+        // Every page must be mapped or reserved (PROT_NONE among the mappings), as Linux wants.
         var page = address
         while page < end {
-            guard space.isMapped(page) || region.contains(page) else { return Self.fail(.noMemory) }
+            guard space.isMapped(page) || builtins.ownsMappings(page, PageSize.bytes) else { return Self.fail(.noMemory) }
             page += PageSize.bytes
         }
         let permissions = Self.permissions(protection)

@@ -27,6 +27,8 @@ final class LinuxPersonality {
         /// Pipe buffers, by pipe id (both ends are guest fds: the guest is one process).
         var pipes: [Int: [UInt8]] = [:]
         var nextPipe = 0
+        /// Files mapped with `mmap`, for `/proc/self/maps` and for naming code in backtraces.
+        var fileMappings: [FileMapping] = []
     }
     var state: State
     let space: AddressSpace
@@ -36,15 +38,20 @@ final class LinuxPersonality {
     /// The program's path, as `/proc/self/exe` names it.
     let programPath: String
     let stackSize: UInt64
-    /// The program's image: the only place `mprotect` may make executable.
-    let imageRange: Range<UInt64>
+    /// The program's image (and its loader's): where `mprotect` may make file pages executable.
+    let imageRanges: [Range<UInt64>]
+    /// The dynamic loader's path, for a dynamic program.
+    let interpreterPath: String?
+    /// The lowest byte of the stack.
+    var stackBottom: UInt64 { GuestLayout.stackTop - stackSize }
     /// Calls made, by number; calls answered `ENOSYS` because they are not implemented, by number.
     var counts: [Int: Int] = [:]
     var unimplemented: [Int: Int] = [:]
 
     init(space: AddressSpace, builtins: BuiltinHostCalls, fileSystem: FileSystemView, configuration: SandboxConfiguration,
-         imageRange: Range<UInt64>) {
-        self.imageRange = imageRange
+         image: ProgramImage) {
+        self.imageRanges = [image.program.imageRange] + (image.interpreter.map { [$0.imageRange] } ?? [])
+        self.interpreterPath = image.interpreter?.path
         self.space = space
         self.builtins = builtins
         self.fileSystem = fileSystem
@@ -87,6 +94,18 @@ final class LinuxPersonality {
 
     /// `-errno` as an effect.
     static func fail(_ error: Errno) -> HostCallEffect { .value(-Int64(error.rawValue)) }
+}
+
+/// A file's bytes mapped into the guest (`mmap` of a file): which file, and from what offset.
+public struct FileMapping: Sendable, Equatable {
+    /// The first guest address and one past the last.
+    public var start: UInt64, end: UInt64
+    /// The guest path the file was opened by.
+    public var path: String
+    /// The file offset of `start`.
+    public var offset: UInt64
+    /// Whether the mapping is executable (library code).
+    public var executable: Bool
 }
 
 extension HostCall {

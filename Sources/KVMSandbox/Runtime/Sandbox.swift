@@ -18,7 +18,11 @@ public final class Sandbox {
     /// The limits and inputs it was created with.
     public let configuration: SandboxConfiguration
     /// The loaded program (entry, base, symbols).
-    public let program: LoadedProgram
+    public var program: LoadedProgram { image.program }
+    /// A dynamic program's loader (ld.so), nil for a static program.
+    public var interpreter: LoadedProgram? { image.interpreter }
+    /// The program, its loader and where the mmap region starts.
+    let image: ProgramImage
     /// Which kind of KVM runs it.
     public var platform: KVMPlatform { system.platform }
     /// VM exits so far, and how many of them were host calls.
@@ -83,7 +87,8 @@ public final class Sandbox {
         public var hostCalls = 0
     }
 
-    /// Loads the ELF file at `elfPath` into a new VM.
+    /// Loads the ELF file at `elfPath` into a new VM. A dynamic program's loader is read through
+    /// the guest's view of the files (see `SandboxConfiguration.systemLibraries`).
     public convenience init(elfPath: String, configuration: SandboxConfiguration = .init(),
                             system: KVMSystem? = nil) throws(SandboxError) {
         let bytes: [UInt8]
@@ -92,11 +97,17 @@ public final class Sandbox {
         }
         let elf: ELFFile
         do { elf = try ELFFile(bytes: bytes) } catch { throw .invalidELF(error) }
-        try self.init(elf: elf, configuration: configuration, system: system)
+        try self.init(elf: elf, hostPath: elfPath, configuration: configuration, system: system)
     }
 
     /// Loads `elf` into a new VM, ready to `run()`.
     public convenience init(elf: ELFFile, configuration: SandboxConfiguration = .init(), system given: KVMSystem? = nil) throws(SandboxError) {
+        try self.init(elf: elf, hostPath: nil, configuration: configuration, system: given)
+    }
+
+    /// Loads `elf`, read from `hostPath` when known (a dynamic program's own file is then
+    /// visible to it at its guest path, as `/proc/self/exe` names it).
+    convenience init(elf: ELFFile, hostPath: String?, configuration: SandboxConfiguration, system given: KVMSystem?) throws(SandboxError) {
         try configuration.validate()
         let system: KVMSystem
         if let given { system = given } else { system = try KVMSystem.shared() }
@@ -104,40 +115,46 @@ public final class Sandbox {
         let space = try AddressSpace(memory: memory)
         let loadStarted = monotonicNanoseconds()
         let loadDeadline = configuration.timeout.map { loadStarted &+ UInt64(min($0, 1e9) * 1e9) }
-        let program = try ELFLoader.load(elf, into: space, deadline: loadDeadline)
-
+        var grants = configuration.files
+        if let interpreter = elf.interpreter, configuration.systemLibraries {
+            grants += SystemLibraries.grants(program: hostPath, guestPath: configuration.programPath ?? configuration.arguments.first,
+                                             interpreter: interpreter, existing: grants)
+        }
+        let fileSystem = try FileSystemView(grants: grants)
         let stackBottom = GuestLayout.stackTop - configuration.stackSize
+        let image = try ProgramImage.load(elf, into: space, fileSystem: fileSystem, top: Self.mmapTop(stackBottom: stackBottom),
+                                          deadline: loadDeadline)
         try space.mapNew(stackBottom, length: configuration.stackSize, [.read, .write])
         let stackPointer = try InitialStack.build(
             in: space, top: GuestLayout.stackTop, size: configuration.stackSize,
-            arguments: configuration.arguments, environment: configuration.environment, program: program)
+            arguments: configuration.arguments, environment: configuration.environment, image: image)
         try X86CPUState.installSystemTables(in: space)
         try space.mapNew(GuestLayout.mailboxPage, length: PageSize.bytes, [.read, .write])
         try space.mapOutsideMemory(GuestLayout.doorbellPage, [.read, .write])
         let builtins = BuiltinHostCalls(
-            space: space, heapStart: program.imageEnd, mmapTop: Self.mmapTop(stackBottom: stackBottom),
+            space: space, heapStart: image.program.imageEnd, mmapTop: image.mmapTop,
             outputs: [1: configuration.standardOutput, 2: configuration.standardError],
             outputLimit: configuration.outputLimit)
-        let linux = LinuxPersonality(space: space, builtins: builtins, fileSystem: try FileSystemView(grants: configuration.files),
-                                     configuration: configuration, imageRange: program.imageRange)
+        let linux = LinuxPersonality(space: space, builtins: builtins, fileSystem: fileSystem,
+                                     configuration: configuration, image: image)
         let vm: VirtualMachine, vcpu: VirtualCPU
         do {
             (vm, vcpu) = try MicroVM.create(system: system, memory: memory, space: space,
-                                            entry: program.entry, stackPointer: stackPointer,
+                                            entry: image.entry, stackPointer: stackPointer,
                                             exceptionStubs: configuration.exceptionDelivery.usesStubs(on: system.platform))
         } catch {
             throw .kvm(error)
         }
-        self.init(configuration: configuration, program: program, system: system, memory: memory, vm: vm, vcpu: vcpu,
+        self.init(configuration: configuration, image: image, system: system, memory: memory, vm: vm, vcpu: vcpu,
                   space: space, builtins: builtins, linux: linux, stackBottom: stackBottom, fork: nil, phase: .notStarted)
         self.loadStarted = loadStarted
     }
 
     /// A sandbox from its parts, assembled by a fresh load or by a fork.
-    init(configuration: SandboxConfiguration, program: LoadedProgram, system: KVMSystem, memory: GuestMemory,
+    init(configuration: SandboxConfiguration, image: ProgramImage, system: KVMSystem, memory: GuestMemory,
          vm: VirtualMachine, vcpu: VirtualCPU, space: AddressSpace, builtins: BuiltinHostCalls, linux: LinuxPersonality,
          stackBottom: UInt64, fork: ForkState?, phase: Phase) {
-        (self.configuration, self.program, self.system, self.memory) = (configuration, program, system, memory)
+        (self.configuration, self.image, self.system, self.memory) = (configuration, image, system, memory)
         (self.vm, self.vcpu, self.space, self.builtins, self.linux) = (vm, vcpu, space, builtins, linux)
         (self.stackBottom, self.fork, self.phase) = (stackBottom, fork, phase)
         guard let physical = space.tables.translateForHost(GuestLayout.mailboxPage, memory: memory) else {
@@ -345,6 +362,12 @@ func readFile(_ path: String, limit: Int = maximumELFFileSize) throws -> [UInt8]
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw Errno.current }
     defer { close(fd) }
+    return try readFile(descriptor: fd, limit: limit)
+}
+
+/// The whole regular file open at `fd` (not closed), refused before reading when it is not a
+/// regular file or larger than `limit`.
+func readFile(descriptor fd: Int32, limit: Int = maximumELFFileSize) throws -> [UInt8] {
     var status = stat()
     guard fstat(fd, &status) == 0 else { throw Errno.current }
     guard status.st_mode & S_IFMT == S_IFREG else { throw FileRefusal.notARegularFile }

@@ -34,6 +34,9 @@ public struct SandboxConfiguration: Sendable {
     public var workingDirectory: String?
     /// The program's path as the guest sees it (`/proc/self/exe`); default: `arguments[0]`.
     public var programPath: String?
+    /// For a dynamic program: make its loader, its own file, `/etc/ld.so.cache` and the system
+    /// library directories (`SystemLibraries.directories`) visible read-only, besides `files`.
+    public var systemLibraries = true
     /// Print every Linux system call (name, arguments, result) to the host's stderr.
     public var traceSyscalls = false
 

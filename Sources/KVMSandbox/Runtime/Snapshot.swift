@@ -15,7 +15,9 @@ public final class Snapshot: @unchecked Sendable {
     /// The configuration of the sandbox it was taken from (forks use the same limits).
     public let configuration: SandboxConfiguration
     /// The loaded program (symbols for calls and fault reports).
-    public let program: LoadedProgram
+    public var program: LoadedProgram { image.program }
+    /// The program, its loader and the mmap region's top.
+    let image: ProgramImage
     /// Guest-memory pages in use at the snapshot (image, tables, stack, heap): what a fork shares.
     public let usedBytes: UInt64
     let system: KVMSystem
@@ -50,7 +52,7 @@ public final class Snapshot: @unchecked Sendable {
     public init(of sandbox: Sandbox) throws(SandboxError) {
         guard case .paused(let registers) = sandbox.phase else { throw .notPaused }
         configuration = sandbox.configuration
-        program = sandbox.program
+        image = sandbox.image
         system = sandbox.system
         var state: VCPUState
         do { state = try sandbox.vcpu.saveState(capabilities: sandbox.system.stateCapabilities) } catch { throw .kvm(error) }
@@ -115,12 +117,12 @@ extension Sandbox {
         let memory = try GuestMemory(copyOnWriteOf: snapshot.memory)
         let space = AddressSpace(memory: memory, tablesRoot: snapshot.tablesRoot, allocator: snapshot.allocator)
         let builtins = BuiltinHostCalls(
-            space: space, heapStart: snapshot.program.imageEnd, mmapTop: Self.mmapTop(stackBottom: snapshot.stackBottom),
+            space: space, heapStart: snapshot.program.imageEnd, mmapTop: snapshot.image.mmapTop,
             outputs: [1: snapshot.configuration.standardOutput, 2: snapshot.configuration.standardError],
             outputLimit: snapshot.configuration.outputLimit)
         builtins.state = snapshot.builtins
         let linux = LinuxPersonality(space: space, builtins: builtins, fileSystem: snapshot.fileSystem,
-                                     configuration: snapshot.configuration, imageRange: snapshot.program.imageRange)
+                                     configuration: snapshot.configuration, image: snapshot.image)
         linux.state = snapshot.linux
         let vm: VirtualMachine, vcpu: VirtualCPU
         do {
@@ -133,7 +135,7 @@ extension Sandbox {
         } catch {
             throw .kvm(error)
         }
-        self.init(configuration: snapshot.configuration, program: snapshot.program, system: snapshot.system,
+        self.init(configuration: snapshot.configuration, image: snapshot.image, system: snapshot.system,
                   memory: memory, vm: vm, vcpu: vcpu, space: space, builtins: builtins, linux: linux,
                   stackBottom: snapshot.stackBottom, fork: ForkState(snapshot: snapshot, tracking: tracking), phase: .paused(snapshot.registers))
     }
