@@ -12,10 +12,25 @@ public struct Backtrace: Sendable, Equatable, Codable {
         public let source: SourceLocation?
         /// How this frame was found from the one below it.
         public let foundBy: UnwindMethod
+        /// The library or loader the address lies in ("libc.so.6"); nil in the program itself.
+        /// Without a symbol, `offset` is then the offset into the library.
+        public let module: String?
+
+        /// A frame as the unwinder found it.
+        public init(address: UInt64, function: String?, offset: UInt64?, source: SourceLocation?,
+                    foundBy: UnwindMethod, module: String? = nil) {
+            (self.address, self.function, self.offset, self.source, self.foundBy, self.module) =
+                (address, function, offset, source, foundBy, module)
+        }
 
         public var description: String {
             var text = "0x" + String(address, radix: 16)
-            if let function { text += " in \(function)" + (offset.map { $0 == 0 ? "" : "+0x" + String($0, radix: 16) } ?? "") }
+            let offsetText = offset.map { $0 == 0 ? "" : "+0x" + String($0, radix: 16) } ?? ""
+            if let function {
+                text += " in \(function)" + offsetText + (module.map { " (\($0))" } ?? "")
+            } else if let module {
+                text += " in \(module)" + offsetText
+            }
             if let source { text += " at \(source)" }
             return text
         }

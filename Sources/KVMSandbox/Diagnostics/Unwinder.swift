@@ -13,8 +13,8 @@ struct Unwinder {
         "libc_start_main_stage2", "__libc_start_main", "__libc_start_call_main", "_start_c", "_start",
     ]
 
-    let program: LoadedProgram
-    let debugInfo: DebugInfo?
+    /// The program, its loader and libraries: what addresses may be symbolized and unwound.
+    let modules: [CodeModule]
     /// Reads 8 bytes of guest memory as the guest could, or nil.
     let readWord: (UInt64) -> UInt64?
 
@@ -30,8 +30,8 @@ struct Unwinder {
                 break
             }
             guard let pc = caller[16], pc != 0 else { end = "reached the outermost frame"; break }
-            guard program.imageRange.contains(pc) else {
-                end = "return address 0x\(String(pc, radix: 16)) is outside the program's image"
+            guard modules.containing(pc) != nil else {
+                end = "return address 0x\(String(pc, radix: 16)) is outside the program's code"
                 break
             }
             guard let sp = caller[7], let oldSP = state[7], sp > oldSP else {
@@ -46,7 +46,7 @@ struct Unwinder {
             }
             state = caller
         }
-        var lineInfoUnavailable = debugInfo.map { $0.lineInfoUnavailable } ?? "no debug information loaded"
+        var lineInfoUnavailable = modules.first.map { $0.debugInfo.value.lineInfoUnavailable } ?? "no debug information loaded"
         if lineInfoUnavailable == nil, frames.allSatisfy({ $0.source == nil }) {
             lineInfoUnavailable = "the DWARF line tables cover none of these addresses (build with -g)"
         }
@@ -62,8 +62,10 @@ struct Unwinder {
     private func unwind(_ state: [Int: UInt64], isInnermost: Bool) -> Step {
         guard let pc = state[16] else { return .end("the return address is unknown") }
         // A return address points after the call; look up the call itself.
-        let lookup = (isInnermost ? pc : pc &- 1) &- program.base
-        if let rule = debugInfo?.callFrameRule(at: lookup) { return apply(rule, to: state) }
+        if let module = modules.containing(isInnermost ? pc : pc &- 1),
+           let rule = module.debugInfo.value.callFrameRule(at: (isInnermost ? pc : pc &- 1) &- module.base) {
+            return apply(rule, to: state)
+        }
         if isInnermost, let caller = callerFromStackTop(state) { return .caller(caller, .stackTop) }
         guard let rbp = state[6] else { return .end("rbp is unknown after a frame without call-frame information") }
         if rbp == 0 { return .end("reached the outermost frame (rbp = 0)") }
@@ -111,7 +113,7 @@ struct Unwinder {
     /// faulting function.
     private func callerFromStackTop(_ state: [Int: UInt64]) -> [Int: UInt64]? {
         guard let pc = state[16], let sp = state[7], let returnAddress = readWord(sp),
-              program.imageRange.contains(returnAddress), returnAddress >= 5,
+              let program = modules.containing(pc), modules.containing(returnAddress) != nil, returnAddress >= 5,
               let (function, _) = program.symbols.function(containing: pc &- program.base),
               let low = readWord(returnAddress &- 8) else { return nil }
         // The 5 bytes before the return address: E8 and a 32-bit displacement.
@@ -126,11 +128,14 @@ struct Unwinder {
     }
 
     private func frame(_ address: UInt64, isReturnAddress: Bool, foundBy: UnwindMethod) -> Backtrace.Frame {
-        let lookup = (isReturnAddress ? address &- 1 : address) &- program.base
-        let symbol = program.symbols.function(containing: lookup)
+        guard let module = modules.containing(isReturnAddress ? address &- 1 : address) else {
+            return Backtrace.Frame(address: address, function: nil, offset: nil, source: nil, foundBy: foundBy)
+        }
+        let lookup = (isReturnAddress ? address &- 1 : address) &- module.base
+        let symbol = module.symbols.function(containing: lookup)
         return Backtrace.Frame(
             address: address, function: symbol?.0.name,
-            offset: symbol.map { address &- program.base &- $0.0.address },
-            source: debugInfo?.sourceLocation(lookup), foundBy: foundBy)
+            offset: symbol.map { address &- module.base &- $0.0.address } ?? (module.name == nil ? nil : address &- module.base),
+            source: module.debugInfo.value.sourceLocation(lookup), foundBy: foundBy, module: module.name)
     }
 }

@@ -57,6 +57,11 @@ public struct ELFFile: Sendable {
 
     /// Parses and validates `bytes`.
     public init(bytes: [UInt8]) throws(ELFError) {
+        try self.init(bytes: bytes, requireEntry: true)
+    }
+
+    /// Parses `bytes`; a shared library read only for its symbols may have no entry point.
+    init(bytes: [UInt8], requireEntry: Bool) throws(ELFError) {
         let reader = ByteReader(bytes: bytes)
         guard bytes.count >= 4, bytes[0] == 0x7f, bytes[1] == 0x45, bytes[2] == 0x4c, bytes[3] == 0x46 else {
             throw .notELF
@@ -96,7 +101,7 @@ public struct ELFFile: Sendable {
             }
             segments.append(segment)
         }
-        try Self.validateLoadSegments(segments, reader: reader, entry: entry)
+        try Self.validateLoadSegments(segments, reader: reader, entry: entry, requireEntry: requireEntry)
 
         self.bytes = bytes
         self.type = type
@@ -108,7 +113,8 @@ public struct ELFFile: Sendable {
         self.symbols = SymbolTable(elf: reader)
     }
 
-    private static func validateLoadSegments(_ segments: [Segment], reader: ByteReader, entry: UInt64) throws(ELFError) {
+    private static func validateLoadSegments(_ segments: [Segment], reader: ByteReader, entry: UInt64,
+                                             requireEntry: Bool) throws(ELFError) {
         var ranges: [(index: Int, start: UInt64, end: UInt64)] = []
         for (index, segment) in segments.enumerated() where segment.type == ptLoad {
             guard segment.fileSize <= segment.memorySize else {
@@ -132,7 +138,7 @@ public struct ELFFile: Sendable {
             segment.type == ptLoad && segment.flags & 1 != 0 && entry >= segment.virtualAddress
                 && entry - segment.virtualAddress < segment.memorySize
         }
-        guard inCode else { throw .entryOutsideCode(entry) }
+        guard inCode || !requireEntry else { throw .entryOutsideCode(entry) }
     }
 
     /// Maps a (unrelocated) virtual address to its file offset through the PT_LOAD segments.

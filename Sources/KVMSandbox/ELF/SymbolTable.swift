@@ -10,7 +10,7 @@ public struct Symbol: Sendable, Equatable {
     public let isFunction: Bool
 }
 
-/// The ELF's `.symtab`, kept for fault reports and guest-function calls. Empty when the file is
+/// The ELF's `.symtab` (or `.dynsym` when stripped), kept for fault reports and guest-function calls. Empty when the file is
 /// stripped or the table is malformed: symbols are a convenience, never a reason to refuse a program.
 public struct SymbolTable: Sendable {
     /// Symbols sorted by address.
@@ -54,9 +54,13 @@ public struct SymbolTable: Sendable {
                     try reader.integer(UInt32.self, at: at + 40, "sh_link"),
                     try reader.integer(UInt64.self, at: at + 56, "sh_entsize"))
         }
-        for index in 0..<UInt64(shnum) {
+        // .symtab; a stripped library still has .dynsym, with its exported functions.
+        var tables: [UInt64] = []
+        for index in 0..<UInt64(shnum) where try header(index).type == 2 { tables.append(index) }
+        if tables.isEmpty { for index in 0..<UInt64(shnum) where try header(index).type == 11 { tables.append(index) } }
+        for index in tables {
             let section = try header(index)
-            guard section.type == 2 /* SHT_SYMTAB */, section.entsize == 24, UInt64(section.link) < UInt64(shnum),
+            guard section.entsize == 24, UInt64(section.link) < UInt64(shnum),
                   reader.contains(section.offset, section.size) else { continue }
             let strings = try header(UInt64(section.link))
             guard reader.contains(strings.offset, strings.size) else { return [] }

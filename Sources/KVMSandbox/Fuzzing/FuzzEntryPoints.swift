@@ -36,10 +36,10 @@ import CKVM
         let symbols = (try? ELFFile(bytes: image))?.symbols ?? SymbolTable()
         let program = LoadedProgram(base: words[7] & 0xffff_f000, entry: words[0], programHeaderAddress: 0, programHeaderCount: 0,
                                     imageEnd: 0x80_0000, symbols: symbols, imageRange: 0x1000..<0x80_0000,
-                                    debugInfo: LazyDebugInfo(elfBytes: []))
+                                    debugInfo: LazyDebugInfo(elfBytes: image))
         let stackBase: UInt64 = 0x7ffe_0000_0000
         let memory = data
-        let unwinder = Unwinder(program: program, debugInfo: DebugInfo(elfBytes: image)) { address in
+        let unwinder = Unwinder(modules: [CodeModule(program, name: nil)]) { address in
             guard address >= stackBase, address - stackBase <= UInt64(memory.count - 8) else { return nil }
             let offset = Int(address - stackBase)
             return UInt64(littleEndianBytes: memory[offset..<offset + 8])

@@ -89,7 +89,7 @@ extension Sandbox {
         let fault = GuestFault(
             vector: vector, errorCode: errorCode,
             faultAddress: vector == 14 ? try vcpu.specialRegisters().cr2 : nil,
-            registers: registers, location: program.symbolize(registers.rip),
+            registers: registers, location: codeModules.containing(registers.rip).flatMap { $0.symbolize(registers.rip) },
             backtrace: backtrace(from: registers))
         logger.debug("guest fault: \(fault)")
         return fault
@@ -108,10 +108,16 @@ extension Sandbox {
         return changed
     }
 
+    /// The program, its loader and the libraries mapped so far, for backtraces.
+    var codeModules: [CodeModule] {
+        [CodeModule(program, name: nil)] + (interpreter.map { [CodeModule($0, name: $0.path.map(FileSystemView.lastComponent))] } ?? [])
+            + CodeModule.libraries(from: linux.state.fileMappings, fileSystem: linux.fileSystem)
+    }
+
     /// The guest's call stack, symbolized from its ELF (frame pointers and `.eh_frame`, DWARF lines).
     func backtrace(from registers: GuestRegisters) -> Backtrace {
         let view = guestMemory
-        let unwinder = Unwinder(program: program, debugInfo: program.debugInfo.value) { address in
+        let unwinder = Unwinder(modules: codeModules) { address in
             try? view.load(UInt64.self, at: address)
         }
         return unwinder.backtrace(from: registers)
