@@ -14,6 +14,11 @@ struct CodeModule {
     let symbols: SymbolTable
     /// Call-frame information and line tables, opened on first use.
     let debugInfo: LazyDebugInfo
+    /// Line tables from a separate debug file (`/usr/lib/debug/.build-id/...`), when there is one.
+    var separateDebugInfo: LazyDebugInfo?
+
+    /// Line tables: the separate debug file's, else the module's own.
+    var lineInfo: LazyDebugInfo { separateDebugInfo ?? debugInfo }
 
     /// The program (or loader) as loaded by the host.
     init(_ program: LoadedProgram, name: String?) {
@@ -47,11 +52,29 @@ struct CodeModule {
             let base = mapping.start - PageSize.alignDown(segment.virtualAddress)
             let low = all.map(\.start).min() ?? mapping.start, high = all.map(\.end).max() ?? mapping.end
             let name = FileSystemView.lastComponent(of: mapping.path)
-            modules.append(CodeModule(name: name, range: low..<high, base: base,
-                                      symbols: elf.symbols, debugInfo: LazyDebugInfo(elfBytes: bytes)))
+            var module = CodeModule(name: name, range: low..<high, base: base,
+                                    symbols: elf.symbols, debugInfo: LazyDebugInfo(elfBytes: bytes))
+            // A distribution's separate debug file (libc6-dbg), found by build ID on the host:
+            // full symbols (libc's internal functions) and line tables.
+            // (Its segments have no file bytes, so it is read for its sections only.)
+            if let id = elf.buildID, let debugBytes = try? readFile(debugFilePath(buildID: id), limit: maximumELFFileSize) {
+                let debugSymbols = SymbolTable(elf: ByteReader(bytes: debugBytes))
+                if debugSymbols.symbols.count > elf.symbols.symbols.count {
+                    module = CodeModule(name: name, range: low..<high, base: base, symbols: debugSymbols, debugInfo: module.debugInfo)
+                }
+                module.separateDebugInfo = LazyDebugInfo(elfBytes: debugBytes)
+            }
+            modules.append(module)
         }
         return modules
     }
+}
+
+/// Where distributions install the separate debug file of the ELF with this build ID (the
+/// path is made of hex digits only, so a file's build ID cannot name anything else).
+func debugFilePath(buildID: [UInt8]) -> String {
+    let hex = buildID.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }
+    return "/usr/lib/debug/.build-id/\(hex.first ?? "")/\(hex.dropFirst().joined()).debug"
 }
 
 extension CodeModule {

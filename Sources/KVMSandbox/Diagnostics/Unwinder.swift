@@ -136,6 +136,6 @@ struct Unwinder {
         return Backtrace.Frame(
             address: address, function: symbol?.0.name,
             offset: symbol.map { address &- module.base &- $0.0.address } ?? (module.name == nil ? nil : address &- module.base),
-            source: module.debugInfo.value.sourceLocation(lookup), foundBy: foundBy, module: module.name)
+            source: module.lineInfo.value.sourceLocation(lookup), foundBy: foundBy, module: module.name)
     }
 }

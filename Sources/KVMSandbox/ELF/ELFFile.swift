@@ -141,6 +141,28 @@ public struct ELFFile: Sendable {
         guard inCode || !requireEntry else { throw .entryOutsideCode(entry) }
     }
 
+    /// The GNU build ID (NT_GNU_BUILD_ID in a PT_NOTE), when the file has one.
+    var buildID: [UInt8]? {
+        let reader = ByteReader(bytes: bytes)
+        for note in segments where note.type == 4 /* PT_NOTE */ && reader.contains(note.offset, note.fileSize) {
+            var at = note.offset
+            let end = note.offset + note.fileSize
+            while at + 12 <= end {
+                guard let nameSize = try? reader.integer(UInt32.self, at: at, "n_namesz"),
+                      let descriptionSize = try? reader.integer(UInt32.self, at: at + 4, "n_descsz"),
+                      let type = try? reader.integer(UInt32.self, at: at + 8, "n_type") else { return nil }
+                let name = at + 12, description = name + (UInt64(nameSize) + 3) & ~3
+                let next = description + (UInt64(descriptionSize) + 3) & ~3
+                guard next <= end else { break }
+                if type == 3, nameSize == 4, bytes[Int(name)..<Int(name) + 4] == [0x47, 0x4e, 0x55, 0], (1...64).contains(descriptionSize) {
+                    return Array(bytes[Int(description)..<Int(description) + Int(descriptionSize)])
+                }
+                at = next
+            }
+        }
+        return nil
+    }
+
     /// Maps a (unrelocated) virtual address to its file offset through the PT_LOAD segments.
     func fileOffset(ofVirtualAddress address: UInt64, count: UInt64) -> UInt64? {
         for segment in loadSegments where address >= segment.virtualAddress {
