@@ -53,6 +53,14 @@ extension LinuxPersonality {
         return .value(Int64(bytes.count))
     }
 
+    /// Whether `call` reads the run's standard input (read, readv, pread64, preadv on a
+    /// descriptor for it): where an unmodified program is ready for a snapshot.
+    func readsStandardInput(_ call: HostCall) -> Bool {
+        guard [0, 17, 19, 295].contains(call.number), let file = state.files[call.descriptor(0)],
+              case .standardInput = file.kind else { return false }
+        return true
+    }
+
     /// Reads up to `count` bytes of standard input; a host descriptor is waited on in slices so
     /// the deadline still holds.
     func readInput(_ count: Int) -> Result<[UInt8], Errno> {

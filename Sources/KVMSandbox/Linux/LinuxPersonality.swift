@@ -34,7 +34,7 @@ final class LinuxPersonality {
     let space: AddressSpace
     let builtins: BuiltinHostCalls
     let fileSystem: FileSystemView
-    let input: InputSource
+    var input: InputSource
     /// The program's path, as `/proc/self/exe` names it.
     let programPath: String
     let stackSize: UInt64

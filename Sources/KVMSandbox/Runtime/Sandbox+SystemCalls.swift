@@ -32,6 +32,9 @@ extension Sandbox {
         let call = HostCall(number: Int(truncatingIfNeeded: Int64(bitPattern: registers.rax)),
                             arguments: [registers.rdi, registers.rsi, registers.rdx, registers.r10, registers.r8, registers.r9],
                             memory: guestMemory)
+        if currentStop == .inputRead, linux.readsStandardInput(call), try pauseBeforeSystemCall(registers) {
+            return .ready
+        }
         let effect = try guestResult(of: call) { () throws -> Either<Int64, RunOutcome> in
             // Built-ins write guest memory too: never alongside a poller-served handler.
             let effect = if let exitless { try exitless.exclusively { try linux.handle(call) } } else { try linux.handle(call) }
@@ -47,6 +50,23 @@ extension Sandbox {
         if configuration.traceSyscalls { trace(call, result: LinuxSyscallNames.describe(result: result), outcome: nil) }
         vcpu.modifyRegisters { $0.rax = UInt64(bitPattern: result) }
         return nil
+    }
+
+    /// Puts the vCPU back on the guest's `syscall` instruction (RIP from RCX, flags from R11, user
+    /// segments when the entry ran at CPL 0), so that resuming makes the same call again. False
+    /// when RCX does not follow a `syscall` instruction (then the call is served as usual).
+    func pauseBeforeSystemCall(_ registers: kvm_regs) throws(KVMError) -> Bool {
+        guard registers.rcx >= 2, let bytes = try? guestMemory.read(registers.rcx - 2, count: 2), bytes == [0x0f, 0x05] else {
+            return false
+        }
+        if isInSyscallEntry(registers.rip) {
+            try vcpu.setSpecialRegisters(X86CPUState.userMode(try vcpu.specialRegisters()))
+        }
+        vcpu.modifyRegisters {
+            $0.rip = registers.rcx - 2
+            $0.rflags = (registers.r11 & X86CPUState.userFlagsMask) | X86CPUState.rflags
+        }
+        return true
     }
 
     /// Runs a call's `body` and turns its errors into the guest's result: a `KVMError` is a host

@@ -77,6 +77,8 @@ public final class Sandbox {
         case ready
         /// Stop when the guest function returns through the return stub.
         case guestReturn
+        /// Stop just before the guest's first read of its standard input.
+        case inputRead
     }
 
     /// Exit counters of a run.
@@ -165,6 +167,15 @@ public final class Sandbox {
         builtins.interrupter = vcpu.interrupter
     }
 
+    /// Where an initializing guest counts as ready for a snapshot.
+    public enum ReadyPoint: Sendable {
+        /// At `ks_ready()` (programs built with the SDK).
+        case readyCall
+        /// Just before its first read of standard input (unmodified programs: an interpreter
+        /// that has imported its modules and now reads its request).
+        case firstInputRead
+    }
+
     /// The top of the anonymous-mmap region: below the stack's guard page and a gap.
     static func mmapTop(stackBottom: UInt64) -> UInt64 { stackBottom - PageSize.bytes - GuestLayout.stackGap }
 
@@ -199,10 +210,22 @@ public final class Sandbox {
         try runLoop(until: .end)
     }
 
-    /// Runs the guest until it calls `ks_ready()` (then the outcome is `.ready` and the sandbox is
-    /// paused there, ready for `snapshot()`), or until it ends without doing so.
-    public func runUntilReady() throws(SandboxError) -> RunOutcome {
-        try runLoop(until: .ready)
+    /// Runs the guest until it is ready (then the outcome is `.ready` and the sandbox is paused
+    /// there, ready for `Snapshot(of:)`), or until it ends without being so. An SDK program is
+    /// ready when it calls `ks_ready()`; an unmodified program (`.firstInputRead`) when it first
+    /// reads its standard input, and is then paused just before that `read`, so that each fork
+    /// reads its own input (`standardInput`).
+    public func runUntilReady(at point: ReadyPoint = .readyCall) throws(SandboxError) -> RunOutcome {
+        try runLoop(until: point == .readyCall ? .ready : .inputRead)
+    }
+
+    /// Where the guest reads fd 0 from: a fork's own request, set before `run()`. Rewinds it.
+    public var standardInput: InputSource {
+        get { linux.input }
+        set {
+            linux.input = newValue
+            linux.state.inputOffset = 0
+        }
     }
 
     /// The run loop shared by `run`, `runUntilReady` and guest function calls.

@@ -35,14 +35,16 @@ public final class Snapshot: @unchecked Sendable {
     let fileSystem: FileSystemView
     let stackBottom: UInt64
 
-    /// Loads the ELF at `elfPath`, runs it until it calls `ks_ready()`, and snapshots it there.
-    /// `setUp` registers the host calls its initialization needs. Throws `.notReady` with the
-    /// outcome when the guest ends (exits, faults, times out) before it is ready.
+    /// Loads the ELF at `elfPath`, runs it until it is ready (`ks_ready()`, or for an unmodified
+    /// program its first read of standard input), and snapshots it there. `setUp` registers the
+    /// host calls its initialization needs. Throws `.notReady` with the outcome when the guest
+    /// ends (exits, faults, times out) before it is ready.
     public convenience init(elfPath: String, configuration: SandboxConfiguration = .init(), system: KVMSystem? = nil,
+                            readyAt point: Sandbox.ReadyPoint = .readyCall,
                             setUp: (Sandbox) throws -> Void = { _ in }) throws {
         let sandbox = try Sandbox(elfPath: elfPath, configuration: configuration, system: system)
         try setUp(sandbox)
-        let outcome = try sandbox.runUntilReady()
+        let outcome = try sandbox.runUntilReady(at: point)
         guard outcome == .ready else { throw SandboxError.notReady(outcome) }
         try self.init(of: sandbox)
     }

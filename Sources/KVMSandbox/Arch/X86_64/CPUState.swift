@@ -62,6 +62,8 @@ enum X86CPUState {
     static let cr4: UInt64 = 0x620           // PAE, OSFXSR, OSXMMEXCPT
     static let efer: UInt64 = 0xd01          // NXE, LMA, LME, SCE
     static let rflags: UInt64 = 0x2          // IOPL 0, reserved bit 1; interrupts off
+    /// The flags user code may own: CF, PF, AF, ZF, SF, DF, OF, AC (not TF, IF, IOPL).
+    static let userFlagsMask: UInt64 = 0x4_0cd5
 
     /// The `syscall` entry stub: `out %al, $0x42` (the host call: the Linux system-call registers
     /// are the host-call registers) then `jmp *%rcx` (back to the instruction after `syscall`;

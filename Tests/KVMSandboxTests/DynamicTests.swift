@@ -1,0 +1,190 @@
+import Foundation
+import KVMSandbox
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Dynamic programs from the distribution, run unmodified: the host loads the program and its
+/// PT_INTERP, and ld.so maps the libraries through the Linux layer. Output must equal a native run's.
+enum DynamicPrograms {
+    /// Runs `path` in a fresh sandbox with `LC_ALL=C`, output captured.
+    static func run(_ path: String, _ arguments: [String], input: InputSource = .empty, grants: [FileGrant] = [],
+                    memory: UInt64 = 128 << 20) throws -> (outcome: RunOutcome, stdout: String, stderr: String) {
+        try #require(FileManager.default.isExecutableFile(atPath: path), "install \(path) (Scripts/setup does)")
+        var configuration = SandboxConfiguration()
+        configuration.arguments = [path] + arguments
+        configuration.environment = ["LC_ALL=C"]
+        configuration.standardOutput = .capture
+        configuration.standardError = .capture
+        configuration.standardInput = input
+        configuration.files = grants
+        configuration.memorySize = memory
+        configuration.timeout = 30
+        let sandbox = try Sandbox(elfPath: path, configuration: configuration)
+        let outcome = try sandbox.run()
+        return (outcome, String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self),
+                String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self))
+    }
+
+    /// The same command run natively (a process), with `LC_ALL=C`.
+    static func native(_ path: String, _ arguments: [String], input: String = "") throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        process.environment = ["LC_ALL": "C"]
+        let output = Pipe(), stdin = Pipe()
+        process.standardOutput = output
+        process.standardInput = stdin
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        stdin.fileHandleForWriting.write(Data(input.utf8))
+        try stdin.fileHandleForWriting.close()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+extension KVMTests {
+    @Suite struct DynamicLoading {
+        /// Each acceptance command: its output in the sandbox equals its native output and the
+        /// value the issue names.
+        @Test(arguments: [
+            ("/usr/bin/sqlite3", [":memory:", "create table t(x); insert into t values(1),(2),(3); select sum(x) from t;"], "", "6\n"),
+            ("/usr/bin/lua5.4", ["-e", "local t={} for i=1,10 do t[#t+1]=i*i end print(table.concat(t,\",\"))"], "",
+             "1,4,9,16,25,36,49,64,81,100\n"),
+            ("/usr/bin/jq", ["-c", ".a|map(.*2)"], "{\"a\":[1,2,3]}", "[2,4,6]\n"),
+            ("/usr/bin/python3", ["-c", "import json,hashlib; print(json.dumps({\"h\": hashlib.sha256(b\"abc\").hexdigest()[:8]}))"], "",
+             "{\"h\": \"ba7816bf\"}\n"),
+            ("/usr/bin/luajit", ["-e", "local s=0 for i=1,1e7 do s=s+i%7 end print(s)"], "", "29999997\n"),
+        ])
+        func distributionProgram(_ path: String, _ arguments: [String], _ input: String, _ expected: String) throws {
+            let (outcome, stdout, stderr) = try DynamicPrograms.run(path, arguments, input: .bytes(Array(input.utf8)))
+            #expect(outcome == .exited(status: 0), "\(stderr)")
+            #expect(stdout == expected)
+            #expect(stdout == (try DynamicPrograms.native(path, arguments, input: input)))
+        }
+
+        /// A script from a read-only grant reads its data and writes into a writable grant; outside
+        /// its grants (and the system libraries) nothing exists, and `..` does not climb out.
+        @Test func pythonScriptSeesOnlyItsGrants() throws {
+            let code = LinuxFixtures.scratch("py-code"), output = LinuxFixtures.scratch("py-out")
+            try Data("3\n4\n5\n".utf8).write(to: URL(fileURLWithPath: code + "/numbers.txt"))
+            let script = """
+            import os
+            total = sum(int(line) for line in open(os.path.join(os.path.dirname(__file__), "numbers.txt")))
+            with open("\(output)/result.txt", "w") as f:
+                f.write(f"sum={total}\\n")
+            for path in ["/etc/shadow", "/etc/passwd", "\(code)/../../../etc/passwd", "/home", "/root"]:
+                try:
+                    open(path).read()
+                    print("OPENED", path)
+                except OSError as error:
+                    print(type(error).__name__, error.errno)
+            try:
+                open("\(code)/new.txt", "w")
+            except OSError as error:
+                print("write to ro:", error.errno)
+            print(os.path.exists("/usr/lib/python3"), os.path.exists("/etc/ld.so.cache"))
+            """
+            try Data(script.utf8).write(to: URL(fileURLWithPath: code + "/job.py"))
+            let passwd = try Data(contentsOf: URL(fileURLWithPath: "/etc/passwd"))
+            let (outcome, stdout, stderr) = try DynamicPrograms.run(
+                "/usr/bin/python3", [code + "/job.py"],
+                grants: [FileGrant(hostPath: code), FileGrant(hostPath: output, writable: true)])
+            #expect(outcome == .exited(status: 0), "\(stderr)")
+            #expect(stdout == """
+            FileNotFoundError 2
+            FileNotFoundError 2
+            FileNotFoundError 2
+            FileNotFoundError 2
+            FileNotFoundError 2
+            write to ro: 30
+            True True
+
+            """)
+            #expect(try String(contentsOfFile: output + "/result.txt", encoding: .utf8) == "sum=12\n")
+            #expect(!FileManager.default.fileExists(atPath: code + "/new.txt"))
+            #expect(try Data(contentsOf: URL(fileURLWithPath: "/etc/passwd")) == passwd)
+        }
+
+        /// A dynamic C program (gcc, no -static) crashing inside memcpy: the report names libc's
+        /// frame and the program's own frames with file:line.
+        @Test func crashInsideLibcIsSymbolized() throws {
+            let directory = LinuxFixtures.scratch("crash")
+            let source = directory + "/crash.c", program = directory + "/crash"
+            try Data("""
+            #include <string.h>
+            #include <stdio.h>
+            __attribute__((noinline)) void copy(char *to, const char *from, size_t n) { memcpy(to, from, n); }
+            int main(void) {
+                char buffer[256] = "data";
+                puts("about to crash");
+                fflush(stdout);
+                copy((char *)16, buffer, sizeof buffer);
+                return 0;
+            }
+            """.utf8).write(to: URL(fileURLWithPath: source))
+            #expect(GuestToolchain.spawn(["gcc", "-g", "-O1", "-o", program, source]) == 0)
+            let (outcome, stdout, _) = try DynamicPrograms.run(program, [], grants: [FileGrant(hostPath: directory)])
+            #expect(stdout == "about to crash\n")
+            guard case .fault(let fault) = outcome else {
+                Issue.record("expected a fault, got \(outcome)")
+                return
+            }
+            #expect(fault.vector == 14)
+            let frames = fault.backtrace.frames
+            #expect(frames.first?.module == "libc.so.6", "\(fault.backtrace)")
+            let copy = try #require(frames.first { $0.function == "copy" }, "\(fault.backtrace)")
+            #expect(copy.module == nil)
+            #expect(copy.source?.file.hasSuffix("crash.c") == true)
+            #expect(copy.source?.line == 3)
+            #expect(frames.contains { $0.function == "main" && $0.source?.line == 8 }, "\(fault.backtrace)")
+        }
+
+        /// python3 imports its modules once, is snapshotted at its first read of stdin, and 100
+        /// forks (two VMs, each reset between requests) evaluate one expression each: every
+        /// result right, none sees another's state.
+        @Test func pythonSnapshotServesForks() throws {
+            let code = LinuxFixtures.scratch("py-fork")
+            try Data("""
+            import sys, json, decimal, fractions
+            seen = []
+            request = sys.stdin.read()
+            seen.append(request)
+            print(len(seen), eval(request))
+            """.utf8).write(to: URL(fileURLWithPath: code + "/serve.py"))
+            var configuration = SandboxConfiguration()
+            configuration.arguments = ["/usr/bin/python3", code + "/serve.py"]
+            configuration.environment = ["LC_ALL=C"]
+            configuration.standardOutput = .capture
+            configuration.standardError = .capture
+            configuration.files = [FileGrant(hostPath: code)]
+            configuration.memorySize = 128 << 20
+            configuration.timeout = 30
+            let snapshot = try Snapshot(elfPath: "/usr/bin/python3", configuration: configuration, readyAt: .firstInputRead)
+            let vms = [try snapshot.fork(), try snapshot.fork()]
+            for index in 0..<100 {
+                let vm = vms[index % 2]
+                vm.standardInput = .bytes(Array("\(index) * \(index) + 1".utf8))
+                let outcome = try vm.run()
+                #expect(outcome == .exited(status: 0), "\(String(decoding: vm.capturedOutput(fd: 2), as: UTF8.self))")
+                #expect(String(decoding: vm.capturedOutput(fd: 1), as: UTF8.self) == "1 \(index * index + 1)\n")
+                try vm.reset()
+            }
+        }
+
+        /// Without the default grants a dynamic program cannot even find its loader: a clear error.
+        @Test func withoutSystemLibrariesTheLoaderIsMissing() throws {
+            var configuration = SandboxConfiguration()
+            configuration.arguments = ["/usr/bin/jq"]
+            configuration.systemLibraries = false
+            #expect {
+                try Sandbox(elfPath: "/usr/bin/jq", configuration: configuration)
+            } throws: { error in
+                "\(error)".contains("dynamic loader") && "\(error)".contains("cannot be opened")
+            }
+        }
+    }
+}
