@@ -8,7 +8,7 @@ import Glibc
 /// `kvmsandbox run`: one guest in a fresh micro-VM; exits with the guest's status.
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a static x86-64 ELF in a fresh micro-VM and exit with its status.",
+        abstract: "Run an x86-64 Linux program (static or dynamic) in a fresh micro-VM and exit with its status.",
         discussion: """
         Exit status: the guest's own (0-255); 123 a host failure while the guest ran (a KVM \
         ioctl failed); 124 timeout; 125 kvmsandbox could not run it (no KVM, invalid ELF, bad \
@@ -50,6 +50,12 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "The guest's working directory (default: this one when a grant covers it, else /).")
     var cwd: String?
 
+    @Flag(name: .long, help: "Allow anonymous memory that is executable, or writable and executable at once (V8-style JITs). Default: W^X.")
+    var allowJit = false
+
+    @Flag(name: .long, help: "Do not make the system library directories, /etc/ld.so.cache, the program and its loader visible to a dynamic program.")
+    var noSystemLibraries = false
+
     @Flag(name: .long, help: "Print every Linux system call the guest makes, with its result, to stderr.")
     var traceSyscalls = false
 
@@ -59,7 +65,7 @@ struct Run: ParsableCommand {
     @Flag(name: .long, help: "Print the platform and exit counters to stderr.")
     var verbose = false
 
-    @Argument(help: "The guest program (a static x86-64 ELF).")
+    @Argument(help: "The guest program: an x86-64 ELF, static or dynamic (a name without '/' is looked up in PATH).")
     var program: String
 
     @Argument(parsing: .captureForPassthrough, help: "Arguments passed to the guest.")
@@ -81,9 +87,13 @@ struct Run: ParsableCommand {
         configuration.memoryDirectories = tmpfs
         configuration.traceSyscalls = traceSyscalls
         configuration.standardInput = .fileDescriptor(0)
-        configuration.programPath = program
+        let executable = Self.resolve(program)
+        configuration.programPath = executable
+        configuration.allowJIT = allowJit
+        configuration.systemLibraries = !noSystemLibraries
         let split = GuestArgumentSplit.parts
-        configuration.arguments = [program] + arguments + split.guestArguments
+        // argv[0] as typed, or the path found in PATH (the guest has no PATH to search).
+        configuration.arguments = [program.contains("/") ? program : executable] + arguments + split.guestArguments
         configuration.environment = environment + split.environment
         guard let delivery = ExceptionDelivery(rawValue: exceptionDelivery) else {
             printError("kvmsandbox: --exception-delivery must be one of \(ExceptionDelivery.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -97,12 +107,18 @@ struct Run: ParsableCommand {
         configuration.hostCallTransport = transport
         let sandbox: Sandbox
         do {
-            sandbox = try Sandbox(elfPath: program, configuration: configuration)
+            sandbox = try Sandbox(elfPath: executable, configuration: configuration)
         } catch {
-            printError("kvmsandbox: \(error)")
+            printError("kvmsandbox: \(executable): \(error)")
             throw ExitCode(error == .loadTimedOut ? ExitStatus.timeout : ExitStatus.sandboxError)
         }
-        if verbose { printError("kvmsandbox: platform \(sandbox.platform.rawValue), entry 0x\(String(sandbox.program.entry, radix: 16))") }
+        if verbose {
+            var line = "kvmsandbox: platform \(sandbox.platform.rawValue), entry 0x\(String(sandbox.program.entry, radix: 16))"
+            if let loader = sandbox.interpreter {
+                line += ", dynamic: loader \(loader.path ?? "?") at 0x\(String(loader.base, radix: 16))"
+            }
+            printError(line)
+        }
         let outcome: RunOutcome
         do {
             outcome = try sandbox.run()
@@ -114,6 +130,9 @@ struct Run: ParsableCommand {
             printError("kvmsandbox: \(outcome); \(sandbox.statistics.exits) exits, \(sandbox.statistics.hostCalls) host calls, \(sandbox.systemCallCounts.values.reduce(0, +)) Linux system calls")
             let missing = sandbox.unimplementedSystemCalls.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }
             if !missing.isEmpty { printError("kvmsandbox: not implemented (answered ENOSYS): \(missing.joined(separator: ", "))") }
+            if sandbox.refusedExecutableMappings > 0 {
+                printError("kvmsandbox: refused \(sandbox.refusedExecutableMappings) request(s) for writable+executable or executable anonymous memory with EACCES (W^X; --allow-jit permits them)")
+            }
         }
         if case .exited = outcome {} else { printError(Report.text(outcome)) }
         if let reportJSON {
@@ -127,6 +146,21 @@ struct Run: ParsableCommand {
 }
 
 extension Run {
+    /// `program` as a path: a name without a slash is looked up in PATH, as a shell would;
+    /// the result is absolute, since the guest sees files at their host paths.
+    static func resolve(_ program: String) -> String {
+        func absolute(_ path: String) -> String {
+            path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        }
+        guard !program.contains("/") else { return absolute(program) }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        for directory in path.split(separator: ":") {
+            let candidate = absolute(String(directory)) + "/" + program
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return absolute(program)
+    }
+
     /// The file grants from --ro, --rw and --volume; relative host paths are made absolute.
     func grants() throws -> [FileGrant] {
         func absolute(_ path: String) -> String {

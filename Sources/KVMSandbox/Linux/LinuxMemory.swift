@@ -6,11 +6,19 @@ import Glibc
 /// Memory permissions: `mprotect` changes the guest's page tables for real, keeping W^X (no page
 /// writable and executable at once; execute only in the program's image, in files from read-only
 /// grants, and in anonymous mappings flipped from RW to RX, as JITs do; never by `mmap` itself).
+/// `SandboxConfiguration.allowJIT` lifts W^X for anonymous memory (V8 maps code RWX).
 extension LinuxPersonality {
     func handleMemory(_ call: HostCall) throws -> HostCallEffect? {
         switch call.number {
         case 9 where call[3] & (0x10 | 0x100000) != 0 && call[3] & 0x20 != 0:  // anonymous MAP_FIXED(_NOREPLACE)
             return mapFixed(call[0], length: call[1], protection: call[2], replace: call[3] & 0x10 != 0)
+        case 9 where call[2] & 4 != 0 && call[3] & 0x20 != 0:  // anonymous and executable: JITs only
+            guard allowJIT else { return refuseExecutable() }
+            let start = builtins.mmap(length: call[1], protection: call[2] & ~4, flags: call[3], hint: call[0])
+            _ = builtins.takePermissionsReduced()
+            guard start >= 0, let size = PageSize.alignUp(call[1]) else { return .value(start) }
+            if case .value(let error) = protect(UInt64(start), length: size, protection: call[2]), error < 0 { return .value(error) }
+            return .invalidateTranslationsReturning(start)
         case 9 where call[3] & 0x20 == 0:           // mmap of a file (anonymous ones are the built-in's)
             return try mapFile(call[0], length: call[1], protection: call[2], flags: call[3], fd: call.descriptor(4), offset: call[5])
         case 11:                                    // munmap: the built-in's, after forgetting file mappings
@@ -75,7 +83,7 @@ extension LinuxPersonality {
     /// asked for. Anywhere else (the image, heap, stack, stub and system pages) is refused with `ENOMEM`.
     func mapFixed(_ address: UInt64, length: UInt64, protection: UInt64, replace: Bool) -> HostCallEffect {
         guard address % PageSize.bytes == 0, protection & ~7 == 0, length > 0 else { return Self.fail(.invalidArgument) }
-        guard protection & 4 == 0 else { return Self.fail(.permissionDenied) }  // no executable anonymous memory
+        guard protection & 4 == 0 || allowJIT else { return refuseExecutable() }  // no executable anonymous memory
         guard let size = PageSize.alignUp(length) else { return Self.fail(.noMemory) }
         switch placeFixed(address, size: size, permissions: protection == 0 ? nil : Self.permissions(protection), replace: replace) {
         case .failure(let error): return Self.fail(error)
@@ -117,6 +125,13 @@ extension LinuxPersonality {
         }
         builtins.claim(address, length: size)
         return .success(changed)
+    }
+
+    /// `EACCES` for memory that would be writable and executable at once, or executable
+    /// anonymous memory, without `SandboxConfiguration.allowJIT`; counted for `--verbose`.
+    func refuseExecutable() -> HostCallEffect {
+        refusedExecutable += 1
+        return Self.fail(.permissionDenied)
     }
 
     /// Page permissions for PROT_* bits. PROT_NONE pages stay in the tables for the host but are
@@ -215,7 +230,7 @@ extension LinuxPersonality {
         guard !overflow, end <= X86PageTables.userAddressLimit else { return Self.fail(.noMemory) }
         if size == 0 { return .value(0) }
         let execute = protection & 4 != 0, write = protection & 2 != 0
-        if execute && write { return Self.fail(.permissionDenied) }
+        if execute && write && !allowJIT { return refuseExecutable() }
         // Execute: in the program's image, or a JIT's flip of its own mmap'd memory from RW to RX
         // (never both at once). The heap, the stack and the host's pages never become executable.
         let inImage = imageRanges.contains { address >= $0.lowerBound && end <= $0.upperBound }

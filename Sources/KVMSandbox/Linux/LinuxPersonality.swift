@@ -47,6 +47,10 @@ final class LinuxPersonality {
     /// Calls made, by number; calls answered `ENOSYS` because they are not implemented, by number.
     var counts: [Int: Int] = [:]
     var unimplemented: [Int: Int] = [:]
+    /// Requests for writable-and-executable or executable anonymous memory refused (W^X).
+    var refusedExecutable = 0
+    /// Whether W^X is lifted for anonymous memory (`SandboxConfiguration.allowJIT`).
+    let allowJIT: Bool
 
     init(space: AddressSpace, builtins: BuiltinHostCalls, fileSystem: FileSystemView, configuration: SandboxConfiguration,
          image: ProgramImage) {
@@ -58,6 +62,7 @@ final class LinuxPersonality {
         self.input = configuration.standardInput
         self.programPath = configuration.programPath ?? configuration.arguments.first ?? "/guest"
         self.stackSize = configuration.stackSize
+        self.allowJIT = configuration.allowJIT
         var state = State()
         state.memoryFiles = MemoryFileSystem(mounts: configuration.memoryDirectories, capacity: configuration.memoryDirectoryCapacity)
         state.cwd = Self.initialDirectory(configuration.workingDirectory, fileSystem: fileSystem)

@@ -54,6 +54,7 @@ extension LinuxPersonality {
         case 35: return try sleep(memory, request: call[0], remaining: call[1], absolute: false, clock: 1)
         case 230: return try sleep(memory, request: call[2], remaining: call[3], absolute: call[1] & 1 != 0, clock: call[0])
         case 202: return try futex(call, memory)
+        case 41: return Self.fail(.permissionDenied)         // socket: no network (deny by default)
         case 13: return try signalAction(call.signed(0), memory, new: call[1], old: call[2], size: call[3])
         case 14: return try signalMask(how: call[0], memory, new: call[1], old: call[2], size: call[3])
         case 131: return try alternateStack(memory, new: call[0], old: call[1])

@@ -21,6 +21,10 @@ extension Sandbox {
         Dictionary(linux.unimplemented.map { (LinuxSyscallNames.name($0.key), $0.value) }, uniquingKeysWith: +)
     }
 
+    /// How many requests for writable-and-executable (or executable anonymous) memory were
+    /// refused with `EACCES` because `SandboxConfiguration.allowJIT` is off.
+    public var refusedExecutableMappings: Int { linux.refusedExecutable }
+
     /// Whether an exit at `rip` came from the `syscall` entry (PVM: the user stub; hardware KVM:
     /// the CPL 0 entry) rather than from the guest's own `out` (a host call).
     func isSyscallTrap(_ rip: UInt64) -> Bool {

@@ -37,6 +37,9 @@ public struct SandboxConfiguration: Sendable {
     /// For a dynamic program: make its loader, its own file, `/etc/ld.so.cache` and the system
     /// library directories (`SystemLibraries.directories`) visible read-only, besides `files`.
     public var systemLibraries = true
+    /// Let the guest map anonymous memory executable, and writable and executable at once (V8's
+    /// code space). Off by default: W^X holds, a RW->RX `mprotect` flip (LuaJIT) is allowed.
+    public var allowJIT = false
     /// Print every Linux system call (name, arguments, result) to the host's stderr.
     public var traceSyscalls = false
 
