@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
+const unsigned long CKVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
+const unsigned long CKVM_SET_CPUID2 = KVM_SET_CPUID2;
 const unsigned long CKVM_CREATE_VM = KVM_CREATE_VM;
 const unsigned long CKVM_CHECK_EXTENSION = KVM_CHECK_EXTENSION;
 const unsigned long CKVM_GET_VCPU_MMAP_SIZE = KVM_GET_VCPU_MMAP_SIZE;
@@ -95,3 +97,5 @@ int ckvm_unpin(void) {
     for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) CPU_SET(cpu, &set);
     return sched_setaffinity(0, sizeof set, &set);
 }
+
+_Static_assert(offsetof(struct ckvm_cpuid, entries) == offsetof(struct kvm_cpuid2, entries), "ckvm_cpuid matches kvm_cpuid2");

@@ -108,6 +108,9 @@ struct Bench: ParsableCommand {
         progress("Linux layer: getppid, open + read + close, busybox sha256sum (each vs native)")
         try LinuxBench.run(into: &results, floor: floor, files: files, work: work, rounds: iterations, batches: batches)
 
+        progress("dynamic programs: python3/sqlite3/lua5.4 start-up, pooled python3 requests, idle forks (each vs native)")
+        try DynamicBench.run(into: &results, work: work, batches: batches)
+
         progress("host calls with everything on one core (a child process under taskset -c 0)")
         do {
             let oneCore = try onOneCore(.exitless, traps, count: iterations, batches: batches)

@@ -19,7 +19,9 @@ enum GuestArgumentSplit {
     static var parts: Parts { taken.withLock { $0 } }
 
     /// `run` options that take no value; every other option takes one (`--name value` or `--name=value`).
-    static let flags: Set<String> = ["--verbose", "--trace-syscalls", "-h", "--help"]
+    static let flags: Set<String> = [
+        "--verbose", "--trace-syscalls", "--allow-jit", "--no-system-libraries", "-h", "--help",
+    ]
 
     /// Returns `arguments` (without the executable's name) with the guest's arguments and the
     /// `--env` values removed when the subcommand is `run`; records what it removed.

@@ -175,6 +175,62 @@ extension KVMTests {
             }
         }
 
+        /// mmap hints, MAP_FIXED over the program or the host's pages, reuse after munmap and the
+        /// JIT policy, from a static glibc program (Tests/Guests/memory-policy.c).
+        @Test(arguments: [false, true])
+        func memoryPlacementAndJITPolicy(allowJIT: Bool) throws {
+            let directory = LinuxFixtures.scratch("memory-policy")
+            let source = Guests.testsDirectory.deletingLastPathComponent().appendingPathComponent("Guests/memory-policy.c").path
+            let program = directory + "/memory-policy"
+            #expect(GuestToolchain.spawn(["gcc", "-static", "-O1", "-o", program, source], discardingOutput: true) == 0)
+            var configuration = SandboxConfiguration()
+            configuration.arguments = [program]
+            configuration.standardOutput = .capture
+            configuration.files = [FileGrant(hostPath: directory)]
+            configuration.allowJIT = allowJIT
+            configuration.timeout = 20
+            let sandbox = try Sandbox(elfPath: program, configuration: configuration)
+            #expect(try sandbox.run() == .exited(status: 0))
+            let jit = allowJIT ? "anonymous exec: mapped\nanonymous rwx: mapped\njit returns 42\n" : "anonymous exec: refused\nanonymous rwx: refused\n"
+            #expect(String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self) == """
+            free hint: there
+            stack hint: elsewhere
+            top hint: elsewhere
+            file over code: failed errno 12
+            file over stub: failed errno 12
+            \(jit)reused page writable and zeroed: 1
+            file MAP_FIXED over own mapping: there
+
+            """)
+            #expect(sandbox.refusedExecutableMappings == (allowJIT ? 0 : 2))
+        }
+
+        /// Links that leave their grant are followed in the guest's namespace: into another grant
+        /// they work, to anywhere else they are ENOENT, and a loop is ELOOP.
+        @Test func symbolicLinksFollowTheGuestsNamespace() throws {
+            let first = LinuxFixtures.scratch("links-a"), second = LinuxFixtures.scratch("links-b")
+            try Data("from b\n".utf8).write(to: URL(fileURLWithPath: second + "/file.txt"))
+            let manager = FileManager.default
+            try manager.createSymbolicLink(atPath: first + "/to-b", withDestinationPath: second + "/file.txt")
+            try manager.createSymbolicLink(atPath: first + "/dir-b", withDestinationPath: second)
+            try manager.createSymbolicLink(atPath: first + "/out", withDestinationPath: "/etc/passwd")
+            try manager.createSymbolicLink(atPath: first + "/loop1", withDestinationPath: first + "/loop2")
+            try manager.createSymbolicLink(atPath: first + "/loop2", withDestinationPath: first + "/loop1")
+            let grants = [FileGrant(hostPath: first), FileGrant(hostPath: second)]
+            func cat(_ name: String, _ grants: [FileGrant]) throws -> String {
+                let (_, stdout, stderr) = try LinuxFixtures.run("/bin/busybox", ["cat", first + "/" + name], grants: grants)
+                return stdout + stderr
+            }
+            #expect(try cat("to-b", grants) == "from b\n")
+            #expect(try cat("dir-b/file.txt", grants) == "from b\n")
+            #expect(try cat("out", grants) == "cat: can't open '\(first)/out': No such file or directory\n")
+            #expect(try cat("loop1", grants) == "cat: can't open '\(first)/loop1': Too many levels of symbolic links\n")
+            let (_, link, _) = try LinuxFixtures.run("/bin/busybox", ["readlink", first + "/to-b"], grants: grants)
+            #expect(link == second + "/file.txt\n")
+            // Only one of the grants: the link into the other one leads nowhere.
+            #expect(try cat("to-b", [FileGrant(hostPath: first)]) == "cat: can't open '\(first)/to-b': No such file or directory\n")
+        }
+
         /// Without the default grants a dynamic program cannot even find its loader: a clear error.
         @Test func withoutSystemLibrariesTheLoaderIsMissing() throws {
             var configuration = SandboxConfiguration()

@@ -40,6 +40,16 @@ extern const unsigned long CKVM_SET_XCRS;
 extern const unsigned long CKVM_GET_DEBUGREGS;
 extern const unsigned long CKVM_SET_DEBUGREGS;
 
+extern const unsigned long CKVM_GET_SUPPORTED_CPUID;
+extern const unsigned long CKVM_SET_CPUID2;
+
+/// struct kvm_cpuid2 with room for 256 entries (kvm_cpuid2 ends in a flexible array).
+struct ckvm_cpuid {
+    __u32 nent;
+    __u32 padding;
+    struct kvm_cpuid_entry2 entries[256];
+};
+
 /// struct kvm_msrs with room for a few entries (kvm_msrs ends in a flexible array Swift cannot size).
 struct ckvm_msr_list {
     __u32 nmsrs;

@@ -7,11 +7,19 @@ import CKVM
     /// Guest memory the ELF target loads into, input after input (one thread: libFuzzer's).
     nonisolated(unsafe) static let reusableMemory = try? GuestMemory(size: 16 << 20)
 
-    /// (a) ELF parse + load into 16 MiB of guest memory + symbolize.
+    /// (a) ELF parse + load into 16 MiB of guest memory + symbolize; a library's parse (no entry
+    /// required) with its build ID; the same file loaded as a dynamic loader would be.
     public static func elf(_ bytes: [UInt8]) {
+        if let library = try? ELFFile(bytes: bytes, requireEntry: false) {
+            _ = library.buildID.map(debugFilePath)
+        }
         guard let elf = try? ELFFile(bytes: bytes) else { return }
         _ = elf.symbols.function(named: "main")
         _ = elf.symbols.symbol(named: "_start")
+        if let memory = reusableMemory, let space = try? AddressSpace(memory: memory) {
+            _ = try? ELFLoader.load(elf, into: space, at: .below(GuestLayout.imageLimit))
+            memory.zero(at: 0, count: Int(space.allocatorState.next))
+        }
         // One 16 MiB guest memory for the whole run (a memfd and mapping per input would cost
         // more than the parse and load), zeroed back to fresh after each input.
         guard let memory = reusableMemory, let space = try? AddressSpace(memory: memory) else { return }

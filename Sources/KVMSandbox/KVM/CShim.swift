@@ -45,6 +45,8 @@ enum KVMRequest {
     static let setXCRs = CKVM_SET_XCRS
     static let getDebugRegs = CKVM_GET_DEBUGREGS
     static let setDebugRegs = CKVM_SET_DEBUGREGS
+    static let getSupportedCPUID = CKVM_GET_SUPPORTED_CPUID
+    static let setCPUID2 = CKVM_SET_CPUID2
 }
 
 /// The sizes of the C structs, as the C compiler sees them (checked against Swift in a test).

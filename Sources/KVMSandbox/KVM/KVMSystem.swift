@@ -1,4 +1,5 @@
 import CKVM
+import Synchronization
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -44,6 +45,8 @@ public final class KVMSystem: Sendable {
     /// Which kind of KVM this is.
     public let platform: KVMPlatform
     let fd: FileDescriptor
+    /// `KVM_GET_SUPPORTED_CPUID`'s answer, once asked.
+    private let cpuidCache = Mutex<Result<[kvm_cpuid_entry2], KVMError>?>(nil)
     /// Which optional vCPU state components (XSAVE, XCRs, debug registers) this KVM can save.
     var stateCapabilities: VCPUStateCapabilities { VCPUStateCapabilities(system: self) }
 
@@ -96,6 +99,27 @@ public final class KVMSystem: Sendable {
     /// `KVM_CHECK_EXTENSION`: 0 when the capability is absent, otherwise a capability-specific value.
     public func checkExtension(_ capability: Int32) -> Int32 {
         max(0, ckvmIoctl(fd.rawValue, KVMRequest.checkExtension, UInt(capability)))
+    }
+
+    /// `KVM_GET_SUPPORTED_CPUID`: the CPUID leaves this KVM can give a guest (read once).
+    func supportedCPUID() throws(KVMError) -> [kvm_cpuid_entry2] {
+        try supportedCPUIDResult.get()
+    }
+
+    private var supportedCPUIDResult: Result<[kvm_cpuid_entry2], KVMError> {
+        cpuidCache.withLock { cached in
+            if let cached { return cached }
+            var table = ckvm_cpuid()
+            table.nent = 256
+            let result: Result<[kvm_cpuid_entry2], KVMError> = Result { () throws(KVMError) in
+                try kvmIoctl(fd, KVMRequest.getSupportedCPUID, &table, "KVM_GET_SUPPORTED_CPUID")
+                return withUnsafeBytes(of: &table.entries) { raw in
+                    Array(raw.bindMemory(to: kvm_cpuid_entry2.self).prefix(Int(min(table.nent, 256))))
+                }
+            }
+            cached = result
+            return result
+        }
     }
 
     /// Creates an empty VM (`KVM_CREATE_VM`).

@@ -153,6 +153,26 @@ final class VirtualCPU {
         guard written == values.count else { throw KVMError("KVM_SET_MSRS (only \(written) of \(values.count) set)", .invalidArgument) }
     }
 
+    /// `KVM_SET_CPUID2`: what the guest's CPUID instruction answers (hardware KVM; under PVM
+    /// the guest sees the host's CPUID).
+    func setCPUID(_ entries: [kvm_cpuid_entry2]) throws(KVMError) {
+        var table = ckvm_cpuid()
+        table.nent = UInt32(min(entries.count, 256))
+        withUnsafeMutableBytes(of: &table.entries) { raw in
+            let slots = raw.bindMemory(to: kvm_cpuid_entry2.self)
+            for (index, entry) in entries.prefix(256).enumerated() { slots[index] = entry }
+        }
+        try kvmIoctl(fd, KVMRequest.setCPUID2, &table, "KVM_SET_CPUID2")
+    }
+
+    /// `KVM_SET_XCRS` with XCR0 alone: which state components XSAVE covers (x87, SSE, AVX...).
+    func setXCR0(_ value: UInt64) throws(KVMError) {
+        var xcrs = kvm_xcrs()
+        xcrs.nr_xcrs = 1
+        xcrs.xcrs.0 = kvm_xcr(xcr: 0, reserved: 0, value: value)
+        try kvmIoctl(fd, KVMRequest.setXCRs, &xcrs, "KVM_SET_XCRS")
+    }
+
     /// Clears `immediate_exit` after an interruption so the next `KVM_RUN` enters the guest.
     func clearImmediateExit() {
         interrupter.immediateExit.store(0, ordering: .relaxed)

@@ -134,7 +134,8 @@ struct FileSystemView: @unchecked Sendable {
         guard count > 0 else { return nil }
         for index in 1...count {
             let prefix = "/" + components[0..<index].joined(separator: "/")
-            guard let (mount, relative) = locate(prefix) else { return nil }
+            // Above every grant the guest sees synthetic directories, never links.
+            guard let (mount, relative) = locate(prefix) else { continue }
             let fd = ckvm_openat2(mount.directory.fd, relative, UInt64(0o10000000 | O_NOFOLLOW | O_CLOEXEC), 0, Self.resolveFlags)
             guard fd >= 0 else { return nil }
             defer { close(fd) }

@@ -22,7 +22,17 @@ enum MicroVM {
         try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: memory.size, hostAddress: memory.hostAddress,
                                flags: dirtyTracking == nil ? 0 : VirtualMachine.logDirtyPages)
         let vcpu = try vm.createVCPU()
-        try vcpu.setSpecialRegisters(specialRegisters(try vcpu.specialRegisters()))
+        // Hardware KVM: a CPUID and XSAVE set-up of our choosing (PVM passes the host's through).
+        var xcr0: UInt64?
+        if system.platform.syscallEntersCPL0 {
+            let identity = X86CPUIdentity.hardwareIdentity(supported: try system.supportedCPUID())
+            try vcpu.setCPUID(identity.cpuid)
+            xcr0 = identity.xcr0
+        }
+        var sregs = specialRegisters(try vcpu.specialRegisters())
+        if xcr0 != nil { sregs.cr4 |= X86CPUIdentity.cr4OSXSAVE }
+        try vcpu.setSpecialRegisters(sregs)
+        if let xcr0 { try vcpu.setXCR0(xcr0) }
 
         try vcpu.setRegisters(registers)
         try vcpu.setMSRs(X86CPUState.syscallMSRs(cpl0Entry: exceptionStubs && system.platform.syscallEntersCPL0))

@@ -19,4 +19,21 @@ enum X86CPUIdentity {
         let xsave = cpuid(0).eax >= 0xd ? UInt64(cpuid(0xd).ebx) : 512
         return max(2048, (xsave + 1024 + 63) & ~63)
     }()
+
+    /// XSAVE components a guest may enable: x87, SSE, AVX, and AVX-512's opmask, ZMM_Hi256 and
+    /// Hi16_ZMM. Not MPX (obsolete), PKRU (no protection keys here) or AMX (needs a permission).
+    static let guestXSAVEComponents: UInt64 = 0b1110_0111
+
+    /// What a hardware-KVM guest is told and set up with: KVM's supported CPUID as it is, and,
+    /// when XSAVE is there, CR4.OSXSAVE with XCR0 = the supported components of
+    /// `guestXSAVEComponents`, so glibc's ifuncs, Go and V8 see one consistent CPU.
+    static func hardwareIdentity(supported: [kvm_cpuid_entry2]) -> (cpuid: [kvm_cpuid_entry2], xcr0: UInt64?) {
+        let hasXSAVE = supported.first { $0.function == 1 }.map { $0.ecx & (1 << 26) != 0 } ?? false
+        guard hasXSAVE, let leaf = supported.first(where: { $0.function == 0xd && $0.index == 0 }) else { return (supported, nil) }
+        let components = (UInt64(leaf.edx) << 32 | UInt64(leaf.eax)) & guestXSAVEComponents
+        return (supported, components & 0b11 == 0b11 ? components : nil)
+    }
+
+    /// CR4.OSXSAVE: XGETBV/XSETBV and XSAVE-managed AVX state are usable.
+    static let cr4OSXSAVE: UInt64 = 1 << 18
 }
