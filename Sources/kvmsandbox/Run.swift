@@ -127,7 +127,8 @@ struct Run: ParsableCommand {
             throw ExitCode(ExitStatus.hostFailure)
         }
         if verbose {
-            printError("kvmsandbox: \(outcome); \(sandbox.statistics.exits) exits, \(sandbox.statistics.hostCalls) host calls, \(sandbox.systemCallCounts.values.reduce(0, +)) Linux system calls")
+            let statistics = sandbox.statistics
+            printError("kvmsandbox: \(outcome); \(statistics.exits) exits, \(statistics.hostCalls) host calls, \(sandbox.systemCallCounts.values.reduce(0, +)) Linux system calls, \(statistics.translationFlushes) translation flushes (\(statistics.translationFlushNanoseconds / 1000) us)")
             let missing = sandbox.unimplementedSystemCalls.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }
             if !missing.isEmpty { printError("kvmsandbox: not implemented (answered ENOSYS): \(missing.joined(separator: ", "))") }
             if sandbox.refusedExecutableMappings > 0 {

@@ -81,12 +81,26 @@ final class AddressSpace {
         try tables.map(page, to: memory.size, permissions, memory: memory, allocator: &allocator)
     }
 
-    /// Changes the permissions of an already mapped page, keeping its contents.
+    /// Changes the permissions of an already mapped page, keeping its contents. A page that
+    /// loses user access, write or execute permission is noted in `takeReducedPages()`: a
+    /// translation KVM cached for it must be dropped before the guest runs again. (Gained
+    /// permissions need nothing: the next access faults and KVM walks the tables afresh.)
     func protect(_ page: UInt64, _ permissions: PagePermissions) throws(SandboxError) {
-        guard let physical = tables.translateForHost(page, memory: memory) else { return }
+        guard let entry = tables.leafEntry(page, memory: memory),
+              let physical = tables.translateForHost(page, memory: memory) else { return }
         translationsChanged = true
         try tables.map(page, to: physical, permissions, memory: memory, allocator: &allocator)
+        if let updated = tables.leafEntry(page, memory: memory), X86PageTables.reducesAccess(from: entry, to: updated) {
+            reducedPages.append(PageSize.alignDown(physical))
+        }
     }
+
+    /// Guest-physical pages whose mapping lost permissions since the last call (see `protect`).
+    func takeReducedPages() -> [UInt64] {
+        defer { reducedPages.removeAll(keepingCapacity: true) }
+        return reducedPages
+    }
+    private var reducedPages: [UInt64] = []
 
     /// Zeroes the (mapped) pages of `[start, start + length)`.
     func zeroMapped(_ start: UInt64, length: UInt64) {

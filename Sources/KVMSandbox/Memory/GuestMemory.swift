@@ -76,6 +76,34 @@ public final class GuestMemory {
         return checked(physical, Int(PageSize.bytes))
     }
 
+    /// Makes KVM drop every translation it cached for the guest-physical `pages` (sorted or not)
+    /// by briefly taking write permission away from their host mapping: the kernel's MMU
+    /// notifier tells KVM, which zaps the shadow (PVM) or nested (EPT/NPT) entries for just those
+    /// pages and flushes the guest's TLB. Contents, and a fork's copy-on-write state, stay.
+    /// Must not race host writes to these pages (the vCPU is stopped; the mailbox page is never
+    /// among them). False when `mprotect` failed (then re-create the memslot instead).
+    func invalidateTranslations(ofPages pages: [UInt64]) -> Bool {
+        var ranges: [(start: UInt64, end: UInt64)] = []
+        for page in pages.sorted() where page < size {
+            if let last = ranges.last, last.end == page { ranges[ranges.count - 1].end = page + PageSize.bytes; continue }
+            if let last = ranges.last, last.end > page { continue }
+            ranges.append((page, page + PageSize.bytes))
+        }
+        for range in ranges {
+            // SAFETY: the range lies inside this mapping (page < size, page-aligned).
+            let address = base + Int(range.start)
+            let length = Int(range.end - range.start)
+            guard mprotect(address, length, PROT_READ) == 0 else { return false }
+            guard mprotect(address, length, PROT_READ | PROT_WRITE) == 0 else {
+                preconditionFailure("cannot give guest memory its write permission back: \(Errno.current)")
+            }
+        }
+        return true
+    }
+
+    /// Pages copied back by `restorePage` so far (a page written twice counts twice).
+    private(set) var restoredPages = 0
+
     /// Notes that the host wrote `[address, address + count)`, for a fork's reset.
     @inline(__always) func noteHostWrite(_ address: UInt64, _ count: Int) {
         guard hostDirty != nil, count > 0 else { return }
@@ -103,6 +131,7 @@ public final class GuestMemory {
     func restorePage(_ page: UInt64) {
         // Page numbers come from KVM's dirty log: out-of-range ones are ignored, never trusted.
         guard let source, page < size >> PageSize.shift else { return }
+        restoredPages &+= 1
         let offset = Int(page << PageSize.shift)
         (base + offset).copyMemory(from: source.base + offset, byteCount: Int(PageSize.bytes))
     }

@@ -90,6 +90,9 @@ extension Sandbox {
 
     /// Carries out a built-in or Linux call's effect: the value for `rax`, or the run's end.
     func apply(_ effect: HostCallEffect) throws -> Either<Int64, RunOutcome> {
+        // Whatever the call returns: pages that lost permissions lose their cached translations
+        // before the guest runs again.
+        try invalidateReducedPages()
         switch effect {
         case .value(let value): return .left(value)
         case .exit(let status): return .right(.exited(status: status))
@@ -102,9 +105,20 @@ extension Sandbox {
             builtins.setFSBase(base)
             return .left(0)
         case .invalidateTranslationsReturning(let value):
-            try dropCachedTranslations()
-            return .left(value)
+            return .left(value)  // done above
         }
+    }
+
+    /// Makes KVM forget the translations of pages whose permissions were reduced since the
+    /// last call (`AddressSpace.takeReducedPages`): only those pages (the MMU notifier), or,
+    /// should that fail, everything (the memslot re-created).
+    func invalidateReducedPages() throws(KVMError) {
+        let reduced = space.takeReducedPages()
+        guard !reduced.isEmpty else { return }
+        let start = monotonicNanoseconds()
+        if !memory.invalidateTranslations(ofPages: reduced) { try dropCachedTranslations() }
+        statistics.translationFlushes += 1
+        statistics.translationFlushNanoseconds += monotonicNanoseconds() &- start
     }
 
     /// Makes KVM forget every translation it cached from the guest's page tables (PVM's shadow

@@ -87,6 +87,13 @@ public final class Sandbox {
         public var exits = 0
         /// Host calls served (by `out` or by `syscall`).
         public var hostCalls = 0
+        /// Times KVM was made to drop its cached translations (memslot re-created) after the
+        /// guest's page tables lost permissions (`mprotect`, file `mmap`, `MAP_FIXED`).
+        public var translationFlushes = 0
+        /// Nanoseconds those flushes took, the invalidation calls only.
+        public var translationFlushNanoseconds: UInt64 = 0
+        /// Pages the last `reset()` copied back from the snapshot (what the guest dirtied).
+        public var pagesRestoredByLastReset = 0
     }
 
     /// Loads the ELF file at `elfPath` into a new VM. A dynamic program's loader is read through

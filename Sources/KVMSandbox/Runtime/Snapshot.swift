@@ -150,6 +150,8 @@ extension Sandbox {
         guard let fork else { throw .notAFork }
         if case .running = phase { throw .alreadyRunning }
         let snapshot = fork.snapshot
+        let restoredBefore = memory.restoredPages
+        defer { statistics.pagesRestoredByLastReset = memory.restoredPages - restoredBefore }
         do {
             switch fork.tracking {
             case .bitmap:

@@ -105,6 +105,13 @@ struct X86PageTables {
     }
 
     /// The leaf entry for `virtual`, or nil when a level is not present.
+    /// Whether replacing leaf entry `old` by `new` takes away an access `old` allowed: user
+    /// access, write, execute, or the page itself.
+    static func reducesAccess(from old: UInt64, to new: UInt64) -> Bool {
+        (old & user != 0 && new & user == 0) || (old & writable != 0 && new & writable == 0)
+            || (old & noExecute == 0 && new & noExecute != 0) || (old & addressMask) != (new & addressMask)
+    }
+
     func leafEntry(_ virtual: UInt64, memory: GuestMemory) -> UInt64? {
         guard virtual < Self.userAddressLimit else { return nil }
         var table = root
