@@ -12,19 +12,7 @@ enum DynamicPrograms {
     static func run(_ path: String, _ arguments: [String], input: InputSource = .empty, grants: [FileGrant] = [],
                     memory: UInt64 = 128 << 20) throws -> (outcome: RunOutcome, stdout: String, stderr: String) {
         try #require(FileManager.default.isExecutableFile(atPath: path), "install \(path) (Scripts/setup does)")
-        var configuration = SandboxConfiguration()
-        configuration.arguments = [path] + arguments
-        configuration.environment = ["LC_ALL=C"]
-        configuration.standardOutput = .capture
-        configuration.standardError = .capture
-        configuration.standardInput = input
-        configuration.files = grants
-        configuration.memorySize = memory
-        configuration.timeout = 30
-        let sandbox = try Sandbox(elfPath: path, configuration: configuration)
-        let outcome = try sandbox.run()
-        return (outcome, String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self),
-                String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self))
+        return try LinuxFixtures.run(path, arguments, input: input, grants: grants, environment: ["LC_ALL=C"], memory: memory)
     }
 
     /// The same command run natively (a process), with `LC_ALL=C`.

@@ -39,15 +39,18 @@ enum LinuxFixtures {
 
     /// Runs an unmodified Linux program with output captured.
     static func run(_ path: String, _ arguments: [String], input: InputSource = .empty, grants: [FileGrant] = [],
-                    cwd: String? = nil, setUp: (Sandbox) throws -> Void = { _ in }) throws -> (outcome: RunOutcome, stdout: String, stderr: String) {
+                    cwd: String? = nil, environment: [String] = [], memory: UInt64? = nil,
+                    setUp: (Sandbox) throws -> Void = { _ in }) throws -> (outcome: RunOutcome, stdout: String, stderr: String) {
         var configuration = SandboxConfiguration()
         configuration.arguments = [path] + arguments
+        configuration.environment = environment
         configuration.standardOutput = .capture
         configuration.standardError = .capture
         configuration.standardInput = input
         configuration.files = grants
         configuration.workingDirectory = cwd
-        configuration.timeout = 20
+        if let memory { configuration.memorySize = memory }
+        configuration.timeout = 30
         let sandbox = try Sandbox(elfPath: path, configuration: configuration)
         try setUp(sandbox)
         let outcome = try sandbox.run()
