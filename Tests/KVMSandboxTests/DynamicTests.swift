@@ -30,6 +30,9 @@ enum DynamicPrograms {
         try stdin.fileHandleForWriting.close()
         let data = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
+        // Closed now rather than whenever Foundation lets go (the leak checks count descriptors).
+        try? output.fileHandleForReading.close()
+        try? stdin.fileHandleForReading.close()
         return String(decoding: data, as: UTF8.self)
     }
 }

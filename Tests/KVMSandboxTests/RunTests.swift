@@ -138,7 +138,9 @@ extension KVMTests {
             let fds = ProcessResources.openFileDescriptors
             let maps = ProcessResources.mappings
             for _ in 0..<100 { try once() }
-            #expect(ProcessResources.openFileDescriptors == fds)
+            // At most as many as before: descriptors other tests left to be closed later (a
+            // Foundation pipe) may go meanwhile; a leak adds at least one per cycle.
+            #expect(ProcessResources.openFileDescriptors <= fds)
             #expect(ProcessResources.mappings == maps)
         }
     }

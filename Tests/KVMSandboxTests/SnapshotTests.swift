@@ -193,7 +193,9 @@ extension KVMTests {
             try cycle()
             let (fds, maps) = (ProcessResources.openFileDescriptors, ProcessResources.mappings)
             for _ in 0..<100 { try cycle() }
-            #expect(ProcessResources.openFileDescriptors == fds)
+            // At most as many as before: descriptors other tests left to be closed later (a
+            // Foundation pipe) may go meanwhile; a leak adds at least one per cycle.
+            #expect(ProcessResources.openFileDescriptors <= fds)
             #expect(ProcessResources.mappings == maps)
         }
     }

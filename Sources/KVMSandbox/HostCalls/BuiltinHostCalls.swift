@@ -19,6 +19,8 @@ enum HostCallEffect: Equatable {
     /// The guest's page tables lost or changed translations (mprotect, a file mapping): drop
     /// the vCPU's cached ones, then return the value.
     case invalidateTranslationsReturning(Int64)
+    /// A threading call: the run loop saves, switches or creates thread state on the vCPU.
+    case thread(ThreadAction)
 }
 
 /// The built-in host calls: output, exit, memory (brk, anonymous mmap), clocks, and the few Linux

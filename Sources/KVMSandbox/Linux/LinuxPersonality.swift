@@ -29,6 +29,11 @@ final class LinuxPersonality {
         var nextPipe = 0
         /// Files mapped with `mmap`, for `/proc/self/maps` and for naming code in backtraces.
         var fileMappings: [FileMapping] = []
+        /// The guest's threads (the first is the main thread, tid 1), the running one's index,
+        /// and the next thread id.
+        var threads = [GuestThread(tid: 1)]
+        var currentThread = 0
+        var nextThreadID: Int32 = 2
     }
     var state: State
     let space: AddressSpace
@@ -51,6 +56,8 @@ final class LinuxPersonality {
     var refusedExecutable = 0
     /// Whether W^X is lifted for anonymous memory (`SandboxConfiguration.allowJIT`).
     let allowJIT: Bool
+    /// The most threads the guest may have at once (`SandboxConfiguration.maximumThreads`).
+    let maximumThreads: Int
 
     init(space: AddressSpace, builtins: BuiltinHostCalls, fileSystem: FileSystemView, configuration: SandboxConfiguration,
          image: ProgramImage) {
@@ -63,6 +70,7 @@ final class LinuxPersonality {
         self.programPath = configuration.programPath ?? configuration.arguments.first ?? "/guest"
         self.stackSize = configuration.stackSize
         self.allowJIT = configuration.allowJIT
+        self.maximumThreads = configuration.maximumThreads
         var state = State()
         state.memoryFiles = MemoryFileSystem(mounts: configuration.memoryDirectories, capacity: configuration.memoryDirectoryCapacity)
         state.cwd = Self.initialDirectory(configuration.workingDirectory, fileSystem: fileSystem)
@@ -86,6 +94,7 @@ final class LinuxPersonality {
     /// Serves system call `call.number`.
     func handle(_ call: HostCall) throws -> HostCallEffect {
         counts[call.number, default: 0] += 1
+        if let effect = try handleThreads(call) { return effect }
         if let effect = try handleFiles(call) { return effect }
         if let effect = try handleProcess(call) { return effect }
         if let effect = try handleMemory(call) { return effect }

@@ -10,7 +10,7 @@ extension LinuxPersonality {
     func handleProcess(_ call: HostCall) throws -> HostCallEffect? {
         let memory = call.memory
         switch call.number {
-        case 39, 186: return .value(1)                       // getpid, gettid
+        case 39: return .value(1)                            // getpid (gettid: LinuxThreads)
         case 110: return .value(0)                           // getppid: no parent inside
         case 111, 109, 112, 121: return .value(1)            // getpgrp, setpgid, setsid, getpgid
         case 102, 104, 107, 108: return .value(0)            // getuid, getgid, geteuid, getegid
@@ -30,7 +30,6 @@ extension LinuxPersonality {
             try memory.store(UInt64(1), at: call[2])
             return .value(8)
         case 203: return .value(0)                           // sched_setaffinity
-        case 24: return .value(0)                            // sched_yield
         case 157: return try processControl(call, memory)
         case 273: return .value(0)                           // set_robust_list
         case 334: return Self.fail(.noFunction)              // rseq: as a kernel without it
@@ -53,7 +52,6 @@ extension LinuxPersonality {
             return .value(Int64(now))
         case 35: return try sleep(memory, request: call[0], remaining: call[1], absolute: false, clock: 1)
         case 230: return try sleep(memory, request: call[2], remaining: call[3], absolute: call[1] & 1 != 0, clock: call[0])
-        case 202: return try futex(call, memory)
         case 41: return Self.fail(.permissionDenied)         // socket: no network (deny by default)
         case 13: return try signalAction(call.signed(0), memory, new: call[1], old: call[2], size: call[3])
         case 14: return try signalMask(how: call[0], memory, new: call[1], old: call[2], size: call[3])
@@ -117,26 +115,6 @@ extension LinuxPersonality {
             try memory.write(state.threadName, to: call[1])
             return .value(0)
         default: return Self.fail(.invalidArgument)
-        }
-    }
-
-    /// futex with one thread: WAKE wakes nobody (0); WAIT returns `EAGAIN` when the word has
-    /// changed, else sleeps out its timeout (`ETIMEDOUT`), since nothing else could wake it.
-    /// Without a timeout that would be a hang: `EDEADLK`, which libc reports and aborts on.
-    /// (Threads, with real waiters, are a later layer.)
-    func futex(_ call: HostCall, _ memory: GuestMemoryView) throws -> HostCallEffect {
-        let operation = call[1] & 0x7f  // without FUTEX_PRIVATE_FLAG (128) and FUTEX_CLOCK_REALTIME (256)
-        switch operation {
-        case 1, 10: return .value(0)                                    // WAKE, WAKE_BITSET
-        case 0, 9:                                                      // WAIT, WAIT_BITSET
-            guard call[0] % 4 == 0 else { return Self.fail(.invalidArgument) }
-            let word = try memory.load(UInt32.self, at: call[0])
-            guard word == UInt32(truncatingIfNeeded: call[2]) else { return Self.fail(.resourceTemporarilyUnavailable) }
-            guard call[3] != 0 else { return Self.fail(.deadlock) }
-            let slept = try sleep(memory, request: call[3], remaining: 0, absolute: operation == 9,
-                                  clock: call[1] & 256 != 0 ? 0 : 1)
-            return slept == .value(0) ? Self.fail(.timedOut) : slept
-        default: return Self.fail(.noFunction)
         }
     }
 

@@ -88,6 +88,9 @@ public enum RunOutcome: Sendable, Equatable, CustomStringConvertible {
     /// The host failed while running the guest (a KVM ioctl failed, KVM could not enter the
     /// guest): not the guest's doing. `run()` also throws the error itself.
     case hostFailure(String)
+    /// Every guest thread waits on a futex with no timeout and nothing else can run: Linux
+    /// would hang forever. The futex addresses the threads wait on, by thread id.
+    case deadlocked(waits: [ThreadWait])
 
     /// The fault, when the outcome is one.
     public var fault: GuestFault? {
@@ -106,6 +109,7 @@ public enum RunOutcome: Sendable, Equatable, CustomStringConvertible {
         case .timedOut: return ExitStatus.timeout
         case .abiViolation, .hostCallFailed: return ExitStatus.abiViolation
         case .hostFailure: return ExitStatus.hostFailure
+        case .deadlocked: return ExitStatus.deadlock
         }
     }
 
@@ -121,6 +125,9 @@ public enum RunOutcome: Sendable, Equatable, CustomStringConvertible {
         case .abiViolation(let message): return "ABI violation: \(message)"
         case .hostCallFailed(let number, let message): return "host call \(number) failed: \(message)"
         case .hostFailure(let message): return "host failure: \(message)"
+        case .deadlocked(let waits):
+            let list = waits.map { "thread \($0.thread) on futex 0x\(String($0.futex, radix: 16))" }.joined(separator: ", ")
+            return "deadlocked: every thread waits with no timeout (\(list))"
         }
     }
 }
@@ -135,6 +142,16 @@ public enum ExitStatus {
     public static let abiViolation: Int32 = 126
     /// The host failed while the guest ran (a KVM ioctl failed, KVM could not enter the guest).
     public static let hostFailure: Int32 = 123
+    /// Every guest thread waited on a futex that nothing could wake.
+    public static let deadlock: Int32 = 122
+}
+
+/// A thread that waits on a futex (a deadlock report).
+public struct ThreadWait: Sendable, Equatable, Codable {
+    /// The thread id (`gettid`).
+    public let thread: Int32
+    /// The guest address of the futex word.
+    public let futex: UInt64
 }
 
 /// What an exception handler decided about a CPU exception.
@@ -206,6 +223,7 @@ public struct RunReport: Sendable, Codable, Equatable {
         case .abiViolation: self.outcome = "abiViolation"
         case .hostCallFailed: self.outcome = "hostCallFailed"
         case .hostFailure: self.outcome = "hostFailure"
+        case .deadlocked: self.outcome = "deadlocked"
         }
         if case .fault(let f) = outcome {
             fault = Fault(vector: f.vector, mnemonic: f.mnemonic, name: f.name, errorCode: f.errorCode,

@@ -39,10 +39,20 @@ extension Sandbox {
         if currentStop == .inputRead, linux.readsStandardInput(call), try pauseBeforeSystemCall(registers) {
             return .ready
         }
+        var threadAction: ThreadAction?
         let effect = try guestResult(of: call) { () throws -> Either<Int64, RunOutcome> in
             // Built-ins write guest memory too: never alongside a poller-served handler.
             let effect = if let exitless { try exitless.exclusively { try linux.handle(call) } } else { try linux.handle(call) }
+            if case .thread(let action) = effect {
+                threadAction = action
+                try invalidateReducedPages()
+                return .left(0)
+            }
             return try apply(effect)
+        }
+        if let threadAction {
+            if configuration.traceSyscalls { trace(call, result: "\(threadAction)", outcome: nil) }
+            return try perform(threadAction)
         }
         let result: Int64
         switch effect {
@@ -106,6 +116,8 @@ extension Sandbox {
             return .left(0)
         case .invalidateTranslationsReturning(let value):
             return .left(value)  // done above
+        case .thread:
+            return .left(-Int64(HostCallErrno.ENOSYS))  // served by `serveSystemCall`, never reaches here
         }
     }
 

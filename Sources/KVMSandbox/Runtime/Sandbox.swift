@@ -55,6 +55,10 @@ public final class Sandbox {
     /// there, so `timeout` covers loading and running together (nil for forks).
     var loadStarted: UInt64?
     let logger = Logger(label: "kvmsandbox")
+    /// The current run's deadline, for code that waits on the host during a run.
+    var runDeadline: Watchdog.Token?
+    /// When the running guest thread got the vCPU (time slices).
+    var sliceStarted: UInt64 = 0
 
     /// Where the guest is in its life.
     enum Phase {
@@ -256,7 +260,10 @@ public final class Sandbox {
             exitless = server
             MailboxPoller.shared.register(server, eagerly: configuration.hostCallTransport == .exitless)
         }
-        let signalMask = deadline.map { _ in VCPUInterrupter.unblockSignalOnThisThread() }
+        runDeadline = deadline
+        let multithreaded = linux.state.threads.count > 1
+        let signalMask = deadline != nil || multithreaded || configuration.maximumThreads > 1
+            ? VCPUInterrupter.unblockSignalOnThisThread() : nil
         defer {
             if let deadline { Watchdog.shared.disarm(deadline) }
             if let server = exitless {
@@ -266,12 +273,24 @@ public final class Sandbox {
                 if mailbox.takeWritten() { memory.noteHostWrite(mailboxPhysical, Int(PageSize.bytes)) }
             }
             if let signalMask { VCPUInterrupter.restoreSignalMask(signalMask) }
+            runDeadline = nil
         }
         do {
             while true {
+                // With several threads the watchdog ends the running one's time slice.
+                let slice = timeSliceLeft().map { Watchdog.shared.arm(seconds: $0, interrupter: vcpu.interrupter) }
                 let exit = try vcpu.run()
+                if let slice {
+                    let fired = Watchdog.shared.fired(slice)
+                    Watchdog.shared.disarm(slice)
+                    // A kick that came after the exit would stop the next entry (or a host-side
+                    // wait) for nothing: drop it, unless the run's own deadline fired too.
+                    if fired, exit != .interrupted, !(deadline.map(Watchdog.shared.fired) ?? false) { vcpu.clearImmediateExit() }
+                }
                 statistics.exits += 1
-                if let result = try handle(exit, deadline: deadline, stop: stop) {
+                var outcome = try handle(exit, deadline: deadline, stop: stop)
+                if outcome == nil { outcome = try preemptIfDue() }
+                if let result = outcome {
                     switch result {
                     case .ready, .returned: phase = .paused(vcpu.registers)
                     default: phase = .finished(result)

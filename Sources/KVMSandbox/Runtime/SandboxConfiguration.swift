@@ -40,6 +40,9 @@ public struct SandboxConfiguration: Sendable {
     /// Let the guest map anonymous memory executable, and writable and executable at once (V8's
     /// code space). Off by default: W^X holds, a RW->RX `mprotect` flip (LuaJIT) is allowed.
     public var allowJIT = false
+    /// The most threads an unmodified program may have at once (`clone` past it: `EAGAIN`).
+    /// They share the one vCPU; each one's stack is the program's own memory.
+    public var maximumThreads = 64
     /// Print every Linux system call (name, arguments, result) to the host's stderr.
     public var traceSyscalls = false
 

@@ -1,0 +1,202 @@
+import CKVM
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A guest thread. All threads share the one vCPU: the running one's registers are in the vCPU,
+/// the others' are kept here (general, special and x87/SSE/AVX registers) until they run again.
+struct GuestThread {
+    /// What a thread that is not running waits for.
+    enum Wait: Equatable {
+        /// Nothing: it runs when its turn comes.
+        case runnable
+        /// A futex word (guest address) and the bitset it waits with.
+        case futex(address: UInt64, bitset: UInt32)
+        /// Time alone (`nanosleep` with other threads around).
+        case sleep
+    }
+
+    let tid: Int32
+    var wait = Wait.runnable
+    /// Monotonic nanoseconds at which a wait ends on its own (futex timeout, sleep), if any.
+    var deadline: UInt64?
+    /// `rax` when it runs again: what its blocking call returns (set by whoever ends the wait).
+    var result: Int64 = 0
+    /// CLONE_CHILD_CLEARTID / set_tid_address: zeroed and woken when the thread exits.
+    var clearChildTID: UInt64 = 0
+    /// Whether `result` goes into rax when it runs again (it stopped in a system call, not by
+    /// preemption in the middle of its code).
+    var resultPending = false
+    /// Saved vCPU state while it does not run; nil for the running thread.
+    var registers: kvm_regs?
+    var specialRegisters: kvm_sregs?
+    var floatingPoint: FloatingPointState?
+}
+
+/// What the run loop must do to the vCPU after a threading call (the personality cannot touch it).
+enum ThreadAction: Equatable {
+    /// clone: start thread `tid` from the caller's state, with this stack and TLS; the caller
+    /// gets `tid`.
+    case spawn(tid: Int32, stack: UInt64, tls: UInt64?)
+    /// The running thread waits (its `wait`/`deadline` are set): run another one.
+    case block
+    /// The running thread stays runnable but lets the others run first.
+    case yield
+    /// The running thread is gone (its record removed): run another one, or end the run with
+    /// this status when it was the last.
+    case exit(status: Int32)
+}
+
+/// Threads on one vCPU: `clone`/`clone3` with the flags threads use, `futex`, `sched_yield`,
+/// `gettid`, `set_tid_address`, a thread's `exit`. Scheduling (saving and restoring vCPU
+/// state, time slices, waiting for the earliest deadline) is the run loop's
+/// (`Sandbox+Threads.swift`).
+extension LinuxPersonality {
+    /// The flags a thread's `clone` carries (glibc, Go, Rust): VM, FS, FILES, SIGHAND, THREAD,
+    /// SYSVSEM, SETTLS, PARENT_SETTID, CHILD_CLEARTID, CHILD_SETTID; nothing else is offered.
+    static let threadFlags: UInt64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x80000 | 0x100000 | 0x200000 | 0x1000000
+    static let requiredThreadFlags: UInt64 = 0x100 | 0x800 | 0x10000  // CLONE_VM | CLONE_SIGHAND | CLONE_THREAD
+
+    func handleThreads(_ call: HostCall) throws -> HostCallEffect? {
+        let memory = call.memory
+        switch call.number {
+        case 56:   // clone(flags, stack, parent_tid, child_tid, tls)
+            return try clone(flags: call[0], stack: call[1], parentTID: call[2], childTID: call[3], tls: call[4], memory)
+        case 435:  // clone3(struct clone_args *, size)
+            guard call[1] >= 64, call[1] <= 4096 else { return Self.fail(.invalidArgument) }
+            let words = try memory.read(call[0], count: 64)
+            func word(_ index: Int) -> UInt64 { UInt64(littleEndianBytes: words[index * 8..<index * 8 + 8]) }
+            // flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls
+            guard word(4) == 0, word(5) != 0 else { return Self.fail(.invalidArgument) }  // a thread: no exit signal, a stack
+            let (top, overflow) = word(5).addingReportingOverflow(word(6))
+            guard !overflow else { return Self.fail(.invalidArgument) }
+            return try clone(flags: word(0), stack: top, parentTID: word(3), childTID: word(2), tls: word(7), memory)
+        case 186: return .value(Int64(currentThread.tid))                  // gettid
+        case 218:                                                            // set_tid_address
+            state.threads[state.currentThread].clearChildTID = call[0]
+            return .value(Int64(currentThread.tid))
+        case 24: return state.threads.count > 1 ? .thread(.yield) : .value(0)  // sched_yield
+        case 60 where state.threads.count > 1:                              // exit: this thread only
+            return try exitThread(status: Int32(truncatingIfNeeded: call[0] & 0xff), memory)
+        case 202: return try futex(call, memory)
+        case 35 where state.threads.count > 1:                              // nanosleep: let the others run
+            return try sleepBlocking(memory, request: call[0], absolute: false, clock: 1)
+        case 230 where state.threads.count > 1:                             // clock_nanosleep
+            return try sleepBlocking(memory, request: call[2], absolute: call[1] & 1 != 0, clock: call[0])
+        default: return nil
+        }
+    }
+
+    var currentThread: GuestThread { state.threads[state.currentThread] }
+
+    /// A new thread sharing everything (the only kind of clone offered): `ENOSYS` for a process
+    /// (fork, vfork), `EINVAL` for flags threads do not use, `EAGAIN` past `maximumThreads`.
+    func clone(flags: UInt64, stack: UInt64, parentTID: UInt64, childTID: UInt64, tls: UInt64,
+               _ memory: GuestMemoryView) throws -> HostCallEffect {
+        // A process (fork, vfork, a clone without a shared address space): not offered.
+        guard flags & Self.requiredThreadFlags == Self.requiredThreadFlags else { return Self.fail(.noFunction) }
+        guard flags & ~Self.threadFlags == 0, stack != 0, stack < X86PageTables.userAddressLimit else {
+            return Self.fail(.invalidArgument)
+        }
+        guard state.threads.count < maximumThreads else { return Self.fail(.resourceTemporarilyUnavailable) }
+        let setTLS = flags & 0x80000 != 0
+        guard !setTLS || tls < X86PageTables.userAddressLimit else { return Self.fail(.notPermitted) }
+        let tid = state.nextThreadID
+        if flags & 0x100000 != 0 { try memory.store(UInt32(bitPattern: tid), at: parentTID) }  // CLONE_PARENT_SETTID
+        if flags & 0x1000000 != 0 { try memory.store(UInt32(bitPattern: tid), at: childTID) } // CLONE_CHILD_SETTID
+        state.nextThreadID += 1
+        var thread = GuestThread(tid: tid)
+        if flags & 0x200000 != 0 { thread.clearChildTID = childTID }                          // CLONE_CHILD_CLEARTID
+        state.threads.append(thread)
+        return .thread(.spawn(tid: tid, stack: stack, tls: setTLS ? tls : nil))
+    }
+
+    /// The running thread ends: its CLEARTID word is zeroed and one waiter on it woken (how
+    /// `pthread_join` learns), and the run loop runs another thread.
+    func exitThread(status: Int32, _ memory: GuestMemoryView) throws -> HostCallEffect {
+        let thread = currentThread
+        if thread.clearChildTID != 0 {
+            try? memory.store(UInt32(0), at: thread.clearChildTID)
+            _ = wake(address: thread.clearChildTID, count: 1, bitset: .max)
+        }
+        state.threads.remove(at: state.currentThread)
+        if state.currentThread >= state.threads.count { state.currentThread = 0 }
+        return .thread(.exit(status: status))
+    }
+
+    /// futex: WAIT and WAIT_BITSET block the running thread until a WAKE, or their timeout
+    /// (relative on CLOCK_MONOTONIC for WAIT, absolute on the flag's clock for WAIT_BITSET);
+    /// WAKE and WAKE_BITSET wake up to `val` waiters. A WAIT nothing can end is reported by the
+    /// run loop as a deadlock. REQUEUE, WAKE_OP and PI operations: `ENOSYS`.
+    func futex(_ call: HostCall, _ memory: GuestMemoryView) throws -> HostCallEffect {
+        let operation = call[1] & 0x7f  // without FUTEX_PRIVATE_FLAG (128) and FUTEX_CLOCK_REALTIME (256)
+        let realtime = call[1] & 256 != 0
+        switch operation {
+        case 1, 10:                                                     // WAKE, WAKE_BITSET
+            let bitset = operation == 10 ? UInt32(truncatingIfNeeded: call[5]) : .max
+            guard bitset != 0 else { return Self.fail(.invalidArgument) }
+            return .value(Int64(wake(address: call[0], count: Int(min(call[2] & 0x7fff_ffff, 1 << 20)), bitset: bitset)))
+        case 0, 9:                                                      // WAIT, WAIT_BITSET
+            guard call[0] % 4 == 0 else { return Self.fail(.invalidArgument) }
+            let bitset = operation == 9 ? UInt32(truncatingIfNeeded: call[5]) : .max
+            guard bitset != 0 else { return Self.fail(.invalidArgument) }
+            let word = try memory.load(UInt32.self, at: call[0])
+            guard word == UInt32(truncatingIfNeeded: call[2]) else { return Self.fail(.resourceTemporarilyUnavailable) }
+            var deadline: UInt64?
+            if call[3] != 0 {
+                switch try deadlineNanoseconds(memory, timeout: call[3], absolute: operation == 9, realtime: realtime && operation == 9) {
+                case .failure(let error): return Self.fail(error)
+                case .success(let value): deadline = value
+                }
+            }
+            state.threads[state.currentThread].wait = .futex(address: call[0], bitset: bitset)
+            state.threads[state.currentThread].deadline = deadline
+            state.threads[state.currentThread].result = 0
+            return .thread(.block)
+        default: return Self.fail(.noFunction)
+        }
+    }
+
+    /// Wakes up to `count` threads waiting on `address` with a bitset sharing a bit with `bitset`.
+    func wake(address: UInt64, count: Int, bitset: UInt32) -> Int {
+        var woken = 0
+        for index in state.threads.indices where woken < count {
+            guard case .futex(let waited, let mask) = state.threads[index].wait, waited == address, mask & bitset != 0 else { continue }
+            state.threads[index].wait = .runnable
+            state.threads[index].deadline = nil
+            state.threads[index].result = 0
+            woken += 1
+        }
+        return woken
+    }
+
+    /// nanosleep with other threads: the running thread waits for its deadline while they run.
+    func sleepBlocking(_ memory: GuestMemoryView, request: UInt64, absolute: Bool, clock: UInt64) throws -> HostCallEffect {
+        switch try deadlineNanoseconds(memory, timeout: request, absolute: absolute, realtime: clock == 0) {
+        case .failure(let error): return Self.fail(error)
+        case .success(let deadline):
+            state.threads[state.currentThread].wait = .sleep
+            state.threads[state.currentThread].deadline = deadline
+            state.threads[state.currentThread].result = 0
+            return .thread(.block)
+        }
+    }
+
+    /// A guest `timespec` as a deadline in monotonic nanoseconds (an absolute CLOCK_REALTIME one
+    /// converted at the current offset between the clocks).
+    func deadlineNanoseconds(_ memory: GuestMemoryView, timeout: UInt64, absolute: Bool,
+                             realtime: Bool) throws -> Result<UInt64, Errno> {
+        let words = try memory.read(timeout, count: 16)
+        let seconds = Int64(bitPattern: UInt64(littleEndianBytes: words[0..<8]))
+        let nanoseconds = Int64(bitPattern: UInt64(littleEndianBytes: words[8..<16]))
+        guard seconds >= 0, (0..<1_000_000_000).contains(nanoseconds) else { return .failure(.invalidArgument) }
+        let requested = seconds > Int64.max / 2_000_000_000 ? UInt64(Int64.max / 2) : UInt64(seconds * 1_000_000_000 + nanoseconds)
+        let now = monotonicNanoseconds()
+        guard absolute else { return .success(now &+ requested) }
+        var clock = timespec()
+        clock_gettime(realtime ? CLOCK_REALTIME : CLOCK_MONOTONIC, &clock)
+        let clockNow = UInt64(clock.tv_sec) &* 1_000_000_000 &+ UInt64(clock.tv_nsec)
+        return .success(requested <= clockNow ? now : now &+ (requested - clockNow))
+    }
+}
