@@ -39,6 +39,10 @@ struct OpenFile {
         case memoryFile(path: String)
         /// One end of a pipe whose buffer is `LinuxPersonality.State.pipes[id]`.
         case pipe(id: Int, writeEnd: Bool)
+        /// An epoll set: `LinuxPersonality.State.epolls[id]`.
+        case epoll(id: Int)
+        /// An eventfd: `LinuxPersonality.State.eventCounters[id]`.
+        case eventCounter(id: Int)
         case null, zero, random
     }
     var kind: Kind
@@ -130,6 +134,11 @@ struct FileTable {
             if case .pipe(id, writeEnd) = descriptions[entry.description]?.kind { return true }
             return false
         }
+    }
+
+    /// Whether any open descriptor's description is of a kind `matches` accepts.
+    func refersTo(_ matches: (OpenFile.Kind) -> Bool) -> Bool {
+        entries.values.contains { entry in descriptions[entry.description].map { matches($0.kind) } ?? false }
     }
 
     /// Closes `fd`; its description goes when no descriptor refers to it. False: not open.

@@ -41,6 +41,12 @@ extension LinuxPersonality {
             let contents = state.memoryFiles.contents(path) ?? []
             let start = Int(min(position ?? file.offset, UInt64(contents.count)))
             bytes = Array(contents[start..<min(contents.count, start + count)])
+        case .eventCounter(let id):
+            switch readEventCounter(id, count: UInt64(count), nonblocking: file.statusFlags & O_NONBLOCK != 0) {
+            case .success(let data): bytes = data
+            case .failure(let error): return Self.fail(error)
+            }
+        case .epoll: return Self.fail(.invalidArgument)
         case .null: bytes = []
         case .zero: bytes = [UInt8](repeating: 0, count: count)
         case .random:
@@ -75,7 +81,7 @@ extension LinuxPersonality {
             while true {
                 if interrupter?.isInterrupted ?? false { return .failure(.interrupted) }
                 var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                let ready = poll(&descriptor, 1, OutputWriter.pollSlice)
+                let ready = Glibc.poll(&descriptor, 1, OutputWriter.pollSlice)
                 if ready < 0 && errno != EINTR { return .failure(Errno.current) }
                 if ready <= 0 { continue }
                 var bytes = [UInt8](repeating: 0, count: count)
@@ -116,6 +122,12 @@ extension LinuxPersonality {
             case .success(let n): return .value(Int64(n))
             case .failure(let error): return Self.fail(error)
             }
+        case .eventCounter(let id):
+            switch writeEventCounter(id, try memory.read(address, count: Int(min(count, 8)))) {
+            case .success(let n): return .value(Int64(n))
+            case .failure(let error): return Self.fail(error)
+            }
+        case .epoll: return Self.fail(.invalidArgument)
         case .memoryFile(let path):
             let bytes = try memory.read(address, count: Int(min(count, UInt64(Self.transferLimit))))
             var offset = position ?? file.offset
@@ -154,7 +166,7 @@ extension LinuxPersonality {
         case .memoryFile(let path): size = Int64(state.memoryFiles.contents(path)?.count ?? 0)
         case .directory(let entries, _): size = Int64(entries.count)
         case .null, .zero, .random: return .value(0)
-        case .standardInput, .output, .pipe: return Self.fail(.illegalSeek)
+        case .standardInput, .output, .pipe, .epoll, .eventCounter: return Self.fail(.illegalSeek)
         }
         let base: Int64
         switch whence {

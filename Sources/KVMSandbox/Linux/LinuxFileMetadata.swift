@@ -18,6 +18,7 @@ extension LinuxPersonality {
         case .null, .zero, .random: status.st_mode = S_IFCHR | 0o666
         case .standardInput, .output, .pipe:
             status.st_mode = S_IFIFO | 0o600  // a pipe: stdio then buffers fully, as for a redirected stream
+        case .epoll, .eventCounter: status.st_mode = 0o600  // anonymous inodes have no file type
         }
         status.st_blksize = 4096
         try store(status, memory, at: address)

@@ -32,6 +32,10 @@ final class LinuxPersonality {
         /// The guest's threads (the first is the main thread, tid 1), the running one's index,
         /// and the next thread id.
         var threads = [GuestThread(tid: 1)]
+        /// epoll sets (by id: what each watches, by guest fd) and eventfd counters.
+        var epolls: [Int: [Int32: EpollInterest]] = [:]
+        var eventCounters: [Int: EventCounter] = [:]
+        var nextObject = 0
         var currentThread = 0
         var nextThreadID: Int32 = 2
     }
@@ -94,7 +98,23 @@ final class LinuxPersonality {
     /// Serves system call `call.number`.
     func handle(_ call: HostCall) throws -> HostCallEffect {
         counts[call.number, default: 0] += 1
+        // A call re-run after a wait keeps the timeout it started with; any other starts afresh.
+        let current = state.currentThread
+        if !state.threads[current].restart { state.threads[current].restartDeadline = nil }
+        state.threads[current].restart = false
+        let effect = try dispatch(call)
+        // A file call that would block (an empty pipe other threads may fill, an eventfd at 0):
+        // the thread waits and the call runs again when something changes.
+        if effect == .value(-Int64(Self.restart.rawValue)) {
+            blockRestarting(until: nil)
+            return .thread(.block)
+        }
+        return effect
+    }
+
+    private func dispatch(_ call: HostCall) throws -> HostCallEffect {
         if let effect = try handleThreads(call) { return effect }
+        if let effect = try handlePolling(call) { return effect }
         if let effect = try handleFiles(call) { return effect }
         if let effect = try handleProcess(call) { return effect }
         if let effect = try handleMemory(call) { return effect }

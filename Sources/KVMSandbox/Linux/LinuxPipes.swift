@@ -32,8 +32,16 @@ extension LinuxPersonality {
     func closeDescriptor(_ fd: Int64) -> HostCallEffect {
         let kind = state.files[fd]?.kind
         guard state.files.close(fd) else { return Self.fail(.badFileDescriptor) }
-        if case .pipe(let id, _) = kind, !state.files.hasPipeEnd(id, writeEnd: false), !state.files.hasPipeEnd(id, writeEnd: true) {
-            state.pipes[id] = nil
+        for id in state.epolls.keys { state.epolls[id]?[Int32(truncatingIfNeeded: fd)] = nil }
+        switch kind {
+        case .pipe(let id, _):
+            if !state.files.hasPipeEnd(id, writeEnd: false), !state.files.hasPipeEnd(id, writeEnd: true) { state.pipes[id] = nil }
+            wakeReaders()  // readers see end of file, writers a broken pipe
+        case .epoll(let id):
+            if !state.files.refersTo({ if case .epoll(id) = $0 { return true } else { return false } }) { state.epolls[id] = nil }
+        case .eventCounter(let id):
+            if !state.files.refersTo({ if case .eventCounter(id) = $0 { return true } else { return false } }) { state.eventCounters[id] = nil }
+        default: break
         }
         return .value(0)
     }
@@ -44,10 +52,12 @@ extension LinuxPersonality {
             if !buffer.isEmpty {
                 let taken = Array(buffer.prefix(count))
                 state.pipes[id] = Array(buffer.dropFirst(taken.count))
+                wakeReaders()  // room for writers
                 return .success(taken)
             }
             if !state.files.hasPipeEnd(id, writeEnd: true) { return .success([]) }  // end of file
             if nonblocking { return .failure(.resourceTemporarilyUnavailable) }
+            if state.threads.count > 1 { return .failure(Self.restart) }  // another thread may write
             if let error = waitSlice() { return .failure(error) }
         }
     }
@@ -60,9 +70,11 @@ extension LinuxPersonality {
             if room > 0 {
                 let written = min(room, bytes.count)
                 state.pipes[id] = buffer + bytes.prefix(written)
+                wakeReaders()
                 return .success(written)
             }
             if nonblocking { return .failure(.resourceTemporarilyUnavailable) }
+            if state.threads.count > 1 { return .failure(Self.restart) }  // another thread may read
             if let error = waitSlice() { return .failure(error) }
         }
     }

@@ -15,6 +15,9 @@ struct GuestThread {
         case futex(address: UInt64, bitset: UInt32)
         /// Time alone (`nanosleep` with other threads around).
         case sleep
+        /// A file call that could not complete yet (poll, epoll_wait, an empty pipe): it runs
+        /// again when woken (`restart`), or when `deadline` (a re-check) comes.
+        case io
     }
 
     let tid: Int32
@@ -25,6 +28,10 @@ struct GuestThread {
     var result: Int64 = 0
     /// CLONE_CHILD_CLEARTID / set_tid_address: zeroed and woken when the thread exits.
     var clearChildTID: UInt64 = 0
+    /// Whether its system call runs again when it is next loaded (an I/O wait that ended).
+    var restart = false
+    /// A restarted call's own timeout (monotonic ns), kept across its re-runs.
+    var restartDeadline: UInt64?
     /// Whether `result` goes into rax when it runs again (it stopped in a system call, not by
     /// preemption in the middle of its code).
     var resultPending = false

@@ -93,10 +93,12 @@ extension Sandbox {
         }
     }
 
-    /// Ends the waits whose deadlines have passed: a sleep returns 0, a futex wait `ETIMEDOUT`.
+    /// Ends the waits whose deadlines have passed: a sleep returns 0, a futex wait `ETIMEDOUT`,
+    /// an I/O wait runs its call again (which returns 0 once its own timeout has passed).
     func expireDeadlines(now: UInt64) {
         for index in linux.state.threads.indices {
             guard let deadline = linux.state.threads[index].deadline, deadline <= now else { continue }
+            if linux.state.threads[index].wait == .io { linux.state.threads[index].restart = true }
             linux.state.threads[index].result = linux.state.threads[index].wait == .sleep ? 0 : -Int64(ETIMEDOUT)
             linux.state.threads[index].wait = .runnable
             linux.state.threads[index].deadline = nil
@@ -106,10 +108,17 @@ extension Sandbox {
     /// Loads thread `index`'s saved state into the vCPU and makes it the running one.
     func load(thread index: Int) throws(KVMError) {
         let thread = linux.state.threads[index]
-        guard var registers = thread.registers, let special = thread.specialRegisters, let floatingPoint = thread.floatingPoint else {
+        guard var registers = thread.registers, var special = thread.specialRegisters, let floatingPoint = thread.floatingPoint else {
             return
         }
-        if thread.resultPending { registers.rax = UInt64(bitPattern: thread.result) }
+        if thread.restart {
+            // Back onto its `syscall` instruction (rax still holds the call's number), as user code.
+            registers.rip = registers.rcx &- 2
+            registers.rflags = (registers.r11 & X86CPUState.userFlagsMask) | X86CPUState.rflags
+            if isInSyscallEntry(thread.registers?.rip ?? 0) { special = X86CPUState.userMode(special) }
+        } else if thread.resultPending {
+            registers.rax = UInt64(bitPattern: thread.result)
+        }
         vcpu.modifyRegisters { $0 = registers }
         try vcpu.setSpecialRegisters(special)
         try vcpu.setFloatingPointState(floatingPoint)

@@ -1,0 +1,245 @@
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Readiness: `epoll_create1`/`epoll_ctl`/`epoll_wait`/`epoll_pwait`, `poll`/`ppoll` and
+/// `eventfd2`, over the guest's own pipes and eventfds, its standard streams and (always ready)
+/// files. Go's runtime and libuv make these at start-up even without sockets.
+///
+/// A call that must wait (nothing ready, a timeout left, or a blocking read of an empty pipe
+/// while other threads could fill it) blocks its thread and is *restarted* when something it
+/// may be waiting for happens (a pipe or eventfd written or closed) or every 10 ms, so its
+/// answer is always computed afresh; when its own timeout passes it returns 0.
+extension LinuxPersonality {
+    /// `ERESTARTSYS`: a file call that would block, to be restarted when it may succeed.
+    static let restart = Errno(rawValue: 512)
+    /// How often a restartable wait re-checks when nothing wakes it (a host stdin becoming readable).
+    static let recheckInterval: UInt64 = 10_000_000
+    /// The most events one `epoll_wait` reports and pollfds one `poll` takes.
+    static let pollLimit = 4096
+
+    func handlePolling(_ call: HostCall) throws -> HostCallEffect? {
+        let memory = call.memory
+        switch call.number {
+        case 213, 291:                                  // epoll_create, epoll_create1
+            if call.number == 213, Int64(bitPattern: call[0]) <= 0 { return Self.fail(.invalidArgument) }
+            let cloexec = call.number == 291 && call[0] & UInt64(O_CLOEXEC) != 0
+            if call.number == 291, call[0] & ~UInt64(O_CLOEXEC) != 0 { return Self.fail(.invalidArgument) }
+            let id = state.nextObject
+            guard let fd = state.files.install(OpenFile(kind: .epoll(id: id), statusFlags: O_RDWR, path: "anon_inode:[eventpoll]"),
+                                               closeOnExec: cloexec) else { return Self.fail(.tooManyOpenFiles) }
+            state.nextObject += 1
+            state.epolls[id] = [:]
+            return .value(Int64(fd))
+        case 233: return try epollControl(call.descriptor(0), operation: call[1], fd: call.descriptor(2), event: call[3], memory)
+        case 232, 281, 441:                             // epoll_wait, epoll_pwait, epoll_pwait2
+            var timeout: Int64? = Int64(Int32(truncatingIfNeeded: call[3]))
+            if call.number == 441 {
+                timeout = nil
+                if call[3] != 0 {
+                    let words = try memory.read(call[3], count: 16)
+                    let seconds = Int64(bitPattern: UInt64(littleEndianBytes: words[0..<8]))
+                    let nanoseconds = Int64(bitPattern: UInt64(littleEndianBytes: words[8..<16]))
+                    guard seconds >= 0, (0..<1_000_000_000).contains(nanoseconds) else { return Self.fail(.invalidArgument) }
+                    timeout = seconds > Int64.max / 2_000 ? Int64.max / 2 : seconds * 1000 + nanoseconds / 1_000_000
+                }
+            } else if timeout! < 0 { timeout = nil }
+            return try epollWait(call.descriptor(0), events: call[1], maximum: Int64(Int32(truncatingIfNeeded: call[2])),
+                                 timeoutMilliseconds: timeout, memory)
+        case 7, 271:                                    // poll, ppoll
+            var timeout: Int64?
+            if call.number == 7 {
+                let value = Int64(Int32(truncatingIfNeeded: call[2]))
+                timeout = value < 0 ? nil : value
+            } else if call[2] != 0 {
+                let words = try memory.read(call[2], count: 16)
+                let seconds = Int64(bitPattern: UInt64(littleEndianBytes: words[0..<8]))
+                let nanoseconds = Int64(bitPattern: UInt64(littleEndianBytes: words[8..<16]))
+                guard seconds >= 0, (0..<1_000_000_000).contains(nanoseconds) else { return Self.fail(.invalidArgument) }
+                timeout = seconds > Int64.max / 2_000 ? Int64.max / 2 : seconds * 1000 + nanoseconds / 1_000_000
+            }
+            return try poll(call[0], count: call[1], timeoutMilliseconds: timeout, memory)
+        case 284, 290:                                  // eventfd, eventfd2
+            let flags = call.number == 290 ? call[1] : 0
+            let known = UInt64(O_CLOEXEC) | UInt64(O_NONBLOCK) | 1  // EFD_SEMAPHORE
+            guard flags & ~known == 0 else { return Self.fail(.invalidArgument) }
+            let id = state.nextObject
+            let status = flags & UInt64(O_NONBLOCK) != 0 ? O_NONBLOCK : 0
+            guard let fd = state.files.install(OpenFile(kind: .eventCounter(id: id), statusFlags: O_RDWR | status, path: "anon_inode:[eventfd]"),
+                                               closeOnExec: flags & UInt64(O_CLOEXEC) != 0) else { return Self.fail(.tooManyOpenFiles) }
+            state.nextObject += 1
+            state.eventCounters[id] = EventCounter(value: UInt64(UInt32(truncatingIfNeeded: call[0])), semaphore: flags & 1 != 0)
+            return .value(Int64(fd))
+        default: return nil
+        }
+    }
+
+    func epollControl(_ epfd: Int64, operation: UInt64, fd: Int64, event: UInt64, _ memory: GuestMemoryView) throws -> HostCallEffect {
+        guard let epoll = state.files[epfd], case .epoll(let id) = epoll.kind else {
+            return Self.fail(state.files[epfd] == nil ? .badFileDescriptor : .invalidArgument)
+        }
+        guard let target = state.files[fd] else { return Self.fail(.badFileDescriptor) }
+        guard fd != epfd else { return Self.fail(.invalidArgument) }
+        switch target.kind {
+        case .host, .directory, .memoryFile, .memory, .null, .zero, .random: return Self.fail(.notPermitted)  // as Linux: regular files
+        default: break
+        }
+        let key = Int32(fd)
+        var set = state.epolls[id] ?? [:]
+        switch operation {
+        case 1, 3:                                      // ADD, MOD
+            if operation == 1, set[key] != nil { return Self.fail(.fileExists) }
+            if operation == 3, set[key] == nil { return Self.fail(.noSuchFileOrDirectory) }
+            let bytes = try memory.read(event, count: 12)
+            set[key] = EpollInterest(events: UInt32(littleEndianBytes: bytes[0..<4]), data: UInt64(littleEndianBytes: bytes[4..<12]))
+        case 2:                                         // DEL
+            guard set.removeValue(forKey: key) != nil else { return Self.fail(.noSuchFileOrDirectory) }
+        default: return Self.fail(.invalidArgument)
+        }
+        state.epolls[id] = set
+        return .value(0)
+    }
+
+    func epollWait(_ epfd: Int64, events: UInt64, maximum: Int64, timeoutMilliseconds: Int64?, _ memory: GuestMemoryView) throws -> HostCallEffect {
+        guard let epoll = state.files[epfd], case .epoll(let id) = epoll.kind else {
+            return Self.fail(state.files[epfd] == nil ? .badFileDescriptor : .invalidArgument)
+        }
+        guard maximum > 0, maximum <= Int64(Self.pollLimit) else { return Self.fail(.invalidArgument) }
+        var ready: [UInt8] = []
+        var count = 0
+        for (fd, interest) in (state.epolls[id] ?? [:]).sorted(by: { $0.key < $1.key }) where count < maximum {
+            let revents = readiness(Int64(fd), wanted: interest.events | 0x18)  // ERR and HUP always
+            guard revents != 0 else { continue }
+            ready += revents.littleEndianBytes + interest.data.littleEndianBytes
+            count += 1
+        }
+        if count > 0 {
+            try memory.write(ready, to: events)
+            return .value(Int64(count))
+        }
+        return waitForReadiness(timeoutMilliseconds)
+    }
+
+    func poll(_ address: UInt64, count: UInt64, timeoutMilliseconds: Int64?, _ memory: GuestMemoryView) throws -> HostCallEffect {
+        guard count <= UInt64(Self.pollLimit) else { return Self.fail(.invalidArgument) }
+        var entries = try memory.read(address, count: Int(count) * 8)
+        var readyCount = 0
+        for index in 0..<Int(count) {
+            let at = index * 8
+            let fd = Int64(Int32(bitPattern: UInt32(littleEndianBytes: entries[at..<at + 4])))
+            let wanted = UInt32(UInt16(littleEndianBytes: entries[at + 4..<at + 6]))
+            var revents: UInt32 = 0
+            if fd >= 0 { revents = state.files[fd] == nil ? 0x20 : readiness(fd, wanted: wanted | 0x18) }  // POLLNVAL
+            entries[at + 6] = UInt8(truncatingIfNeeded: revents)
+            entries[at + 7] = UInt8(truncatingIfNeeded: revents >> 8)
+            if revents != 0 { readyCount += 1 }
+        }
+        if readyCount > 0 || count == 0 && timeoutMilliseconds == 0 {
+            try memory.write(entries, to: address)
+            return .value(Int64(readyCount))
+        }
+        return waitForReadiness(timeoutMilliseconds)
+    }
+
+    /// Nothing ready: 0 at once for a zero timeout, else the thread waits (and the call is
+    /// restarted) until its timeout.
+    func waitForReadiness(_ timeoutMilliseconds: Int64?) -> HostCallEffect {
+        if timeoutMilliseconds == 0 { return .value(0) }
+        let limit = timeoutMilliseconds.map { monotonicNanoseconds() &+ UInt64(min($0, Int64(UInt32.max))) &* 1_000_000 }
+        // A restarted call keeps the timeout it started with.
+        let timeout = currentThread.restartDeadline ?? limit
+        if let timeout, timeout <= monotonicNanoseconds() { return .value(0) }
+        blockRestarting(until: timeout)
+        return .thread(.block)
+    }
+
+    /// Makes the running thread wait for I/O, to re-run its call when woken or every
+    /// `recheckInterval`, and to return 0 once `deadline` passes.
+    func blockRestarting(until deadline: UInt64?) {
+        let now = monotonicNanoseconds()
+        let index = state.currentThread
+        state.threads[index].wait = .io
+        state.threads[index].restartDeadline = deadline
+        state.threads[index].deadline = min(deadline ?? .max, now &+ Self.recheckInterval)
+        state.threads[index].result = 0
+    }
+
+    /// Wakes every thread waiting for I/O: a pipe or eventfd changed; they re-run their calls.
+    func wakeReaders() {
+        for index in state.threads.indices where state.threads[index].wait == .io {
+            state.threads[index].wait = .runnable
+            state.threads[index].deadline = nil
+            state.threads[index].restart = true
+        }
+    }
+
+    /// EPOLLIN/POLLIN (1), EPOLLOUT/POLLOUT (4), ERR (8) and HUP (0x10) of descriptor `fd`,
+    /// masked by `wanted`.
+    func readiness(_ fd: Int64, wanted: UInt32) -> UInt32 {
+        guard let file = state.files[fd] else { return 0 }
+        var events: UInt32 = 0
+        switch file.kind {
+        case .pipe(let id, let writeEnd):
+            let buffered = state.pipes[id]?.count ?? 0
+            if writeEnd {
+                if buffered < Self.pipeCapacity { events |= 4 }
+                if !state.files.hasPipeEnd(id, writeEnd: false) { events |= 8 }
+            } else {
+                if buffered > 0 { events |= 1 }
+                if !state.files.hasPipeEnd(id, writeEnd: true) { events |= 0x10 }
+            }
+        case .eventCounter(let id):
+            if (state.eventCounters[id]?.value ?? 0) > 0 { events |= 1 }
+            events |= 4
+        case .standardInput:
+            switch input {
+            case .empty, .bytes: events |= 1
+            case .fileDescriptor(let host):
+                var descriptor = pollfd(fd: host, events: Int16(POLLIN), revents: 0)
+                if Glibc.poll(&descriptor, 1, 0) > 0 { events |= 1 }
+            }
+        case .output: events |= 4
+        case .epoll: break
+        default: events |= 5  // files are always ready
+        }
+        return events & wanted
+    }
+
+    /// read(2) of an eventfd: its 8-byte counter (or 1 for a semaphore), which it then lowers.
+    func readEventCounter(_ id: Int, count: UInt64, nonblocking: Bool) -> Result<[UInt8], Errno> {
+        guard count >= 8 else { return .failure(.invalidArgument) }
+        guard var counter = state.eventCounters[id] else { return .failure(.badFileDescriptor) }
+        guard counter.value > 0 else { return .failure(nonblocking ? .resourceTemporarilyUnavailable : Self.restart) }
+        let value = counter.semaphore ? 1 : counter.value
+        counter.value -= value
+        state.eventCounters[id] = counter
+        wakeReaders()
+        return .success(value.littleEndianBytes)
+    }
+
+    /// write(2) to an eventfd: adds an 8-byte value (not all ones) to its counter.
+    func writeEventCounter(_ id: Int, _ bytes: [UInt8]) -> Result<Int, Errno> {
+        guard bytes.count >= 8 else { return .failure(.invalidArgument) }
+        let value = UInt64(littleEndianBytes: bytes[0..<8])
+        guard value != .max, var counter = state.eventCounters[id] else { return .failure(.invalidArgument) }
+        let (sum, overflow) = counter.value.addingReportingOverflow(value)
+        guard !overflow, sum != .max else { return .failure(.resourceTemporarilyUnavailable) }
+        counter.value = sum
+        state.eventCounters[id] = counter
+        wakeReaders()
+        return .success(8)
+    }
+}
+
+/// What an epoll set watches on one descriptor.
+struct EpollInterest: Equatable {
+    var events: UInt32
+    var data: UInt64
+}
+
+/// An eventfd's counter.
+struct EventCounter: Equatable {
+    var value: UInt64
+    var semaphore: Bool
+}
