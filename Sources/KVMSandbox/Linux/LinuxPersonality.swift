@@ -16,8 +16,9 @@ final class LinuxPersonality {
         var cwd = "/"
         /// Installed signal actions (the kernel's 32-byte `struct sigaction`), by signal number.
         var signalActions: [Int: [UInt8]] = [:]
-        var signalMask: UInt64 = 0
-        var alternateStack: [UInt8] = [0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]  // SS_DISABLE
+        /// ITIMER_REAL (`alarm`, `setitimer`): when SIGALRM is next due (monotonic ns), and its period.
+        var alarmDeadline: UInt64?
+        var alarmInterval: UInt64 = 0
         var threadName: [UInt8] = Array("guest".utf8) + [UInt8](repeating: 0, count: 11)
         var umask: UInt64 = 0o022
         /// How far a `.bytes` standard input has been read.
@@ -115,6 +116,7 @@ final class LinuxPersonality {
     private func dispatch(_ call: HostCall) throws -> HostCallEffect {
         if let effect = try handleThreads(call) { return effect }
         if let effect = try handlePolling(call) { return effect }
+        if let effect = try handleSignals(call) { return effect }
         if let effect = try handleFiles(call) { return effect }
         if let effect = try handleProcess(call) { return effect }
         if let effect = try handleMemory(call) { return effect }

@@ -53,9 +53,6 @@ extension LinuxPersonality {
         case 35: return try sleep(memory, request: call[0], remaining: call[1], absolute: false, clock: 1)
         case 230: return try sleep(memory, request: call[2], remaining: call[3], absolute: call[1] & 1 != 0, clock: call[0])
         case 41: return Self.fail(.permissionDenied)         // socket: no network (deny by default)
-        case 13: return try signalAction(call.signed(0), memory, new: call[1], old: call[2], size: call[3])
-        case 14: return try signalMask(how: call[0], memory, new: call[1], old: call[2], size: call[3])
-        case 131: return try alternateStack(memory, new: call[0], old: call[1])
         default: return nil
         }
     }
@@ -146,38 +143,5 @@ extension LinuxPersonality {
             var pause = timespec(tv_sec: 0, tv_nsec: Int(slice))
             nanosleep(&pause, nil)
         }
-    }
-
-    func signalAction(_ signal: Int64, _ memory: GuestMemoryView, new: UInt64, old: UInt64, size: UInt64) throws -> HostCallEffect {
-        guard size == 8, (1...64).contains(signal) else { return Self.fail(.invalidArgument) }
-        let number = Int(signal)
-        if new != 0 && (number == 9 || number == 19) { return Self.fail(.invalidArgument) }  // SIGKILL, SIGSTOP
-        let previous = state.signalActions[number] ?? [UInt8](repeating: 0, count: 32)
-        if new != 0 { state.signalActions[number] = try memory.read(new, count: 32) }
-        if old != 0 { try memory.write(previous, to: old) }
-        return .value(0)
-    }
-
-    func signalMask(how: UInt64, _ memory: GuestMemoryView, new: UInt64, old: UInt64, size: UInt64) throws -> HostCallEffect {
-        guard size == 8 else { return Self.fail(.invalidArgument) }
-        let previous = state.signalMask
-        if new != 0 {
-            let set = try memory.load(UInt64.self, at: new) & ~(UInt64(1) << 8 | UInt64(1) << 18)  // never SIGKILL/SIGSTOP
-            switch how {
-            case 0: state.signalMask |= set
-            case 1: state.signalMask &= ~set
-            case 2: state.signalMask = set
-            default: return Self.fail(.invalidArgument)
-            }
-        }
-        if old != 0 { try memory.store(previous, at: old) }
-        return .value(0)
-    }
-
-    func alternateStack(_ memory: GuestMemoryView, new: UInt64, old: UInt64) throws -> HostCallEffect {
-        let previous = state.alternateStack
-        if new != 0 { state.alternateStack = try memory.read(new, count: 24) }
-        if old != 0 { try memory.write(previous, to: old) }
-        return .value(0)
     }
 }

@@ -35,6 +35,13 @@ struct GuestThread {
     /// Whether `result` goes into rax when it runs again (it stopped in a system call, not by
     /// preemption in the middle of its code).
     var resultPending = false
+    /// Blocked signals, signals waiting for delivery, and the alternate signal stack (`stack_t`).
+    var signalMask: UInt64 = 0
+    var pendingSignals: UInt64 = 0
+    var alternateStack = SignalStack()
+    /// The x87/SSE/AVX state each signal handler interrupted, innermost last, by frame address:
+    /// `rt_sigreturn` puts it back.
+    var signalFrames: [(frame: UInt64, floatingPoint: FloatingPointState)] = []
     /// Saved vCPU state while it does not run; nil for the running thread.
     var registers: kvm_regs?
     var specialRegisters: kvm_sregs?
@@ -53,6 +60,8 @@ enum ThreadAction: Equatable {
     /// The running thread is gone (its record removed): run another one, or end the run with
     /// this status when it was the last.
     case exit(status: Int32)
+    /// rt_sigreturn: the running thread's registers come back from its signal frame.
+    case signalReturn
 }
 
 /// Threads on one vCPU: `clone`/`clone3` with the flags threads use, `futex`, `sched_yield`,
@@ -114,6 +123,7 @@ extension LinuxPersonality {
         if flags & 0x1000000 != 0 { try memory.store(UInt32(bitPattern: tid), at: childTID) } // CLONE_CHILD_SETTID
         state.nextThreadID += 1
         var thread = GuestThread(tid: tid)
+        thread.signalMask = currentThread.signalMask  // inherited; the alternate stack is not
         if flags & 0x200000 != 0 { thread.clearChildTID = childTID }                          // CLONE_CHILD_CLEARTID
         state.threads.append(thread)
         return .thread(.spawn(tid: tid, stack: stack, tls: setTLS ? tls : nil))

@@ -12,6 +12,8 @@ extension Sandbox {
         let errorCode = events.exception.has_error_code != 0 || X86Exception.hasErrorCode(vector)
             ? events.exception.error_code : nil
         let fault = try makeFault(vector: vector, errorCode: errorCode, registers: registers)
+        // An unmodified program's handler for the signal (SIGSEGV, SIGILL, ...) runs, as on Linux.
+        if exceptionHandler == nil, try deliverFault(fault, interrupting: vcpu.registers) { return nil }
         guard var changed = resumedRegisters(after: fault) else { return .fault(fault) }
         changed.rflags = (changed.rflags & ExceptionStubs.userSettableFlags) | 0x2
         vcpu.modifyRegisters { $0 = changed.kvmRegisters }
@@ -46,6 +48,7 @@ extension Sandbox {
         (registers.rip, registers.rsp, registers.rflags) = (frame.rip, frame.rsp, frame.rflags)
         let errorCode = ExceptionStubs.pushesErrorCode(vector) ? UInt32(truncatingIfNeeded: frame.errorCode) : nil
         let fault = try makeFault(vector: vector, errorCode: errorCode, registers: registers)
+        if frame.fromUserMode, exceptionHandler == nil, try deliverFault(fault, interrupting: registers.kvmRegisters) { return nil }
         // An exception inside a stub or the syscall entry is never resumed.
         guard frame.fromUserMode, let changed = resumedRegisters(after: fault) else { return .fault(fault) }
         (frame.rip, frame.rsp) = (changed.rip, changed.rsp)

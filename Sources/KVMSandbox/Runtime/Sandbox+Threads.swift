@@ -43,6 +43,8 @@ extension Sandbox {
         case .exit:
             // The thread's record is gone already; its vCPU state is simply replaced.
             return try runNextThread(exited: true)
+        case .signalReturn:
+            return try returnFromSignal()
         }
     }
 
@@ -134,9 +136,11 @@ extension Sandbox {
     /// the vCPU: the rest of its slice, or less when a waiting thread's deadline comes first.
     /// Nil with one thread (no kicks, no cost).
     func timeSliceLeft() -> Double? {
-        guard linux.state.threads.count > 1 else { return nil }
+        let alarm = linux.state.alarmDeadline
+        guard linux.state.threads.count > 1 || alarm != nil else { return nil }
         let now = monotonicNanoseconds()
-        var end = sliceStarted &+ Self.timeSlice
+        var end = linux.state.threads.count > 1 ? sliceStarted &+ Self.timeSlice : UInt64.max
+        if let alarm { end = min(end, alarm) }
         if let deadline = linux.state.threads.compactMap(\.deadline).min() { end = min(end, deadline) }
         return Double(max(end, now &+ 100_000) &- now) / 1e9
     }

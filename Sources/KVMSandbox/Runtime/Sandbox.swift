@@ -290,6 +290,7 @@ public final class Sandbox {
                 statistics.exits += 1
                 var outcome = try handle(exit, deadline: deadline, stop: stop)
                 if outcome == nil { outcome = try preemptIfDue() }
+                if outcome == nil { outcome = try deliverPendingSignals() }
                 if let result = outcome {
                     switch result {
                     case .ready, .returned: phase = .paused(vcpu.registers)

@@ -13,6 +13,9 @@ enum X86CPUIdentity {
     /// AT_HWCAP on x86-64: CPUID.1:EDX, as Linux passes it.
     static let featureFlags: UInt32 = cpuid(1).edx
 
+    /// The size of the XSAVE area for the features the host enabled (CPUID.0xD.0:EBX).
+    static let xsaveSize: UInt64 = cpuid(0).eax >= 0xd ? UInt64(cpuid(0xd).ebx) : 512
+
     /// AT_MINSIGSTKSZ: the XSAVE area of the enabled features (CPUID.0xD.0:EBX) plus the rest of
     /// a signal frame, rounded up as Linux does (at least 2 KiB).
     static let minimumSignalStackSize: UInt64 = {
