@@ -171,6 +171,7 @@ extension LinuxPersonality {
             state.threads[index].wait = .runnable
             state.threads[index].deadline = nil
             state.threads[index].restart = true
+            state.threads[index].rewind = true
         }
     }
 

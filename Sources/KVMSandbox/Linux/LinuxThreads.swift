@@ -28,8 +28,11 @@ struct GuestThread {
     var result: Int64 = 0
     /// CLONE_CHILD_CLEARTID / set_tid_address: zeroed and woken when the thread exits.
     var clearChildTID: UInt64 = 0
-    /// Whether its system call runs again when it is next loaded (an I/O wait that ended).
+    /// Whether its system call runs again (an I/O wait that ended): `rewind` is for the run
+    /// loop (put it back on its `syscall` instruction when it is next loaded, once), `restart`
+    /// for the call when it comes again (keep its timeout).
     var restart = false
+    var rewind = false
     /// A restarted call's own timeout (monotonic ns), kept across its re-runs.
     var restartDeadline: UInt64?
     /// Whether `result` goes into rax when it runs again (it stopped in a system call, not by

@@ -22,13 +22,14 @@ enum MicroVM {
         try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: memory.size, hostAddress: memory.hostAddress,
                                flags: dirtyTracking == nil ? 0 : VirtualMachine.logDirtyPages)
         let vcpu = try vm.createVCPU()
-        // Hardware KVM: a CPUID and XSAVE set-up of our choosing (PVM passes the host's through).
-        var xcr0: UInt64?
-        if system.platform.syscallEntersCPL0 {
-            let identity = X86CPUIdentity.hardwareIdentity(supported: try system.supportedCPUID())
-            try vcpu.setCPUID(identity.cpuid)
-            xcr0 = identity.xcr0
-        }
+        // A CPUID and XSAVE set-up of our choosing. On hardware KVM it is what the guest's CPUID
+        // answers; under PVM the guest's CPUID still answers natively, but KVM saves and restores
+        // only the XSAVE components the vCPU's XCR0 enables: without AVX there, the upper halves
+        // of the YMM registers were neither saved with a thread, a snapshot or a reset, nor
+        // isolated from this process's own (measured: every thread switch lost them).
+        let identity = X86CPUIdentity.hardwareIdentity(supported: try system.supportedCPUID())
+        try vcpu.setCPUID(identity.cpuid)
+        let xcr0 = identity.xcr0
         var sregs = specialRegisters(try vcpu.specialRegisters())
         if xcr0 != nil { sregs.cr4 |= X86CPUIdentity.cr4OSXSAVE }
         try vcpu.setSpecialRegisters(sregs)

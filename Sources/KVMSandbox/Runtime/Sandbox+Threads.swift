@@ -100,7 +100,10 @@ extension Sandbox {
     func expireDeadlines(now: UInt64) {
         for index in linux.state.threads.indices {
             guard let deadline = linux.state.threads[index].deadline, deadline <= now else { continue }
-            if linux.state.threads[index].wait == .io { linux.state.threads[index].restart = true }
+            if linux.state.threads[index].wait == .io {
+                linux.state.threads[index].restart = true
+                linux.state.threads[index].rewind = true
+            }
             linux.state.threads[index].result = linux.state.threads[index].wait == .sleep ? 0 : -Int64(ETIMEDOUT)
             linux.state.threads[index].wait = .runnable
             linux.state.threads[index].deadline = nil
@@ -113,7 +116,7 @@ extension Sandbox {
         guard var registers = thread.registers, var special = thread.specialRegisters, let floatingPoint = thread.floatingPoint else {
             return
         }
-        if thread.restart {
+        if thread.rewind {
             // Back onto its `syscall` instruction (rax still holds the call's number), as user code.
             registers.rip = registers.rcx &- 2
             registers.rflags = (registers.r11 & X86CPUState.userFlagsMask) | X86CPUState.rflags
@@ -125,6 +128,8 @@ extension Sandbox {
         try vcpu.setSpecialRegisters(special)
         try vcpu.setFloatingPointState(floatingPoint)
         builtins.setFSBase(special.fs.base)
+        linux.state.threads[index].rewind = false
+        linux.state.threads[index].resultPending = false
         linux.state.threads[index].registers = nil
         linux.state.threads[index].specialRegisters = nil
         linux.state.threads[index].floatingPoint = nil
