@@ -17,6 +17,11 @@ enum DynamicPrograms {
 
     /// The same command run natively (a process), with `LC_ALL=C`.
     static func native(_ path: String, _ arguments: [String], input: String = "") throws -> String {
+        String(decoding: try nativeBytes(path, arguments, input: input), as: UTF8.self)
+    }
+
+    /// The same command's standard output as bytes.
+    static func nativeBytes(_ path: String, _ arguments: [String], input: String = "") throws -> [UInt8] {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
@@ -33,7 +38,7 @@ enum DynamicPrograms {
         // Closed now rather than whenever Foundation lets go (the leak checks count descriptors).
         try? output.fileHandleForReading.close()
         try? stdin.fileHandleForReading.close()
-        return String(decoding: data, as: UTF8.self)
+        return [UInt8](data)
     }
 }
 
