@@ -108,6 +108,9 @@ struct Bench: ParsableCommand {
         progress("Linux layer: getppid, open + read + close, busybox sha256sum (each vs native)")
         try LinuxBench.run(into: &results, floor: floor, files: files, work: work, rounds: iterations, batches: batches)
 
+        progress("threads and signals: futex ping-pong, thread switch, signal round trip (each vs native)")
+        try ThreadBench.run(into: &results, floor: floor, work: work, rounds: max(iterations / 4, 50), batches: batches)
+
         progress("dynamic programs: python3/sqlite3/lua5.4 start-up, pooled python3 requests, idle forks (each vs native)")
         try DynamicBench.run(into: &results, work: work, batches: batches)
 

@@ -10,7 +10,8 @@ struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run an x86-64 Linux program (static or dynamic) in a fresh micro-VM and exit with its status.",
         discussion: """
-        Exit status: the guest's own (0-255); 123 a host failure while the guest ran (a KVM \
+        Exit status: the guest's own (0-255); 122 every guest thread waited on a futex nothing \
+        could wake (a deadlock); 123 a host failure while the guest ran (a KVM \
         ioctl failed); 124 timeout; 125 kvmsandbox could not run it (no KVM, invalid ELF, bad \
         option); 126 the guest broke the host-call ABI; 128+N a CPU \
         exception, N being the signal a Linux process would get (132 #UD, 133 #BP, 134 abort(), \
@@ -50,6 +51,12 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "The guest's working directory (default: this one when a grant covers it, else /).")
     var cwd: String?
 
+    @Option(name: .long, help: "The most address space the guest's mmap mappings may span, reservations included, in GiB (default 16384).")
+    var addressSpace: UInt64 = 16384
+
+    @Option(name: .long, help: "The most threads the guest may have at once (clone past it: EAGAIN).")
+    var maxThreads: Int = 64
+
     @Flag(name: .long, help: "Allow anonymous memory that is executable, or writable and executable at once (V8-style JITs). Default: W^X.")
     var allowJit = false
 
@@ -75,6 +82,8 @@ struct Run: ParsableCommand {
         _ = try OptionChecks.mebibytes(memory, option: "--memory")
         _ = try OptionChecks.kibibytes(stack, option: "--stack")
         try OptionChecks.timeout(timeout)
+        guard (1...4096).contains(maxThreads) else { throw ValidationError("--max-threads must be between 1 and 4096") }
+        guard (1...65536).contains(addressSpace) else { throw ValidationError("--address-space must be between 1 and 65536 GiB") }
     }
 
     func run() throws {
@@ -90,6 +99,8 @@ struct Run: ParsableCommand {
         let executable = Self.resolve(program)
         configuration.programPath = executable
         configuration.allowJIT = allowJit
+        configuration.maximumThreads = maxThreads
+        configuration.addressSpaceLimit = addressSpace << 30
         configuration.systemLibraries = !noSystemLibraries
         let split = GuestArgumentSplit.parts
         // argv[0] as typed, or the path found in PATH (the guest has no PATH to search).

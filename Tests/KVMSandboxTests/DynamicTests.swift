@@ -227,6 +227,19 @@ extension KVMTests {
             #expect(try cat("to-b", [FileGrant(hostPath: first)]) == "cat: can't open '\(first)/to-b': No such file or directory\n")
         }
 
+        /// coreutils' ls uses statx and the xattr calls; /proc/self/fd lists and names descriptors.
+        @Test func statxXattrsAndProcSelfFd() throws {
+            let (outcome, stdout, stderr) = try DynamicPrograms.run("/usr/bin/ls", ["-ln", LinuxFixtures.data + "/fruit.txt"],
+                                                                    grants: [FileGrant(hostPath: LinuxFixtures.data)])
+            #expect(outcome == .exited(status: 0), "\(stderr)")
+            #expect(stdout.hasPrefix("-rw-r--r-- 1 0 0 20 "))
+            #expect(stderr.isEmpty)
+            let (_, listing, _) = try LinuxFixtures.run("/bin/busybox", ["ls", "/proc/self/fd"])
+            #expect(listing == "0\n1\n2\n")
+            let (_, link, _) = try LinuxFixtures.run("/bin/busybox", ["readlink", "/proc/self/fd/0"], input: .bytes([]))
+            #expect(link == "pipe:[0]\n")
+        }
+
         /// Without the default grants a dynamic program cannot even find its loader: a clear error.
         @Test func withoutSystemLibrariesTheLoaderIsMissing() throws {
             var configuration = SandboxConfiguration()

@@ -110,6 +110,24 @@ extension KVMTests {
             #expect(stdout.hasSuffix("recovered: runtime error: invalid memory address or nil pointer dereference\n"))
         }
 
+        /// Go reserves its arenas up front: an address-space limit below that stops it, while
+        /// memory stays the smaller, separate bound.
+        @Test func theAddressSpaceLimitBoundsReservations() throws {
+            let program = try ThreadPrograms.go("hello")
+            var configuration = SandboxConfiguration()
+            configuration.arguments = [program]
+            configuration.standardOutput = .capture
+            configuration.standardError = .capture
+            configuration.timeout = 20
+            configuration.addressSpaceLimit = 64 << 20
+            let limited = try Sandbox(elfPath: program, configuration: configuration)
+            #expect(try limited.run() != .exited(status: 0))
+            configuration.addressSpaceLimit = 4 << 30
+            let roomy = try Sandbox(elfPath: program, configuration: configuration)
+            #expect(try roomy.run() == .exited(status: 0))
+            #expect(String(decoding: roomy.capturedOutput(fd: 1), as: UTF8.self) == "hello from go 1\n")
+        }
+
         @Test func pythonThreadPool() throws {
             let (outcome, stdout, stderr) = try DynamicPrograms.run(
                 "/usr/bin/python3", ["-c", "from concurrent.futures import ThreadPoolExecutor as E; print(sum(E(4).map(lambda x:x*x, range(100))))"])

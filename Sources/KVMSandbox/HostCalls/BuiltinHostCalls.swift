@@ -59,6 +59,13 @@ final class BuiltinHostCalls {
     private let heapStart: UInt64
     private let mmapTop: UInt64
 
+    /// The most address space the mmap region and the hinted mappings may span together
+    /// (reservations included): `SandboxConfiguration.addressSpaceLimit`.
+    var addressSpaceLimit: UInt64 = SandboxConfiguration().addressSpaceLimit
+
+    /// Address space the guest's mappings span: the top-down region and the hinted ranges.
+    var mappedAddressSpace: UInt64 { (mmapTop - state.mmapBottom) + state.placed.reduce(0) { $0 + ($1.end - $1.start) } }
+
     init(space: AddressSpace, heapStart: UInt64, mmapTop: UInt64, outputs: [Int32: OutputDestination], outputLimit: UInt64) {
         self.space = space
         self.heapStart = heapStart
@@ -261,6 +268,7 @@ final class BuiltinHostCalls {
         // memory until made accessible, so it is bounded by the address space, not the memory.
         let limit = protection == 0 ? Self.largestReservation : space.memory.size
         guard length > 0, let size = PageSize.alignUp(length), size <= limit else { return -Int64(E.ENOMEM) }
+        guard size <= addressSpaceLimit, mappedAddressSpace <= addressSpaceLimit - size else { return -Int64(E.ENOMEM) }
         if hint != 0, let start = place(at: hint, size: size, protection: protection) { return Int64(start) }
         if protection != 0, let index = state.freeRanges.firstIndex(where: { $0.length >= size }) {
             let start = state.freeRanges[index].start

@@ -7,6 +7,11 @@ import Glibc
 /// stat, access, readlink, getcwd/chdir and directory listings.
 extension LinuxPersonality {
     func statDescriptor(_ fd: Int64, _ memory: GuestMemoryView, into address: UInt64) throws -> HostCallEffect {
+        try statDescriptor(fd) { try store($0, memory, at: address) }
+    }
+
+    /// fstat of guest descriptor `fd`, handed to `write`.
+    func statDescriptor(_ fd: Int64, write: (stat) throws -> Void) throws -> HostCallEffect {
         guard let file = state.files[fd] else { return Self.fail(.badFileDescriptor) }
         var status = stat()
         switch file.kind {
@@ -21,23 +26,35 @@ extension LinuxPersonality {
         case .epoll, .eventCounter: status.st_mode = 0o600  // anonymous inodes have no file type
         }
         status.st_blksize = 4096
-        try store(status, memory, at: address)
+        try write(status)
         return .value(0)
     }
 
     func statPath(_ dirfd: Int64, _ memory: GuestMemoryView, path address: UInt64, into out: UInt64,
                   follow: Bool, emptyPath: Bool) throws -> HostCallEffect {
+        try statPath(dirfd, memory, path: address, follow: follow, emptyPath: emptyPath) { try store($0, memory, at: out) }
+    }
+
+    /// stat of a guest path (or of `dirfd` for an empty one with AT_EMPTY_PATH), handed to `write`.
+    func statPath(_ dirfd: Int64, _ memory: GuestMemoryView, path address: UInt64, follow: Bool, emptyPath: Bool,
+                  write: (stat) throws -> Void) throws -> HostCallEffect {
         let raw = try memory.readCString(address, maxLength: 4095)
-        if raw.isEmpty && emptyPath { return try statDescriptor(dirfd, memory, into: out) }
+        if raw.isEmpty && emptyPath { return try statDescriptor(dirfd, write: write) }
         let path: String
         switch try guestPath(dirfd, memory, address) {
         case .failure(let error): return Self.fail(error)
         case .success(let value): path = value
         }
         var status = stat()
-        if let kind = syntheticFile(path) {
-            if case .memory(let contents) = kind { status.st_mode = S_IFREG | 0o444; status.st_size = contents.count }
-            else { status.st_mode = S_IFCHR | 0o666 }
+        if let descriptor = Self.procDescriptor(path) {
+            guard state.files[Int64(descriptor)] != nil else { return Self.fail(.noSuchFileOrDirectory) }
+            status.st_mode = follow ? S_IFREG | 0o600 : S_IFLNK | 0o700  // a magic link to the open file
+        } else if let kind = syntheticFile(path) {
+            switch kind {
+            case .memory(let contents): status.st_mode = S_IFREG | 0o444; status.st_size = contents.count
+            case .directory: status.st_mode = S_IFDIR | 0o555; status.st_nlink = 2
+            default: status.st_mode = S_IFCHR | 0o666
+            }
         } else if state.memoryFiles.covers(path) {
             guard let found = state.memoryFiles.status(path) else { return Self.fail(.noSuchFileOrDirectory) }
             status = found
@@ -55,8 +72,34 @@ extension LinuxPersonality {
             }
         }
         status.st_blksize = 4096
-        try store(status, memory, at: out)
+        try write(status)
         return .value(0)
+    }
+
+    /// Writes `status` as the kernel's `struct statx` (256 bytes; every basic field).
+    func storeStatx(_ status: stat, _ memory: GuestMemoryView, at address: UInt64) throws {
+        var bytes = [UInt8](repeating: 0, count: 256)
+        func put<T: FixedWidthInteger>(_ value: T, _ offset: Int) {
+            bytes.replaceSubrange(offset..<offset + MemoryLayout<T>.size, with: value.littleEndianBytes)
+        }
+        put(UInt32(0x7ff), 0)                                   // STATX_BASIC_STATS
+        put(UInt32(truncatingIfNeeded: status.st_blksize), 4)
+        put(UInt32(truncatingIfNeeded: status.st_nlink), 16)
+        put(status.st_uid, 20)
+        put(status.st_gid, 24)
+        put(UInt16(truncatingIfNeeded: status.st_mode), 28)
+        put(UInt64(status.st_ino), 32)
+        put(UInt64(bitPattern: Int64(status.st_size)), 40)
+        put(UInt64(bitPattern: Int64(status.st_blocks)), 48)
+        for (offset, time) in [(64, status.st_atim), (96, status.st_ctim), (112, status.st_mtim)] {
+            put(Int64(time.tv_sec), offset)
+            put(UInt32(truncatingIfNeeded: time.tv_nsec), offset + 8)
+        }
+        put(UInt32(truncatingIfNeeded: status.st_rdev >> 8 & 0xfff), 128)
+        put(UInt32(truncatingIfNeeded: status.st_rdev & 0xff), 132)
+        put(UInt32(truncatingIfNeeded: status.st_dev >> 8 & 0xfff), 136)
+        put(UInt32(truncatingIfNeeded: status.st_dev & 0xff), 140)
+        try memory.write(bytes, to: address)
     }
 
     /// Writes a host `struct stat` (the x86-64 kernel layout, 144 bytes) into guest memory.
@@ -99,6 +142,15 @@ extension LinuxPersonality {
         var target: [UInt8]
         if path == "/proc/self/exe" {
             target = Array(FileSystemView.normalize(programPath, cwd: state.cwd).utf8)
+        } else if let descriptor = Self.procDescriptor(path) {
+            guard let file = state.files[Int64(descriptor)] else { return Self.fail(.noSuchFileOrDirectory) }
+            switch file.kind {
+            case .pipe(let id, _): target = Array("pipe:[\(id)]".utf8)
+            case .standardInput, .output: target = Array("pipe:[\(descriptor)]".utf8)
+            case .epoll: target = Array("anon_inode:[eventpoll]".utf8)
+            case .eventCounter: target = Array("anon_inode:[eventfd]".utf8)
+            default: target = Array((file.path.isEmpty ? "/" : file.path).utf8)
+            }
         } else {
             if state.memoryFiles.covers(path) {
                 return Self.fail(state.memoryFiles.node(path) == nil ? .noSuchFileOrDirectory : .invalidArgument)

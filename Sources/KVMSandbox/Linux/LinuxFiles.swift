@@ -30,7 +30,14 @@ extension LinuxPersonality {
         case 4, 6: return try statPath(Self.currentDirectory, memory, path: call[0], into: call[1], follow: call.number == 4, emptyPath: false)
         case 262: return try statPath(call.descriptor(0), memory, path: call[1], into: call[2],
                                       follow: call[3] & 0x100 == 0, emptyPath: call[3] & 0x1000 != 0)
-        case 332: return Self.fail(.noFunction)  // statx: glibc and musl fall back to newfstatat
+        case 191, 192, 193: return Self.fail(Errno(rawValue: 61))                      // getxattr family: ENODATA
+        case 194, 195, 196: return .value(0)                                          // listxattr family: none
+        case 188, 189, 190, 197, 198, 199: return Self.fail(Errno(rawValue: 95))      // set/removexattr: ENOTSUP
+        case 332:                                   // statx(dirfd, path, flags, mask, buffer)
+            let flags = call[2]
+            guard flags & ~UInt64(0x100 | 0x800 | 0x1000 | 0x6000) == 0 else { return Self.fail(.invalidArgument) }
+            return try statPath(call.descriptor(0), memory, path: call[1], follow: flags & 0x100 == 0,  // AT_SYMLINK_NOFOLLOW
+                                emptyPath: flags & 0x1000 != 0) { try storeStatx($0, memory, at: call[4]) }
         case 21: return try access(Self.currentDirectory, memory, path: call[0], mode: call[1])
         case 269, 439: return try access(call.descriptor(0), memory, path: call[1], mode: call[2])
         case 89: return try readLink(Self.currentDirectory, memory, path: call[0], into: call[1], size: call[2])
@@ -74,6 +81,12 @@ extension LinuxPersonality {
     }
 
     /// Synthesized files: devices and the few `/proc` and `/sys` files programs read.
+    /// N for `/proc/self/fd/N`.
+    static func procDescriptor(_ path: String) -> Int32? {
+        guard path.hasPrefix("/proc/self/fd/") else { return nil }
+        return Int32(path.dropFirst("/proc/self/fd/".count))
+    }
+
     func syntheticFile(_ path: String) -> OpenFile.Kind? {
         switch path {
         case "/dev/null": return .null
@@ -84,6 +97,8 @@ extension LinuxPersonality {
             return .memory(Array("MemTotal:       \(kib) kB\nMemFree:        \(free) kB\nMemAvailable:   \(free) kB\n".utf8))
         case "/sys/devices/system/cpu/online", "/sys/devices/system/cpu/possible": return .memory(Array("0\n".utf8))
         case "/proc/self/maps": return .memory(Array(memoryMaps().utf8))
+        case "/proc/self/fd":  // the open descriptors, as a directory (programs close or list them)
+            return .directory(entries: Self.directoryRecords(state.files.entries.keys.sorted().map { (String($0), false) }), host: nil)
         default: return nil
         }
     }
@@ -144,7 +159,12 @@ extension LinuxPersonality {
         let keep = flags & (O_ACCMODE | O_APPEND | O_NONBLOCK)
         let closeOnExec = flags & O_CLOEXEC != 0
         var file: OpenFile
-        if let kind = syntheticFile(path) {
+        if let descriptor = Self.procDescriptor(path) {
+            // /proc/self/fd/N reopens what N refers to (a new description, from offset 0).
+            guard let open = state.files[Int64(descriptor)] else { return Self.fail(.noSuchFileOrDirectory) }
+            file = open
+            file.offset = 0
+        } else if let kind = syntheticFile(path) {
             file = OpenFile(kind: kind, statusFlags: keep, path: path)
         } else if state.memoryFiles.covers(path) {
             switch openInMemory(path, flags: flags) {

@@ -148,6 +148,7 @@ public final class Sandbox {
             space: space, heapStart: image.program.imageEnd, mmapTop: image.mmapTop,
             outputs: [1: configuration.standardOutput, 2: configuration.standardError],
             outputLimit: configuration.outputLimit)
+        builtins.addressSpaceLimit = configuration.addressSpaceLimit
         let linux = LinuxPersonality(space: space, builtins: builtins, fileSystem: fileSystem,
                                      configuration: configuration, image: image)
         let vm: VirtualMachine, vcpu: VirtualCPU

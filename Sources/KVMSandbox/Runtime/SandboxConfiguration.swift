@@ -40,6 +40,10 @@ public struct SandboxConfiguration: Sendable {
     /// Let the guest map anonymous memory executable, and writable and executable at once (V8's
     /// code space). Off by default: W^X holds, a RW->RX `mprotect` flip (LuaJIT) is allowed.
     public var allowJIT = false
+    /// The most address space the guest's `mmap` mappings may span, reservations included
+    /// (default 16 TiB; Go reserves ~0.7 GiB, node ~1 GiB). Separate from `memorySize`, which
+    /// bounds memory that is committed (mapped accessible). Past it, `mmap` is `ENOMEM`.
+    public var addressSpaceLimit: UInt64 = 1 << 44
     /// The most threads an unmodified program may have at once (`clone` past it: `EAGAIN`).
     /// They share the one vCPU; each one's stack is the program's own memory.
     public var maximumThreads = 64

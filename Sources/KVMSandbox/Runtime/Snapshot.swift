@@ -122,6 +122,7 @@ extension Sandbox {
             space: space, heapStart: snapshot.program.imageEnd, mmapTop: snapshot.image.mmapTop,
             outputs: [1: snapshot.configuration.standardOutput, 2: snapshot.configuration.standardError],
             outputLimit: snapshot.configuration.outputLimit)
+        builtins.addressSpaceLimit = snapshot.configuration.addressSpaceLimit
         builtins.state = snapshot.builtins
         let linux = LinuxPersonality(space: space, builtins: builtins, fileSystem: snapshot.fileSystem,
                                      configuration: snapshot.configuration, image: snapshot.image)
