@@ -5,6 +5,20 @@ import KVMSandbox
 /// Linux-layer figures for `kvmsandbox bench`, each beside the same thing done natively in the
 /// same run: a syscall served by the Linux layer (the trap figure `trap_syscall_ns`, getppid),
 /// open + read 4 KiB + close of a small file, and busybox sha256sum of 1 MiB on stdin.
+/// Runs `program` with `arguments` in a fresh sandbox (output discarded) and returns the
+/// nanoseconds its run took (loading excluded); a run that does not exit 0 is an error.
+func timedRun(_ program: String, _ arguments: [String], grants: [FileGrant] = []) throws -> Double {
+    var configuration = SandboxConfiguration()
+    configuration.arguments = [program] + arguments
+    configuration.files = grants
+    configuration.standardOutput = .discard
+    let sandbox = try Sandbox(elfPath: program, configuration: configuration)
+    let start = monotonicNanoseconds()
+    let outcome = try sandbox.run()
+    guard outcome == .exited(status: 0) else { throw ValidationError("\(program) \(arguments.joined(separator: " ")): \(outcome)") }
+    return Double(monotonicNanoseconds() - start)
+}
+
 enum LinuxBench {
     static func run(into results: inout BenchResults, floor: Double, files: String, work: URL, rounds: Int, batches: Int) throws {
         if let syscall = results["trap_syscall_ns"] { results.add("linux_getppid_vs_floor", syscall / floor) }
@@ -15,15 +29,7 @@ enum LinuxBench {
         let file = data.appendingPathComponent("small.txt")
         try Data(repeating: 0x61, count: 4096).write(to: file)
         func sandboxed(_ count: Int) throws -> Double {
-            var configuration = SandboxConfiguration()
-            configuration.arguments = [files, file.path, "\(count)"]
-            configuration.files = [FileGrant(hostPath: data.path)]
-            configuration.standardOutput = .discard
-            let sandbox = try Sandbox(elfPath: files, configuration: configuration)
-            let start = monotonicNanoseconds()
-            let outcome = try sandbox.run()
-            guard outcome == .exited(status: 0) else { throw ValidationError("files guest: \(outcome)") }
-            return Double(monotonicNanoseconds() - start)
+            try timedRun(files, [file.path, "\(count)"], grants: [FileGrant(hostPath: data.path)])
         }
         func native(_ count: Int) throws -> Double { try timed { try spawnAndWait(files, [file.path, "\(count)"]) } }
         let inSandbox = median(try (0..<batches).map { _ in (try sandboxed(rounds) - sandboxed(0)) / Double(rounds) })

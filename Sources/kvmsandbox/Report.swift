@@ -20,6 +20,13 @@ enum Report {
         }
         lines.append("  (\(fault.backtrace.end))")
         if let why = fault.backtrace.lineInfoUnavailable { lines.append("  no file:line: \(why)") }
+        for other in fault.otherThreads {
+            lines.append("thread \(other.thread):")
+            for (index, frame) in other.backtrace.frames.enumerated() {
+                lines.append("  #\(pad(String(index), 3))\(frame)  [\(frame.foundBy.rawValue)]")
+            }
+            lines.append("  (\(other.backtrace.end))")
+        }
         return lines.joined(separator: "\n")
     }
 

@@ -14,16 +14,7 @@ enum ThreadBench {
             results.skip("futex_pingpong_ns", "gcc -static -pthread failed (glibc's static libraries: Scripts/setup)")
             return
         }
-        func sandboxed(_ mode: String, _ count: Int) throws -> Double {
-            var configuration = SandboxConfiguration()
-            configuration.arguments = [binary, mode, "\(count)"]
-            configuration.standardOutput = .discard
-            let sandbox = try Sandbox(elfPath: binary, configuration: configuration)
-            let start = monotonicNanoseconds()
-            let outcome = try sandbox.run()
-            guard outcome == .exited(status: 0) else { throw ValidationError("thread bench \(mode): \(outcome)") }
-            return Double(monotonicNanoseconds() - start)
-        }
+        func sandboxed(_ mode: String, _ count: Int) throws -> Double { try timedRun(binary, [mode, "\(count)"]) }
         func native(_ mode: String, _ count: Int) throws -> Double { try timed { try spawnAndWait(binary, [mode, "\(count)"]) } }
         for (mode, key) in [("pingpong", "futex_pingpong"), ("yield", "thread_switch"), ("signal", "signal_roundtrip")] {
             let inSandbox = median(try (0..<batches).map { _ in (try sandboxed(mode, rounds) - sandboxed(mode, 0)) / Double(rounds) })

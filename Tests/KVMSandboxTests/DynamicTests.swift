@@ -15,6 +15,22 @@ enum DynamicPrograms {
         return try LinuxFixtures.run(path, arguments, input: input, grants: grants, environment: ["LC_ALL=C"], memory: memory)
     }
 
+    /// python3 running `script` (written into a fresh granted directory), snapshotted at its first
+    /// read of stdin; output captured.
+    static func pythonSnapshot(_ name: String, script: String, memory: UInt64) throws -> Snapshot {
+        let code = LinuxFixtures.scratch(name)
+        try Data(script.utf8).write(to: URL(fileURLWithPath: code + "/serve.py"))
+        var configuration = SandboxConfiguration()
+        configuration.arguments = ["/usr/bin/python3", code + "/serve.py"]
+        configuration.environment = ["LC_ALL=C"]
+        configuration.standardOutput = .capture
+        configuration.standardError = .capture
+        configuration.files = [FileGrant(hostPath: code)]
+        configuration.memorySize = memory
+        configuration.timeout = 30
+        return try Snapshot(elfPath: "/usr/bin/python3", configuration: configuration, readyAt: .firstInputRead)
+    }
+
     /// The same command run natively (a process), with `LC_ALL=C`.
     static func native(_ path: String, _ arguments: [String], input: String = "") throws -> String {
         String(decoding: try nativeBytes(path, arguments, input: input), as: UTF8.self)
@@ -143,23 +159,13 @@ extension KVMTests {
         /// forks (two VMs, each reset between requests) evaluate one expression each: every
         /// result right, none sees another's state.
         @Test func pythonSnapshotServesForks() throws {
-            let code = LinuxFixtures.scratch("py-fork")
-            try Data("""
+            let snapshot = try DynamicPrograms.pythonSnapshot("py-fork", script: """
             import sys, json, decimal, fractions
             seen = []
             request = sys.stdin.read()
             seen.append(request)
             print(len(seen), eval(request))
-            """.utf8).write(to: URL(fileURLWithPath: code + "/serve.py"))
-            var configuration = SandboxConfiguration()
-            configuration.arguments = ["/usr/bin/python3", code + "/serve.py"]
-            configuration.environment = ["LC_ALL=C"]
-            configuration.standardOutput = .capture
-            configuration.standardError = .capture
-            configuration.files = [FileGrant(hostPath: code)]
-            configuration.memorySize = 128 << 20
-            configuration.timeout = 30
-            let snapshot = try Snapshot(elfPath: "/usr/bin/python3", configuration: configuration, readyAt: .firstInputRead)
+            """, memory: 128 << 20)
             let vms = [try snapshot.fork(), try snapshot.fork()]
             for index in 0..<100 {
                 let vm = vms[index % 2]

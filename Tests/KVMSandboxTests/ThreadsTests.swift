@@ -70,6 +70,20 @@ extension KVMTests {
             #expect(outcome.description.contains("futex 0x"))
         }
 
+        @Test func aFaultNamesItsThreadAndShowsTheOthers() throws {
+            let (outcome, _, _) = try LinuxFixtures.run(try ThreadPrograms.c("thread-crash", flags: ["-g"]), [])
+            guard case .fault(let fault) = outcome else {
+                Issue.record("expected a fault, got \(outcome)")
+                return
+            }
+            #expect(fault.vector == 14)
+            #expect(fault.thread == 2)
+            #expect(fault.backtrace.frames.first?.function == "crash")
+            #expect(fault.description.contains("(thread 2)"))
+            let main = try #require(fault.otherThreads.first { $0.thread == 1 })
+            #expect(main.backtrace.frames.contains { $0.function == "main" }, "\(main.backtrace)")
+        }
+
         @Test func threadsPastTheLimitAreEAGAIN() throws {
             let program = try ThreadPrograms.c("thread-limit")
             var configuration = SandboxConfiguration()
@@ -157,23 +171,14 @@ extension KVMTests {
         /// A python3 snapshot whose thread pool is running, forked and reset: every request gets
         /// the pool's threads back as they were.
         @Test func threadsInSnapshotsForksAndResets() throws {
-            let code = LinuxFixtures.scratch("py-threads")
-            try Data("""
+            let snapshot = try DynamicPrograms.pythonSnapshot("py-threads", script: """
             import sys
             from concurrent.futures import ThreadPoolExecutor
             pool = ThreadPoolExecutor(4)
             list(pool.map(abs, range(8)))
             n = int(sys.stdin.read())
             print(sum(pool.map(lambda x: x * x, range(n))))
-            """.utf8).write(to: URL(fileURLWithPath: code + "/serve.py"))
-            var configuration = SandboxConfiguration()
-            configuration.arguments = ["/usr/bin/python3", code + "/serve.py"]
-            configuration.standardOutput = .capture
-            configuration.standardError = .capture
-            configuration.files = [FileGrant(hostPath: code)]
-            configuration.memorySize = 256 << 20
-            configuration.timeout = 30
-            let snapshot = try Snapshot(elfPath: "/usr/bin/python3", configuration: configuration, readyAt: .firstInputRead)
+            """, memory: 256 << 20)
             let vm = try snapshot.fork()
             for n in [10, 100, 7, 1000] {
                 vm.standardInput = .bytes(Array("\(n)".utf8))

@@ -11,6 +11,7 @@ struct Unwinder {
     /// callers (`_start`) have neither CFI nor a frame pointer.
     static let startUpFunctions: Set<String> = [
         "libc_start_main_stage2", "__libc_start_main", "__libc_start_call_main", "_start_c", "_start",
+        "start_thread", "clone3", "__clone3", "clone", "__clone",  // a thread's first frames
     ]
 
     /// The program, its loader and libraries: what addresses may be symbolized and unwound.
@@ -32,6 +33,10 @@ struct Unwinder {
             guard let pc = caller[16], pc != 0 else { end = "reached the outermost frame"; break }
             guard modules.containing(pc) != nil else {
                 end = "return address 0x\(String(pc, radix: 16)) is outside the program's code"
+                break
+            }
+            guard pc != state[16] || caller[7] != state[7] else {
+                end = "the same frame again (a frame loop)"
                 break
             }
             guard let sp = caller[7], let oldSP = state[7], sp > oldSP else {

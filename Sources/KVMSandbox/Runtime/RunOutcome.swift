@@ -42,6 +42,10 @@ public struct GuestFault: Sendable, Equatable, Codable, CustomStringConvertible 
     public let location: String?
     /// The call stack at the fault, symbolized from the guest's ELF.
     public let backtrace: Backtrace
+    /// The faulting thread's id (`gettid`; 1 for the main thread).
+    public var thread: Int32 = 1
+    /// The other threads' call stacks at the moment of the fault, by thread id.
+    public var otherThreads: [ThreadBacktrace] = []
 
     /// `#PF`, `#GP`, ...
     public var mnemonic: String { X86Exception.mnemonic(vector) }
@@ -63,8 +67,17 @@ public struct GuestFault: Sendable, Equatable, Codable, CustomStringConvertible 
         if let code = errorCode { text += ", error code 0x\(String(code, radix: 16))" }
         text += ", rip 0x\(String(registers.rip, radix: 16))"
         if let location { text += " in \(location)" }
+        if thread != 1 || !otherThreads.isEmpty { text += " (thread \(thread))" }
         return text
     }
+}
+
+/// Another thread's call stack in a fault report.
+public struct ThreadBacktrace: Sendable, Equatable, Codable {
+    /// The thread id.
+    public let thread: Int32
+    /// Its call stack from its saved registers.
+    public let backtrace: Backtrace
 }
 
 /// How a guest run ended. Guest misbehaviour is an outcome, not a thrown error.

@@ -89,11 +89,19 @@ extension Sandbox {
 
     /// The report of an exception, with its backtrace.
     func makeFault(vector: UInt8, errorCode: UInt32?, registers: GuestRegisters) throws(KVMError) -> GuestFault {
-        let fault = GuestFault(
+        var fault = GuestFault(
             vector: vector, errorCode: errorCode,
             faultAddress: vector == 14 ? try vcpu.specialRegisters().cr2 : nil,
             registers: registers, location: codeModules.containing(registers.rip).flatMap { $0.symbolize(registers.rip) },
             backtrace: backtrace(from: registers))
+        fault.thread = linux.currentThread.tid
+        fault.otherThreads = linux.state.threads.compactMap { thread in
+            thread.registers.map { saved in
+                var registers = saved
+                if isAtSyscallReturn(registers.rip) { registers.rip = registers.rcx }  // waiting in a system call
+                return ThreadBacktrace(thread: thread.tid, backtrace: backtrace(from: GuestRegisters(registers)))
+            }
+        }
         logger.debug("guest fault: \(fault)")
         return fault
     }

@@ -32,6 +32,8 @@ extension Sandbox {
                 linux.state.threads[index].resultPending = false
             }
             vcpu.modifyRegisters { $0.rax = UInt64(tid) }
+            // The creator's slice starts now if it was alone until now.
+            if linux.state.threads.count == 2 { sliceStarted = monotonicNanoseconds() }
             return nil
         case .yield:
             linux.state.threads[linux.state.currentThread].result = 0
