@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .library(name: "KVMSandbox", targets: ["KVMSandbox"]),
+        .library(name: "KVMSandboxServer", targets: ["KVMSandboxServer"]),
         .executable(name: "kvmsandbox", targets: ["kvmsandbox"]),
     ],
     dependencies: [
@@ -13,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         // The only C on the host side: <linux/kvm.h> structs, ioctl numbers, the variadic ioctl call.
@@ -26,13 +28,26 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
+        // Per-request isolation over HTTP (`kvmsandbox serve`): SwiftNIO stays out of the core
+        // library, so embedders of KVMSandbox alone do not build it.
+        .target(
+            name: "KVMSandboxServer",
+            dependencies: [
+                "KVMSandbox",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "kvmsandbox",
             dependencies: [
                 "KVMSandbox",
+                "KVMSandboxServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "KVMSandboxTests", dependencies: ["KVMSandbox"]),
+        .testTarget(name: "KVMSandboxTests", dependencies: ["KVMSandbox", "KVMSandboxServer"]),
     ]
 )

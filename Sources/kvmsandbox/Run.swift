@@ -175,6 +175,11 @@ extension Run {
 
     /// The file grants from --ro, --rw and --volume; relative host paths are made absolute.
     func grants() throws -> [FileGrant] {
+        try Self.grants(readOnly: readOnly, readWrite: readWrite, volume: volume)
+    }
+
+    /// Grants for `--ro`, `--rw` and `--volume` values (shared with `serve`).
+    static func grants(readOnly: [String], readWrite: [String], volume: [String]) throws -> [FileGrant] {
         func absolute(_ path: String) -> String {
             path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
         }

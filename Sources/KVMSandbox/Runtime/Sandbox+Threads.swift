@@ -87,7 +87,7 @@ extension Sandbox {
             while monotonicNanoseconds() < earliest {
                 if vcpu.interrupter.isInterrupted {
                     if let deadline = runDeadline, Watchdog.shared.fired(deadline) {
-                        return .timedOut(seconds: configuration.timeout ?? 0, rip: vcpu.registers.rip)
+                        return .timedOut(seconds: effectiveTimeout ?? 0, rip: vcpu.registers.rip)
                     }
                     vcpu.clearImmediateExit()
                 }

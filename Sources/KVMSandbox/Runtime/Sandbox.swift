@@ -55,6 +55,11 @@ public final class Sandbox {
     /// there, so `timeout` covers loading and running together (nil for forks).
     var loadStarted: UInt64?
     let logger = Logger(label: "kvmsandbox")
+    /// The wall-clock limit of each run from now on, instead of `configuration.timeout` (a
+    /// server's per-request limit on forks of a snapshot that booted under another).
+    public var timeout: Double?
+    /// `timeout`, else the configuration's.
+    var effectiveTimeout: Double? { timeout ?? configuration.timeout }
     /// The current run's deadline, for code that waits on the host during a run.
     var runDeadline: Watchdog.Token?
     /// When the running guest thread got the vCPU (time slices).
@@ -252,7 +257,7 @@ public final class Sandbox {
         if case .notStarted = phase, let loadStarted { loading = Double(monotonicNanoseconds() &- loadStarted) / 1e9 }
         phase = .running
         currentStop = stop
-        let deadline = configuration.timeout.map {
+        let deadline = effectiveTimeout.map {
             Watchdog.shared.arm(seconds: max($0 - loading, 1e-9), interrupter: vcpu.interrupter)
         }
         if configuration.hostCallTransport.resolved == .exitless {
@@ -325,7 +330,7 @@ public final class Sandbox {
                 return .hostCallFailed(number: failure.number, message: failure.message)
             }
             if let deadline, Watchdog.shared.fired(deadline) {
-                return .timedOut(seconds: configuration.timeout ?? 0, rip: vcpu.registers.rip)
+                return .timedOut(seconds: effectiveTimeout ?? 0, rip: vcpu.registers.rip)
             }
             vcpu.clearImmediateExit()
             return nil

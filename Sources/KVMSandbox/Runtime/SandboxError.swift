@@ -71,7 +71,7 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
         case .alreadyFinished:
             return "the guest has already finished; create a new sandbox to run it again"
         case .notReady(let outcome):
-            return "the guest ended before it called ks_ready(): \(outcome)"
+            return "the guest ended before it was ready (ks_ready(), or its first read of stdin): \(outcome)"
         case .notPaused:
             return "the sandbox is not paused at ks_ready() or after a guest call (run a snapshot's fork, or runUntilReady() first)"
         case .notAFork:

@@ -1,0 +1,129 @@
+import KVMSandbox
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// Per-request isolation for an unmodified filter program (function mode): the program is
+/// initialised once, up to its first read of standard input, and snapshotted there; every
+/// request runs in a fork of that snapshot with the request body as its stdin, and the fork is
+/// reset afterwards, so no request ever sees another's state.
+///
+/// ```swift
+/// let server = try FunctionServer(program: "/usr/bin/python3", configuration: configuration, workers: 4)
+/// let answer = try await server.handle(Array("6 * 7".utf8))   // the library API, no HTTP
+/// try await server.serve(host: "127.0.0.1", port: 8080)        // HTTP: POST body in, stdout out
+/// ```
+public final class FunctionServer: Sendable {
+    /// One request's answer: the program's stdout, and what became of it.
+    public struct Answer: Sendable {
+        /// 200 when the program exited 0; 504 when it ran past the timeout; 500 otherwise.
+        public let status: Int
+        /// What the program wrote to stdout (the response body).
+        public let body: [UInt8]
+        /// What it wrote to stderr (logged, never sent to the client).
+        public let log: [UInt8]
+        /// How its run ended.
+        public let outcome: RunOutcome
+    }
+
+    /// The ready-point snapshot every request is forked from.
+    public let snapshot: Snapshot
+    let pool: SandboxPool
+    /// Each request's wall-clock limit (nil: the configuration's).
+    public let requestTimeout: Double?
+    let logger = Logger(label: "kvmsandbox.serve")
+
+    /// Loads `program` with `configuration` (its stdout and stderr are captured per request),
+    /// runs it to its first read of stdin and snapshots it there; up to `workers` forks then
+    /// serve requests at once. Throws when the program ends before it reads stdin.
+    /// Each request's run is limited to `requestTimeout` seconds (504 past it); booting to the
+    /// ready point to `configuration.timeout`.
+    public init(program: String, configuration: SandboxConfiguration, workers: Int, requestTimeout: Double? = nil) throws {
+        self.requestTimeout = requestTimeout
+        var configuration = configuration
+        configuration.standardOutput = .capture
+        configuration.standardError = .capture
+        snapshot = try Snapshot(elfPath: program, configuration: configuration, readyAt: .firstInputRead)
+        pool = try SandboxPool(snapshot: snapshot, capacity: max(1, workers), prefork: max(1, workers))
+    }
+
+    /// Serves one request in a fresh fork: `body` is the program's stdin.
+    public func handle(_ body: [UInt8]) async throws -> Answer {
+        try await pool.withSandbox { vm in
+            vm.standardInput = .bytes(body)
+            if let requestTimeout { vm.timeout = requestTimeout }
+            let outcome = try vm.run()
+            let status: Int
+            switch outcome {
+            case .exited(status: 0): status = 200
+            case .timedOut: status = 504
+            default: status = 500
+            }
+            return Answer(status: status, body: vm.capturedOutput(fd: 1), log: vm.capturedOutput(fd: 2), outcome: outcome)
+        }
+    }
+
+    /// Listens on `host`:`port` (0: any free port, reported to `bound`) and answers every HTTP
+    /// request with `handle(body)` until the task is cancelled.
+    public func serve(host: String, port: Int, bound: @Sendable (Int) -> Void = { _ in }) async throws {
+        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .bind(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
+                }
+            }
+        bound(channel.channel.localAddress?.port ?? port)
+        logger.info("serving on \(host):\(channel.channel.localAddress?.port ?? port)")
+        try await withThrowingDiscardingTaskGroup { group in
+            try await channel.executeThenClose { connections in
+                for try await connection in connections {
+                    group.addTask { await self.serveConnection(connection) }
+                }
+            }
+        }
+    }
+
+    /// Answers the requests of one HTTP connection, in order.
+    private func serveConnection(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>) async {
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                var head: HTTPRequestHead?
+                var body = ByteBuffer()
+                for try await part in inbound {
+                    switch part {
+                    case .head(let requestHead):
+                        head = requestHead
+                        body.clear()
+                    case .body(var chunk):
+                        guard body.readableBytes + chunk.readableBytes <= Self.maximumBody else { throw ServeError.bodyTooLarge }
+                        body.writeBuffer(&chunk)
+                    case .end:
+                        guard let request = head else { continue }
+                        let answer = try await handle(Array(body.readableBytesView))
+                        if answer.status != 200 {
+                            logger.warning("request ended \(answer.outcome); stderr: \(String(decoding: answer.log.prefix(4096), as: UTF8.self))")
+                        }
+                        var headers = HTTPHeaders()
+                        headers.add(name: "Content-Type", value: "application/octet-stream")
+                        headers.add(name: "Content-Length", value: "\(answer.status == 200 ? answer.body.count : 0)")
+                        let status = HTTPResponseStatus(statusCode: answer.status)
+                        try await outbound.write(.head(HTTPResponseHead(version: request.version, status: status, headers: headers)))
+                        if answer.status == 200 { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: answer.body)))) }
+                        try await outbound.write(.end(nil))
+                    }
+                }
+            }
+        } catch {
+            logger.debug("connection ended: \(error)")
+        }
+    }
+
+    /// The largest request body accepted (64 MiB).
+    static let maximumBody = 64 << 20
+
+    enum ServeError: Error { case bodyTooLarge }
+}
