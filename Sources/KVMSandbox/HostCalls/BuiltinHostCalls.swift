@@ -376,14 +376,19 @@ final class BuiltinHostCalls {
             cursor = max(cursor, range.start + range.length)
         }
         if cursor < end { pieces.append((cursor, end)) }
+        // Mapped pages only (the page-table walk skips what is not there: unmapping a 1 TiB
+        // reservation visits nothing), gathered into runs.
         for piece in pieces {
-            var page = piece.start
-            while page < piece.end {
-                var run: UInt64 = 0
-                while page + run < piece.end, space.isMapped(page + run) { run += PageSize.bytes }
-                if run > 0 { state.freeRanges.append((page, run)) }
-                page += max(run, PageSize.bytes)
+            var run: (start: UInt64, length: UInt64)?
+            space.tables.forEachLeaf(from: piece.start, to: piece.end, memory: space.memory) { page, _ in
+                if let current = run, current.start + current.length == page {
+                    run?.length += PageSize.bytes
+                } else {
+                    if let current = run { state.freeRanges.append(current) }
+                    run = (page, PageSize.bytes)
+                }
             }
+            if let run { state.freeRanges.append(run) }
         }
         state.freeRanges.sort { $0.start < $1.start }
         var merged: [(start: UInt64, length: UInt64)] = []

@@ -31,13 +31,13 @@ extension LinuxPersonality {
             if call[2] == 4, let size = PageSize.alignUp(call[1]) {  // MADV_DONTNEED zeroes private anonymous pages
                 let (end, overflow) = call[0].addingReportingOverflow(size)
                 guard !overflow, end <= X86PageTables.userAddressLimit else { return Self.fail(.invalidArgument) }
-                var page = call[0]
-                while page < end {
-                    if let entry = space.tables.leafEntry(page, memory: space.memory), entry & X86PageTables.writable != 0 {
-                        space.zeroMapped(page, length: PageSize.bytes)
-                    }
-                    page += PageSize.bytes
+                // Only the mapped pages are visited (a 64 TiB range of nothing costs nothing), and only
+                // the guest's own writable ones are zeroed, never a host page (CPL 0 stacks).
+                var writable: [UInt64] = []
+                space.tables.forEachLeaf(from: call[0], to: end, memory: space.memory) { page, entry in
+                    if entry & X86PageTables.writable != 0, entry & X86PageTables.user != 0 { writable.append(page) }
                 }
+                for page in writable { space.zeroMapped(page, length: PageSize.bytes) }
             }
             return .value(0)
         default: return nil
@@ -100,15 +100,25 @@ extension LinuxPersonality {
     func placeFixed(_ address: UInt64, size: UInt64, permissions: PagePermissions?, replace: Bool) -> Result<Bool, Errno> {
         guard builtins.ownsMappings(address, size) else { return .failure(.noMemory) }
         let end = address + size
-        var page = address
         if !replace {
-            while page < end {
-                if space.isMapped(page) { return .failure(.fileExists) }
-                page += PageSize.bytes
-            }
-            page = address
+            var occupied = false
+            space.tables.forEachLeaf(from: address, to: end, memory: space.memory) { _, _ in occupied = true }
+            if occupied { return .failure(.fileExists) }
         }
         var changed = false
+        if permissions == nil {
+            // A reservation: only pages already there change (a 1 TiB one visits nothing else).
+            var mapped: [UInt64] = []
+            space.tables.forEachLeaf(from: address, to: end, memory: space.memory) { page, _ in mapped.append(page) }
+            for page in mapped {
+                space.zeroMapped(page, length: PageSize.bytes)
+                do { try space.protect(page, [.supervisor]) } catch { return .failure(.noMemory) }
+                changed = true
+            }
+            builtins.claim(address, length: size)
+            return .success(changed)
+        }
+        var page = address
         while page < end {
             do {
                 if space.isMapped(page) {
@@ -237,12 +247,25 @@ extension LinuxPersonality {
         let inMappings = builtins.ownsMappings(address, size)
         if execute && !inImage && !inMappings { return Self.fail(.permissionDenied) }
         // Every page must be mapped or reserved (PROT_NONE among the mappings), as Linux wants.
+        // Inside the guest's own mappings that holds by construction; elsewhere the walk stops at
+        // the first hole, so it never visits more pages than memory holds.
         var page = address
-        while page < end {
-            guard space.isMapped(page) || builtins.ownsMappings(page, PageSize.bytes) else { return Self.fail(.noMemory) }
-            page += PageSize.bytes
+        if !inMappings {
+            while page < end {
+                guard space.isMapped(page) || builtins.ownsMappings(page, PageSize.bytes) else { return Self.fail(.noMemory) }
+                page += PageSize.bytes
+            }
         }
         let permissions = Self.permissions(protection)
+        if protection == 0 {
+            // PROT_NONE: only the pages that are there change.
+            var mapped: [UInt64] = []
+            space.tables.forEachLeaf(from: address, to: end, memory: space.memory) { page, _ in mapped.append(page) }
+            for page in mapped {
+                do { try space.protect(page, permissions) } catch { return Self.fail(.noMemory) }
+            }
+            return .invalidateTranslationsReturning(0)
+        }
         page = address
         while page < end {
             do {
