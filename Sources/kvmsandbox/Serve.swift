@@ -86,17 +86,30 @@ struct Serve: ParsableCommand {
         }
         let finished = DispatchSemaphore(value: 0)
         let failure = FailureBox()
-        Task {
+        let serving = Task {
             do {
                 try await server.serve(host: host, port: port) { bound in
                     printError("kvmsandbox: serving \(executable) on http://\(host):\(bound)/ with \(workers) VM(s)")
                 }
+            } catch is CancellationError {
             } catch {
                 failure.set(error)
             }
             finished.signal()
         }
+        // SIGINT and SIGTERM stop accepting and end the serving task; requests in flight finish.
+        let signals = [SIGINT, SIGTERM].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler {
+                printError("kvmsandbox: serve: stopping (signal \(number))")
+                serving.cancel()
+            }
+            source.resume()
+            return source
+        }
         finished.wait()
+        signals.forEach { $0.cancel() }
         if let error = failure.error {
             printError("kvmsandbox: serve: \(error)")
             throw ExitCode(ExitStatus.sandboxError)
