@@ -36,17 +36,7 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "How embedder host calls travel: automatic, exit or exitless.")
     var hostCalls: String = "automatic"
 
-    @Option(name: .customLong("ro"), help: "Make a host file or directory visible to the guest at the same path, read-only (repeatable).")
-    var readOnly: [String] = []
-
-    @Option(name: .customLong("rw"), help: "Make a host file or directory visible at the same path, writable (repeatable).")
-    var readWrite: [String] = []
-
-    @Option(name: .long, help: "HOST:GUEST[:ro|rw]: make a host path visible at another guest path (repeatable; default ro).")
-    var volume: [String] = []
-
-    @Option(name: .long, help: "A writable in-memory directory for the guest, e.g. /tmp (repeatable; gone when the run ends).")
-    var tmpfs: [String] = []
+    @OptionGroup var files: FileOptions
 
     @Option(name: .long, help: "The guest's working directory (default: this one when a grant covers it, else /).")
     var cwd: String?
@@ -91,9 +81,9 @@ struct Run: ParsableCommand {
         configuration.memorySize = try OptionChecks.mebibytes(memory, option: "--memory")
         configuration.stackSize = try OptionChecks.kibibytes(stack, option: "--stack")
         configuration.timeout = timeout
-        configuration.files = try grants()
+        configuration.files = try files.grants()
         configuration.workingDirectory = cwd
-        configuration.memoryDirectories = tmpfs
+        configuration.memoryDirectories = files.tmpfs
         configuration.traceSyscalls = traceSyscalls
         configuration.standardInput = .fileDescriptor(0)
         let executable = Self.resolve(program)
@@ -173,27 +163,6 @@ extension Run {
         return absolute(program)
     }
 
-    /// The file grants from --ro, --rw and --volume; relative host paths are made absolute.
-    func grants() throws -> [FileGrant] {
-        try Self.grants(readOnly: readOnly, readWrite: readWrite, volume: volume)
-    }
-
-    /// Grants for `--ro`, `--rw` and `--volume` values (shared with `serve`).
-    static func grants(readOnly: [String], readWrite: [String], volume: [String]) throws -> [FileGrant] {
-        func absolute(_ path: String) -> String {
-            path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
-        }
-        var grants = readOnly.map { FileGrant(hostPath: absolute($0)) } + readWrite.map { FileGrant(hostPath: absolute($0), writable: true) }
-        for spec in volume {
-            let parts = spec.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
-            guard parts.count == 2 || parts.count == 3, !parts[0].isEmpty, parts[1].hasPrefix("/"),
-                  parts.count == 2 || parts[2] == "ro" || parts[2] == "rw" else {
-                throw ValidationError("--volume takes HOST:GUEST[:ro|rw] with an absolute GUEST path, not \(spec)")
-            }
-            grants.append(FileGrant(hostPath: absolute(parts[0]), guestPath: parts[1], writable: parts.count == 3 && parts[2] == "rw"))
-        }
-        return grants
-    }
 }
 
 func printError(_ message: String) {

@@ -34,17 +34,7 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Wall-clock limit of the start-up to the ready point, in seconds.")
     var bootTimeout: Double = 60
 
-    @Option(name: .customLong("ro"), help: "Make a host file or directory visible read-only (repeatable).")
-    var readOnly: [String] = []
-
-    @Option(name: .customLong("rw"), help: "Make a host file or directory visible writable (repeatable).")
-    var readWrite: [String] = []
-
-    @Option(name: .long, help: "HOST:GUEST[:ro|rw] (repeatable).")
-    var volume: [String] = []
-
-    @Option(name: .long, help: "A writable in-memory directory, reset with every request (repeatable).")
-    var tmpfs: [String] = []
+    @OptionGroup var files: FileOptions
 
     @Option(name: .customLong("env"), help: "NAME=value for the program's environment (repeatable).")
     var environment: [String] = []
@@ -72,8 +62,8 @@ struct Serve: ParsableCommand {
         var configuration = SandboxConfiguration()
         configuration.memorySize = try OptionChecks.mebibytes(memory, option: "--memory")
         configuration.timeout = bootTimeout
-        configuration.files = try Run.grants(readOnly: readOnly, readWrite: readWrite, volume: volume)
-        configuration.memoryDirectories = tmpfs
+        configuration.files = try files.grants()
+        configuration.memoryDirectories = files.tmpfs
         configuration.environment = environment
         configuration.programPath = executable
         configuration.arguments = [program[0].contains("/") ? program[0] : executable] + program.dropFirst()

@@ -1,0 +1,35 @@
+import ArgumentParser
+import Foundation
+import KVMSandbox
+
+/// The file options `run` and `serve` share: grants and in-memory directories.
+struct FileOptions: ParsableArguments {
+    @Option(name: .customLong("ro"), help: "Make a host file or directory visible to the guest at the same path, read-only (repeatable).")
+    var readOnly: [String] = []
+
+    @Option(name: .customLong("rw"), help: "Make a host file or directory visible at the same path, writable (repeatable).")
+    var readWrite: [String] = []
+
+    @Option(name: .long, help: "HOST:GUEST[:ro|rw]: make a host path visible at another guest path (repeatable; default ro).")
+    var volume: [String] = []
+
+    @Option(name: .long, help: "A writable in-memory directory for the guest, e.g. /tmp (repeatable; part of the VM's state).")
+    var tmpfs: [String] = []
+
+    /// The grants from --ro, --rw and --volume; relative host paths are made absolute.
+    func grants() throws -> [FileGrant] {
+        func absolute(_ path: String) -> String {
+            path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        }
+        var grants = readOnly.map { FileGrant(hostPath: absolute($0)) } + readWrite.map { FileGrant(hostPath: absolute($0), writable: true) }
+        for spec in volume {
+            let parts = spec.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 2 || parts.count == 3, !parts[0].isEmpty, parts[1].hasPrefix("/"),
+                  parts.count == 2 || parts[2] == "ro" || parts[2] == "rw" else {
+                throw ValidationError("--volume takes HOST:GUEST[:ro|rw] with an absolute GUEST path, not \(spec)")
+            }
+            grants.append(FileGrant(hostPath: absolute(parts[0]), guestPath: parts[1], writable: parts.count == 3 && parts[2] == "rw"))
+        }
+        return grants
+    }
+}
