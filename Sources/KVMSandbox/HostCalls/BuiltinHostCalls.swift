@@ -16,9 +16,6 @@ enum HostCallEffect: Equatable {
     case setFSBase(UInt64)
     /// Not a built-in call.
     case notBuiltin
-    /// The guest's page tables lost or changed translations (mprotect, a file mapping): drop
-    /// the vCPU's cached ones, then return the value.
-    case invalidateTranslationsReturning(Int64)
     /// A threading call: the run loop saves, switches or creates thread state on the vCPU.
     case thread(ThreadAction)
 }
@@ -94,7 +91,7 @@ final class BuiltinHostCalls {
             return .value(Int64(bitPattern: brk(call[0])))
         case HostCallNumber.mmap:
             let address = mmap(length: call[1], protection: call[2], flags: call[3], hint: call[0])
-            return takePermissionsReduced() ? .invalidateTranslationsReturning(address) : .value(address)
+            return .value(address)
         case HostCallNumber.munmap:
             return .value(munmap(call[0], length: call[1]))
         case HostCallNumber.madvise:
@@ -286,7 +283,6 @@ final class BuiltinHostCalls {
                     let wasWritable = entry & X86PageTables.writable != 0, wasExecutable = entry & X86PageTables.noExecute == 0
                     let writable = protection & 2 != 0
                     if wasExecutable || wasWritable != writable || entry & X86PageTables.user == 0 {
-                        if wasExecutable || (wasWritable && !writable) { permissionsReduced = true }
                         try? space.protect(page, permissions)
                     }
                 }
@@ -302,16 +298,6 @@ final class BuiltinHostCalls {
         }
         state.mmapBottom = start
         return Int64(start)
-    }
-
-    /// Set when `mmap` took away write or execute permission from reused pages.
-    private var permissionsReduced = false
-
-    /// Whether the last `mmap` reduced permissions of pages (then cached translations must be
-    /// dropped before the guest runs again); clears the flag.
-    func takePermissionsReduced() -> Bool {
-        defer { permissionsReduced = false }
-        return permissionsReduced
     }
 
     /// The largest single PROT_NONE reservation (1 TiB; the address space below the stack is 128 TiB).

@@ -15,10 +15,9 @@ extension LinuxPersonality {
         case 9 where call[2] & 4 != 0 && call[3] & 0x20 != 0:  // anonymous and executable: JITs only
             guard allowJIT else { return refuseExecutable() }
             let start = builtins.mmap(length: call[1], protection: call[2] & ~4, flags: call[3], hint: call[0])
-            _ = builtins.takePermissionsReduced()
             guard start >= 0, let size = PageSize.alignUp(call[1]) else { return .value(start) }
             if case .value(let error) = protect(UInt64(start), length: size, protection: call[2]), error < 0 { return .value(error) }
-            return .invalidateTranslationsReturning(start)
+            return .value(start)
         case 9 where call[3] & 0x20 == 0:           // mmap of a file (anonymous ones are the built-in's)
             return try mapFile(call[0], length: call[1], protection: call[2], flags: call[3], fd: call.descriptor(4), offset: call[5])
         case 11:                                    // munmap: the built-in's, after forgetting file mappings
@@ -75,7 +74,7 @@ extension LinuxPersonality {
         }
         _ = try builtins.handle(HostCall(number: 11, arguments: [address, oldSize, 0, 0, 0, 0], memory: GuestMemoryView(space: space)))
         forgetFileMappings(address, oldSize)
-        return builtins.takePermissionsReduced() ? .invalidateTranslationsReturning(new) : .value(new)
+        return .value(new)
     }
 
     /// Anonymous MAP_FIXED inside the guest's own mmap region (Go maps parts of its PROT_NONE
@@ -87,17 +86,17 @@ extension LinuxPersonality {
         guard let size = PageSize.alignUp(length) else { return Self.fail(.noMemory) }
         switch placeFixed(address, size: size, permissions: protection == 0 ? nil : Self.permissions(protection), replace: replace) {
         case .failure(let error): return Self.fail(error)
-        case .success(let changed):
+        case .success:
             forgetFileMappings(address, size)
-            return changed ? .invalidateTranslationsReturning(Int64(address)) : .value(Int64(address))
+            return .value(Int64(address))
         }
     }
 
     /// Makes `[address, address + size)` (inside the mmap region) fresh zero pages with
     /// `permissions`, or reserved (no pages) when `permissions` is nil. Existing pages are
-    /// zeroed and re-protected; `replace == false` (MAP_FIXED_NOREPLACE) refuses any.
-    /// Returns whether existing pages changed (then cached translations must go).
-    func placeFixed(_ address: UInt64, size: UInt64, permissions: PagePermissions?, replace: Bool) -> Result<Bool, Errno> {
+    /// zeroed and re-protected; `replace == false` (MAP_FIXED_NOREPLACE) refuses any. (Pages that
+    /// lose permissions are noted by `AddressSpace.protect`, and their translations dropped.)
+    func placeFixed(_ address: UInt64, size: UInt64, permissions: PagePermissions?, replace: Bool) -> Result<Void, Errno> {
         guard builtins.ownsMappings(address, size) else { return .failure(.noMemory) }
         let end = address + size
         if !replace {
@@ -105,27 +104,24 @@ extension LinuxPersonality {
             space.tables.forEachLeaf(from: address, to: end, memory: space.memory) { _, _ in occupied = true }
             if occupied { return .failure(.fileExists) }
         }
-        var changed = false
-        if permissions == nil {
+        guard let permissions else {
             // A reservation: only pages already there change (a 1 TiB one visits nothing else).
             var mapped: [UInt64] = []
             space.tables.forEachLeaf(from: address, to: end, memory: space.memory) { page, _ in mapped.append(page) }
             for page in mapped {
                 space.zeroMapped(page, length: PageSize.bytes)
                 do { try space.protect(page, [.supervisor]) } catch { return .failure(.noMemory) }
-                changed = true
             }
             builtins.claim(address, length: size)
-            return .success(changed)
+            return .success(())
         }
         var page = address
         while page < end {
             do {
                 if space.isMapped(page) {
                     space.zeroMapped(page, length: PageSize.bytes)
-                    try space.protect(page, permissions ?? [.supervisor])
-                    changed = true
-                } else if let permissions {
+                    try space.protect(page, permissions)
+                } else {
                     try space.mapNew(page, length: PageSize.bytes, permissions)
                 }
             } catch {
@@ -134,7 +130,7 @@ extension LinuxPersonality {
             page += PageSize.bytes
         }
         builtins.claim(address, length: size)
-        return .success(changed)
+        return .success(())
     }
 
     /// `EACCES` for memory that would be writable and executable at once, or executable
@@ -178,12 +174,11 @@ extension LinuxPersonality {
             }
         } else {
             let start = builtins.mmap(length: size, protection: 3, flags: 0x22)
-            _ = builtins.takePermissionsReduced()  // translations are dropped below in any case
             guard start >= 0 else { return .value(start) }
             address = UInt64(start)
         }
         forgetFileMappings(address, size)
-        if protection == 0 { return .invalidateTranslationsReturning(Int64(address)) }
+        if protection == 0 { return .value(Int64(address)) }
         // The file's bytes, in chunks; past its end the pages stay zero.
         var copied: UInt64 = 0
         var chunk = [UInt8](repeating: 0, count: 1 << 20)
@@ -205,7 +200,7 @@ extension LinuxPersonality {
         state.fileMappings.append(FileMapping(start: address, end: address + size, path: file.path, offset: offset,
                                               executable: execute))
         // The pages may be reused ones the guest touched before: drop cached translations.
-        return .invalidateTranslationsReturning(Int64(address))
+        return .value(Int64(address))
     }
 
     /// Drops the record of file mappings over `[address, address + size)` (unmapped or mapped over),
@@ -264,7 +259,7 @@ extension LinuxPersonality {
             for page in mapped {
                 do { try space.protect(page, permissions) } catch { return Self.fail(.noMemory) }
             }
-            return .invalidateTranslationsReturning(0)
+            return .value(0)
         }
         page = address
         while page < end {
@@ -279,6 +274,6 @@ extension LinuxPersonality {
             }
             page += PageSize.bytes
         }
-        return .invalidateTranslationsReturning(0)
+        return .value(0)
     }
 }

@@ -44,7 +44,7 @@ extension LinuxPersonality {
                     guard seconds >= 0, (0..<1_000_000_000).contains(nanoseconds) else { return Self.fail(.invalidArgument) }
                     timeout = seconds > Int64.max / 2_000 ? Int64.max / 2 : seconds * 1000 + nanoseconds / 1_000_000
                 }
-            } else if timeout! < 0 { timeout = nil }
+            } else if let value = timeout, value < 0 { timeout = nil }
             return try epollWait(call.descriptor(0), events: call[1], maximum: Int64(Int32(truncatingIfNeeded: call[2])),
                                  timeoutMilliseconds: timeout, memory)
         case 7, 271:                                    // poll, ppoll

@@ -114,8 +114,6 @@ extension Sandbox {
             try vcpu.setSpecialRegisters(sregs)
             builtins.setFSBase(base)
             return .left(0)
-        case .invalidateTranslationsReturning(let value):
-            return .left(value)  // done above
         case .thread:
             return .left(-Int64(HostCallErrno.ENOSYS))  // served by `serveSystemCall`, never reaches here
         }
