@@ -1,3 +1,4 @@
+import Dispatch
 import KVMSandbox
 import Logging
 import NIOCore
@@ -39,21 +40,35 @@ public final class FunctionServer: Sendable {
     /// serve requests at once. Throws when the program ends before it reads stdin.
     /// Each request's run is limited to `requestTimeout` seconds (504 past it); booting to the
     /// ready point to `configuration.timeout`.
-    public init(program: String, configuration: SandboxConfiguration, workers: Int, requestTimeout: Double? = nil) throws {
-        self.requestTimeout = requestTimeout
+    public convenience init(program: String, configuration: SandboxConfiguration, workers: Int, requestTimeout: Double? = nil) throws {
         var configuration = configuration
         configuration.standardOutput = .capture
         configuration.standardError = .capture
-        snapshot = try Snapshot(elfPath: program, configuration: configuration, readyAt: .firstInputRead)
+        let snapshot = try Snapshot(elfPath: program, configuration: configuration, readyAt: .firstInputRead)
+        try self.init(snapshot: snapshot, workers: workers, requestTimeout: requestTimeout)
+    }
+
+    /// A server of `snapshot`, taken where the program reads its standard input (with stdout
+    /// and stderr captured).
+    public init(snapshot: Snapshot, workers: Int, requestTimeout: Double? = nil) throws {
+        self.requestTimeout = requestTimeout
+        self.snapshot = snapshot
         pool = try SandboxPool(snapshot: snapshot, capacity: max(1, workers), prefork: max(1, workers))
     }
+
+    /// What the server has done so far.
+    public let counters = ServerCounters()
 
     /// Serves one request in a fresh fork: `body` is the program's stdin.
     public func handle(_ body: [UInt8]) async throws -> Answer {
         try await pool.withSandbox { vm in
+            let started = DispatchTime.now().uptimeNanoseconds
             vm.standardInput = .bytes(body)
             if let requestTimeout { vm.timeout = requestTimeout }
             let outcome = try vm.run()
+            // The pool resets the VM after this: its cost is counted from the previous reset.
+            counters.record(outcome: outcome, nanoseconds: DispatchTime.now().uptimeNanoseconds - started,
+                            resetNanoseconds: 0, dirtyPages: vm.statistics.pagesRestoredByLastReset)
             let status: Int
             switch outcome {
             case .exited(status: 0): status = 200

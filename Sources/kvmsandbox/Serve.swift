@@ -34,6 +34,9 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Wall-clock limit of the start-up to the ready point, in seconds.")
     var bootTimeout: Double = 60
 
+    @Flag(name: .long, help: "Socket mode: serve connection after connection in the same VM (no reset between them), for comparison.")
+    var noReset = false
+
     @OptionGroup var files: FileOptions
 
     @Option(name: .customLong("env"), help: "NAME=value for the program's environment (repeatable).")
@@ -67,19 +70,37 @@ struct Serve: ParsableCommand {
         configuration.environment = environment
         configuration.programPath = executable
         configuration.arguments = [program[0].contains("/") ? program[0] : executable] + program.dropFirst()
-        let server: FunctionServer
+        configuration.acceptsConnections = true
+        configuration.standardOutput = .capture
+        configuration.standardError = .capture
+        let snapshot: Snapshot
         do {
-            server = try FunctionServer(program: executable, configuration: configuration, workers: workers, requestTimeout: timeout)
+            snapshot = try Snapshot(elfPath: executable, configuration: configuration, readyAt: .firstWait)
         } catch {
-            printError("kvmsandbox: \(executable) did not reach its ready point (its first read of stdin): \(error)")
+            printError("kvmsandbox: \(executable) did not reach its ready point (its first read of stdin, or a wait for a connection): \(error)")
             throw ExitCode(ExitStatus.sandboxError)
+        }
+        let serveForever: @Sendable (String, Int, @escaping @Sendable (Int) -> Void) async throws -> Void
+        let mode: String
+        if snapshot.waitsForConnections {
+            let server = try SocketServer(snapshot: snapshot, workers: workers, connectionTimeout: timeout, resetsEachConnection: !noReset)
+            serveForever = { try await server.serve(host: $0, port: $1, bound: $2) }
+            mode = "socket mode: a \(noReset ? "reused" : "reset") VM per connection"
+        } else {
+            guard !noReset else {
+                printError("kvmsandbox: --no-reset is for servers (socket mode); \(executable) reads its request from stdin, and each request is one run of it to its exit")
+                throw ExitCode(ExitStatus.sandboxError)
+            }
+            let server = try FunctionServer(snapshot: snapshot, workers: workers, requestTimeout: timeout)
+            serveForever = { try await server.serve(host: $0, port: $1, bound: $2) }
+            mode = "function mode: stdin -> stdout, a reset VM per request"
         }
         let finished = DispatchSemaphore(value: 0)
         let failure = FailureBox()
         let serving = Task {
             do {
-                try await server.serve(host: host, port: port) { bound in
-                    printError("kvmsandbox: serving \(executable) on http://\(host):\(bound)/ with \(workers) VM(s)")
+                try await serveForever(host, port) { bound in
+                    printError("kvmsandbox: serving \(executable) on \(host):\(bound) with \(workers) VM(s) (\(mode))")
                 }
             } catch is CancellationError {
             } catch {

@@ -43,6 +43,10 @@ struct OpenFile {
         case epoll(id: Int)
         /// An eventfd: `LinuxPersonality.State.eventCounters[id]`.
         case eventCounter(id: Int)
+        /// A socket with no host counterpart (socket mode): `LinuxPersonality.State.sockets[id]`.
+        case socket(id: Int)
+        /// A connection the embedder accepted and the guest's `accept` returned (socket mode).
+        case connection(HostFile)
         case null, zero, random
     }
     var kind: Kind

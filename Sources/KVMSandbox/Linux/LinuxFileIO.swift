@@ -15,6 +15,8 @@ extension LinuxPersonality {
         }
         var bytes: [UInt8]
         switch file.kind {
+        case .connection: return try receive(fd, memory, vectors: [(address, UInt64(count))], flags: 0, address: 0, length: 0)
+        case .socket: return Self.fail(.socketNotConnected)
         case .standardInput:
             switch readInput(count) {
             case .success(let data): bytes = data
@@ -128,6 +130,10 @@ extension LinuxPersonality {
             case .failure(let error): return Self.fail(error)
             }
         case .epoll: return Self.fail(.invalidArgument)
+        case .connection:
+            if position != nil { return Self.fail(.illegalSeek) }
+            return try send(fd, memory, vectors: [(address, count)], flags: 0)
+        case .socket: return Self.fail(.socketNotConnected)
         case .memoryFile(let path):
             let bytes = try memory.read(address, count: Int(min(count, UInt64(Self.transferLimit))))
             var offset = position ?? file.offset
@@ -166,7 +172,7 @@ extension LinuxPersonality {
         case .memoryFile(let path): size = Int64(state.memoryFiles.contents(path)?.count ?? 0)
         case .directory(let entries, _): size = Int64(entries.count)
         case .null, .zero, .random: return .value(0)
-        case .standardInput, .output, .pipe, .epoll, .eventCounter: return Self.fail(.illegalSeek)
+        case .standardInput, .output, .pipe, .epoll, .eventCounter, .socket, .connection: return Self.fail(.illegalSeek)
         }
         let base: Int64
         switch whence {

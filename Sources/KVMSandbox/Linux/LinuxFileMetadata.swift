@@ -24,6 +24,7 @@ extension LinuxPersonality {
         case .standardInput, .output, .pipe:
             status.st_mode = S_IFIFO | 0o600  // a pipe: stdio then buffers fully, as for a redirected stream
         case .epoll, .eventCounter: status.st_mode = 0o600  // anonymous inodes have no file type
+        case .socket, .connection: status.st_mode = S_IFSOCK | 0o777
         }
         status.st_blksize = 4096
         try write(status)

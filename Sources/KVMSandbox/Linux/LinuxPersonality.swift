@@ -36,6 +36,10 @@ final class LinuxPersonality {
         /// epoll sets (by id: what each watches, by guest fd) and eventfd counters.
         var epolls: [Int: [Int32: EpollInterest]] = [:]
         var eventCounters: [Int: EventCounter] = [:]
+        /// Sockets with no host counterpart (socket mode), by id, and the connections offered
+        /// to the listening one that its `accept` has not taken yet.
+        var sockets: [Int: VirtualSocket] = [:]
+        var pendingConnections: [HostFile] = []
         var nextObject = 0
         var currentThread = 0
         var nextThreadID: Int32 = 2
@@ -63,6 +67,8 @@ final class LinuxPersonality {
     let allowJIT: Bool
     /// The most threads the guest may have at once (`SandboxConfiguration.maximumThreads`).
     let maximumThreads: Int
+    /// Whether the guest may listen for connections (`SandboxConfiguration.acceptsConnections`).
+    let acceptsConnections: Bool
 
     init(space: AddressSpace, builtins: BuiltinHostCalls, fileSystem: FileSystemView, configuration: SandboxConfiguration,
          image: ProgramImage) {
@@ -76,6 +82,7 @@ final class LinuxPersonality {
         self.stackSize = configuration.stackSize
         self.allowJIT = configuration.allowJIT
         self.maximumThreads = configuration.maximumThreads
+        self.acceptsConnections = configuration.acceptsConnections
         var state = State()
         state.memoryFiles = MemoryFileSystem(mounts: configuration.memoryDirectories, capacity: configuration.memoryDirectoryCapacity)
         state.cwd = Self.initialDirectory(configuration.workingDirectory, fileSystem: fileSystem)
@@ -118,6 +125,7 @@ final class LinuxPersonality {
         if let effect = try handlePolling(call) { return effect }
         if let effect = try handleSignals(call) { return effect }
         if let effect = try handleFiles(call) { return effect }
+        if let effect = try handleSockets(call) { return effect }
         if let effect = try handleProcess(call) { return effect }
         if let effect = try handleMemory(call) { return effect }
         let effect = try builtins.handle(call)

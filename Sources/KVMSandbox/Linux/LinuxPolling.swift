@@ -165,6 +165,14 @@ extension LinuxPersonality {
         state.threads[index].result = 0
     }
 
+    /// Undoes `blockRestarting` for the running thread: its call is to be made again from scratch.
+    func cancelWait() {
+        let index = state.currentThread
+        state.threads[index].wait = .runnable
+        state.threads[index].deadline = nil
+        state.threads[index].restartDeadline = nil
+    }
+
     /// Wakes every thread waiting for I/O: a pipe or eventfd changed; they re-run their calls.
     func wakeReaders() {
         for index in state.threads.indices where state.threads[index].wait == .io {
@@ -201,6 +209,7 @@ extension LinuxPersonality {
                 if Glibc.poll(&descriptor, 1, 0) > 0 { events |= 1 }
             }
         case .output: events |= 4
+        case .socket, .connection: events |= socketReadiness(file.kind)
         case .epoll: break
         default: events |= 5  // files are always ready
         }

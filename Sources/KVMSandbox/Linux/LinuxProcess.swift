@@ -52,7 +52,6 @@ extension LinuxPersonality {
             return .value(Int64(now))
         case 35: return try sleep(memory, request: call[0], remaining: call[1], absolute: false, clock: 1)
         case 230: return try sleep(memory, request: call[2], remaining: call[3], absolute: call[1] & 1 != 0, clock: call[0])
-        case 41: return Self.fail(.permissionDenied)         // socket: no network (deny by default)
         default: return nil
         }
     }

@@ -186,6 +186,15 @@ public struct GuestMemoryView {
         }
     }
 
+    /// Throws unless the guest could write all of `count` bytes at `address` (checks only;
+    /// for calls that must know before they consume data).
+    public func checkWritable(_ address: UInt64, count: Int) throws(GuestMemoryError) {
+        guard count >= 0 else { throw GuestMemoryError(address: address, count: UInt64(bitPattern: Int64(count))) }
+        try rethrowingMemoryError {
+            try space.withPhysicalChunks(address, count: UInt64(count), access: .write) { _, _ in }
+        }
+    }
+
     /// Reads a little-endian integer at `address`.
     public func load<T: FixedWidthInteger>(_ type: T.Type, at address: UInt64) throws(GuestMemoryError) -> T {
         let bytes = try read(address, count: MemoryLayout<T>.size)

@@ -36,7 +36,7 @@ extension Sandbox {
         let call = HostCall(number: Int(truncatingIfNeeded: Int64(bitPattern: registers.rax)),
                             arguments: [registers.rdi, registers.rsi, registers.rdx, registers.r10, registers.r8, registers.r9],
                             memory: guestMemory)
-        if currentStop == .inputRead, linux.readsStandardInput(call), try pauseBeforeSystemCall(registers) {
+        if currentStop.stopsAtInputRead, linux.readsStandardInput(call), try pauseBeforeSystemCall(registers) {
             return .ready
         }
         var threadAction: ThreadAction?
@@ -49,6 +49,13 @@ extension Sandbox {
                 return .left(0)
             }
             return try apply(effect)
+        }
+        if threadAction == .block, currentStop.stopsAtConnectionWait, linux.waitsForConnection(call),
+           try pauseBeforeSystemCall(registers) {
+            // The server waits for its next connection: stop there instead (the call runs
+            // again when the guest resumes, with the connection offered by then).
+            linux.cancelWait()
+            return .ready
         }
         if let threadAction {
             if configuration.traceSyscalls { trace(call, result: "\(threadAction)", outcome: nil) }

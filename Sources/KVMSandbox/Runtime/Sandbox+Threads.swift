@@ -91,8 +91,13 @@ extension Sandbox {
                     }
                     vcpu.clearImmediateExit()
                 }
-                var pause = timespec(tv_sec: 0, tv_nsec: Int(min(earliest &- monotonicNanoseconds(), 50_000_000)))
-                nanosleep(&pause, nil)
+                // Waiting on the host's descriptors (connections, a host stdin) as well: data
+                // arriving wakes the threads waiting for I/O at once.
+                let pause = min(earliest &- min(earliest, monotonicNanoseconds()), 50_000_000)
+                if linux.waitForHostDescriptors(nanoseconds: pause) {
+                    linux.wakeReaders()
+                    break
+                }
             }
         }
     }

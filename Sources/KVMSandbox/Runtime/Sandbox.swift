@@ -88,6 +88,15 @@ public final class Sandbox {
         case guestReturn
         /// Stop just before the guest's first read of its standard input.
         case inputRead
+        /// Stop when the guest waits for a connection with none pending and none open.
+        case connectionWait
+        /// Stop at whichever of `inputRead` and `connectionWait` comes first.
+        case firstWait
+
+        /// Whether a read of standard input stops the run.
+        var stopsAtInputRead: Bool { self == .inputRead || self == .firstWait }
+        /// Whether a wait for a connection stops the run.
+        var stopsAtConnectionWait: Bool { self == .connectionWait || self == .firstWait }
     }
 
     /// Exit counters of a run.
@@ -191,6 +200,14 @@ public final class Sandbox {
         /// Just before its first read of standard input (unmodified programs: an interpreter
         /// that has imported its modules and now reads its request).
         case firstInputRead
+        /// When it waits for a connection on its listening socket (`accept`, or `poll`/`epoll`
+        /// over it) with none pending and none open (socket mode, which needs
+        /// `SandboxConfiguration.acceptsConnections`): at start-up, the server that has set
+        /// itself up; in a fork, the server that is done with the connections it was given.
+        case connectionWait
+        /// Whichever of `firstInputRead` and `connectionWait` comes first (`kvmsandbox serve`
+        /// tells a filter from a server this way; `Snapshot.waitsForConnections` says which).
+        case firstWait
     }
 
     /// The top of the anonymous-mmap region: below the stack's guard page and a gap.
@@ -217,6 +234,10 @@ public final class Sandbox {
     /// What the guest wrote to `fd` (1 or 2) when that stream was configured as `.capture`.
     public func capturedOutput(fd: Int32) -> [UInt8] { builtins.capturedOutput(fd: fd) }
 
+    /// Forgets the captured output (a VM that serves one request after another without resets).
+    /// It still counts against `outputLimit` until the next reset.
+    public func discardCapturedOutput() { builtins.state.captured = [:] }
+
     /// Checked access to the guest's memory, as the guest sees it.
     public var guestMemory: GuestMemoryView { GuestMemoryView(space: space) }
 
@@ -233,8 +254,28 @@ public final class Sandbox {
     /// reads its standard input, and is then paused just before that `read`, so that each fork
     /// reads its own input (`standardInput`).
     public func runUntilReady(at point: ReadyPoint = .readyCall) throws(SandboxError) -> RunOutcome {
-        try runLoop(until: point == .readyCall ? .ready : .inputRead)
+        switch point {
+        case .readyCall: return try runLoop(until: .ready)
+        case .firstInputRead: return try runLoop(until: .inputRead)
+        case .connectionWait: return try runLoop(until: .connectionWait)
+        case .firstWait: return try runLoop(until: .firstWait)
+        }
     }
+
+    /// Hands the guest a connection the embedder accepted (socket mode): its next `accept` on
+    /// its listening socket returns a descriptor for it, and `poll`/`epoll` see the listening
+    /// socket readable until then. The sandbox owns `descriptor` from now on (made
+    /// non-blocking, closed when the guest closes it, at a reset, or when the sandbox goes).
+    public func offerConnection(_ descriptor: Int32) {
+        let flags = fcntl(descriptor, F_GETFL)
+        if flags >= 0 { _ = fcntl(descriptor, F_SETFL, flags | O_NONBLOCK) }
+        linux.state.pendingConnections.append(HostFile(fd: descriptor))
+        linux.wakeReaders()
+    }
+
+    /// Whether the guest listens on a socket (socket mode): true after a run that stopped at
+    /// `.connectionWait`.
+    public var listens: Bool { linux.listens }
 
     /// Where the guest reads fd 0 from: a fork's own request, set before `run()`. Rewinds it.
     public var standardInput: InputSource {

@@ -47,6 +47,11 @@ public struct SandboxConfiguration: Sendable {
     /// The most threads an unmodified program may have at once (`clone` past it: `EAGAIN`).
     /// They share the one vCPU; each one's stack is the program's own memory.
     public var maximumThreads = 64
+    /// Socket mode: the guest may create TCP sockets and listen on one (nothing is bound on the
+    /// host); the connections the embedder hands over with `Sandbox.offerConnection` are what
+    /// its `accept` returns. Off: every `socket` is `EACCES` (no network). Outgoing connections
+    /// are refused either way.
+    public var acceptsConnections = false
     /// Print every Linux system call (name, arguments, result) to the host's stderr.
     public var traceSyscalls = false
 

@@ -14,6 +14,9 @@ import CKVM
 public final class Snapshot: @unchecked Sendable {
     /// The configuration of the sandbox it was taken from (forks use the same limits).
     public let configuration: SandboxConfiguration
+    /// Whether the program was snapshotted waiting for a connection (socket mode) rather than
+    /// at `ks_ready()` or a read of standard input.
+    public var waitsForConnections: Bool { linux.sockets.values.contains(where: \.listening) }
     /// The loaded program (symbols for calls and fault reports).
     public var program: LoadedProgram { image.program }
     /// The program, its loader and the mmap region's top.

@@ -1,0 +1,366 @@
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Sockets, for socket mode only (`SandboxConfiguration.acceptsConnections`); otherwise every
+/// `socket` is `EACCES`, as there is no network.
+///
+/// In socket mode the guest may create TCP sockets and make one of them a listening socket
+/// with `bind` and `listen`: nothing is bound on the host (the embedder owns the real listening
+/// socket). The embedder hands the sandbox connections it accepted (`Sandbox.offerConnection`);
+/// they are what the guest's `accept` returns, as guest descriptors backed by the real
+/// connection, so `read`/`write`/`recvfrom`/`sendto`/`recvmsg`/`sendmsg`/`shutdown`, socket
+/// options, `getsockname`/`getpeername` and `poll`/`epoll` over them act on it. Outgoing
+/// connections (`connect`) are refused, and so is every other kind of socket.
+extension LinuxPersonality {
+    /// AF_UNIX, AF_INET, AF_INET6; SOCK_STREAM; SOCK_NONBLOCK, SOCK_CLOEXEC.
+    static let inet: UInt64 = 2, inet6: UInt64 = 10
+    static let socketNonblocking: UInt64 = 0o4000, socketCloseOnExec: UInt64 = 0o2000000
+
+    func handleSockets(_ call: HostCall) throws -> HostCallEffect? {
+        let memory = call.memory
+        switch call.number {
+        case 41:                                        // socket(domain, type, protocol)
+            let type = call[1] & ~(Self.socketNonblocking | Self.socketCloseOnExec)
+            guard acceptsConnections, call[0] == Self.inet || call[0] == Self.inet6, type == 1,
+                  call[2] == 0 || call[2] == 6 else { return Self.fail(.permissionDenied) }
+            let id = state.nextObject
+            let status = O_RDWR | (call[1] & Self.socketNonblocking != 0 ? O_NONBLOCK : 0)
+            guard let fd = state.files.install(OpenFile(kind: .socket(id: id), statusFlags: status, path: "socket:[\(id)]"),
+                                               closeOnExec: call[1] & Self.socketCloseOnExec != 0) else { return Self.fail(.tooManyOpenFiles) }
+            state.nextObject += 1
+            state.sockets[id] = VirtualSocket(family: UInt16(call[0]))
+            return .value(Int64(fd))
+        case 49:                                        // bind(fd, address, length)
+            guard let id = virtualSocket(call.descriptor(0)) else { return notASocket(call.descriptor(0)) }
+            guard (16...128).contains(call[2]) else { return Self.fail(.invalidArgument) }
+            let address = try memory.read(call[1], count: Int(call[2]))
+            guard UInt64(UInt16(littleEndianBytes: address[0..<2])) == UInt64(state.sockets[id]?.family ?? 0) else {
+                return Self.fail(Errno(rawValue: 97))   // EAFNOSUPPORT
+            }
+            guard state.sockets[id]?.address == nil else { return Self.fail(.invalidArgument) }
+            // One listening address per guest: it stands for the embedder's real one.
+            guard !state.sockets.values.contains(where: { $0.address != nil }) else { return Self.fail(.addressInUse) }
+            state.sockets[id]?.address = address
+            return .value(0)
+        case 50:                                        // listen(fd, backlog)
+            guard let id = virtualSocket(call.descriptor(0)) else { return notASocket(call.descriptor(0)) }
+            guard state.sockets[id]?.address != nil else { return Self.fail(.addressRequired) }
+            state.sockets[id]?.listening = true
+            return .value(0)
+        case 43, 288:                                   // accept(fd, address, length), accept4(..., flags)
+            let flags = call.number == 288 ? call[3] : 0
+            guard flags & ~(Self.socketNonblocking | Self.socketCloseOnExec) == 0 else { return Self.fail(.invalidArgument) }
+            return try accept(call.descriptor(0), memory, address: call[1], length: call[2], flags: flags)
+        case 42: return Self.fail(.permissionDenied)    // connect: no outgoing connections
+        case 44:                                        // sendto(fd, buffer, length, flags, address, length)
+            guard call[4] == 0 else { return Self.fail(.socketIsConnected) }
+            return try send(call.descriptor(0), memory, vectors: [(call[1], call[2])], flags: call[3])
+        case 45:                                        // recvfrom(fd, buffer, length, flags, address, length)
+            return try receive(call.descriptor(0), memory, vectors: [(call[1], call[2])], flags: call[3], address: call[4], length: call[5])
+        case 46, 47:                                    // sendmsg, recvmsg(fd, msghdr, flags)
+            let header = try memory.read(call[1], count: 56)
+            let table = UInt64(littleEndianBytes: header[16..<24]), count = UInt64(littleEndianBytes: header[24..<32])
+            guard count <= UInt64(BuiltinHostCalls.maximumIOVectors) else { return Self.fail(.invalidArgument) }
+            let entries = try memory.read(table, count: Int(count) * 16)
+            let vectors = (0..<Int(count)).map {
+                (UInt64(littleEndianBytes: entries[$0 * 16..<$0 * 16 + 8]), UInt64(littleEndianBytes: entries[$0 * 16 + 8..<$0 * 16 + 16]))
+            }
+            if call.number == 46 { return try send(call.descriptor(0), memory, vectors: vectors, flags: call[2]) }
+            let result = try receive(call.descriptor(0), memory, vectors: vectors, flags: call[2],
+                                     address: UInt64(littleEndianBytes: header[0..<8]), length: 0)
+            // No ancillary data and no source address, ever.
+            if case .value(let n) = result, n >= 0 {
+                try memory.write([UInt8](repeating: 0, count: 4), to: call[1] + 8)
+                try memory.write([UInt8](repeating: 0, count: 8), to: call[1] + 40)
+                try memory.write([UInt8](repeating: 0, count: 4), to: call[1] + 48)
+            }
+            return result
+        case 48:                                        // shutdown(fd, how)
+            guard call[1] <= 2 else { return Self.fail(.invalidArgument) }
+            guard let host = connection(call.descriptor(0)) else { return notConnected(call.descriptor(0)) }
+            return Glibc.shutdown(host.fd, Int32(call[1])) == 0 ? .value(0) : Self.fail(Errno.current)
+        case 51, 52:                                    // getsockname, getpeername(fd, address, length)
+            let fd = call.descriptor(0)
+            if let host = connection(fd) {
+                var storage = sockaddr_storage()
+                var size = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                let status = withUnsafeMutableBytes(of: &storage) { raw in
+                    raw.withMemoryRebound(to: sockaddr.self) {
+                        call.number == 51 ? getsockname(host.fd, $0.baseAddress, &size) : getpeername(host.fd, $0.baseAddress, &size)
+                    }
+                }
+                guard status == 0 else { return Self.fail(Errno.current) }
+                let bytes = withUnsafeBytes(of: &storage) { Array($0.prefix(Int(size))) }
+                return try storeAddress(bytes, memory, address: call[1], length: call[2])
+            }
+            guard let id = virtualSocket(fd) else { return notASocket(fd) }
+            guard call.number == 51 else { return Self.fail(.socketNotConnected) }
+            let family = state.sockets[id]?.family ?? UInt16(Self.inet)
+            let unbound = family.littleEndianBytes + [UInt8](repeating: 0, count: family == UInt16(Self.inet6) ? 26 : 14)
+            return try storeAddress(state.sockets[id]?.address ?? unbound, memory, address: call[1], length: call[2])
+        case 54:                                        // setsockopt(fd, level, name, value, length)
+            guard call[4] <= 256 else { return Self.fail(.invalidArgument) }
+            let value = try memory.read(call[3], count: Int(call[4]))
+            if let host = connection(call.descriptor(0)) {
+                // Options that only shape this connection's traffic reach it; others are accepted and ignored.
+                let level = Int32(truncatingIfNeeded: call[1]), name = Int32(truncatingIfNeeded: call[2])
+                let passed = (level == SOL_SOCKET && [SO_KEEPALIVE, SO_LINGER].contains(name)) || (level == 6 && name == 1)  // TCP_NODELAY
+                guard passed else { return .value(0) }
+                let status = value.withUnsafeBytes { setsockopt(host.fd, level, name, $0.baseAddress, socklen_t(value.count)) }
+                return status == 0 ? .value(0) : Self.fail(Errno.current)
+            }
+            return virtualSocket(call.descriptor(0)) == nil ? notASocket(call.descriptor(0)) : .value(0)
+        case 55:                                        // getsockopt(fd, level, name, value, length)
+            return try socketOption(call.descriptor(0), level: call[1], name: call[2], memory, value: call[3], length: call[4])
+        default: return nil
+        }
+    }
+
+    /// The id of the virtual socket (listening or not) behind `fd`.
+    func virtualSocket(_ fd: Int64) -> Int? {
+        guard case .socket(let id) = state.files[fd]?.kind else { return nil }
+        return id
+    }
+
+    /// The real connection behind `fd`.
+    func connection(_ fd: Int64) -> HostFile? {
+        guard case .connection(let host) = state.files[fd]?.kind else { return nil }
+        return host
+    }
+
+    /// EBADF for a closed descriptor, ENOTSOCK for anything else.
+    func notASocket(_ fd: Int64) -> HostCallEffect { Self.fail(state.files[fd] == nil ? .badFileDescriptor : .notSocket) }
+
+    /// EBADF, ENOTSOCK, or ENOTCONN for a socket that is not a connection.
+    func notConnected(_ fd: Int64) -> HostCallEffect {
+        virtualSocket(fd) != nil ? Self.fail(.socketNotConnected) : notASocket(fd)
+    }
+
+    /// Whether `fd` is the listening socket.
+    func isListening(_ fd: Int64) -> Bool {
+        guard let id = virtualSocket(fd) else { return false }
+        return state.sockets[id]?.listening ?? false
+    }
+
+    /// Whether the guest has a listening socket.
+    var listens: Bool { state.sockets.values.contains(where: \.listening) }
+
+    func accept(_ fd: Int64, _ memory: GuestMemoryView, address: UInt64, length: UInt64, flags: UInt64) throws -> HostCallEffect {
+        guard let file = state.files[fd] else { return Self.fail(.badFileDescriptor) }
+        guard isListening(fd) else { return Self.fail(virtualSocket(fd) == nil ? .notSocket : .invalidArgument) }
+        guard !state.pendingConnections.isEmpty else {
+            // Nothing offered yet: a blocking accept waits (the ready point of socket mode).
+            return Self.fail(file.statusFlags & O_NONBLOCK != 0 ? .resourceTemporarilyUnavailable : Self.restart)
+        }
+        // The guest's address buffer must be good before the connection is taken.
+        var room: UInt32 = 0
+        if address != 0 {
+            room = UInt32(littleEndianBytes: try memory.read(length, count: 4))
+            guard Int32(bitPattern: room) >= 0 else { return Self.fail(.invalidArgument) }
+            try memory.checkWritable(length, count: 4)
+            try memory.checkWritable(address, count: Int(min(room, 128)))
+        }
+        let host = state.pendingConnections.removeFirst()
+        let status = O_RDWR | (flags & Self.socketNonblocking != 0 ? O_NONBLOCK : 0)
+        guard let new = state.files.install(OpenFile(kind: .connection(host), statusFlags: status, path: "socket:[\(host.fd)]"),
+                                            closeOnExec: flags & Self.socketCloseOnExec != 0) else {
+            state.pendingConnections.insert(host, at: 0)
+            return Self.fail(.tooManyOpenFiles)
+        }
+        if address != 0 {
+            var storage = sockaddr_storage()
+            var size = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let status = withUnsafeMutableBytes(of: &storage) { raw in
+                raw.withMemoryRebound(to: sockaddr.self) { getpeername(host.fd, $0.baseAddress, &size) }
+            }
+            let bytes = status == 0 ? withUnsafeBytes(of: &storage) { Array($0.prefix(Int(size))) } : [2, 0] + [UInt8](repeating: 0, count: 14)
+            _ = try storeAddress(bytes, memory, address: address, length: length)
+        }
+        return .value(Int64(new))
+    }
+
+    /// Writes a socket address the way the kernel does: at most `*length` bytes of it, and its
+    /// full size into `*length`.
+    func storeAddress(_ bytes: [UInt8], _ memory: GuestMemoryView, address: UInt64, length: UInt64) throws -> HostCallEffect {
+        guard address != 0 else { return .value(0) }
+        let room = UInt32(littleEndianBytes: try memory.read(length, count: 4))
+        guard Int32(bitPattern: room) >= 0 else { return Self.fail(.invalidArgument) }
+        try memory.write(Array(bytes.prefix(Int(room))), to: address)
+        try memory.write(UInt32(bytes.count).littleEndianBytes, to: length)
+        return .value(0)
+    }
+
+    /// send/sendto/sendmsg/write on a connection: as much of `vectors` as the socket takes
+    /// (at most `transferLimit`), waiting for room unless it is non-blocking.
+    func send(_ fd: Int64, _ memory: GuestMemoryView, vectors: [(base: UInt64, length: UInt64)], flags: UInt64) throws -> HostCallEffect {
+        guard let host = connection(fd), let file = state.files[fd] else { return notConnected(fd) }
+        var bytes: [UInt8] = []
+        for (base, length) in vectors where bytes.count < Self.transferLimit {
+            bytes += try memory.read(base, count: Int(min(length, UInt64(Self.transferLimit - bytes.count))))
+        }
+        let nonblocking = file.statusFlags & O_NONBLOCK != 0 || flags & UInt64(MSG_DONTWAIT) != 0
+        while true {
+            // MSG_NOSIGNAL: a peer that went away is EPIPE for the guest, never SIGPIPE for the host.
+            let sent = bytes.withUnsafeBytes { Glibc.send(host.fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            if sent >= 0 { return .value(Int64(sent)) }
+            guard errno == EAGAIN || errno == EINTR else { return Self.fail(Errno.current) }
+            if nonblocking { return Self.fail(.resourceTemporarilyUnavailable) }
+            if let error = waitForHost(host.fd, events: POLLOUT) { return Self.fail(error) }
+        }
+    }
+
+    /// recv/recvfrom/recvmsg/read on a connection into `vectors` (at most `transferLimit`).
+    /// A blocking socket waits for data: on the host when the guest has one thread, else by
+    /// blocking the thread (the scheduler then watches the connection).
+    func receive(_ fd: Int64, _ memory: GuestMemoryView, vectors: [(base: UInt64, length: UInt64)], flags: UInt64,
+                 address: UInt64, length: UInt64) throws -> HostCallEffect {
+        guard let host = connection(fd), let file = state.files[fd] else { return notConnected(fd) }
+        guard flags & ~UInt64(MSG_PEEK | MSG_DONTWAIT | MSG_WAITALL | MSG_TRUNC | MSG_CMSG_CLOEXEC) == 0 else {
+            return Self.fail(.notSupportedOnSocket)
+        }
+        let total = vectors.reduce(0) { min(Self.transferLimit, $0 + Int(min($1.length, UInt64(Self.transferLimit)))) }
+        // A bad buffer fails before anything is taken from the connection.
+        var room = total
+        for (base, length) in vectors where room > 0 {
+            let part = min(Int(min(length, UInt64(Self.transferLimit))), room)
+            try memory.checkWritable(base, count: part)
+            room -= part
+        }
+        var buffer = [UInt8](repeating: 0, count: total)
+        let nonblocking = file.statusFlags & O_NONBLOCK != 0 || flags & UInt64(MSG_DONTWAIT) != 0
+        var received = 0
+        while true {
+            received = buffer.withUnsafeMutableBytes {
+                total == 0 ? 0 : recv(host.fd, $0.baseAddress, total, Int32(MSG_DONTWAIT) | Int32(flags & UInt64(MSG_PEEK)))
+            }
+            if received >= 0 { break }
+            guard errno == EAGAIN || errno == EINTR else { return Self.fail(Errno.current) }
+            if nonblocking { return Self.fail(.resourceTemporarilyUnavailable) }
+            if state.threads.count > 1 { return Self.fail(Self.restart) }
+            if let error = waitForHost(host.fd, events: POLLIN) { return Self.fail(error) }
+        }
+        var offset = 0
+        for (base, length) in vectors where offset < received {
+            let part = min(Int(min(length, UInt64(Self.transferLimit))), received - offset)
+            try memory.write(Array(buffer[offset..<offset + part]), to: base)
+            offset += part
+        }
+        if address != 0, length != 0 { _ = try storeAddress([], memory, address: address, length: length) }
+        return .value(Int64(received))
+    }
+
+    /// Waits until host descriptor `fd` has `events`, in slices so that the run's deadline
+    /// (the vCPU's kick) still ends the wait: nil when ready, else why not.
+    func waitForHost(_ fd: Int32, events: Int32) -> Errno? {
+        while true {
+            if interrupter?.isInterrupted ?? false { return .interrupted }
+            var descriptor = pollfd(fd: fd, events: Int16(events), revents: 0)
+            let ready = Glibc.poll(&descriptor, 1, OutputWriter.pollSlice)
+            if ready < 0 && errno != EINTR { return Errno.current }
+            if ready > 0 { return nil }
+        }
+    }
+
+    func socketOption(_ fd: Int64, level: UInt64, name: UInt64, _ memory: GuestMemoryView, value: UInt64, length: UInt64) throws -> HostCallEffect {
+        let room = Int32(bitPattern: UInt32(littleEndianBytes: try memory.read(length, count: 4)))
+        guard room >= 0 else { return Self.fail(.invalidArgument) }
+        var answer: [UInt8]
+        if let host = connection(fd) {
+            guard level == UInt64(SOL_SOCKET) || level == 6 else { return Self.fail(.protocolNotAvailable) }
+            var bytes = [UInt8](repeating: 0, count: 256)
+            var size = socklen_t(min(Int(room), 256))
+            let status = bytes.withUnsafeMutableBytes { getsockopt(host.fd, Int32(level), Int32(truncatingIfNeeded: name), $0.baseAddress, &size) }
+            guard status == 0 else { return Self.fail(Errno.current) }
+            answer = Array(bytes.prefix(Int(size)))
+        } else if let id = virtualSocket(fd) {
+            guard level == UInt64(SOL_SOCKET) || level == 6 else { return Self.fail(.protocolNotAvailable) }
+            var word: UInt32 = 0
+            if level == UInt64(SOL_SOCKET) {
+                switch Int32(truncatingIfNeeded: name) {
+                case SO_TYPE: word = 1                                  // SOCK_STREAM
+                case SO_ACCEPTCONN: word = state.sockets[id]?.listening == true ? 1 : 0
+                case SO_DOMAIN: word = UInt32(state.sockets[id]?.family ?? 2)
+                case SO_RCVBUF, SO_SNDBUF: word = 212_992
+                default: word = 0
+                }
+            }
+            answer = Array(word.littleEndianBytes.prefix(Int(room)))
+        } else {
+            return notASocket(fd)
+        }
+        try memory.write(answer, to: value)
+        try memory.write(UInt32(answer.count).littleEndianBytes, to: length)
+        return .value(0)
+    }
+
+    /// Readiness of a socket: a listening socket is readable with a connection pending; a
+    /// connection as the host says.
+    func socketReadiness(_ kind: OpenFile.Kind) -> UInt32 {
+        switch kind {
+        case .socket(let id):
+            return state.sockets[id]?.listening == true && !state.pendingConnections.isEmpty ? 1 : 0
+        case .connection(let host):
+            var descriptor = pollfd(fd: host.fd, events: Int16(POLLIN | POLLOUT | 0x2000), revents: 0)
+            guard Glibc.poll(&descriptor, 1, 0) > 0 else { return 0 }
+            return UInt32(UInt16(bitPattern: descriptor.revents))
+        default: return 0
+        }
+    }
+
+    /// Whether `call` is about to wait for a connection: `accept` on the listening socket, or
+    /// `poll`/`epoll_wait` over it, with no connection pending and none open. Socket mode's
+    /// ready point: at start-up, and in a fork when the guest is done with its connection.
+    func waitsForConnection(_ call: HostCall) -> Bool {
+        guard state.pendingConnections.isEmpty, listens,
+              !state.files.refersTo({ if case .connection = $0 { return true } else { return false } }) else { return false }
+        switch call.number {
+        case 43, 288: return isListening(call.descriptor(0))
+        case 7, 271:
+            guard call[1] <= UInt64(Self.pollLimit), let entries = try? call.memory.read(call[0], count: Int(call[1]) * 8) else { return false }
+            return (0..<Int(call[1])).contains {
+                isListening(Int64(Int32(bitPattern: UInt32(littleEndianBytes: entries[$0 * 8..<$0 * 8 + 4]))))
+            }
+        case 232, 281, 441:
+            guard case .epoll(let id) = state.files[call.descriptor(0)]?.kind else { return false }
+            return (state.epolls[id] ?? [:]).keys.contains { isListening(Int64($0)) }
+        default: return false
+        }
+    }
+
+    /// Sleeps up to `nanoseconds`, ending early when one of `watchedHostDescriptors` becomes
+    /// readable (then true).
+    func waitForHostDescriptors(nanoseconds: UInt64) -> Bool {
+        // Only a thread waiting for I/O can want them (else readable data nobody reads would
+        // end every wait at once).
+        let watched = state.threads.contains { $0.wait == .io } ? watchedHostDescriptors() : []
+        var descriptors = watched.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        let milliseconds = Int32(min((nanoseconds + 999_999) / 1_000_000, 1_000))
+        return Glibc.poll(&descriptors, nfds_t(descriptors.count), milliseconds) > 0
+    }
+
+    /// The host descriptors a waiting thread may be waiting for (open connections, a host
+    /// standard input), for the scheduler's idle wait.
+    func watchedHostDescriptors() -> [Int32] {
+        var result: [Int32] = []
+        for file in state.files.descriptions.values {
+            switch file.kind {
+            case .connection(let host): result.append(host.fd)
+            case .standardInput: if case .fileDescriptor(let host) = input { result.append(host) }
+            default: break
+            }
+        }
+        return result
+    }
+}
+
+/// A socket of the guest's that has no host counterpart: one being set up, or the listening
+/// socket, which stands for the embedder's real one.
+struct VirtualSocket: Equatable {
+    /// AF_INET or AF_INET6.
+    var family: UInt16
+    /// The address the guest bound it to (a `sockaddr`, as given).
+    var address: [UInt8]?
+    var listening = false
+}
