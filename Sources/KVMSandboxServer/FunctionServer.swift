@@ -68,7 +68,7 @@ public final class FunctionServer: Sendable {
             let outcome = try vm.run()
             // The pool resets the VM after this: its cost is counted from the previous reset.
             counters.record(outcome: outcome, nanoseconds: DispatchTime.now().uptimeNanoseconds - started,
-                            resetNanoseconds: 0, dirtyPages: vm.statistics.pagesRestoredByLastReset)
+                            resetNanoseconds: 0, dirtyPages: vm.statistics.pagesRestoredByLastReset, exits: vm.statistics.exits)
             let status: Int
             switch outcome {
             case .exited(status: 0): status = 200

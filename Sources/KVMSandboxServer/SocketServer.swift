@@ -46,9 +46,11 @@ public final class SocketServer: Sendable {
     /// (`.ready`: the guest finished the connection and waits for the next).
     public func serve(connection descriptor: Int32, in vm: Sandbox) throws -> RunOutcome {
         let started = DispatchTime.now().uptimeNanoseconds
+        let exitsBefore = vm.statistics.exits
         vm.offerConnection(descriptor)
         if let connectionTimeout { vm.timeout = connectionTimeout }
         let outcome = try vm.runUntilReady(at: .connectionWait)
+        let exits = vm.statistics.exits - exitsBefore
         let served = DispatchTime.now().uptimeNanoseconds
         if outcome != .ready {
             logger.warning("connection ended \(outcome); stderr: \(String(decoding: vm.capturedOutput(fd: 2).suffix(4096), as: UTF8.self))")
@@ -59,7 +61,7 @@ public final class SocketServer: Sendable {
             dirtyPages = vm.statistics.pagesRestoredByLastReset
         }
         let finished = DispatchTime.now().uptimeNanoseconds
-        counters.record(outcome: outcome, nanoseconds: served - started, resetNanoseconds: finished - served, dirtyPages: dirtyPages)
+        counters.record(outcome: outcome, nanoseconds: served - started, resetNanoseconds: finished - served, dirtyPages: dirtyPages, exits: exits)
         vm.discardCapturedOutput()
         return outcome
     }
@@ -111,6 +113,8 @@ public final class ServerCounters: @unchecked Sendable {
         /// Nanoseconds spent in the guest and in resets, and pages resets copied back.
         public var serviceNanoseconds: UInt64 = 0, resetNanoseconds: UInt64 = 0
         public var dirtyPages = 0
+        /// VM exits the requests took.
+        public var exits = 0
         /// Requests by latency: the count at or below each of `ServerCounters.latencyBuckets`.
         public var latencyHistogram = [Int](repeating: 0, count: ServerCounters.latencyBuckets.count)
     }
@@ -121,8 +125,19 @@ public final class ServerCounters: @unchecked Sendable {
     /// The totals now.
     public var snapshot: Values { lock.withLock { values } }
 
+    /// One line: requests, failures, and per request the mean service time, reset time, dirty
+    /// pages and exits.
+    public var summary: String {
+        let values = snapshot
+        let n = Double(max(1, values.requests))
+        func mean(_ total: UInt64) -> String { String(format: "%.1f us", Double(total) / n / 1000) }
+        return "\(values.requests) request(s), \(values.failures) failed; per request: \(mean(values.serviceNanoseconds)) in the VM, "
+            + "\(mean(values.resetNanoseconds)) resetting, \(String(format: "%.1f", Double(values.dirtyPages) / n)) dirty pages, "
+            + "\(String(format: "%.1f", Double(values.exits) / n)) exits"
+    }
+
     /// Counts one request.
-    public func record(outcome: RunOutcome, nanoseconds: UInt64, resetNanoseconds: UInt64, dirtyPages: Int, succeeded: Bool? = nil) {
+    public func record(outcome: RunOutcome, nanoseconds: UInt64, resetNanoseconds: UInt64, dirtyPages: Int, exits: Int, succeeded: Bool? = nil) {
         let good = succeeded ?? (outcome == .ready || outcome == .exited(status: 0))
         let seconds = Double(nanoseconds) / 1e9
         lock.withLock {
@@ -131,6 +146,7 @@ public final class ServerCounters: @unchecked Sendable {
             values.serviceNanoseconds &+= nanoseconds
             values.resetNanoseconds &+= resetNanoseconds
             values.dirtyPages += dirtyPages
+            values.exits += exits
             for (index, bound) in Self.latencyBuckets.enumerated() where seconds <= bound { values.latencyHistogram[index] += 1 }
         }
     }

@@ -80,11 +80,13 @@ struct Serve: ParsableCommand {
             printError("kvmsandbox: \(executable) did not reach its ready point (its first read of stdin, or a wait for a connection): \(error)")
             throw ExitCode(ExitStatus.sandboxError)
         }
+        let counters: ServerCounters
         let serveForever: @Sendable (String, Int, @escaping @Sendable (Int) -> Void) async throws -> Void
         let mode: String
         if snapshot.waitsForConnections {
             let server = try SocketServer(snapshot: snapshot, workers: workers, connectionTimeout: timeout, resetsEachConnection: !noReset)
             serveForever = { try await server.serve(host: $0, port: $1, bound: $2) }
+            counters = server.counters
             mode = "socket mode: a \(noReset ? "reused" : "reset") VM per connection"
         } else {
             guard !noReset else {
@@ -93,6 +95,7 @@ struct Serve: ParsableCommand {
             }
             let server = try FunctionServer(snapshot: snapshot, workers: workers, requestTimeout: timeout)
             serveForever = { try await server.serve(host: $0, port: $1, bound: $2) }
+            counters = server.counters
             mode = "function mode: stdin -> stdout, a reset VM per request"
         }
         let finished = DispatchSemaphore(value: 0)
@@ -121,6 +124,7 @@ struct Serve: ParsableCommand {
         }
         finished.wait()
         signals.forEach { $0.cancel() }
+        printError("kvmsandbox: serve: \(counters.summary)")
         if let error = failure.error {
             printError("kvmsandbox: serve: \(error)")
             throw ExitCode(ExitStatus.sandboxError)

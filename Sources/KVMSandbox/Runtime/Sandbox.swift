@@ -301,7 +301,9 @@ public final class Sandbox {
         let deadline = effectiveTimeout.map {
             Watchdog.shared.arm(seconds: max($0 - loading, 1e-9), interrupter: vcpu.interrupter)
         }
-        if configuration.hostCallTransport.resolved == .exitless {
+        // Exitless transport carries embedder host calls only: without handlers (an unmodified
+        // Linux program) there is nothing for the poller to serve.
+        if configuration.hostCallTransport.resolved == .exitless, !handlers.isEmpty {
             let server = exitlessServer
             server.prepare(handlers: handlers)
             exitless = server

@@ -22,6 +22,10 @@ final class Watchdog: Sendable {
         var entries: [UInt64: Entry] = [:]
         var fired: Set<UInt64> = []
         var nextID: UInt64 = 0
+        /// When the thread will next look at the entries on its own (`.max`: only when woken).
+        /// An `arm` for a later deadline need not wake it: runs of the same length, one after
+        /// another, then cost no wake-up (and no context switch) at all.
+        var sleepingUntil: UInt64 = 0
     }
     private let state = Mutex(State())
     /// A pipe: the thread polls the read end; `arm` writes a byte to wake it for a nearer deadline.
@@ -52,13 +56,17 @@ final class Watchdog: Sendable {
     func arm(seconds: Double, interrupter: VCPUInterrupter) -> Token {
         let deadline = monotonicNanoseconds() &+ UInt64(min(seconds, 1e9) * 1e9)
         let thread = pthread_self()
-        let id = state.withLock { state in
+        let (id, wake) = state.withLock { state in
             state.nextID += 1
             state.entries[state.nextID] = Entry(deadline: deadline, interrupter: interrupter, thread: thread)
-            return state.nextID
+            guard deadline < state.sleepingUntil else { return (state.nextID, false) }
+            state.sleepingUntil = deadline
+            return (state.nextID, true)
         }
-        var byte: UInt8 = 1
-        _ = write(wakeWrite, &byte, 1)
+        if wake {
+            var byte: UInt8 = 1
+            _ = write(wakeWrite, &byte, 1)
+        }
         return Token(id: id)
     }
 
@@ -89,6 +97,7 @@ final class Watchdog: Sendable {
                         nearest = min(nearest ?? .max, entry.deadline)
                     }
                 }
+                state.sleepingUntil = nearest ?? .max
                 return nearest
             }
             // Milliseconds, rounded up, so the thread never wakes early and spins.
