@@ -11,7 +11,7 @@ let package = Package(
     dependencies: [.package(path: "..")],
     targets: [
         .target(name: "FuzzSupport", dependencies: [.product(name: "KVMSandbox", package: parent)]),
-    ] + ["FuzzELF", "FuzzUnwinder", "FuzzHostCalls", "FuzzMailbox"].map { name in
+    ] + ["FuzzELF", "FuzzUnwinder", "FuzzHostCalls", "FuzzMailbox", "FuzzSnapshotFile"].map { name in
         .executableTarget(name: name, dependencies: ["FuzzSupport", .product(name: "KVMSandbox", package: parent)])
     }
 )

@@ -9,7 +9,7 @@ struct KVMSandboxCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvmsandbox",
         abstract: "Run untrusted x86-64 programs in KVM micro-VMs.",
-        subcommands: [Run.self, Serve.self, Call.self, CC.self, Bench.self, ConformanceCommand.self, Doctor.self])
+        subcommands: [Run.self, Serve.self, SnapshotCommand.self, Call.self, CC.self, Bench.self, ConformanceCommand.self, Doctor.self])
 
     /// Parses the command line (after `GuestArgumentSplit` takes the guest's own arguments off
     /// it) and runs the subcommand.

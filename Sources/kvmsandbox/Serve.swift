@@ -4,19 +4,26 @@ import Foundation
 import KVMSandbox
 import KVMSandboxServer
 
-/// `kvmsandbox serve`: an unmodified filter program as an HTTP service with a pristine VM per
-/// request (function mode): initialised once up to its first read of stdin, snapshotted, and
-/// each request served by a reset fork with the request body as stdin and stdout as the answer.
+/// `kvmsandbox serve`: an unmodified program as a service with a pristine VM per request. The
+/// program is initialised once up to its ready point and snapshotted there; a filter (function
+/// mode) gets each HTTP request body as stdin and answers with its stdout; a server (socket
+/// mode, kvmserver's model) gets each connection the host accepts, in a fork reset afterwards.
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Serve HTTP requests with a program, each in a reset fork of its ready-point snapshot.",
+        abstract: "Serve requests with a program, each in a reset fork of its ready-point snapshot.",
         discussion: """
-        The program initialises (imports, loads its data) until it first reads standard input; \
-        that is the ready point, where it is snapshotted. Each request (any method, any path) \
-        runs in a fork with the request body as stdin; the response is its stdout with status \
-        200 when it exits 0, 504 past --timeout, 500 otherwise (stderr and the report are \
-        logged, never sent). Example:
+        The program initialises (imports, loads its data) until its ready point: its first read \
+        of standard input, or its first wait for a connection on a socket it listens on. \
+        Function mode (a filter): each HTTP request (any method, any path) runs in a fork with \
+        the request body as stdin; the response is its stdout with status 200 when it exits 0, \
+        504 past --timeout, 500 otherwise (stderr and the report are logged, never sent). \
+        Socket mode (a server): the host listens on --listen; the guest's socket, bind and \
+        listen are virtual, and each connection is what its accept returns, in a fork that is \
+        reset once the guest closed it and waits for the next (--no-reset: reused). Outgoing \
+        connections are refused. Examples:
           kvmsandbox serve --listen 127.0.0.1:8080 --ro handlers -- /usr/bin/python3 handlers/app.py
+          kvmsandbox serve --listen 127.0.0.1:8080 --ro site -- /usr/bin/python3 -m http.server -d site
+          kvmsandbox serve --listen 127.0.0.1:8080 --snapshot app.snap
         """)
 
     @Option(name: .long, help: "HOST:PORT to listen on (port 0: any free one, printed at start).")
@@ -25,60 +32,44 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "VMs serving requests at once.")
     var workers: Int = 2
 
-    @Option(name: .long, help: "Guest memory in MiB, per VM.")
-    var memory: UInt64 = 256
-
-    @Option(name: .long, help: "Wall-clock limit of each request, in seconds (then 504).")
+    @Option(name: .long, help: "Wall-clock limit of each request (socket mode: each connection), in seconds (then 504, or the connection is closed).")
     var timeout: Double = 10
-
-    @Option(name: .long, help: "Wall-clock limit of the start-up to the ready point, in seconds.")
-    var bootTimeout: Double = 60
 
     @Flag(name: .long, help: "Socket mode: serve connection after connection in the same VM (no reset between them), for comparison.")
     var noReset = false
 
-    @OptionGroup var files: FileOptions
+    @Option(name: .long, help: "Serve this snapshot file (from `kvmsandbox snapshot`) instead of booting a program.")
+    var snapshot: String?
 
-    @Option(name: .customLong("env"), help: "NAME=value for the program's environment (repeatable).")
-    var environment: [String] = []
-
-    @Argument(parsing: .captureForPassthrough, help: "-- PROGRAM ARGUMENTS...")
-    var command: [String] = []
+    @OptionGroup var options: ProgramOptions
 
     func validate() throws {
-        _ = try OptionChecks.mebibytes(memory, option: "--memory")
         try OptionChecks.timeout(timeout)
-        try OptionChecks.timeout(bootTimeout)
         guard (1...256).contains(workers) else { throw ValidationError("--workers must be between 1 and 256") }
         guard listen.split(separator: ":").count == 2, Int(listen.split(separator: ":")[1]) != nil else {
             throw ValidationError("--listen takes HOST:PORT, not \(listen)")
         }
-        guard !program.isEmpty else { throw ValidationError("give the program after --") }
+        guard options.program.isEmpty != (snapshot == nil) else {
+            throw ValidationError(snapshot == nil ? "give the program after --" : "give either --snapshot or a program, not both")
+        }
     }
-
-    private var program: [String] { command.first == "--" ? Array(command.dropFirst()) : command }
 
     func run() throws {
         let parts = listen.split(separator: ":")
         let (host, port) = (String(parts[0]), Int(parts[1]) ?? 8080)
-        let executable = Run.resolve(program[0])
-        var configuration = SandboxConfiguration()
-        configuration.memorySize = try OptionChecks.mebibytes(memory, option: "--memory")
-        configuration.timeout = bootTimeout
-        configuration.files = try files.grants()
-        configuration.memoryDirectories = files.tmpfs
-        configuration.environment = environment
-        configuration.programPath = executable
-        configuration.arguments = [program[0].contains("/") ? program[0] : executable] + program.dropFirst()
-        configuration.acceptsConnections = true
-        configuration.standardOutput = .capture
-        configuration.standardError = .capture
         let snapshot: Snapshot
-        do {
-            snapshot = try Snapshot(elfPath: executable, configuration: configuration, readyAt: .firstWait)
-        } catch {
-            printError("kvmsandbox: \(executable) did not reach its ready point (its first read of stdin, or a wait for a connection): \(error)")
-            throw ExitCode(ExitStatus.sandboxError)
+        let executable: String
+        if let file = self.snapshot {
+            let started = DispatchTime.now().uptimeNanoseconds
+            do { snapshot = try Snapshot(contentsOf: file) } catch {
+                printError("kvmsandbox: serve: \(file): \(error)")
+                throw ExitCode(ExitStatus.sandboxError)
+            }
+            executable = snapshot.configuration.programPath ?? file
+            printError(String(format: "kvmsandbox: loaded %@ in %.1f ms", file, Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6))
+        } else {
+            snapshot = try options.boot()
+            executable = try options.configuration().executable
         }
         let counters: ServerCounters
         let serveForever: @Sendable (String, Int, @escaping @Sendable (Int) -> Void) async throws -> Void

@@ -59,4 +59,10 @@ import CKVM
         (registers.rbx, registers.r12, registers.r13) = (words[3], words[4], words[5])
         _ = unwinder.backtrace(from: registers)
     }
+
+    /// (e) A snapshot file's parse and validation (without the checksum, so that mutations reach
+    /// the header decoder and the checks behind it).
+    public static func snapshotFile(_ bytes: [UInt8]) {
+        _ = try? Snapshot.parse(bytes, verifyingChecksum: false)
+    }
 }

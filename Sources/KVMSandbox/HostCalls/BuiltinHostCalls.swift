@@ -27,7 +27,7 @@ final class BuiltinHostCalls {
     private let outputs: [Int32: OutputDestination]
     private let outputLimit: UInt64
     /// Everything the calls change, as one value: a snapshot saves it, a reset puts it back.
-    struct State {
+    struct State: Codable {
         var outputWritten: UInt64 = 0
         var captured: [Int32: [UInt8]] = [:]
         var fsBase: UInt64 = 0
@@ -37,10 +37,10 @@ final class BuiltinHostCalls {
         var mmapBottom: UInt64
         /// Unmapped anonymous ranges, still mapped to their pages, reused (zeroed) by later mmaps.
         /// Reusing translations instead of changing them means no guest TLB can ever hold a stale one.
-        var freeRanges: [(start: UInt64, length: UInt64)] = []
+        var freeRanges: [FreeRange] = []
         /// Mappings placed where the guest hinted, below the top-down region (LuaJIT wants its
         /// machine code within 2 GiB of its own): sorted, disjoint, page-aligned `[start, end)`.
-        var placed: [(start: UInt64, end: UInt64)] = []
+        var placed: [PlacedRange] = []
 
         /// Whether the guest-visible parts (not the captured output) are equal.
         func matches(_ other: State) -> Bool {
@@ -319,7 +319,7 @@ final class BuiltinHostCalls {
             let permissions: PagePermissions = protection & 2 != 0 ? [.read, .write] : [.read]
             guard (try? space.mapNew(start, length: size, permissions)) != nil else { return nil }
         }
-        state.placed.append((start, end))
+        state.placed.append(PlacedRange(start: start, end: end))
         state.placed.sort { $0.start < $1.start }
         return start
     }
@@ -337,12 +337,12 @@ final class BuiltinHostCalls {
     /// Takes `[start, start + length)` out of the free list (a MAP_FIXED mapping claims it).
     func claim(_ start: UInt64, length: UInt64) {
         let end = start + length
-        var kept: [(start: UInt64, length: UInt64)] = []
+        var kept: [FreeRange] = []
         for range in state.freeRanges {
             let rangeEnd = range.start + range.length
             if rangeEnd <= start || range.start >= end { kept.append(range); continue }
-            if range.start < start { kept.append((range.start, start - range.start)) }
-            if rangeEnd > end { kept.append((end, rangeEnd - end)) }
+            if range.start < start { kept.append(FreeRange(start: range.start, length: start - range.start)) }
+            if rangeEnd > end { kept.append(FreeRange(start: end, length: rangeEnd - end)) }
         }
         state.freeRanges = kept
     }
@@ -365,19 +365,19 @@ final class BuiltinHostCalls {
         // Mapped pages only (the page-table walk skips what is not there: unmapping a 1 TiB
         // reservation visits nothing), gathered into runs.
         for piece in pieces {
-            var run: (start: UInt64, length: UInt64)?
+            var run: FreeRange?
             space.tables.forEachLeaf(from: piece.start, to: piece.end, memory: space.memory) { page, _ in
                 if let current = run, current.start + current.length == page {
                     run?.length += PageSize.bytes
                 } else {
                     if let current = run { state.freeRanges.append(current) }
-                    run = (page, PageSize.bytes)
+                    run = FreeRange(start: page, length: PageSize.bytes)
                 }
             }
             if let run { state.freeRanges.append(run) }
         }
         state.freeRanges.sort { $0.start < $1.start }
-        var merged: [(start: UInt64, length: UInt64)] = []
+        var merged: [FreeRange] = []
         for range in state.freeRanges {
             if let last = merged.last, last.start + last.length == range.start {
                 merged[merged.count - 1].length += range.length
@@ -404,4 +404,16 @@ final class BuiltinHostCalls {
         try memory.store(UInt64(now.tv_nsec), at: address &+ 8)  // the store above proved address + 8 is in range
         return 0
     }
+}
+
+/// An unmapped anonymous range kept for reuse (`BuiltinHostCalls.State.freeRanges`).
+struct FreeRange: Codable, Equatable {
+    var start: UInt64
+    var length: UInt64
+}
+
+/// A mapping placed at the guest's hint (`BuiltinHostCalls.State.placed`): `[start, end)`.
+struct PlacedRange: Codable, Equatable {
+    var start: UInt64
+    var end: UInt64
 }

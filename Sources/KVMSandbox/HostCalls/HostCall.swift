@@ -72,7 +72,7 @@ public struct HostCall {
 public typealias HostCallHandler = (HostCall) throws -> Int64
 
 /// Where the guest's writes to fd 1 or 2 go.
-public enum OutputDestination: Sendable, Equatable {
+public enum OutputDestination: Sendable, Equatable, Codable {
     /// A host file descriptor (not closed by the sandbox).
     case fileDescriptor(Int32)
     /// Kept in memory, read back with `Sandbox.capturedOutput(fd:)`.

@@ -28,7 +28,7 @@ struct VCPUState {
 }
 
 /// The floating-point and vector state of a vCPU.
-enum FloatingPointState {
+enum FloatingPointState: Codable {
     /// `KVM_GET_XSAVE`: the 4 KiB XSAVE area (x87, SSE, AVX and whatever XCR0 enables).
     case xsave(kvm_xsave)
     /// `KVM_GET_FPU`: x87 and SSE only.

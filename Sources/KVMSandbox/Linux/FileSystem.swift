@@ -6,7 +6,7 @@ import Glibc
 
 /// A host file or directory made visible to the guest (`kvmsandbox run --ro/--rw/--volume`).
 /// Nothing else of the host's file system exists for the guest: other paths are `ENOENT`.
-public struct FileGrant: Sendable, Equatable {
+public struct FileGrant: Sendable, Equatable, Codable {
     /// The host path (a directory or a file).
     public var hostPath: String
     /// Where the guest sees it (an absolute path).

@@ -3,7 +3,7 @@ import Glibc
 #endif
 
 /// Where the guest's standard input comes from.
-public enum InputSource: Sendable, Equatable {
+public enum InputSource: Sendable, Equatable, Codable {
     /// Reads return end of file.
     case empty
     /// These bytes (a reset rewinds them).
@@ -23,8 +23,8 @@ final class HostFile: @unchecked Sendable {
 }
 
 /// An open file description (what `dup` shares): what it reads and writes, its offset and flags.
-struct OpenFile {
-    enum Kind {
+struct OpenFile: Codable {
+    enum Kind: Codable {
         /// The run's standard input.
         case standardInput
         /// The run's stdout (1) or stderr (2), whatever guest fd it is installed at.
@@ -64,8 +64,8 @@ struct OpenFile {
 
 /// The guest's file descriptors: Linux's lowest-free numbering, close-on-exec flags, and open
 /// file descriptions shared by `dup`. A value: a snapshot copies it, a reset puts it back.
-struct FileTable {
-    struct Entry {
+struct FileTable: Codable {
+    struct Entry: Codable {
         var description: Int
         var closeOnExec: Bool
     }

@@ -11,7 +11,7 @@ import Glibc
 /// are the built-in host calls'.
 final class LinuxPersonality {
     /// Everything the personality changes, as one value: a snapshot keeps it, a reset puts it back.
-    struct State {
+    struct State: Codable {
         var files = FileTable.standard()
         var cwd = "/"
         /// Installed signal actions (the kernel's 32-byte `struct sigaction`), by signal number.
@@ -141,7 +141,7 @@ final class LinuxPersonality {
 }
 
 /// A file's bytes mapped into the guest (`mmap` of a file): which file, and from what offset.
-public struct FileMapping: Sendable, Equatable {
+public struct FileMapping: Sendable, Equatable, Codable {
     /// The first guest address and one past the last.
     public var start: UInt64, end: UInt64
     /// The guest path the file was opened by.

@@ -41,6 +41,8 @@ extension LinuxPersonality {
             if !state.files.refersTo({ if case .epoll(id) = $0 { return true } else { return false } }) { state.epolls[id] = nil }
         case .eventCounter(let id):
             if !state.files.refersTo({ if case .eventCounter(id) = $0 { return true } else { return false } }) { state.eventCounters[id] = nil }
+        case .connection:
+            wakeReaders()  // a thread waiting on the listening socket may now be done (socket mode's ready point)
         default: break
         }
         return .value(0)

@@ -243,13 +243,13 @@ extension LinuxPersonality {
 }
 
 /// What an epoll set watches on one descriptor.
-struct EpollInterest: Equatable {
+struct EpollInterest: Equatable, Codable {
     var events: UInt32
     var data: UInt64
 }
 
 /// An eventfd's counter.
-struct EventCounter: Equatable {
+struct EventCounter: Equatable, Codable {
     var value: UInt64
     var semaphore: Bool
 }

@@ -4,7 +4,7 @@ import Glibc
 #endif
 
 /// An alternate signal stack (`stack_t`): where handlers installed with SA_ONSTACK run.
-struct SignalStack: Equatable {
+struct SignalStack: Equatable, Codable {
     var base: UInt64 = 0
     var flags: UInt32 = 2  // SS_DISABLE
     var size: UInt64 = 0

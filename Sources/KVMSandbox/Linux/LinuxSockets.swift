@@ -357,7 +357,7 @@ extension LinuxPersonality {
 
 /// A socket of the guest's that has no host counterpart: one being set up, or the listening
 /// socket, which stands for the embedder's real one.
-struct VirtualSocket: Equatable {
+struct VirtualSocket: Equatable, Codable {
     /// AF_INET or AF_INET6.
     var family: UInt16
     /// The address the guest bound it to (a `sockaddr`, as given).

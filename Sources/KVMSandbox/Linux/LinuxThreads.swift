@@ -6,9 +6,9 @@ import Glibc
 
 /// A guest thread. All threads share the one vCPU: the running one's registers are in the vCPU,
 /// the others' are kept here (general, special and x87/SSE/AVX registers) until they run again.
-struct GuestThread {
+struct GuestThread: Codable {
     /// What a thread that is not running waits for.
-    enum Wait: Equatable {
+    enum Wait: Equatable, Codable {
         /// Nothing: it runs when its turn comes.
         case runnable
         /// A futex word (guest address) and the bitset it waits with.
@@ -44,11 +44,17 @@ struct GuestThread {
     var alternateStack = SignalStack()
     /// The x87/SSE/AVX state each signal handler interrupted, innermost last, by frame address:
     /// `rt_sigreturn` puts it back.
-    var signalFrames: [(frame: UInt64, floatingPoint: FloatingPointState)] = []
+    var signalFrames: [SignalFrameRecord] = []
     /// Saved vCPU state while it does not run; nil for the running thread.
     var registers: kvm_regs?
     var specialRegisters: kvm_sregs?
     var floatingPoint: FloatingPointState?
+}
+
+/// The x87/SSE/AVX state a signal handler interrupted, by the address of its frame.
+struct SignalFrameRecord: Codable {
+    var frame: UInt64
+    var floatingPoint: FloatingPointState
 }
 
 /// What the run loop must do to the vCPU after a threading call (the personality cannot touch it).

@@ -6,8 +6,8 @@ import Glibc
 /// A writable in-memory directory tree (`kvmsandbox run --tmpfs /tmp`): part of the VM's state,
 /// so a snapshot holds it and a reset puts it back. A value; bounded by `capacity` bytes of
 /// file contents (`ENOSPC` past it) and `maximumNodes` entries.
-struct MemoryFileSystem {
-    enum Node {
+struct MemoryFileSystem: Codable {
+    enum Node: Codable {
         case directory
         case file([UInt8])
     }
@@ -22,6 +22,15 @@ struct MemoryFileSystem {
         self.mounts = mounts.map { FileSystemView.normalize($0, cwd: "/") }
         self.capacity = capacity
         for mount in self.mounts { nodes[mount] = .directory }
+    }
+
+    /// Whether the accounting holds (a tree read from a snapshot file): bytes used within the
+    /// capacity and equal to the files' sizes, the node count within its limit.
+    var isConsistent: Bool {
+        guard capacity >= 0, capacity <= 1 << 40, used >= 0, used <= capacity, nodes.count <= Self.maximumNodes else { return false }
+        var total = 0
+        for node in nodes.values { if case .file(let bytes) = node { total += bytes.count } }
+        return total == used
     }
 
     /// Whether `path` (normalized) lies in one of the in-memory trees.

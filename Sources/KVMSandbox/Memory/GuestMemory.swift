@@ -246,7 +246,7 @@ enum PageSize {
 /// or above `next` has never been used. In a fresh VM it is an untouched memfd page; in a fork
 /// it is the snapshot's (zero: snapshots copy only the pages below `next`), or a page a request
 /// used and `reset()` restored to that.
-struct PhysicalPageAllocator {
+struct PhysicalPageAllocator: Codable {
     /// The next free guest-physical address.
     private(set) var next: UInt64
     /// One past the last usable guest-physical address.

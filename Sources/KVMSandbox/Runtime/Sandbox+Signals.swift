@@ -136,7 +136,7 @@ extension Sandbox {
         } catch {
             return false
         }
-        linux.state.threads[index].signalFrames.append((frame: frame, floatingPoint: floatingPoint))
+        linux.state.threads[index].signalFrames.append(SignalFrameRecord(frame: frame, floatingPoint: floatingPoint))
         if linux.state.threads[index].signalFrames.count > 64 { linux.state.threads[index].signalFrames.removeFirst() }
         var mask = thread.signalMask | action.mask
         if action.flags & SignalAction.noDefer == 0 { mask |= UInt64(1) << (number - 1) }

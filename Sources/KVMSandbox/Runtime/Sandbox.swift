@@ -26,6 +26,8 @@ public final class Sandbox {
     /// Which kind of KVM runs it.
     public var platform: KVMPlatform { system.platform }
     /// VM exits so far, and how many of them were host calls.
+    /// The host file the program was loaded from, when known (a snapshot file names it).
+    var hostProgramPath: String?
     public internal(set) var statistics = RunStatistics()
 
     let system: KVMSystem
@@ -142,12 +144,7 @@ public final class Sandbox {
         let space = try AddressSpace(memory: memory)
         let loadStarted = monotonicNanoseconds()
         let loadDeadline = configuration.timeout.map { loadStarted &+ UInt64(min($0, 1e9) * 1e9) }
-        var grants = configuration.files
-        if let interpreter = elf.interpreter, configuration.systemLibraries {
-            grants += SystemLibraries.grants(program: hostPath, guestPath: configuration.programPath ?? configuration.arguments.first,
-                                             interpreter: interpreter, existing: grants)
-        }
-        let fileSystem = try FileSystemView(grants: grants)
+        let fileSystem = try Self.fileSystem(for: configuration, interpreter: elf.interpreter, hostPath: hostPath)
         let stackBottom = GuestLayout.stackTop - configuration.stackSize
         let image = try ProgramImage.load(elf, into: space, fileSystem: fileSystem, top: Self.mmapTop(stackBottom: stackBottom),
                                           deadline: loadDeadline)
@@ -176,6 +173,18 @@ public final class Sandbox {
         self.init(configuration: configuration, image: image, system: system, memory: memory, vm: vm, vcpu: vcpu,
                   space: space, builtins: builtins, linux: linux, stackBottom: stackBottom, fork: nil, phase: .notStarted)
         self.loadStarted = loadStarted
+        self.hostProgramPath = hostPath
+    }
+
+    /// The guest's view of the files: the configuration's grants and, for a dynamic program
+    /// (one with a loader), the system libraries (`SandboxConfiguration.systemLibraries`).
+    static func fileSystem(for configuration: SandboxConfiguration, interpreter: String?, hostPath: String?) throws(SandboxError) -> FileSystemView {
+        var grants = configuration.files
+        if let interpreter, configuration.systemLibraries {
+            grants += SystemLibraries.grants(program: hostPath, guestPath: configuration.programPath ?? configuration.arguments.first,
+                                             interpreter: interpreter, existing: grants)
+        }
+        return try FileSystemView(grants: grants)
     }
 
     /// A sandbox from its parts, assembled by a fresh load or by a fork.

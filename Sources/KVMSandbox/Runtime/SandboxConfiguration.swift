@@ -1,7 +1,7 @@
 import CKVM
 
 /// Limits and inputs for one sandbox.
-public struct SandboxConfiguration: Sendable {
+public struct SandboxConfiguration: Sendable, Codable {
     /// Guest memory in bytes: everything the guest has (image, page tables, stack, heap).
     public var memorySize: UInt64 = 64 << 20
     /// Stack size in bytes; an unmapped guard page lies below it.
@@ -84,7 +84,7 @@ public struct SandboxConfiguration: Sendable {
 }
 
 /// How CPU exceptions in the guest reach the host.
-public enum ExceptionDelivery: String, Sendable, CaseIterable {
+public enum ExceptionDelivery: String, Sendable, CaseIterable, Codable {
     /// PVM: the exit; hardware KVM (VMX/SVM): the IDT stubs.
     case automatic
     /// No IDT: the exception is a `KVM_EXIT_SHUTDOWN` with the vector in the vCPU events.
@@ -106,7 +106,7 @@ public enum ExceptionDelivery: String, Sendable, CaseIterable {
 
 /// How a guest's embedder host calls (`KS_HOSTCALL_USER` and up, made with the SDK's
 /// `ks_hostcall`) reach their handlers. Results and errors are the same either way.
-public enum HostCallTransport: String, Sendable, CaseIterable {
+public enum HostCallTransport: String, Sendable, CaseIterable, Codable {
     /// Exitless where it can win: when this process may run on at least two CPUs, and from a
     /// run's first embedder call on (that one goes by exit and wakes the poller), so runs
     /// that make no calls pay nothing for it.

@@ -37,6 +37,8 @@ public final class Snapshot: @unchecked Sendable {
     let linux: LinuxPersonality.State
     let fileSystem: FileSystemView
     let stackBottom: UInt64
+    /// The host file the program was loaded from (what a snapshot file names).
+    let hostProgramPath: String?
 
     /// Loads the ELF at `elfPath`, runs it until it is ready (`ks_ready()`, or for an unmodified
     /// program its first read of standard input), and snapshots it there. `setUp` registers the
@@ -71,10 +73,20 @@ public final class Snapshot: @unchecked Sendable {
         linux = sandbox.linux.state
         fileSystem = sandbox.linux.fileSystem
         stackBottom = sandbox.stackBottom
+        hostProgramPath = sandbox.hostProgramPath
         usedBytes = allocator.next
         // Everything above the allocator's high-water mark is still zero: copy only what is used.
         memory = try GuestMemory(size: sandbox.memory.size)
         memory.copyPrefix(of: sandbox.memory, count: usedBytes)
+    }
+
+    /// A snapshot from its parts (read from a snapshot file).
+    init(configuration: SandboxConfiguration, image: ProgramImage, usedBytes: UInt64, system: KVMSystem, memory: GuestMemory,
+         vcpuState: VCPUState, tablesRoot: UInt64, allocator: PhysicalPageAllocator, builtins: BuiltinHostCalls.State,
+         linux: LinuxPersonality.State, fileSystem: FileSystemView, stackBottom: UInt64, hostProgramPath: String?) {
+        (self.configuration, self.image, self.usedBytes, self.system, self.memory) = (configuration, image, usedBytes, system, memory)
+        (self.vcpuState, self.tablesRoot, self.allocator, self.builtins) = (vcpuState, tablesRoot, allocator, builtins)
+        (self.linux, self.fileSystem, self.stackBottom, self.hostProgramPath) = (linux, fileSystem, stackBottom, hostProgramPath)
     }
 
     /// A new VM from this snapshot, paused where the snapshot was taken. Costs a VM and vCPU
@@ -144,6 +156,7 @@ extension Sandbox {
         self.init(configuration: snapshot.configuration, image: snapshot.image, system: snapshot.system,
                   memory: memory, vm: vm, vcpu: vcpu, space: space, builtins: builtins, linux: linux,
                   stackBottom: snapshot.stackBottom, fork: ForkState(snapshot: snapshot, tracking: tracking), phase: .paused(snapshot.registers))
+        hostProgramPath = snapshot.hostProgramPath
     }
 
     /// Brings a fork back to its snapshot, whatever happened since (a fault, a timeout, an exit,

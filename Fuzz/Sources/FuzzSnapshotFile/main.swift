@@ -1,0 +1,5 @@
+// libFuzzer target: snapshot file parse + validation.
+@_spi(Fuzzing) import KVMSandbox
+import FuzzSupport
+
+runFuzzer { FuzzEntryPoints.snapshotFile($0) }

@@ -1,0 +1,247 @@
+import CKVM
+import FoundationEssentials
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Snapshots on disk: `Snapshot.write(to:)` saves one, `Snapshot(contentsOf:)` loads it in
+/// another process (or on another machine with the same files), ready to fork.
+///
+/// The file holds the guest's memory pages in use (all-zero pages left out), the whole vCPU
+/// state, the page-table root and page allocator, the host-call and Linux-layer state (fd
+/// table, threads, signal actions, in-memory files, virtual sockets) and the configuration; the
+/// program and the files it mapped (its loader, its libraries) are named with their size,
+/// modification time and a hash of their contents, and loading refuses the snapshot if any
+/// changed. Layout (little-endian):
+///
+///     "KVMSNAP\0"  format version (UInt32)  0 (UInt32)
+///     header length (UInt64)  header (JSON: `SnapshotRecord`)
+///     page count (UInt64)  page numbers (UInt64 each, ascending)  pages (4096 bytes each)
+///     checksum (UInt64) of everything before it
+///
+/// The checksum detects truncation and corruption, not tampering: a snapshot is as trusted as
+/// the program and configuration that made it (like a VM image). Parsing never traps on any
+/// input (fuzzed: `Fuzz/FuzzSnapshotFile`), and loading checks the invariants the host relies on.
+extension Snapshot {
+    /// The snapshot file format version this build writes and reads.
+    public static let fileFormatVersion: UInt32 = 1
+    static let fileMagic = Array("KVMSNAP\0".utf8)
+
+    /// Writes this snapshot to `path` (atomically: a temporary file renamed over it). Throws
+    /// when the guest holds host files open (they cannot be carried to another process) or the
+    /// files it mapped cannot be read to identify them.
+    public func write(to path: String) throws(SnapshotFileError) {
+        for file in linux.files.descriptions.values {
+            switch file.kind {
+            case .host, .directory(_, .some), .connection:
+                throw .openHostFile(path: file.path.isEmpty ? "(a connection)" : file.path)
+            default: break
+            }
+        }
+        guard linux.pendingConnections.isEmpty else { throw .openHostFile(path: "(a pending connection)") }
+        guard let hostProgramPath else { throw .io("the snapshot's program was not loaded from a file") }
+        let record = SnapshotRecord(
+            configuration: configuration, hostProgramPath: hostProgramPath, platform: system.platform.rawValue,
+            memorySize: memory.size, usedBytes: usedBytes, tablesRoot: tablesRoot, stackBottom: stackBottom,
+            program: ProgramRecord(image.program), interpreter: image.interpreter.map(ProgramRecord.init), mmapTop: image.mmapTop,
+            vcpu: vcpuState, allocator: allocator, builtins: builtins, linux: linux,
+            files: try identities(of: fileSystem, hostProgramPath: hostProgramPath))
+        var output = Self.fileMagic + Self.fileFormatVersion.littleEndianBytes + UInt32(0).littleEndianBytes
+        let header: Data
+        do { header = try JSONEncoder().encode(record) } catch { throw .io("cannot encode the snapshot: \(error)") }
+        output += UInt64(header.count).littleEndianBytes + Array(header)
+        var pages: [UInt64] = []
+        for page in 0..<usedBytes / PageSize.bytes {
+            let zero = memory.withBytes(at: page << PageSize.shift, count: Int(PageSize.bytes)) { bytes in
+                bytes.allSatisfy { $0 == 0 }
+            }
+            if !zero { pages.append(page) }
+        }
+        output += UInt64(pages.count).littleEndianBytes
+        for page in pages { output += page.littleEndianBytes }
+        output.reserveCapacity(output.count + pages.count * Int(PageSize.bytes) + 8)
+        for page in pages {
+            memory.withBytes(at: page << PageSize.shift, count: Int(PageSize.bytes)) { output.append(contentsOf: $0) }
+        }
+        output += contentHash(output[...]).littleEndianBytes
+        let temporary = path + ".partial-\(getpid())"
+        do {
+            try writeWholeFile(temporary, output)
+            guard rename(temporary, path) == 0 else { throw Errno.current }
+        } catch {
+            unlink(temporary)
+            throw .io("cannot write \(path): \(error)")
+        }
+    }
+
+    /// Loads a snapshot written by `write(to:)`. Refuses it, with the reason, when it is not a
+    /// snapshot, comes from another format version or platform, is truncated or corrupt, or
+    /// when the program or a file it mapped changed since.
+    public convenience init(contentsOf path: String, system given: KVMSystem? = nil) throws(SnapshotFileError) {
+        let bytes: [UInt8]
+        do { bytes = try readFile(path, limit: Int(GuestMemory.maximumSize) + (256 << 20)) } catch {
+            throw .io("cannot read \(path): \(error)")
+        }
+        let parsed = try Self.parse(bytes, verifyingChecksum: true)
+        let record = parsed.record
+        let system: KVMSystem
+        do { system = try given ?? KVMSystem.shared() } catch { throw .io("\(error)") }
+        guard record.platform == system.platform.rawValue else {
+            throw .incompatible("taken on \(record.platform), this machine's KVM is \(system.platform.rawValue)")
+        }
+        // The program's file, and the guest's view of the files as it was.
+        try FileIdentity.check(record.files.first { $0.role == .program }, host: record.hostProgramPath)
+        let programBytes: [UInt8], elf: ELFFile
+        do {
+            programBytes = try readFile(record.hostProgramPath)
+            elf = try ELFFile(bytes: programBytes)
+        } catch {
+            throw .fileChanged(path: record.hostProgramPath, reason: "\(error)")
+        }
+        let fileSystem: FileSystemView
+        do {
+            fileSystem = try Sandbox.fileSystem(for: record.configuration, interpreter: elf.interpreter, hostPath: record.hostProgramPath)
+        } catch {
+            throw .fileChanged(path: record.hostProgramPath, reason: "the granted files: \(error)")
+        }
+        for identity in record.files where identity.role != .program {
+            try identity.check(in: fileSystem)
+        }
+        var interpreter: LoadedProgram?
+        if let loader = record.interpreter {
+            guard let loaderPath = loader.path, elf.interpreter == loaderPath else { throw .corrupt("the loader does not match the program") }
+            do { interpreter = loader.restore(try ProgramImage.readLoader(loaderPath, fileSystem: fileSystem)) } catch {
+                throw .fileChanged(path: loaderPath, reason: "\(error)")
+            }
+        }
+        let memory: GuestMemory
+        do { memory = try GuestMemory(size: record.memorySize) } catch { throw .io("\(error)") }
+        for (index, page) in parsed.pageNumbers.enumerated() {
+            let start = parsed.pagesOffset + index * Int(PageSize.bytes)
+            memory.write(bytes[start..<start + Int(PageSize.bytes)], at: page << PageSize.shift)
+        }
+        let image = ProgramImage(program: record.program.restore(elf), interpreter: interpreter, mmapTop: record.mmapTop)
+        self.init(configuration: record.configuration, image: image, usedBytes: record.usedBytes, system: system, memory: memory,
+                  vcpuState: record.vcpu, tablesRoot: record.tablesRoot, allocator: record.allocator, builtins: record.builtins,
+                  linux: record.linux, fileSystem: fileSystem, stackBottom: record.stackBottom, hostProgramPath: record.hostProgramPath)
+    }
+
+    /// The snapshot file's parts: the record, the guest-physical page numbers, and where the
+    /// pages' bytes start. Validates everything the host indexes by; never traps.
+    static func parse(_ bytes: [UInt8], verifyingChecksum: Bool) throws(SnapshotFileError) -> (record: SnapshotRecord, pageNumbers: [UInt64], pagesOffset: Int) {
+        guard bytes.count >= 16, Array(bytes[0..<8]) == fileMagic else { throw .notASnapshot }
+        let version = UInt32(littleEndianBytes: bytes[8..<12])
+        guard version == fileFormatVersion else { throw .incompatible("format version \(version), this build reads \(fileFormatVersion)") }
+        var cursor = 16
+        func take(_ count: Int) throws(SnapshotFileError) -> ArraySlice<UInt8> {
+            guard count >= 0, count <= bytes.count - cursor else { throw .truncated }
+            defer { cursor += count }
+            return bytes[cursor..<cursor + count]
+        }
+        let headerLength = UInt64(littleEndianBytes: try take(8))
+        guard headerLength <= 256 << 20 else { throw .corrupt("a header of \(headerLength) bytes") }
+        let header = try take(Int(headerLength))
+        let pageCount = UInt64(littleEndianBytes: try take(8))
+        guard pageCount <= GuestMemory.maximumSize / PageSize.bytes else { throw .corrupt("\(pageCount) pages") }
+        let numbers = try take(Int(pageCount) * 8)
+        let pagesOffset = cursor
+        _ = try take(Int(pageCount) * Int(PageSize.bytes))
+        let checksum = UInt64(littleEndianBytes: try take(8))
+        guard cursor == bytes.count else { throw .corrupt("\(bytes.count - cursor) bytes after the end") }
+        if verifyingChecksum, contentHash(bytes[..<(bytes.count - 8)]) != checksum { throw .checksumMismatch }
+        let record: SnapshotRecord
+        do { record = try JSONDecoder().decode(SnapshotRecord.self, from: Data(header)) } catch {
+            throw .corrupt("the header does not decode: \(error)")
+        }
+        var pageNumbers: [UInt64] = []
+        pageNumbers.reserveCapacity(Int(pageCount))
+        for index in 0..<Int(pageCount) {
+            let start = numbers.startIndex + index * 8
+            let page = UInt64(littleEndianBytes: numbers[start..<start + 8])
+            guard page < record.usedBytes / PageSize.bytes, pageNumbers.last.map({ page > $0 }) ?? true else {
+                throw .corrupt("page number \(page) out of order or past the pages in use")
+            }
+            pageNumbers.append(page)
+        }
+        try record.validate()
+        return (record, pageNumbers, pagesOffset)
+    }
+
+    /// Size, modification time and content hash of the program, its loader and every file it
+    /// mapped (opened through the guest's view, so a changed grant is noticed too).
+    private func identities(of fileSystem: FileSystemView, hostProgramPath: String) throws(SnapshotFileError) -> [FileIdentity] {
+        var result = [try FileIdentity.of(host: hostProgramPath, role: .program)]
+        var paths = image.interpreter?.path.map { [$0] } ?? []
+        for mapping in linux.fileMappings where !paths.contains(mapping.path) { paths.append(mapping.path) }
+        for path in paths { result.append(try FileIdentity.of(guestPath: path, in: fileSystem)) }
+        return result
+    }
+}
+
+/// Why a snapshot file could not be written or was refused.
+public enum SnapshotFileError: Error, Equatable, CustomStringConvertible {
+    /// The file does not start like a snapshot.
+    case notASnapshot
+    /// Another format version, or taken on another kind of KVM.
+    case incompatible(String)
+    /// The file ends early.
+    case truncated
+    /// The contents do not match the checksum.
+    case checksumMismatch
+    /// The contents are inconsistent (a bad header, pages out of range).
+    case corrupt(String)
+    /// The program or a file it mapped differs from when the snapshot was taken.
+    case fileChanged(path: String, reason: String)
+    /// The guest holds a host file or connection open, which a file cannot carry.
+    case openHostFile(path: String)
+    /// Reading or writing failed.
+    case io(String)
+
+    public var description: String {
+        switch self {
+        case .notASnapshot: return "not a kvmsandbox snapshot file"
+        case .incompatible(let why): return "incompatible snapshot: \(why)"
+        case .truncated: return "the snapshot file is truncated"
+        case .checksumMismatch: return "the snapshot file is corrupt (checksum mismatch)"
+        case .corrupt(let why): return "the snapshot file is corrupt: \(why)"
+        case .fileChanged(let path, let reason): return "\(path) changed since the snapshot was taken (\(reason))"
+        case .openHostFile(let path): return "the guest holds \(path) open; snapshots with open host files cannot be saved"
+        case .io(let why): return why
+        }
+    }
+}
+
+/// A 64-bit hash of `bytes` (word by word, multiply-xorshift): detects corruption, fast enough
+/// for hundreds of MiB; not cryptographic.
+func contentHash(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+    var hash: UInt64 = 0xcbf2_9ce4_8422_2325 ^ UInt64(bytes.count)
+    let words = bytes.count / 8
+    for index in 0..<words {
+        hash = (hash ^ bytes.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self)) &* 0x0000_0100_0000_01b3
+        hash ^= hash >> 29
+    }
+    var tail: UInt64 = 0
+    for index in words * 8..<bytes.count { tail |= UInt64(bytes[index]) << ((index - words * 8) * 8) }
+    hash = (hash ^ tail ^ UInt64(bytes.count % 8)) &* 0x0000_0100_0000_01b3
+    return hash ^ (hash >> 31)
+}
+
+/// `contentHash` of an array or a slice of one.
+func contentHash(_ bytes: ArraySlice<UInt8>) -> UInt64 { bytes.withUnsafeBytes { contentHash($0) } }
+
+/// Writes `bytes` to a new file at `path` (mode 0644), replacing it.
+func writeWholeFile(_ path: String, _ bytes: [UInt8]) throws {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw Errno.current }
+    defer { close(fd) }
+    var written = 0
+    while written < bytes.count {
+        let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, bytes.count - written) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw Errno.current
+        }
+        written += n
+    }
+}
