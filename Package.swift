@@ -15,6 +15,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         // The only C on the host side: <linux/kvm.h> structs, ioctl numbers, the variadic ioctl call.
@@ -28,8 +31,8 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),
-        // Per-request isolation over HTTP (`kvmsandbox serve`): SwiftNIO stays out of the core
-        // library, so embedders of KVMSandbox alone do not build it.
+        // Per-request isolation over HTTP (`kvmsandbox serve`): SwiftNIO, metrics and the service
+        // lifecycle stay out of the core library, so embedders of KVMSandbox alone do not build them.
         .target(
             name: "KVMSandboxServer",
             dependencies: [
@@ -38,6 +41,9 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
@@ -48,6 +54,10 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "KVMSandboxTests", dependencies: ["KVMSandbox", "KVMSandboxServer"]),
+        .testTarget(name: "KVMSandboxTests", dependencies: [
+            "KVMSandbox", "KVMSandboxServer",
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+        ]),
     ]
 )

@@ -1,9 +1,6 @@
 import Dispatch
 import KVMSandbox
 import Logging
-import NIOCore
-import NIOHTTP1
-import NIOPosix
 
 /// Per-request isolation for an unmodified filter program (function mode): the program is
 /// initialised once, up to its first read of standard input, and snapshotted there; every
@@ -54,6 +51,7 @@ public final class FunctionServer: Sendable {
         self.requestTimeout = requestTimeout
         self.snapshot = snapshot
         pool = try SandboxPool(snapshot: snapshot, capacity: max(1, workers), prefork: max(1, workers))
+        counters.setVMs(max(1, workers))
     }
 
     /// What the server has done so far.
@@ -66,7 +64,7 @@ public final class FunctionServer: Sendable {
             vm.standardInput = .bytes(body)
             if let requestTimeout { vm.timeout = requestTimeout }
             let outcome = try vm.run()
-            // The pool resets the VM after this: its cost is counted from the previous reset.
+            // The pool resets the VM after this: the dirty pages are the last reset's.
             counters.record(outcome: outcome, nanoseconds: DispatchTime.now().uptimeNanoseconds - started,
                             resetNanoseconds: 0, dirtyPages: vm.statistics.pagesRestoredByLastReset, exits: vm.statistics.exits)
             let status: Int
@@ -82,63 +80,16 @@ public final class FunctionServer: Sendable {
     /// Listens on `host`:`port` (0: any free port, reported to `bound`) and answers every HTTP
     /// request with `handle(body)` until the task is cancelled.
     public func serve(host: String, port: Int, bound: @Sendable (Int) -> Void = { _ in }) async throws {
-        let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .serverChannelOption(.backlog, value: 256)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .bind(host: host, port: port) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
-                }
+        try await HTTPListener.run(host: host, port: port, maximumBody: Self.maximumBody, logger: logger, bound: bound) { _, body in
+            let answer = try await self.handle(body)
+            if answer.status != 200 {
+                self.logger.warning("request ended \(answer.outcome); stderr: \(String(decoding: answer.log.prefix(4096), as: UTF8.self))")
             }
-        bound(channel.channel.localAddress?.port ?? port)
-        logger.info("serving on \(host):\(channel.channel.localAddress?.port ?? port)")
-        try await withThrowingDiscardingTaskGroup { group in
-            try await channel.executeThenClose { connections in
-                for try await connection in connections {
-                    group.addTask { await self.serveConnection(connection) }
-                }
-            }
-        }
-    }
-
-    /// Answers the requests of one HTTP connection, in order.
-    private func serveConnection(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>) async {
-        do {
-            try await connection.executeThenClose { inbound, outbound in
-                var head: HTTPRequestHead?
-                var body = ByteBuffer()
-                for try await part in inbound {
-                    switch part {
-                    case .head(let requestHead):
-                        head = requestHead
-                        body.clear()
-                    case .body(var chunk):
-                        guard body.readableBytes + chunk.readableBytes <= Self.maximumBody else { throw ServeError.bodyTooLarge }
-                        body.writeBuffer(&chunk)
-                    case .end:
-                        guard let request = head else { continue }
-                        let answer = try await handle(Array(body.readableBytesView))
-                        if answer.status != 200 {
-                            logger.warning("request ended \(answer.outcome); stderr: \(String(decoding: answer.log.prefix(4096), as: UTF8.self))")
-                        }
-                        var headers = HTTPHeaders()
-                        headers.add(name: "Content-Type", value: "application/octet-stream")
-                        headers.add(name: "Content-Length", value: "\(answer.status == 200 ? answer.body.count : 0)")
-                        let status = HTTPResponseStatus(statusCode: answer.status)
-                        try await outbound.write(.head(HTTPResponseHead(version: request.version, status: status, headers: headers)))
-                        if answer.status == 200 { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: answer.body)))) }
-                        try await outbound.write(.end(nil))
-                    }
-                }
-            }
-        } catch {
-            logger.debug("connection ended: \(error)")
+            return HTTPListener.Response(status: answer.status, contentType: "application/octet-stream",
+                                         body: answer.status == 200 ? answer.body : [])
         }
     }
 
     /// The largest request body accepted (64 MiB).
     static let maximumBody = 64 << 20
-
-    enum ServeError: Error { case bodyTooLarge }
 }

@@ -73,6 +73,7 @@ public final class SocketServer: Sendable {
         bound(listener.port)
         logger.info("serving on \(host):\(listener.port) with \(workers) VM(s)")
         let vms = try (0..<workers).map { _ in try snapshot.fork() }
+        counters.setVMs(vms.count)
         let failures = FailureList()
         try await withTaskCancellationHandler {
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
@@ -97,58 +98,6 @@ public final class SocketServer: Sendable {
             listener.stop()
         }
         if let error = failures.first, !listener.stopped { throw error }
-    }
-}
-
-/// Running totals of a server, safe to read from any thread (for `/metrics` and logs).
-public final class ServerCounters: @unchecked Sendable {
-    private let lock = NSLock()
-    private var values = Values()
-
-    /// A copy of the totals at one moment.
-    public struct Values: Sendable {
-        /// Requests (connections, in socket mode) served, and those that ended badly
-        /// (a crash, a timeout, a nonzero exit).
-        public var requests = 0, failures = 0
-        /// Nanoseconds spent in the guest and in resets, and pages resets copied back.
-        public var serviceNanoseconds: UInt64 = 0, resetNanoseconds: UInt64 = 0
-        public var dirtyPages = 0
-        /// VM exits the requests took.
-        public var exits = 0
-        /// Requests by latency: the count at or below each of `ServerCounters.latencyBuckets`.
-        public var latencyHistogram = [Int](repeating: 0, count: ServerCounters.latencyBuckets.count)
-    }
-
-    /// Upper bounds of the latency histogram's buckets, in seconds.
-    public static let latencyBuckets: [Double] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
-
-    /// The totals now.
-    public var snapshot: Values { lock.withLock { values } }
-
-    /// One line: requests, failures, and per request the mean service time, reset time, dirty
-    /// pages and exits.
-    public var summary: String {
-        let values = snapshot
-        let n = Double(max(1, values.requests))
-        func mean(_ total: UInt64) -> String { String(format: "%.1f us", Double(total) / n / 1000) }
-        return "\(values.requests) request(s), \(values.failures) failed; per request: \(mean(values.serviceNanoseconds)) in the VM, "
-            + "\(mean(values.resetNanoseconds)) resetting, \(String(format: "%.1f", Double(values.dirtyPages) / n)) dirty pages, "
-            + "\(String(format: "%.1f", Double(values.exits) / n)) exits"
-    }
-
-    /// Counts one request.
-    public func record(outcome: RunOutcome, nanoseconds: UInt64, resetNanoseconds: UInt64, dirtyPages: Int, exits: Int, succeeded: Bool? = nil) {
-        let good = succeeded ?? (outcome == .ready || outcome == .exited(status: 0))
-        let seconds = Double(nanoseconds) / 1e9
-        lock.withLock {
-            values.requests += 1
-            if !good { values.failures += 1 }
-            values.serviceNanoseconds &+= nanoseconds
-            values.resetNanoseconds &+= resetNanoseconds
-            values.dirtyPages += dirtyPages
-            values.exits += exits
-            for (index, bound) in Self.latencyBuckets.enumerated() where seconds <= bound { values.latencyHistogram[index] += 1 }
-        }
     }
 }
 

@@ -5,7 +5,7 @@ import Glibc
 #endif
 
 @main
-struct KVMSandboxCommand: ParsableCommand {
+struct KVMSandboxCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvmsandbox",
         abstract: "Run untrusted x86-64 programs in KVM micro-VMs.",
@@ -13,13 +13,17 @@ struct KVMSandboxCommand: ParsableCommand {
 
     /// Parses the command line (after `GuestArgumentSplit` takes the guest's own arguments off
     /// it) and runs the subcommand.
-    static func main() {
+    static func main() async {
         // Guest output into a closed pipe must be an error for the guest (-EPIPE), not a
         // signal that kills every VM in this process.
         signal(SIGPIPE, SIG_IGN)
         do {
             var command = try parseAsRoot(GuestArgumentSplit.split(Array(CommandLine.arguments.dropFirst())))
-            try command.run()
+            if var asynchronous = command as? AsyncParsableCommand {
+                try await asynchronous.run()
+            } else {
+                try command.run()
+            }
         } catch {
             exit(withError: error)
         }

@@ -3,12 +3,16 @@ import Dispatch
 import Foundation
 import KVMSandbox
 import KVMSandboxServer
+import Logging
+import Metrics
+import Prometheus
+import ServiceLifecycle
 
 /// `kvmsandbox serve`: an unmodified program as a service with a pristine VM per request. The
 /// program is initialised once up to its ready point and snapshotted there; a filter (function
 /// mode) gets each HTTP request body as stdin and answers with its stdout; a server (socket
 /// mode, kvmserver's model) gets each connection the host accepts, in a fork reset afterwards.
-struct Serve: ParsableCommand {
+struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve requests with a program, each in a reset fork of its ready-point snapshot.",
         discussion: """
@@ -41,22 +45,23 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "Serve this snapshot file (from `kvmsandbox snapshot`) instead of booting a program.")
     var snapshot: String?
 
+    @Option(name: .long, help: "HOST:PORT for a Prometheus /metrics endpoint (requests by outcome, latency, reset time, dirty pages, exits, VMs).")
+    var metrics: String?
+
     @OptionGroup var options: ProgramOptions
 
     func validate() throws {
         try OptionChecks.timeout(timeout)
         guard (1...256).contains(workers) else { throw ValidationError("--workers must be between 1 and 256") }
-        guard listen.split(separator: ":").count == 2, Int(listen.split(separator: ":")[1]) != nil else {
-            throw ValidationError("--listen takes HOST:PORT, not \(listen)")
-        }
+        _ = try Self.address(listen)
+        if let metrics { _ = try Self.address(metrics) }
         guard options.program.isEmpty != (snapshot == nil) else {
             throw ValidationError(snapshot == nil ? "give the program after --" : "give either --snapshot or a program, not both")
         }
     }
 
-    func run() throws {
-        let parts = listen.split(separator: ":")
-        let (host, port) = (String(parts[0]), Int(parts[1]) ?? 8080)
+    func run() async throws {
+        let (host, port) = try Self.address(listen)
         let snapshot: Snapshot
         let executable: String
         if let file = self.snapshot {
@@ -70,6 +75,16 @@ struct Serve: ParsableCommand {
         } else {
             snapshot = try options.boot()
             executable = try options.configuration().executable
+        }
+        // swift-metrics to Prometheus, before any counters exist.
+        let registry = metrics.map { _ in PrometheusCollectorRegistry() }
+        if let registry {
+            var factory = PrometheusMetricsFactory(registry: registry)
+            factory.defaultDurationHistogramBuckets = [.microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1),
+                                                       .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+                                                       .milliseconds(50), .milliseconds(100), .milliseconds(250), .seconds(1), .seconds(10)]
+            factory.defaultValueHistogramBuckets = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536]
+            MetricsSystem.bootstrap(factory)
         }
         let counters: ServerCounters
         let serveForever: @Sendable (String, Int, @escaping @Sendable (Int) -> Void) async throws -> Void
@@ -89,44 +104,39 @@ struct Serve: ParsableCommand {
             counters = server.counters
             mode = "function mode: stdin -> stdout, a reset VM per request"
         }
-        let finished = DispatchSemaphore(value: 0)
-        let failure = FailureBox()
-        let serving = Task {
-            do {
-                try await serveForever(host, port) { bound in
-                    printError("kvmsandbox: serving \(executable) on \(host):\(bound) with \(workers) VM(s) (\(mode))")
-                }
-            } catch is CancellationError {
-            } catch {
-                failure.set(error)
-            }
-            finished.signal()
+        var services: [any Service] = []
+        if let registry {
+            let (metricsHost, metricsPort) = try Self.address(metrics ?? "")
+            services.append(MetricsEndpoint(host: metricsHost, port: metricsPort, registry: registry) { bound in
+                printError("kvmsandbox: metrics on http://\(metricsHost):\(bound)/metrics")
+            })
         }
-        // SIGINT and SIGTERM stop accepting and end the serving task; requests in flight finish.
-        let signals = [SIGINT, SIGTERM].map { number in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
-                printError("kvmsandbox: serve: stopping (signal \(number))")
-                serving.cancel()
+        services.append(ServingService {
+            try await serveForever(host, port) { bound in
+                printError("kvmsandbox: serving \(executable) on \(host):\(bound) with \(workers) VM(s) (\(mode))")
             }
-            source.resume()
-            return source
-        }
-        finished.wait()
-        signals.forEach { $0.cancel() }
-        printError("kvmsandbox: serve: \(counters.summary)")
-        if let error = failure.error {
+        })
+        // SIGINT and SIGTERM: stop accepting, let the requests in flight finish, then exit.
+        var logger = Logger(label: "kvmsandbox.serve")
+        logger.logLevel = .warning
+        let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) },
+                                                      gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            printError("kvmsandbox: serve: \(counters.summary)")
             printError("kvmsandbox: serve: \(error)")
             throw ExitCode(ExitStatus.sandboxError)
         }
+        printError("kvmsandbox: serve: \(counters.summary)")
     }
-}
 
-/// An error handed from the serving task to the waiting command.
-final class FailureBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: Error?
-    var error: Error? { lock.withLock { stored } }
-    func set(_ error: Error) { lock.withLock { stored = error } }
+    /// HOST and PORT of a HOST:PORT option.
+    static func address(_ text: String) throws -> (String, Int) {
+        let parts = text.split(separator: ":")
+        guard parts.count == 2, let port = Int(parts[1]), (0...65535).contains(port) else {
+            throw ValidationError("give HOST:PORT, not \(text)")
+        }
+        return (String(parts[0]), port)
+    }
 }

@@ -1,6 +1,8 @@
 import Foundation
 import KVMSandbox
 import KVMSandboxServer
+import Metrics
+import Prometheus
 import Testing
 
 /// Servers for socket mode, built by the tests, and a raw HTTP client.
@@ -194,6 +196,40 @@ extension KVMTests {
             try await SocketPrograms.serving(server) { port in
                 try await SocketPrograms.hammer(port: port, count: 200) { "\($0) count=1\n" }
             }
+        }
+    
+        /// The process's Prometheus registry, swift-metrics bootstrapped into it once.
+        static let registry: PrometheusCollectorRegistry = {
+            let registry = PrometheusCollectorRegistry()
+            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+            return registry
+        }()
+
+        /// `/metrics` in Prometheus's text format counts the requests by outcome and reports
+        /// their latency, reset time, dirty pages and exits, and the VMs; other paths are 404.
+        @Test func metricsEndpointReportsRequests() async throws {
+            let registry = Self.registry
+            let path = try SocketPrograms.rust()
+            let snapshot = try Snapshot(elfPath: path, configuration: SocketPrograms.configuration([path]), readyAt: .connectionWait)
+            let server = try SocketServer(snapshot: snapshot, workers: 1, connectionTimeout: 10)
+            try await SocketPrograms.serving(server) { port in
+                for index in 0..<3 { #expect(SocketPrograms.get(port: port, path: "/m\(index)") == "/m\(index) count=1\n") }
+                #expect(SocketPrograms.get(port: port, path: "/crash") == "")
+            }
+            let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
+            let endpoint = Task { try await MetricsEndpoint(host: "127.0.0.1", port: 0, registry: registry) { continuation.yield($0) }.run() }
+            defer { endpoint.cancel() }
+            var iterator = ports.makeAsyncIterator()
+            let port = try #require(await iterator.next())
+            let text = SocketPrograms.get(port: port, path: "/metrics")
+            let ok = text.split(separator: "\n").first { $0.hasPrefix("kvmsandbox_requests_total{outcome=\"ok\"}") }
+            #expect((ok?.split(separator: " ").last).flatMap { Double($0) } ?? 0 >= 3, "\(text)")
+            #expect(text.contains("kvmsandbox_requests_total{outcome=\"fault\"}"))
+            for name in ["kvmsandbox_request_duration_seconds_count", "kvmsandbox_reset_duration_seconds_count",
+                         "kvmsandbox_dirty_pages_count", "kvmsandbox_exits_count", "kvmsandbox_vms"] {
+                #expect(text.contains(name), "\(name) missing")
+            }
+            #expect(SocketPrograms.get(port: port, path: "/other") == "only /metrics here\n")
         }
     }
 }
