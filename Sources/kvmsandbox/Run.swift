@@ -36,6 +36,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "How embedder host calls travel: automatic, exit or exitless.")
     var hostCalls: String = "automatic"
 
+    @Option(name: .long, help: "How Linux system calls travel on PVM: automatic, exitless (served by a polling host thread where they need nothing of the vCPU) or exit. Default: KVMSANDBOX_SYSCALLS, else automatic.")
+    var syscalls: String?
+
     @OptionGroup var files: FileOptions
 
     @Option(name: .long, help: "The guest's working directory (default: this one when a grant covers it, else /).")
@@ -106,6 +109,13 @@ struct Run: ParsableCommand {
             throw ExitCode(ExitStatus.sandboxError)
         }
         configuration.hostCallTransport = transport
+        if let syscalls {
+            guard let syscallTransport = HostCallTransport(rawValue: syscalls) else {
+                printError("kvmsandbox: --syscalls must be one of \(HostCallTransport.allCases.map(\.rawValue).joined(separator: ", "))")
+                throw ExitCode(ExitStatus.sandboxError)
+            }
+            configuration.systemCallTransport = syscallTransport
+        }
         let sandbox: Sandbox
         do {
             sandbox = try Sandbox(elfPath: executable, configuration: configuration)
@@ -129,7 +139,7 @@ struct Run: ParsableCommand {
         }
         if verbose {
             let statistics = sandbox.statistics
-            printError("kvmsandbox: \(outcome); \(statistics.exits) exits, \(statistics.hostCalls) host calls, \(sandbox.systemCallCounts.values.reduce(0, +)) Linux system calls, \(statistics.translationFlushes) translation flushes (\(statistics.translationFlushNanoseconds / 1000) us)")
+            printError("kvmsandbox: \(outcome); \(statistics.exits) exits, \(statistics.hostCalls) host calls, \(sandbox.systemCallCounts.values.reduce(0, +)) Linux system calls (\(sandbox.exitlessSystemCallCounts.values.reduce(0, +)) without an exit), \(statistics.translationFlushes) translation flushes (\(statistics.translationFlushNanoseconds / 1000) us)")
             let missing = sandbox.unimplementedSystemCalls.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }
             if !missing.isEmpty { printError("kvmsandbox: not implemented (answered ENOSYS): \(missing.joined(separator: ", "))") }
             if sandbox.refusedExecutableMappings > 0 {

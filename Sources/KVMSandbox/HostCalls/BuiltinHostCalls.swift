@@ -215,6 +215,12 @@ final class BuiltinHostCalls {
         return total
     }
 
+    /// Whether a write to output `stream` may wait (it goes to a host descriptor).
+    func outputMayBlock(stream: Int32) -> Bool {
+        if case .fileDescriptor = outputs[stream] { return true }
+        return false
+    }
+
     /// The state.captured bytes written to `fd`.
     func capturedOutput(fd: Int32) -> [UInt8] { state.captured[fd] ?? [] }
 

@@ -9,15 +9,21 @@ import Glibc
 /// makes the two (and the exit path's own user calls) mutually exclusive, so each request is
 /// served exactly once and handlers never run concurrently.
 ///
-/// Only embedder calls (`HostCallNumber.firstUserNumber` and up) travel by mailbox; the SDK
+/// Embedder calls (`HostCallNumber.firstUserNumber` and up) and, from the exitless `syscall`
+/// stub, Linux system calls (number with bit 62 set) travel by mailbox; the Linux layer serves
+/// those that need nothing of the vCPU and answers `exitlessMustExit` for the others. The SDK
 /// sends built-in calls (exit, memory, output) by exit.
+///
+/// The vCPU thread holds the lock while it handles an exit (`whileHeld`), so the poller never
+/// serves a call while the run loop changes the guest's state (threads, signals, memory).
 final class ExitlessServer: @unchecked Sendable {
     let mailbox: Mailbox
     private let memory: GuestMemoryView
     /// Set by `prepare` before each run, read only while registered with the poller.
     private var handlers: [Int: HostCallHandler] = [:]
+    private var systemCalls: ((HostCall) -> Int64?)?
     private let interrupter: VCPUInterrupter
-    private let state = Mutex(State())
+    private let state = ServerLock(State())
     /// The last sequence served: written under the lock, read without it on the poller's fast path.
     private let lastServed = ManagedAtomic<UInt64>(0)
 
@@ -44,9 +50,11 @@ final class ExitlessServer: @unchecked Sendable {
         self.interrupter = interrupter
     }
 
-    /// Readies the server for a run with `handlers` (call while not registered with the poller).
-    func prepare(handlers: [Int: HostCallHandler]) {
+    /// Readies the server for a run with `handlers` and, when Linux system calls may be posted,
+    /// `systemCalls` (nil answer: the call must go by exit). Call while not registered.
+    func prepare(handlers: [Int: HostCallHandler], systemCalls: ((HostCall) -> Int64?)? = nil) {
         self.handlers = handlers
+        self.systemCalls = systemCalls
         // The page may hold an old request (from an earlier run or before a snapshot): never
         // serve it again.
         let posted = mailbox.postedSequence
@@ -116,12 +124,26 @@ final class ExitlessServer: @unchecked Sendable {
         try state.withLock { _ in try body() }
     }
 
+    /// vCPU thread: runs the handling of an exit with the poller kept out; calls of
+    /// `exclusively` and `waitExit` inside it do not lock again.
+    func whileHeld<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        try state.holding(body)
+    }
+
     /// The failure a poller-served handler left, if any.
     var failure: (number: Int, message: String)? { state.withLock { $0.failure } }
 
+    /// Bit 62 of a posted number: a Linux system call from the exitless `syscall` stub.
+    static let systemCallFlag = 1 << 62
+
     private func serve(_ request: Mailbox.Request, _ state: inout State) {
         var result: Int64
-        if request.number >= HostCallNumber.firstUserNumber, let handler = handlers[request.number] {
+        if request.number & Self.systemCallFlag != 0 {
+            // A system call: the Linux layer serves it here, or it goes back to the exit. The
+            // number is untrusted like the rest (the guest can write the page).
+            let call = HostCall(number: request.number & ~Self.systemCallFlag, arguments: state.arguments, memory: memory)
+            result = systemCalls?(call) ?? X86CPUState.exitlessMustExit
+        } else if request.number >= HostCallNumber.firstUserNumber, let handler = handlers[request.number] {
             do {
                 result = try handler(HostCall(number: request.number, arguments: state.arguments, memory: memory))
             } catch {
@@ -142,5 +164,52 @@ final class ExitlessServer: @unchecked Sendable {
         state.lastResult = result
         lastServed.store(request.sequence, ordering: .releasing)
         mailbox.answer(sequence: request.sequence, result: result)
+    }
+}
+
+/// A lock around a value that the owning thread may hold across a stretch of work
+/// (`holding`), during which its nested `withLock` calls run without locking again; other
+/// threads lock or try to. Only the vCPU thread holds it that way.
+final class ServerLock<Value>: @unchecked Sendable {
+    private var value: Value
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    /// Set and read only by the thread that holds the lock through `holding`.
+    private var held = false
+
+    init(_ value: Value) {
+        self.value = value
+        pthread_mutex_init(mutex, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    /// Runs `body` with the value, locking unless this thread holds it through `holding`.
+    func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
+        if held { return try body(&value) }
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body(&value)
+    }
+
+    /// Runs `body` with the value if the lock is free now; nil otherwise.
+    func withLockIfAvailable<T>(_ body: (inout Value) throws -> T) rethrows -> T? {
+        guard pthread_mutex_trylock(mutex) == 0 else { return nil }
+        defer { pthread_mutex_unlock(mutex) }
+        return try body(&value)
+    }
+
+    /// Holds the lock while `body` runs (nested `withLock` calls on this thread pass through).
+    func holding<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        if held { return try body() }
+        pthread_mutex_lock(mutex)
+        held = true
+        defer {
+            held = false
+            pthread_mutex_unlock(mutex)
+        }
+        return try body()
     }
 }

@@ -35,6 +35,8 @@ final class MailboxPoller: @unchecked Sendable {
     /// Bumped (under the registry lock) whenever the set of servers changes.
     private let generation = ManagedAtomic<UInt64>(0)
     private let sleeping = ManagedAtomic<Bool>(true)
+    /// Set by `noteExitCall`: a guest made a call by exit since the poller last looked.
+    private let activity = ManagedAtomic<Bool>(false)
     /// Set by `wake`; the poller spins only when asked (a run started, or a guest called by exit).
     private let wakeRequested = ManagedAtomic<Bool>(false)
     private let wakeLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
@@ -76,6 +78,9 @@ final class MailboxPoller: @unchecked Sendable {
     /// A guest made an embedder call by exit (it found no poller, or gave up spinning). Wakes
     /// the poller, unless `server` is suspended from posting (the poller had no core for it).
     func noteExitCall(from server: ExitlessServer) {
+        // A guest busy making calls by exit (calls the poller may not serve) is not idle: keep
+        // spinning for its next postable one.
+        if !activity.load(ordering: .relaxed) { activity.store(true, ordering: .relaxed) }
         if sleeping.load(ordering: .relaxed), server.shouldPoll(now: monotonicNanoseconds()) { wake() }
     }
 
@@ -166,6 +171,7 @@ final class MailboxPoller: @unchecked Sendable {
                 } || servedAny
             }
             if servedAny { servedSinceCheck = true }
+            if iteration % 256 == 0, activity.exchange(false, ordering: .relaxed) { servedSinceCheck = true }
             // Read the clock rarely: it is not free in a VM.
             if iteration % 256 == 0 {
                 let now = monotonicNanoseconds()

@@ -61,6 +61,8 @@ final class LinuxPersonality {
     /// Calls made, by number; calls answered `ENOSYS` because they are not implemented, by number.
     var counts: [Int: Int] = [:]
     var unimplemented: [Int: Int] = [:]
+    /// Calls served by the polling thread without an exit, by number (also in `counts`).
+    var exitlessCounts: [Int: Int] = [:]
     /// Requests for writable-and-executable or executable anonymous memory refused (W^X).
     var refusedExecutable = 0
     /// Whether W^X is lifted for anonymous memory (`SandboxConfiguration.allowJIT`).

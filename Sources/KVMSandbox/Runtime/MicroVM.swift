@@ -5,8 +5,8 @@ enum MicroVM {
     /// A VM whose vCPU starts at `entry` in user mode on `space`'s page tables, with `syscall`
     /// routed to the stub.
     static func create(system: KVMSystem, memory: GuestMemory, space: AddressSpace, entry: UInt64,
-                       stackPointer: UInt64, exceptionStubs: Bool) throws(KVMError) -> (VirtualMachine, VirtualCPU) {
-        try create(system: system, memory: memory, dirtyTracking: nil, exceptionStubs: exceptionStubs,
+                       stackPointer: UInt64, exceptionStubs: Bool, exitlessSyscalls: Bool = false) throws(KVMError) -> (VirtualMachine, VirtualCPU) {
+        try create(system: system, memory: memory, dirtyTracking: nil, exceptionStubs: exceptionStubs, exitlessSyscalls: exitlessSyscalls,
                    specialRegisters: { X86CPUState.specialRegisters(from: $0, pageTableRoot: space.tables.root,
                                                                      exceptionStubs: exceptionStubs) },
                    registers: X86CPUState.initialRegisters(entry: entry, stackPointer: stackPointer))
@@ -14,8 +14,9 @@ enum MicroVM {
 
     /// A VM over `memory` whose vCPU gets the given registers (a fork: a snapshot's), optionally
     /// with KVM's dirty-page tracking on the memslot.
+    /// `exitlessSyscalls`: LSTAR at the exitless stub (PVM; a fork then takes its snapshot's LSTAR anyway).
     static func create(system: KVMSystem, memory: GuestMemory, dirtyTracking: DirtyTracking?, exceptionStubs: Bool,
-                       specialRegisters: (kvm_sregs) -> kvm_sregs,
+                       exitlessSyscalls: Bool = false, specialRegisters: (kvm_sregs) -> kvm_sregs,
                        registers: kvm_regs) throws(KVMError) -> (VirtualMachine, VirtualCPU) {
         let vm = try system.createVM()
         if dirtyTracking == .ring { try vm.enableDirtyRing(entries: DirtyTracking.ringEntries) }
@@ -36,7 +37,8 @@ enum MicroVM {
         if let xcr0 { try vcpu.setXCR0(xcr0) }
 
         try vcpu.setRegisters(registers)
-        try vcpu.setMSRs(X86CPUState.syscallMSRs(cpl0Entry: exceptionStubs && system.platform.syscallEntersCPL0))
+        let cpl0Entry = exceptionStubs && system.platform.syscallEntersCPL0
+        try vcpu.setMSRs(X86CPUState.syscallMSRs(cpl0Entry: cpl0Entry, exitless: exitlessSyscalls && !cpl0Entry))
         return (vm, vcpu)
     }
 }

@@ -16,6 +16,12 @@ extension Sandbox {
         Dictionary(linux.counts.map { (LinuxSyscallNames.name($0.key), $0.value) }, uniquingKeysWith: +)
     }
 
+    /// The system calls served without a VM exit (by the polling thread, from the exitless
+    /// `syscall` stub), by name; they are in `systemCallCounts` too.
+    public var exitlessSystemCallCounts: [String: Int] {
+        Dictionary(linux.exitlessCounts.map { (LinuxSyscallNames.name($0.key), $0.value) }, uniquingKeysWith: +)
+    }
+
     /// The system calls answered `ENOSYS` because the Linux layer does not implement them, by name.
     public var unimplementedSystemCalls: [String: Int] {
         Dictionary(linux.unimplemented.map { (LinuxSyscallNames.name($0.key), $0.value) }, uniquingKeysWith: +)
@@ -36,6 +42,9 @@ extension Sandbox {
         let call = HostCall(number: Int(truncatingIfNeeded: Int64(bitPattern: registers.rax)),
                             arguments: [registers.rdi, registers.rsi, registers.rdx, registers.r10, registers.r8, registers.r9],
                             memory: guestMemory)
+        // A system call by exit where the guest could have posted it: the poller is asleep (or
+        // suspended); wake it for the next ones.
+        if postsSystemCalls, let exitless { MailboxPoller.shared.noteExitCall(from: exitless) }
         if currentStop.stopsAtInputRead, linux.readsStandardInput(call), try pauseBeforeSystemCall(registers) {
             return .ready
         }
@@ -163,7 +172,12 @@ extension Sandbox {
 
     /// One strace-style line on the host's stderr.
     func trace(_ call: HostCall, result: String, outcome: RunOutcome?) {
-        var line = "[syscall] \(LinuxSyscallNames.name(call.number))("
+        Self.trace(call, result: result, outcome: outcome, exitless: false)
+    }
+
+    /// One strace-style line on the host's stderr; `exitless`: served by the polling thread.
+    static func trace(_ call: HostCall, result: String, outcome: RunOutcome?, exitless: Bool) {
+        var line = "[syscall\(exitless ? " exitless" : "")] \(LinuxSyscallNames.name(call.number))("
         line += call.arguments.prefix(LinuxSyscallNames.argumentCount(call.number)).map { "0x" + String($0, radix: 16) }.joined(separator: ", ")
         line += ") = " + (outcome.map { "\($0)" } ?? result) + "\n"
         _ = line.withCString { Glibc.write(2, $0, strlen($0)) }

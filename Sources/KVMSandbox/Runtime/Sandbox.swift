@@ -28,6 +28,12 @@ public final class Sandbox {
     /// VM exits so far, and how many of them were host calls.
     /// The host file the program was loaded from, when known (a snapshot file names it).
     var hostProgramPath: String?
+    /// Whether this run's system calls may be posted to the mailbox (set at the run's start).
+    var postsSystemCalls = false
+    /// Whether `syscall` enters the exitless stub (PVM, not `systemCallTransport = .exit`).
+    var syscallStubPosts: Bool {
+        configuration.systemCallTransport != .exit && !(usesExceptionStubs && system.platform.syscallEntersCPL0)
+    }
     public internal(set) var statistics = RunStatistics()
 
     let system: KVMSystem
@@ -166,7 +172,8 @@ public final class Sandbox {
         do {
             (vm, vcpu) = try MicroVM.create(system: system, memory: memory, space: space,
                                             entry: image.entry, stackPointer: stackPointer,
-                                            exceptionStubs: configuration.exceptionDelivery.usesStubs(on: system.platform))
+                                            exceptionStubs: configuration.exceptionDelivery.usesStubs(on: system.platform),
+                                            exitlessSyscalls: configuration.systemCallTransport != .exit)
         } catch {
             throw .kvm(error)
         }
@@ -310,13 +317,21 @@ public final class Sandbox {
         let deadline = effectiveTimeout.map {
             Watchdog.shared.arm(seconds: max($0 - loading, 1e-9), interrupter: vcpu.interrupter)
         }
-        // Exitless transport carries embedder host calls only: without handlers (an unmodified
-        // Linux program) there is nothing for the poller to serve.
-        if configuration.hostCallTransport.resolved == .exitless, !handlers.isEmpty {
+        // The poller serves embedder host calls (when there are handlers) and Linux system
+        // calls the exitless `syscall` stub posts (PVM).
+        let postsHostCalls = configuration.hostCallTransport.resolved == .exitless && !handlers.isEmpty
+        postsSystemCalls = syscallStubPosts && configuration.systemCallTransport.resolved == .exitless
+        if postsHostCalls || postsSystemCalls {
             let server = exitlessServer
-            server.prepare(handlers: handlers)
+            let linux = self.linux, tracing = configuration.traceSyscalls
+            server.prepare(handlers: handlers, systemCalls: !postsSystemCalls ? nil : { call in
+                let result = linux.serveExitless(call)
+                if tracing, let result { Sandbox.trace(call, result: LinuxSyscallNames.describe(result: result), outcome: nil, exitless: true) }
+                return result
+            })
             exitless = server
-            MailboxPoller.shared.register(server, eagerly: configuration.hostCallTransport == .exitless)
+            MailboxPoller.shared.register(server, eagerly: (postsHostCalls && configuration.hostCallTransport == .exitless)
+                                                           || (postsSystemCalls && configuration.systemCallTransport == .exitless))
         }
         runDeadline = deadline
         let multithreaded = linux.state.threads.count > 1
@@ -346,9 +361,15 @@ public final class Sandbox {
                     if fired, exit != .interrupted, !(deadline.map(Watchdog.shared.fired) ?? false) { vcpu.clearImmediateExit() }
                 }
                 statistics.exits += 1
-                var outcome = try handle(exit, deadline: deadline, stop: stop)
-                if outcome == nil { outcome = try preemptIfDue() }
-                if outcome == nil { outcome = try deliverPendingSignals() }
+                // The poller stays out while the exit is handled (threads, signals, memory).
+                let outcome: RunOutcome?
+                if let server = exitless {
+                    outcome = try server.whileHeld { () throws(KVMError) -> RunOutcome? in
+                        try handleAndSchedule(exit, deadline: deadline, stop: stop)
+                    }
+                } else {
+                    outcome = try handleAndSchedule(exit, deadline: deadline, stop: stop)
+                }
                 if let result = outcome {
                     switch result {
                     case .ready, .returned: phase = .paused(vcpu.registers)
@@ -361,6 +382,17 @@ public final class Sandbox {
             phase = .finished(.hostFailure("\(error)"))
             throw .kvm(error)
         }
+    }
+
+    /// Handles one exit, then switches threads when the slice is over and delivers pending
+    /// signals, unless the vCPU is inside the exitless `syscall` stub (a call in flight there
+    /// uses the shared mailbox: no other thread or handler may post until it is answered).
+    private func handleAndSchedule(_ exit: VCPUExit, deadline: Watchdog.Token?, stop: StopCondition) throws(KVMError) -> RunOutcome? {
+        var outcome = try handle(exit, deadline: deadline, stop: stop)
+        if outcome == nil, postsSystemCalls, X86CPUState.exitlessSyscallRange.contains(vcpu.registers.rip) { return nil }
+        if outcome == nil { outcome = try preemptIfDue() }
+        if outcome == nil { outcome = try deliverPendingSignals() }
+        return outcome
     }
 
     /// Handles one exit; returns the outcome when the run is over.
@@ -436,7 +468,12 @@ public final class Sandbox {
         let result = try guestResult(of: call) { () throws -> Either<Int64, RunOutcome> in
             if call.number == HostCallNumber.mailboxWait {
                 // The guest gave up spinning on an exitless call: serve or collect it here.
-                guard let exitless else { throw HostCallFailure(HostCallErrno.ENOSYS) }
+                guard let exitless else {
+                    // The exitless `syscall` stub posted with nobody serving (the guest forged
+                    // the polling word): back to the exit with its call.
+                    if X86CPUState.exitlessSyscallRange.contains(r.rip) { return .left(X86CPUState.exitlessMustExit) }
+                    throw HostCallFailure(HostCallErrno.ENOSYS)
+                }
                 let value = exitless.waitExit(sequence: call[0])
                 MailboxPoller.shared.noteExitCall(from: exitless)
                 if let failure = exitless.failure { return .right(.hostCallFailed(number: failure.number, message: failure.message)) }

@@ -1,4 +1,7 @@
 import CKVM
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Limits and inputs for one sandbox.
 public struct SandboxConfiguration: Sendable, Codable {
@@ -57,6 +60,13 @@ public struct SandboxConfiguration: Sendable, Codable {
 
     /// How embedder host calls travel: by exit, or exitless through the shared mailbox.
     public var hostCallTransport: HostCallTransport = .automatic
+    /// How an unmodified program's Linux system calls travel (PVM; hardware KVM's CPL 0 entry
+    /// always exits): `.exitless` posts every call to the mailbox and the host's polling thread
+    /// serves those that need nothing of the vCPU (reads and writes of files and pipes with
+    /// data, stat, clocks, getpid, ...), the rest by exit; `.automatic` does so from a run's
+    /// first system call by exit on, where this process may use two CPUs; `.exit` never.
+    /// The default comes from `KVMSANDBOX_SYSCALLS` (exit, exitless, automatic) when set.
+    public var systemCallTransport: HostCallTransport = .fromEnvironment
 
     /// Paranoid resets: after every `reset()` of a fork, compare every guest page and the whole
     /// vCPU state with the snapshot, and throw `SandboxError.resetVerificationFailed` on any
@@ -116,6 +126,12 @@ public enum HostCallTransport: String, Sendable, CaseIterable, Codable {
     /// Through the mailbox page from the first call, served by a host polling thread; the guest
     /// falls back to an exit after a bounded spin, so it works even without a free core.
     case exitless
+
+    /// `KVMSANDBOX_SYSCALLS` (exit, exitless or automatic), else `.automatic`: lets a test
+    /// suite or a benchmark run every sandbox of a process one way.
+    static let fromEnvironment: HostCallTransport = getenv("KVMSANDBOX_SYSCALLS").flatMap {
+        HostCallTransport(rawValue: String(cString: $0))
+    } ?? .automatic
 
     /// `automatic` decided for this process.
     public var resolved: HostCallTransport {

@@ -1,0 +1,70 @@
+/// Which Linux system calls the host's polling thread may serve while the guest spins in the
+/// exitless `syscall` stub (`SandboxConfiguration.systemCallTransport`), and serving them.
+///
+/// Served there: calls that only read or write guest memory and the Linux layer's own state,
+/// and cannot block: reads and writes of files, in-memory files, devices, captured output, and
+/// of pipes and eventfds (a call that would have to wait is undone and goes by exit); stat,
+/// access, readlink, getcwd, getdents64, open, close, dup, fcntl, lseek, ioctl; the process's
+/// identity and limits; clocks; getrandom; uname; rt_sigaction; a futex wake. Everything else answers nil and is served
+/// on the vCPU thread by exit: calls that change the vCPU or the guest's translations (mmap,
+/// munmap, mprotect, brk, arch_prctl, clone, rt_sigreturn, exit), that may block (a read of
+/// standard input, sockets, futex wait, poll, nanosleep), signals, and stdout or stderr going
+/// to a host descriptor (a slow reader must not hold the poller that serves every VM).
+extension LinuxPersonality {
+    /// System calls that may be served off the vCPU thread, by number (subject to `mayServeExitless`).
+    static let exitlessCalls: Set<Int> = [
+        0, 1, 17, 18, 19, 20,                   // read, write, pread64, pwrite64, readv, writev
+        8, 5, 4, 6, 262, 332,                   // lseek, fstat, stat, lstat, newfstatat, statx
+        21, 269, 439, 89, 267, 79, 217,         // access, faccessat(2), readlink(at), getcwd, getdents64
+        2, 257, 3, 72, 32, 33, 292, 16,         // open, openat, close, fcntl, dup, dup2, dup3, ioctl
+        39, 110, 186, 102, 104, 107, 108,       // getpid, getppid, gettid, getuid, getgid, geteuid, getegid
+        228, 229, 96, 201, 318, 63,             // clock_gettime, clock_getres, gettimeofday, time, getrandom, uname
+        97, 302, 99, 204,                       // getrlimit, prlimit64, sysinfo, sched_getaffinity
+        13,                                     // rt_sigaction (the actions are the Linux layer's state)
+        202,                                    // futex (wake only)
+    ]
+
+    /// Serves `call` on the polling thread when it qualifies: its result, or nil when the vCPU
+    /// thread must serve it by exit (nothing has happened then).
+    func serveExitless(_ call: HostCall) -> Int64? {
+        guard Self.exitlessCalls.contains(call.number), mayServeExitless(call) else { return nil }
+        let effect: HostCallEffect
+        do {
+            effect = try handle(call)
+        } catch {
+            return HostCallErrno.result(for: error) ?? -Int64(HostCallErrno.EIO)
+        }
+        switch effect {
+        case .value(let value):
+            exitlessCounts[call.number, default: 0] += 1
+            return value
+        case .thread(.block):
+            // It would wait (an empty pipe, a zero eventfd): undone; the exit path waits instead.
+            cancelWait()
+            counts[call.number, default: 0] -= 1
+            return nil
+        default:
+            // Not reachable for the calls above; the exit path would do the same again.
+            counts[call.number, default: 0] -= 1
+            return nil
+        }
+    }
+
+    /// Whether `call` (one of `exitlessCalls`) needs nothing of the vCPU thread with these arguments.
+    func mayServeExitless(_ call: HostCall) -> Bool {
+        switch call.number {
+        case 0, 1, 17, 18, 19, 20:
+            guard let file = state.files[call.descriptor(0)] else { return true }  // EBADF either way
+            switch file.kind {
+            case .standardInput, .connection, .socket: return false
+            case .output(let stream): return !builtins.outputMayBlock(stream: stream)
+            default: return true
+            }
+        case 202:
+            let operation = call[1] & 0x7f  // without FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME
+            return operation == 1 || operation == 10  // FUTEX_WAKE, FUTEX_WAKE_BITSET
+        default:
+            return true
+        }
+    }
+}
