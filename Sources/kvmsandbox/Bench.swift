@@ -69,11 +69,12 @@ struct Bench: ParsableCommand {
         results.add("floor_out_ns", floor)
 
         progress("trap methods: out, mmio, syscall, exception, exitless")
-        func guestRun(_ arguments: [String], transport: HostCallTransport) throws -> Double {
+        func guestRun(_ arguments: [String], transport: HostCallTransport, syscalls: HostCallTransport = .exit) throws -> Double {
             var configuration = SandboxConfiguration()
             configuration.arguments = ["traps"] + arguments
             configuration.standardOutput = .discard
             configuration.hostCallTransport = transport
+            configuration.systemCallTransport = syscalls
             let sandbox = try Sandbox(elfPath: traps, configuration: configuration)
             try sandbox.register(HostCallNumber.firstUserNumber) { call in Int64(bitPattern: call[0] &+ 1) }
             sandbox.onException { fault, registers in  // the exception trap: ud2 as a host call
@@ -88,9 +89,10 @@ struct Bench: ParsableCommand {
             return Double(monotonicNanoseconds() - start)
         }
         // Per call: (run with N calls - run with 0 calls) / N, so VM start-up does not count.
-        func perCall(_ method: String, _ transport: HostCallTransport, count: Int) throws -> Double {
+        func perCall(_ method: String, _ transport: HostCallTransport, count: Int, syscalls: HostCallTransport = .exit) throws -> Double {
             median(try (0..<batches).map { _ in
-                (try guestRun([method, "\(count)"], transport: transport) - guestRun([method, "0"], transport: transport)) / Double(count)
+                (try guestRun([method, "\(count)"], transport: transport, syscalls: syscalls)
+                    - guestRun([method, "0"], transport: transport, syscalls: syscalls)) / Double(count)
             })
         }
         for method in ["out", "mmio", "syscall", "exception"] {
@@ -101,6 +103,10 @@ struct Bench: ParsableCommand {
         let exitless = try perCall("exitless", .exitless, count: iterations * 50)
         results.add("trap_exitless_ns", exitless)
         results.add("trap_exitless_vs_floor", exitless / floor)
+        // A Linux system call (getppid) served by the polling thread from the exitless stub.
+        let exitlessSyscall = try perCall("syscall", .exit, count: iterations * 50, syscalls: .exitless)
+        results.add("trap_syscall_exitless_ns", exitlessSyscall)
+        results.add("trap_syscall_exitless_vs_floor", exitlessSyscall / floor)
         let hostcall = try perCall("exitless", .automatic, count: iterations * 10)
         results.add("hostcall_ns", hostcall)
         results.add("hostcall_vs_floor", hostcall / floor)

@@ -25,7 +25,17 @@ enum DynamicBench {
                 guard outcome == .exited(status: 0) else { throw ValidationError("\(path): \(outcome)") }
                 calls = sandbox.systemCallCounts.values.reduce(0, +)
             }
+            // The same with every system call by exit (the default, automatic, posts them to
+            // the polling thread where this process has two CPUs).
+            let byExit = try Samples.measure(batches * 3) {
+                var configuration = configuration([path] + arguments)
+                configuration.systemCallTransport = .exit
+                let outcome = try Sandbox(elfPath: path, configuration: configuration).run()
+                guard outcome == .exited(status: 0) else { throw ValidationError("\(path): \(outcome)") }
+            }
             let native = try Samples.measure(batches * 3) { try spawnAndWait(path, arguments) }
+            results.add("\(key)_exit_ns", byExit.median)
+            results.add("\(key)_exitless_vs_exit", sandboxed.median / byExit.median)
             results.add("\(key)_ns", sandboxed.median)
             results.add("native_\(key)_ns", native.median)
             results.add("\(key)_vs_native", sandboxed.median / native.median)

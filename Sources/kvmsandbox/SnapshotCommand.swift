@@ -16,6 +16,9 @@ struct ProgramOptions: ParsableArguments {
     @Option(name: .customLong("env"), help: "NAME=value for the program's environment (repeatable).")
     var environment: [String] = []
 
+    @Option(name: .long, help: "How the program's Linux system calls travel: exit (default for serving: with the load generator or clients on the machine, a polling thread has no core to itself), exitless or automatic.")
+    var syscalls: String = "exit"
+
     @Argument(parsing: .captureForPassthrough, help: "-- PROGRAM ARGUMENTS...")
     var command: [String] = []
 
@@ -25,6 +28,9 @@ struct ProgramOptions: ParsableArguments {
     func validate() throws {
         _ = try OptionChecks.mebibytes(memory, option: "--memory")
         try OptionChecks.timeout(bootTimeout)
+        guard HostCallTransport(rawValue: syscalls) != nil else {
+            throw ValidationError("--syscalls must be one of \(HostCallTransport.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
     }
 
     /// The configuration to boot the program with: output captured (logged on failures),
@@ -40,6 +46,7 @@ struct ProgramOptions: ParsableArguments {
         configuration.programPath = executable
         configuration.arguments = [program[0].contains("/") ? program[0] : executable] + program.dropFirst()
         configuration.acceptsConnections = true
+        configuration.systemCallTransport = HostCallTransport(rawValue: syscalls) ?? .exit
         configuration.standardOutput = .capture
         configuration.standardError = .capture
         return (executable, configuration)

@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Which Linux system calls the host's polling thread may serve while the guest spins in the
 /// exitless `syscall` stub (`SandboxConfiguration.systemCallTransport`), and serving them.
 ///
@@ -5,7 +9,8 @@
 /// and cannot block: reads and writes of files, in-memory files, devices, captured output, and
 /// of pipes and eventfds (a call that would have to wait is undone and goes by exit); stat,
 /// access, readlink, getcwd, getdents64, open, close, dup, fcntl, lseek, ioctl; the process's
-/// identity and limits; clocks; getrandom; uname; rt_sigaction; a futex wake. Everything else answers nil and is served
+/// identity and limits; clocks; getrandom; uname; rt_sigaction; a futex wake; in socket mode
+/// `accept` of a pending connection and reads and writes of connections that will not wait. Everything else answers nil and is served
 /// on the vCPU thread by exit: calls that change the vCPU or the guest's translations (mmap,
 /// munmap, mprotect, brk, arch_prctl, clone, rt_sigreturn, exit), that may block (a read of
 /// standard input, sockets, futex wait, poll, nanosleep), signals, and stdout or stderr going
@@ -22,6 +27,8 @@ extension LinuxPersonality {
         97, 302, 99, 204,                       // getrlimit, prlimit64, sysinfo, sched_getaffinity
         13,                                     // rt_sigaction (the actions are the Linux layer's state)
         202,                                    // futex (wake only)
+        43, 288, 44, 45, 46, 47, 48,            // accept, accept4 (a connection pending), sendto, recvfrom, sendmsg, recvmsg, shutdown
+        51, 52, 54, 55,                         // getsockname, getpeername, setsockopt, getsockopt
     ]
 
     /// Serves `call` on the polling thread when it qualifies: its result, or nil when the vCPU
@@ -53,13 +60,21 @@ extension LinuxPersonality {
     /// Whether `call` (one of `exitlessCalls`) needs nothing of the vCPU thread with these arguments.
     func mayServeExitless(_ call: HostCall) -> Bool {
         switch call.number {
-        case 0, 1, 17, 18, 19, 20:
+        case 0, 1, 17, 18, 19, 20, 44, 45, 46, 47:
             guard let file = state.files[call.descriptor(0)] else { return true }  // EBADF either way
             switch file.kind {
-            case .standardInput, .connection, .socket: return false
+            case .standardInput, .socket: return false
             case .output(let stream): return !builtins.outputMayBlock(stream: stream)
+            case .connection(let host):
+                // Only when it cannot wait: data to read, room to write (checked on the host).
+                let isWrite = [1, 18, 20, 44, 46].contains(call.number)
+                var descriptor = pollfd(fd: host.fd, events: Int16(isWrite ? POLLOUT : POLLIN), revents: 0)
+                return Glibc.poll(&descriptor, 1, 0) > 0
             default: return true
             }
+        case 43, 288:
+            // A connection to hand over; with none, `accept` may wait (socket mode's ready point).
+            return !state.pendingConnections.isEmpty
         case 202:
             let operation = call[1] & 0x7f  // without FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME
             return operation == 1 || operation == 10  // FUTEX_WAKE, FUTEX_WAKE_BITSET
