@@ -1,6 +1,6 @@
 import CKVM
 
-/// (c) host-call dispatch and (d) the mailbox, against a live VM: one fork of a snapshot of the
+/// (c) host-call dispatch and (d) the mailbox (embedder calls and posted Linux system calls), against a live VM: one fork of a snapshot of the
 /// guest at `KVMSANDBOX_FUZZ_GUEST` (any program that calls `ks_ready()`), reset after every input
 /// and checked page by page against its snapshot every `verifyEvery` inputs.
 @_spi(Fuzzing) public final class HostCallFuzzer {
@@ -61,11 +61,15 @@ import CKVM
     /// Mailbox contents decoded from `data`: written into the page, then served by the poller's
     /// and the fallback exit's paths.
     public func mailbox(_ data: [UInt8]) throws {
-        server.prepare(handlers: [HostCallNumber.firstUserNumber: Self.memoryHandler])
+        // Linux system calls posted by the exitless stub (bit 62) are served too.
+        let linux = vm.linux
+        server.prepare(handlers: [HostCallNumber.firstUserNumber: Self.memoryHandler], systemCalls: { linux.serveExitless($0) })
         var decoder = ArgumentDecoder(data, vm: vm)
         while let (number, arguments) = decoder.nextCall() {
             let sequence = decoder.nextWord()
-            let words = [sequence, UInt64(bitPattern: Int64(number))] + arguments
+            // Half of the posts as system calls (what the syscall stub sends).
+            let posted = decoder.nextByte() & 1 == 0 ? number | ExitlessServer.systemCallFlag : number
+            let words = [sequence, UInt64(bitPattern: Int64(posted))] + arguments
             try vm.guestMemory.write([UInt8](littleEndianWords: words), to: GuestLayout.mailboxPage)
             if decoder.nextByte() & 1 == 0 { _ = server.pollOnce() } else { _ = server.waitExit(sequence: decoder.nextWord()) }
         }
