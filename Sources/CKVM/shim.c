@@ -21,6 +21,7 @@ const unsigned long CKVM_SET_USER_MEMORY_REGION = KVM_SET_USER_MEMORY_REGION;
 const unsigned long CKVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
 const unsigned long CKVM_ENABLE_CAP = KVM_ENABLE_CAP;
 const unsigned long CKVM_RESET_DIRTY_RINGS = KVM_RESET_DIRTY_RINGS;
+const unsigned long CKVM_CLEAR_DIRTY_LOG = KVM_CLEAR_DIRTY_LOG;
 const unsigned long CKVM_RUN = KVM_RUN;
 const unsigned long CKVM_GET_REGS = KVM_GET_REGS;
 const unsigned long CKVM_SET_REGS = KVM_SET_REGS;

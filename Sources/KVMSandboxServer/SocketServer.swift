@@ -29,8 +29,13 @@ public final class SocketServer: Sendable {
     public let counters = ServerCounters()
     let logger = Logger(label: "kvmsandbox.serve")
 
+    /// How forks track the pages they dirty (nil: the fastest this KVM has).
+    public let tracking: DirtyTracking?
+
     /// A server of `snapshot`, which must wait for connections (`Snapshot.waitsForConnections`).
-    public init(snapshot: Snapshot, workers: Int, connectionTimeout: Double? = nil, resetsEachConnection: Bool = true) throws {
+    public init(snapshot: Snapshot, workers: Int, connectionTimeout: Double? = nil, resetsEachConnection: Bool = true,
+                tracking: DirtyTracking? = nil) throws {
+        self.tracking = tracking
         guard snapshot.waitsForConnections else {
             throw SandboxError.invalidConfiguration("the program was not snapshotted waiting for a connection")
         }
@@ -72,7 +77,7 @@ public final class SocketServer: Sendable {
         let listener = try ListeningSocket(host: host, port: port)
         bound(listener.port)
         logger.info("serving on \(host):\(listener.port) with \(workers) VM(s)")
-        let vms = try (0..<workers).map { _ in try snapshot.fork() }
+        let vms = try (0..<workers).map { _ in try snapshot.fork(tracking: tracking) }
         counters.setVMs(vms.count)
         let failures = FailureList()
         try await withTaskCancellationHandler {

@@ -42,6 +42,9 @@ struct Serve: AsyncParsableCommand {
     @Flag(name: .long, help: "Socket mode: serve connection after connection in the same VM (no reset between them), for comparison.")
     var noReset = false
 
+    @Option(name: .long, help: "How forks track dirtied pages: ring, bitmap or hotPages (pages dirtied by every request stay writable and are copied back untracked). Default: hotPages.")
+    var dirtyTracking: String = "hotPages"
+
     @Option(name: .long, help: "Serve this snapshot file (from `kvmsandbox snapshot`) instead of booting a program.")
     var snapshot: String?
 
@@ -54,6 +57,9 @@ struct Serve: AsyncParsableCommand {
         try OptionChecks.timeout(timeout)
         guard (1...256).contains(workers) else { throw ValidationError("--workers must be between 1 and 256") }
         _ = try Self.address(listen)
+        guard DirtyTracking(rawValue: dirtyTracking) != nil else {
+            throw ValidationError("--dirty-tracking must be one of \(DirtyTracking.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
         if let metrics { _ = try Self.address(metrics) }
         guard options.program.isEmpty != (snapshot == nil) else {
             throw ValidationError(snapshot == nil ? "give the program after --" : "give either --snapshot or a program, not both")
@@ -86,11 +92,13 @@ struct Serve: AsyncParsableCommand {
             factory.defaultValueHistogramBuckets = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536]
             MetricsSystem.bootstrap(factory)
         }
+        let tracking = DirtyTracking(rawValue: dirtyTracking)
         let counters: ServerCounters
         let serveForever: @Sendable (String, Int, @escaping @Sendable (Int) -> Void) async throws -> Void
         let mode: String
         if snapshot.waitsForConnections {
-            let server = try SocketServer(snapshot: snapshot, workers: workers, connectionTimeout: timeout, resetsEachConnection: !noReset)
+            let server = try SocketServer(snapshot: snapshot, workers: workers, connectionTimeout: timeout, resetsEachConnection: !noReset,
+                                          tracking: tracking)
             serveForever = { try await server.serve(host: $0, port: $1, bound: $2) }
             counters = server.counters
             mode = "socket mode: a \(noReset ? "reused" : "reset") VM per connection"
@@ -99,7 +107,7 @@ struct Serve: AsyncParsableCommand {
                 printError("kvmsandbox: --no-reset is for servers (socket mode); \(executable) reads its request from stdin, and each request is one run of it to its exit")
                 throw ExitCode(ExitStatus.sandboxError)
             }
-            let server = try FunctionServer(snapshot: snapshot, workers: workers, requestTimeout: timeout)
+            let server = try FunctionServer(snapshot: snapshot, workers: workers, requestTimeout: timeout, tracking: tracking)
             serveForever = { try await server.serve(host: $0, port: $1, bound: $2) }
             counters = server.counters
             mode = "function mode: stdin -> stdout, a reset VM per request"

@@ -73,6 +73,27 @@ extension KVMTests {
             #expect(try snapshot.fork().call("checksum") == pristine)
         }
 
+        /// `.hotPages`: pages a request dirties every time stay writable after two resets and are
+        /// copied back without tracking; every reset is still checked page by page against the
+        /// snapshot (`verifyResets`), across a cooling (all pages protected again) at 256 resets,
+        /// with a request that writes different pages now and then.
+        @Test func hotPagesAreRestoredWithoutTracking() throws {
+            let vm = try Self.snapshot().fork(tracking: .hotPages)
+            let pristine = try vm.call("checksum")
+            for round in 0..<270 {
+                if round % 50 == 7 {
+                    #expect(try vm.call("dirty_everything") == .returned(0))
+                } else {
+                    #expect(try vm.call("touch_pages", 24) == .returned(24))
+                    #expect(try vm.call("write_secret", .string("round \(round)")) == .returned(1))
+                }
+                #expect(try vm.call("checksum") != pristine)
+                try vm.reset()  // throws if any page or the vCPU differs from the snapshot
+                if round % 30 == 0 { #expect(try vm.call("checksum") == pristine); try vm.reset() }
+            }
+            #expect(try vm.call("get_counter") == .returned(0))
+        }
+
         @Test func resetAfterAFaultGivesAWorkingVM() throws {
             let vm = try Self.snapshot().fork()
             let outcome = try vm.call("crash")

@@ -21,6 +21,7 @@ extern const unsigned long CKVM_SET_USER_MEMORY_REGION;
 extern const unsigned long CKVM_GET_DIRTY_LOG;
 extern const unsigned long CKVM_ENABLE_CAP;
 extern const unsigned long CKVM_RESET_DIRTY_RINGS;
+extern const unsigned long CKVM_CLEAR_DIRTY_LOG;
 // vCPU ioctls.
 extern const unsigned long CKVM_RUN;
 extern const unsigned long CKVM_GET_REGS;

@@ -28,6 +28,7 @@ enum KVMRequest {
     static let getDirtyLog = CKVM_GET_DIRTY_LOG
     static let enableCap = CKVM_ENABLE_CAP
     static let resetDirtyRings = CKVM_RESET_DIRTY_RINGS
+    static let clearDirtyLog = CKVM_CLEAR_DIRTY_LOG
     static let run = CKVM_RUN
     static let getRegs = CKVM_GET_REGS
     static let setRegs = CKVM_SET_REGS

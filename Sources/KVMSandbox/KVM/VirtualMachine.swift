@@ -38,6 +38,29 @@ final class VirtualMachine {
         if result < 0 { throw KVMError("KVM_GET_DIRTY_LOG", .current) }
     }
 
+    /// `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`: `KVM_GET_DIRTY_LOG` then reports without clearing or
+    /// write-protecting; `clearDirtyLog` does both, for the pages it names. Before the memslot.
+    func enableManualDirtyProtection() throws(KVMError) {
+        var cap = kvm_enable_cap()
+        cap.cap = UInt32(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)
+        cap.args.0 = 1  // KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE
+        try kvmIoctl(fd, KVMRequest.enableCap, &cap, "KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2)")
+    }
+
+    /// `KVM_CLEAR_DIRTY_LOG` over the whole of `slot` (`pages` long): clears the bits set in
+    /// `bitmap` and write-protects those pages again; pages not named stay as they are.
+    func clearDirtyLog(slot: UInt32, pages: Int, bitmap: inout [UInt64]) throws(KVMError) {
+        let result = bitmap.withUnsafeMutableBytes { buffer in
+            var clear = kvm_clear_dirty_log()
+            clear.slot = slot
+            clear.num_pages = UInt32(pages)
+            clear.first_page = 0
+            clear.dirty_bitmap = buffer.baseAddress
+            return withUnsafeMutablePointer(to: &clear) { ckvmIoctlPointer(fd.rawValue, KVMRequest.clearDirtyLog, $0) }
+        }
+        if result < 0 { throw KVMError("KVM_CLEAR_DIRTY_LOG", .current) }
+    }
+
     /// Turns on KVM's dirty ring (`KVM_CAP_DIRTY_LOG_RING`) with `entries` per vCPU; only before
     /// any vCPU exists. Then `KVM_GET_DIRTY_LOG` is off and each vCPU has a `DirtyRing`.
     func enableDirtyRing(entries: Int) throws(KVMError) {

@@ -20,6 +20,7 @@ enum MicroVM {
                        registers: kvm_regs) throws(KVMError) -> (VirtualMachine, VirtualCPU) {
         let vm = try system.createVM()
         if dirtyTracking == .ring { try vm.enableDirtyRing(entries: DirtyTracking.ringEntries) }
+        if dirtyTracking == .hotPages { try vm.enableManualDirtyProtection() }
         try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, size: memory.size, hostAddress: memory.hostAddress,
                                flags: dirtyTracking == nil ? 0 : VirtualMachine.logDirtyPages)
         let vcpu = try vm.createVCPU()
@@ -47,6 +48,13 @@ enum MicroVM {
 public enum DirtyTracking: String, Sendable, CaseIterable {
     /// `KVM_GET_DIRTY_LOG`: one bit per page of memory, fetched and scanned whole at each reset.
     case bitmap
+    /// The bitmap with manual protection (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`): a page dirtied
+    /// by `hotResets` resets in a row stays writable and is copied back at every reset from
+    /// then on, without tracking (every `coolingInterval` resets all pages are protected again
+    /// to find out which still are hot). A request that dirties the same hundreds of pages
+    /// each time (an interpreter's heap) then takes no write-protect fault on them (~6-15 us
+    /// each on PVM) at the cost of a 4 KiB copy each (~1 us).
+    case hotPages
     /// `KVM_CAP_DIRTY_LOG_RING`: KVM lists each written page; a reset reads just those entries.
     case ring
 

@@ -154,7 +154,7 @@ extension Sandbox {
         if let fork {
             switch fork.tracking {
             case .ring: try harvestDirtyRing()
-            case .bitmap:
+            case .bitmap, .hotPages:
                 try vm.fetchDirtyLog(slot: 0, into: &fork.dirtyBitmap)
                 fork.forEachDirtyPage { fork.harvested.append($0) }
             }

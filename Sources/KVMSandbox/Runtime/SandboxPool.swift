@@ -16,6 +16,8 @@ public final class SandboxPool: Sendable {
     /// The most VMs that exist at once; more concurrent requests wait.
     public let capacity: Int
     private let setUp: @Sendable (Sandbox) throws -> Void
+    /// How the forks track the pages they dirty (nil: the fastest this KVM has).
+    public let tracking: DirtyTracking?
     private let state = Mutex(State())
 
     private struct State: ~Copyable {
@@ -32,20 +34,21 @@ public final class SandboxPool: Sendable {
 
     /// A pool of up to `capacity` forks of `snapshot`, `prefork` of them created now. `setUp` runs
     /// on each new fork (register its host calls there).
-    public init(snapshot: Snapshot, capacity: Int, prefork: Int = 0,
+    public init(snapshot: Snapshot, capacity: Int, prefork: Int = 0, tracking: DirtyTracking? = nil,
                 setUp: @escaping @Sendable (Sandbox) throws -> Void = { _ in }) throws {
+        self.tracking = tracking
         guard capacity > 0, (0...capacity).contains(prefork) else {
             throw SandboxError.invalidConfiguration("pool capacity must be positive and prefork within it")
         }
         self.snapshot = snapshot
         self.capacity = capacity
         self.setUp = setUp
-        let ready = try (0..<prefork).map { _ in PooledVM(try Self.makeFork(snapshot, setUp)) }
+        let ready = try (0..<prefork).map { _ in PooledVM(try Self.makeFork(snapshot, tracking, setUp)) }
         state.withLock { $0.idle = ready; $0.count = ready.count }
     }
 
-    private static func makeFork(_ snapshot: Snapshot, _ setUp: (Sandbox) throws -> Void) throws -> Sandbox {
-        let vm = try snapshot.fork()
+    private static func makeFork(_ snapshot: Snapshot, _ tracking: DirtyTracking?, _ setUp: (Sandbox) throws -> Void) throws -> Sandbox {
+        let vm = try snapshot.fork(tracking: tracking)
         try setUp(vm)
         return vm
     }
@@ -71,7 +74,7 @@ public final class SandboxPool: Sendable {
         switch next {
         case .use(let vm): return vm
         case .create:
-            do { return PooledVM(try Self.makeFork(snapshot, setUp)) } catch {
+            do { return PooledVM(try Self.makeFork(snapshot, tracking, setUp)) } catch {
                 release(nil)
                 throw error
             }
@@ -87,7 +90,7 @@ public final class SandboxPool: Sendable {
             }
             // nil: a slot freed up (a VM was dropped); make a new fork for it.
             if let handed { return handed }
-            do { return PooledVM(try Self.makeFork(snapshot, setUp)) } catch {
+            do { return PooledVM(try Self.makeFork(snapshot, tracking, setUp)) } catch {
                 release(nil)
                 throw error
             }

@@ -104,6 +104,12 @@ final class ForkState {
     var dirtyBitmap: [UInt64]
     /// Pages harvested from a full dirty ring during a run, restored at the next reset.
     var harvested: [UInt64] = []
+    /// `.hotPages`: resets in a row each page was dirty in (saturating), and resets since the
+    /// last cooling; the pages to protect again at this reset (reused).
+    var streaks: [UInt8] = []
+    var streakPages: [Int] = []
+    var resetsSinceCooling = 0
+    var clearMask: [UInt64] = []
 
     /// Calls `body` with every page set in `dirtyBitmap` (guest-physical page numbers).
     func forEachDirtyPage(_ body: (UInt64) -> Void) {
@@ -121,7 +127,12 @@ final class ForkState {
     init(snapshot: Snapshot, tracking: DirtyTracking) {
         self.snapshot = snapshot
         self.tracking = tracking
-        dirtyBitmap = tracking == .bitmap ? [UInt64](repeating: 0, count: Int((snapshot.memory.size / PageSize.bytes + 63) / 64)) : []
+        let words = Int((snapshot.memory.size / PageSize.bytes + 63) / 64)
+        dirtyBitmap = tracking == .ring ? [] : [UInt64](repeating: 0, count: words)
+        if tracking == .hotPages {
+            streaks = [UInt8](repeating: 0, count: Int(snapshot.memory.size / PageSize.bytes))
+            clearMask = [UInt64](repeating: 0, count: words)
+        }
     }
 }
 
@@ -174,6 +185,8 @@ extension Sandbox {
             case .bitmap:
                 try vm.fetchDirtyLog(slot: 0, into: &fork.dirtyBitmap)
                 fork.forEachDirtyPage { memory.restorePage($0) }
+            case .hotPages:
+                try resetKeepingHotPages(fork)
             case .ring:
                 try harvestDirtyRing()
             }
@@ -218,6 +231,37 @@ extension Sandbox {
             let differences = try differencesFromSnapshot()
             guard differences.isEmpty else { throw .resetVerificationFailed(differences) }
         }
+    }
+
+    /// How many resets in a row a page must be dirty in to stay writable (`.hotPages`), and how
+    /// often every page is protected again.
+    static let hotResets: UInt8 = 2
+    static let coolingInterval = 256
+
+    /// `.hotPages`: copies back every page the log reports (hot pages are reported every time:
+    /// their bits are never cleared), then clears and write-protects only the pages that are
+    /// not hot, so hot ones take no fault in the next request.
+    private func resetKeepingHotPages(_ fork: ForkState) throws(KVMError) {
+        try vm.fetchDirtyLog(slot: 0, into: &fork.dirtyBitmap)
+        fork.resetsSinceCooling += 1
+        let cooling = fork.resetsSinceCooling >= Self.coolingInterval
+        if cooling { fork.resetsSinceCooling = 0 }
+        for index in fork.clearMask.indices { fork.clearMask[index] = 0 }
+        // Pages dirty last time but not now lose their streak (hot ones are always dirty).
+        for index in fork.streakPages where fork.dirtyBitmap[index / 64] & (1 << UInt64(index % 64)) == 0 {
+            fork.streaks[index] = 0
+        }
+        fork.streakPages.removeAll(keepingCapacity: true)
+        fork.forEachDirtyPage { page in
+            memory.restorePage(page)
+            let index = Int(page)
+            guard index < fork.streaks.count else { return }
+            let streak = fork.streaks[index] < UInt8.max ? fork.streaks[index] + 1 : UInt8.max
+            fork.streaks[index] = cooling ? 0 : streak
+            if !cooling { fork.streakPages.append(index) }
+            if cooling || streak < Self.hotResets { fork.clearMask[index / 64] |= 1 << UInt64(index % 64) }
+        }
+        try vm.clearDirtyLog(slot: 0, pages: fork.streaks.count, bitmap: &fork.clearMask)
     }
 
     /// Moves the pages listed in the vCPU's dirty ring to `fork.harvested` and re-arms the ring
