@@ -3,55 +3,39 @@ import CKVM
 /// How the state a snapshot holds is written to a snapshot file: KVM's C structs as their raw
 /// bytes (checked for size when read back), everything else by the synthesized `Codable`.
 
-/// Decodes a plain C struct (no pointers) from its bytes, refusing a wrong size.
-func decodeRawBytes<T>(_ decoder: any Decoder, as _: T.Type = T.self, zero: T) throws -> T {
-    let bytes = try decoder.singleValueContainer().decode([UInt8].self)
-    guard bytes.count == MemoryLayout<T>.size else {
-        throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
-                                               debugDescription: "\(T.self) of \(bytes.count) bytes, not \(MemoryLayout<T>.size)"))
+/// A plain C struct (no pointers, no references) that snapshot files hold as its bytes, checked
+/// for size when read back. Public only because the KVM structs it covers are; not for clients.
+public protocol RawBytesCodable: Codable {
+    init()
+}
+
+extension RawBytesCodable {
+    public init(from decoder: any Decoder) throws {
+        let bytes = try decoder.singleValueContainer().decode([UInt8].self)
+        guard bytes.count == MemoryLayout<Self>.size else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
+                                                   debugDescription: "\(Self.self) of \(bytes.count) bytes, not \(MemoryLayout<Self>.size)"))
+        }
+        self.init()
+        // SAFETY: `Self` is a C struct of plain integers, exactly `bytes.count` bytes long, so
+        // any bit pattern is a valid value of it.
+        withUnsafeMutableBytes(of: &self) { $0.copyBytes(from: bytes) }
     }
-    var value = zero
-    // SAFETY: `T` is a C struct of plain integers (no pointers, no references), exactly
-    // `bytes.count` bytes long, so any bit pattern is a valid value of it.
-    withUnsafeMutableBytes(of: &value) { $0.copyBytes(from: bytes) }
-    return value
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        // SAFETY: reading the bytes of a plain C struct.
+        try container.encode(withUnsafeBytes(of: self) { Array($0) })
+    }
 }
 
-/// Encodes a plain C struct as its bytes.
-func encodeRawBytes<T>(_ value: T, _ encoder: any Encoder) throws {
-    var container = encoder.singleValueContainer()
-    // SAFETY: reading the bytes of a plain C struct.
-    try container.encode(withUnsafeBytes(of: value) { Array($0) })
-}
-
-extension kvm_regs: Codable {
-    public init(from decoder: any Decoder) throws { self = try decodeRawBytes(decoder, zero: Self()) }
-    public func encode(to encoder: any Encoder) throws { try encodeRawBytes(self, encoder) }
-}
-extension kvm_sregs: Codable {
-    public init(from decoder: any Decoder) throws { self = try decodeRawBytes(decoder, zero: Self()) }
-    public func encode(to encoder: any Encoder) throws { try encodeRawBytes(self, encoder) }
-}
-extension kvm_vcpu_events: Codable {
-    public init(from decoder: any Decoder) throws { self = try decodeRawBytes(decoder, zero: Self()) }
-    public func encode(to encoder: any Encoder) throws { try encodeRawBytes(self, encoder) }
-}
-extension kvm_xsave: Codable {
-    public init(from decoder: any Decoder) throws { self = try decodeRawBytes(decoder, zero: Self()) }
-    public func encode(to encoder: any Encoder) throws { try encodeRawBytes(self, encoder) }
-}
-extension kvm_fpu: Codable {
-    public init(from decoder: any Decoder) throws { self = try decodeRawBytes(decoder, zero: Self()) }
-    public func encode(to encoder: any Encoder) throws { try encodeRawBytes(self, encoder) }
-}
-extension kvm_xcrs: Codable {
-    public init(from decoder: any Decoder) throws { self = try decodeRawBytes(decoder, zero: Self()) }
-    public func encode(to encoder: any Encoder) throws { try encodeRawBytes(self, encoder) }
-}
-extension kvm_debugregs: Codable {
-    public init(from decoder: any Decoder) throws { self = try decodeRawBytes(decoder, zero: Self()) }
-    public func encode(to encoder: any Encoder) throws { try encodeRawBytes(self, encoder) }
-}
+extension kvm_regs: RawBytesCodable {}
+extension kvm_sregs: RawBytesCodable {}
+extension kvm_vcpu_events: RawBytesCodable {}
+extension kvm_xsave: RawBytesCodable {}
+extension kvm_fpu: RawBytesCodable {}
+extension kvm_xcrs: RawBytesCodable {}
+extension kvm_debugregs: RawBytesCodable {}
 
 extension VCPUState: Codable {
     private enum CodingKeys: String, CodingKey {
