@@ -137,6 +137,17 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode(ExitStatus.sandboxError)
         }
         printError("kvmsandbox: serve: \(counters.summary)")
+        if let resident = Self.residentKiB() {
+            printError(String(format: "kvmsandbox: serve: resident memory %.1f MiB for %d VM(s) and the server (%.1f MiB per VM at most)",
+                              Double(resident) / 1024, workers, Double(resident) / 1024 / Double(workers)))
+        }
+    }
+
+    /// This process's resident memory (VmRSS), in KiB.
+    static func residentKiB() -> Int? {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return nil }
+        return line.split(separator: " ").compactMap { Int($0) }.first
     }
 
     /// HOST and PORT of a HOST:PORT option.
