@@ -39,6 +39,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "How Linux system calls travel on PVM: automatic, exitless (served by a polling host thread where they need nothing of the vCPU) or exit. Default: KVMSANDBOX_SYSCALLS, else automatic.")
     var syscalls: String?
 
+    @Option(name: .customLong("allow-connect"), help: "IPv4:PORT the guest may connect to (repeatable); every other connect is EACCES.")
+    var allowConnect: [String] = []
+
     @OptionGroup var files: FileOptions
 
     @Option(name: .long, help: "The guest's working directory (default: this one when a grant covers it, else /).")
@@ -109,6 +112,11 @@ struct Run: ParsableCommand {
             throw ExitCode(ExitStatus.sandboxError)
         }
         configuration.hostCallTransport = transport
+        for destination in allowConnect where LinuxDestination.parse(destination) == nil {
+            printError("kvmsandbox: --allow-connect takes IPv4:PORT (e.g. 127.0.0.1:5432), not \(destination)")
+            throw ExitCode(ExitStatus.sandboxError)
+        }
+        configuration.allowedConnections = allowConnect
         if let syscalls {
             guard let syscallTransport = HostCallTransport(rawValue: syscalls) else {
                 printError("kvmsandbox: --syscalls must be one of \(HostCallTransport.allCases.map(\.rawValue).joined(separator: ", "))")

@@ -19,6 +19,9 @@ struct ProgramOptions: ParsableArguments {
     @Option(name: .long, help: "How the program's Linux system calls travel: exit (default for serving: with the load generator or clients on the machine, a polling thread has no core to itself), exitless or automatic.")
     var syscalls: String = "exit"
 
+    @Option(name: .customLong("allow-connect"), help: "IPv4:PORT the program may connect to (repeatable); every other connect is EACCES.")
+    var allowConnect: [String] = []
+
     @Argument(parsing: .captureForPassthrough, help: "-- PROGRAM ARGUMENTS...")
     var command: [String] = []
 
@@ -28,6 +31,9 @@ struct ProgramOptions: ParsableArguments {
     func validate() throws {
         _ = try OptionChecks.mebibytes(memory, option: "--memory")
         try OptionChecks.timeout(bootTimeout)
+        for destination in allowConnect where LinuxDestination.parse(destination) == nil {
+            throw ValidationError("--allow-connect takes IPv4:PORT (e.g. 127.0.0.1:5432), not \(destination)")
+        }
         guard HostCallTransport(rawValue: syscalls) != nil else {
             throw ValidationError("--syscalls must be one of \(HostCallTransport.allCases.map(\.rawValue).joined(separator: ", "))")
         }
@@ -46,6 +52,7 @@ struct ProgramOptions: ParsableArguments {
         configuration.programPath = executable
         configuration.arguments = [program[0].contains("/") ? program[0] : executable] + program.dropFirst()
         configuration.acceptsConnections = true
+        configuration.allowedConnections = allowConnect
         configuration.systemCallTransport = HostCallTransport(rawValue: syscalls) ?? .exit
         configuration.standardOutput = .capture
         configuration.standardError = .capture

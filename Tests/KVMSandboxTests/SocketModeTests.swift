@@ -149,6 +149,53 @@ extension KVMTests {
             #expect(stdout == "refused 13\n")
         }
 
+        /// Outgoing connections reach only the allowed destinations: python connects to a host
+        /// echo listener it was allowed, and gets EACCES for another port and for a UDP socket.
+        @Test func connectReachesOnlyAllowedDestinations() throws {
+            let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(listener) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+            var size = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let bound = withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, size) == 0 && getsockname(listener, $0, &size) == 0 }
+            }
+            try #require(bound && listen(listener, 4) == 0)
+            let port = Int(UInt16(bigEndian: address.sin_port))
+            // The echo side: one connection, its bytes back in upper case.
+            let echo = Thread {
+                let connection = accept(listener, nil, nil)
+                guard connection >= 0 else { return }
+                var buffer = [UInt8](repeating: 0, count: 64)
+                let n = read(connection, &buffer, 64)
+                if n > 0 { _ = write(connection, Array(String(decoding: buffer[..<n], as: UTF8.self).uppercased().utf8), n) }
+                close(connection)
+            }
+            echo.start()
+            var configuration = SandboxConfiguration()
+            configuration.arguments = ["/usr/bin/python3", "-c", """
+                import socket
+                s = socket.create_connection(("127.0.0.1", \(port)))
+                s.sendall(b"hello")
+                print(s.recv(64).decode())
+                for family, kind, port in ((socket.AF_INET, socket.SOCK_STREAM, \(port == 65535 ? port - 1 : port + 1)), (socket.AF_INET, socket.SOCK_DGRAM, 53)):
+                    try:
+                        socket.socket(family, kind).connect(("127.0.0.1", port))
+                    except PermissionError as e:
+                        print("refused", e.errno)
+                """]
+            configuration.allowedConnections = ["127.0.0.1:\(port)"]
+            configuration.memorySize = 128 << 20
+            configuration.standardOutput = .capture
+            configuration.standardError = .capture
+            configuration.timeout = 20
+            let sandbox = try Sandbox(elfPath: "/usr/bin/python3", configuration: configuration)
+            let outcome = try sandbox.run()
+            #expect(outcome == .exited(status: 0), "\(String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self))")
+            #expect(String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self) == "HELLO\nrefused 13\nrefused 13\n")
+        }
+
         /// Python's http.server: 1,000 requests from 8 clients, each in a pristine fork (its
         /// count is 1 and the file the last one wrote is gone); a crash ends only its connection.
         @Test func pythonHTTPServerServesAThousandIsolatedConnections() async throws {

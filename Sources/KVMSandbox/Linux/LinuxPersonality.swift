@@ -71,6 +71,8 @@ final class LinuxPersonality {
     let maximumThreads: Int
     /// Whether the guest may listen for connections (`SandboxConfiguration.acceptsConnections`).
     let acceptsConnections: Bool
+    /// Where it may connect to (`SandboxConfiguration.allowedConnections`), as IPv4 sockaddr bytes 2..<8.
+    let allowedConnections: Set<[UInt8]>
 
     init(space: AddressSpace, builtins: BuiltinHostCalls, fileSystem: FileSystemView, configuration: SandboxConfiguration,
          image: ProgramImage) {
@@ -85,6 +87,7 @@ final class LinuxPersonality {
         self.allowJIT = configuration.allowJIT
         self.maximumThreads = configuration.maximumThreads
         self.acceptsConnections = configuration.acceptsConnections
+        self.allowedConnections = Set(configuration.allowedConnections.compactMap(Self.destination))
         var state = State()
         state.memoryFiles = MemoryFileSystem(mounts: configuration.memoryDirectories, capacity: configuration.memoryDirectoryCapacity)
         state.cwd = Self.initialDirectory(configuration.workingDirectory, fileSystem: fileSystem)

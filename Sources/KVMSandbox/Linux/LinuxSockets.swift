@@ -12,7 +12,8 @@ import Glibc
 /// they are what the guest's `accept` returns, as guest descriptors backed by the real
 /// connection, so `read`/`write`/`recvfrom`/`sendto`/`recvmsg`/`sendmsg`/`shutdown`, socket
 /// options, `getsockname`/`getpeername` and `poll`/`epoll` over them act on it. Outgoing
-/// connections (`connect`) are refused, and so is every other kind of socket.
+/// connections (`connect`) reach only the IPv4 destinations `SandboxConfiguration.allowedConnections`
+/// names (then the socket is a real connection too); every other kind of socket is refused.
 extension LinuxPersonality {
     /// AF_UNIX, AF_INET, AF_INET6; SOCK_STREAM; SOCK_NONBLOCK, SOCK_CLOEXEC.
     static let inet: UInt64 = 2, inet6: UInt64 = 10
@@ -23,7 +24,7 @@ extension LinuxPersonality {
         switch call.number {
         case 41:                                        // socket(domain, type, protocol)
             let type = call[1] & ~(Self.socketNonblocking | Self.socketCloseOnExec)
-            guard acceptsConnections, call[0] == Self.inet || call[0] == Self.inet6, type == 1,
+            guard acceptsConnections || !allowedConnections.isEmpty, call[0] == Self.inet || call[0] == Self.inet6, type == 1,
                   call[2] == 0 || call[2] == 6 else { return Self.fail(.permissionDenied) }
             let id = state.nextObject
             let status = O_RDWR | (call[1] & Self.socketNonblocking != 0 ? O_NONBLOCK : 0)
@@ -34,6 +35,7 @@ extension LinuxPersonality {
             return .value(Int64(fd))
         case 49:                                        // bind(fd, address, length)
             guard let id = virtualSocket(call.descriptor(0)) else { return notASocket(call.descriptor(0)) }
+            guard acceptsConnections else { return Self.fail(.permissionDenied) }  // outgoing connections only
             guard (16...128).contains(call[2]) else { return Self.fail(.invalidArgument) }
             let address = try memory.read(call[1], count: Int(call[2]))
             guard UInt64(UInt16(littleEndianBytes: address[0..<2])) == UInt64(state.sockets[id]?.family ?? 0) else {
@@ -53,7 +55,7 @@ extension LinuxPersonality {
             let flags = call.number == 288 ? call[3] : 0
             guard flags & ~(Self.socketNonblocking | Self.socketCloseOnExec) == 0 else { return Self.fail(.invalidArgument) }
             return try accept(call.descriptor(0), memory, address: call[1], length: call[2], flags: flags)
-        case 42: return Self.fail(.permissionDenied)    // connect: no outgoing connections
+        case 42: return try connect(call.descriptor(0), memory, address: call[1], length: call[2])
         case 44:                                        // sendto(fd, buffer, length, flags, address, length)
             guard call[4] == 0 else { return Self.fail(.socketIsConnected) }
             return try send(call.descriptor(0), memory, vectors: [(call[1], call[2])], flags: call[3])
@@ -116,6 +118,47 @@ extension LinuxPersonality {
             return try socketOption(call.descriptor(0), level: call[1], name: call[2], memory, value: call[3], length: call[4])
         default: return nil
         }
+    }
+
+    /// Port and IPv4 address (a `sockaddr_in`'s bytes 2..<8) of `"a.b.c.d:port"`, or nil.
+    static func destination(_ text: String) -> [UInt8]? {
+        let parts = text.split(separator: ":")
+        guard parts.count == 2, let port = UInt16(parts[1]), port != 0 else { return nil }
+        let octets = parts[0].split(separator: ".", omittingEmptySubsequences: false).compactMap { UInt8($0) }
+        guard octets.count == 4 else { return nil }
+        return [UInt8(port >> 8), UInt8(port & 0xff)] + octets
+    }
+
+    /// connect(2): only an unbound TCP socket, only to an allowed IPv4 destination; the socket
+    /// becomes a real connection. A non-blocking socket gets `EINPROGRESS` as on Linux (poll for
+    /// POLLOUT, then `SO_ERROR`); a blocking one waits, within the run's deadline.
+    func connect(_ fd: Int64, _ memory: GuestMemoryView, address: UInt64, length: UInt64) throws -> HostCallEffect {
+        if connection(fd) != nil { return Self.fail(.socketIsConnected) }
+        guard let id = virtualSocket(fd), let file = state.files[fd] else { return notASocket(fd) }
+        guard state.sockets[id]?.address == nil else { return Self.fail(.invalidArgument) }
+        guard (16...128).contains(length) else { return Self.fail(.invalidArgument) }
+        let bytes = try memory.read(address, count: 16)
+        guard UInt16(littleEndianBytes: bytes[0..<2]) == UInt16(Self.inet), allowedConnections.contains(Array(bytes[2..<8])) else {
+            return Self.fail(.permissionDenied)
+        }
+        let host = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard host >= 0 else { return Self.fail(Errno.current) }
+        let hostFile = HostFile(fd: host)
+        var target = sockaddr_in()
+        withUnsafeMutableBytes(of: &target) { $0.copyBytes(from: bytes) }
+        let started = withUnsafePointer(to: &target) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(host, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard started == 0 || errno == EINPROGRESS else { return Self.fail(Errno.current) }
+        state.files.update(fd) { $0.kind = .connection(hostFile) }
+        state.sockets[id] = nil
+        if started == 0 { return .value(0) }
+        if file.statusFlags & O_NONBLOCK != 0 { return Self.fail(.nowInProgress) }
+        if let error = waitForHost(host, events: POLLOUT) { return Self.fail(error) }
+        var failure: Int32 = 0
+        var size = socklen_t(MemoryLayout<Int32>.size)
+        getsockopt(host, SOL_SOCKET, SO_ERROR, &failure, &size)
+        return failure == 0 ? .value(0) : Self.fail(Errno(rawValue: failure))
     }
 
     /// The id of the virtual socket (listening or not) behind `fd`.

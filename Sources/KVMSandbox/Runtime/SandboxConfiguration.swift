@@ -53,8 +53,12 @@ public struct SandboxConfiguration: Sendable, Codable {
     /// Socket mode: the guest may create TCP sockets and listen on one (nothing is bound on the
     /// host); the connections the embedder hands over with `Sandbox.offerConnection` are what
     /// its `accept` returns. Off: every `socket` is `EACCES` (no network). Outgoing connections
-    /// are refused either way.
+    /// are refused unless `allowedConnections` names them.
     public var acceptsConnections = false
+    /// The only destinations the guest may `connect` to, as `"IPv4:PORT"` (e.g. a database at
+    /// `"127.0.0.1:5432"`); every other `connect` is `EACCES`. Non-empty: the guest may create
+    /// TCP sockets even outside socket mode. No name resolution is offered (no UDP).
+    public var allowedConnections: [String] = []
     /// Print every Linux system call (name, arguments, result) to the host's stderr.
     public var traceSyscalls = false
 
@@ -145,3 +149,12 @@ public enum HostCallTransport: String, Sendable, CaseIterable, Codable {
 
 /// CPUs this process may run on (its affinity mask).
 func availableCPUs() -> Int { Int(ckvm_available_cpus()) }
+
+/// Checks of `SandboxConfiguration.allowedConnections` entries.
+public enum LinuxDestination {
+    /// The port and address of `"a.b.c.d:port"`, or nil when it is not one.
+    public static func parse(_ text: String) -> (address: String, port: UInt16)? {
+        guard let bytes = LinuxPersonality.destination(text) else { return nil }
+        return (bytes[2...].map(String.init).joined(separator: "."), UInt16(bytes[0]) << 8 | UInt16(bytes[1]))
+    }
+}
