@@ -84,6 +84,15 @@ struct FileTable: Codable {
         return table
     }
 
+    /// Whether the table is one the host could have built (a table read from a snapshot file):
+    /// descriptors in range, each naming a description that exists, and a next description id
+    /// the table's increments cannot overflow.
+    var isConsistent: Bool {
+        (0..<(1 << 40)).contains(nextDescription)
+            && entries.allSatisfy { (0..<Self.limit).contains($0.key) && descriptions[$0.value.description] != nil }
+            && descriptions.keys.allSatisfy { (0..<nextDescription).contains($0) }
+    }
+
     /// The open file behind `fd`.
     subscript(fd: Int64) -> OpenFile? {
         guard let entry = entry(fd) else { return nil }

@@ -40,6 +40,11 @@ struct SnapshotRecord: Codable {
             throw .corrupt("the thread table")
         }
         guard linux.memoryFiles.isConsistent else { throw .corrupt("the in-memory files") }
+        // Counters the Linux layer increments with checked arithmetic: far from overflowing.
+        guard linux.files.isConsistent, (0..<(1 << 40)).contains(linux.nextObject), (0..<(1 << 40)).contains(linux.nextPipe),
+              (1..<(Int32.max / 2)).contains(linux.nextThreadID), builtins.outputWritten < 1 << 62 else {
+            throw .corrupt("the file table or the Linux layer's counters")
+        }
         guard stackBottom < GuestLayout.stackTop, mmapTop < stackBottom, program.imageLower <= program.imageEnd else {
             throw .corrupt("the address-space layout")
         }
