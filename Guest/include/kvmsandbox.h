@@ -93,6 +93,23 @@ __attribute__((noreturn)) static inline void ks_exit(int status) {
  * let main() continue. Elsewhere it just returns. */
 static inline void ks_ready(void) { ks_hostcall(KS_HC_READY, 0, 0, 0, 0, 0, 0); }
 
+/* Parked VMs (ParkedSandbox): requests run on a stack at the top of the request arena and may
+ * write only the arena without a VM exit (a write elsewhere works, but costs an exit and a slow
+ * reset). ks_request_alloc serves memory from the arena's bottom, fresh (zeroed) for every
+ * request; it returns 0 when the request would come within 4 KiB of its own stack. Call it only
+ * inside a parked request (outside one the arena is not mapped). */
+#define KS_ARENA_ADDRESS 0x7ff000100000UL
+#define KS_ARENA_HEAP_OFFSET 64   /* the heap's header: bytes in use */
+static inline void *ks_request_alloc(unsigned long size) {
+    unsigned long *used = (unsigned long *)KS_ARENA_ADDRESS, sp;
+    __asm__ volatile("mov %%rsp, %0" : "=r"(sp));
+    unsigned long start = (*used + 15) & ~15UL;
+    unsigned long address = KS_ARENA_ADDRESS + KS_ARENA_HEAP_OFFSET + start;
+    if (address > sp || sp - address < 4096 || size > sp - address - 4096) return 0;
+    *used = start + size;
+    return (void *)address;
+}
+
 /* Nanoseconds on the host's monotonic clock. */
 static inline long long ks_clock_ns(void) {
     struct { long long sec, nsec; } ts = {0, 0};

@@ -173,6 +173,9 @@ struct Bench: ParsableCommand {
             if let pooled = results["pooled_request_ns"], let wasm = results["wasmtime_instantiate_call_ns"] {
                 results.add("pooled_request_vs_wasmtime", pooled / wasm)
             }
+            if let parked = results["pooled_request_zero_exit_ns"], let wasm = results["wasmtime_instantiate_call_ns"] {
+                results.add("zero_exit_vs_wasmtime", parked / wasm)
+            }
         } catch {
             results.skip("wasmtime_instantiate_call_ns", "\(error)")
         }

@@ -65,6 +65,7 @@ struct ForkBench {
         results.add("pooled_request_ns", request)
         if let fresh = results["vm_create_ns"] { results.add("vm_create_vs_pooled_request", fresh / request.median) }
         results.add("pooled_request_vs_floor", request.median / floor)
+        try ParkedBench(snapshot: small, samples: samples).run(into: &results, floor: floor, progress: progress)
 
         progress("resident memory per idle fork (100 forks, one call each)")
         let before = ProcessResources.residentBytes

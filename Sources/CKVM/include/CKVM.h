@@ -85,6 +85,8 @@ int ckvm_available_cpus(void);
 int ckvm_pin_to_cpu(int cpu);
 /// Lets the calling thread run on every CPU again; 0 or -1.
 int ckvm_unpin(void);
+/// The spin-wait hint (`pause`) for a thread polling memory another CPU writes.
+static inline void ckvm_cpu_relax(void) { __builtin_ia32_pause(); }
 
 /// sizeof of the structs Swift imports, for layout checks in tests.
 size_t ckvm_sizeof_kvm_run(void);

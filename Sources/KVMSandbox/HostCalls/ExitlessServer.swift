@@ -130,6 +130,20 @@ final class ExitlessServer: @unchecked Sendable {
         try state.holding(body)
     }
 
+    /// A parked VM between requests (its guest idle): `restorePage` puts the page back as the
+    /// snapshot had it (the polling word stays), and the server forgets what it served, so the
+    /// next request sees nothing of the last one's calls and is served afresh.
+    func rewind(restoringPage restorePage: () -> Void) {
+        state.withLock { state in
+            mailbox.rewriting(restorePage)
+            let posted = mailbox.postedSequence
+            lastServed.store(posted, ordering: .releasing)
+            state.lastResult = 0
+            state.windowStart = posted
+            state.windowFallbacks = 0
+        }
+    }
+
     /// The failure a poller-served handler left, if any.
     var failure: (number: Int, message: String)? { state.withLock { $0.failure } }
 

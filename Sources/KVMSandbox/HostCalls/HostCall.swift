@@ -15,6 +15,9 @@ public enum HostCallNumber {
     /// `KS_HC_MAILBOX_WAIT`: the guest gave up spinning on mailbox request `arg0`; the result
     /// of that request is returned.
     public static let mailboxWait = 0xf02
+    /// `KS_HC_PARK_WAIT`: a parked VM's idle stub found no request within its spin and sleeps
+    /// until one is posted (only the host's stub makes it).
+    public static let parkWait = 0xf03
     /// The first number an embedder may register.
     public static let firstUserNumber = 0x1000
 }

@@ -58,6 +58,13 @@ final class Mailbox: @unchecked Sendable {
         word(64).store(sequence, ordering: .releasing)
     }
 
+    /// Runs `body`, which rewrites the page (a parked VM's rewind), keeping the polling word.
+    func rewriting(_ body: () -> Void) {
+        let polling = word(128).load(ordering: .relaxed)
+        body()
+        word(128).store(polling, ordering: .releasing)
+    }
+
     /// Whether the host wrote the page since the last call.
     func takeWritten() -> Bool { written.exchange(false, ordering: .relaxed) }
 

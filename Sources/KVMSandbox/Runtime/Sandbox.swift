@@ -56,9 +56,16 @@ public final class Sandbox {
     let mailboxPhysical: UInt64
     private(set) var exitless: ExitlessServer?
     /// The sandbox's mailbox server, made on first use and kept across runs.
-    private lazy var exitlessServer = ExitlessServer(mailbox: mailbox, memory: guestMemory, interrupter: vcpu.interrupter)
+    lazy var exitlessServer = ExitlessServer(mailbox: mailbox, memory: guestMemory, interrupter: vcpu.interrupter)
     /// What the current run loop stops at.
     var currentStop = StopCondition.end
+    /// A parked VM's layout (a fork of a parked snapshot, or a sandbox being parked).
+    var parkingLayout: ParkingLayout?
+    /// A parked VM's link to the thread that posts its requests (`ParkedSandbox`).
+    var parkingMonitor: ParkingMonitor?
+    /// A parked VM resumed after a write fault: CR2 and the exception state changed since the
+    /// last reset.
+    var resumedParkedFault = false
     /// When a fresh sandbox started loading its program: its first run's deadline counts from
     /// there, so `timeout` covers loading and running together (nil for forks).
     var loadStarted: UInt64?
@@ -100,6 +107,9 @@ public final class Sandbox {
         case connectionWait
         /// Stop at whichever of `inputRead` and `connectionWait` comes first.
         case firstWait
+        /// A parked VM: stop (with `.ready`) when the idle stub sleeps, or when the thread that
+        /// posts requests asks (`ParkingMonitor.stopRequested`); no run deadline.
+        case parked
 
         /// Whether a read of standard input stops the run.
         var stopsAtInputRead: Bool { self == .inputRead || self == .firstWait }
@@ -314,7 +324,7 @@ public final class Sandbox {
         if case .notStarted = phase, let loadStarted { loading = Double(monotonicNanoseconds() &- loadStarted) / 1e9 }
         phase = .running
         currentStop = stop
-        let deadline = effectiveTimeout.map {
+        let deadline = stop == .parked ? nil : effectiveTimeout.map {
             Watchdog.shared.arm(seconds: max($0 - loading, 1e-9), interrupter: vcpu.interrupter)
         }
         // The poller serves embedder host calls (when there are handlers) and Linux system
@@ -335,7 +345,7 @@ public final class Sandbox {
         }
         runDeadline = deadline
         let multithreaded = linux.state.threads.count > 1
-        let signalMask = deadline != nil || multithreaded || configuration.maximumThreads > 1
+        let signalMask = deadline != nil || multithreaded || configuration.maximumThreads > 1 || stop == .parked
             ? VCPUInterrupter.unblockSignalOnThisThread() : nil
         defer {
             if let deadline { Watchdog.shared.disarm(deadline) }
@@ -361,6 +371,7 @@ public final class Sandbox {
                     if fired, exit != .interrupted, !(deadline.map(Watchdog.shared.fired) ?? false) { vcpu.clearImmediateExit() }
                 }
                 statistics.exits += 1
+                if let parkingMonitor { noteParkedExit(exit, parkingMonitor) }
                 // The poller stays out while the exit is handled (threads, signals, memory).
                 let outcome: RunOutcome?
                 if let server = exitless {
@@ -413,6 +424,7 @@ public final class Sandbox {
             if let failure = exitless?.failure {
                 return .hostCallFailed(number: failure.number, message: failure.message)
             }
+            if let parkingMonitor, parkingMonitor.stopRequested.load(ordering: .acquiring) { return .ready }
             if let deadline, Watchdog.shared.fired(deadline) {
                 return .timedOut(seconds: effectiveTimeout ?? 0, rip: vcpu.registers.rip)
             }
@@ -456,6 +468,11 @@ public final class Sandbox {
             // Only the `out` trap from user code pauses: through `syscall` on hardware KVM the
             // vCPU would be paused at CPL 0 inside the syscall entry.
             return stop == .ready && ExceptionStubs.vector(atStub: r.rip) == nil && !isInSyscallEntry(r.rip) ? .ready : nil
+        case ParkingStub.parkWait:
+            guard stop == .parked else {
+                return .abiViolation("the parked-VM idle call (0x\(String(ParkingStub.parkWait, radix: 16))) outside a parked VM")
+            }
+            return .ready
         case HostCallNumber.guestCallReturn:
             guard stop == .guestReturn else {
                 return .abiViolation("the guest-call return stub was reached outside a guest function call")

@@ -39,6 +39,10 @@ public final class Snapshot: @unchecked Sendable {
     let stackBottom: UInt64
     /// The host file the program was loaded from (what a snapshot file names).
     let hostProgramPath: String?
+    /// For a parked snapshot (`parked(_:)`): its arena and parking page.
+    let parking: ParkingLayout?
+    /// Whether forks of this snapshot can be parked VMs (`ParkedSandbox`).
+    public var isParked: Bool { parking != nil }
 
     /// Loads the ELF at `elfPath`, runs it until it is ready (`ks_ready()`, or for an unmodified
     /// program its first read of standard input), and snapshots it there. `setUp` registers the
@@ -74,6 +78,7 @@ public final class Snapshot: @unchecked Sendable {
         fileSystem = sandbox.linux.fileSystem
         stackBottom = sandbox.stackBottom
         hostProgramPath = sandbox.hostProgramPath
+        parking = sandbox.parkingLayout
         usedBytes = allocator.next
         // Everything above the allocator's high-water mark is still zero: copy only what is used.
         memory = try GuestMemory(size: sandbox.memory.size)
@@ -87,6 +92,17 @@ public final class Snapshot: @unchecked Sendable {
         (self.configuration, self.image, self.usedBytes, self.system, self.memory) = (configuration, image, usedBytes, system, memory)
         (self.vcpuState, self.tablesRoot, self.allocator, self.builtins) = (vcpuState, tablesRoot, allocator, builtins)
         (self.linux, self.fileSystem, self.stackBottom, self.hostProgramPath) = (linux, fileSystem, stackBottom, hostProgramPath)
+        parking = nil
+    }
+
+    /// A snapshot for parked VMs (`ParkedSandbox`), derived from this one: the same memory and
+    /// state, plus a request arena of `parking.arenaSize` bytes and a parking page, with every
+    /// other page read-only for the guest and the vCPU in the host's idle stub. Costs a fork
+    /// and a copy of the pages in use. This snapshot must be single-threaded and not parked.
+    public func parked(_ parking: ParkingConfiguration = .init()) throws(SandboxError) -> Snapshot {
+        let template = try fork()
+        try template.prepareParking(parking)
+        return try Snapshot(of: template)
     }
 
     /// A new VM from this snapshot, paused where the snapshot was taken. Costs a VM and vCPU
@@ -168,6 +184,7 @@ extension Sandbox {
                   memory: memory, vm: vm, vcpu: vcpu, space: space, builtins: builtins, linux: linux,
                   stackBottom: snapshot.stackBottom, fork: ForkState(snapshot: snapshot, tracking: tracking), phase: .paused(snapshot.registers))
         hostProgramPath = snapshot.hostProgramPath
+        parkingLayout = snapshot.parking
     }
 
     /// Brings a fork back to its snapshot, whatever happened since (a fault, a timeout, an exit,
@@ -208,6 +225,8 @@ extension Sandbox {
         vcpu.clearImmediateExit()
         var faulted = false
         if case .finished(.fault) = phase { faulted = true }
+        if resumedParkedFault { faulted = true }
+        resumedParkedFault = false
         if faulted { vcpu.setEvents(snapshot.events) }
         do {
             // The guest's x87/SSE/AVX registers and MXCSR: a request must not see what the last

@@ -32,6 +32,8 @@ extension Snapshot {
     /// when the guest holds host files open (they cannot be carried to another process) or the
     /// files it mapped cannot be read to identify them.
     public func write(to path: String) throws(SnapshotFileError) {
+        // A parked snapshot is derived in memory, cheaply: write the snapshot it came from.
+        guard parking == nil else { throw .incompatible("a parked snapshot is not written to a file; write the one it was parked from") }
         for file in linux.files.descriptions.values {
             switch file.kind {
             case .host, .directory(_, .some), .connection:

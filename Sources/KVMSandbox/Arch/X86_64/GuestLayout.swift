@@ -9,6 +9,9 @@
 /// 0x7ff0_0000_1000  user stubs (read+execute, read-only): `syscall` on PVM, guest-call return
 /// 0x7ff0_0000_2000  the exitless host-call mailbox (user read+write, NX; see `Mailbox`)
 /// 0x7ff0_0000_3000  the MMIO doorbell (user write: leads past guest memory, every write exits)
+/// 0x7ff0_0000_4000  parked VMs only: the parking page (user read+write, NX; see `ParkingStub`)
+/// 0x7ff0_0010_0000  parked VMs only: the request arena (stack and request heap), an unmapped
+///                   guard page below it
 /// 0x7fff_ffff_9000  hardware KVM only, all supervisor-only with unmapped pages between:
 ///                   IST stack (#DF/NMI/#MC), CPL 0 stack (TSS.RSP0), exception stubs and the
 ///                   CPL 0 `syscall` entry (read+execute), IDT (read-only); see `ExceptionStubs`
@@ -33,6 +36,12 @@ public enum GuestLayout {
     /// The MMIO doorbell: mapped to the guest-physical address just past guest memory, so a
     /// write there is an MMIO exit, served as a host call (an alternative trap to `out`).
     public static let doorbellPage: UInt64 = 0x7ff0_0000_3000
+    /// Parked VMs: the page where the host posts requests to the idle stub (`ParkingStub`).
+    public static let parkingPage: UInt64 = 0x7ff0_0000_4000
+    /// Parked VMs: the start of the request arena (`ParkingConfiguration.arenaSize` bytes).
+    public static let arenaBase: UInt64 = 0x7ff0_0010_0000
+    /// Parked VMs: the largest arena.
+    public static let maximumArenaSize: UInt64 = 64 << 20
     /// The page holding the GDT.
     public static let systemPage: UInt64 = 0x7fff_ffff_f000
 }

@@ -1,0 +1,86 @@
+/// The idle stub of a parked VM (`ParkedSandbox`): host-written user code (CPL 3) in the
+/// read-only stub page that waits for requests on the parking page, runs each from a clean
+/// state, and answers, all without a VM exit. Its parameters (the snapshot's x87/SSE image, the
+/// idle spin, the request stack) sit in the same read-only page, so the guest cannot change them.
+///
+/// The parking page (`GuestLayout.parkingPage`, user read+write, NX; 64-bit words):
+///
+/// | offset | field | written by |
+/// |---|---|---|
+/// | 0 | posted: `done + 1` while a request waits | host, last |
+/// | 8 | the function's address | host |
+/// | 16-56 | six arguments (rdi, rsi, rdx, rcx, r8, r9) | host |
+/// | 64 | done: the last request answered | guest, last |
+/// | 72 | the function's return value (rax) | guest |
+///
+/// The host zeroes the page between requests (posted first), so every request is number 1 and
+/// the page carries nothing from one request to the next. Assembled from:
+///
+///     park: mov P+0(%rip), %rcx                      # idle spin
+///     wait: mov R+64(%rip), %rax; inc %rax; cmp R+0(%rip), %rax; je go
+///           pause; dec %rcx; jnz wait
+///           mov $0xf03, %eax; out %al, $0x42; jmp park   # KS_HC_PARK_WAIT: sleep on the host
+///     go:   mov P+16(%rip), %rsp                     # the request stack (top of the arena)
+///           push $2; popfq                           # flags as at a fresh start (DF, AC, TF clear)
+///           fxrstor64 F(%rip)                        # the snapshot's x87/SSE state
+///           mov P+32(%rip), %eax; mov %eax, %ds; mov %eax, %es; mov %eax, %gs  # the snapshot's
+///           mov R+8(%rip), %r11; mov R+16..R+56(%rip), %rdi, %rsi, %rdx, %rcx, %r8, %r9
+///           xor rax, rbx, rbp, r10, r12-r15
+///           call *%r11
+///           mov %rax, R+72(%rip)
+///           cmpq $0, P+8(%rip); je post               # the FS base: loading a selector into FS
+///           mov %fs:0, %r11                            # zeroes it, and page 0 is never mapped
+///     post: mov R+0(%rip), %r11; mov %r11, R+64(%rip); jmp park
+///
+/// The FS selector itself is not compared: what the guest reads from it differs from what
+/// KVM reports (PVM shows 0), and a null selector load keeps the base.
+enum ParkingStub {
+    /// Where the stub starts in the stub page (`GuestLayout.syscallStubPage`).
+    static let entryOffset: UInt64 = 0x200
+    static var entry: UInt64 { GuestLayout.syscallStubPage + entryOffset }
+    /// The 512-byte FXSAVE image `fxrstor64` loads (16-byte aligned), in the stub page.
+    static let floatingPointOffset: UInt64 = 0x400
+    /// The parameter words: idle spin count, whether to check the FS base, the request stack top,
+    /// (unused), the DS/ES/GS selector.
+    static let parametersOffset: UInt64 = 0x600
+    /// The host call the idle loop sleeps with.
+    static let parkWait = HostCallNumber.parkWait
+    /// Parking-page offsets.
+    static let posted: UInt64 = 0, function: UInt64 = 8, arguments: UInt64 = 16, done: UInt64 = 64, result: UInt64 = 72
+
+    static let code: [UInt8] = [
+        0x48, 0x8b, 0x0d, 0xf9, 0x03, 0x00, 0x00, 0x48, 0x8b, 0x05, 0x32, 0x2e, 0x00, 0x00, 0x48, 0xff,
+        0xc0, 0x48, 0x3b, 0x05, 0xe8, 0x2d, 0x00, 0x00, 0x74, 0x10, 0xf3, 0x90, 0x48, 0xff, 0xc9, 0x75,
+        0xe6, 0xb8, 0x03, 0x0f, 0x00, 0x00, 0xe6, 0x42, 0xeb, 0xd6, 0x48, 0x8b, 0x25, 0xdf, 0x03, 0x00,
+        0x00, 0x6a, 0x02, 0x9d, 0x48, 0x0f, 0xae, 0x0d, 0xc4, 0x01, 0x00, 0x00, 0x8b, 0x05, 0xde, 0x03,
+        0x00, 0x00, 0x8e, 0xd8, 0x8e, 0xc0, 0x8e, 0xe8, 0x4c, 0x8b, 0x1d, 0xb9, 0x2d, 0x00, 0x00, 0x48,
+        0x8b, 0x3d, 0xba, 0x2d, 0x00, 0x00, 0x48, 0x8b, 0x35, 0xbb, 0x2d, 0x00, 0x00, 0x48, 0x8b, 0x15,
+        0xbc, 0x2d, 0x00, 0x00, 0x48, 0x8b, 0x0d, 0xbd, 0x2d, 0x00, 0x00, 0x4c, 0x8b, 0x05, 0xbe, 0x2d,
+        0x00, 0x00, 0x4c, 0x8b, 0x0d, 0xbf, 0x2d, 0x00, 0x00, 0x31, 0xc0, 0x31, 0xdb, 0x31, 0xed, 0x45,
+        0x31, 0xd2, 0x45, 0x31, 0xe4, 0x45, 0x31, 0xed, 0x45, 0x31, 0xf6, 0x45, 0x31, 0xff, 0x41, 0xff,
+        0xd3, 0x48, 0x89, 0x05, 0xb0, 0x2d, 0x00, 0x00, 0x48, 0x83, 0x3d, 0x68, 0x03, 0x00, 0x00, 0x00,
+        0x74, 0x09, 0x64, 0x4c, 0x8b, 0x1c, 0x25, 0x00, 0x00, 0x00, 0x00, 0x4c, 0x8b, 0x1d, 0x4e, 0x2d,
+        0x00, 0x00, 0x4c, 0x89, 0x1d, 0x87, 0x2d, 0x00, 0x00, 0xe9, 0x42, 0xff, 0xff, 0xff,
+    ]
+
+    /// The stub's address range.
+    static var range: Range<UInt64> { entry ..< entry + UInt64(code.count) }
+    /// The idle loop proper (`park` up to `go`): a vCPU stopped there runs no request.
+    static var idleRange: Range<UInt64> { entry ..< entry + 0x2a }
+
+    /// The FXSAVE image for `fxrstor64` from a vCPU's floating-point state: the legacy region
+    /// of the XSAVE area. Components in their initial state get their architectural initial
+    /// values (FCW 0x37f, MXCSR 0x1f80), which the legacy region may leave as zeros.
+    static func floatingPointImage(_ state: FloatingPointState) -> [UInt8]? {
+        guard case .xsave(var area) = state else { return nil }
+        var image = withUnsafeBytes(of: &area.region) { Array($0.prefix(512)) }
+        let components = withUnsafeBytes(of: &area.region) { $0.load(fromByteOffset: 512, as: UInt64.self) }
+        if components & 1 == 0 {
+            image.replaceSubrange(0..<24, with: [0x7f, 0x03] + [UInt8](repeating: 0, count: 22))
+            image.replaceSubrange(32..<160, with: [UInt8](repeating: 0, count: 128))
+        }
+        if image[24..<28].allSatisfy({ $0 == 0 }) { image.replaceSubrange(24..<28, with: UInt32(0x1f80).littleEndianBytes) }
+        image.replaceSubrange(28..<32, with: [UInt8](repeating: 0, count: 4))  // MXCSR_MASK: ignored by fxrstor
+        return image
+    }
+}

@@ -1,0 +1,172 @@
+import Atomics
+import CKVM
+
+/// How a parked VM (`ParkedSandbox`) runs requests.
+public struct ParkingConfiguration: Sendable, Equatable {
+    /// Bytes of the request arena at `GuestLayout.arenaBase`: the request's stack (from the top)
+    /// and request heap (`ks_request_alloc`, from the bottom), the only guest memory a request
+    /// may write without a VM exit. A multiple of 4 KiB, from 16 KiB to 64 MiB; default 64 KiB.
+    /// Every request costs a copy of the whole arena.
+    public var arenaSize: UInt64
+    /// Polls of the parking page the idle stub makes before it sleeps by an exit (~25 ns each
+    /// on PVM; default 16384, ~0.4 ms), so that an idle VM costs no CPU.
+    public var idleSpin: UInt64
+    /// Every how many fast resets the host stops the vCPU once to check that it is really
+    /// parked in the idle loop (then restores the arena again): a guest that fakes the end of
+    /// its request and keeps running is caught within this many requests. 0: never.
+    public var verificationInterval: Int
+
+    /// A configuration; the defaults suit small functions.
+    public init(arenaSize: UInt64 = 64 << 10, idleSpin: UInt64 = 1 << 14, verificationInterval: Int = 1024) {
+        self.arenaSize = arenaSize
+        self.idleSpin = idleSpin
+        self.verificationInterval = verificationInterval
+    }
+}
+
+/// Where a parked snapshot keeps its arena and parking page, and which pages it made read-only.
+struct ParkingLayout: Sendable {
+    let configuration: ParkingConfiguration
+    /// Guest-physical addresses of the arena's pages, in virtual order.
+    let arenaPages: [UInt64]
+    /// Guest-physical address of the parking page.
+    let parkingPage: UInt64
+    /// Virtual pages the program could write at the snapshot, now read-only: a write there
+    /// faults, and the host makes the page writable until the next (slow) reset.
+    let protectedPages: Set<UInt64>
+}
+
+/// What the vCPU thread of a parked VM tells the thread that posts requests, and back.
+final class ParkingMonitor: Sendable {
+    /// An exit happened that may have changed state a fast reset does not restore.
+    let tainted = ManagedAtomic<Bool>(false)
+    /// The posting thread wants the vCPU out of `KVM_RUN` (slow reset, verification, timeout).
+    let stopRequested = ManagedAtomic<Bool>(false)
+    /// VM exits of the parked VM so far.
+    let exits = ManagedAtomic<Int>(0)
+    /// Pages made writable again after a write fault (since the last slow reset).
+    let unprotectedPages = ManagedAtomic<Int>(0)
+}
+
+extension Sandbox {
+    /// Turns this paused fork into the template of parked VMs: maps the parking page and the
+    /// arena (with an unmapped guard page below it), makes every other user page read-only,
+    /// writes the idle stub's parameters and puts the vCPU at the idle stub.
+    func prepareParking(_ parking: ParkingConfiguration) throws(SandboxError) {
+        guard case .paused = phase else { throw .notPaused }
+        guard parkingLayout == nil else { throw .invalidConfiguration("the snapshot is parked already") }
+        guard parking.arenaSize >= 16 << 10, parking.arenaSize <= GuestLayout.maximumArenaSize,
+              parking.arenaSize % PageSize.bytes == 0 else {
+            throw .invalidConfiguration("the arena must be a multiple of 4 KiB from 16 KiB to \(GuestLayout.maximumArenaSize >> 20) MiB")
+        }
+        guard parking.idleSpin > 0, parking.verificationInterval >= 0 else {
+            throw .invalidConfiguration("the idle spin must be positive and the verification interval not negative")
+        }
+        guard linux.state.threads.count <= 1 else {
+            throw .invalidConfiguration("only a single-threaded guest can be parked (\(linux.state.threads.count) threads)")
+        }
+        let sregs: kvm_sregs, floatingPoint: FloatingPointState
+        do {
+            sregs = try vcpu.specialRegisters()
+            floatingPoint = try vcpu.floatingPointState(system.stateCapabilities)
+        } catch {
+            throw .kvm(error)
+        }
+        guard let image = ParkingStub.floatingPointImage(floatingPoint) else {
+            throw .invalidConfiguration("parking needs KVM_CAP_XSAVE (the snapshot's x87/SSE image for fxrstor)")
+        }
+        // fxrstor restores x87 and SSE only: with OSXSAVE on, AVX state could cross requests.
+        guard sregs.cr4 & (1 << 18) == 0 else { throw .invalidConfiguration("parking does not support guests with XSAVE (AVX) state enabled") }
+        // A request can only ever load FS/GS selectors whose base is 0 (the GDT's): GS must be
+        // 0 already, and a non-zero FS base must point at readable memory for the stub's check.
+        guard sregs.gs.base == 0 else { throw .invalidConfiguration("parking needs a zero GS base") }
+        // DS, ES and GS are reloaded with one selector before every request (a request may load
+        // the null selector into them); their bases are 0 in 64-bit mode.
+        guard sregs.ds.selector == sregs.es.selector, sregs.ds.selector == sregs.gs.selector else {
+            throw .invalidConfiguration("parking needs the same DS, ES and GS selectors")
+        }
+        let checksFS = sregs.fs.base != 0
+        if checksFS, space.tables.translate(sregs.fs.base, for: .read, memory: memory) == nil {
+            throw .invalidConfiguration("the FS base 0x\(String(sregs.fs.base, radix: 16)) is not readable")
+        }
+        let arenaEnd = GuestLayout.arenaBase + parking.arenaSize
+        var page = GuestLayout.arenaBase - PageSize.bytes
+        while page < arenaEnd {
+            guard !space.isMapped(page) else { throw .invalidConfiguration("the arena's range is in use at 0x\(String(page, radix: 16))") }
+            page += PageSize.bytes
+        }
+        guard !space.isMapped(GuestLayout.parkingPage) else { throw .invalidConfiguration("the parking page is in use") }
+
+        // Every writable user page but the mailbox becomes read-only.
+        var writable: [(page: UInt64, entry: UInt64)] = []
+        space.tables.forEachLeaf(from: 0, to: X86PageTables.userAddressLimit, memory: memory) { page, entry in
+            guard entry & X86PageTables.user != 0, entry & X86PageTables.writable != 0, page != GuestLayout.mailboxPage else { return }
+            writable.append((page, entry))
+        }
+        for (page, entry) in writable {
+            try space.protect(page, entry & X86PageTables.noExecute == 0 ? [.read, .execute] : [.read])
+        }
+        try space.mapNew(GuestLayout.parkingPage, length: PageSize.bytes, [.read, .write])
+        try space.mapNew(GuestLayout.arenaBase, length: parking.arenaSize, [.read, .write])
+        var arenaPages: [UInt64] = []
+        page = GuestLayout.arenaBase
+        while page < arenaEnd {
+            guard let physical = space.tables.translateForHost(page, memory: memory) else { preconditionFailure("the arena was just mapped") }
+            arenaPages.append(physical)
+            page += PageSize.bytes
+        }
+        guard let parkingPhysical = space.tables.translateForHost(GuestLayout.parkingPage, memory: memory) else {
+            preconditionFailure("the parking page was just mapped")
+        }
+        let parameters = [parking.idleSpin, checksFS ? 1 : 0, arenaEnd, 0, UInt64(sregs.ds.selector)]
+        do {
+            try space.hostWrite(ParkingStub.code, at: ParkingStub.entry)
+            try space.hostWrite(image, at: GuestLayout.syscallStubPage + ParkingStub.floatingPointOffset)
+            try space.hostWrite([UInt8](littleEndianWords: parameters), at: GuestLayout.syscallStubPage + ParkingStub.parametersOffset)
+        } catch {
+            preconditionFailure("the stub page is mapped in every VM")
+        }
+        var registers = kvm_regs()
+        registers.rip = ParkingStub.entry
+        registers.rsp = arenaEnd
+        registers.rflags = X86CPUState.rflags
+        vcpu.modifyRegisters { $0 = registers }
+        phase = .paused(registers)
+        parkingLayout = ParkingLayout(configuration: parking, arenaPages: arenaPages, parkingPage: parkingPhysical,
+                                      protectedPages: Set(writable.map(\.page)))
+    }
+
+    /// A parked VM's write fault on a page it may write outside its arena: the page becomes
+    /// writable until the next reset (which copies it back and protects it again). True when
+    /// the fault was that and the guest may resume.
+    func unprotectParkedPage(vector: UInt8, errorCode: UInt32?) throws(KVMError) -> Bool {
+        // #PF with P, W and U set: a user write to a present, read-only page.
+        guard let parkingLayout, let parkingMonitor, vector == 14, let errorCode, errorCode & 0x7 == 0x7 else { return false }
+        let page = PageSize.alignDown(try vcpu.specialRegisters().cr2)
+        guard parkingLayout.protectedPages.contains(page), let entry = space.tables.leafEntry(page, memory: memory),
+              entry & X86PageTables.writable == 0 else { return false }
+        do {
+            try space.protect(page, entry & X86PageTables.noExecute == 0 ? [.read, .write, .execute] : [.read, .write])
+        } catch {
+            return false
+        }
+        parkingMonitor.tainted.store(true, ordering: .sequentiallyConsistent)
+        resumedParkedFault = true
+        parkingMonitor.unprotectedPages.wrappingIncrement(ordering: .relaxed)
+        return true
+    }
+
+    /// A parked VM's exit: any but the idle stub's sleep, a mailbox wait or a kick may have
+    /// changed what a fast reset does not restore (the next reset is then a slow one).
+    func noteParkedExit(_ exit: VCPUExit, _ monitor: ParkingMonitor) {
+        monitor.exits.wrappingIncrement(ordering: .relaxed)
+        switch exit {
+        case .interrupted, .dirtyRingFull: return
+        case .io(port: hostCallPort, isOut: true, size: 1, count: 1):
+            let number = vcpu.registers.rax
+            if number == UInt64(ParkingStub.parkWait) || number == UInt64(HostCallNumber.mailboxWait) { return }
+        default: break
+        }
+        monitor.tainted.store(true, ordering: .sequentiallyConsistent)
+    }
+}

@@ -1,0 +1,145 @@
+import KVMSandbox
+import Testing
+
+extension KVMTests {
+    /// Parked VMs: requests without VM exits, their resets, and hostile requests (`parked` guest).
+    @Suite struct Parked {
+        static func snapshot(arena: UInt64 = 64 << 10, verificationInterval: Int = 1024) throws -> Snapshot {
+            try base().parked(ParkingConfiguration(arenaSize: arena, verificationInterval: verificationInterval))
+        }
+
+        static func base() throws -> Snapshot {
+            var configuration = SandboxConfiguration()
+            configuration.arguments = ["parked"]
+            configuration.standardOutput = .capture
+            configuration.timeout = 2
+            configuration.verifyResets = true  // every slow reset is checked page by page
+            configuration.memorySize = 64 << 20
+            return try Snapshot(elfPath: try Guests.build("parked"), configuration: configuration)
+        }
+
+        /// The state a request starts with, probe by probe.
+        static func entryState(_ vm: ParkedSandbox) throws -> [String: RunOutcome] {
+            var state: [String: RunOutcome] = [:]
+            for name in ["probe_registers", "probe_flags", "probe_stack", "probe_xmm", "probe_mxcsr", "probe_fcw", "probe_tls",
+                         "probe_global", "probe_segments", "probe_arena", "probe_pages", "probe_big"] {
+                state[name] = try vm.call(try vm.function(named: name))
+            }
+            return state
+        }
+
+        @Test func requestsRunWithoutExitsAndResetFast() throws {
+            let vm = try ParkedSandbox(snapshot: try Self.snapshot())
+            let add = try vm.function(named: "add")
+            let exitsBefore = vm.statistics.exits
+            for i in UInt64(0)..<1000 { #expect(try vm.call(add, i, 2) == .returned(i + 2)) }
+            #expect(try vm.call(try vm.function(named: "sum_bytes"), arguments: [.bytes([1, 2, 3, 250]), 4]) == .returned(256))
+            let statistics = vm.statistics
+            #expect(statistics.requests == 1001 && statistics.fastResets == 1001 && statistics.slowResets == 0)
+            // The vCPU may have slept between the calls (the idle stub's exit), nothing more.
+            #expect(vm.statistics.exits - exitsBefore < 50)
+            #expect(throws: SandboxError.self) { try vm.function(named: "no_such_function") }
+        }
+
+        @Test func nothingCrossesRequests() throws {
+            let vm = try ParkedSandbox(snapshot: try Self.snapshot())
+            let fresh = try Self.entryState(vm)
+            #expect(fresh["probe_registers"] == .returned(0))
+            #expect(fresh["probe_arena"] == .returned(0) && fresh["probe_pages"] == .returned(0))
+            #expect(fresh["probe_tls"] == .returned(11) && fresh["probe_global"] == .returned(7))
+            let secret: UInt64 = 0x5ec2_e75e_c2e7_5ec2
+            #expect(try vm.call(try vm.function(named: "scribble"), secret) == .returned(1))
+            #expect(try vm.call(try vm.function(named: "move_stack")) == .returned(1))
+            #expect(try Self.entryState(vm) == fresh)
+            #expect(vm.statistics.slowResets == 0)
+            // Outside the arena: a write fault, the page made writable, then the slow reset.
+            #expect(try vm.call(try vm.function(named: "write_global"), secret) == .returned(secret))
+            #expect(vm.statistics.slowResets == 1 && vm.statistics.pagesUnprotected == 1)
+            #expect(try Self.entryState(vm) == fresh)
+            // Fast again afterwards.
+            #expect(try vm.call(try vm.function(named: "add"), 1, 2) == .returned(3))
+            #expect(vm.statistics.slowResets == 1)
+        }
+
+        @Test func thousandPagesOutsideTheArenaResetExactly() throws {
+            let vm = try ParkedSandbox(snapshot: try Self.snapshot())
+            #expect(try vm.call(try vm.function(named: "write_pages"), 1000) == .returned(1000))
+            #expect(vm.statistics.pagesUnprotected == 1000 && vm.statistics.slowResets == 1)
+            #expect(try vm.call(try vm.function(named: "probe_big")) == .returned(0))
+            #expect(try vm.call(try vm.function(named: "write_pages"), 3) == .returned(3))
+            #expect(try vm.call(try vm.function(named: "probe_big")) == .returned(0))
+        }
+
+        @Test func hostCallsWork() throws {
+            let vm = try ParkedSandbox(snapshot: try Self.snapshot()) { sandbox in
+                try sandbox.register(HostCallNumber.firstUserNumber) { call in Int64(call[0] * 3) }
+            }
+            #expect(try vm.call(try vm.function(named: "ask_host"), 14) == .returned(42))
+            #expect(try vm.call(try vm.function(named: "say"), 0) == .returned(7))  // by exit: a slow reset
+            #expect(vm.statistics.slowResets >= 1)
+            #expect(try vm.call(try vm.function(named: "add"), 40, 2) == .returned(42))
+        }
+
+        @Test func hostileRequestsEndAndTheVMServesOn() throws {
+            let vm = try ParkedSandbox(snapshot: try Self.snapshot(), timeout: 0.3)
+            let add = try vm.function(named: "add")
+            let fresh = try Self.entryState(vm)
+            guard case .timedOut = try vm.call(try vm.function(named: "spin")) else { Issue.record("spin did not time out"); return }
+            #expect(try vm.call(add, 1, 2) == .returned(3))
+            let guardFault = try vm.call(try vm.function(named: "guard_page"))
+            #expect(guardFault.fault?.vector == 14 && guardFault.fault?.faultAddress == GuestLayout.arenaBase - 8)
+            #expect(try vm.call(add, 1, 2) == .returned(3))
+            // Loading FS zeroes its base: the idle stub notices and faults (ud2 or #PF at fs:0).
+            #expect(try vm.call(try vm.function(named: "load_fs")).fault != nil)
+            guard case .timedOut = try vm.call(try vm.function(named: "jump_idle")) else { Issue.record("jump_idle did not time out"); return }
+            let after = try Self.entryState(vm)
+            for (name, value) in fresh where after[name] != value { Issue.record("\(name): \(value) then \(after[name].map { "\($0)" } ?? "nothing")") }
+        }
+
+        @Test func aRequestThatFakesItsEndIsCaughtByVerification() throws {
+            let vm = try ParkedSandbox(snapshot: try Self.snapshot(verificationInterval: 1))
+            #expect(try vm.call(try vm.function(named: "fake_done"), 99) == .returned(42))
+            #expect(vm.statistics.failedVerifications == 1 && vm.statistics.slowResets == 1)
+            #expect(try vm.call(try vm.function(named: "probe_arena")) == .returned(0))
+            #expect(vm.statistics.verifications == 2 && vm.statistics.failedVerifications == 1)
+        }
+
+        @Test(arguments: [UInt64(16) << 10, 256 << 10])
+        func arenaSizes(arena: UInt64) throws {
+            let vm = try ParkedSandbox(snapshot: try Self.snapshot(arena: arena))
+            #expect(try vm.call(try vm.function(named: "probe_stack")) == .returned(GuestLayout.arenaBase + arena - 8))
+            #expect(try vm.call(try vm.function(named: "scribble"), 5) == .returned(1))
+            #expect(try vm.call(try vm.function(named: "probe_arena")) == .returned(0))
+        }
+
+        @Test func aPoolServesConcurrentRequests() async throws {
+            let pool = try ParkedPool(snapshot: try Self.snapshot(), capacity: 2, prefork: 1)
+            let add = try pool.function(named: "add"), scribble = try pool.function(named: "scribble")
+            let arena = try pool.function(named: "probe_arena")
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                for i in UInt64(0)..<200 {
+                    group.addTask {
+                        switch i % 3 {
+                        case 0: return try await pool.call(add, i, 1) == .returned(i + 1)
+                        case 1: return try await pool.call(scribble, i) == .returned(1)
+                        default: return try await pool.call(arena) == .returned(0)
+                        }
+                    }
+                }
+                for try await ok in group { #expect(ok) }
+            }
+            #expect(pool.counts.total <= 2)
+            #expect(throws: SandboxError.self) { try ParkedPool(snapshot: try Self.base(), capacity: 1) }
+        }
+
+        @Test func badConfigurationsAreRefused() throws {
+            let base = try Self.base()
+            #expect(throws: SandboxError.self) { try ParkedSandbox(snapshot: base) }  // not parked
+            #expect(throws: SandboxError.self) { try base.parked().parked() }  // parked already
+            for size: UInt64 in [0, 4096, 20 << 10 | 1, 128 << 20] {
+                #expect(throws: SandboxError.self) { try base.parked(ParkingConfiguration(arenaSize: size)) }
+            }
+            #expect(throws: SandboxError.self) { try base.parked(ParkingConfiguration(idleSpin: 0)) }
+        }
+    }
+}
