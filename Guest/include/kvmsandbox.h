@@ -99,7 +99,7 @@ static inline void ks_ready(void) { ks_hostcall(KS_HC_READY, 0, 0, 0, 0, 0, 0); 
  * request; it returns 0 when the request would come within 4 KiB of its own stack. Call it only
  * inside a parked request (outside one the arena is not mapped). */
 #define KS_ARENA_ADDRESS 0x7ff000100000UL
-#define KS_ARENA_HEAP_OFFSET 64   /* the heap's header: bytes in use */
+#define KS_ARENA_HEAP_OFFSET 64   /* the arena's header: heap bytes in use, the stub's answer */
 static inline void *ks_request_alloc(unsigned long size) {
     unsigned long *used = (unsigned long *)KS_ARENA_ADDRESS, sp;
     __asm__ volatile("mov %%rsp, %0" : "=r"(sp));

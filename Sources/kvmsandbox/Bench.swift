@@ -29,6 +29,9 @@ struct Bench: ParsableCommand {
     @Flag(help: "Skip the snapshot/fork/reset figures.")
     var skipFork = false
 
+    @Flag(help: "Only the parked-VM figures, beside the exit floor and Wasmtime.")
+    var parkedOnly = false
+
     @Flag(help: "A short run: fewer iterations, batches, rounds and cycles.")
     var quick = false
 
@@ -67,6 +70,16 @@ struct Bench: ParsableCommand {
         _ = try floorVM.measure(count: iterations)
         let floor = median(try (0..<batches).map { _ in try floorVM.measure(count: iterations) })
         results.add("floor_out_ns", floor)
+        if parkedOnly {
+            var configuration = SandboxConfiguration()
+            configuration.arguments = ["service"]
+            configuration.memorySize = 16 << 20
+            let snapshot = try Snapshot(elfPath: try build("service"), configuration: configuration)
+            try ParkedBench(snapshot: snapshot, samples: samples).run(into: &results, floor: floor, progress: progress)
+            try wasmtime(&results, benchSources: benchSources, work: work)
+            print(json ? results.json(platform: platform) : results.table())
+            return
+        }
 
         progress("trap methods: out, mmio, syscall, exception, exitless")
         func guestRun(_ arguments: [String], transport: HostCallTransport, syscalls: HostCallTransport = .exit) throws -> Double {
@@ -165,6 +178,18 @@ struct Bench: ParsableCommand {
         results.add("compute_guest_ns", guest)
         results.add("compute_ratio", guest / native)
 
+        try wasmtime(&results, benchSources: benchSources, work: work)
+
+        if json {
+            print(results.json(platform: platform))
+        } else {
+            print("platform: \(platform); medians (ns) of \(batches) batches of \(iterations) or \(samples) samples; p99 where given")
+            print(results.table())
+        }
+    }
+
+    /// Wasmtime's instantiate + call and call, and the ratios against them.
+    private func wasmtime(_ results: inout BenchResults, benchSources: URL, work: URL) throws {
         progress("Wasmtime: instantiate + call, and call (C API, pooling allocator, InstancePre)")
         do {
             let figures = try WasmtimeBench.run(source: benchSources.appendingPathComponent("host/wasmtime_bench.c").path,
@@ -178,13 +203,6 @@ struct Bench: ParsableCommand {
             }
         } catch {
             results.skip("wasmtime_instantiate_call_ns", "\(error)")
-        }
-
-        if json {
-            print(results.json(platform: platform))
-        } else {
-            print("platform: \(platform); medians (ns) of \(batches) batches of \(iterations) or \(samples) samples; p99 where given")
-            print(results.table())
         }
     }
 

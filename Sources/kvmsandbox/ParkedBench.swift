@@ -18,6 +18,7 @@ struct ParkedBench {
                 guard try vm.call(add, 1, 2) == .returned(3) else { throw BenchFailure("parked add(1, 2) did not return 3") }
             }
             results.add("pooled_request_zero_exit\(suffix)_ns", request)
+
             if suffix.isEmpty {
                 results.add("zero_exit_exits_per_request", Double(vm.statistics.exits - exitsBefore) / Double(samples * 100))
                 results.add("zero_exit_vs_floor", request.median / floor)

@@ -62,7 +62,6 @@ long scribble(long secret) {
     if (heap) for (int i = 0; i < 512; i++) heap[i] = (unsigned long)secret;
     volatile unsigned long below[256];
     for (int i = 0; i < 256; i++) below[i] = (unsigned long)secret;
-    ((volatile unsigned long *)PARKING)[300] = (unsigned long)secret;
     ((volatile unsigned long *)MAILBOX)[300] = (unsigned long)secret;
     __asm__ volatile("movq %0, %%xmm0\n\tmovq %0, %%xmm7\n\tmovq %0, %%xmm15" :: "r"(secret) : "xmm0", "xmm7", "xmm15");
     unsigned mxcsr = 0x7f80 | 0x6000;
@@ -90,13 +89,14 @@ long spin(void) { for (;;) __asm__ volatile(""); }
 long guard_page(void) { *(volatile long *)(KS_ARENA_ADDRESS - 8) = 1; return 0; }
 long load_fs(void) { unsigned short s = 0x2b; __asm__ volatile("mov %0, %%fs" :: "r"(s)); return 0; }
 long jump_idle(void) { ((void (*)(void))0x7ff000001200UL)(); return 0; }
-/* Answers for the host (done = posted) and keeps running, writing the arena: the
- * verification must catch it. */
+long write_parking(void) { ((volatile unsigned long *)PARKING)[1] = 0; return 0; }
+/* Answers for the host (the arena's done = posted, result 42) and keeps running, writing the
+ * arena: the verification must catch it. */
 long fake_done(long secret) {
-    volatile unsigned long *parking = (volatile unsigned long *)PARKING;
-    parking[9] = 42;
-    parking[8] = parking[0];
-    for (;;) ((volatile unsigned long *)KS_ARENA_ADDRESS)[100] = (unsigned long)secret;
+    volatile unsigned long *arena = (volatile unsigned long *)KS_ARENA_ADDRESS;
+    arena[2] = 42;
+    arena[1] = ((volatile unsigned long *)PARKING)[0];
+    for (;;) arena[100] = (unsigned long)secret;
 }
 
 int main(void) {

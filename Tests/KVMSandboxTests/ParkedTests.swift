@@ -4,16 +4,17 @@ import Testing
 extension KVMTests {
     /// Parked VMs: requests without VM exits, their resets, and hostile requests (`parked` guest).
     @Suite struct Parked {
-        static func snapshot(arena: UInt64 = 64 << 10, verificationInterval: Int = 1024) throws -> Snapshot {
-            try base().parked(ParkingConfiguration(arenaSize: arena, verificationInterval: verificationInterval))
+        /// Parked, with every fast reset checked page by page (`verifyResets`) unless `verify` is false.
+        static func snapshot(arena: UInt64 = 64 << 10, verificationInterval: Int = 1024, verify: Bool = true) throws -> Snapshot {
+            try base(verify: verify).parked(ParkingConfiguration(arenaSize: arena, verificationInterval: verificationInterval))
         }
 
-        static func base() throws -> Snapshot {
+        static func base(verify: Bool = true) throws -> Snapshot {
             var configuration = SandboxConfiguration()
             configuration.arguments = ["parked"]
             configuration.standardOutput = .capture
             configuration.timeout = 2
-            configuration.verifyResets = true  // every slow reset is checked page by page
+            configuration.verifyResets = verify
             configuration.memorySize = 64 << 20
             return try Snapshot(elfPath: try Guests.build("parked"), configuration: configuration)
         }
@@ -29,8 +30,9 @@ extension KVMTests {
         }
 
         @Test func requestsRunWithoutExitsAndResetFast() throws {
-            let vm = try ParkedSandbox(snapshot: try Self.snapshot())
+            let vm = try ParkedSandbox(snapshot: try Self.snapshot(verify: false))
             let add = try vm.function(named: "add")
+            #expect(try vm.differencesFromSnapshot() == [])
             let exitsBefore = vm.statistics.exits
             for i in UInt64(0)..<1000 { #expect(try vm.call(add, i, 2) == .returned(i + 2)) }
             #expect(try vm.call(try vm.function(named: "sum_bytes"), arguments: [.bytes([1, 2, 3, 250]), 4]) == .returned(256))
@@ -38,6 +40,7 @@ extension KVMTests {
             #expect(statistics.requests == 1001 && statistics.fastResets == 1001 && statistics.slowResets == 0)
             // The vCPU may have slept between the calls (the idle stub's exit), nothing more.
             #expect(vm.statistics.exits - exitsBefore < 50)
+            #expect(try vm.differencesFromSnapshot() == [])
             #expect(throws: SandboxError.self) { try vm.function(named: "no_such_function") }
         }
 
@@ -66,7 +69,9 @@ extension KVMTests {
             #expect(try vm.call(try vm.function(named: "write_pages"), 1000) == .returned(1000))
             #expect(vm.statistics.pagesUnprotected == 1000 && vm.statistics.slowResets == 1)
             #expect(try vm.call(try vm.function(named: "probe_big")) == .returned(0))
+            // The reset took the write permission back (and KVM's cached translations with it).
             #expect(try vm.call(try vm.function(named: "write_pages"), 3) == .returned(3))
+            #expect(vm.statistics.pagesUnprotected == 1003 && vm.statistics.slowResets == 2)
             #expect(try vm.call(try vm.function(named: "probe_big")) == .returned(0))
         }
 
@@ -89,6 +94,8 @@ extension KVMTests {
             let guardFault = try vm.call(try vm.function(named: "guard_page"))
             #expect(guardFault.fault?.vector == 14 && guardFault.fault?.faultAddress == GuestLayout.arenaBase - 8)
             #expect(try vm.call(add, 1, 2) == .returned(3))
+            // The parking page is the host's: a write there is a fault.
+            #expect(try vm.call(try vm.function(named: "write_parking")).fault?.faultAddress == GuestLayout.parkingPage + 8)
             // Loading FS zeroes its base: the idle stub notices and faults (ud2 or #PF at fs:0).
             #expect(try vm.call(try vm.function(named: "load_fs")).fault != nil)
             guard case .timedOut = try vm.call(try vm.function(named: "jump_idle")) else { Issue.record("jump_idle did not time out"); return }
@@ -97,11 +104,15 @@ extension KVMTests {
         }
 
         @Test func aRequestThatFakesItsEndIsCaughtByVerification() throws {
-            let vm = try ParkedSandbox(snapshot: try Self.snapshot(verificationInterval: 1))
+            let vm = try ParkedSandbox(snapshot: try Self.snapshot(verificationInterval: 1, verify: false))
             #expect(try vm.call(try vm.function(named: "fake_done"), 99) == .returned(42))
             #expect(vm.statistics.failedVerifications == 1 && vm.statistics.slowResets == 1)
             #expect(try vm.call(try vm.function(named: "probe_arena")) == .returned(0))
             #expect(vm.statistics.verifications == 2 && vm.statistics.failedVerifications == 1)
+            // The paranoid check (verifyResets) catches it at once, and the VM is then retired.
+            let checked = try ParkedSandbox(snapshot: try Self.snapshot())
+            #expect(throws: SandboxError.self) { try checked.call(try checked.function(named: "fake_done"), 99) }
+            #expect(checked.isBroken)
         }
 
         @Test(arguments: [UInt64(16) << 10, 256 << 10])

@@ -74,6 +74,23 @@ final class AddressSpace {
         }
     }
 
+    /// Maps fresh zeroed pages over `[start, start + length)` backed by one contiguous
+    /// guest-physical range, whose start it returns (a parked VM's arena: one copy restores it).
+    func mapNewContiguous(_ start: UInt64, length: UInt64, _ permissions: PagePermissions) throws(SandboxError) -> UInt64 {
+        precondition(start % PageSize.bytes == 0 && length % PageSize.bytes == 0 && length > 0)
+        let pages = length / PageSize.bytes
+        guard (pages + 3 * (pages / 512 + 2)) * PageSize.bytes <= allocator.available,
+              let physical = allocator.allocate(pages: pages) else {
+            throw .outOfGuestMemory(needed: length, available: allocator.available)
+        }
+        translationsChanged = true
+        for index in 0..<pages {
+            try tables.map(start + index * PageSize.bytes, to: physical + index * PageSize.bytes, permissions,
+                           memory: memory, allocator: &allocator)
+        }
+        return physical
+    }
+
     /// Maps `page` to a guest-physical address past the end of guest memory: the guest's writes
     /// there are MMIO exits (the doorbell trap). The host never reads or writes through it.
     func mapOutsideMemory(_ page: UInt64, _ permissions: PagePermissions) throws(SandboxError) {
@@ -85,10 +102,12 @@ final class AddressSpace {
     /// loses user access, write or execute permission is noted in `takeReducedPages()`: a
     /// translation KVM cached for it must be dropped before the guest runs again. (Gained
     /// permissions need nothing: the next access faults and KVM walks the tables afresh.)
-    func protect(_ page: UInt64, _ permissions: PagePermissions) throws(SandboxError) {
+    /// `notingChange: false` leaves `translationsChanged` alone, for a caller that drops the
+    /// page's translations itself when it takes the permission back (a parked VM's reset).
+    func protect(_ page: UInt64, _ permissions: PagePermissions, notingChange: Bool = true) throws(SandboxError) {
         guard let entry = tables.leafEntry(page, memory: memory),
               let physical = tables.translateForHost(page, memory: memory) else { return }
-        translationsChanged = true
+        if notingChange { translationsChanged = true }
         try tables.map(page, to: physical, permissions, memory: memory, allocator: &allocator)
         if let updated = tables.leafEntry(page, memory: memory), X86PageTables.reducesAccess(from: entry, to: updated) {
             reducedPages.append(PageSize.alignDown(physical))

@@ -136,6 +136,14 @@ public final class GuestMemory {
         (base + offset).copyMemory(from: source.base + offset, byteCount: Int(PageSize.bytes))
     }
 
+    /// Copies `[physical, physical + count)` (page-aligned) back from the snapshot a fork reads
+    /// through, in one copy (a parked VM's arena).
+    func restoreRange(_ physical: UInt64, count: UInt64) {
+        guard let source, physical % PageSize.bytes == 0, contains(physical, count: count) else { return }
+        restoredPages &+= Int(count / PageSize.bytes)
+        (base + Int(physical)).copyMemory(from: source.base + Int(physical), byteCount: Int(count))
+    }
+
     /// For a fork: the guest-physical page numbers whose contents differ from the snapshot's
     /// (every page compared; the paranoid reset check).
     func pagesDifferingFromSource() -> [UInt64] {
@@ -146,6 +154,16 @@ public final class GuestMemory {
             pages.append(UInt64(page))
         }
         return pages
+    }
+
+    /// For a fork: whether page `page` (a guest-physical page number) differs from the snapshot
+    /// outside the byte range `ignoring`.
+    func differsFromSource(page: UInt64, ignoring: Range<Int>) -> Bool {
+        guard let source, page < size >> PageSize.shift else { return false }
+        let offset = Int(page << PageSize.shift), pageBytes = Int(PageSize.bytes)
+        let lower = max(0, min(ignoring.lowerBound, pageBytes)), upper = max(lower, min(ignoring.upperBound, pageBytes))
+        return memcmp(base + offset, source.base + offset, lower) != 0
+            || memcmp(base + offset + upper, source.base + offset + upper, pageBytes - upper) != 0
     }
 
     /// Copies the first `count` bytes of `other` (of the same size) into this memory.

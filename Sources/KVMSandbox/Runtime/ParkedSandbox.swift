@@ -53,7 +53,8 @@ public final class ParkedSandbox: @unchecked Sendable {
     let sandbox: Sandbox
     private let layout: ParkingLayout
     private let monitor = ParkingMonitor()
-    private let page: UnsafeMutableRawPointer
+    /// The parking page and the arena's header, shared with the running guest.
+    private let page: UnsafeMutableRawPointer, arenaHeader: UnsafeMutableRawPointer
     private var thread = pthread_t()
     private let state = Mutex(Counters())
     private let control = ConditionLock()
@@ -113,6 +114,7 @@ public final class ParkedSandbox: @unchecked Sendable {
         sandbox.parkingMonitor = monitor
         _ = sandbox.exitlessServer  // made here, before two threads share it
         page = sandbox.memory.pagePointer(layout.parkingPage)
+        arenaHeader = sandbox.memory.pagePointer(layout.arenaPhysical)
         _ = VCPUInterrupter.signal  // the kick's handler, before any kick
         let context = Unmanaged.passUnretained(self).toOpaque()
         let result = pthread_create(&thread, nil, { context in
@@ -157,9 +159,6 @@ public final class ParkedSandbox: @unchecked Sendable {
         }
     }
 
-    /// The request heap's header at the arena's start: bytes in use (the SDK's `ks_request_alloc`).
-    static let heapHeader: UInt64 = 64
-
     private func serve(_ function: ParkedFunction, _ arguments: [GuestArgument], _ counters: inout Counters) throws(SandboxError) -> RunOutcome {
         // The vCPU stopped between requests (a request that faked its end and then faulted).
         if stopped.load(ordering: .acquiring) { try slowReset(&counters) }
@@ -174,13 +173,13 @@ public final class ParkedSandbox: @unchecked Sendable {
                 guard UInt64(bytes.count) <= heapRoom, start + UInt64(bytes.count) <= heapRoom else {
                     throw .invalidArguments("\(bytes.count) bytes do not fit in the request heap (half the \(layout.configuration.arenaSize >> 10) KiB arena)")
                 }
-                let address = GuestLayout.arenaBase + Self.heapHeader + start
+                let address = GuestLayout.arenaBase + ParkingStub.heapStart + start
                 do { try sandbox.space.hostWrite(bytes, at: address) } catch { preconditionFailure("the arena is mapped") }
                 values[index] = address
                 heapUsed = start + UInt64(bytes.count)
             }
         }
-        if heapUsed > 0 { sandbox.memory.store(heapUsed, at: layout.arenaPages[0]) }
+        if heapUsed > 0 { arenaWord(ParkingStub.heapUsed).store(heapUsed, ordering: .relaxed) }
         for (index, value) in values.enumerated() { word(ParkingStub.arguments + 8 * UInt64(index)).store(value, ordering: .relaxed) }
         word(ParkingStub.function).store(function.address, ordering: .relaxed)
         word(ParkingStub.posted).store(1, ordering: .sequentiallyConsistent)
@@ -191,7 +190,7 @@ public final class ParkedSandbox: @unchecked Sendable {
         let outcome = waitForAnswer()
         outstanding.store(false, ordering: .sequentiallyConsistent)
         guard let outcome else {
-            let result = word(ParkingStub.result).load(ordering: .acquiring)
+            let result = arenaWord(ParkingStub.result).load(ordering: .acquiring)
             try finishRequest(&counters)
             return .returned(result)
         }
@@ -204,7 +203,7 @@ public final class ParkedSandbox: @unchecked Sendable {
     private func waitForAnswer() -> RunOutcome? {
         let started = monotonicNanoseconds()
         let limit = timeout.map { UInt64(min($0, 1e9) * 1e9) }
-        let done = word(ParkingStub.done)
+        let done = arenaWord(ParkingStub.done)
         var spins = 0
         while true {
             if done.load(ordering: .acquiring) == 1 { return nil }
@@ -233,6 +232,16 @@ public final class ParkedSandbox: @unchecked Sendable {
         }
         fastReset()
         counters.statistics.fastResets += 1
+        if snapshot.configuration.verifyResets {
+            // Paranoid resets: every fast reset is checked with the vCPU stopped.
+            _ = stopVCPU()
+            let differences = try checkedDifferences()
+            guard differences.isEmpty else {
+                counters.broken = .resetVerificationFailed(differences)
+                throw .resetVerificationFailed(differences)
+            }
+            resumeVCPU()
+        }
         counters.sinceVerification += 1
         let interval = layout.configuration.verificationInterval
         guard interval > 0, counters.sinceVerification >= interval else { return }
@@ -250,14 +259,55 @@ public final class ParkedSandbox: @unchecked Sendable {
         }
     }
 
-    /// Copies back what a request may write without an exit: the parking page (posted first,
-    /// then done, so the idle stub never sees a request), the arena and the mailbox.
+    /// The paranoid check of a parked VM between requests: stops the vCPU, compares every guest
+    /// page and the vCPU state with the snapshot, and lets the VM run again. What differs
+    /// (empty: the next request cannot tell this VM from a fresh fork). The general-purpose
+    /// registers and the x87/SSE state are not compared: the idle stub sets them all before
+    /// every request (the x87/SSE image it loads lies in a compared, read-only page); RIP must
+    /// be in the idle loop. `SandboxConfiguration.verifyResets` runs it after every fast reset.
+    public func differencesFromSnapshot() throws(SandboxError) -> [String] {
+        try state.withLock { counters throws(SandboxError) -> [String] in
+            if let broken = counters.broken { throw broken }
+            _ = stopVCPU()
+            let differences = try checkedDifferences()
+            resumeVCPU()
+            return differences
+        }
+    }
+
+    /// `differencesFromSnapshot` with the vCPU stopped.
+    private func checkedDifferences() throws(SandboxError) -> [String] {
+        var result: [String] = []
+        let registers = sandbox.vcpu.registers
+        if !ParkingStub.idleRange.contains(registers.rip), !monitor.tainted.load(ordering: .sequentiallyConsistent) {
+            result.append("the vCPU is not in the idle loop (rip 0x\(String(registers.rip, radix: 16)))")
+        }
+        let memory = sandbox.memory, mailboxPage = sandbox.mailboxPhysical >> PageSize.shift
+        for page in memory.pagesDifferingFromSource() {
+            // The mailbox's polling word belongs to the host's poller, not to the guest.
+            if page == mailboxPage, memory.differsFromSource(page: page, ignoring: 128..<136) == false { continue }
+            result.append("guest page 0x\(String(page << PageSize.shift, radix: 16))")
+        }
+        do {
+            var now = try sandbox.vcpu.saveState(capabilities: sandbox.system.stateCapabilities)
+            now.registers = snapshot.vcpuState.registers
+            now.floatingPoint = snapshot.vcpuState.floatingPoint
+            result += differences(between: snapshot.vcpuState, and: now).map { "vCPU: \($0)" }
+        } catch {
+            throw .kvm(error)
+        }
+        return result
+    }
+
+    /// Copies back what a request may write without an exit: the arena and the mailbox; and
+    /// clears the request (the function first, then posted, so the idle stub never starts one:
+    /// should a guest have set `done` to make the words match, it calls address 0 and faults).
     private func fastReset() {
+        word(ParkingStub.function).store(0, ordering: .sequentiallyConsistent)
         word(ParkingStub.posted).store(0, ordering: .sequentiallyConsistent)
-        word(ParkingStub.done).store(0, ordering: .sequentiallyConsistent)
+        for index in UInt64(0)..<6 { word(ParkingStub.arguments + 8 * index).store(0, ordering: .relaxed) }
         let memory = sandbox.memory
-        memory.restorePage(layout.parkingPage >> PageSize.shift)
-        for arenaPage in layout.arenaPages { memory.restorePage(arenaPage >> PageSize.shift) }
+        memory.restoreRange(layout.arenaPhysical, count: layout.configuration.arenaSize)
         let mailboxPage = sandbox.mailboxPhysical >> PageSize.shift
         sandbox.exitlessServer.rewind { memory.restorePage(mailboxPage) }
     }
@@ -284,13 +334,28 @@ public final class ParkedSandbox: @unchecked Sendable {
     /// outcome it stopped with (`.ready` when stopped on request).
     private func stopVCPU() -> RunOutcome {
         control.withLock {
-            if !stopped.load(ordering: .acquiring) {
-                monitor.stopRequested.store(true, ordering: .sequentiallyConsistent)
-                sandbox.vcpu.interrupter.interrupt(thread: thread)
-                control.broadcast()
-                while !stopped.load(ordering: .acquiring) { control.wait() }
-            }
+            guard !stopped.load(ordering: .acquiring) else { return }
+            monitor.stopRequested.store(true, ordering: .sequentiallyConsistent)
+            sandbox.vcpu.interrupter.interrupt(thread: thread)
+            control.broadcast()
+        }
+        // The vCPU thread answers within an exit's time: spin for it rather than sleep (a
+        // wake-up costs more than the exit here).
+        Self.spin(until: { stopped.load(ordering: .acquiring) })
+        return control.withLock {
+            while !stopped.load(ordering: .acquiring) { control.wait() }
             return stoppedOutcome ?? .ready
+        }
+    }
+
+    /// Spins (with `pause`) until `done` or about 1 ms has passed.
+    private static func spin(until done: () -> Bool) {
+        let started = monotonicNanoseconds()
+        var spins = 0
+        while !done() {
+            spins &+= 1
+            if spins & 255 == 0, monotonicNanoseconds() &- started > 1_000_000 { return }
+            ckvm_cpu_relax()
         }
     }
 
@@ -331,14 +396,24 @@ public final class ParkedSandbox: @unchecked Sendable {
             if command == .run { command = .hold }
             stopped.store(true, ordering: .releasing)
             control.broadcast()
+            // A stop is usually a slow reset, over in tens of microseconds: spin for the resume.
+            control.unlock()
+            Self.spin(until: { !stopped.load(ordering: .acquiring) })
+            control.lock()
         }
         control.unlock()
     }
 
     /// A 64-bit word of the parking page, shared with the running guest.
     private func word(_ offset: UInt64) -> UnsafeAtomic<UInt64> {
-        // SAFETY: offset < 80, inside the page, which lives as long as the sandbox's memory.
+        // SAFETY: offset < 64, inside the page, which lives as long as the sandbox's memory.
         UnsafeAtomic(at: (page + Int(offset)).assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
+    }
+
+    /// A 64-bit word of the arena's header, shared with the running guest.
+    private func arenaWord(_ offset: UInt64) -> UnsafeAtomic<UInt64> {
+        // SAFETY: offset < 24, inside the arena's first page, alive as long as the memory.
+        UnsafeAtomic(at: (arenaHeader + Int(offset)).assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
     }
 }
 
@@ -371,3 +446,4 @@ final class ConditionLock: @unchecked Sendable {
         return try body()
     }
 }
+

@@ -27,8 +27,8 @@ public struct ParkingConfiguration: Sendable, Equatable {
 /// Where a parked snapshot keeps its arena and parking page, and which pages it made read-only.
 struct ParkingLayout: Sendable {
     let configuration: ParkingConfiguration
-    /// Guest-physical addresses of the arena's pages, in virtual order.
-    let arenaPages: [UInt64]
+    /// Guest-physical address of the arena (contiguous, `configuration.arenaSize` bytes).
+    let arenaPhysical: UInt64
     /// Guest-physical address of the parking page.
     let parkingPage: UInt64
     /// Virtual pages the program could write at the snapshot, now read-only: a write there
@@ -106,15 +106,9 @@ extension Sandbox {
         for (page, entry) in writable {
             try space.protect(page, entry & X86PageTables.noExecute == 0 ? [.read, .execute] : [.read])
         }
-        try space.mapNew(GuestLayout.parkingPage, length: PageSize.bytes, [.read, .write])
-        try space.mapNew(GuestLayout.arenaBase, length: parking.arenaSize, [.read, .write])
-        var arenaPages: [UInt64] = []
-        page = GuestLayout.arenaBase
-        while page < arenaEnd {
-            guard let physical = space.tables.translateForHost(page, memory: memory) else { preconditionFailure("the arena was just mapped") }
-            arenaPages.append(physical)
-            page += PageSize.bytes
-        }
+        // The parking page is read-only for the guest: only the host writes requests there.
+        try space.mapNew(GuestLayout.parkingPage, length: PageSize.bytes, [.read])
+        let arenaPhysical = try space.mapNewContiguous(GuestLayout.arenaBase, length: parking.arenaSize, [.read, .write])
         guard let parkingPhysical = space.tables.translateForHost(GuestLayout.parkingPage, memory: memory) else {
             preconditionFailure("the parking page was just mapped")
         }
@@ -132,7 +126,7 @@ extension Sandbox {
         registers.rflags = X86CPUState.rflags
         vcpu.modifyRegisters { $0 = registers }
         phase = .paused(registers)
-        parkingLayout = ParkingLayout(configuration: parking, arenaPages: arenaPages, parkingPage: parkingPhysical,
+        parkingLayout = ParkingLayout(configuration: parking, arenaPhysical: arenaPhysical, parkingPage: parkingPhysical,
                                       protectedPages: Set(writable.map(\.page)))
     }
 
@@ -146,10 +140,13 @@ extension Sandbox {
         guard parkingLayout.protectedPages.contains(page), let entry = space.tables.leafEntry(page, memory: memory),
               entry & X86PageTables.writable == 0 else { return false }
         do {
-            try space.protect(page, entry & X86PageTables.noExecute == 0 ? [.read, .write, .execute] : [.read, .write])
+            // Gaining write permission needs no flush; the reset that takes it back drops the
+            // page's translations (`parkedUnprotectedPages`), cheaper than all of them.
+            try space.protect(page, entry & X86PageTables.noExecute == 0 ? [.read, .write, .execute] : [.read, .write], notingChange: false)
         } catch {
             return false
         }
+        parkedUnprotectedPages.append(entry & X86PageTables.addressMask)
         parkingMonitor.tainted.store(true, ordering: .sequentiallyConsistent)
         resumedParkedFault = true
         parkingMonitor.unprotectedPages.wrappingIncrement(ordering: .relaxed)

@@ -66,6 +66,9 @@ public final class Sandbox {
     /// A parked VM resumed after a write fault: CR2 and the exception state changed since the
     /// last reset.
     var resumedParkedFault = false
+    /// Guest-physical pages a parked VM was let write since the last reset: their writable
+    /// translations must be dropped when the reset protects them again.
+    var parkedUnprotectedPages: [UInt64] = []
     /// When a fresh sandbox started loading its program: its first run's deadline counts from
     /// there, so `timeout` covers loading and running together (nil for forks).
     var loadStarted: UInt64?

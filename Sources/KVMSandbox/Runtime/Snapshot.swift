@@ -237,7 +237,11 @@ extension Sandbox {
                 // (PVM) caches guest tables and never sees host writes to them, and a CR3 reload
                 // reuses its cached shadow pages; re-creating the memslot makes KVM zap them all.
                 try recreateMemorySlot()
+            } else if !parkedUnprotectedPages.isEmpty {
+                // A parked VM's pages are read-only again: drop just their translations.
+                if !memory.invalidateTranslations(ofPages: parkedUnprotectedPages) { try recreateMemorySlot() }
             }
+            parkedUnprotectedPages.removeAll(keepingCapacity: true)
             // With IDT stubs the vCPU may have stopped at CPL 0 (in a stub or the syscall entry);
             // after a page fault CR2 holds the faulting address (found by the paranoid check).
             if fsBaseChanged || usesExceptionStubs || faulted { try vcpu.setSpecialRegisters(snapshot.specialRegisters) }

@@ -3,21 +3,24 @@
 /// state, and answers, all without a VM exit. Its parameters (the snapshot's x87/SSE image, the
 /// idle spin, the request stack) sit in the same read-only page, so the guest cannot change them.
 ///
-/// The parking page (`GuestLayout.parkingPage`, user read+write, NX; 64-bit words):
+/// The request goes in the parking page (`GuestLayout.parkingPage`, user read-only, NX), the
+/// answer in the arena's header (`GuestLayout.arenaBase`, restored with the arena); 64-bit words:
 ///
-/// | offset | field | written by |
+/// | where | field | written by |
 /// |---|---|---|
-/// | 0 | posted: `done + 1` while a request waits | host, last |
-/// | 8 | the function's address | host |
-/// | 16-56 | six arguments (rdi, rsi, rdx, rcx, r8, r9) | host |
-/// | 64 | done: the last request answered | guest, last |
-/// | 72 | the function's return value (rax) | guest |
+/// | parking + 0 | posted: `done + 1` while a request waits | host, last |
+/// | parking + 8 | the function's address | host |
+/// | parking + 16-56 | six arguments (rdi, rsi, rdx, rcx, r8, r9) | host |
+/// | arena + 0 | the request heap's bytes in use (`ks_request_alloc`) | guest |
+/// | arena + 8 | done: the last request answered | guest (the stub), last |
+/// | arena + 16 | the function's return value (rax) | guest (the stub) |
 ///
-/// The host zeroes the page between requests (posted first), so every request is number 1 and
-/// the page carries nothing from one request to the next. Assembled from:
+/// Between requests the host zeroes the parking page's words (the function and posted first)
+/// and copies the arena back, so every request is number 1 and nothing of the last one
+/// remains. Assembled from (R: parking page, A: arena, P: parameters, F: FXSAVE image):
 ///
 ///     park: mov P+0(%rip), %rcx                      # idle spin
-///     wait: mov R+64(%rip), %rax; inc %rax; cmp R+0(%rip), %rax; je go
+///     wait: mov A+8(%rip), %rax; inc %rax; cmp R+0(%rip), %rax; je go
 ///           pause; dec %rcx; jnz wait
 ///           mov $0xf03, %eax; out %al, $0x42; jmp park   # KS_HC_PARK_WAIT: sleep on the host
 ///     go:   mov P+16(%rip), %rsp                     # the request stack (top of the arena)
@@ -27,10 +30,10 @@
 ///           mov R+8(%rip), %r11; mov R+16..R+56(%rip), %rdi, %rsi, %rdx, %rcx, %r8, %r9
 ///           xor rax, rbx, rbp, r10, r12-r15
 ///           call *%r11
-///           mov %rax, R+72(%rip)
+///           mov %rax, A+16(%rip)
 ///           cmpq $0, P+8(%rip); je post               # the FS base: loading a selector into FS
 ///           mov %fs:0, %r11                            # zeroes it, and page 0 is never mapped
-///     post: mov R+0(%rip), %r11; mov %r11, R+64(%rip); jmp park
+///     post: mov R+0(%rip), %r11; mov %r11, A+8(%rip); jmp park
 ///
 /// The FS selector itself is not compared: what the guest reads from it differs from what
 /// KVM reports (PVM shows 0), and a null selector load keeps the base.
@@ -46,10 +49,14 @@ enum ParkingStub {
     /// The host call the idle loop sleeps with.
     static let parkWait = HostCallNumber.parkWait
     /// Parking-page offsets.
-    static let posted: UInt64 = 0, function: UInt64 = 8, arguments: UInt64 = 16, done: UInt64 = 64, result: UInt64 = 72
+    static let posted: UInt64 = 0, function: UInt64 = 8, arguments: UInt64 = 16
+    /// Arena offsets: the request heap's header (bytes in use), the answer, the result.
+    static let heapUsed: UInt64 = 0, done: UInt64 = 8, result: UInt64 = 16
+    /// Where the request heap starts in the arena.
+    static let heapStart: UInt64 = 64
 
     static let code: [UInt8] = [
-        0x48, 0x8b, 0x0d, 0xf9, 0x03, 0x00, 0x00, 0x48, 0x8b, 0x05, 0x32, 0x2e, 0x00, 0x00, 0x48, 0xff,
+        0x48, 0x8b, 0x0d, 0xf9, 0x03, 0x00, 0x00, 0x48, 0x8b, 0x05, 0xfa, 0xed, 0x0f, 0x00, 0x48, 0xff,
         0xc0, 0x48, 0x3b, 0x05, 0xe8, 0x2d, 0x00, 0x00, 0x74, 0x10, 0xf3, 0x90, 0x48, 0xff, 0xc9, 0x75,
         0xe6, 0xb8, 0x03, 0x0f, 0x00, 0x00, 0xe6, 0x42, 0xeb, 0xd6, 0x48, 0x8b, 0x25, 0xdf, 0x03, 0x00,
         0x00, 0x6a, 0x02, 0x9d, 0x48, 0x0f, 0xae, 0x0d, 0xc4, 0x01, 0x00, 0x00, 0x8b, 0x05, 0xde, 0x03,
@@ -58,9 +65,9 @@ enum ParkingStub {
         0xbc, 0x2d, 0x00, 0x00, 0x48, 0x8b, 0x0d, 0xbd, 0x2d, 0x00, 0x00, 0x4c, 0x8b, 0x05, 0xbe, 0x2d,
         0x00, 0x00, 0x4c, 0x8b, 0x0d, 0xbf, 0x2d, 0x00, 0x00, 0x31, 0xc0, 0x31, 0xdb, 0x31, 0xed, 0x45,
         0x31, 0xd2, 0x45, 0x31, 0xe4, 0x45, 0x31, 0xed, 0x45, 0x31, 0xf6, 0x45, 0x31, 0xff, 0x41, 0xff,
-        0xd3, 0x48, 0x89, 0x05, 0xb0, 0x2d, 0x00, 0x00, 0x48, 0x83, 0x3d, 0x68, 0x03, 0x00, 0x00, 0x00,
+        0xd3, 0x48, 0x89, 0x05, 0x78, 0xed, 0x0f, 0x00, 0x48, 0x83, 0x3d, 0x68, 0x03, 0x00, 0x00, 0x00,
         0x74, 0x09, 0x64, 0x4c, 0x8b, 0x1c, 0x25, 0x00, 0x00, 0x00, 0x00, 0x4c, 0x8b, 0x1d, 0x4e, 0x2d,
-        0x00, 0x00, 0x4c, 0x89, 0x1d, 0x87, 0x2d, 0x00, 0x00, 0xe9, 0x42, 0xff, 0xff, 0xff,
+        0x00, 0x00, 0x4c, 0x89, 0x1d, 0x4f, 0xed, 0x0f, 0x00, 0xe9, 0x42, 0xff, 0xff, 0xff,
     ]
 
     /// The stub's address range.
