@@ -16,6 +16,15 @@ struct VCPUState {
     var debugRegisters: kvm_debugregs?
     var msrs: [(index: UInt32, value: UInt64)]
 
+    /// XCR0 (the enabled XSAVE components), where KVM reports the XCRs.
+    var xcr0: UInt64? {
+        guard var xcrs = extendedControlRegisters else { return nil }
+        let count = Int(min(xcrs.nr_xcrs, UInt32(KVM_MAX_XCRS)))
+        return withUnsafeBytes(of: &xcrs.xcrs) { raw in
+            raw.bindMemory(to: kvm_xcr.self).prefix(count).first(where: { $0.xcr == 0 })?.value
+        }
+    }
+
     /// The MSRs a snapshot saves: the `syscall` MSRs, the swapgs base, PAT and the SYSENTER MSRs.
     /// A CPL 3 guest can write none of them (`wrmsr` is #GP), so a reset need not restore them;
     /// the paranoid check (`Sandbox.verifyReset`) still compares them.
@@ -43,7 +52,7 @@ func differences(between a: VCPUState, and b: VCPUState) -> [String] {
     }
     compare("general-purpose registers", a.registers, b.registers)
     compare("special registers", a.specialRegisters, b.specialRegisters)
-    compare("exception and interrupt state", a.events, b.events)
+    if !bytesEqual(a.events, b.events) { result.append("exception and interrupt state (\(eventDifferences(a.events, b.events)))") }
     switch (a.floatingPoint, b.floatingPoint) {
     case (.xsave(let x), .xsave(let y)): compare("x87/SSE/AVX state (XSAVE area)", x, y)
     case (.fpu(let x), .fpu(let y)): compare("x87/SSE state", x, y)
@@ -57,6 +66,23 @@ func differences(between a: VCPUState, and b: VCPUState) -> [String] {
         result.append("MSR 0x\(String(index, radix: 16))")
     }
     return result
+}
+
+/// The fields of two `kvm_vcpu_events` that differ, as "name a -> b".
+private func eventDifferences(_ a: kvm_vcpu_events, _ b: kvm_vcpu_events) -> String {
+    let fields: [(String, (kvm_vcpu_events) -> UInt64)] = [
+        ("exception.injected", { UInt64($0.exception.injected) }), ("exception.nr", { UInt64($0.exception.nr) }),
+        ("exception.has_error_code", { UInt64($0.exception.has_error_code) }), ("exception.pending", { UInt64($0.exception.pending) }),
+        ("exception.error_code", { UInt64($0.exception.error_code) }), ("interrupt.injected", { UInt64($0.interrupt.injected) }),
+        ("interrupt.nr", { UInt64($0.interrupt.nr) }), ("interrupt.soft", { UInt64($0.interrupt.soft) }),
+        ("interrupt.shadow", { UInt64($0.interrupt.shadow) }), ("nmi.injected", { UInt64($0.nmi.injected) }),
+        ("nmi.pending", { UInt64($0.nmi.pending) }), ("nmi.masked", { UInt64($0.nmi.masked) }),
+        ("sipi_vector", { UInt64($0.sipi_vector) }), ("flags", { UInt64($0.flags) }), ("smi.smm", { UInt64($0.smi.smm) }),
+        ("triple_fault.pending", { UInt64($0.triple_fault.pending) }),
+        ("exception_has_payload", { UInt64($0.exception_has_payload) }), ("exception_payload", { $0.exception_payload }),
+    ]
+    let named = fields.filter { $0.1(a) != $0.1(b) }.map { "\($0.0) \($0.1(a)) -> \($0.1(b))" }
+    return named.isEmpty ? "reserved bytes" : named.joined(separator: ", ")
 }
 
 /// Whether two values of a C struct have the same bytes.

@@ -85,6 +85,7 @@ extension Sandbox {
         return try serveHostCall(stop: currentStop)
     }
 
+    /// Whether `rip` is in the CPL 0 stub page (exception stubs and the `syscall` entry).
     func isInSyscallEntry(_ rip: UInt64) -> Bool {
         usesExceptionStubs && rip >= ExceptionStubs.stubPage && rip < ExceptionStubs.stubPage + PageSize.bytes
     }

@@ -65,18 +65,15 @@ extension Sandbox {
         guard linux.state.threads.count <= 1 else {
             throw .invalidConfiguration("only a single-threaded guest can be parked (\(linux.state.threads.count) threads)")
         }
-        let sregs: kvm_sregs, floatingPoint: FloatingPointState
-        do {
-            sregs = try vcpu.specialRegisters()
-            floatingPoint = try vcpu.floatingPointState(system.stateCapabilities)
-        } catch {
-            throw .kvm(error)
+        let state: VCPUState
+        do { state = try vcpu.saveState(capabilities: system.stateCapabilities) } catch { throw .kvm(error) }
+        let (sregs, floatingPoint) = (state.specialRegisters, state.floatingPoint)
+        // With OSXSAVE on (hardware KVM), the stub restores the whole XSAVE area (AVX too).
+        let xsave = sregs.cr4 & (1 << 18) != 0
+        guard let image = ParkingStub.floatingPointImage(floatingPoint, xsave: xsave, size: Int(X86CPUIdentity.xsaveSize),
+                                                         xcr0: state.xcr0 ?? 0x7) else {
+            throw .invalidConfiguration("parking needs KVM_CAP_XSAVE and an XSAVE area of at most \(ParkingStub.maximumImageSize) bytes (this CPU's: \(X86CPUIdentity.xsaveSize))")
         }
-        guard let image = ParkingStub.floatingPointImage(floatingPoint) else {
-            throw .invalidConfiguration("parking needs KVM_CAP_XSAVE (the snapshot's x87/SSE image for fxrstor)")
-        }
-        // fxrstor restores x87 and SSE only: with OSXSAVE on, AVX state could cross requests.
-        guard sregs.cr4 & (1 << 18) == 0 else { throw .invalidConfiguration("parking does not support guests with XSAVE (AVX) state enabled") }
         // A request can only ever load FS/GS selectors whose base is 0 (the GDT's): GS must be
         // 0 already, and a non-zero FS base must point at readable memory for the stub's check.
         guard sregs.gs.base == 0 else { throw .invalidConfiguration("parking needs a zero GS base") }
@@ -112,7 +109,7 @@ extension Sandbox {
         guard let parkingPhysical = space.tables.translateForHost(GuestLayout.parkingPage, memory: memory) else {
             preconditionFailure("the parking page was just mapped")
         }
-        let parameters = [parking.idleSpin, checksFS ? 1 : 0, arenaEnd, 0, UInt64(sregs.ds.selector)]
+        let parameters = [parking.idleSpin, checksFS ? 1 : 0, arenaEnd, xsave ? 1 : 0, UInt64(sregs.ds.selector)]
         do {
             try space.hostWrite(ParkingStub.code, at: ParkingStub.entry)
             try space.hostWrite(image, at: GuestLayout.syscallStubPage + ParkingStub.floatingPointOffset)
