@@ -164,6 +164,8 @@ extension KVMTests {
         #expect(ParkingStub.parametersOffset + 5 * 8 <= ParkingStub.floatingPointOffset)
         #expect(ParkingStub.floatingPointOffset % 64 == 0)  // xrstor's alignment
         #expect(ParkingStub.code.contains(0xe6) && ParkingStub.idleRange.upperBound <= ParkingStub.range.upperBound)
+        let out = Int(ParkingStub.idleOutOffset)
+        #expect(Array(ParkingStub.code[out..<out + 2]) == [0xe6, 0x42])  // out %al, $0x42
     }
 
     @Test func theXSAVEImageKeepsOnlyEnabledComponentsInStandardForm() {

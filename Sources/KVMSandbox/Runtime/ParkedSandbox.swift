@@ -51,22 +51,24 @@ public final class ParkedSandbox: @unchecked Sendable {
     /// Per-request wall-clock limit (default: the snapshot configuration's `timeout`).
     public let timeout: Double?
     let sandbox: Sandbox
-    private let layout: ParkingLayout
-    private let monitor = ParkingMonitor()
+    let layout: ParkingLayout
+    let monitor = ParkingMonitor()
     /// The parking page and the arena's header, shared with the running guest.
     private let page: UnsafeMutableRawPointer, arenaHeader: UnsafeMutableRawPointer
     private var thread = pthread_t()
-    private let state = Mutex(Counters())
-    private let control = ConditionLock()
+    let state = Mutex(Counters())
+    let control = ConditionLock()
     /// Under `control`: what the vCPU thread is to do, and why it stopped.
     private var command = Command.run
-    private var stoppedOutcome: RunOutcome?
+    var stoppedOutcome: RunOutcome?
     /// Set by the vCPU thread when it left the run loop (read without the lock).
     private let stopped = ManagedAtomic<Bool>(false)
     /// The vCPU thread sleeps (the idle stub's exit); a poster must wake it.
     private let sleeping = ManagedAtomic<Bool>(false)
     /// A request is posted and not answered.
     private let outstanding = ManagedAtomic<Bool>(false)
+    /// The VM is being torn down (the vCPU thread stops spinning for a resume).
+    private let quitting = ManagedAtomic<Bool>(false)
 
     private enum Command { case run, hold, quit }
 
@@ -86,7 +88,7 @@ public final class ParkedSandbox: @unchecked Sendable {
         public var exits = 0
     }
 
-    private struct Counters {
+    struct Counters {
         var statistics = Statistics()
         var sinceVerification = 0
         var broken: SandboxError?
@@ -125,6 +127,7 @@ public final class ParkedSandbox: @unchecked Sendable {
     }
 
     deinit {
+        quitting.store(true, ordering: .sequentiallyConsistent)
         control.withLock {
             command = .quit
             monitor.stopRequested.store(true, ordering: .sequentiallyConsistent)
@@ -266,60 +269,6 @@ public final class ParkedSandbox: @unchecked Sendable {
         }
     }
 
-    /// Whether the stopped vCPU is between a guest event and the exit that reports it: with an
-    /// exception being delivered, or in the host's CPL 0 stubs (hardware KVM's exception and
-    /// `syscall` entry stubs). (Under an emulated SVM, the idle stub's `out` arrives this way
-    /// too: QEMU's TCG raises #GP for it.)
-    private var stoppedInHostStub: Bool {
-        let events = sandbox.vcpu.events
-        return events.exception.injected != 0 || events.exception.pending != 0
-            || sandbox.isInSyscallEntry(sandbox.vcpu.registers.rip)
-    }
-
-    /// The paranoid check of a parked VM between requests: stops the vCPU, compares every guest
-    /// page and the vCPU state with the snapshot, and lets the VM run again. What differs
-    /// (empty: the next request cannot tell this VM from a fresh fork). The general-purpose
-    /// registers and the x87/SSE state are not compared: the idle stub sets them all before
-    /// every request (the x87/SSE image it loads lies in a compared, read-only page); RIP must
-    /// be in the idle loop. `SandboxConfiguration.verifyResets` runs it after every fast reset.
-    public func differencesFromSnapshot() throws(SandboxError) -> [String] {
-        try state.withLock { counters throws(SandboxError) -> [String] in
-            if let broken = counters.broken { throw broken }
-            _ = stopVCPU()
-            // Stopped on its way to an exit (in a CPL 0 stub): let it get there, then look.
-            for _ in 0..<100 where stoppedInHostStub && !stoppedByGuest {
-                resumeVCPU(clearingTaint: false)
-                _ = stopVCPU()
-            }
-            let differences = try checkedDifferences()
-            resumeVCPU(clearingTaint: false)
-            return differences
-        }
-    }
-
-    /// `differencesFromSnapshot` with the vCPU stopped.
-    private func checkedDifferences() throws(SandboxError) -> [String] {
-        var result: [String] = []
-        let registers = sandbox.vcpu.registers
-        if !ParkingStub.idleRange.contains(registers.rip), !monitor.tainted.load(ordering: .sequentiallyConsistent) {
-            result.append("the vCPU is not in the idle loop (rip 0x\(String(registers.rip, radix: 16)))")
-        }
-        let memory = sandbox.memory, mailboxPage = sandbox.mailboxPhysical >> PageSize.shift
-        for page in memory.pagesDifferingFromSource() {
-            // The mailbox's polling word belongs to the host's poller, not to the guest.
-            if page == mailboxPage, memory.differsFromSource(page: page, ignoring: 128..<136) == false { continue }
-            result.append("guest page 0x\(String(page << PageSize.shift, radix: 16))")
-        }
-        do {
-            var now = try sandbox.vcpu.saveState(capabilities: sandbox.system.stateCapabilities)
-            now.registers = snapshot.vcpuState.registers
-            now.floatingPoint = snapshot.vcpuState.floatingPoint
-            result += differences(between: snapshot.vcpuState, and: now).map { "vCPU: \($0)" }
-        } catch {
-            throw .kvm(error)
-        }
-        return result
-    }
 
     /// Copies back what a request may write without an exit: the arena and the mailbox; and
     /// clears the request (the function first, then posted, so the idle stub never starts one:
@@ -354,7 +303,7 @@ public final class ParkedSandbox: @unchecked Sendable {
 
     /// Brings the vCPU thread out of the run loop (if it is not already) and returns the
     /// outcome it stopped with (`.ready` when stopped on request).
-    private func stopVCPU() -> RunOutcome {
+    func stopVCPU() -> RunOutcome {
         control.withLock {
             guard !stopped.load(ordering: .acquiring) else { return }
             monitor.stopRequested.store(true, ordering: .sequentiallyConsistent)
@@ -381,16 +330,8 @@ public final class ParkedSandbox: @unchecked Sendable {
         }
     }
 
-    /// Whether the vCPU thread stopped with an outcome of the guest's (a fault, an exit), not on request.
-    private var stoppedByGuest: Bool {
-        control.withLock {
-            guard let stoppedOutcome else { return false }
-            if case .ready = stoppedOutcome { return false }
-            return true
-        }
-    }
 
-    private func resumeVCPU(clearingTaint: Bool = true) {
+    func resumeVCPU(clearingTaint: Bool = true) {
         control.withLock {
             monitor.stopRequested.store(false, ordering: .sequentiallyConsistent)
             if clearingTaint { monitor.tainted.store(false, ordering: .sequentiallyConsistent) }
@@ -429,7 +370,7 @@ public final class ParkedSandbox: @unchecked Sendable {
             control.broadcast()
             // A stop is usually a slow reset, over in tens of microseconds: spin for the resume.
             control.unlock()
-            Self.spin(until: { !stopped.load(ordering: .acquiring) })
+            Self.spin(until: { !stopped.load(ordering: .acquiring) || quitting.load(ordering: .relaxed) })
             control.lock()
         }
         control.unlock()
@@ -447,34 +388,3 @@ public final class ParkedSandbox: @unchecked Sendable {
         UnsafeAtomic(at: (arenaHeader + Int(offset)).assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
     }
 }
-
-/// A pthread mutex and condition variable (the parked VM's vCPU thread sleeps on it).
-final class ConditionLock: @unchecked Sendable {
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-
-    init() {
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(condition, nil)
-    }
-
-    deinit {
-        pthread_cond_destroy(condition)
-        pthread_mutex_destroy(mutex)
-        condition.deallocate()
-        mutex.deallocate()
-    }
-
-    func lock() { pthread_mutex_lock(mutex) }
-    func unlock() { pthread_mutex_unlock(mutex) }
-    /// Waits for a broadcast (the mutex held); may wake spuriously.
-    func wait() { pthread_cond_wait(condition, mutex) }
-    func broadcast() { pthread_cond_broadcast(condition) }
-
-    func withLock<T>(_ body: () throws -> T) rethrows -> T {
-        lock()
-        defer { unlock() }
-        return try body()
-    }
-}
-

@@ -80,6 +80,8 @@ enum ParkingStub {
 
     /// The stub's address range.
     static var range: Range<UInt64> { entry ..< entry + UInt64(code.count) }
+    /// Where the idle loop's `out` (its sleep) is.
+    static let idleOutOffset: UInt64 = 0x26
     /// The idle loop proper (`park` up to `go`): a vCPU stopped there runs no request.
     static var idleRange: Range<UInt64> { entry ..< entry + 0x2a }
 
