@@ -57,23 +57,31 @@ extension KVMTests {
             #expect(try vm.call(try vm.function(named: "move_stack")) == .returned(1))
             #expect(try Self.entryState(vm) == fresh)
             #expect(vm.statistics.slowResets == 0)
-            // Outside the arena: a write fault, the page made writable, then the slow reset.
+            // Outside the arena: a write fault, the page made writable and kept so, copied back
+            // after every request.
             #expect(try vm.call(try vm.function(named: "write_global"), secret) == .returned(secret))
-            #expect(vm.statistics.slowResets == 1 && vm.statistics.pagesUnprotected == 1)
+            #expect(vm.statistics.slowResets == 0 && vm.statistics.pagesUnprotected == 1 && vm.statistics.pagesKeptWritable == 1)
             #expect(try Self.entryState(vm) == fresh)
-            // Fast again afterwards.
-            #expect(try vm.call(try vm.function(named: "add"), 1, 2) == .returned(3))
-            #expect(vm.statistics.slowResets == 1)
+            #expect(try vm.call(try vm.function(named: "write_global"), secret) == .returned(secret))  // no fault now
+            #expect(vm.statistics.pagesUnprotected == 1 && vm.statistics.slowResets == 0)
+            #expect(try Self.entryState(vm) == fresh)
+            // With no page kept writable, the same request takes the slow reset.
+            let strict = try ParkedSandbox(snapshot: try Self.base().parked(ParkingConfiguration(keptWritablePages: 0)))
+            #expect(try strict.call(try strict.function(named: "write_global"), secret) == .returned(secret))
+            #expect(strict.statistics.slowResets == 1 && strict.statistics.pagesKeptWritable == 0)
+            #expect(try Self.entryState(strict) == fresh)
         }
 
         @Test func thousandPagesOutsideTheArenaResetExactly() throws {
             let vm = try ParkedSandbox(snapshot: try Self.snapshot())
+            // Past the 64 pages kept writable: the slow reset, which protects them all again.
             #expect(try vm.call(try vm.function(named: "write_pages"), 1000) == .returned(1000))
-            #expect(vm.statistics.pagesUnprotected == 1000 && vm.statistics.slowResets == 1)
+            #expect(vm.statistics.pagesUnprotected == 1000 && vm.statistics.slowResets == 1 && vm.statistics.pagesKeptWritable == 0)
             #expect(try vm.call(try vm.function(named: "probe_big")) == .returned(0))
-            // The reset took the write permission back (and KVM's cached translations with it).
+            // The reset took the write permission back (and KVM's cached translations with it):
+            // these three fault again, and are kept writable.
             #expect(try vm.call(try vm.function(named: "write_pages"), 3) == .returned(3))
-            #expect(vm.statistics.pagesUnprotected == 1003 && vm.statistics.slowResets == 2)
+            #expect(vm.statistics.pagesUnprotected == 1003 && vm.statistics.slowResets == 1 && vm.statistics.pagesKeptWritable == 3)
             #expect(try vm.call(try vm.function(named: "probe_big")) == .returned(0))
         }
 
@@ -153,6 +161,7 @@ extension KVMTests {
                 #expect(throws: SandboxError.self) { try base.parked(ParkingConfiguration(arenaSize: size)) }
             }
             #expect(throws: SandboxError.self) { try base.parked(ParkingConfiguration(idleSpin: 0)) }
+            #expect(throws: SandboxError.self) { try base.parked(ParkingConfiguration(keptWritablePages: -1)) }
         }
     }
 }

@@ -166,6 +166,18 @@ public final class GuestMemory {
             || memcmp(base + offset + upper, source.base + offset + upper, pageBytes - upper) != 0
     }
 
+    /// For a fork: the 64-bit words of page `page` (a guest-physical page number) that differ
+    /// from the snapshot: their guest-physical addresses, values now and in the snapshot.
+    func wordsDifferingFromSource(page: UInt64) -> [(address: UInt64, now: UInt64, source: UInt64)] {
+        guard let source, page < size >> PageSize.shift else { return [] }
+        let offset = Int(page << PageSize.shift)
+        return (0..<Int(PageSize.bytes) / 8).compactMap { index in
+            let now = (base + offset + index * 8).loadUnaligned(as: UInt64.self)
+            let old = (source.base + offset + index * 8).loadUnaligned(as: UInt64.self)
+            return now == old ? nil : (UInt64(offset + index * 8), now, old)
+        }
+    }
+
     /// Copies the first `count` bytes of `other` (of the same size) into this memory.
     func copyPrefix(of other: GuestMemory, count: UInt64) {
         precondition(count <= size && count <= other.size)

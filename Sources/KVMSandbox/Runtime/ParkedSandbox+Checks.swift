@@ -8,7 +8,7 @@ extension ParkedSandbox {
     /// (empty: the next request cannot tell this VM from a fresh fork). The general-purpose
     /// registers and the x87/SSE state are not compared: the idle stub sets them all before
     /// every request (the x87/SSE image it loads lies in a compared, read-only page); RIP must
-    /// be in the idle loop. `SandboxConfiguration.verifyResets` runs it after every fast reset.
+    /// be in the idle loop. Nor are CR2 and a delivered exception's record (see below). `SandboxConfiguration.verifyResets` runs it after every fast reset.
     public func differencesFromSnapshot() throws(SandboxError) -> [String] {
         try state.withLock { counters throws(SandboxError) -> [String] in
             if let broken = counters.broken { throw broken }
@@ -32,15 +32,30 @@ extension ParkedSandbox {
             result.append("the vCPU is not in the idle loop (rip 0x\(String(registers.rip, radix: 16)))")
         }
         let memory = sandbox.memory, mailboxPage = sandbox.mailboxPhysical >> PageSize.shift
+        // The page-table entries of pages kept writable differ in their W and D bits only.
+        let keptSlots = Set(monitor.keptPages.withLock { pages in
+            pages.compactMap { sandbox.space.tables.leafSlot($0.virtual, memory: memory) }
+        })
+        let writeBits = X86PageTables.writable | X86PageTables.dirty
         for page in memory.pagesDifferingFromSource() {
             // The mailbox's polling word belongs to the host's poller, not to the guest.
             if page == mailboxPage, memory.differsFromSource(page: page, ignoring: 128..<136) == false { continue }
+            let words = memory.wordsDifferingFromSource(page: page)
+            if !keptSlots.isEmpty, words.allSatisfy({ keptSlots.contains($0.address) && $0.now ^ $0.source == writeBits }) { continue }
             result.append("guest page 0x\(String(page << PageSize.shift, radix: 16))")
         }
         do {
             var now = try sandbox.vcpu.saveState(capabilities: sandbox.system.stateCapabilities)
             now.registers = snapshot.vcpuState.registers
             now.floatingPoint = snapshot.vcpuState.floatingPoint
+            // CR2 and the record of an exception already delivered (a resolved write fault):
+            // CPL 3 cannot read them, and the next fault overwrites them.
+            now.specialRegisters.cr2 = snapshot.vcpuState.specialRegisters.cr2
+            if now.events.exception.injected == 0, now.events.exception.pending == 0 {
+                now.events.exception = snapshot.vcpuState.events.exception
+                now.events.exception_has_payload = snapshot.vcpuState.events.exception_has_payload
+                now.events.exception_payload = snapshot.vcpuState.events.exception_payload
+            }
             result += differences(between: snapshot.vcpuState, and: now).map { "vCPU: \($0)" }
         } catch {
             throw .kvm(error)

@@ -84,6 +84,8 @@ public final class ParkedSandbox: @unchecked Sendable {
         public var verifications = 0, failedVerifications = 0
         /// Pages made writable after a write fault outside the arena.
         public var pagesUnprotected = 0
+        /// Of those, the pages now kept writable (copied back after every request).
+        public var pagesKeptWritable = 0
         /// VM exits of the vCPU (the idle stub's sleeps included).
         public var exits = 0
     }
@@ -98,6 +100,8 @@ public final class ParkedSandbox: @unchecked Sendable {
     public var statistics: Statistics {
         var statistics = state.withLock { $0.statistics }
         statistics.exits = monitor.exits.load(ordering: .relaxed)
+        statistics.pagesUnprotected += monitor.unprotectedPages.load(ordering: .relaxed)
+        statistics.pagesKeptWritable = monitor.keptPages.withLock { $0.count }
         return statistics
     }
 
@@ -279,6 +283,9 @@ public final class ParkedSandbox: @unchecked Sendable {
         for index in UInt64(0)..<6 { word(ParkingStub.arguments + 8 * index).store(0, ordering: .relaxed) }
         let memory = sandbox.memory
         memory.restoreRange(layout.arenaPhysical, count: layout.configuration.arenaSize)
+        monitor.keptPages.withLock { pages in
+            for page in pages { memory.restorePage(page.physical >> PageSize.shift) }
+        }
         let mailboxPage = sandbox.mailboxPhysical >> PageSize.shift
         sandbox.exitlessServer.rewind { memory.restorePage(mailboxPage) }
     }
@@ -287,6 +294,8 @@ public final class ParkedSandbox: @unchecked Sendable {
     private func slowReset(_ counters: inout Counters) throws(SandboxError) {
         _ = stopVCPU()
         counters.statistics.pagesUnprotected += monitor.unprotectedPages.exchange(0, ordering: .relaxed)
+        // The reset protects them all again (and drops their translations).
+        monitor.keptPages.withLock { $0.removeAll() }
         // The host wrote the parking page through its own pointer: the reset must copy it back.
         sandbox.memory.noteHostWrite(layout.parkingPage, Int(PageSize.bytes))
         do {

@@ -12,6 +12,7 @@ extension Sandbox {
         let errorCode = events.exception.has_error_code != 0 || X86Exception.hasErrorCode(vector)
             ? events.exception.error_code : nil
         if try unprotectParkedPage(vector: vector, errorCode: errorCode) { return nil }
+        taintParkedVM()
         let fault = try makeFault(vector: vector, errorCode: errorCode, registers: registers)
         // An unmodified program's handler for the signal (SIGSEGV, SIGILL, ...) runs, as on Linux.
         if exceptionHandler == nil, try deliverFault(fault, interrupting: vcpu.registers) { return nil }
@@ -49,6 +50,7 @@ extension Sandbox {
         (registers.rip, registers.rsp, registers.rflags) = (frame.rip, frame.rsp, frame.rflags)
         let errorCode = ExceptionStubs.pushesErrorCode(vector) ? UInt32(truncatingIfNeeded: frame.errorCode) : nil
         if frame.fromUserMode, try unprotectParkedPage(vector: vector, errorCode: errorCode) { return nil }
+        taintParkedVM()
         let fault = try makeFault(vector: vector, errorCode: errorCode, registers: registers)
         if frame.fromUserMode, exceptionHandler == nil, try deliverFault(fault, interrupting: registers.kvmRegisters) { return nil }
         // An exception inside a stub or the syscall entry is never resumed.

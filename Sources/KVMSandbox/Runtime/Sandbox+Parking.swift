@@ -1,5 +1,6 @@
 import Atomics
 import CKVM
+import Synchronization
 
 /// How a parked VM (`ParkedSandbox`) runs requests.
 public struct ParkingConfiguration: Sendable, Equatable {
@@ -15,12 +16,19 @@ public struct ParkingConfiguration: Sendable, Equatable {
     /// parked in the idle loop (then restores the arena again): a guest that fakes the end of
     /// its request and keeps running is caught within this many requests. 0: never.
     public var verificationInterval: Int
+    /// Pages outside the arena that requests wrote and that stay writable: each costs one write
+    /// fault (an exit) the first time, then a page copy after every request (they are copied
+    /// back with the arena). Past this many, the VM takes the slow reset, which protects them
+    /// all again. 0: every write outside the arena means a slow reset.
+    public var keptWritablePages: Int
 
     /// A configuration; the defaults suit small functions.
-    public init(arenaSize: UInt64 = 64 << 10, idleSpin: UInt64 = 1 << 14, verificationInterval: Int = 1024) {
+    public init(arenaSize: UInt64 = 64 << 10, idleSpin: UInt64 = 1 << 14, verificationInterval: Int = 1024,
+                keptWritablePages: Int = 64) {
         self.arenaSize = arenaSize
         self.idleSpin = idleSpin
         self.verificationInterval = verificationInterval
+        self.keptWritablePages = keptWritablePages
     }
 }
 
@@ -46,6 +54,14 @@ final class ParkingMonitor: Sendable {
     let exits = ManagedAtomic<Int>(0)
     /// Pages made writable again after a write fault (since the last slow reset).
     let unprotectedPages = ManagedAtomic<Int>(0)
+    /// Pages outside the arena that stay writable, copied back after every request (appended
+    /// by the vCPU thread, read by the posting thread).
+    let keptPages = Mutex<[KeptPage]>([])
+
+    /// A page kept writable: where the guest sees it, and its guest-physical page.
+    struct KeptPage {
+        let virtual: UInt64, physical: UInt64
+    }
 }
 
 extension Sandbox {
@@ -59,8 +75,8 @@ extension Sandbox {
               parking.arenaSize % PageSize.bytes == 0 else {
             throw .invalidConfiguration("the arena must be a multiple of 4 KiB from 16 KiB to \(GuestLayout.maximumArenaSize >> 20) MiB")
         }
-        guard parking.idleSpin > 0, parking.verificationInterval >= 0 else {
-            throw .invalidConfiguration("the idle spin must be positive and the verification interval not negative")
+        guard parking.idleSpin > 0, parking.verificationInterval >= 0, (0...65536).contains(parking.keptWritablePages) else {
+            throw .invalidConfiguration("the idle spin must be positive, the verification interval not negative, and at most 65536 pages kept writable")
         }
         guard linux.state.threads.count <= 1 else {
             throw .invalidConfiguration("only a single-threaded guest can be parked (\(linux.state.threads.count) threads)")
@@ -128,8 +144,9 @@ extension Sandbox {
     }
 
     /// A parked VM's write fault on a page it may write outside its arena: the page becomes
-    /// writable until the next reset (which copies it back and protects it again). True when
-    /// the fault was that and the guest may resume.
+    /// writable and is copied back after every request (`keptPages`), or, past
+    /// `keptWritablePages`, until the next (slow) reset, which copies it back and protects it
+    /// again. True when the fault was that and the guest may resume.
     func unprotectParkedPage(vector: UInt8, errorCode: UInt32?) throws(KVMError) -> Bool {
         // #PF with P, W and U set: a user write to a present, read-only page.
         guard let parkingLayout, let parkingMonitor, vector == 14, let errorCode, errorCode & 0x7 == 0x7 else { return false }
@@ -143,19 +160,27 @@ extension Sandbox {
         } catch {
             return false
         }
-        parkedUnprotectedPages.append(entry & X86PageTables.addressMask)
-        parkingMonitor.tainted.store(true, ordering: .sequentiallyConsistent)
+        let physical = entry & X86PageTables.addressMask
+        parkedUnprotectedPages.append(physical)
+        let limit = parkingLayout.configuration.keptWritablePages
+        let kept = parkingMonitor.keptPages.withLock { pages in
+            guard pages.count < limit else { return false }
+            pages.append(ParkingMonitor.KeptPage(virtual: page, physical: physical))
+            return true
+        }
+        if !kept { parkingMonitor.tainted.store(true, ordering: .sequentiallyConsistent) }
         resumedParkedFault = true
         parkingMonitor.unprotectedPages.wrappingIncrement(ordering: .relaxed)
         return true
     }
 
-    /// A parked VM's exit: any but the idle stub's sleep, a mailbox wait or a kick may have
-    /// changed what a fast reset does not restore (the next reset is then a slow one).
+    /// A parked VM's exit: any but the idle stub's sleep, a mailbox wait, a kick or a write
+    /// fault the host resolves may have changed what a fast reset does not restore (the next
+    /// reset is then a slow one). Exceptions are judged by their handlers (`taintParkedVM`).
     func noteParkedExit(_ exit: VCPUExit, _ monitor: ParkingMonitor) {
         monitor.exits.wrappingIncrement(ordering: .relaxed)
         switch exit {
-        case .interrupted, .dirtyRingFull: return
+        case .interrupted, .dirtyRingFull, .shutdown: return
         case .io(port: hostCallPort, isOut: true, size: 1, count: 1):
             let number = vcpu.registers.rax
             if number == UInt64(ParkingStub.parkWait) || number == UInt64(HostCallNumber.mailboxWait) { return }
@@ -167,8 +192,14 @@ extension Sandbox {
                UInt64(littleEndianBytes: frame[0..<8]) == ParkingStub.entry + ParkingStub.idleOutOffset {
                 return
             }
+            if ExceptionStubs.vector(atStub: registers.rip) == 14 { return }  // judged by the handler
         default: break
         }
         monitor.tainted.store(true, ordering: .sequentiallyConsistent)
+    }
+
+    /// A parked VM's exception that was not a resolved write fault: the next reset is slow.
+    func taintParkedVM() {
+        parkingMonitor?.tainted.store(true, ordering: .sequentiallyConsistent)
     }
 }

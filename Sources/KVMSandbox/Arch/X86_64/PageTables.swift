@@ -113,17 +113,22 @@ struct X86PageTables {
     }
 
     func leafEntry(_ virtual: UInt64, memory: GuestMemory) -> UInt64? {
+        leafSlot(virtual, memory: memory).map { memory.load(UInt64.self, at: $0) }
+    }
+
+    /// The guest-physical address of the present leaf entry for `virtual`, or nil.
+    func leafSlot(_ virtual: UInt64, memory: GuestMemory) -> UInt64? {
         guard virtual < Self.userAddressLimit else { return nil }
         var table = root
-        var entry: UInt64 = 0
         for level in stride(from: 3, through: 0, by: -1) {
             let slot = table + Self.index(virtual, level: level) * 8
             guard memory.contains(slot, count: 8) else { return nil }
-            entry = memory.load(UInt64.self, at: slot)
+            let entry = memory.load(UInt64.self, at: slot)
             guard entry & Self.present != 0 else { return nil }
+            if level == 0 { return slot }
             table = entry & Self.addressMask
         }
-        return entry
+        return nil
     }
 
     /// Translates a virtual address as the MMU would for the guest program at CPL 3, or nil when
