@@ -65,6 +65,10 @@ extension KVMTests {
             #expect(try vm.call(try vm.function(named: "write_global"), secret) == .returned(secret))  // no fault now
             #expect(vm.statistics.pagesUnprotected == 1 && vm.statistics.slowResets == 0)
             #expect(try Self.entryState(vm) == fresh)
+            // A secret in the FS base: set by a host call (an exit), so the slow reset follows.
+            #expect(try vm.call(try vm.function(named: "set_fs_base")) == .returned(0))
+            #expect(vm.statistics.slowResets == 1)
+            #expect(try Self.entryState(vm) == fresh)
             // With no page kept writable, the same request takes the slow reset.
             let strict = try ParkedSandbox(snapshot: try Self.base().parked(ParkingConfiguration(keptWritablePages: 0)))
             #expect(try strict.call(try strict.function(named: "write_global"), secret) == .returned(secret))
