@@ -25,6 +25,9 @@ struct Call: ParsableCommand {
     @Option(name: .long, help: "With --parked: the request arena in KiB (stack and request heap).")
     var arena: UInt64 = 64
 
+    @Option(name: .long, help: "With --parked: pages outside the arena kept writable (0: every write there means a slow reset).")
+    var keptPages = 64
+
     @Flag(name: .long, help: "After every reset, compare every guest page and the whole vCPU state with the snapshot (fails on any difference).")
     var verifyReset = false
 
@@ -49,6 +52,7 @@ struct Call: ParsableCommand {
         try OptionChecks.timeout(timeout)
         guard !(parked && reset) else { throw ValidationError("--parked and --reset exclude each other") }
         guard (16...65536).contains(arena) else { throw ValidationError("--arena must be from 16 to 65536 KiB") }
+        guard (0...65536).contains(keptPages) else { throw ValidationError("--kept-pages must be from 0 to 65536") }
     }
 
     func run() throws {
@@ -89,7 +93,7 @@ struct Call: ParsableCommand {
 
     /// `--parked`: every call in one parked VM; the first ten are listed, then a summary.
     private func callParked(_ snapshot: Snapshot, _ arguments: [GuestArgument]) throws {
-        let vm = try ParkedSandbox(snapshot: try snapshot.parked(ParkingConfiguration(arenaSize: arena << 10)), timeout: timeout)
+        let vm = try ParkedSandbox(snapshot: try snapshot.parked(ParkingConfiguration(arenaSize: arena << 10, keptWritablePages: keptPages)), timeout: timeout)
         let target = try vm.function(named: function)
         var total: UInt64 = 0
         for index in 0..<forks {

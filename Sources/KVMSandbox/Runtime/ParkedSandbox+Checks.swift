@@ -8,7 +8,8 @@ extension ParkedSandbox {
     /// (empty: the next request cannot tell this VM from a fresh fork). The general-purpose
     /// registers and the x87/SSE state are not compared: the idle stub sets them all before
     /// every request (the x87/SSE image it loads lies in a compared, read-only page); RIP must
-    /// be in the idle loop. Nor are CR2 and a delivered exception's record (see below). `SandboxConfiguration.verifyResets` runs it after every fast reset.
+    /// be in the idle loop. Nor are CR2 and a delivered exception's record, nor hardware KVM's
+    /// CPL 0 stacks (see below). `SandboxConfiguration.verifyResets` runs it after every fast reset.
     public func differencesFromSnapshot() throws(SandboxError) -> [String] {
         try state.withLock { counters throws(SandboxError) -> [String] in
             if let broken = counters.broken { throw broken }
@@ -37,7 +38,13 @@ extension ParkedSandbox {
             pages.compactMap { sandbox.space.tables.leafSlot($0.virtual, memory: memory) }
         })
         let writeBits = X86PageTables.writable | X86PageTables.dirty
-        for page in memory.pagesDifferingFromSource() {
+        // Hardware KVM's CPL 0 stacks: the CPU writes an exception's frame there (the idle
+        // stub's sleep, under QEMU's TCG) and only the host's stubs read them.
+        let cpl0Stacks: Set<UInt64> = !sandbox.usesExceptionStubs ? [] : Set(
+            [ExceptionStubs.kernelStackPage, ExceptionStubs.criticalStackPage].compactMap {
+                sandbox.space.tables.translateForHost($0, memory: memory).map { $0 >> PageSize.shift }
+            })
+        for page in memory.pagesDifferingFromSource() where !cpl0Stacks.contains(page) {
             // The mailbox's polling word belongs to the host's poller, not to the guest.
             if page == mailboxPage, memory.differsFromSource(page: page, ignoring: 128..<136) == false { continue }
             let words = memory.wordsDifferingFromSource(page: page)

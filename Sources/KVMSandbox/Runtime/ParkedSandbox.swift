@@ -241,9 +241,10 @@ public final class ParkedSandbox: @unchecked Sendable {
         counters.statistics.fastResets += 1
         if snapshot.configuration.verifyResets {
             // Paranoid resets: every fast reset is checked with the vCPU stopped (stopped inside
-            // a CPL 0 stub, it has an exit on its way: the slow reset instead).
+            // a CPL 0 stub, it has an exit on its way, and tainted since the answer, it needs
+            // the slow reset anyway: that one is checked by `reset()`).
             _ = stopVCPU()
-            if stoppedInHostStub {
+            if stoppedInHostStub || monitor.tainted.load(ordering: .sequentiallyConsistent) {
                 try slowReset(&counters)
                 return
             }
