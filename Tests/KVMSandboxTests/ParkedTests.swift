@@ -157,6 +157,42 @@ extension KVMTests {
             #expect(throws: SandboxError.self) { try ParkedPool(snapshot: try Self.base(), capacity: 1) }
         }
 
+        /// The snapshot suite's guest (`service`) served by a parked VM: the same answers as forks
+        /// and resets give, whichever path each request takes.
+        @Test func theSnapshotSuitesGuestRunsParked() throws {
+            let snapshot = try Snapshots.snapshot()
+            let vm = try ParkedSandbox(snapshot: try snapshot.parked(), timeout: 0.5)
+            func call(_ name: String, _ arguments: GuestArgument...) throws -> RunOutcome {
+                try vm.call(try vm.function(named: name), arguments: arguments)
+            }
+            #expect(try call("add", 2, 40) == .returned(42))
+            #expect(try call("sum_bytes", .bytes([1, 2, 3, 250]), 4) == .returned(256))
+            // Globals outside the arena: written, then back to the snapshot's for the next request.
+            #expect(try call("write_secret", .string("s3cret")) == .returned(1))
+            #expect(try call("read_secret") == .returned(0) && call("get_counter") == .returned(0))
+            let clean = try call("checksum")
+            #expect(try call("dirty_everything") == .returned(0))  // 4 MiB: past the kept pages, a slow reset
+            #expect(try call("checksum") == clean)
+            // Heap growth (brk/mmap: exits) and files in /tmp: the slow reset undoes both.
+            #expect(try call("allocate", .integer(24 << 20)) == .returned(7))
+            #expect(try call("nonzero_in_fresh", .integer(12 << 20)) == .returned(0))
+            #expect(try call("tmp_write", .string("secret")) == .returned(0))
+            #expect(try call("tmp_read") == .returned(UInt64(bitPattern: -2)))
+            // x87/SSE state: the snapshot's (xmm7 and MXCSR set before ks_ready) at every request.
+            #expect(try call("set_fpu_secret", 0x5ec2) == .returned(0))
+            for probe in ["read_xmm0", "read_xmm7", "read_xmm15", "read_mxcsr", "read_x87_control", "read_x87_status"] {
+                let fork = try snapshot.fork()
+                #expect(try call(probe) == fork.call(probe), "\(probe)")
+            }
+            #expect(try call("read_xmm7") == .returned(0x5eed5eed) && call("read_mxcsr") == .returned(0x9f80))
+            // Ends of every kind, each followed by a request served as usual.
+            #expect(try call("crash").fault?.vector == 14)
+            guard case .timedOut = try call("spin") else { Issue.record("spin did not time out"); return }
+            #expect(try call("quit", 3) == .exited(status: 3))
+            #expect(try call("add", 1, 2) == .returned(3) && call("get_counter") == .returned(0))
+            #expect(vm.statistics.slowResets >= 6)
+        }
+
         @Test func badConfigurationsAreRefused() throws {
             let base = try Self.base()
             #expect(throws: SandboxError.self) { try ParkedSandbox(snapshot: base) }  // not parked
