@@ -202,6 +202,9 @@ extension KVMTests {
             }
             #expect(throws: SandboxError.self) { try base.parked(ParkingConfiguration(idleSpin: 0)) }
             #expect(throws: SandboxError.self) { try base.parked(ParkingConfiguration(keptWritablePages: -1)) }
+            for timeout in [0, -1, Double.nan, .infinity] {
+                #expect(throws: SandboxError.self) { try ParkedSandbox(snapshot: try base.parked(), timeout: timeout) }
+            }
         }
     }
 }

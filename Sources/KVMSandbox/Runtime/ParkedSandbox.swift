@@ -114,7 +114,11 @@ public final class ParkedSandbox: @unchecked Sendable {
         }
         self.snapshot = snapshot
         self.layout = layout
-        self.timeout = timeout ?? snapshot.configuration.timeout
+        let timeout = timeout ?? snapshot.configuration.timeout
+        guard timeout.map({ $0 > 0 && $0.isFinite }) ?? true else {
+            throw SandboxError.invalidConfiguration("the timeout must be a positive number of seconds")
+        }
+        self.timeout = timeout
         sandbox = try snapshot.fork(tracking: tracking)
         try setUp(sandbox)
         sandbox.parkingMonitor = monitor
