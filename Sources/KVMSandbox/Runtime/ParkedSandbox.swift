@@ -56,6 +56,8 @@ public final class ParkedSandbox: @unchecked Sendable {
     /// The parking page and the arena's header, shared with the running guest.
     private let page: UnsafeMutableRawPointer, arenaHeader: UnsafeMutableRawPointer
     private var thread = pthread_t()
+    /// Whether `thread` was created (a failed `init` has none to join).
+    private var threadStarted = false
     let state = Mutex(Counters())
     let control = ConditionLock()
     /// Under `control`: what the vCPU thread is to do, and why it stopped.
@@ -132,9 +134,11 @@ public final class ParkedSandbox: @unchecked Sendable {
             return nil
         }, context)
         guard result == 0 else { throw SandboxError.hostResource(operation: "pthread_create", errno: Errno(rawValue: result)) }
+        threadStarted = true
     }
 
     deinit {
+        guard threadStarted else { return }
         quitting.store(true, ordering: .sequentiallyConsistent)
         control.withLock {
             command = .quit
