@@ -71,10 +71,7 @@ struct Bench: ParsableCommand {
         let floor = median(try (0..<batches).map { _ in try floorVM.measure(count: iterations) })
         results.add("floor_out_ns", floor)
         if parkedOnly {
-            var configuration = SandboxConfiguration()
-            configuration.arguments = ["service"]
-            configuration.memorySize = 16 << 20
-            let snapshot = try Snapshot(elfPath: try build("service"), configuration: configuration)
+            let snapshot = try Snapshot(elfPath: try build("service"), configuration: ForkBench.configuration(memory: 16 << 20))
             try ParkedBench(snapshot: snapshot, samples: samples).run(into: &results, floor: floor, progress: progress)
             try wasmtime(&results, benchSources: benchSources, work: work)
             print(json ? results.json(platform: platform) : results.table())

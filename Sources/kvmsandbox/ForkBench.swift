@@ -8,7 +8,8 @@ struct ForkBench {
     let samples: Int
     let cycles: Int
 
-    private func configuration(memory: UInt64) -> SandboxConfiguration {
+    /// The `service` guest's configuration with `memory` bytes (also for `bench --parked-only`).
+    static func configuration(memory: UInt64) -> SandboxConfiguration {
         var configuration = SandboxConfiguration()
         configuration.arguments = ["service"]
         configuration.memorySize = memory
@@ -17,8 +18,8 @@ struct ForkBench {
     }
 
     func run(into results: inout BenchResults, floor: Double, progress: (String) -> Void) throws {
-        let small = try Snapshot(elfPath: service, configuration: configuration(memory: 16 << 20))
-        let large = try Snapshot(elfPath: service, configuration: configuration(memory: 1 << 30))
+        let small = try Snapshot(elfPath: service, configuration: Self.configuration(memory: 16 << 20))
+        let large = try Snapshot(elfPath: service, configuration: Self.configuration(memory: 1 << 30))
 
         progress("fork (new VM over a copy-on-write mapping of the snapshot)")
         _ = try small.fork()

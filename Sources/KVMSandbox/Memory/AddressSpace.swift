@@ -58,8 +58,7 @@ final class AddressSpace {
         precondition(start % PageSize.bytes == 0 && length % PageSize.bytes == 0)
         translationsChanged = true
         let pages = length / PageSize.bytes
-        let worstCaseTables = 3 * (pages / 512 + 2)  // page tables, directories, PDPTs the range may touch
-        guard (pages + worstCaseTables) * PageSize.bytes <= allocator.available else {
+        guard hasRoom(forPages: pages) else {
             throw .outOfGuestMemory(needed: length, available: allocator.available)
         }
         var page = start
@@ -74,13 +73,18 @@ final class AddressSpace {
         }
     }
 
+    /// Whether `pages` new pages and the tables they may need (page tables, directories, PDPTs
+    /// the range may touch) fit in the memory not yet used.
+    private func hasRoom(forPages pages: UInt64) -> Bool {
+        (pages + 3 * (pages / 512 + 2)) * PageSize.bytes <= allocator.available
+    }
+
     /// Maps fresh zeroed pages over `[start, start + length)` backed by one contiguous
     /// guest-physical range, whose start it returns (a parked VM's arena: one copy restores it).
     func mapNewContiguous(_ start: UInt64, length: UInt64, _ permissions: PagePermissions) throws(SandboxError) -> UInt64 {
         precondition(start % PageSize.bytes == 0 && length % PageSize.bytes == 0 && length > 0)
         let pages = length / PageSize.bytes
-        guard (pages + 3 * (pages / 512 + 2)) * PageSize.bytes <= allocator.available,
-              let physical = allocator.allocate(pages: pages) else {
+        guard hasRoom(forPages: pages), let physical = allocator.allocate(pages: pages) else {
             throw .outOfGuestMemory(needed: length, available: allocator.available)
         }
         translationsChanged = true

@@ -130,10 +130,8 @@ public final class GuestMemory {
     /// Copies page `page` (a guest-physical page number) back from the snapshot a fork reads through.
     func restorePage(_ page: UInt64) {
         // Page numbers come from KVM's dirty log: out-of-range ones are ignored, never trusted.
-        guard let source, page < size >> PageSize.shift else { return }
-        restoredPages &+= 1
-        let offset = Int(page << PageSize.shift)
-        (base + offset).copyMemory(from: source.base + offset, byteCount: Int(PageSize.bytes))
+        guard page < size >> PageSize.shift else { return }
+        restoreRange(page << PageSize.shift, count: PageSize.bytes)
     }
 
     /// Copies `[physical, physical + count)` (page-aligned) back from the snapshot a fork reads
@@ -154,16 +152,6 @@ public final class GuestMemory {
             pages.append(UInt64(page))
         }
         return pages
-    }
-
-    /// For a fork: whether page `page` (a guest-physical page number) differs from the snapshot
-    /// outside the byte range `ignoring`.
-    func differsFromSource(page: UInt64, ignoring: Range<Int>) -> Bool {
-        guard let source, page < size >> PageSize.shift else { return false }
-        let offset = Int(page << PageSize.shift), pageBytes = Int(PageSize.bytes)
-        let lower = max(0, min(ignoring.lowerBound, pageBytes)), upper = max(lower, min(ignoring.upperBound, pageBytes))
-        return memcmp(base + offset, source.base + offset, lower) != 0
-            || memcmp(base + offset + upper, source.base + offset + upper, pageBytes - upper) != 0
     }
 
     /// For a fork: the 64-bit words of page `page` (a guest-physical page number) that differ

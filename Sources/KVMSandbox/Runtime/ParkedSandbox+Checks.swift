@@ -32,8 +32,10 @@ extension ParkedSandbox {
         if !ParkingStub.idleRange.contains(registers.rip), !monitor.tainted.load(ordering: .sequentiallyConsistent) {
             result.append("the vCPU is not in the idle loop (rip 0x\(String(registers.rip, radix: 16)))")
         }
-        let memory = sandbox.memory, mailboxPage = sandbox.mailboxPhysical >> PageSize.shift
-        // The page-table entries of pages kept writable differ in their W and D bits only.
+        let memory = sandbox.memory
+        // Words that may differ: the mailbox's polling word (the host's poller owns it), and the
+        // W and D bits of the page-table entries of pages kept writable.
+        let pollingWord = sandbox.mailboxPhysical + 128
         let keptSlots = Set(monitor.keptPages.withLock { pages in
             pages.compactMap { sandbox.space.tables.leafSlot($0.virtual, memory: memory) }
         })
@@ -45,10 +47,10 @@ extension ParkedSandbox {
                 sandbox.space.tables.translateForHost($0, memory: memory).map { $0 >> PageSize.shift }
             })
         for page in memory.pagesDifferingFromSource() where !cpl0Stacks.contains(page) {
-            // The mailbox's polling word belongs to the host's poller, not to the guest.
-            if page == mailboxPage, memory.differsFromSource(page: page, ignoring: 128..<136) == false { continue }
-            let words = memory.wordsDifferingFromSource(page: page)
-            if !keptSlots.isEmpty, words.allSatisfy({ keptSlots.contains($0.address) && $0.now ^ $0.source == writeBits }) { continue }
+            let allowed = memory.wordsDifferingFromSource(page: page).allSatisfy { word in
+                word.address == pollingWord || (keptSlots.contains(word.address) && word.now ^ word.source == writeBits)
+            }
+            if allowed { continue }
             result.append("guest page 0x\(String(page << PageSize.shift, radix: 16))")
         }
         do {

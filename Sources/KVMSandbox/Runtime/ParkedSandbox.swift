@@ -282,7 +282,6 @@ public final class ParkedSandbox: @unchecked Sendable {
         }
     }
 
-
     /// Copies back what a request may write without an exit: the arena and the mailbox; and
     /// clears the request (the function first, then posted, so the idle stub never starts one:
     /// should a guest have set `done` to make the words match, it calls address 0 and faults).
@@ -348,7 +347,8 @@ public final class ParkedSandbox: @unchecked Sendable {
         }
     }
 
-
+    /// Lets the stopped vCPU thread run the guest again (from wherever it stopped), dropping the
+    /// stop request and, unless told otherwise, the taint.
     func resumeVCPU(clearingTaint: Bool = true) {
         control.withLock {
             monitor.stopRequested.store(false, ordering: .sequentiallyConsistent)

@@ -117,7 +117,7 @@ extension Sandbox {
             writable.append((page, entry))
         }
         for (page, entry) in writable {
-            try space.protect(page, entry & X86PageTables.noExecute == 0 ? [.read, .execute] : [.read])
+            try space.protect(page, X86PageTables.permissions(of: entry).subtracting(.write))
         }
         // The parking page is read-only for the guest: only the host writes requests there.
         try space.mapNew(GuestLayout.parkingPage, length: PageSize.bytes, [.read])
@@ -156,7 +156,7 @@ extension Sandbox {
         do {
             // Gaining write permission needs no flush; the reset that takes it back drops the
             // page's translations (`parkedUnprotectedPages`), cheaper than all of them.
-            try space.protect(page, entry & X86PageTables.noExecute == 0 ? [.read, .write, .execute] : [.read, .write], notingChange: false)
+            try space.protect(page, X86PageTables.permissions(of: entry).union(.write), notingChange: false)
         } catch {
             return false
         }
@@ -169,7 +169,6 @@ extension Sandbox {
             return true
         }
         if !kept { parkingMonitor.tainted.store(true, ordering: .sequentiallyConsistent) }
-        resumedParkedFault = true
         parkingMonitor.unprotectedPages.wrappingIncrement(ordering: .relaxed)
         return true
     }

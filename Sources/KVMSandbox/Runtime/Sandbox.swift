@@ -63,11 +63,9 @@ public final class Sandbox {
     var parkingLayout: ParkingLayout?
     /// A parked VM's link to the thread that posts its requests (`ParkedSandbox`).
     var parkingMonitor: ParkingMonitor?
-    /// A parked VM resumed after a write fault: CR2 and the exception state changed since the
-    /// last reset.
-    var resumedParkedFault = false
     /// Guest-physical pages a parked VM was let write since the last reset: their writable
-    /// translations must be dropped when the reset protects them again.
+    /// translations must be dropped when the reset protects them again (and, as each came from
+    /// a resumed write fault, CR2 and the exception state must be put back).
     var parkedUnprotectedPages: [UInt64] = []
     /// When a fresh sandbox started loading its program: its first run's deadline counts from
     /// there, so `timeout` covers loading and running together (nil for forks).

@@ -225,8 +225,7 @@ extension Sandbox {
         vcpu.clearImmediateExit()
         var faulted = false
         if case .finished(.fault) = phase { faulted = true }
-        if resumedParkedFault { faulted = true }
-        resumedParkedFault = false
+        if !parkedUnprotectedPages.isEmpty { faulted = true }  // a parked VM resumed after write faults
         if faulted { vcpu.setEvents(snapshot.events) }
         do {
             // The guest's x87/SSE/AVX registers and MXCSR: a request must not see what the last

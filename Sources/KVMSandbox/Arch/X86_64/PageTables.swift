@@ -59,6 +59,15 @@ struct X86PageTables {
         return bits
     }
 
+    /// The guest program's permissions a leaf entry grants (the inverse of `leafBits`).
+    static func permissions(of entry: UInt64) -> PagePermissions {
+        var permissions: PagePermissions = [.read]
+        if entry & writable != 0 { permissions.insert(.write) }
+        if entry & noExecute == 0 { permissions.insert(.execute) }
+        if entry & user == 0 { permissions.insert(.supervisor) }
+        return permissions
+    }
+
     private static func index(_ virtual: UInt64, level: Int) -> UInt64 {
         (virtual >> (12 + 9 * UInt64(level))) & 0x1ff
     }
