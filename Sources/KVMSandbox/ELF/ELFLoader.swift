@@ -108,8 +108,7 @@ enum ELFLoader {
             }
         }
         for segment in loads where segment.fileSize > 0 {
-            let bytes = Array(elf.bytes[Int(segment.offset)..<Int(segment.offset + segment.fileSize)])
-            try hostWrite(bytes, at: base + segment.virtualAddress, space)
+            try hostWrite(elf.bytes[Int(segment.offset)..<Int(segment.offset + segment.fileSize)], at: base + segment.virtualAddress, space)
         }
         if elf.isPositionIndependent, !elf.isDynamic, case .program = placement {
             try relocate(elf, base: base, space: space)
@@ -130,7 +129,7 @@ enum ELFLoader {
             imageRange: (base &+ lowest)..<imageEnd, debugInfo: LazyDebugInfo(elfBytes: elf.bytes))
     }
 
-    private static func hostWrite(_ bytes: [UInt8], at address: UInt64, _ space: AddressSpace) throws(SandboxError) {
+    private static func hostWrite(_ bytes: ArraySlice<UInt8>, at address: UInt64, _ space: AddressSpace) throws(SandboxError) {
         do { try space.hostWrite(bytes, at: address) } catch {
             throw .invalidELF(.badRelocations("write to unmapped address 0x\(String(address, radix: 16))"))
         }
@@ -181,7 +180,7 @@ enum ELFLoader {
                 case 0: continue  // R_X86_64_NONE
                 case 8:  // R_X86_64_RELATIVE
                     let value = base &+ addend
-                    try hostWrite(value.littleEndianBytes, at: base &+ target, space)
+                    try hostWrite(value.littleEndianBytes[...], at: base &+ target, space)
                 default:
                     throw fail("relocation type \(info & 0xffff_ffff) is not supported in a static program")
                 }

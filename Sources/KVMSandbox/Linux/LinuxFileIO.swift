@@ -24,11 +24,12 @@ extension LinuxPersonality {
             }
         case .output: return Self.fail(.badFileDescriptor)
         case .host(let host):
-            bytes = [UInt8](repeating: 0, count: count)
-            let offset = position ?? file.offset
-            let n = bytes.withUnsafeMutableBytes { count == 0 ? 0 : pread(host.fd, $0.baseAddress!, count, off_t(truncatingIfNeeded: offset)) }
-            guard n >= 0 else { return Self.fail(Errno.current) }
-            bytes.removeSubrange(n...)
+            // Straight into the guest's buffer (checked writable first, as a bad one is EFAULT).
+            let n = count == 0 ? 0 : try memory.space.readFile(host.fd, offset: position ?? file.offset, into: address,
+                                                                count: UInt64(count), access: .write)
+            guard n >= 0 else { return Self.fail(Errno(rawValue: Int32(-n))) }
+            if position == nil { state.files.update(fd) { $0.offset += UInt64(n) } }
+            return .value(Int64(n))
         case .directory: return Self.fail(.isDirectory)
         case .memory(let contents):
             let start = Int(min(file.offset, UInt64(contents.count)))

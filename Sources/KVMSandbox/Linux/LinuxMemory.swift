@@ -179,16 +179,8 @@ extension LinuxPersonality {
         }
         forgetFileMappings(address, size)
         if protection == 0 { return .value(Int64(address)) }
-        // The file's bytes, in chunks; past its end the pages stay zero.
-        var copied: UInt64 = 0
-        var chunk = [UInt8](repeating: 0, count: 1 << 20)
-        while copied < size {
-            let want = Int(min(UInt64(chunk.count), size - copied))
-            let n = chunk.withUnsafeMutableBytes { pread(host.fd, $0.baseAddress!, want, off_t(truncatingIfNeeded: offset &+ copied)) }
-            if n <= 0 { break }
-            try space.hostWrite(Array(chunk[0..<n]), at: address + copied)
-            copied += UInt64(n)
-        }
+        // The file's bytes, read straight into the new pages; past its end they stay zero.
+        _ = try space.readFile(host.fd, offset: offset, into: address, count: size, access: nil)
         let permissions = Self.permissions(protection)
         if protection != 3 {
             var page = address

@@ -160,6 +160,49 @@ final class AddressSpace {
         for (physical, length) in chunks { try body(physical, length) }
     }
 
+    /// Reads up to `count` bytes of host file `fd` at `offset` into `[address, address + count)`
+    /// without a bounce buffer, page runs that allow `access` (nil: the host's view, any mapped
+    /// page) at a time. As Linux's `read`: the number read, short at the end of the file or
+    /// before the first page that does not allow `access` (nothing written past it); throws
+    /// `GuestMemoryError` when that page comes before any byte was read; -errno when `pread` fails
+    /// before any byte was read.
+    func readFile(_ fd: Int32, offset: UInt64, into address: UInt64, count: UInt64, access: MemoryAccess?) throws -> Int {
+        let (end, overflow) = address.addingReportingOverflow(count)
+        guard !overflow, count <= memory.size, end <= X86PageTables.userAddressLimit else {
+            throw GuestMemoryError(address: address, count: count)
+        }
+        var done = 0
+        var cursor = address
+        while cursor < end {
+            // The next run of guest-physically contiguous pages (the allocator hands out runs).
+            var run: (physical: UInt64, length: Int)?
+            while cursor < end {
+                let pageEnd = PageSize.alignDown(cursor) + PageSize.bytes
+                let length = Int(min(pageEnd, end) - cursor)
+                let physical = access.map { tables.translate(cursor, for: $0, memory: memory) }
+                    ?? tables.translateForHost(cursor, memory: memory)
+                guard let physical, physical < memory.size, UInt64(length) <= memory.size - physical else { break }
+                if let current = run {
+                    guard current.physical + UInt64(current.length) == physical else { break }
+                    run = (current.physical, current.length + length)
+                } else {
+                    run = (physical, length)
+                }
+                cursor += UInt64(length)
+            }
+            guard let run else {
+                // A page that does not allow the access: what was read so far, or the fault.
+                if done > 0 { return done }
+                throw GuestMemoryError(address: address, count: count)
+            }
+            let n = memory.readFile(fd, offset: offset &+ UInt64(done), into: run.physical, count: run.length)
+            if n < 0 { return done > 0 ? done : n }
+            done += n
+            if n < run.length { break }
+        }
+        return done
+    }
+
     /// Reads bytes at a virtual address as the host (ignores page permissions; pages must be mapped).
     func hostRead(_ address: UInt64, count: Int) throws -> [UInt8] {
         var result: [UInt8] = []
@@ -171,7 +214,12 @@ final class AddressSpace {
 
     /// Writes bytes at a virtual address as the host (ignores page permissions; pages must be mapped).
     func hostWrite(_ bytes: [UInt8], at address: UInt64) throws {
-        var offset = 0
+        try hostWrite(bytes[...], at: address)
+    }
+
+    /// Writes a slice of bytes at a virtual address as the host, without copying it first.
+    func hostWrite(_ bytes: ArraySlice<UInt8>, at address: UInt64) throws {
+        var offset = bytes.startIndex
         try withPhysicalChunks(address, count: UInt64(bytes.count), access: nil) { physical, length in
             memory.write(bytes[offset..<offset + length], at: physical)
             offset += length

@@ -4,17 +4,29 @@ import SystemPackage
 import Glibc
 #endif
 
-/// Guest-physical memory: a memfd of `size` bytes mapped into the host, either shared (a VM's
-/// own memory, or a snapshot's) or private copy-on-write over a snapshot's memfd (a fork).
+/// Guest-physical memory, mapped into the host: private anonymous memory (a fresh VM's), a memfd
+/// mapped shared (a snapshot's), or a private copy-on-write mapping of a snapshot's memfd (a fork).
 /// Unmapped, and its memfd closed, on deinit.
 ///
 /// This type and `VirtualCPU` are the only places that touch raw pointers. Every access is
 /// bounds-checked here; callers above deal in guest-physical addresses only.
 public final class GuestMemory {
+    /// How new guest memory is backed on the host.
+    enum Backing {
+        /// Private anonymous memory, in transparent huge pages where the host allows them
+        /// (`MADV_HUGEPAGE`): a fresh VM's. A VM that first touches a page costs the host one
+        /// fault per 2 MiB instead of one per 4 KiB, and KVM can map the neighbours of each page
+        /// the guest faults on. Nothing can fork from it (a snapshot copies what it uses).
+        case privateHugePages
+        /// A memfd mapped shared: what forks map copy-on-write (a snapshot's memory).
+        case shareable
+    }
+
     /// Size in bytes (a multiple of the page size).
     public let size: UInt64
-    /// The memfd that backs the memory (a fork's is its snapshot's).
-    let fd: FileDescriptor
+    /// The memfd that backs shareable memory and forks (a fork's is its snapshot's); nil for
+    /// private memory.
+    let fd: FileDescriptor?
     /// For a copy-on-write fork: the snapshot memory it reads through, kept alive by this reference.
     let source: GuestMemory?
     private let base: UnsafeMutableRawPointer
@@ -23,41 +35,56 @@ public final class GuestMemory {
     private var hostDirty: (bitmap: [UInt64], pages: [UInt64])?
 
     /// Creates zeroed guest memory of `size` bytes.
-    init(size: UInt64) throws(SandboxError) {
+    init(size: UInt64, backing: Backing = .shareable) throws(SandboxError) {
         guard size > 0, size % PageSize.bytes == 0, size <= GuestMemory.maximumSize else {
             throw .invalidConfiguration("guest memory must be a positive multiple of 4 KiB up to \(GuestMemory.maximumSize >> 30) GiB")
         }
-        let raw = ckvm_memfd_create("kvmsandbox-guest")
-        guard raw >= 0 else { throw .hostResource(operation: "memfd_create", errno: .current) }
-        let fd = FileDescriptor(rawValue: raw)
-        guard ftruncate(raw, off_t(size)) == 0 else {
-            let error = Errno.current
-            try? fd.close()
-            throw .hostResource(operation: "ftruncate(guest memory)", errno: error)
-        }
-        do {
-            base = try Self.map(fd, size: size, flags: MAP_SHARED)
-        } catch {
-            try? fd.close()
-            throw error
-        }
         self.size = size
-        self.fd = fd
         self.source = nil
+        switch backing {
+        case .privateHugePages:
+            base = try Self.map(nil, size: size, flags: MAP_PRIVATE | MAP_ANONYMOUS)
+            fd = nil
+            // Advice only: a host without transparent huge pages keeps 4 KiB pages. A child the
+            // host process forks gets none of the guest's memory (and no copy-on-write of it
+            // under KVM's feet).
+            // SAFETY: `base` is the start of the `size`-byte mapping just made.
+            _ = madvise(base, Int(size), MADV_HUGEPAGE)
+            _ = madvise(base, Int(size), MADV_DONTFORK)
+        case .shareable:
+            let raw = ckvm_memfd_create("kvmsandbox-guest")
+            guard raw >= 0 else { throw .hostResource(operation: "memfd_create", errno: .current) }
+            let fd = FileDescriptor(rawValue: raw)
+            guard ftruncate(raw, off_t(size)) == 0 else {
+                let error = Errno.current
+                try? fd.close()
+                throw .hostResource(operation: "ftruncate(guest memory)", errno: error)
+            }
+            do {
+                base = try Self.map(fd, size: size, flags: MAP_SHARED)
+            } catch {
+                try? fd.close()
+                throw error
+            }
+            self.fd = fd
+        }
     }
 
-    /// A copy-on-write view of `snapshot`: `MAP_PRIVATE` over its memfd. Pages are shared with the
-    /// snapshot and every other fork until written; writes stay private to this mapping.
+    /// A copy-on-write view of `snapshot` (shareable memory): `MAP_PRIVATE` over its memfd. Pages
+    /// are shared with the snapshot and every other fork until written; writes stay private.
     init(copyOnWriteOf snapshot: GuestMemory) throws(SandboxError) {
+        guard let snapshotFD = snapshot.fd else {
+            throw .invalidConfiguration("only shareable guest memory (a snapshot's) can be forked")
+        }
         size = snapshot.size
-        fd = snapshot.fd
+        fd = snapshotFD
         source = snapshot
-        base = try Self.map(snapshot.fd, size: snapshot.size, flags: MAP_PRIVATE)
+        base = try Self.map(snapshotFD, size: snapshot.size, flags: MAP_PRIVATE)
         hostDirty = ([UInt64](repeating: 0, count: Int((size / PageSize.bytes + 63) / 64)), [])
     }
 
-    private static func map(_ fd: FileDescriptor, size: UInt64, flags: Int32) throws(SandboxError) -> UnsafeMutableRawPointer {
-        guard let mapping = mmap(nil, Int(size), PROT_READ | PROT_WRITE, flags | MAP_NORESERVE, fd.rawValue, 0),
+    private static func map(_ fd: FileDescriptor?, size: UInt64, flags: Int32) throws(SandboxError) -> UnsafeMutableRawPointer {
+        guard let mapping = mmap(nil, Int(size), PROT_READ | PROT_WRITE, flags | MAP_NORESERVE, fd?.rawValue ?? -1, 0),
               mapping != MAP_FAILED else {
             throw .hostResource(operation: "mmap(guest memory)", errno: .current)
         }
@@ -66,7 +93,7 @@ public final class GuestMemory {
 
     deinit {
         munmap(base, Int(size))
-        if source == nil { try? fd.close() }
+        if source == nil { try? fd?.close() }
     }
 
     /// The host address of guest-physical page `physical`, for memory shared with a host thread
@@ -229,6 +256,26 @@ public final class GuestMemory {
     /// Lends a guest-physical range to `body` without copying (e.g. to write(2) guest output).
     func withBytes<R>(at address: UInt64, count: Int, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         try body(UnsafeRawBufferPointer(start: checked(address, count), count: count))
+    }
+
+    /// Reads up to `count` bytes of host file `fd` at `offset` straight into guest-physical
+    /// memory (`pread`, retried after EINTR): the number read, short only at the end of the file,
+    /// or -errno when nothing could be read.
+    func readFile(_ fd: Int32, offset: UInt64, into address: UInt64, count: Int) -> Int {
+        let destination = checked(address, count)
+        noteHostWrite(address, count)
+        var done = 0
+        while done < count {
+            // SAFETY: `checked` proved [address, address + count) inside the mapping.
+            let n = pread(fd, destination + done, count - done, off_t(truncatingIfNeeded: offset &+ UInt64(done)))
+            if n < 0 {
+                if errno == EINTR { continue }
+                return done > 0 ? done : -Int(errno)
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
     }
 
     /// Fills a guest-physical range with bytes from the host's random source.

@@ -157,7 +157,7 @@ public final class Sandbox {
         try configuration.validate()
         let system: KVMSystem
         if let given { system = given } else { system = try KVMSystem.shared() }
-        let memory = try GuestMemory(size: configuration.memorySize)
+        let memory = try GuestMemory(size: configuration.memorySize, backing: .privateHugePages)
         let space = try AddressSpace(memory: memory)
         let loadStarted = monotonicNanoseconds()
         let loadDeadline = configuration.timeout.map { loadStarted &+ UInt64(min($0, 1e9) * 1e9) }
