@@ -221,6 +221,14 @@ int main(int argc, char **argv) {
         int fd = open("fruit.txt", O_RDONLY);
         long huge = read(fd, buffer, huge_count);  // a count far past the buffer: EFAULT, nothing written past it
         printf("huge read: %s\n", huge >= 0 ? "ok" : name(errno));
+        // As Linux: a read stops before the first page it may not write; none at all is EFAULT.
+        char *pages = mmap(0, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        mprotect(pages + 4096, 4096, PROT_NONE);
+        long edge = pread(fd, pages + 4092, 16, 0);
+        printf("edge read: %ld %.4s\n", edge, pages + 4092);
+        printf("inaccessible read: %s\n", pread(fd, pages + 4096, 4, 0) >= 0 ? "ok" : name(errno));
+        mprotect(pages, 4096, PROT_READ);
+        printf("read-only read: %s\n", pread(fd, pages, 4, 0) >= 0 ? "ok" : name(errno));
         printf("write to ro: %s\n", open("new.txt", O_WRONLY | O_CREAT, 0644) >= 0 ? "OPENED" : name(errno));
         return 0;
     }

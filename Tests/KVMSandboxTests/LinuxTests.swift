@@ -236,6 +236,9 @@ extension KVMTests {
                 /tmp/../etc/passwd: ENOENT
                 fifo: EACCES
                 huge read: ok
+                edge read: 4 bana
+                inaccessible read: EFAULT
+                read-only read: EFAULT
                 write to ro: EROFS
 
                 """)

@@ -168,12 +168,12 @@ extension LinuxPersonality {
         let address: UInt64
         if fixed {
             guard hint % PageSize.bytes == 0 else { return Self.fail(.invalidArgument) }
-            switch placeFixed(hint, size: size, permissions: protection == 0 ? nil : [.read, .write], replace: flags & 0x10 != 0) {
+            switch placeFixed(hint, size: size, permissions: protection == 0 ? nil : Self.permissions(protection), replace: flags & 0x10 != 0) {
             case .failure(let error): return Self.fail(error)
             case .success: address = hint
             }
         } else {
-            let start = builtins.mmap(length: size, protection: 3, flags: 0x22)
+            let start = builtins.mmap(length: size, protection: protection == 0 ? 0 : write ? 3 : 1, flags: 0x22)
             guard start >= 0 else { return .value(start) }
             address = UInt64(start)
         }
@@ -181,11 +181,12 @@ extension LinuxPersonality {
         if protection == 0 { return .value(Int64(address)) }
         // The file's bytes, read straight into the new pages; past its end they stay zero.
         _ = try space.readFile(host.fd, offset: offset, into: address, count: size, access: nil)
-        let permissions = Self.permissions(protection)
-        if protection != 3 {
+        // The pages got their final permissions when mapped (the host writes past them), but
+        // execute, which anonymous memory never has: adding it drops no cached translation.
+        if execute && !fixed {
             var page = address
             while page < address + size {
-                try space.protect(page, permissions)
+                try space.protect(page, Self.permissions(protection))
                 page += PageSize.bytes
             }
         }
