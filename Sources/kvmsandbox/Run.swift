@@ -36,7 +36,7 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "How embedder host calls travel: automatic, exit or exitless.")
     var hostCalls: String = "automatic"
 
-    @Option(name: .long, help: "How Linux system calls travel on PVM: automatic, exitless (served by a polling host thread where they need nothing of the vCPU) or exit. Default: KVMSANDBOX_SYSCALLS, else automatic.")
+    @Option(name: .long, help: "How Linux system calls travel: automatic, exitless (served by a polling host thread where they need nothing of the vCPU) or exit. Default: KVMSANDBOX_SYSCALLS, else automatic.")
     var syscalls: String?
 
     @Option(name: .customLong("allow-connect"), help: "IPv4:PORT the guest may connect to (repeatable); every other connect is EACCES.")

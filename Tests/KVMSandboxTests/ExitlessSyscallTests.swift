@@ -3,7 +3,7 @@ import KVMSandbox
 import Testing
 
 extension KVMTests {
-    /// Exitless system calls (PVM): the `syscall` stub posts to the mailbox and the polling
+    /// Exitless system calls: the `syscall` entry (PVM's user stub; hardware KVM's CPL 0 one) posts to the mailbox and the polling
     /// thread serves what needs nothing of the vCPU. Same results either way; a guest that
     /// forges posts only affects itself. (The whole suite also runs with KVMSANDBOX_SYSCALLS
     /// set to exit and to exitless in CI.)
@@ -35,6 +35,21 @@ extension KVMTests {
             // How many go without an exit depends on the poller getting a core (the suite runs
             // tests in parallel on few CPUs): a figure for the benchmark, not an assertion here.
             #expect(exitless.exitless <= exitless.total)
+        }
+
+        /// Calls the poller serves (getppid, clock_gettime, pread) and calls it sends back
+        /// through the exit (mmap, munmap), many times: right results, and the flags the guest
+        /// had before `syscall` (DF and CF set) are still set after it, whichever way it went.
+        /// (Scripts/exitless-check runs the same guest on the emulated SVM machine's CPL 0 entry.)
+        @Test(arguments: HostCallTransport.allCases)
+        func resultsAndFlagsSurviveEitherPath(_ transport: HostCallTransport) throws {
+            let path = try Guests.build("exitless-entry")
+            let (outcome, stdout, _) = try Guests.run("exitless-entry", [path], configure: {
+                $0.systemCallTransport = transport
+                $0.files = [FileGrant(hostPath: path)]
+            })
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "ok\n")
         }
 
         /// A guest writing the mailbox itself: posts with garbage numbers (bit 62 set or not),

@@ -39,7 +39,7 @@ enum MicroVM {
 
         try vcpu.setRegisters(registers)
         let cpl0Entry = exceptionStubs && system.platform.syscallEntersCPL0
-        try vcpu.setMSRs(X86CPUState.syscallMSRs(cpl0Entry: cpl0Entry, exitless: exitlessSyscalls && !cpl0Entry))
+        try vcpu.setMSRs(X86CPUState.syscallMSRs(cpl0Entry: cpl0Entry, exitless: exitlessSyscalls))
         return (vm, vcpu)
     }
 }

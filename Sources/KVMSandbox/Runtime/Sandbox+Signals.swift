@@ -26,7 +26,8 @@ extension Sandbox {
     /// CPL 0 entry): the interrupted user code continues at RCX with R11's flags.
     func isAtSyscallReturn(_ rip: UInt64) -> Bool {
         rip == GuestLayout.syscallStubPage + 2
-            || (usesExceptionStubs && rip == ExceptionStubs.stubPage + ExceptionStubs.syscallEntryOffset + 2)
+            || (usesExceptionStubs && (rip == ExceptionStubs.stubPage + ExceptionStubs.syscallEntryOffset + 2
+                                       || rip == GuestLayout.kernelSyscallPage + 2))
     }
 
     /// The user-mode registers signal delivery interrupts, or nil when the vCPU is somewhere a
@@ -40,6 +41,7 @@ extension Sandbox {
         }
         let inStubs = (registers.rip >= GuestLayout.syscallStubPage && registers.rip < GuestLayout.syscallStubPage + PageSize.bytes)
             || (registers.rip >= ExceptionStubs.stubPage && registers.rip < ExceptionStubs.stubPage + PageSize.bytes)
+            || (registers.rip >= GuestLayout.kernelSyscallPage && registers.rip < GuestLayout.kernelSyscallPage + PageSize.bytes)
         return inStubs ? nil : registers
     }
 

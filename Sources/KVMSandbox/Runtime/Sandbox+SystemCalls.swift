@@ -34,7 +34,8 @@ extension Sandbox {
     /// Whether an exit at `rip` came from the `syscall` entry (PVM: the user stub; hardware KVM:
     /// the CPL 0 entry) rather than from the guest's own `out` (a host call).
     func isSyscallTrap(_ rip: UInt64) -> Bool {
-        (rip >= GuestLayout.syscallStubPage && rip < GuestLayout.syscallStubPage + 16) || isInSyscallEntry(rip)
+        (rip >= GuestLayout.syscallStubPage && rip < GuestLayout.syscallStubPage + 16)
+            || (isInSyscallEntry(rip) && !X86CPUState.isInExitlessEntry(rip))
     }
 
     /// Serves the Linux system call in `registers`; embedder host calls are not reachable this way.

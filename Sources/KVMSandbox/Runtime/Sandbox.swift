@@ -30,10 +30,9 @@ public final class Sandbox {
     var hostProgramPath: String?
     /// Whether this run's system calls may be posted to the mailbox (set at the run's start).
     var postsSystemCalls = false
-    /// Whether `syscall` enters the exitless stub (PVM, not `systemCallTransport = .exit`).
-    var syscallStubPosts: Bool {
-        configuration.systemCallTransport != .exit && !(usesExceptionStubs && system.platform.syscallEntersCPL0)
-    }
+    /// Whether `syscall` enters an exitless entry (the user one on PVM, the CPL 0 one on
+    /// hardware KVM), that is unless `systemCallTransport = .exit`.
+    var syscallStubPosts: Bool { configuration.systemCallTransport != .exit }
     public internal(set) var statistics = RunStatistics()
 
     let system: KVMSystem
@@ -401,7 +400,7 @@ public final class Sandbox {
     /// uses the shared mailbox: no other thread or handler may post until it is answered).
     private func handleAndSchedule(_ exit: VCPUExit, deadline: Watchdog.Token?, stop: StopCondition) throws(KVMError) -> RunOutcome? {
         var outcome = try handle(exit, deadline: deadline, stop: stop)
-        if outcome == nil, postsSystemCalls, X86CPUState.exitlessSyscallRange.contains(vcpu.registers.rip) { return nil }
+        if outcome == nil, postsSystemCalls, X86CPUState.isInExitlessEntry(vcpu.registers.rip) { return nil }
         if outcome == nil { outcome = try preemptIfDue() }
         if outcome == nil { outcome = try deliverPendingSignals() }
         return outcome
@@ -452,7 +451,8 @@ public final class Sandbox {
     /// `rip - 2` or at `rip`; a string form exits with RIP on or after a different opcode.
     func followsHostCallInstruction(_ rip: UInt64) -> Bool {
         // The host's own stubs (syscall entry, guest-call return) need no look: their bytes are ours.
-        if isSyscallTrap(rip) || (rip >= GuestLayout.syscallStubPage && rip < GuestLayout.syscallStubPage + PageSize.bytes) { return true }
+        if isSyscallTrap(rip) || (rip >= GuestLayout.syscallStubPage && rip < GuestLayout.syscallStubPage + PageSize.bytes)
+            || isInSyscallEntry(rip) { return true }
         let instruction: [UInt8] = [0xe6, UInt8(hostCallPort)]
         return (rip >= 2 && (try? space.hostRead(rip - 2, count: 2)) == instruction)
             || (try? space.hostRead(rip, count: 2)) == instruction
@@ -489,7 +489,7 @@ public final class Sandbox {
                 guard let exitless else {
                     // The exitless `syscall` stub posted with nobody serving (the guest forged
                     // the polling word): back to the exit with its call.
-                    if X86CPUState.exitlessSyscallRange.contains(r.rip) { return .left(X86CPUState.exitlessMustExit) }
+                    if X86CPUState.isInExitlessEntry(r.rip) { return .left(X86CPUState.exitlessMustExit) }
                     throw HostCallFailure(HostCallErrno.ENOSYS)
                 }
                 let value = exitless.waitExit(sequence: call[0])

@@ -64,8 +64,8 @@ public struct SandboxConfiguration: Sendable, Codable {
 
     /// How embedder host calls travel: by exit, or exitless through the shared mailbox.
     public var hostCallTransport: HostCallTransport = .automatic
-    /// How an unmodified program's Linux system calls travel (PVM; hardware KVM's CPL 0 entry
-    /// always exits): `.exitless` posts every call to the mailbox and the host's polling thread
+    /// How an unmodified program's Linux system calls travel (through the user `syscall` stub on
+    /// PVM, the CPL 0 entry on hardware KVM): `.exitless` posts every call to the mailbox and the host's polling thread
     /// serves those that need nothing of the vCPU (reads and writes of files and pipes with
     /// data, stat, clocks, getpid, ...), the rest by exit; `.automatic` does so from a run's
     /// first system call by exit on, where this process may use two CPUs; `.exit` never.

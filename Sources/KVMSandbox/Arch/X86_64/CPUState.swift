@@ -77,59 +77,47 @@ enum X86CPUState {
         + UInt32(HostCallNumber.guestCallReturn).littleEndianBytes
         + [0xe6, UInt8(hostCallPort), 0x0f, 0x0b]
 
-    /// Where the exitless `syscall` entry starts in the stub page (PVM), and its code: when a
-    /// host thread polls the mailbox (`Mailbox`, word 128), it posts the call there (number
-    /// with bit 62 set: a Linux system call; the six arguments; the sequence number last),
-    /// spins up to 2048 polls on the answer (~50 us on PVM, two exits' worth:
-    /// serving a path lookup takes longer than the SDK's 256), and returns with `jmp *%rcx`; with no poller it
-    /// takes the exit at the page's start at once; when no answer comes it exits with
-    /// `KS_HC_MAILBOX_WAIT` (0xf02, the sequence in rdi); when the answer is `exitlessMustExit`
-    /// (a call the vCPU thread must serve) it restores rax and r11 and takes the exit. It
-    /// touches no stack (the guest's red zone stays intact), only rax, r11 and the flags, which
-    /// `syscall` clobbers anyway (x86 inline assembly always clobbers the flags). Assembled from:
-    ///
-    ///     entry: cmpq $0, M+128(%rip); je exit; mov %r11, M+136(%rip); mov %rax, M+8(%rip)
-    ///            btsq $62, M+8(%rip); mov %rdi..%r9, M+16..M+56(%rip)
-    ///            mov M(%rip), %r11; inc %r11; mov %r11, M(%rip); mov $2048, %eax
-    ///     spin:  cmp %r11, M+64(%rip); je answered; pause; dec %eax; jnz spin
-    ///            mov %r11, %rdi; mov $0xf02, %eax; out %al, $0x42; mov M+16(%rip), %rdi; jmp check
-    ///     answered: mov M+72(%rip), %rax
-    ///     check: movabs $1<<63, %r11; cmp %r11, %rax; jne done
-    ///            mov M+8(%rip), %rax; btr $62, %rax; mov M+136(%rip), %r11; jmp exit
-    ///     done:  jmp *%rcx
+    /// Where the exitless `syscall` entry starts in the user stub page (PVM), and its code
+    /// (`ExitlessSyscallEntry`, `.user`); its plain exit is the stub at the page's start.
     static let exitlessSyscallEntryOffset: UInt64 = 0x80
-    static let exitlessSyscallStub: [UInt8] = [
-        0x48, 0x83, 0x3d, 0xf8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x84, 0x72, 0xff, 0xff, 0xff, 0x4c, 0x89,
-        0x1d, 0xf3, 0x0f, 0x00, 0x00, 0x48, 0x89, 0x05, 0x6c, 0x0f, 0x00, 0x00, 0x48, 0x0f, 0xba, 0x2d,
-        0x63, 0x0f, 0x00, 0x00, 0x3e, 0x48, 0x89, 0x3d, 0x64, 0x0f, 0x00, 0x00, 0x48, 0x89, 0x35, 0x65,
-        0x0f, 0x00, 0x00, 0x48, 0x89, 0x15, 0x66, 0x0f, 0x00, 0x00, 0x4c, 0x89, 0x15, 0x67, 0x0f, 0x00,
-        0x00, 0x4c, 0x89, 0x05, 0x68, 0x0f, 0x00, 0x00, 0x4c, 0x89, 0x0d, 0x69, 0x0f, 0x00, 0x00, 0x4c,
-        0x8b, 0x1d, 0x2a, 0x0f, 0x00, 0x00, 0x49, 0xff, 0xc3, 0x4c, 0x89, 0x1d, 0x20, 0x0f, 0x00, 0x00,
-        0xb8, 0x00, 0x08, 0x00, 0x00, 0x4c, 0x39, 0x1d, 0x54, 0x0f, 0x00, 0x00, 0x74, 0x19, 0xf3, 0x90,
-        0xff, 0xc8, 0x75, 0xf1, 0x4c, 0x89, 0xdf, 0xb8, 0x02, 0x0f, 0x00, 0x00, 0xe6, 0x42, 0x48, 0x8b,
-        0x3d, 0x0b, 0x0f, 0x00, 0x00, 0xeb, 0x07, 0x48, 0x8b, 0x05, 0x3a, 0x0f, 0x00, 0x00, 0x49, 0xbb,
-        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x4c, 0x39, 0xd8, 0x75, 0x18, 0x48, 0x8b, 0x05,
-        0xe4, 0x0e, 0x00, 0x00, 0x48, 0x0f, 0xba, 0xf0, 0x3e, 0x4c, 0x8b, 0x1d, 0x58, 0x0f, 0x00, 0x00,
-        0xe9, 0xcb, 0xfe, 0xff, 0xff, 0xff, 0xe1,
-    ]
-    /// The exitless stub's address range (a thread whose RIP is in it has a call in flight).
-    static let exitlessSyscallRange = (GuestLayout.syscallStubPage + exitlessSyscallEntryOffset)
-        ..< (GuestLayout.syscallStubPage + exitlessSyscallEntryOffset + UInt64(exitlessSyscallStub.count))
+    static let exitlessSyscallStub = ExitlessSyscallEntry.code(
+        at: GuestLayout.syscallStubPage + exitlessSyscallEntryOffset, mailbox: GuestLayout.mailboxPage,
+        plainExit: GuestLayout.syscallStubPage, mode: .user)
+    /// The hardware-KVM exitless entry (`.kernel`), in the supervisor-only page
+    /// `GuestLayout.kernelSyscallPage` after that page's own plain exit (`out %al, $0x42; sysretq`).
+    static let kernelExitlessEntryOffset: UInt64 = 0x80
+    static let kernelSyscallPageBytes: [UInt8] = ExceptionStubs.syscallEntry
+        + [UInt8](repeating: 0xcc, count: Int(kernelExitlessEntryOffset) - ExceptionStubs.syscallEntry.count)
+        + ExitlessSyscallEntry.code(at: GuestLayout.kernelSyscallPage + kernelExitlessEntryOffset, mailbox: GuestLayout.mailboxPage,
+                                    plainExit: GuestLayout.kernelSyscallPage, mode: .kernel)
+    /// Whether `rip` lies inside an exitless entry's body (a thread there has a call in flight in
+    /// the mailbox): the user stub's (PVM) or the CPL 0 one's (hardware KVM).
+    static func isInExitlessEntry(_ rip: UInt64) -> Bool {
+        let user = GuestLayout.syscallStubPage + exitlessSyscallEntryOffset
+        let kernel = GuestLayout.kernelSyscallPage + kernelExitlessEntryOffset
+        return (rip >= user && rip < user + UInt64(exitlessSyscallStub.count))
+            || (rip >= kernel && rip < GuestLayout.kernelSyscallPage + UInt64(kernelSyscallPageBytes.count))
+    }
     /// The answer that sends a posted system call back through the exit.
-    static let exitlessMustExit: Int64 = Int64.min
+    static let exitlessMustExit = ExitlessSyscallEntry.mustExit
 
     /// MSRs for `syscall`: STAR with Linux's selectors; LSTAR at the user stub (PVM, where
     /// `syscall` stays at CPL 3; no flag masking, the stub returns with `jmp`) or at the CPL 0
     /// entry of the exception stubs (hardware; FMASK clears TF, DF, IF, AC like Linux, and
     /// `sysretq` restores the guest's flags from R11).
     /// The CPL 0 entry exists only where the stubs are installed.
-    /// `exitless`: LSTAR at the exitless user stub instead (PVM only).
+    /// `exitless`: LSTAR at the exitless entry instead (the user one, or the CPL 0 one).
     static func syscallMSRs(cpl0Entry: Bool, exitless: Bool = false) -> [(index: UInt32, value: UInt64)] {
-        [
+        let entry = switch (cpl0Entry, exitless) {
+        case (true, false): ExceptionStubs.stubPage + ExceptionStubs.syscallEntryOffset
+        case (true, true): GuestLayout.kernelSyscallPage + kernelExitlessEntryOffset
+        case (false, false): GuestLayout.syscallStubPage
+        case (false, true): GuestLayout.syscallStubPage + exitlessSyscallEntryOffset
+        }
+        return [
             (0xc000_0081, UInt64(0x0023_0010) << 32),  // STAR: sysret base 0x23, syscall CS 0x10
-            (0xc000_0082, cpl0Entry ? ExceptionStubs.stubPage + ExceptionStubs.syscallEntryOffset
-                                    : GuestLayout.syscallStubPage + (exitless ? exitlessSyscallEntryOffset : 0)),  // LSTAR
-            (0xc000_0084, cpl0Entry ? 0x4_7700 : 0),  // FMASK
+            (0xc000_0082, entry),                      // LSTAR
+            (0xc000_0084, cpl0Entry ? 0x4_7700 : 0),   // FMASK
         ]
     }
 
@@ -141,12 +129,14 @@ enum X86CPUState {
         try ExceptionStubs.install(in: space)
         try space.mapNew(GuestLayout.systemPage, length: PageSize.bytes, [.read, .supervisor])
         try space.mapNew(GuestLayout.syscallStubPage, length: PageSize.bytes, [.read, .execute])
+        try space.mapNew(GuestLayout.kernelSyscallPage, length: PageSize.bytes, [.read, .execute, .supervisor])
         do {
             try space.hostWrite(gdtBytes, at: GuestLayout.systemPage)
             try space.hostWrite(tssBytes, at: GuestLayout.systemPage + tssOffset)
             try space.hostWrite(syscallStub, at: GuestLayout.syscallStubPage)
             try space.hostWrite(returnStub, at: returnStubAddress)
             try space.hostWrite(exitlessSyscallStub, at: GuestLayout.syscallStubPage + exitlessSyscallEntryOffset)
+            try space.hostWrite(kernelSyscallPageBytes, at: GuestLayout.kernelSyscallPage)
         } catch {
             preconditionFailure("system pages were just mapped")
         }

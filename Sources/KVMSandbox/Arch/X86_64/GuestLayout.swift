@@ -10,6 +10,8 @@
 /// 0x7ff0_0000_2000  the exitless host-call mailbox (user read+write, NX; see `Mailbox`)
 /// 0x7ff0_0000_3000  the MMIO doorbell (user write: leads past guest memory, every write exits)
 /// 0x7ff0_0000_4000  parked VMs only: the parking page (user read+write, NX; see `ParkingStub`)
+/// 0x7ff0_0000_5000  the CPL 0 exitless `syscall` entry (supervisor-only, read+execute; hardware
+///                   KVM only uses it; see `ExitlessSyscallEntry`)
 /// 0x7ff0_0010_0000  parked VMs only: the request arena (stack and request heap), an unmapped
 ///                   guard page below it
 /// 0x7fff_ffff_9000  hardware KVM only, all supervisor-only with unmapped pages between:
@@ -38,6 +40,8 @@ public enum GuestLayout {
     public static let doorbellPage: UInt64 = 0x7ff0_0000_3000
     /// Parked VMs: the page where the host posts requests to the idle stub (`ParkingStub`).
     public static let parkingPage: UInt64 = 0x7ff0_0000_4000
+    /// The CPL 0 exitless `syscall` entry (hardware KVM), within RIP-relative reach of the mailbox.
+    public static let kernelSyscallPage: UInt64 = 0x7ff0_0000_5000
     /// Parked VMs: the start of the request arena (`ParkingConfiguration.arenaSize` bytes).
     public static let arenaBase: UInt64 = 0x7ff0_0010_0000
     /// Parked VMs: the largest arena.
