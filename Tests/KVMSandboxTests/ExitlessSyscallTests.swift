@@ -52,6 +52,23 @@ extension KVMTests {
             #expect(stdout == "ok\n")
         }
 
+        /// Anonymous memory handed out again over pages that were executable loses execute
+        /// before the guest hears of the mapping, whichever thread served the `mmap` (the poller
+        /// drops the old translations itself): calling into it is a #PF, not a return.
+        @Test(arguments: HostCallTransport.allCases)
+        func reusedExecutablePagesLoseExecute(_ transport: HostCallTransport) throws {
+            let (outcome, stdout, _) = try Guests.run("exec-reuse", [], configure: {
+                $0.systemCallTransport = transport
+                $0.allowJIT = true
+            })
+            #expect(stdout == "reused\n")
+            guard case .fault(let fault) = outcome else {
+                Issue.record("expected a fault, got \(outcome)")
+                return
+            }
+            #expect(fault.vector == 14)
+        }
+
         /// A guest writing the mailbox itself: posts with garbage numbers (bit 62 set or not),
         /// bad pointers, buffers changed while they may be served, posts never waited for, a
         /// forged polling word and forged answers. Its ordinary calls still work, whichever way

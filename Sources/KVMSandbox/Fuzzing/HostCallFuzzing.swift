@@ -63,7 +63,7 @@ import CKVM
     public func mailbox(_ data: [UInt8]) throws {
         // Linux system calls posted by the exitless stub (bit 62) are served too.
         let linux = vm.linux
-        server.prepare(handlers: [HostCallNumber.firstUserNumber: Self.memoryHandler], systemCalls: { linux.serveExitless($0) })
+        server.prepare(handlers: [HostCallNumber.firstUserNumber: Self.memoryHandler], systemCalls: { try linux.serveExitless($0) })
         var decoder = ArgumentDecoder(data, vm: vm)
         while let (number, arguments) = decoder.nextCall() {
             let sequence = decoder.nextWord()

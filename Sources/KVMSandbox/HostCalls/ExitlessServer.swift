@@ -21,7 +21,7 @@ final class ExitlessServer: @unchecked Sendable {
     private let memory: GuestMemoryView
     /// Set by `prepare` before each run, read only while registered with the poller.
     private var handlers: [Int: HostCallHandler] = [:]
-    private var systemCalls: ((HostCall) -> Int64?)?
+    private var systemCalls: ((HostCall) throws -> Int64?)?
     private let interrupter: VCPUInterrupter
     private let state = ServerLock(State())
     /// The last sequence served: written under the lock, read without it on the poller's fast path.
@@ -52,7 +52,7 @@ final class ExitlessServer: @unchecked Sendable {
 
     /// Readies the server for a run with `handlers` and, when Linux system calls may be posted,
     /// `systemCalls` (nil answer: the call must go by exit). Call while not registered.
-    func prepare(handlers: [Int: HostCallHandler], systemCalls: ((HostCall) -> Int64?)? = nil) {
+    func prepare(handlers: [Int: HostCallHandler], systemCalls: ((HostCall) throws -> Int64?)? = nil) {
         self.handlers = handlers
         self.systemCalls = systemCalls
         // The page may hold an old request (from an earlier run or before a snapshot): never
@@ -156,7 +156,17 @@ final class ExitlessServer: @unchecked Sendable {
             // A system call: the Linux layer serves it here, or it goes back to the exit. The
             // number is untrusted like the rest (the guest can write the page).
             let call = HostCall(number: request.number & ~Self.systemCallFlag, arguments: state.arguments, memory: memory)
-            result = systemCalls?(call) ?? X86CPUState.exitlessMustExit
+            do {
+                result = try systemCalls?(call) ?? X86CPUState.exitlessMustExit
+            } catch {
+                // Served, but the guest must not go on (stale translations): no answer, so the
+                // guest's fallback exit finds the failure and the run ends there.
+                if state.failure == nil { state.failure = (call.number, "\(error)") }
+                interrupter.immediateExit.store(1, ordering: .sequentiallyConsistent)
+                state.lastResult = -Int64(HostCallErrno.EIO)
+                lastServed.store(request.sequence, ordering: .releasing)
+                return
+            }
         } else if request.number >= HostCallNumber.firstUserNumber, let handler = handlers[request.number] {
             do {
                 result = try handler(HostCall(number: request.number, arguments: state.arguments, memory: memory))

@@ -10,11 +10,15 @@ import Glibc
 /// of pipes and eventfds (a call that would have to wait is undone and goes by exit); stat,
 /// access, readlink, getcwd, getdents64, open, close, dup, fcntl, lseek, ioctl; the process's
 /// identity and limits; clocks; getrandom; uname; rt_sigaction; a futex wake; in socket mode
-/// `accept` of a pending connection and reads and writes of connections that will not wait. Everything else answers nil and is served
-/// on the vCPU thread by exit: calls that change the vCPU or the guest's translations (mmap,
-/// munmap, mprotect, brk, arch_prctl, clone, rt_sigreturn, exit), that may block (a read of
-/// standard input, sockets, futex wait, poll, nanosleep), signals, and stdout or stderr going
-/// to a host descriptor (a slow reader must not hold the poller that serves every VM).
+/// `accept` of a pending connection and reads and writes of connections that will not wait;
+/// anonymous `mmap`, `munmap`, `brk` and `madvise` of up to `exitlessMappingLimit` bytes
+/// (they add mappings, which needs no cached translation dropped; should one take a permission
+/// away, the poller drops its translations itself before answering). Everything else answers
+/// nil and is served on the vCPU thread by exit: calls that change the vCPU or take access
+/// away on purpose (mprotect, file mmap, mremap, arch_prctl, clone, rt_sigreturn, exit), that
+/// may block (a read of standard input, sockets, futex wait, poll, nanosleep), signals, and
+/// stdout or stderr going to a host descriptor (a slow reader must not hold the poller that
+/// serves every VM).
 extension LinuxPersonality {
     /// System calls that may be served off the vCPU thread, by number (subject to `mayServeExitless`).
     static let exitlessCalls: Set<Int> = [
@@ -29,17 +33,37 @@ extension LinuxPersonality {
         202,                                    // futex (wake only)
         43, 288, 44, 45, 46, 47, 48,            // accept, accept4 (a connection pending), sendto, recvfrom, sendmsg, recvmsg, shutdown
         51, 52, 54, 55,                         // getsockname, getpeername, setsockopt, getsockopt
+        9, 11, 12, 28,                          // mmap (anonymous), munmap, brk, madvise
     ]
 
+    /// The most bytes an exitless `mmap`, `brk` or `madvise` may cover: the poller writes the
+    /// page tables of (or zeroes) every page itself, and it serves every VM of the process.
+    static let exitlessMappingLimit: UInt64 = 16 << 20
+
+    /// A poller-served call took access away from pages and their cached translations could not
+    /// be dropped from the polling thread: the run must not go on (`ExitlessServer` ends it).
+    struct StaleTranslations: Error, CustomStringConvertible {
+        let pages: Int
+        var description: String { "could not drop the cached translations of \(pages) page(s) from the polling thread" }
+    }
+
     /// Serves `call` on the polling thread when it qualifies: its result, or nil when the vCPU
-    /// thread must serve it by exit (nothing has happened then).
-    func serveExitless(_ call: HostCall) -> Int64? {
+    /// thread must serve it by exit (nothing has happened then). Throws `StaleTranslations` when
+    /// a call took access away and KVM could not be made to forget the old translations.
+    func serveExitless(_ call: HostCall) throws(StaleTranslations) -> Int64? {
         guard Self.exitlessCalls.contains(call.number), mayServeExitless(call) else { return nil }
         let effect: HostCallEffect
         do {
             effect = try handle(call)
         } catch {
             return HostCallErrno.result(for: error) ?? -Int64(HostCallErrno.EIO)
+        }
+        // Pages that lost a permission (anonymous memory reused over an executable mapping, a
+        // MAP_FIXED over one): their translations go before the guest hears of the call. KVM's
+        // MMU notifier makes this safe while the vCPU runs.
+        let reduced = space.takeReducedPages()
+        if !reduced.isEmpty, !space.memory.invalidateTranslations(ofPages: reduced) {
+            throw StaleTranslations(pages: reduced.count)
         }
         switch effect {
         case .value(let value):
@@ -78,6 +102,15 @@ extension LinuxPersonality {
         case 202:
             let operation = call[1] & 0x7f  // without FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME
             return operation == 1 || operation == 10  // FUTEX_WAKE, FUTEX_WAKE_BITSET
+        case 9:
+            // Anonymous memory, not executable (a JIT's mapping goes through mprotect); a file's
+            // mapping is a copy of the file, which may take long.
+            return call[3] & 0x20 != 0 && call[2] & 4 == 0 && call[1] <= Self.exitlessMappingLimit
+        case 28:
+            return call[1] <= Self.exitlessMappingLimit
+        case 12:
+            let mapped = builtins.state.heapMappedEnd
+            return call[0] <= mapped || call[0] - mapped <= Self.exitlessMappingLimit
         default:
             return true
         }

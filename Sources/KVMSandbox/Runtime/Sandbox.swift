@@ -335,7 +335,7 @@ public final class Sandbox {
             let server = exitlessServer
             let linux = self.linux, tracing = configuration.traceSyscalls
             server.prepare(handlers: handlers, systemCalls: !postsSystemCalls ? nil : { call in
-                let result = linux.serveExitless(call)
+                let result = try linux.serveExitless(call)
                 if tracing, let result { Sandbox.trace(call, result: LinuxSyscallNames.describe(result: result), outcome: nil, exitless: true) }
                 return result
             })
