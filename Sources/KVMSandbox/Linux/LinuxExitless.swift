@@ -11,7 +11,8 @@ import Glibc
 /// access, readlink, getcwd, getdents64, open, close, dup, fcntl, lseek, ioctl; the process's
 /// identity and limits; clocks; getrandom; uname; rt_sigaction; a futex wake; in socket mode
 /// `accept` of a pending connection and reads and writes of connections that will not wait;
-/// anonymous `mmap`, `munmap`, `brk` and `madvise` of up to `exitlessMappingLimit` bytes
+/// anonymous `mmap`, `munmap`, `brk` and `madvise` of up to `exitlessMappingLimit` bytes (any
+/// reservation)
 /// (they add mappings, which needs no cached translation dropped; should one take a permission
 /// away, the poller drops its translations itself before answering). Everything else answers
 /// nil and is served on the vCPU thread by exit: calls that change the vCPU or take access
@@ -37,8 +38,11 @@ extension LinuxPersonality {
     ]
 
     /// The most bytes an exitless `mmap`, `brk` or `madvise` may cover: the poller writes the
-    /// page tables of (or zeroes) every page itself, and it serves every VM of the process.
-    static let exitlessMappingLimit: UInt64 = 16 << 20
+    /// page tables of (or zeroes) every page itself, and a call that outlasts the guest's spin
+    /// (~50 us) costs the fallback exit anyway, and counts towards suspending posts. (A
+    /// reservation, `PROT_NONE` without `MAP_FIXED`, maps nothing: any size. A file's mapping
+    /// copies the file: it stays on the exit path for the same reason.)
+    static let exitlessMappingLimit: UInt64 = 2 << 20
 
     /// A poller-served call took access away from pages and their cached translations could not
     /// be dropped from the polling thread: the run must not go on (`ExitlessServer` ends it).
@@ -103,9 +107,9 @@ extension LinuxPersonality {
             let operation = call[1] & 0x7f  // without FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME
             return operation == 1 || operation == 10  // FUTEX_WAKE, FUTEX_WAKE_BITSET
         case 9:
-            // Anonymous memory, not executable (a JIT's mapping goes through mprotect); a file's
-            // mapping is a copy of the file, which may take long.
-            return call[3] & 0x20 != 0 && call[2] & 4 == 0 && call[1] <= Self.exitlessMappingLimit
+            // Anonymous memory, not executable (a JIT's mapping goes through mprotect).
+            let reservation = call[2] == 0 && call[3] & (0x10 | 0x100000) == 0
+            return call[3] & 0x20 != 0 && call[2] & 4 == 0 && (call[1] <= Self.exitlessMappingLimit || reservation)
         case 28:
             return call[1] <= Self.exitlessMappingLimit
         case 12:
