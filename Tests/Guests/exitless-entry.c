@@ -1,7 +1,9 @@
 // Exercises the exitless `syscall` entry (the user one on PVM, the CPL 0 one on hardware KVM)
 // with calls the polling thread serves (getppid, clock_gettime, open/read/close of a granted
 // file) and calls it sends back through the exit (mmap, munmap, brk), checking results and
-// that the flags the guest had before `syscall` (DF, CF) are the ones it has after.
+// that the direction flag the guest set before `syscall` is still set after it (the entries
+// may change only the arithmetic flags, which compilers never keep across a `syscall`; the
+// CPL 0 one restores them all with `sysretq`).
 // Usage: exitless-entry FILE (at least 16 bytes); prints "ok" and exits 0.
 #include <fcntl.h>
 #include <stdint.h>
@@ -12,11 +14,11 @@
 #include <time.h>
 #include <unistd.h>
 
-// getppid with DF and CF set around the instruction; returns the flags seen after it.
+// getppid with DF set around the instruction; returns the flags seen after it.
 static uint64_t getppid_with_flags(long *result) {
     uint64_t flags;
     long value;
-    __asm__ volatile("std\n\tstc\n\tsyscall\n\tpushfq\n\tpopq %1\n\tcld"
+    __asm__ volatile("std\n\tsyscall\n\tpushfq\n\tpopq %1\n\tcld"
                      : "=a"(value), "=r"(flags) : "a"((long)SYS_getppid) : "rcx", "r11", "memory", "cc");
     *result = value;
     return flags;
@@ -31,7 +33,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 100; i++) {
         long value;
         uint64_t flags = getppid_with_flags(&value);
-        if (value != first || !(flags & 0x400) || !(flags & 0x1)) { printf("flags 0x%lx lost DF or CF\n", (unsigned long)flags); return 1; }
+        if (value != first || !(flags & 0x400)) { printf("flags 0x%lx lost DF\n", (unsigned long)flags); return 1; }
     }
     char expected[16], buffer[16];
     int fd = open(argv[1], O_RDONLY);

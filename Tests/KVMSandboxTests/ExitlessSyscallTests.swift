@@ -38,8 +38,8 @@ extension KVMTests {
         }
 
         /// Calls the poller serves (getppid, clock_gettime, pread) and calls it sends back
-        /// through the exit (mmap, munmap), many times: right results, and the flags the guest
-        /// had before `syscall` (DF and CF set) are still set after it, whichever way it went.
+        /// through the exit (mmap, munmap), many times: right results, and the direction flag the
+        /// guest set before `syscall` is still set after it, whichever way it went.
         /// (Scripts/exitless-check runs the same guest on the emulated SVM machine's CPL 0 entry.)
         @Test(arguments: HostCallTransport.allCases)
         func resultsAndFlagsSurviveEitherPath(_ transport: HostCallTransport) throws {

@@ -56,18 +56,19 @@ extension LinuxPersonality {
     /// a call took access away and KVM could not be made to forget the old translations.
     func serveExitless(_ call: HostCall) throws(StaleTranslations) -> Int64? {
         guard Self.exitlessCalls.contains(call.number), mayServeExitless(call) else { return nil }
-        let effect: HostCallEffect
-        do {
-            effect = try handle(call)
-        } catch {
-            return HostCallErrno.result(for: error) ?? -Int64(HostCallErrno.EIO)
-        }
+        let served: Result<HostCallEffect, any Error>
+        do { served = .success(try handle(call)) } catch { served = .failure(error) }
         // Pages that lost a permission (anonymous memory reused over an executable mapping, a
-        // MAP_FIXED over one): their translations go before the guest hears of the call. KVM's
-        // MMU notifier makes this safe while the vCPU runs.
+        // MAP_FIXED over one), even by a call that then failed: their translations go before
+        // the guest hears of the call. KVM's MMU notifier makes this safe while the vCPU runs.
         let reduced = space.takeReducedPages()
         if !reduced.isEmpty, !space.memory.invalidateTranslations(ofPages: reduced) {
             throw StaleTranslations(pages: reduced.count)
+        }
+        let effect: HostCallEffect
+        switch served {
+        case .success(let value): effect = value
+        case .failure(let error): return HostCallErrno.result(for: error) ?? -Int64(HostCallErrno.EIO)
         }
         switch effect {
         case .value(let value):
