@@ -14,7 +14,8 @@
 /// `KS_HC_MAILBOX_WAIT` (0xf02, the sequence in rdi); when the answer is `mustExit` (a call the
 /// vCPU thread must serve) it restores rax and r11 and takes the plain exit. It touches no
 /// stack (the guest's red zone stays intact; at CPL 0 RSP is still the guest's), only rax,
-/// r11 and the flags, which `syscall` clobbers anyway. Assembled from:
+/// r11 and, in the user form, the arithmetic flags (no compiler keeps them across a
+/// `syscall`; `sysretq` restores them in the CPL 0 form). Assembled from:
 ///
 ///     entry: cmpq $0, M+128(%rip); je exit; mov %r11, M+136(%rip); mov %rax, M+8(%rip)
 ///            btsq $62, M+8(%rip); mov %rdi..%r9, M+16..M+56(%rip)
