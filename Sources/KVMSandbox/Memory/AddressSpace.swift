@@ -148,16 +148,23 @@ final class AddressSpace {
         chunks.reserveCapacity(Int(count / PageSize.bytes) + 2)
         var cursor = address
         while cursor < end {
-            let pageEnd = PageSize.alignDown(cursor) + PageSize.bytes
-            let length = Int(min(pageEnd, end) - cursor)
-            let physical = access.map { tables.translate(cursor, for: $0, memory: memory) }
-                ?? tables.translateForHost(cursor, memory: memory)
-            // A translation may lead outside guest memory (the MMIO doorbell): never for the host.
-            guard let physical, physical < memory.size, UInt64(length) <= memory.size - physical else { throw fault }
-            chunks.append((physical, length))
-            cursor += UInt64(length)
+            guard let chunk = physicalChunk(at: cursor, end: end, access: access) else { throw fault }
+            chunks.append(chunk)
+            cursor += UInt64(chunk.length)
         }
         for (physical, length) in chunks { try body(physical, length) }
+    }
+
+    /// The guest-physical address of `cursor` and the bytes from it to the end of its page (or
+    /// to `end`), when its page allows `access` (nil: the host's view, any mapped page) and lies
+    /// in guest memory: a translation may lead outside it (the MMIO doorbell), never for the host.
+    private func physicalChunk(at cursor: UInt64, end: UInt64, access: MemoryAccess?) -> (physical: UInt64, length: Int)? {
+        let pageEnd = PageSize.alignDown(cursor) + PageSize.bytes
+        let length = Int(min(pageEnd, end) - cursor)
+        let physical = access.map { tables.translate(cursor, for: $0, memory: memory) }
+            ?? tables.translateForHost(cursor, memory: memory)
+        guard let physical, physical < memory.size, UInt64(length) <= memory.size - physical else { return nil }
+        return (physical, length)
     }
 
     /// Reads up to `count` bytes of host file `fd` at `offset` into `[address, address + count)`
@@ -176,19 +183,14 @@ final class AddressSpace {
         while cursor < end {
             // The next run of guest-physically contiguous pages (the allocator hands out runs).
             var run: (physical: UInt64, length: Int)?
-            while cursor < end {
-                let pageEnd = PageSize.alignDown(cursor) + PageSize.bytes
-                let length = Int(min(pageEnd, end) - cursor)
-                let physical = access.map { tables.translate(cursor, for: $0, memory: memory) }
-                    ?? tables.translateForHost(cursor, memory: memory)
-                guard let physical, physical < memory.size, UInt64(length) <= memory.size - physical else { break }
+            while cursor < end, let chunk = physicalChunk(at: cursor, end: end, access: access) {
                 if let current = run {
-                    guard current.physical + UInt64(current.length) == physical else { break }
-                    run = (current.physical, current.length + length)
+                    guard current.physical + UInt64(current.length) == chunk.physical else { break }
+                    run = (current.physical, current.length + chunk.length)
                 } else {
-                    run = (physical, length)
+                    run = chunk
                 }
-                cursor += UInt64(length)
+                cursor += UInt64(chunk.length)
             }
             guard let run else {
                 // A page that does not allow the access: what was read so far, or the fault.

@@ -89,8 +89,8 @@ extension Sandbox {
 
     /// Whether `rip` is in the CPL 0 stub page (exception stubs and the `syscall` entry).
     func isInSyscallEntry(_ rip: UInt64) -> Bool {
-        usesExceptionStubs && ((rip >= ExceptionStubs.stubPage && rip < ExceptionStubs.stubPage + PageSize.bytes)
-                               || (rip >= GuestLayout.kernelSyscallPage && rip < GuestLayout.kernelSyscallPage + PageSize.bytes))
+        usesExceptionStubs && (GuestLayout.page(ExceptionStubs.stubPage, contains: rip)
+                               || GuestLayout.page(GuestLayout.kernelSyscallPage, contains: rip))
     }
 
     /// The report of an exception, with its backtrace.

@@ -39,9 +39,8 @@ extension Sandbox {
             registers.rflags = (registers.r11 & X86CPUState.userFlagsMask) | X86CPUState.rflags
             return registers
         }
-        let inStubs = (registers.rip >= GuestLayout.syscallStubPage && registers.rip < GuestLayout.syscallStubPage + PageSize.bytes)
-            || (registers.rip >= ExceptionStubs.stubPage && registers.rip < ExceptionStubs.stubPage + PageSize.bytes)
-            || (registers.rip >= GuestLayout.kernelSyscallPage && registers.rip < GuestLayout.kernelSyscallPage + PageSize.bytes)
+        let inStubs = [GuestLayout.syscallStubPage, ExceptionStubs.stubPage, GuestLayout.kernelSyscallPage]
+            .contains { GuestLayout.page($0, contains: registers.rip) }
         return inStubs ? nil : registers
     }
 

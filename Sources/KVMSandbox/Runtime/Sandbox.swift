@@ -451,8 +451,7 @@ public final class Sandbox {
     /// `rip - 2` or at `rip`; a string form exits with RIP on or after a different opcode.
     func followsHostCallInstruction(_ rip: UInt64) -> Bool {
         // The host's own stubs (syscall entry, guest-call return) need no look: their bytes are ours.
-        if isSyscallTrap(rip) || (rip >= GuestLayout.syscallStubPage && rip < GuestLayout.syscallStubPage + PageSize.bytes)
-            || isInSyscallEntry(rip) { return true }
+        if GuestLayout.page(GuestLayout.syscallStubPage, contains: rip) || isInSyscallEntry(rip) { return true }
         let instruction: [UInt8] = [0xe6, UInt8(hostCallPort)]
         return (rip >= 2 && (try? space.hostRead(rip - 2, count: 2)) == instruction)
             || (try? space.hostRead(rip, count: 2)) == instruction

@@ -48,4 +48,9 @@ public enum GuestLayout {
     public static let maximumArenaSize: UInt64 = 64 << 20
     /// The page holding the GDT.
     public static let systemPage: UInt64 = 0x7fff_ffff_f000
+
+    /// Whether `address` lies on the page that starts at `page`.
+    static func page(_ page: UInt64, contains address: UInt64) -> Bool {
+        address >= page && address - page < PageSize.bytes
+    }
 }
