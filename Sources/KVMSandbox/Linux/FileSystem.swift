@@ -90,6 +90,8 @@ struct FileSystemView: @unchecked Sendable {
 
     /// `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`.
     static let resolveFlags: UInt64 = 0x08 | 0x02
+    /// `RESOLVE_NO_SYMLINKS`: every link is then followed by `followingFirstLink`, in the guest's namespace.
+    static let resolveNoSymlinks: UInt64 = 0x04
 
     /// Opens a guest path as the host, beneath its grant. Returns the host fd or a Linux errno.
     ///
@@ -103,23 +105,61 @@ struct FileSystemView: @unchecked Sendable {
 
     /// `open`, also saying whether the grant the file was finally found in is writable.
     func openBeneath(_ path: String, flags: Int32, mode: UInt32) -> Result<(fd: Int32, writableGrant: Bool), Errno> {
+        resolve(path, flags: flags, mode: mode, forChange: false).map { ($0.fd, $0.mount.writable) }
+    }
+
+    /// Where an open finally landed: the host fd, the grant it lies in, and its guest path
+    /// after every symbolic link was followed.
+    struct Resolved {
+        let fd: Int32
+        let mount: Mount
+        let path: String
+    }
+
+    /// Opens a guest path beneath its grant, following symbolic links.
+    ///
+    /// Reads follow links inside a grant on the host (`RESOLVE_BENEATH` keeps them there). An
+    /// open that may change anything (a write or create flag, or `forChange`: the directory of
+    /// a name change) follows *every* link in the guest's namespace instead
+    /// (`RESOLVE_NO_SYMLINKS`, then `followingFirstLink`), so the grant it lands in, the one
+    /// whose writability is checked, is the grant the final file or directory lies in, never
+    /// the one the guest's path started in (a link from a writable grant into a read-only one,
+    /// or into a read-only grant nested in it).
+    /// With `checkingWritable` false (locating a name change's directory) a read-only grant is
+    /// not refused here: the caller decides, after the checks Linux makes first (EXDEV).
+    func resolve(_ path: String, flags: Int32, mode: UInt32, forChange: Bool, checkingWritable: Bool = true) -> Result<Resolved, Errno> {
+        let writes = forChange || flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) != 0
+        let resolution = writes ? Self.resolveFlags | Self.resolveNoSymlinks : Self.resolveFlags
+        // Guests never get special bits: no setuid, setgid or sticky file from a guest's create.
+        let createMode = flags & O_CREAT != 0 ? UInt64(mode & 0o777) : 0
         var current = path
         for _ in 0..<Self.maximumLinks {
             guard let (mount, relative) = locate(current) else { return .failure(.noSuchFileOrDirectory) }
-            let writes = flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) != 0
-            if writes && !mount.writable { return .failure(.readOnlyFileSystem) }
+            if writes && checkingWritable && !mount.writable { return .failure(.readOnlyFileSystem) }
             // openat2 is strict: a mode without O_CREAT is EINVAL (open ignores it).
-            let fd = ckvm_openat2(mount.directory.fd, relative, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)),
-                                  flags & O_CREAT != 0 ? UInt64(mode & 0o7777) : 0, Self.resolveFlags)
-            if fd >= 0 { return .success((fd, mount.writable)) }
+            let fd = ckvm_openat2(mount.directory.fd, relative, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)), createMode, resolution)
+            if fd >= 0 { return .success(Resolved(fd: fd, mount: mount, path: current)) }
             let error = Errno.current
-            guard error == .improperLink,
-                  let next = followingFirstLink(in: current, includingLast: flags & O_NOFOLLOW == 0) else {
+            let followable = error == .improperLink || (writes && error == .tooManySymbolicLinkLevels)
+            guard followable, let next = followingFirstLink(in: current, includingLast: flags & O_NOFOLLOW == 0) else {
                 return .failure(Self.guestErrno(error))
             }
             current = next
         }
         return .failure(.tooManySymbolicLinkLevels)
+    }
+
+    /// The directory a name change happens in, resolved as `resolve(forChange:)` does, and the
+    /// grant it lies in; the caller checks that grant's writability.
+    func openDirectoryForChange(_ path: String) -> Result<Resolved, Errno> {
+        resolve(path, flags: 0o10000000 /* O_PATH */ | O_DIRECTORY, mode: 0, forChange: true, checkingWritable: false)
+    }
+
+    /// Whether a normalized guest path is a grant's root or lies above one: such a name is a
+    /// mount point (or holds one), which Linux does not let a rename or removal touch (EBUSY).
+    func isMountPoint(_ path: String) -> Bool {
+        let prefix = path == "/" ? "/" : path + "/"
+        return mounts.contains { $0.guestPath == path || $0.guestPath.hasPrefix(prefix) }
     }
 
     /// Linux's limit on symbolic links followed in one lookup.
@@ -155,7 +195,7 @@ struct FileSystemView: @unchecked Sendable {
 
     /// Escapes (`EXDEV`: a symlink or `..` that would leave the grant) look like absent files.
     static func guestErrno(_ error: Errno) -> Errno {
-        error == .improperLink || error == .tooManySymbolicLinkLevels ? .noSuchFileOrDirectory : error
+        error == .improperLink ? .noSuchFileOrDirectory : error
     }
 
     /// `path` made absolute against `cwd`, with `.`, `..` and repeated slashes resolved lexically;

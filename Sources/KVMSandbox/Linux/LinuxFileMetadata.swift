@@ -121,9 +121,10 @@ extension LinuxPersonality {
             return isAncestorOfAMount(path) && mode & 2 == 0 ? .value(0) : Self.fail(.noSuchFileOrDirectory)
         }
         if mode & 2 != 0 && !mount.writable { return Self.fail(.readOnlyFileSystem) }
-        switch fileSystem.open(path, flags: 0o10000000, mode: 0) {
+        switch fileSystem.resolve(path, flags: 0o10000000, mode: 0, forChange: mode & 2 != 0) {
         case .failure(let error): return Self.fail(error)
-        case .success(let fd):
+        case .success(let resolved):
+            let fd = resolved.fd
             defer { close(fd) }
             var status = stat()
             guard fstat(fd, &status) == 0 else { return Self.fail(Errno.current) }
@@ -143,6 +144,8 @@ extension LinuxPersonality {
         var target: [UInt8]
         if path == "/proc/self/exe" {
             target = Array(FileSystemView.normalize(programPath, cwd: state.cwd).utf8)
+        } else if let link = Self.standardStreamLink(path) {
+            target = Array(link.utf8)
         } else if let descriptor = Self.procDescriptor(path) {
             guard let file = state.files[Int64(descriptor)] else { return Self.fail(.noSuchFileOrDirectory) }
             switch file.kind {

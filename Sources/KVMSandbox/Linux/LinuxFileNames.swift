@@ -46,18 +46,47 @@ extension LinuxPersonality {
 
     // MARK: changes beneath --rw grants
 
-    /// A writable grant's directory fd and the last component, for the *at calls that change names.
-    func parentInWritableGrant(_ path: String) -> Result<(Int32, String), Errno> {
-        guard let (mount, _) = fileSystem.locate(path) else {
-            return .failure(isAncestorOfAMount(path) ? .readOnlyFileSystem : .noSuchFileOrDirectory)
-        }
-        guard mount.writable else { return .failure(.readOnlyFileSystem) }
+    /// The directory a name change happens in: its host fd (the caller closes it), the last
+    /// component, and the grant the directory lies in once every link on the way is followed.
+    ///
+    /// The rule for every call that creates, removes or renames a name: writability is that
+    /// grant's, never the guest path's (a link in a writable grant may lead into a read-only
+    /// one); a name that is a grant's root, or lies above one, is a mount point (`EBUSY`).
+    struct NameChange {
+        let directory: Int32
+        let name: String
+        let grant: FileSystemView.Mount
+    }
+
+    func nameChange(_ path: String, removing: Bool) -> Result<NameChange, Errno> {
+        nameLocation(path, removing: removing).flatMap(Self.permitted)
+    }
+
+    /// Where a name lies (its resolved directory and grant), before any writability check.
+    func nameLocation(_ path: String, removing: Bool) -> Result<(NameChange, isMountPoint: Bool), Errno> {
+        let name = FileSystemView.lastComponent(of: path)
         let parent = FileSystemView.parent(of: path)
-        guard fileSystem.locate(parent) != nil else { return .failure(.permissionDenied) }  // the grant itself
-        switch fileSystem.open(parent, flags: 0o10000000 | O_DIRECTORY, mode: 0) {
-        case .failure(let error): return .failure(error)
-        case .success(let fd): return .success((fd, FileSystemView.lastComponent(of: path)))
+        guard path != "/" else { return .failure(.resourceBusy) }
+        if fileSystem.locate(parent) == nil {
+            // Above every grant: synthetic, read-only directories.
+            if fileSystem.isMountPoint(path) { return .failure(.resourceBusy) }
+            return .failure(removing || !isAncestorOfAMount(parent) ? .noSuchFileOrDirectory : .readOnlyFileSystem)
         }
+        return fileSystem.openDirectoryForChange(parent).map { resolved in
+            let final = resolved.path == "/" ? "/" + name : resolved.path + "/" + name
+            return (NameChange(directory: resolved.fd, name: name, grant: resolved.mount), fileSystem.isMountPoint(final))
+        }
+    }
+
+    /// A located name the guest may change: its grant writable (else EROFS), not a mount point
+    /// (else EBUSY). Closes the directory of a refused one.
+    static func permitted(_ location: (NameChange, isMountPoint: Bool)) -> Result<NameChange, Errno> {
+        let (change, isMountPoint) = location
+        guard change.grant.writable, !isMountPoint else {
+            close(change.directory)
+            return .failure(change.grant.writable ? .resourceBusy : .readOnlyFileSystem)
+        }
+        return .success(change)
     }
 
     func makeDirectory(_ dirfd: Int64, _ memory: GuestMemoryView, path address: UInt64, mode: UInt64) throws -> HostCallEffect {
@@ -65,11 +94,12 @@ extension LinuxPersonality {
         case .failure(let error): return Self.fail(error)
         case .success(let path):
             if state.memoryFiles.covers(path) { return state.memoryFiles.makeDirectory(path).map(Self.fail) ?? .value(0) }
-            switch parentInWritableGrant(path) {
+            switch nameChange(path, removing: false) {
             case .failure(let error): return Self.fail(error)
-            case .success(let (fd, name)):
-                defer { close(fd) }
-                return mkdirat(fd, name, mode_t(mode & 0o777 & ~state.umask)) == 0 ? .value(0) : Self.fail(Errno.current)
+            case .success(let change):
+                defer { close(change.directory) }
+                let mode = mode_t(mode & 0o777 & ~state.umask)
+                return mkdirat(change.directory, change.name, mode) == 0 ? .value(0) : Self.fail(Errno.current)
             }
         }
     }
@@ -79,11 +109,11 @@ extension LinuxPersonality {
         case .failure(let error): return Self.fail(error)
         case .success(let path):
             if state.memoryFiles.covers(path) { return state.memoryFiles.remove(path, directory: directory).map(Self.fail) ?? .value(0) }
-            switch parentInWritableGrant(path) {
+            switch nameChange(path, removing: true) {
             case .failure(let error): return Self.fail(error)
-            case .success(let (fd, name)):
-                defer { close(fd) }
-                return unlinkat(fd, name, directory ? 0x200 : 0) == 0 ? .value(0) : Self.fail(Errno.current)
+            case .success(let change):
+                defer { close(change.directory) }
+                return unlinkat(change.directory, change.name, directory ? 0x200 : 0) == 0 ? .value(0) : Self.fail(Errno.current)
             }
         }
     }
@@ -96,15 +126,24 @@ extension LinuxPersonality {
         case (true, false), (false, true): return Self.fail(.improperLink)  // EXDEV: across file systems
         case (false, false): break
         }
-        let from = parentInWritableGrant(source), to = parentInWritableGrant(target)
-        defer {
-            if case .success(let (fd, _)) = from { close(fd) }
-            if case .success(let (fd, _)) = to { close(fd) }
-        }
-        switch (from, to) {
-        case (.success(let (sourceFD, sourceName)), .success(let (targetFD, targetName))):
-            return renameat(sourceFD, sourceName, targetFD, targetName) == 0 ? .value(0) : Self.fail(Errno.current)
-        case (.failure(let error), _), (_, .failure(let error)):
+        switch (nameLocation(source, removing: true), nameLocation(target, removing: false)) {
+        case (.success(let from), .success(let to)):
+            // Two grants are two mounts: Linux answers EXDEV before anything else.
+            guard from.0.grant.guestPath == to.0.grant.guestPath else {
+                close(from.0.directory)
+                close(to.0.directory)
+                return Self.fail(.improperLink)
+            }
+            switch (Self.permitted(from), Self.permitted(to)) {
+            case (.success(let source), .success(let target)):
+                defer { close(source.directory); close(target.directory) }
+                return renameat(source.directory, source.name, target.directory, target.name) == 0 ? .value(0) : Self.fail(Errno.current)
+            case (.failure(let error), let other), (let other, .failure(let error)):
+                if case .success(let change) = other { close(change.directory) }
+                return Self.fail(error)
+            }
+        case (.failure(let error), let other), (let other, .failure(let error)):
+            if case .success(let location) = other { close(location.0.directory) }
             return Self.fail(error)
         }
     }

@@ -83,8 +83,24 @@ extension LinuxPersonality {
     /// Synthesized files: devices and the few `/proc` and `/sys` files programs read.
     /// N for `/proc/self/fd/N`.
     static func procDescriptor(_ path: String) -> Int32? {
-        guard path.hasPrefix("/proc/self/fd/") else { return nil }
-        return Int32(path.dropFirst("/proc/self/fd/".count))
+        switch path {
+        case "/dev/stdin": return 0   // links to /proc/self/fd/0...2, as udev makes them
+        case "/dev/stdout": return 1
+        case "/dev/stderr": return 2
+        default:
+            guard path.hasPrefix("/proc/self/fd/") else { return nil }
+            return Int32(path.dropFirst("/proc/self/fd/".count))
+        }
+    }
+
+    /// What `readlink` of /dev/stdin, /dev/stdout or /dev/stderr answers.
+    static func standardStreamLink(_ path: String) -> String? {
+        switch path {
+        case "/dev/stdin": "/proc/self/fd/0"
+        case "/dev/stdout": "/proc/self/fd/1"
+        case "/dev/stderr": "/proc/self/fd/2"
+        default: nil
+        }
     }
 
     func syntheticFile(_ path: String) -> OpenFile.Kind? {
@@ -160,10 +176,20 @@ extension LinuxPersonality {
         let closeOnExec = flags & O_CLOEXEC != 0
         var file: OpenFile
         if let descriptor = Self.procDescriptor(path) {
-            // /proc/self/fd/N reopens what N refers to (a new description, from offset 0).
+            // /proc/self/fd/N reopens what N refers to (a new description, from offset 0), with
+            // the access the file allows, never more than the description's: a read-only
+            // grant's file is EROFS for writing, as a read-only mount's is on Linux.
             guard let open = state.files[Int64(descriptor)] else { return Self.fail(.noSuchFileOrDirectory) }
+            let wantsWrite = flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0
+            if wantsWrite && !open.writable {
+                switch open.kind {
+                case .host, .directory(_, .some): return Self.fail(.readOnlyFileSystem)
+                default: return Self.fail(.permissionDenied)
+                }
+            }
             file = open
             file.offset = 0
+            if !wantsWrite && open.readable { file.statusFlags = (file.statusFlags & ~O_ACCMODE) | O_RDONLY }
         } else if let kind = syntheticFile(path) {
             file = OpenFile(kind: kind, statusFlags: keep, path: path)
         } else if state.memoryFiles.covers(path) {
@@ -189,6 +215,11 @@ extension LinuxPersonality {
                 guard fstat(fd, &status) == 0 else { return Self.fail(Errno.current) }
                 let kind = status.st_mode & S_IFMT
                 guard kind == S_IFREG || kind == S_IFDIR else { return Self.fail(.permissionDenied) }
+                // A write by a Linux process without CAP_FSETID clears setuid (and group-executable
+                // setgid); the host runs as root, so the kernel would keep them: drop them here.
+                if kind == S_IFREG && flags & O_ACCMODE != O_RDONLY && Self.hasPrivilegeBits(status.st_mode) {
+                    guard fchmod(fd, status.st_mode & 0o1777) == 0 else { return Self.fail(.permissionDenied) }
+                }
                 if status.st_mode & S_IFMT == S_IFDIR {
                     guard let entries = Self.readDirectory(fd) else { return Self.fail(.noMemory) }
                     file = OpenFile(kind: .directory(entries: entries, host: host), statusFlags: keep, path: path)
@@ -199,6 +230,11 @@ extension LinuxPersonality {
         }
         guard let fd = state.files.install(file, closeOnExec: closeOnExec) else { return Self.fail(.tooManyOpenFiles) }
         return .value(Int64(fd))
+    }
+
+    /// Whether a file mode carries setuid, or setgid with group execute (the bits a write drops).
+    static func hasPrivilegeBits(_ mode: mode_t) -> Bool {
+        mode & S_ISUID != 0 || mode & (S_ISGID | 0o010) == (S_ISGID | 0o010)
     }
 
     /// The most bytes of directory entries kept per open directory.

@@ -79,8 +79,10 @@ enum ThreadAction: Equatable {
 /// (`Sandbox+Threads.swift`).
 extension LinuxPersonality {
     /// The flags a thread's `clone` carries (glibc, Go, Rust): VM, FS, FILES, SIGHAND, THREAD,
-    /// SYSVSEM, SETTLS, PARENT_SETTID, CHILD_CLEARTID, CHILD_SETTID; nothing else is offered.
-    static let threadFlags: UInt64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x80000 | 0x100000 | 0x200000 | 0x1000000
+    /// SYSVSEM, SETTLS, PARENT_SETTID, CHILD_CLEARTID, CHILD_SETTID, and DETACHED (musl passes it;
+    /// Linux has ignored it since 2.6.2); nothing else is offered.
+    static let threadFlags: UInt64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000 | 0x80000 | 0x100000 | 0x200000 | 0x400000
+        | 0x1000000
     static let requiredThreadFlags: UInt64 = 0x100 | 0x800 | 0x10000  // CLONE_VM | CLONE_SIGHAND | CLONE_THREAD
 
     func handleThreads(_ call: HostCall) throws -> HostCallEffect? {

@@ -1,0 +1,100 @@
+// Attempts to change host files outside the grants (security round 3), run unmodified on the
+// Linux personality. One mode per argv[1]; each prints the errno of every attempt, so a test
+// compares one line with what Linux answers for the same calls.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *name(int e) {
+    switch (e) {
+    case 0: return "0"; case EACCES: return "EACCES"; case EROFS: return "EROFS"; case EBUSY: return "EBUSY";
+    case ENOENT: return "ENOENT"; case EXDEV: return "EXDEV"; case EPERM: return "EPERM"; case EINVAL: return "EINVAL";
+    case ELOOP: return "ELOOP"; case EISDIR: return "EISDIR"; case EEXIST: return "EEXIST"; case EBADF: return "EBADF";
+    default: return "other";
+    }
+}
+
+/// The errno of a call that returns -1 on failure, or "0".
+static const char *result(long value) { return name(value < 0 ? errno : 0); }
+
+static char *join(char *buffer, const char *directory, const char *leaf) {
+    snprintf(buffer, 512, "%s/%s", directory, leaf);
+    return buffer;
+}
+
+static void *thread(void *argument) { return argument; }
+
+int main(int argc, char **argv) {
+    const char *m = argc > 1 ? argv[1] : "";
+    char a[512], b[512];
+    if (!strcmp(m, "setuid") && argc > 2) {  // umask(0), then ask for every special bit
+        umask(0);
+        int fd = open(join(a, argv[2], "suid"), O_WRONLY | O_CREAT | O_TRUNC, 06777);
+        printf("open=%s ", result(fd));
+        if (fd >= 0) close(fd);
+        printf("mkdir=%s ", result(mkdir(join(a, argv[2], "sdir"), 07777)));
+        // An existing setuid file (the host made it) loses the bits when the guest writes it.
+        fd = open(join(a, argv[2], "existing"), O_WRONLY | O_TRUNC);
+        printf("rewrite=%s\n", result(fd >= 0 ? write(fd, "x", 1) : -1));
+        return 0;
+    }
+    if (!strcmp(m, "links") && argc > 2) {  // name changes through links into a read-only grant
+        const char *rw = argv[2];
+        printf("unlink-abs=%s ", result(unlink(join(a, rw, "abs/victim"))));
+        printf("unlink-rel=%s ", result(unlink(join(a, rw, "rel/victim"))));
+        printf("mkdir=%s ", result(mkdir(join(a, rw, "abs/made"), 0755)));
+        printf("rmdir=%s ", result(rmdir(join(a, rw, "rel/keep"))));
+        printf("rename-out=%s ", result(rename(join(a, rw, "rel/victim"), join(b, rw, "stolen"))));
+        printf("rename-in=%s ", result(rename(join(a, rw, "mine"), join(b, rw, "abs/planted"))));
+        printf("create=%s ", result(open(join(a, rw, "rel/created"), O_WRONLY | O_CREAT, 0644)));
+        printf("dangling=%s ", result(open(join(a, rw, "dangling"), O_WRONLY | O_CREAT, 0644)));
+        printf("nested=%s ", result(unlink(join(a, rw, "inner-link/victim"))));
+        // Inside the writable grant, links keep working.
+        printf("own=%s\n", result(unlink(join(a, rw, "own-link/scratch"))));
+        return 0;
+    }
+    if (!strcmp(m, "mounts") && argc > 3) {  // grant roots behave as mount points: EBUSY
+        const char *d = argv[2], *s = argv[3];
+        printf("out=%s ", result(rename(join(a, d, "out"), join(b, s, "moved"))));
+        printf("in=%s ", result(rename(join(a, s, "evil"), join(b, d, "out"))));
+        printf("rmdir=%s ", result(rmdir(join(a, d, "out"))));
+        printf("across=%s ", result(rename(join(a, s, "evil"), join(b, d, "out/evil"))));
+        printf("inner=%s ", result(rename(join(a, s, "inner"), join(b, s, "renamed"))));
+        printf("inner-rmdir=%s ", result(rmdir(join(a, s, "inner"))));
+        printf("over-inner=%s ", result(rename(join(a, s, "evil"), join(b, s, "inner"))));
+        printf("tmp=%s ", result(rmdir("/memory")));
+        printf("tmp-rename=%s\n", result(rename("/memory", join(a, s, "tmp"))));
+        return 0;
+    }
+    if (!strcmp(m, "proc-fd") && argc > 2) {  // reopening a read-only file for writing
+        int fd = open(argv[2], O_RDONLY);
+        snprintf(a, sizeof a, "/proc/self/fd/%d", fd);
+        printf("rdwr=%s ", result(open(a, O_RDWR)));
+        printf("wronly=%s ", result(open(a, O_WRONLY)));
+        printf("rdonly=%s\n", result(open(a, O_RDONLY) >= 0 ? 0 : -1));
+        return 0;
+    }
+    if (!strcmp(m, "dev-std")) {  // /dev/stdout and friends
+        int fd = open("/dev/stdout", O_WRONLY);
+        if (fd >= 0) write(fd, "via /dev/stdout\n", 16);
+        ssize_t n = readlink("/dev/stdin", a, sizeof a - 1);
+        a[n > 0 ? n : 0] = 0;
+        struct stat st;
+        printf("stdout=%s stdin->%s stderr=%s\n", result(fd), a, result(stat("/dev/stderr", &st)));
+        return 0;
+    }
+    if (!strcmp(m, "thread")) {  // pthread_create (musl's clone carries CLONE_DETACHED)
+        pthread_t t;
+        int error = pthread_create(&t, 0, thread, (void *)42);
+        void *value = 0;
+        if (!error) pthread_join(t, &value);
+        printf("create=%s joined=%ld\n", name(error), (long)value);
+        return 0;
+    }
+    return 2;
+}

@@ -1,0 +1,132 @@
+import Foundation
+@testable import KVMSandbox
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension KVMTests {
+    /// Security round 3: a hostile guest must not change a host file outside its grants. Each test
+    /// failed before its fix (`Tests/Guests/escapes.c`, built with musl).
+    @Suite struct Escapes {
+        func run(_ arguments: [String], grants: [FileGrant], tmpfs: [String] = []) throws -> (RunOutcome, String) {
+            let (outcome, stdout, _) = try Guests.run("escapes", arguments) { configuration in
+                configuration.files = grants
+                configuration.memoryDirectories = tmpfs
+                configuration.systemLibraries = false
+            }
+            return (outcome, stdout)
+        }
+
+        static func mode(_ path: String) -> mode_t {
+            var status = stat()
+            return lstat(path, &status) == 0 ? status.st_mode : 0
+        }
+
+        static func exists(_ path: String) -> Bool { mode(path) != 0 }
+
+        /// The host process's umask, read without changing it (`/proc/self/status`).
+        static var hostUmask: mode_t {
+            let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("Umask:") } ?? "Umask: 022"
+            return mode_t(line.split(separator: "\t").last.flatMap { UInt32($0.trimmingCharacters(in: .whitespaces), radix: 8) } ?? 0o022)
+        }
+
+        /// Files and directories the guest creates never carry setuid, setgid or sticky bits, the
+        /// host's umask applies on top of the guest's, and an existing setuid file the guest
+        /// writes loses its bits (as a write by an unprivileged Linux process does).
+        @Test func createdFilesNeverCarrySpecialBits() throws {
+            let directory = LinuxFixtures.scratch("setuid")
+            let existing = directory + "/existing"
+            FileManager.default.createFile(atPath: existing, contents: Data("#!/bin/sh\n".utf8))
+            chmod(existing, 0o6755)
+            let (outcome, stdout) = try run(["setuid", directory], grants: [FileGrant(hostPath: directory, writable: true)])
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "open=0 mkdir=0 rewrite=0\n")
+            let umask = Self.hostUmask
+            for path in ["suid", "sdir", "existing"].map({ directory + "/" + $0 }) {
+                let mode = Self.mode(path)
+                #expect(mode & 0o7000 == 0, "\(path) has mode \(String(mode, radix: 8))")
+                #expect(mode & umask == 0, "\(path): mode \(String(mode, radix: 8)) ignores the host umask \(String(umask, radix: 8))")
+            }
+        }
+
+        /// unlink, mkdir, rmdir, rename and open(O_CREAT) through a link (absolute, relative,
+        /// dangling, or to a read-only grant nested in the writable one) decide writability from
+        /// the grant the final directory lies in: EROFS, or EXDEV for a rename across grants.
+        @Test func nameChangesThroughLinksIntoReadOnlyGrants() throws {
+            let root = LinuxFixtures.scratch("links")
+            let ro = root + "/ro", rw = root + "/rw"
+            let manager = FileManager.default
+            for directory in [ro + "/keep", rw + "/innerro", rw + "/sub"] {
+                try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            }
+            for file in [ro + "/victim", rw + "/mine", rw + "/innerro/victim", rw + "/sub/scratch"] {
+                manager.createFile(atPath: file, contents: Data("x".utf8))
+            }
+            try manager.createSymbolicLink(atPath: rw + "/abs", withDestinationPath: ro)
+            try manager.createSymbolicLink(atPath: rw + "/rel", withDestinationPath: "../ro")
+            try manager.createSymbolicLink(atPath: rw + "/dangling", withDestinationPath: ro + "/newfile")
+            try manager.createSymbolicLink(atPath: rw + "/inner-link", withDestinationPath: "innerro")
+            try manager.createSymbolicLink(atPath: rw + "/own-link", withDestinationPath: "sub")
+            let (outcome, stdout) = try run(["links", rw], grants: [
+                FileGrant(hostPath: ro), FileGrant(hostPath: rw, writable: true), FileGrant(hostPath: rw + "/innerro"),
+            ])
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "unlink-abs=EROFS unlink-rel=EROFS mkdir=EROFS rmdir=EROFS rename-out=EXDEV rename-in=EXDEV "
+                    + "create=EROFS dangling=EROFS nested=EROFS own=0\n")
+            for path in [ro + "/victim", ro + "/keep", rw + "/innerro/victim", rw + "/mine"] {
+                #expect(Self.exists(path), "\(path) was removed")
+            }
+            for path in [ro + "/made", ro + "/planted", ro + "/created", ro + "/newfile", rw + "/stolen", rw + "/sub/scratch"] {
+                #expect(!Self.exists(path), "\(path) exists")
+            }
+        }
+
+        /// Grant roots (and the tmpfs root, /memory here: the scratch directories may lie in /tmp) are mount points: removing or renaming one is EBUSY
+        /// (EROFS first when its parent is read-only, as Linux checks),
+        /// a rename between two grants is EXDEV, as between two Linux mounts.
+        @Test func grantRootsAreMountPoints() throws {
+            let root = LinuxFixtures.scratch("mounts")
+            let d = root + "/d", s = root + "/s"
+            let manager = FileManager.default
+            for directory in [d + "/out", s + "/inner"] {
+                try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            }
+            manager.createFile(atPath: s + "/evil", contents: Data("x".utf8))
+            let (outcome, stdout) = try run(["mounts", d, s], grants: [
+                FileGrant(hostPath: d), FileGrant(hostPath: d + "/out", writable: true),
+                FileGrant(hostPath: s, writable: true), FileGrant(hostPath: s + "/inner", writable: true),
+            ], tmpfs: ["/memory"])
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "out=EXDEV in=EXDEV rmdir=EROFS across=EXDEV inner=EBUSY inner-rmdir=EBUSY over-inner=EBUSY "
+                    + "tmp=EBUSY tmp-rename=EXDEV\n")
+            #expect(Self.exists(d + "/out") && Self.exists(s + "/inner") && Self.exists(s + "/evil"))
+            #expect(!Self.exists(s + "/moved") && !Self.exists(s + "/renamed") && !Self.exists(d + "/out/evil"))
+        }
+
+        /// Reopening a read-only grant's file through /proc/self/fd for writing is refused at
+        /// the open, as Linux refuses it on a read-only mount.
+        @Test func procFdReopenKeepsTheGrantReadOnly() throws {
+            let directory = LinuxFixtures.scratch("procfd")
+            FileManager.default.createFile(atPath: directory + "/f", contents: Data("x".utf8))
+            let (outcome, stdout) = try run(["proc-fd", directory + "/f"], grants: [FileGrant(hostPath: directory)])
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "rdwr=EROFS wronly=EROFS rdonly=0\n")
+        }
+
+        /// /dev/stdin, /dev/stdout and /dev/stderr exist (links to /proc/self/fd/0..2).
+        @Test func standardStreamDevicesExist() throws {
+            let (outcome, stdout) = try run(["dev-std"], grants: [])
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "via /dev/stdout\nstdout=0 stdin->/proc/self/fd/0 stderr=0\n")
+        }
+
+        /// musl's `pthread_create` passes CLONE_DETACHED, which Linux ignores.
+        @Test func muslThreadsStart() throws {
+            let (outcome, stdout) = try run(["thread"], grants: [])
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "create=0 joined=42\n")
+        }
+    }
+}
