@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.0"..<"5.0.0"),
     ],
     targets: [
         // The only C on the host side: <linux/kvm.h> structs, ioctl numbers, the variadic ioctl call.
@@ -29,6 +30,8 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
+                // HMAC-SHA256 of keyed snapshot files.
+                .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
         // Per-request isolation over HTTP (`kvmsandbox serve`): SwiftNIO, metrics and the service

@@ -18,17 +18,26 @@ struct FileOptions: ParsableArguments {
 
     /// The grants from --ro, --rw and --volume; relative host paths are made absolute.
     func grants() throws -> [FileGrant] {
+        try labelledGrants().map(\.grant)
+    }
+
+    /// Whether any of --ro, --rw or --volume was given.
+    var givesGrants: Bool { !readOnly.isEmpty || !readWrite.isEmpty || !volume.isEmpty }
+
+    /// Each grant with the option that made it ("--ro data"), for errors that name the flag.
+    func labelledGrants() throws -> [(option: String, grant: FileGrant)] {
         func absolute(_ path: String) -> String {
             path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
         }
-        var grants = readOnly.map { FileGrant(hostPath: absolute($0)) } + readWrite.map { FileGrant(hostPath: absolute($0), writable: true) }
+        var grants = readOnly.map { ("--ro \($0)", FileGrant(hostPath: absolute($0))) }
+            + readWrite.map { ("--rw \($0)", FileGrant(hostPath: absolute($0), writable: true)) }
         for spec in volume {
             let parts = spec.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
             guard parts.count == 2 || parts.count == 3, !parts[0].isEmpty, parts[1].hasPrefix("/"),
                   parts.count == 2 || parts[2] == "ro" || parts[2] == "rw" else {
                 throw ValidationError("--volume takes HOST:GUEST[:ro|rw] with an absolute GUEST path, not \(spec)")
             }
-            grants.append(FileGrant(hostPath: absolute(parts[0]), guestPath: parts[1], writable: parts.count == 3 && parts[2] == "rw"))
+            grants.append(("--volume \(spec)", FileGrant(hostPath: absolute(parts[0]), guestPath: parts[1], writable: parts.count == 3 && parts[2] == "rw")))
         }
         return grants
     }

@@ -38,6 +38,20 @@ enum Report {
     }
 }
 
+extension Report {
+    /// Writes a report to `path`. A device or descriptor (`/dev/stdout`, `/proc/self/fd/N`) is
+    /// written in place; any other path is replaced atomically, mode 0600, through a fresh
+    /// temporary file, so a link a guest planted there (the path may lie in a `--rw` grant) is
+    /// replaced, never followed by the host's write.
+    static func write(_ bytes: [UInt8], to path: String) throws {
+        if path.hasPrefix("/dev/") || path.hasPrefix("/proc/self/fd/") {
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+        } else {
+            try replaceFile(path, with: bytes)
+        }
+    }
+}
+
 /// `text` padded with spaces to `width` characters.
 func pad(_ text: String, _ width: Int) -> String {
     text.count >= width ? text : text + String(repeating: " ", count: width - text.count)

@@ -156,7 +156,7 @@ struct Run: ParsableCommand {
         }
         if case .exited = outcome {} else { printError(Report.text(outcome)) }
         if let reportJSON {
-            do { try Report.json(outcome, sandbox: sandbox).write(to: URL(fileURLWithPath: reportJSON)) } catch {
+            do { try Report.write(Array(Report.json(outcome, sandbox: sandbox)), to: reportJSON) } catch {
                 printError("kvmsandbox: cannot write \(reportJSON): \(error)")
                 throw ExitCode(ExitStatus.sandboxError)
             }

@@ -72,16 +72,21 @@ struct Serve: AsyncParsableCommand {
         let executable: String
         if let file = self.snapshot {
             let started = DispatchTime.now().uptimeNanoseconds
-            do { snapshot = try Snapshot(contentsOf: file) } catch {
+            let key = try options.snapshotKey()
+            let loaded: Snapshot
+            do { loaded = try Snapshot(contentsOf: file, key: key) } catch {
                 printError("kvmsandbox: serve: \(file): \(error)")
                 throw ExitCode(ExitStatus.sandboxError)
             }
+            snapshot = try options.narrowing(loaded)
             executable = snapshot.configuration.programPath ?? file
-            printError(String(format: "kvmsandbox: loaded %@ in %.1f ms", file, Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6))
+            printError(String(format: "kvmsandbox: loaded %@%@ in %.1f ms", file, key == nil ? "" : " (tag verified)",
+                              Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6))
         } else {
             snapshot = try options.boot()
             executable = try options.configuration().executable
         }
+        printError("kvmsandbox: policy: \(snapshot.policySummary)")
         // swift-metrics to Prometheus, before any counters exist.
         let registry = metrics.map { _ in PrometheusCollectorRegistry() }
         if let registry {

@@ -5,11 +5,11 @@ import KVMSandbox
 /// What `serve` and `snapshot` start from: a program with its files, environment and memory,
 /// run to its ready point (its first read of stdin, or its wait for a connection).
 struct ProgramOptions: ParsableArguments {
-    @Option(name: .long, help: "Guest memory in MiB, per VM.")
-    var memory: UInt64 = 256
+    @Option(name: .long, help: "Guest memory in MiB, per VM (default 256; a snapshot's is fixed).")
+    var memory: UInt64?
 
-    @Option(name: .long, help: "Wall-clock limit of the start-up to the ready point, in seconds.")
-    var bootTimeout: Double = 60
+    @Option(name: .long, help: "Wall-clock limit of the start-up to the ready point, in seconds (default 60).")
+    var bootTimeout: Double?
 
     @OptionGroup var files: FileOptions
 
@@ -17,7 +17,10 @@ struct ProgramOptions: ParsableArguments {
     var environment: [String] = []
 
     @Option(name: .long, help: "How the program's Linux system calls travel: exit (default for serving: with the load generator or clients on the machine, a polling thread has no core to itself), exitless or automatic.")
-    var syscalls: String = "exit"
+    var syscalls: String?
+
+    @Option(name: .long, help: "A file of 16 to 4096 secret bytes: `snapshot` signs the file with it (HMAC-SHA256), `serve --snapshot` refuses a file whose tag does not verify with it.")
+    var key: String?
 
     @Option(name: .customLong("allow-connect"), help: "IPv4:PORT the program may connect to (repeatable); every other connect is EACCES.")
     var allowConnect: [String] = []
@@ -29,12 +32,12 @@ struct ProgramOptions: ParsableArguments {
     var program: [String] { command.first == "--" ? Array(command.dropFirst()) : command }
 
     func validate() throws {
-        _ = try OptionChecks.mebibytes(memory, option: "--memory")
-        try OptionChecks.timeout(bootTimeout)
+        _ = try OptionChecks.mebibytes(memory ?? 256, option: "--memory")
+        try OptionChecks.timeout(bootTimeout ?? 60)
         for destination in allowConnect where LinuxDestination.parse(destination) == nil {
             throw ValidationError("--allow-connect takes IPv4:PORT (e.g. 127.0.0.1:5432), not \(destination)")
         }
-        guard HostCallTransport(rawValue: syscalls) != nil else {
+        guard HostCallTransport(rawValue: syscalls ?? "exit") != nil else {
             throw ValidationError("--syscalls must be one of \(HostCallTransport.allCases.map(\.rawValue).joined(separator: ", "))")
         }
     }
@@ -44,8 +47,8 @@ struct ProgramOptions: ParsableArguments {
     func configuration() throws -> (executable: String, configuration: SandboxConfiguration) {
         let executable = Run.resolve(program[0])
         var configuration = SandboxConfiguration()
-        configuration.memorySize = try OptionChecks.mebibytes(memory, option: "--memory")
-        configuration.timeout = bootTimeout
+        configuration.memorySize = try OptionChecks.mebibytes(memory ?? 256, option: "--memory")
+        configuration.timeout = bootTimeout ?? 60
         configuration.files = try files.grants()
         configuration.memoryDirectories = files.tmpfs
         configuration.environment = environment
@@ -53,10 +56,18 @@ struct ProgramOptions: ParsableArguments {
         configuration.arguments = [program[0].contains("/") ? program[0] : executable] + program.dropFirst()
         configuration.acceptsConnections = true
         configuration.allowedConnections = allowConnect
-        configuration.systemCallTransport = HostCallTransport(rawValue: syscalls) ?? .exit
+        configuration.systemCallTransport = HostCallTransport(rawValue: syscalls ?? "exit") ?? .exit
         configuration.standardOutput = .capture
         configuration.standardError = .capture
         return (executable, configuration)
+    }
+
+    /// The key of `--key`, read; nil without the option.
+    func snapshotKey() throws -> SnapshotKey? {
+        guard let key else { return nil }
+        do { return try SnapshotKey(contentsOf: key) } catch {
+            throw ValidationError("--key: \(error)")
+        }
     }
 
     /// Boots the program to its ready point and snapshots it there.
@@ -99,7 +110,7 @@ struct SnapshotCommand: ParsableCommand {
         let started = DispatchTime.now().uptimeNanoseconds
         let snapshot = try options.boot()
         let booted = DispatchTime.now().uptimeNanoseconds
-        do { try snapshot.write(to: output) } catch {
+        do { try snapshot.write(to: output, key: try options.snapshotKey()) } catch let error as SnapshotFileError {
             printError("kvmsandbox: snapshot: \(error)")
             throw ExitCode(ExitStatus.sandboxError)
         }
@@ -110,5 +121,51 @@ struct SnapshotCommand: ParsableCommand {
         printError(String(format: "kvmsandbox: snapshot of %@ (%@) written to %@: %.1f MiB; boot %.1f ms, write %.1f ms",
                           options.program[0], mode, output, Double(status.st_size) / 1_048_576,
                           Double(booted - started) / 1e6, Double(written - booted) / 1e6))
+    }
+}
+
+extension ProgramOptions {
+    /// A loaded snapshot file narrowed by this command line: grants and destinations may only
+    /// be a part of the file's; options the file fixes (its memory, environment, in-memory
+    /// directories, system-call transport, start-up) are a usage error naming the option when
+    /// they would change it.
+    func narrowing(_ snapshot: Snapshot) throws -> Snapshot {
+        let fixed = snapshot.configuration
+        if let memory, memory << 20 != fixed.memorySize {
+            throw ValidationError("--memory \(memory): the snapshot's memory is fixed at \(fixed.memorySize >> 20) MiB (its page tables and heap live in it)")
+        }
+        if !environment.isEmpty {
+            throw ValidationError("--env: the environment is in the snapshot's memory (the program already read it); take a new snapshot to change it")
+        }
+        if !files.tmpfs.isEmpty && files.tmpfs.map({ FileManagerPath.normalize($0) }) != fixed.memoryDirectories.map({ FileManagerPath.normalize($0) }) {
+            throw ValidationError("--tmpfs: the snapshot's in-memory directories (\(fixed.memoryDirectories.joined(separator: ", "))) hold its state and cannot change")
+        }
+        if let syscalls, HostCallTransport(rawValue: syscalls) != fixed.systemCallTransport {
+            throw ValidationError("--syscalls \(syscalls): the snapshot was taken with \(fixed.systemCallTransport.rawValue)")
+        }
+        if bootTimeout != nil { throw ValidationError("--boot-timeout: a snapshot file has already started") }
+        var grants: [FileGrant]?
+        if files.givesGrants {
+            let labelled = try files.labelledGrants()
+            for (option, grant) in labelled {
+                if let reason = snapshot.policyRefusal(for: grant) { throw ValidationError("\(option) widens the snapshot's policy: \(reason)") }
+            }
+            grants = labelled.map(\.grant)
+        }
+        for destination in allowConnect where !fixed.allowedConnections.contains(destination) {
+            throw ValidationError("--allow-connect \(destination) widens the snapshot's policy: it may connect to \(fixed.allowedConnections.isEmpty ? "nothing" : fixed.allowedConnections.joined(separator: ", "))")
+        }
+        do {
+            return try snapshot.narrowed(files: grants, allowedConnections: allowConnect.isEmpty ? nil : allowConnect)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+    }
+}
+
+/// Guest paths compared as the sandbox normalizes them (no trailing or repeated slashes).
+enum FileManagerPath {
+    static func normalize(_ path: String) -> String {
+        "/" + path.split(separator: "/").joined(separator: "/")
     }
 }

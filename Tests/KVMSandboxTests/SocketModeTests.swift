@@ -149,6 +149,48 @@ extension KVMTests {
             #expect(stdout == "refused 13\n")
         }
 
+        /// A guest's SO_LINGER never makes the host wait: python sets a 30 s linger on a
+        /// connection whose peer never reads, fills it and exits; the run ends at once (the
+        /// host's close of a lingering socket once blocked for l_linger seconds, past the deadline).
+        @Test func aGuestLingerDoesNotHoldTheHost() throws {
+            let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(listener) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+            var size = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let bound = withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, size) == 0 && getsockname(listener, $0, &size) == 0 }
+            }
+            try #require(bound && listen(listener, 4) == 0)  // the kernel completes the handshake; nobody reads
+            let port = Int(UInt16(bigEndian: address.sin_port))
+            var configuration = SandboxConfiguration()
+            configuration.arguments = ["/usr/bin/python3", "-c", """
+                import socket, struct
+                s = socket.create_connection(("127.0.0.1", \(port)))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 30))
+                s.setblocking(False)
+                sent = 0
+                try:
+                    while True: sent += s.send(b"x" * 65536)
+                except BlockingIOError:
+                    pass
+                print("full", sent > 0)
+                s.close()
+                """]
+            configuration.allowedConnections = ["127.0.0.1:\(port)"]
+            configuration.memorySize = 128 << 20
+            configuration.standardOutput = .capture
+            configuration.standardError = .capture
+            configuration.timeout = 20
+            let started = Date()
+            let sandbox = try Sandbox(elfPath: "/usr/bin/python3", configuration: configuration)
+            let outcome = try sandbox.run()
+            #expect(outcome == .exited(status: 0), "\(String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self))")
+            #expect(String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self) == "full True\n")
+            #expect(Date().timeIntervalSince(started) < 15)
+        }
+
         /// Outgoing connections reach only the allowed destinations: python connects to a host
         /// echo listener it was allowed, and gets EACCES for another port and for a UDP socket.
         @Test func connectReachesOnlyAllowedDestinations() throws {

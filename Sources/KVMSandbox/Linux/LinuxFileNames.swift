@@ -41,6 +41,16 @@ extension LinuxPersonality {
         if case .output(let stream) = file.kind, request == 0x5413 {  // TIOCGWINSZ on a terminal
             return .value(try builtins.windowSize(stream: stream, memory, into: argument))
         }
+        switch request {
+        case 0x5421:  // FIONBIO: O_NONBLOCK from an int, as F_SETFL would set it (Python's setblocking)
+            let on = try memory.load(UInt32.self, at: argument) != 0
+            state.files.update(fd) { $0.statusFlags = on ? $0.statusFlags | O_NONBLOCK : $0.statusFlags & ~O_NONBLOCK }
+            return .value(0)
+        case 0x5451, 0x5450:  // FIOCLEX, FIONCLEX
+            state.files.setCloseOnExec(fd, request == 0x5451)
+            return .value(0)
+        default: break
+        }
         return .value(-Int64(ENOTTY))
     }
 

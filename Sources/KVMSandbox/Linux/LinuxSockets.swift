@@ -107,8 +107,12 @@ extension LinuxPersonality {
             let value = try memory.read(call[3], count: Int(call[4]))
             if let host = connection(call.descriptor(0)) {
                 // Options that only shape this connection's traffic reach it; others are accepted and ignored.
+                // SO_LINGER reaches it only when it cannot make the host's close wait (off, or an
+                // abortive {1, 0}): a guest-chosen linger would block the host's own close() for up
+                // to l_linger seconds past the run's deadline while the peer does not read.
                 let level = Int32(truncatingIfNeeded: call[1]), name = Int32(truncatingIfNeeded: call[2])
-                let passed = (level == SOL_SOCKET && [SO_KEEPALIVE, SO_LINGER].contains(name)) || (level == 6 && name == 1)  // TCP_NODELAY
+                let passed = (level == SOL_SOCKET && name == SO_KEEPALIVE) || (level == 6 && name == 1)  // TCP_NODELAY
+                    || (level == SOL_SOCKET && name == SO_LINGER && Self.lingerCannotBlock(value))
                 guard passed else { return .value(0) }
                 let status = value.withUnsafeBytes { setsockopt(host.fd, level, name, $0.baseAddress, socklen_t(value.count)) }
                 return status == 0 ? .value(0) : Self.fail(Errno.current)
@@ -118,6 +122,12 @@ extension LinuxPersonality {
             return try socketOption(call.descriptor(0), level: call[1], name: call[2], memory, value: call[3], length: call[4])
         default: return nil
         }
+    }
+
+    /// Whether a `struct linger` (l_onoff, l_linger: two Int32) leaves `close` non-blocking.
+    static func lingerCannotBlock(_ value: [UInt8]) -> Bool {
+        guard value.count >= 8 else { return false }
+        return Int32(littleEndianBytes: value[0..<4]) == 0 || Int32(littleEndianBytes: value[4..<8]) == 0
     }
 
     /// Port and IPv4 address (a `sockaddr_in`'s bytes 2..<8) of `"a.b.c.d:port"`, or nil.

@@ -15,23 +15,30 @@ import Glibc
 /// modification time and a hash of their contents, and loading refuses the snapshot if any
 /// changed. Layout (little-endian):
 ///
-///     "KVMSNAP\0"  format version (UInt32)  0 (UInt32)
+///     "KVMSNAP\0"  format version (UInt32)  flags (UInt32: bit 0, keyed)
 ///     header length (UInt64)  header (JSON: `SnapshotRecord`)
 ///     page count (UInt64)  page numbers (UInt64 each, ascending)  pages (4096 bytes each)
 ///     checksum (UInt64) of everything before it
+///     [keyed: HMAC-SHA256 (32 bytes) of everything before it]
 ///
-/// The checksum detects truncation and corruption, not tampering: a snapshot is as trusted as
-/// the program and configuration that made it (like a VM image). Parsing never traps on any
-/// input (fuzzed: `Fuzz/FuzzSnapshotFile`), and loading checks the invariants the host relies on.
+/// The checksum detects truncation and corruption, not tampering. A file written with a
+/// `SnapshotKey` carries an HMAC-SHA256 tag; loading with the key verifies it before anything
+/// else is parsed, and refuses an unkeyed file, so a file edited to widen its policy is refused.
+/// Without a key a snapshot file is as trusted as whoever could write it. Files are written mode
+/// 0600 (they hold the environment). Parsing never traps on any input (fuzzed:
+/// `Fuzz/FuzzSnapshotFile`), and loading checks the invariants the host relies on.
 extension Snapshot {
     /// The snapshot file format version this build writes and reads.
     public static let fileFormatVersion: UInt32 = 1
     static let fileMagic = Array("KVMSNAP\0".utf8)
+    /// The header flag of a keyed file (an HMAC-SHA256 tag follows the checksum).
+    static let keyedFlag: UInt32 = 1
 
     /// Writes this snapshot to `path` (atomically: a temporary file renamed over it). Throws
     /// when the guest holds host files open (they cannot be carried to another process) or the
     /// files it mapped cannot be read to identify them.
-    public func write(to path: String) throws(SnapshotFileError) {
+    /// With `key`, the file carries an HMAC-SHA256 tag that loading with the same key verifies.
+    public func write(to path: String, key: SnapshotKey? = nil) throws(SnapshotFileError) {
         // A parked snapshot is derived in memory, cheaply: write the snapshot it came from.
         guard parking == nil else { throw .incompatible("a parked snapshot is not written to a file; write the one it was parked from") }
         for file in linux.files.descriptions.values {
@@ -49,7 +56,8 @@ extension Snapshot {
             program: ProgramRecord(image.program), interpreter: image.interpreter.map(ProgramRecord.init), mmapTop: image.mmapTop,
             vcpu: vcpuState, allocator: allocator, builtins: builtins, linux: linux,
             files: try identities(of: fileSystem, hostProgramPath: hostProgramPath))
-        var output = Self.fileMagic + Self.fileFormatVersion.littleEndianBytes + UInt32(0).littleEndianBytes
+        let flags: UInt32 = key == nil ? 0 : Self.keyedFlag
+        var output = Self.fileMagic + Self.fileFormatVersion.littleEndianBytes + flags.littleEndianBytes
         let header: Data
         do { header = try JSONEncoder().encode(record) } catch { throw .io("cannot encode the snapshot: \(error)") }
         output += UInt64(header.count).littleEndianBytes + Array(header)
@@ -67,25 +75,23 @@ extension Snapshot {
             memory.withBytes(at: page << PageSize.shift, count: Int(PageSize.bytes)) { output.append(contentsOf: $0) }
         }
         output += contentHash(output[...]).littleEndianBytes
-        let temporary = path + ".partial-\(getpid())"
-        do {
-            try writeWholeFile(temporary, output)
-            guard rename(temporary, path) == 0 else { throw Errno.current }
-        } catch {
-            unlink(temporary)
+        if let key { output += key.tag(output[...]) }
+        do { try replaceFile(path, with: output) } catch {
             throw .io("cannot write \(path): \(error)")
         }
     }
 
     /// Loads a snapshot written by `write(to:)`. Refuses it, with the reason, when it is not a
     /// snapshot, comes from another format version or platform, is truncated or corrupt, or
-    /// when the program or a file it mapped changed since.
-    public convenience init(contentsOf path: String, system given: KVMSystem? = nil) throws(SnapshotFileError) {
+    /// when the program or a file it mapped changed since. With `key`, the file must carry a tag
+    /// that verifies with it (`SnapshotFileError.unauthenticated` otherwise); without one, a
+    /// keyed file is refused too (it cannot be verified).
+    public convenience init(contentsOf path: String, key: SnapshotKey? = nil, system given: KVMSystem? = nil) throws(SnapshotFileError) {
         let bytes: [UInt8]
         do { bytes = try readFile(path, limit: Int(GuestMemory.maximumSize) + (256 << 20)) } catch {
             throw .io("cannot read \(path): \(error)")
         }
-        let parsed = try Self.parse(bytes, verifyingChecksum: true)
+        let parsed = try Self.parse(bytes, verifyingChecksum: true, key: key, requiringKey: true)
         let record = parsed.record
         let system: KVMSystem
         do { system = try given ?? KVMSystem.shared() } catch { throw .io("\(error)") }
@@ -131,13 +137,32 @@ extension Snapshot {
 
     /// The snapshot file's parts: the record, the guest-physical page numbers, and where the
     /// pages' bytes start. Validates everything the host indexes by; never traps.
-    static func parse(_ bytes: [UInt8], verifyingChecksum: Bool) throws(SnapshotFileError) -> (record: SnapshotRecord, pageNumbers: [UInt64], pagesOffset: Int) {
+    /// With `requiringKey`, the tag is checked first: a keyed file needs `key`, and `key` needs
+    /// a keyed file whose tag verifies (the fuzzer parses without, to reach the rest).
+    static func parse(_ bytes: [UInt8], verifyingChecksum: Bool, key: SnapshotKey? = nil,
+                      requiringKey: Bool = false) throws(SnapshotFileError) -> (record: SnapshotRecord, pageNumbers: [UInt64], pagesOffset: Int) {
         guard bytes.count >= 16, Array(bytes[0..<8]) == fileMagic else { throw .notASnapshot }
         let version = UInt32(littleEndianBytes: bytes[8..<12])
         guard version == fileFormatVersion else { throw .incompatible("format version \(version), this build reads \(fileFormatVersion)") }
+        let flags = UInt32(littleEndianBytes: bytes[12..<16])
+        guard flags & ~keyedFlag == 0 else { throw .corrupt("unknown flags \(String(flags, radix: 16))") }
+        let keyed = flags & keyedFlag != 0
+        let tagBytes = keyed ? SnapshotKey.tagBytes : 0
+        guard bytes.count >= 16 + tagBytes else { throw .truncated }
+        if requiringKey {
+            switch (keyed, key) {
+            case (false, nil): break
+            case (true, nil): throw .unauthenticated("the file is keyed; give the key it was written with")
+            case (false, .some): throw .unauthenticated("the file carries no tag, and a key was given")
+            case (true, .some(let key)):
+                let end = bytes.count - tagBytes
+                guard key.verifies(bytes[end...], of: bytes[..<end]) else { throw .unauthenticated("its tag does not verify with the key") }
+            }
+        }
+        let body = bytes.count - tagBytes
         var cursor = 16
         func take(_ count: Int) throws(SnapshotFileError) -> ArraySlice<UInt8> {
-            guard count >= 0, count <= bytes.count - cursor else { throw .truncated }
+            guard count >= 0, count <= body - cursor else { throw .truncated }
             defer { cursor += count }
             return bytes[cursor..<cursor + count]
         }
@@ -150,8 +175,8 @@ extension Snapshot {
         let pagesOffset = cursor
         _ = try take(Int(pageCount) * Int(PageSize.bytes))
         let checksum = UInt64(littleEndianBytes: try take(8))
-        guard cursor == bytes.count else { throw .corrupt("\(bytes.count - cursor) bytes after the end") }
-        if verifyingChecksum, contentHash(bytes[..<(bytes.count - 8)]) != checksum { throw .checksumMismatch }
+        guard cursor == body else { throw .corrupt("\(body - cursor) bytes after the end") }
+        if verifyingChecksum, contentHash(bytes[..<(body - 8)]) != checksum { throw .checksumMismatch }
         let record: SnapshotRecord
         do { record = try JSONDecoder().decode(SnapshotRecord.self, from: Data(header)) } catch {
             throw .corrupt("the header does not decode: \(error)")
@@ -197,6 +222,9 @@ public enum SnapshotFileError: Error, Equatable, CustomStringConvertible {
     case fileChanged(path: String, reason: String)
     /// The guest holds a host file or connection open, which a file cannot carry.
     case openHostFile(path: String)
+    /// A keyed file whose tag does not verify with the key, a keyed file loaded without its
+    /// key, or an unkeyed file loaded with one.
+    case unauthenticated(String)
     /// Reading or writing failed.
     case io(String)
 
@@ -209,6 +237,7 @@ public enum SnapshotFileError: Error, Equatable, CustomStringConvertible {
         case .corrupt(let why): return "the snapshot file is corrupt: \(why)"
         case .fileChanged(let path, let reason): return "\(path) changed since the snapshot was taken (\(reason))"
         case .openHostFile(let path): return "the guest holds \(path) open; snapshots with open host files cannot be saved"
+        case .unauthenticated(let why): return "the snapshot file is not authenticated: \(why)"
         case .io(let why): return why
         }
     }
@@ -232,18 +261,32 @@ func contentHash(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
 /// `contentHash` of an array or a slice of one.
 func contentHash(_ bytes: ArraySlice<UInt8>) -> UInt64 { bytes.withUnsafeBytes { contentHash($0) } }
 
-/// Writes `bytes` to a new file at `path` (mode 0644), replacing it.
-func writeWholeFile(_ path: String, _ bytes: [UInt8]) throws {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+/// Replaces the file at `path` with `bytes`, atomically and without following links: a new
+/// file (mode 0600: snapshots hold `--env` values, reports hold registers) is created next to
+/// it with `O_CREAT|O_EXCL|O_NOFOLLOW` under a random name, written, synced, and renamed over
+/// `path`. A link planted at `path` or at the temporary name (by a guest with a writable grant
+/// there) is replaced or refused, never written through.
+package func replaceFile(_ path: String, with bytes: [UInt8]) throws(Errno) {
+    var suffix: UInt64 = 0
+    _ = withUnsafeMutableBytes(of: &suffix) { ckvm_getrandom($0.baseAddress!, 8) }
+    let temporary = path + ".partial-\(getpid())-\(String(suffix, radix: 16))"
+    let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
     guard fd >= 0 else { throw Errno.current }
-    defer { close(fd) }
-    var written = 0
-    while written < bytes.count {
-        let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, bytes.count - written) }
-        if n < 0 {
-            if errno == EINTR { continue }
-            throw Errno.current
+    do throws(Errno) {
+        defer { close(fd) }
+        var written = 0
+        while written < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, bytes.count - written) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Errno.current
+            }
+            written += n
         }
-        written += n
+        guard fsync(fd) == 0 else { throw Errno.current }
+        guard rename(temporary, path) == 0 else { throw Errno.current }
+    } catch {
+        unlink(temporary)
+        throw error
     }
 }
