@@ -2,7 +2,9 @@
 // Linux personality. One mode per argv[1]; each prints the errno of every attempt, so a test
 // compares one line with what Linux answers for the same calls.
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -86,6 +88,28 @@ int main(int argc, char **argv) {
         a[n > 0 ? n : 0] = 0;
         struct stat st;
         printf("stdout=%s stdin->%s stderr=%s\n", result(fd), a, result(stat("/dev/stderr", &st)));
+        return 0;
+    }
+    if (!strcmp(m, "listings") && argc > 3) {  // many open descriptors of a huge directory
+        int opened = 0, wanted = atoi(argv[3]);
+        for (int i = 0; i < wanted; i++) {
+            DIR *dir = opendir(argv[2]);  // left open: the host must not hold its listing
+            if (!dir || !readdir(dir)) break;
+            opened++;
+        }
+        DIR *dir = opendir(argv[2]);
+        long count = 0, again = 0, mark = 0, marked = 0;
+        char name[256] = "";
+        for (struct dirent *e; (e = readdir(dir));) {
+            if (++count == 1000) { mark = telldir(dir); }
+            if (count == 1001) snprintf(name, sizeof name, "%s", e->d_name);
+        }
+        seekdir(dir, mark);
+        struct dirent *e = readdir(dir);
+        marked = e && !strcmp(e->d_name, name);
+        rewinddir(dir);
+        while (readdir(dir)) again++;
+        printf("opened=%d count=%ld again=%ld seek=%ld\n", opened, count, again, marked);
         return 0;
     }
     if (!strcmp(m, "thread")) {  // pthread_create (musl's clone carries CLONE_DETACHED)

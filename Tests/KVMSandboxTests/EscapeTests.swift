@@ -5,6 +5,11 @@ import Testing
 import Glibc
 #endif
 
+extension Int32 {
+    /// Closes a descriptor `creat` or `open` returned (nothing for -1).
+    func closingIfOpen() -> Int32 { self >= 0 ? close(self) : self }
+}
+
 extension KVMTests {
     /// Security round 3: a hostile guest must not change a host file outside its grants. Each test
     /// failed before its fix (`Tests/Guests/escapes.c`, built with musl).
@@ -120,6 +125,28 @@ extension KVMTests {
             let (outcome, stdout) = try run(["dev-std"], grants: [])
             #expect(outcome == .exited(status: 0))
             #expect(stdout == "via /dev/stdout\nstdout=0 stdin->/proc/self/fd/0 stderr=0\n")
+        }
+
+        /// The host's resident memory, in bytes (`VmRSS`).
+        static var residentBytes: Int {
+            let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return (line.split(separator: " ").compactMap { Int($0) }.first ?? 0) << 10
+        }
+
+        /// 100 open descriptors of a 20,000-entry directory (4.7 MB of records): the host keeps
+        /// no listing per descriptor (it once read each whole, ~470 MB here), and reading,
+        /// telldir/seekdir and rewinddir still see every entry.
+        @Test func directoryListingsAreNotKeptInHostMemory() throws {
+            let directory = LinuxFixtures.scratch("listing")
+            let padding = String(repeating: "n", count: 200)
+            for index in 0..<20_000 { _ = creat(directory + "/\(index)-\(padding)", 0o644).closingIfOpen() }
+            let before = Self.residentBytes
+            let (outcome, stdout) = try run(["listings", directory, "100"], grants: [FileGrant(hostPath: directory)])
+            let growth = Self.residentBytes - before
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "opened=100 count=20002 again=20002 seek=1\n")
+            #expect(growth < 64 << 20, "the host grew by \(growth >> 20) MiB")
         }
 
         /// musl's `pthread_create` passes CLONE_DETACHED, which Linux ignores.

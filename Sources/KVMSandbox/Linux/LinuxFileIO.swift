@@ -171,7 +171,16 @@ extension LinuxPersonality {
             size = Int64(status.st_size)
         case .memory(let contents): size = Int64(contents.count)
         case .memoryFile(let path): size = Int64(state.memoryFiles.contents(path)?.count ?? 0)
-        case .directory(let entries, _): size = Int64(entries.count)
+        case .directory(_, .some):
+            // A host directory's offsets are the file system's cookies (`d_off`): set, or asked for.
+            switch whence {
+            case 0 where offset >= 0: break
+            case 1 where offset == 0: return .value(Int64(bitPattern: file.offset))
+            default: return Self.fail(.invalidArgument)
+            }
+            state.files.update(fd) { $0.offset = UInt64(offset) }
+            return .value(offset)
+        case .directory(let entries, nil): size = Int64(entries.count)
         case .null, .zero, .random: return .value(0)
         case .standardInput, .output, .pipe, .epoll, .eventCounter, .socket, .connection: return Self.fail(.illegalSeek)
         }

@@ -206,7 +206,8 @@ extension LinuxPersonality {
 
     func directoryEntries(fd: Int64, _ memory: GuestMemoryView, into address: UInt64, count: UInt64) throws -> HostCallEffect {
         guard let file = state.files[fd] else { return Self.fail(.badFileDescriptor) }
-        guard case .directory(let entries, _) = file.kind else { return Self.fail(.notDirectory) }
+        guard case .directory(let entries, let host) = file.kind else { return Self.fail(.notDirectory) }
+        if let host { return try hostDirectoryEntries(fd: fd, host, at: file.offset, memory, into: address, count: count) }
         var offset = Int(min(file.offset, UInt64(entries.count)))
         let start = offset
         let limit = Int(min(count, UInt64(Self.transferLimit)))
@@ -219,5 +220,34 @@ extension LinuxPersonality {
         try memory.write(Array(entries[start..<offset]), to: address)
         state.files.update(fd) { $0.offset = UInt64(offset) }
         return .value(Int64(offset - start))
+    }
+
+    /// `getdents64` of a host directory from the guest's offset (the `d_off` of the last record
+    /// it was given, 0 at first): at most `count` bytes (capped at the transfer limit) are read
+    /// into a buffer and copied to the guest, and nothing is kept. A private descriptor of the
+    /// directory is opened for each call, since forks and dup'd descriptions share `host` and
+    /// their positions must not mix.
+    func hostDirectoryEntries(fd: Int64, _ host: HostFile, at offset: UInt64, _ memory: GuestMemoryView,
+                              into address: UInt64, count: UInt64) throws -> HostCallEffect {
+        let directory = openat(host.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard directory >= 0 else { return Self.fail(Errno.current) }
+        defer { close(directory) }
+        if offset != 0 && lseek(directory, off_t(Int64(bitPattern: offset)), SEEK_SET) < 0 { return Self.fail(Errno.current) }
+        guard count > 0 else { return Self.fail(.invalidArgument) }  // no room for a record, as Linux
+        var buffer = [UInt8](repeating: 0, count: Int(min(count, UInt64(Self.transferLimit))))
+        let n = buffer.withUnsafeMutableBytes { ckvm_getdents64(directory, $0.baseAddress!, UInt($0.count)) }
+        guard n >= 0 else { return Self.fail(Errno.current) }
+        guard n > 0 else { return .value(0) }
+        // The next offset: the last record's d_off (records are d_ino, d_off, d_reclen, d_type, name).
+        var cursor = 0, next = offset
+        while cursor + 19 <= n {
+            let length = Int(UInt16(littleEndianBytes: buffer[cursor + 16..<cursor + 18]))
+            guard length > 0, cursor + length <= n else { break }
+            next = UInt64(littleEndianBytes: buffer[cursor + 8..<cursor + 16])
+            cursor += length
+        }
+        try memory.write(Array(buffer[0..<cursor]), to: address)
+        state.files.update(fd) { $0.offset = next }
+        return .value(Int64(cursor))
     }
 }

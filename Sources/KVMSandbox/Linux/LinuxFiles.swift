@@ -25,7 +25,7 @@ extension LinuxPersonality {
         case 3: return closeDescriptor(call.descriptor(0))
         case 22: return try makePipe(memory, into: call[0], flags: 0)
         case 293: return try makePipe(memory, into: call[0], flags: call[1])
-        case 8: return seek(fd: call.descriptor(0), offset: call.descriptor(1), whence: call[2])
+        case 8: return seek(fd: call.descriptor(0), offset: Int64(bitPattern: call[1]), whence: call[2])  // a 64-bit offset
         case 5: return try statDescriptor(call.descriptor(0), memory, into: call[1])
         case 4, 6: return try statPath(Self.currentDirectory, memory, path: call[0], into: call[1], follow: call.number == 4, emptyPath: false)
         case 262: return try statPath(call.descriptor(0), memory, path: call[1], into: call[2],
@@ -221,8 +221,9 @@ extension LinuxPersonality {
                     guard fchmod(fd, status.st_mode & 0o1777) == 0 else { return Self.fail(.permissionDenied) }
                 }
                 if status.st_mode & S_IFMT == S_IFDIR {
-                    guard let entries = Self.readDirectory(fd) else { return Self.fail(.noMemory) }
-                    file = OpenFile(kind: .directory(entries: entries, host: host), statusFlags: keep, path: path)
+                    // Listed lazily from the host directory at the guest's offset (`directoryEntries`):
+                    // the host keeps nothing per open directory, whatever its size.
+                    file = OpenFile(kind: .directory(entries: [], host: host), statusFlags: keep, path: path)
                 } else {
                     file = OpenFile(kind: .host(host), statusFlags: keep, path: path, executable: !writableGrant)
                 }
@@ -235,21 +236,6 @@ extension LinuxPersonality {
     /// Whether a file mode carries setuid, or setgid with group execute (the bits a write drops).
     static func hasPrivilegeBits(_ mode: mode_t) -> Bool {
         mode & S_ISUID != 0 || mode & (S_ISGID | 0o010) == (S_ISGID | 0o010)
-    }
-
-    /// The most bytes of directory entries kept per open directory.
-    static let directoryLimit = 16 << 20
-
-    /// All entries of a host directory, in `getdents64` records (nil past `directoryLimit`).
-    static func readDirectory(_ fd: Int32) -> [UInt8]? {
-        var records: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { ckvm_getdents64(fd, $0.baseAddress!, UInt($0.count)) }
-            if n <= 0 { return records }
-            records += buffer[0..<n]
-            if records.count > directoryLimit { return nil }
-        }
     }
 
     /// Whether a path is a directory only because grants or in-memory trees lie beneath it.
