@@ -30,6 +30,8 @@ public final class FunctionServer: Sendable {
     let pool: SandboxPool
     /// Each request's wall-clock limit (nil: the configuration's).
     public let requestTimeout: Double?
+    /// What an HTTP client may cost the server (`serve`).
+    public let limits: HTTPLimits
     let logger = Logger(label: "kvmsandbox.serve")
 
     /// Loads `program` with `configuration` (its stdout and stderr are captured per request),
@@ -37,19 +39,24 @@ public final class FunctionServer: Sendable {
     /// serve requests at once. Throws when the program ends before it reads stdin.
     /// Each request's run is limited to `requestTimeout` seconds (504 past it); booting to the
     /// ready point to `configuration.timeout`.
-    public convenience init(program: String, configuration: SandboxConfiguration, workers: Int, requestTimeout: Double? = nil) throws {
+    public convenience init(program: String, configuration: SandboxConfiguration, workers: Int, requestTimeout: Double? = nil,
+                            limits: HTTPLimits = .init()) throws {
         var configuration = configuration
         configuration.standardOutput = .capture
         configuration.standardError = .capture
         let snapshot = try Snapshot(elfPath: program, configuration: configuration, readyAt: .firstInputRead)
-        try self.init(snapshot: snapshot, workers: workers, requestTimeout: requestTimeout)
+        try self.init(snapshot: snapshot, workers: workers, requestTimeout: requestTimeout, limits: limits)
     }
 
     /// A server of `snapshot`, taken where the program reads its standard input (with stdout
     /// and stderr captured).
     /// `tracking`: how forks track the pages they dirty (nil: the fastest this KVM has).
-    public init(snapshot: Snapshot, workers: Int, requestTimeout: Double? = nil, tracking: DirtyTracking? = nil) throws {
+    /// `limits`: what HTTP clients may cost (`serve`); throws for limits that cannot work.
+    public init(snapshot: Snapshot, workers: Int, requestTimeout: Double? = nil, tracking: DirtyTracking? = nil,
+                limits: HTTPLimits = .init()) throws {
+        if let problem = limits.problem { throw HTTPLimitsError(problem) }
         self.requestTimeout = requestTimeout
+        self.limits = limits
         self.snapshot = snapshot
         pool = try SandboxPool(snapshot: snapshot, capacity: max(1, workers), prefork: max(1, workers), tracking: tracking)
         counters.setVMs(max(1, workers))
@@ -81,7 +88,7 @@ public final class FunctionServer: Sendable {
     /// Listens on `host`:`port` (0: any free port, reported to `bound`) and answers every HTTP
     /// request with `handle(body)` until the task is cancelled.
     public func serve(host: String, port: Int, bound: @Sendable (Int) -> Void = { _ in }) async throws {
-        try await HTTPListener.run(host: host, port: port, maximumBody: Self.maximumBody, logger: logger, bound: bound) { _, body in
+        try await HTTPListener.run(host: host, port: port, limits: limits, logger: logger, bound: bound) { _, body in
             let answer = try await self.handle(body)
             if answer.status != 200 {
                 self.logger.warning("request ended \(answer.outcome); stderr: \(String(decoding: answer.log.prefix(4096), as: UTF8.self))")
@@ -90,7 +97,10 @@ public final class FunctionServer: Sendable {
                                          body: answer.status == 200 ? answer.body : [])
         }
     }
+}
 
-    /// The largest request body accepted (64 MiB).
-    static let maximumBody = 64 << 20
+/// `HTTPLimits` that cannot work (a zero connection limit, a negative timeout).
+public struct HTTPLimitsError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
 }

@@ -14,56 +14,107 @@ enum HTTPListener {
     }
 
     /// Listens on `host`:`port` (0: any free port, reported to `bound`) until the task is
-    /// cancelled, answering every request with `respond` (requests on one connection in order).
-    static func run(host: String, port: Int, maximumBody: Int, logger: Logger, bound: @Sendable (Int) -> Void,
+    /// cancelled, answering every request with `respond` (requests on one connection in order),
+    /// within `limits`: connections past the limit wait in the kernel's backlog, slow clients are
+    /// closed, bodies past the limit get 413, and buffered bodies share one ceiling.
+    static func run(host: String, port: Int, limits: HTTPLimits, logger: Logger, bound: @Sendable (Int) -> Void,
                     respond: @escaping @Sendable (HTTPRequestHead, [UInt8]) async throws -> Response) async throws {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .bind(host: host, port: port) { channel in
+            .bind(host: host, port: port, serverBackPressureStrategy: .init(lowWatermark: 1, highWatermark: 2)) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(HTTPDeadlineHandler(limits: limits))
                     return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
                 }
             }
         let actual = channel.channel.localAddress?.port ?? port
         bound(actual)
         logger.info("listening on \(host):\(actual)")
+        let connections = Allowance(limits.maximumConnections)
+        let buffered = Allowance(limits.maximumBufferedBytes)
         try await withThrowingDiscardingTaskGroup { group in
-            try await channel.executeThenClose { connections in
-                for try await connection in connections {
-                    group.addTask { await serve(connection, maximumBody: maximumBody, logger: logger, respond: respond) }
+            try await channel.executeThenClose { accepted in
+                for try await connection in accepted {
+                    // At the limit, stop taking connections: NIO then stops accepting.
+                    guard await connections.acquire(1) else {
+                        try? await connection.channel.close()
+                        break
+                    }
+                    group.addTask {
+                        defer { connections.release(1) }
+                        await serve(connection, limits: limits, buffered: buffered, logger: logger, respond: respond)
+                    }
                 }
             }
         }
     }
 
     /// Answers the requests of one connection, in order.
-    private static func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, maximumBody: Int,
-                              logger: Logger, respond: @Sendable (HTTPRequestHead, [UInt8]) async throws -> Response) async {
+    private static func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, limits: HTTPLimits,
+                              buffered: Allowance, logger: Logger,
+                              respond: @Sendable (HTTPRequestHead, [UInt8]) async throws -> Response) async {
+        var held = 0  // bytes of `buffered` this connection holds
+        defer { buffered.release(held) }
         do {
             try await connection.executeThenClose { inbound, outbound in
+                func answer(_ request: HTTPRequestHead, _ response: Response, close: Bool) async throws {
+                    var headers = HTTPHeaders()
+                    headers.add(name: "Content-Type", value: response.contentType)
+                    headers.add(name: "Content-Length", value: "\(response.body.count)")
+                    if close || !request.isKeepAlive { headers.add(name: "Connection", value: "close") }
+                    let status = HTTPResponseStatus(statusCode: response.status)
+                    try await outbound.write(.head(HTTPResponseHead(version: request.version, status: status, headers: headers)))
+                    if !response.body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: response.body)))) }
+                    try await outbound.write(.end(nil))
+                }
+                let tooLarge = Response(status: 413, contentType: "text/plain",
+                                        body: Array("request body larger than \(limits.maximumBody) bytes\n".utf8))
                 var head: HTTPRequestHead?
                 var body = ByteBuffer()
+                var reserved = false  // the declared body's bytes are already taken from `buffered`
                 for try await part in inbound {
                     switch part {
                     case .head(let requestHead):
                         head = requestHead
                         body.clear()
+                        // A declared length past the limit is refused before any of it is read.
+                        reserved = false
+                        if let declared = requestHead.headers.first(name: "Content-Length").flatMap(Int.init), declared >= 0 {
+                            guard declared <= limits.maximumBody else {
+                                try await answer(requestHead, tooLarge, close: true)
+                                return
+                            }
+                            // A declared body is reserved whole before any of it is read, so
+                            // connections never hold parts of the ceiling while waiting for more.
+                            guard await buffered.acquire(declared) else { return }
+                            held += min(declared, buffered.total)
+                            reserved = true
+                        }
                     case .body(var chunk):
-                        guard body.readableBytes + chunk.readableBytes <= maximumBody else { throw TooLarge() }
+                        guard let request = head else { continue }
+                        guard body.readableBytes + chunk.readableBytes <= limits.maximumBody else {
+                            try await answer(request, tooLarge, close: true)
+                            return
+                        }
+                        // Every connection's buffered bytes share one ceiling: wait (and stop
+                        // reading this connection) until finished requests give some back. A
+                        // chunked body takes its share as it comes (bounded by the body timeout).
+                        if !reserved {
+                            guard await buffered.acquire(chunk.readableBytes) else { return }
+                            held += min(chunk.readableBytes, buffered.total)
+                        }
                         body.writeBuffer(&chunk)
                     case .end:
                         guard let request = head else { continue }
-                        let response = try await respond(request, Array(body.readableBytesView))
-                        var headers = HTTPHeaders()
-                        headers.add(name: "Content-Type", value: response.contentType)
-                        headers.add(name: "Content-Length", value: "\(response.body.count)")
-                        if !request.isKeepAlive { headers.add(name: "Connection", value: "close") }
-                        let status = HTTPResponseStatus(statusCode: response.status)
-                        try await outbound.write(.head(HTTPResponseHead(version: request.version, status: status, headers: headers)))
-                        if !response.body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: response.body)))) }
-                        try await outbound.write(.end(nil))
+                        let bytes = Array(body.readableBytesView)
+                        body = ByteBuffer()
+                        head = nil
+                        let response = try await respond(request, bytes)
+                        buffered.release(held)
+                        held = 0
+                        try await answer(request, response, close: false)
                         // HTTP/1.0, or `Connection: close`: the answer ends the connection.
                         if !request.isKeepAlive { return }
                     }
@@ -73,6 +124,4 @@ enum HTTPListener {
             logger.debug("connection ended: \(error)")
         }
     }
-
-    struct TooLarge: Error {}
 }

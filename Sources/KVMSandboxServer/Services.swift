@@ -36,10 +36,22 @@ public struct MetricsEndpoint: Service {
         (self.host, self.port, self.registry, self.bound) = (host, port, registry, bound)
     }
 
+    /// A scraper needs little: a few connections, no bodies, short timeouts.
+    static let limits: HTTPLimits = {
+        var limits = HTTPLimits()
+        limits.maximumConnections = 16
+        limits.headerTimeout = 5
+        limits.idleTimeout = 30
+        limits.bodyTimeout = 5
+        limits.maximumBody = 1 << 16
+        limits.maximumBufferedBytes = 1 << 20
+        return limits
+    }()
+
     public func run() async throws {
         let registry = self.registry
         try await ServingService {
-            try await HTTPListener.run(host: host, port: port, maximumBody: 1 << 16, logger: logger, bound: bound) { head, _ in
+            try await HTTPListener.run(host: host, port: port, limits: Self.limits, logger: logger, bound: bound) { head, _ in
                 guard head.uri == "/metrics" || head.uri.hasPrefix("/metrics?") else {
                     return .init(status: 404, contentType: "text/plain", body: Array("only /metrics here\n".utf8))
                 }

@@ -29,4 +29,14 @@ enum OptionChecks {
         guard let value else { return }
         guard value > 0, value <= 365 * 86_400 else { throw ValidationError("--timeout must be a positive number of seconds (at most a year), not \(value)") }
     }
+
+    /// Bytes of a size such as `65536`, `64K`, `16M` or `1G` (binary units), or nil for
+    /// anything else or a size past 1 TiB.
+    static func size(_ text: String) -> Int? {
+        let shifts: [Character: Int] = ["k": 10, "K": 10, "m": 20, "M": 20, "g": 30, "G": 30]
+        var digits = Substring(text), shift = 0
+        if let last = text.last, let unit = shifts[last] { digits = text.dropLast(); shift = unit }
+        guard !digits.isEmpty, digits.allSatisfy(\.isASCII), let value = Int(digits), value >= 0, value <= (1 << 40) >> shift else { return nil }
+        return value << shift
+    }
 }

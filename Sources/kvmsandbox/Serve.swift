@@ -51,7 +51,40 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "HOST:PORT for a Prometheus /metrics endpoint (requests by outcome, latency, reset time, dirty pages, exits, VMs).")
     var metrics: String?
 
+    @Option(name: .long, help: "Function mode: connections served at once; past it the server stops accepting (default 256).")
+    var maxConnections: Int = 256
+
+    @Option(name: .long, help: "Function mode: seconds a connection may take to send its first request header (default 10).")
+    var headerTimeout: Double = 10
+
+    @Option(name: .long, help: "Function mode: seconds a kept-alive connection may wait for its next request (default 30).")
+    var idleTimeout: Double = 30
+
+    @Option(name: .long, help: "Function mode: seconds a request may take to send its body (default 60).")
+    var bodyTimeout: Double = 60
+
+    @Option(name: .long, help: "Function mode: the largest request body, in bytes or with a K, M or G suffix (default 16M); larger ones get 413.")
+    var maxBody: String = "16M"
+
+    @Option(name: .long, help: "Function mode: request-body bytes buffered across all connections, with a K, M or G suffix (default 256M); past it, reading pauses.")
+    var maxBuffered: String = "256M"
+
     @OptionGroup var options: ProgramOptions
+
+    /// The HTTP limits of the options above.
+    func httpLimits() throws -> HTTPLimits {
+        var limits = HTTPLimits()
+        limits.maximumConnections = maxConnections
+        limits.headerTimeout = headerTimeout
+        limits.idleTimeout = idleTimeout
+        limits.bodyTimeout = bodyTimeout
+        guard let body = OptionChecks.size(maxBody) else { throw ValidationError("--max-body takes a size such as 65536, 64K or 16M, not \(maxBody)") }
+        guard let buffered = OptionChecks.size(maxBuffered) else { throw ValidationError("--max-buffered takes a size such as 256M, not \(maxBuffered)") }
+        limits.maximumBody = body
+        limits.maximumBufferedBytes = buffered
+        if let problem = limits.problem { throw ValidationError("HTTP limits: \(problem)") }
+        return limits
+    }
 
     func validate() throws {
         try OptionChecks.timeout(timeout)
@@ -61,6 +94,7 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--dirty-tracking must be one of \(DirtyTracking.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         if let metrics { _ = try Self.address(metrics) }
+        _ = try httpLimits()
         guard options.program.isEmpty != (snapshot == nil) else {
             throw ValidationError(snapshot == nil ? "give the program after --" : "give either --snapshot or a program, not both")
         }
@@ -112,7 +146,10 @@ struct Serve: AsyncParsableCommand {
                 printError("kvmsandbox: --no-reset is for servers (socket mode); \(executable) reads its request from stdin, and each request is one run of it to its exit")
                 throw ExitCode(ExitStatus.sandboxError)
             }
-            let server = try FunctionServer(snapshot: snapshot, workers: workers, requestTimeout: timeout, tracking: tracking)
+            let limits = try httpLimits()
+            let server = try FunctionServer(snapshot: snapshot, workers: workers, requestTimeout: timeout, tracking: tracking, limits: limits)
+            printError("kvmsandbox: HTTP limits: \(limits.maximumConnections) connections, \(limits.maximumBody) body bytes, "
+                       + "\(limits.maximumBufferedBytes) buffered bytes, timeouts: header \(limits.headerTimeout) s, body \(limits.bodyTimeout) s, idle \(limits.idleTimeout) s")
             serveForever = { try await server.serve(host: $0, port: $1, bound: $2) }
             counters = server.counters
             mode = "function mode: stdin -> stdout, a reset VM per request"

@@ -1,0 +1,170 @@
+import Foundation
+import KVMSandbox
+@testable import KVMSandboxServer
+import Synchronization
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A blocking TCP client to 127.0.0.1, for clients that misbehave on purpose.
+struct RawClient {
+    let fd: Int32
+
+    init?(port: Int) {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+        var timeout = timeval(tv_sec: 15, tv_usec: 0)  // a read never hangs the test
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        if !connected { _ = Glibc.close(fd); return nil }
+    }
+
+    func send(_ text: String) { _ = text.withCString { Glibc.send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) } }
+
+    /// Everything until the server closes (or the 15 s read timeout).
+    func readAll() -> String {
+        var result: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n <= 0 { break }
+            result += buffer[0..<n]
+        }
+        return String(decoding: result, as: UTF8.self)
+    }
+
+    func close() { _ = Glibc.close(fd) }
+}
+
+extension KVMTests {
+    /// HTTP clients against function mode (security round 3): limits on connections, slow
+    /// clients, body sizes and buffered bytes, each with the answer a production server gives.
+    @Suite struct HTTPClientLimits {
+        static func serving(_ limits: HTTPLimits, _ body: @Sendable (Int) async throws -> Void) async throws {
+            let code = LinuxFixtures.scratch("http-limits")
+            try Data("import sys\nprint(len(sys.stdin.read()))\n".utf8).write(to: URL(fileURLWithPath: code + "/count.py"))
+            var configuration = SandboxConfiguration()
+            configuration.arguments = ["/usr/bin/python3", code + "/count.py"]
+            configuration.files = [FileGrant(hostPath: code)]
+            configuration.memorySize = 128 << 20
+            configuration.timeout = 60
+            let server = try FunctionServer(program: "/usr/bin/python3", configuration: configuration, workers: 2, requestTimeout: 10,
+                                            limits: limits)
+            let port = PortBox()
+            let serving = Task { try await server.serve(host: "127.0.0.1", port: 0) { port.set($0) } }
+            defer { serving.cancel() }
+            for _ in 0..<200 where port.value == 0 { try await Task.sleep(nanoseconds: 20_000_000) }
+            try #require(port.value != 0)
+            try await body(port.value)
+        }
+
+        static func post(_ port: Int, _ body: String) -> String {
+            guard let client = RawClient(port: port) else { return "no connection" }
+            defer { client.close() }
+            client.send("POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + body)
+            return client.readAll()
+        }
+
+        /// A body past `--max-body` is answered 413 with a reason (declared or chunked), not a reset.
+        @Test func oversizedBodiesGet413() async throws {
+            var limits = HTTPLimits()
+            limits.maximumBody = 1000
+            try await Self.serving(limits) { port in
+                #expect(Self.post(port, String(repeating: "x", count: 999)).hasSuffix("\r\n\r\n999\n"))
+                let declared = Self.post(port, String(repeating: "x", count: 1001))
+                #expect(declared.hasPrefix("HTTP/1.1 413"))
+                #expect(declared.hasSuffix("request body larger than 1000 bytes\n"))
+                let client = try #require(RawClient(port: port))
+                defer { client.close() }
+                client.send("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+                for _ in 0..<3 { client.send("200\r\n" + String(repeating: "y", count: 512) + "\r\n") }
+                let chunked = client.readAll()
+                #expect(chunked.hasPrefix("HTTP/1.1 413"), "\(chunked)")
+            }
+        }
+
+        /// Slow clients (half a header, a body that stops, an idle kept-alive connection) are
+        /// closed at their timeout; connections past the limit wait and are served once others
+        /// end, and the server answers throughout.
+        @Test func slowClientsAreClosedAndTheConnectionLimitHolds() async throws {
+            var limits = HTTPLimits()
+            limits.maximumConnections = 4
+            limits.headerTimeout = 1
+            limits.bodyTimeout = 1
+            limits.idleTimeout = 1
+            try await Self.serving(limits) { port in
+                let started = Date()
+                var slow: [RawClient] = []
+                for index in 0..<12 {
+                    guard let client = RawClient(port: port) else { continue }
+                    client.send(index % 2 == 0 ? "POST / HTTP/1.1\r\nHost: x\r\nX-Half: " : "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+                    slow.append(client)
+                }
+                // Past the limit: served after the slow ones are closed, well before the read timeout.
+                #expect(Self.post(port, "hello").hasSuffix("\r\n\r\n5\n"))
+                for client in slow {
+                    #expect(client.readAll() == "")  // closed (EOF) without an answer, not held
+                    client.close()
+                }
+                #expect(Date().timeIntervalSince(started) < 12)
+                // A kept-alive connection idle past its timeout is closed after its answer.
+                let kept = try #require(RawClient(port: port))
+                defer { kept.close() }
+                kept.send("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab")
+                let idleStart = Date()
+                let answer = kept.readAll()
+                #expect(answer.hasSuffix("\r\n\r\n2\n"))
+                #expect(Date().timeIntervalSince(idleStart) < 10)
+            }
+        }
+
+        /// Concurrent bodies share one buffered-bytes ceiling: eight 48 KiB bodies under a
+        /// 64 KiB ceiling wait for each other and all get their answer.
+        @Test func bufferedBodiesShareOneCeiling() async throws {
+            var limits = HTTPLimits()
+            limits.maximumBody = 64 << 10
+            limits.maximumBufferedBytes = 64 << 10
+            try await Self.serving(limits) { port in
+                // Blocking clients on threads of their own (the cooperative pool is the server's).
+                let answers = await withCheckedContinuation { (done: CheckedContinuation<[String], Never>) in
+                    let results = Mutex<[String]>([])
+                    let group = DispatchGroup()
+                    for _ in 0..<8 {
+                        group.enter()
+                        Thread {
+                            let answer = Self.post(port, String(repeating: "z", count: 48 << 10))
+                            results.withLock { $0.append(answer) }
+                            group.leave()
+                        }.start()
+                    }
+                    group.notify(queue: .global()) { done.resume(returning: results.withLock { $0 }) }
+                }
+                #expect(answers.count == 8)
+                for answer in answers { #expect(answer.hasSuffix("\r\n\r\n49152\n"), "\(answer.prefix(200))") }
+            }
+        }
+
+        /// The allowance behind both limits: waits without spinning, wakes in order, and a
+        /// cancelled waiter takes nothing.
+        @Test func allowanceWaitsAndCancels() async throws {
+            let allowance = Allowance(10)
+            #expect(await allowance.acquire(8))
+            let waiter = Task { await allowance.acquire(5) }
+            try await Task.sleep(nanoseconds: 50_000_000)
+            waiter.cancel()
+            #expect(await waiter.value == false)
+            #expect(allowance.available == 2)
+            let second = Task { await allowance.acquire(4) }
+            try await Task.sleep(nanoseconds: 50_000_000)
+            allowance.release(8)
+            #expect(await second.value)
+            #expect(allowance.available == 6)
+        }
+    }
+}
