@@ -56,6 +56,9 @@ struct Run: ParsableCommand {
     @Flag(name: .long, help: "Allow anonymous memory that is executable, or writable and executable at once (V8-style JITs). Default: W^X.")
     var allowJit = false
 
+    @Flag(name: .customLong("no-aslr"), help: "Give the guest the same addresses in every run (no address-space layout randomization; like setarch -R), for reproducible runs.")
+    var noASLR = false
+
     @Flag(name: .long, help: "Do not make the system library directories, /etc/ld.so.cache, the program and its loader visible to a dynamic program.")
     var noSystemLibraries = false
 
@@ -95,6 +98,7 @@ struct Run: ParsableCommand {
         let executable = Self.resolve(program)
         configuration.programPath = executable
         configuration.allowJIT = allowJit
+        configuration.randomizeLayout = !noASLR
         configuration.maximumThreads = maxThreads
         configuration.addressSpaceLimit = addressSpace << 30
         configuration.systemLibraries = !noSystemLibraries

@@ -25,6 +25,9 @@ struct ProgramOptions: ParsableArguments {
     @Option(name: .customLong("allow-connect"), help: "IPv4:PORT the program may connect to (repeatable); every other connect is EACCES.")
     var allowConnect: [String] = []
 
+    @Flag(name: .customLong("no-aslr"), help: "Boot with the same addresses as every other snapshot of this program (no address-space layout randomization).")
+    var noASLR = false
+
     @Argument(parsing: .captureForPassthrough, help: "-- PROGRAM ARGUMENTS...")
     var command: [String] = []
 
@@ -59,6 +62,7 @@ struct ProgramOptions: ParsableArguments {
         configuration.systemCallTransport = HostCallTransport(rawValue: syscalls ?? "exit") ?? .exit
         configuration.standardOutput = .capture
         configuration.standardError = .capture
+        configuration.randomizeLayout = !noASLR
         return (executable, configuration)
     }
 
@@ -144,6 +148,7 @@ extension ProgramOptions {
             throw ValidationError("--syscalls \(syscalls): the snapshot was taken with \(fixed.systemCallTransport.rawValue)")
         }
         if bootTimeout != nil { throw ValidationError("--boot-timeout: a snapshot file has already started") }
+        if noASLR { throw ValidationError("--no-aslr: a snapshot file's layout was chosen when it was taken") }
         var grants: [FileGrant]?
         if files.givesGrants {
             let labelled = try files.labelledGrants()

@@ -9,6 +9,8 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -110,6 +112,14 @@ int main(int argc, char **argv) {
         rewinddir(dir);
         while (readdir(dir)) again++;
         printf("opened=%d count=%ld again=%ld seek=%ld\n", opened, count, again, marked);
+        return 0;
+    }
+    if (!strcmp(m, "layout")) {  // the addresses ASLR moves, and AT_RANDOM's first bytes
+        int local = 0;
+        void *mapped = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        const unsigned char *random = (const unsigned char *)getauxval(AT_RANDOM);
+        printf("stack=%p brk=%p mmap=%p main=%p random=%02x%02x%02x%02x\n", (void *)&local, sbrk(0), mapped, (void *)main,
+               random[0], random[1], random[2], random[3]);
         return 0;
     }
     if (!strcmp(m, "thread")) {  // pthread_create (musl's clone carries CLONE_DETACHED)

@@ -149,6 +149,31 @@ extension KVMTests {
             #expect(growth < 64 << 20, "the host grew by \(growth >> 20) MiB")
         }
 
+        /// ASLR: every fresh VM of a static-PIE program gets its own stack, heap, mmap and
+        /// program addresses (and AT_RANDOM); with `randomizeLayout` off every run has the same.
+        @Test func everyFreshVMGetsItsOwnLayout() throws {
+            let program = try Guests.build("escapes", flags: ["-O2", "-static-pie"])
+            func layout(_ randomize: Bool) throws -> [String] {
+                var configuration = SandboxConfiguration()
+                configuration.arguments = ["escapes", "layout"]
+                configuration.standardOutput = .capture
+                configuration.timeout = 20
+                configuration.randomizeLayout = randomize
+                let sandbox = try Sandbox(elfPath: program, configuration: configuration)
+                #expect(try sandbox.run() == .exited(status: 0))
+                return String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self)
+                    .split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init)
+            }
+            let runs = try (0..<4).map { _ in try layout(true) }
+            for part in 0..<5 {
+                let values = Set(runs.map { $0.count > part ? $0[part] : "" })
+                #expect(values.count >= 3, "\(runs.map { $0.count > part ? $0[part] : "" }) barely changed")
+            }
+            let fixed = try (0..<2).map { _ in try layout(false) }
+            #expect(fixed[0].prefix(4) == fixed[1].prefix(4))  // all but AT_RANDOM
+            #expect(fixed[0][0].hasPrefix("stack=0x7fefffff"), "\(fixed[0])")  // just below the fixed stack top
+        }
+
         /// musl's `pthread_create` passes CLONE_DETACHED, which Linux ignores.
         @Test func muslThreadsStart() throws {
             let (outcome, stdout) = try run(["thread"], grants: [])

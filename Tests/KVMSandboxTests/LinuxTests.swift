@@ -279,7 +279,7 @@ extension KVMTests {
             let (outcome, stdout, _) = try busybox(["cat", "/proc/self/maps"])
             #expect(outcome == .exited(status: 0))
             #expect(stdout.contains("r-xp 00000000 00:00 0          /bin/busybox\n"))
-            #expect(stdout.contains("-7ff000000000 rw-p 00000000 00:00 0          [stack]\n"))
+            #expect(stdout.contains(" rw-p 00000000 00:00 0          [stack]\n"))  // its top is randomized (ASLR)
             #expect(!stdout.contains("7fffffff"))  // the GDT, IDT and stubs are not the guest's
         }
 

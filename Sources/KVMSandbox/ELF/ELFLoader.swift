@@ -45,14 +45,15 @@ enum ELFLoader {
     /// Loads `elf` into `space`; gives up with `.loadTimedOut` past `deadline` (monotonic ns).
     /// Static-PIE programs are relocated here; a dynamic program and its loader are relocated by
     /// the loader itself.
+    /// A position-independent program's lowest page goes at `pieBase` (randomized per VM).
     static func load(_ elf: ELFFile, into space: AddressSpace, at placement: Placement = .program,
-                     deadline: UInt64? = nil) throws(SandboxError) -> LoadedProgram {
+                     pieBase: UInt64 = GuestLayout.pieBase, deadline: UInt64? = nil) throws(SandboxError) -> LoadedProgram {
         let loads = elf.loadSegments.filter { $0.memorySize > 0 }
         let lowest = PageSize.alignDown(loads.map(\.virtualAddress).min() ?? 0)
         let base: UInt64, limit: UInt64
         switch placement {
         case .program:
-            base = elf.isPositionIndependent ? GuestLayout.pieBase &- lowest : 0
+            base = elf.isPositionIndependent ? pieBase &- lowest : 0
             limit = GuestLayout.imageLimit
         case .below(let top):
             guard elf.isPositionIndependent, !elf.isDynamic else {

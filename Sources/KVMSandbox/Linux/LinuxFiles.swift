@@ -135,7 +135,7 @@ extension LinuxPersonality {
             if next < named.count, named[next].range.contains(page) {
                 return (named[next].name, named[next].offset.map { $0 &+ (page - named[next].range.lowerBound) } ?? 0)
             }
-            return page >= stackBottom && page < GuestLayout.stackTop ? ("[stack]", 0)
+            return page >= stackBottom && page < stackTop ? ("[stack]", 0)
                 : page == GuestLayout.syscallStubPage ? ("[kvmsandbox syscall stub]", 0)
                 : page == GuestLayout.mailboxPage || page == GuestLayout.doorbellPage ? ("[kvmsandbox mailbox and doorbell]", 0) : ("", 0)
         }

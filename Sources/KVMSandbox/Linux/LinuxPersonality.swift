@@ -56,8 +56,10 @@ final class LinuxPersonality {
     let imageRanges: [Range<UInt64>]
     /// The dynamic loader's path, for a dynamic program.
     let interpreterPath: String?
-    /// The lowest byte of the stack.
-    var stackBottom: UInt64 { GuestLayout.stackTop - stackSize }
+    /// The lowest byte of the stack (its top is randomized per fresh VM).
+    let stackBottom: UInt64
+    /// One past the highest byte of the stack.
+    var stackTop: UInt64 { stackBottom + stackSize }
     /// Calls made, by number; calls answered `ENOSYS` because they are not implemented, by number.
     var counts: [Int: Int] = [:]
     var unimplemented: [Int: Int] = [:]
@@ -75,7 +77,8 @@ final class LinuxPersonality {
     let allowedConnections: Set<[UInt8]>
 
     init(space: AddressSpace, builtins: BuiltinHostCalls, fileSystem: FileSystemView, configuration: SandboxConfiguration,
-         image: ProgramImage) {
+         image: ProgramImage, stackBottom: UInt64) {
+        self.stackBottom = stackBottom
         self.imageRanges = [image.program.imageRange] + (image.interpreter.map { [$0.imageRange] } ?? [])
         self.interpreterPath = image.interpreter?.path
         self.space = space

@@ -38,8 +38,9 @@ extension Sandbox {
         // The paused RSP is the guest's: it may point anywhere. Calls run on the program's own
         // stack, so refuse one whose stack pointer is not inside it with room for the call.
         let lowest = stackBottom + Self.minimumCallStack
-        guard paused.rsp >= lowest + 256, paused.rsp <= GuestLayout.stackTop else {
-            throw .invalidArguments("the guest paused with its stack pointer at 0x\(String(paused.rsp, radix: 16)), outside its stack [0x\(String(stackBottom, radix: 16)), 0x\(String(GuestLayout.stackTop, radix: 16))) or without \(Self.minimumCallStack >> 10) KiB free below it")
+        let stackTop = stackBottom + configuration.stackSize
+        guard paused.rsp >= lowest + 256, paused.rsp <= stackTop else {
+            throw .invalidArguments("the guest paused with its stack pointer at 0x\(String(paused.rsp, radix: 16)), outside its stack [0x\(String(stackBottom, radix: 16)), 0x\(String(stackTop, radix: 16))) or without \(Self.minimumCallStack >> 10) KiB free below it")
         }
         var stack = (paused.rsp - 128) & ~15  // below the paused code's red zone
         var values: [UInt64] = []

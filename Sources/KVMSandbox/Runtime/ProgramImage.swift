@@ -18,8 +18,8 @@ struct ProgramImage {
     /// Loads `elf` (and its loader, read through `fileSystem`, so the guest's view decides which
     /// file that is) into `space`, below `top` (the highest address the mmap region may use).
     static func load(_ elf: ELFFile, into space: AddressSpace, fileSystem: FileSystemView, top: UInt64,
-                     deadline: UInt64?) throws(SandboxError) -> ProgramImage {
-        let program = try ELFLoader.load(elf, into: space, deadline: deadline)
+                     pieBase: UInt64 = GuestLayout.pieBase, deadline: UInt64?) throws(SandboxError) -> ProgramImage {
+        let program = try ELFLoader.load(elf, into: space, pieBase: pieBase, deadline: deadline)
         guard let path = elf.interpreter else { return ProgramImage(program: program, interpreter: nil, mmapTop: top) }
         let loaderELF = try readLoader(path, fileSystem: fileSystem)
         var loader = try ELFLoader.load(loaderELF, into: space, at: .below(top), deadline: deadline)

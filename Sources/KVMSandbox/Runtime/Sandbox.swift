@@ -161,23 +161,26 @@ public final class Sandbox {
         let loadStarted = monotonicNanoseconds()
         let loadDeadline = configuration.timeout.map { loadStarted &+ UInt64(min($0, 1e9) * 1e9) }
         let fileSystem = try Self.fileSystem(for: configuration, interpreter: elf.interpreter, hostPath: hostPath)
-        let stackBottom = GuestLayout.stackTop - configuration.stackSize
-        let image = try ProgramImage.load(elf, into: space, fileSystem: fileSystem, top: Self.mmapTop(stackBottom: stackBottom),
-                                          deadline: loadDeadline)
+        // Address-space layout randomization, as Linux does for every execve (unless --no-aslr).
+        let layout: GuestLayout.Randomization = configuration.randomizeLayout ? .random() : .fixed
+        let stackBottom = layout.stackTop - configuration.stackSize
+        let image = try ProgramImage.load(elf, into: space, fileSystem: fileSystem,
+                                          top: Self.mmapTop(stackBottom: stackBottom) - layout.mmapShift,
+                                          pieBase: layout.pieBase, deadline: loadDeadline)
         try space.mapNew(stackBottom, length: configuration.stackSize, [.read, .write])
         let stackPointer = try InitialStack.build(
-            in: space, top: GuestLayout.stackTop, size: configuration.stackSize,
+            in: space, top: layout.stackTop, size: configuration.stackSize,
             arguments: configuration.arguments, environment: configuration.environment, image: image)
         try X86CPUState.installSystemTables(in: space)
         try space.mapNew(GuestLayout.mailboxPage, length: PageSize.bytes, [.read, .write])
         try space.mapOutsideMemory(GuestLayout.doorbellPage, [.read, .write])
         let builtins = BuiltinHostCalls(
-            space: space, heapStart: image.program.imageEnd, mmapTop: image.mmapTop,
+            space: space, heapStart: image.program.imageEnd + layout.heapShift, mmapTop: image.mmapTop,
             outputs: [1: configuration.standardOutput, 2: configuration.standardError],
             outputLimit: configuration.outputLimit)
         builtins.addressSpaceLimit = configuration.addressSpaceLimit
         let linux = LinuxPersonality(space: space, builtins: builtins, fileSystem: fileSystem,
-                                     configuration: configuration, image: image)
+                                     configuration: configuration, image: image, stackBottom: stackBottom)
         let vm: VirtualMachine, vcpu: VirtualCPU
         do {
             (vm, vcpu) = try MicroVM.create(system: system, memory: memory, space: space,

@@ -40,6 +40,11 @@ public struct SandboxConfiguration: Sendable, Codable {
     /// For a dynamic program: make its loader, its own file, `/etc/ld.so.cache` and the system
     /// library directories (`SystemLibraries.directories`) visible read-only, besides `files`.
     public var systemLibraries = true
+    /// Randomize the address-space layout of every fresh VM (stack, mmap region and loader,
+    /// heap, a position-independent program), as Linux does; false gives the same addresses in
+    /// every run (`kvmsandbox run --no-aslr`, like `setarch -R`). Forks of a snapshot share the
+    /// snapshot's layout, as children of a pre-forking server share their parent's.
+    public var randomizeLayout = true
     /// Let the guest map anonymous memory executable, and writable and executable at once (V8's
     /// code space). Off by default: W^X holds, a RW->RX `mprotect` flip (LuaJIT) is allowed.
     public var allowJIT = false

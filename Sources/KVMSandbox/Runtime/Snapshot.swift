@@ -167,7 +167,7 @@ extension Sandbox {
         builtins.addressSpaceLimit = snapshot.configuration.addressSpaceLimit
         builtins.state = snapshot.builtins
         let linux = LinuxPersonality(space: space, builtins: builtins, fileSystem: snapshot.fileSystem,
-                                     configuration: snapshot.configuration, image: snapshot.image)
+                                     configuration: snapshot.configuration, image: snapshot.image, stackBottom: snapshot.stackBottom)
         linux.state = snapshot.linux
         let vm: VirtualMachine, vcpu: VirtualCPU
         do {

@@ -49,6 +49,33 @@ public enum GuestLayout {
     /// The page holding the GDT.
     public static let systemPage: UInt64 = 0x7fff_ffff_f000
 
+    /// Where one fresh VM's stack, mmap region, heap and position-independent program start.
+    /// `fixed` is the layout above; `random()` shifts each part by a random number of pages with
+    /// Linux x86-64's default entropy (`randomize_va_space = 2`): the stack top down by up to
+    /// 16 GiB (22 bits), the mmap region (and the dynamic loader in it) down by up to 1 TiB (28
+    /// bits), the heap up by up to 32 MiB (13 bits), a PIE program up by up to 1 TiB (28 bits).
+    struct Randomization: Codable, Equatable, Sendable {
+        /// One past the highest stack byte.
+        var stackTop: UInt64
+        /// Extra unmapped bytes between the stack's gap and the top of the mmap region.
+        var mmapShift: UInt64
+        /// Unmapped bytes between the end of the program's image and the heap's start.
+        var heapShift: UInt64
+        /// Where a position-independent program's lowest page goes.
+        var pieBase: UInt64
+
+        /// No randomization: the same addresses in every run (`--no-aslr`, as `setarch -R`).
+        static let fixed = Randomization(stackTop: GuestLayout.stackTop, mmapShift: 0, heapShift: 0, pieBase: GuestLayout.pieBase)
+
+        /// A fresh random layout, from the host's `getrandom`.
+        static func random() -> Randomization {
+            var generator = SystemRandomNumberGenerator()
+            func pages(_ bits: Int) -> UInt64 { UInt64.random(in: 0..<(1 << UInt64(bits)), using: &generator) << PageSize.shift }
+            return Randomization(stackTop: GuestLayout.stackTop - pages(22), mmapShift: pages(28), heapShift: pages(13),
+                                 pieBase: GuestLayout.pieBase + pages(28))
+        }
+    }
+
     /// Whether `address` lies on the page that starts at `page`.
     static func page(_ page: UInt64, contains address: UInt64) -> Bool {
         address >= page && address - page < PageSize.bytes
