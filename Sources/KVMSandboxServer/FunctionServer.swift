@@ -25,9 +25,13 @@ public final class FunctionServer: Sendable {
         public let outcome: RunOutcome
     }
 
-    /// The ready-point snapshot every request is forked from.
-    public let snapshot: Snapshot
-    let pool: SandboxPool
+    /// The ready-point snapshot requests are forked from now (a refresh replaces it).
+    public var snapshot: Snapshot { pools.current.resource.snapshot }
+    /// Forks of the current snapshot; a refresh builds a new pool, and the old one is released
+    /// once its requests in flight finish.
+    let pools: Refreshing<SandboxPool>
+    /// Snapshots made by a refresh since the first.
+    public var refreshes: Int { pools.refreshes }
     /// Each request's wall-clock limit (nil: the configuration's).
     public let requestTimeout: Double?
     /// What an HTTP client may cost the server (`serve`).
@@ -52,13 +56,20 @@ public final class FunctionServer: Sendable {
     /// and stderr captured).
     /// `tracking`: how forks track the pages they dirty (nil: the fastest this KVM has).
     /// `limits`: what HTTP clients may cost (`serve`); throws for limits that cannot work.
+    /// `refresh`: when to replace the snapshot with a fresh one made by `boot` (needed then).
     public init(snapshot: Snapshot, workers: Int, requestTimeout: Double? = nil, tracking: DirtyTracking? = nil,
-                limits: HTTPLimits = .init()) throws {
+                limits: HTTPLimits = .init(), refresh: RefreshPolicy = .init(), boot: (@Sendable () throws -> Snapshot)? = nil) throws {
         if let problem = limits.problem { throw HTTPLimitsError(problem) }
+        if refresh.refreshes && boot == nil { throw HTTPLimitsError("refreshing the snapshot needs a way to boot a new one") }
         self.requestTimeout = requestTimeout
         self.limits = limits
-        self.snapshot = snapshot
-        pool = try SandboxPool(snapshot: snapshot, capacity: max(1, workers), prefork: max(1, workers), tracking: tracking)
+        let capacity = max(1, workers)
+        let first = try SandboxPool(snapshot: snapshot, capacity: capacity, prefork: capacity, tracking: tracking)
+        pools = Refreshing(first, policy: refresh, logger: logger) {
+            // (Never `first`: the closure would keep the first pool's VMs alive for good.)
+            guard let boot else { throw HTTPLimitsError("no way to boot a new snapshot") }
+            return try SandboxPool(snapshot: try boot(), capacity: capacity, prefork: capacity, tracking: tracking)
+        }
         counters.setVMs(max(1, workers))
     }
 
@@ -67,7 +78,7 @@ public final class FunctionServer: Sendable {
 
     /// Serves one request in a fresh fork: `body` is the program's stdin.
     public func handle(_ body: [UInt8]) async throws -> Answer {
-        try await pool.withSandbox { vm in
+        try await pools.forRequest().resource.withSandbox { vm in
             let started = DispatchTime.now().uptimeNanoseconds
             vm.standardInput = .bytes(body)
             if let requestTimeout { vm.timeout = requestTimeout }

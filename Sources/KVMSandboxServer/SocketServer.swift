@@ -16,8 +16,13 @@ import Logging
 /// try await server.serve(host: "127.0.0.1", port: 8080)
 /// ```
 public final class SocketServer: Sendable {
-    /// The ready-point snapshot every connection is served from.
-    public let snapshot: Snapshot
+    /// The ready-point snapshot connections are served from now (a refresh replaces it).
+    public var snapshot: Snapshot { snapshots.current.resource }
+    /// The current snapshot; a refresh boots a new one, and each worker forks it after the
+    /// connection it is serving.
+    let snapshots: Refreshing<Snapshot>
+    /// Snapshots made by a refresh since the first.
+    public var refreshes: Int { snapshots.refreshes }
     /// VMs serving connections at once (one host thread each).
     public let workers: Int
     /// Each connection's wall-clock limit (nil: the snapshot configuration's).
@@ -33,13 +38,24 @@ public final class SocketServer: Sendable {
     public let tracking: DirtyTracking?
 
     /// A server of `snapshot`, which must wait for connections (`Snapshot.waitsForConnections`).
+    /// `refresh`: when to replace the snapshot with a fresh one made by `boot` (needed then).
     public init(snapshot: Snapshot, workers: Int, connectionTimeout: Double? = nil, resetsEachConnection: Bool = true,
-                tracking: DirtyTracking? = nil) throws {
+                tracking: DirtyTracking? = nil, refresh: RefreshPolicy = .init(), boot: (@Sendable () throws -> Snapshot)? = nil) throws {
         self.tracking = tracking
         guard snapshot.waitsForConnections else {
             throw SandboxError.invalidConfiguration("the program was not snapshotted waiting for a connection")
         }
-        self.snapshot = snapshot
+        if refresh.refreshes && boot == nil {
+            throw SandboxError.invalidConfiguration("refreshing the snapshot needs a way to boot a new one")
+        }
+        snapshots = Refreshing(snapshot, policy: refresh, logger: logger) {
+            guard let boot else { throw SandboxError.invalidConfiguration("no way to boot a new snapshot") }
+            let fresh = try boot()
+            guard fresh.waitsForConnections else {
+                throw SandboxError.invalidConfiguration("the refreshed program was not snapshotted waiting for a connection")
+            }
+            return fresh
+        }
         self.workers = max(1, workers)
         self.connectionTimeout = connectionTimeout
         self.resetsEachConnection = resetsEachConnection
@@ -88,8 +104,19 @@ public final class SocketServer: Sendable {
                     group.enter()
                     Thread.detachNewThread {
                         defer { group.leave() }
+                        var generation = 0
                         while let connection = listener.accept() {
-                            do { _ = try self.serve(connection: connection, in: box.sandbox) } catch {
+                            do {
+                                // A refreshed snapshot: this worker's next VM is a fork of it.
+                                let (snapshot, current) = self.snapshots.forRequest()
+                                if current != generation {
+                                    generation = current
+                                    do { box.sandbox = try snapshot.fork(tracking: self.tracking) } catch {
+                                        self.logger.error("could not fork the refreshed snapshot (the old VM serves on): \(error)")
+                                    }
+                                }
+                                _ = try self.serve(connection: connection, in: box.sandbox)
+                            } catch {
                                 failures.append(error)
                                 self.logger.error("a VM failed on the host side: \(error)")
                                 return
@@ -171,8 +198,10 @@ final class ListeningSocket: @unchecked Sendable {
 }
 
 /// A sandbox handed to the one thread that uses it.
+/// (@unchecked: one worker thread owns it; it changes only on that thread, to a fork of a
+/// refreshed snapshot.)
 final class SandboxBox: @unchecked Sendable {
-    let sandbox: Sandbox
+    var sandbox: Sandbox
     init(_ sandbox: Sandbox) { self.sandbox = sandbox }
 }
 

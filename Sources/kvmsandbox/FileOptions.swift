@@ -3,7 +3,7 @@ import Foundation
 import KVMSandbox
 
 /// The file options `run` and `serve` share: grants and in-memory directories.
-struct FileOptions: ParsableArguments {
+struct FileOptions: ParsableArguments, Sendable {
     @Option(name: .customLong("ro"), help: "Make a host file or directory visible to the guest at the same path, read-only (repeatable).")
     var readOnly: [String] = []
 

@@ -69,6 +69,12 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Function mode: request-body bytes buffered across all connections, with a K, M or G suffix (default 256M); past it, reading pauses.")
     var maxBuffered: String = "256M"
 
+    @Option(name: .long, help: "Boot a fresh snapshot (new address layout, AT_RANDOM, hash seeds, PRNG states) after this many requests (socket mode: connections) and swap it in without dropping any.")
+    var refreshAfter: Int?
+
+    @Option(name: .long, help: "Boot a fresh snapshot every this many seconds (as --refresh-after; whichever comes first).")
+    var refreshEvery: Double?
+
     @OptionGroup var options: ProgramOptions
 
     /// The HTTP limits of the options above.
@@ -95,6 +101,11 @@ struct Serve: AsyncParsableCommand {
         }
         if let metrics { _ = try Self.address(metrics) }
         _ = try httpLimits()
+        if let refreshAfter, refreshAfter < 1 { throw ValidationError("--refresh-after must be at least 1, not \(refreshAfter)") }
+        if let refreshEvery, !(refreshEvery.isFinite && refreshEvery > 0) { throw ValidationError("--refresh-every must be a positive number of seconds") }
+        if snapshot != nil && (refreshAfter != nil || refreshEvery != nil) {
+            throw ValidationError("--refresh-after and --refresh-every boot the program again; a --snapshot file cannot be booted afresh")
+        }
         guard options.program.isEmpty != (snapshot == nil) else {
             throw ValidationError(snapshot == nil ? "give the program after --" : "give either --snapshot or a program, not both")
         }
@@ -132,12 +143,16 @@ struct Serve: AsyncParsableCommand {
             MetricsSystem.bootstrap(factory)
         }
         let tracking = DirtyTracking(rawValue: dirtyTracking)
+        let refresh = RefreshPolicy(afterRequests: refreshAfter, every: refreshEvery)
+        let options = self.options
+        var boot: (@Sendable () throws -> Snapshot)?
+        if refresh.refreshes { boot = { @Sendable in try options.boot() } }
         let counters: ServerCounters
         let serveForever: @Sendable (String, Int, @escaping @Sendable (Int) -> Void) async throws -> Void
         let mode: String
         if snapshot.waitsForConnections {
             let server = try SocketServer(snapshot: snapshot, workers: workers, connectionTimeout: timeout, resetsEachConnection: !noReset,
-                                          tracking: tracking)
+                                          tracking: tracking, refresh: refresh, boot: boot)
             serveForever = { try await server.serve(host: $0, port: $1, bound: $2) }
             counters = server.counters
             mode = "socket mode: a \(noReset ? "reused" : "reset") VM per connection"
@@ -147,7 +162,8 @@ struct Serve: AsyncParsableCommand {
                 throw ExitCode(ExitStatus.sandboxError)
             }
             let limits = try httpLimits()
-            let server = try FunctionServer(snapshot: snapshot, workers: workers, requestTimeout: timeout, tracking: tracking, limits: limits)
+            let server = try FunctionServer(snapshot: snapshot, workers: workers, requestTimeout: timeout, tracking: tracking, limits: limits,
+                                            refresh: refresh, boot: boot)
             printError("kvmsandbox: HTTP limits: \(limits.maximumConnections) connections, \(limits.maximumBody) body bytes, "
                        + "\(limits.maximumBufferedBytes) buffered bytes, timeouts: header \(limits.headerTimeout) s, body \(limits.bodyTimeout) s, idle \(limits.idleTimeout) s")
             serveForever = { try await server.serve(host: $0, port: $1, bound: $2) }

@@ -4,7 +4,7 @@ import KVMSandbox
 
 /// What `serve` and `snapshot` start from: a program with its files, environment and memory,
 /// run to its ready point (its first read of stdin, or its wait for a connection).
-struct ProgramOptions: ParsableArguments {
+struct ProgramOptions: ParsableArguments, Sendable {
     @Option(name: .long, help: "Guest memory in MiB, per VM (default 256; a snapshot's is fixed).")
     var memory: UInt64?
 

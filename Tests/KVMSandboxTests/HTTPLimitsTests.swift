@@ -168,3 +168,72 @@ extension KVMTests {
         }
     }
 }
+
+extension KVMTests {
+    /// What requests of one snapshot share, and the bound `RefreshPolicy` puts on it.
+    @Suite struct SnapshotRefresh {
+        /// Python's hash seed and PRNG state are the same in every request of one snapshot; with
+        /// a refresh after 4 requests a fresh boot replaces them, and no request is dropped.
+        @Test func refreshedSnapshotsGetFreshRandomState() async throws {
+            let code = LinuxFixtures.scratch("refresh")
+            try Data("import random, sys\nsys.stdin.read()\nprint(hash('abc'), random.random())\n".utf8)
+                .write(to: URL(fileURLWithPath: code + "/seed.py"))
+            var configuration = SandboxConfiguration()
+            configuration.arguments = ["/usr/bin/python3", code + "/seed.py"]
+            configuration.files = [FileGrant(hostPath: code)]
+            configuration.memorySize = 128 << 20
+            configuration.timeout = 60
+            configuration.standardOutput = .capture
+            configuration.standardError = .capture
+            let fixed = configuration
+            let boot: @Sendable () throws -> Snapshot = {
+                try Snapshot(elfPath: "/usr/bin/python3", configuration: fixed, readyAt: .firstInputRead)
+            }
+            let plain = try FunctionServer(snapshot: try boot(), workers: 1, requestTimeout: 10)
+            var shared: Set<String> = []
+            for _ in 0..<4 { shared.insert(String(decoding: try await plain.handle([]).body, as: UTF8.self)) }
+            #expect(shared.count == 1, "one snapshot, one state: \(shared)")
+            let refreshing = try FunctionServer(snapshot: try boot(), workers: 1, requestTimeout: 10,
+                                                refresh: RefreshPolicy(afterRequests: 4), boot: boot)
+            var seen: Set<String> = []
+            for _ in 0..<40 {
+                let answer = try await refreshing.handle([])
+                #expect(answer.status == 200)
+                seen.insert(String(decoding: answer.body, as: UTF8.self))
+                if refreshing.refreshes >= 2 && seen.count >= 3 { break }
+                try await Task.sleep(nanoseconds: 50_000_000)  // let the background boot finish
+            }
+            #expect(refreshing.refreshes >= 2)
+            #expect(seen.count >= 3, "\(seen)")
+        }
+    }
+}
+
+extension KVMTests.SnapshotRefresh {
+    /// Socket mode: each worker forks the refreshed snapshot after its connection; every
+    /// connection is answered, and fresh boots bring fresh hash seeds.
+    @Test func socketModeWorkersMoveToTheRefreshedSnapshot() async throws {
+        let code = LinuxFixtures.scratch("refresh-socket")
+        let server = SocketPrograms.python.replacingOccurrences(of: "{self.path} count={count} seen={seen}", with: "{hash('abc')}")
+        #expect(server.contains("hash('abc')"))
+        try Data(server.utf8).write(to: URL(fileURLWithPath: code + "/server.py"))
+        let configuration = SocketPrograms.configuration(["/usr/bin/python3", code + "/server.py"], grants: [FileGrant(hostPath: code)])
+        let boot: @Sendable () throws -> Snapshot = {
+            try Snapshot(elfPath: "/usr/bin/python3", configuration: configuration, readyAt: .firstWait)
+        }
+        let refreshing = try SocketServer(snapshot: try boot(), workers: 1, connectionTimeout: 10,
+                                          refresh: RefreshPolicy(afterRequests: 3), boot: boot)
+        let seen = try await SocketPrograms.serving(refreshing) { port in
+            var seen: Set<String> = []
+            for index in 0..<60 {
+                let answer = SocketPrograms.get(port: port, path: "/r\(index)")
+                #expect(!answer.isEmpty && !answer.hasPrefix("error"))
+                seen.insert(answer)
+                if seen.count >= 3 { break }
+                try await Task.sleep(nanoseconds: 50_000_000)
+            }
+            return seen
+        }
+        #expect(seen.count >= 3, "\(seen)")
+    }
+}
