@@ -50,6 +50,12 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "The most address space the guest's mmap mappings may span, reservations included, in GiB (default 16384).")
     var addressSpace: UInt64 = 16384
 
+    @Option(name: .long, help: "Host memory the Linux layer may hold for the guest (in-memory files, pipes, epoll, mapping records, threads), in MiB (default: half of --memory, at least 32).")
+    var hostMemory: UInt64?
+
+    @Option(name: .long, help: "Bytes the guest may add to the host's disk under its --rw grants, in MiB (writes past it: ENOSPC). Default: no quota.")
+    var diskQuota: UInt64?
+
     @Option(name: .long, help: "The most threads the guest may have at once (clone past it: EAGAIN).")
     var maxThreads: Int = 64
 
@@ -101,6 +107,8 @@ struct Run: ParsableCommand {
         configuration.randomizeLayout = !noASLR
         configuration.maximumThreads = maxThreads
         configuration.addressSpaceLimit = addressSpace << 30
+        if let hostMemory { configuration.hostMemoryLimit = try OptionChecks.mebibytes(hostMemory, option: "--host-memory") }
+        if let diskQuota { configuration.diskQuota = try OptionChecks.mebibytes(diskQuota, option: "--disk-quota") }
         configuration.systemLibraries = !noSystemLibraries
         let split = GuestArgumentSplit.parts
         // argv[0] as typed, or the path found in PATH (the guest has no PATH to search).
@@ -152,6 +160,10 @@ struct Run: ParsableCommand {
         if verbose {
             let statistics = sandbox.statistics
             printError("kvmsandbox: \(outcome); \(statistics.exits) exits, \(statistics.hostCalls) host calls, \(sandbox.systemCallCounts.values.reduce(0, +)) Linux system calls (\(sandbox.exitlessSystemCallCounts.values.reduce(0, +)) without an exit), \(statistics.translationFlushes) translation flushes (\(statistics.translationFlushNanoseconds / 1000) us)")
+            let (held, budget) = sandbox.hostMemory
+            let disk = sandbox.diskUsage
+            printError("kvmsandbox: host memory held for the guest at the end: \(held >> 10) KiB of \(budget >> 10) KiB"
+                       + (disk.quota.map { "; disk added: \(disk.added >> 10) KiB of \($0 >> 10) KiB" } ?? ""))
             let missing = sandbox.unimplementedSystemCalls.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }
             if !missing.isEmpty { printError("kvmsandbox: not implemented (answered ENOSYS): \(missing.joined(separator: ", "))") }
             if sandbox.refusedExecutableMappings > 0 {

@@ -18,7 +18,7 @@ static const char *name(int e) {
     switch (e) {
     case 0: return "0"; case EACCES: return "EACCES"; case EROFS: return "EROFS"; case EBUSY: return "EBUSY";
     case ENOENT: return "ENOENT"; case EXDEV: return "EXDEV"; case EPERM: return "EPERM"; case EINVAL: return "EINVAL";
-    case ELOOP: return "ELOOP"; case EISDIR: return "EISDIR"; case EEXIST: return "EEXIST"; case EBADF: return "EBADF";
+    case ELOOP: return "ELOOP"; case EISDIR: return "EISDIR"; case EEXIST: return "EEXIST"; case EBADF: return "EBADF"; case ENOSPC: return "ENOSPC"; case ENOMEM: return "ENOMEM"; case EMFILE: return "EMFILE";
     default: return "other";
     }
 }
@@ -120,6 +120,50 @@ int main(int argc, char **argv) {
         const unsigned char *random = (const unsigned char *)getauxval(AT_RANDOM);
         printf("stack=%p brk=%p mmap=%p main=%p random=%02x%02x%02x%02x\n", (void *)&local, sbrk(0), mapped, (void *)main,
                random[0], random[1], random[2], random[3]);
+        return 0;
+    }
+    if (!strcmp(m, "tmpfs-names")) {  // files with ~4 KiB paths in the tmpfs at /memory
+        char path[4096] = "/memory";
+        for (int level = 0; level < 15; level++) {  // 15 directories of 250-character names
+            size_t length = strlen(path);
+            path[length] = '/';
+            memset(path + length + 1, 'a' + level, 250);
+            path[length + 251] = 0;
+            if (mkdir(path, 0755) != 0) { printf("mkdir: %s\n", name(errno)); return 0; }
+        }
+        size_t base = strlen(path);
+        int created = 0, error = 0;
+        for (; created < 100000; created++) {
+            snprintf(path + base, sizeof path - base, "/%0200d", created);
+            int fd = open(path, O_WRONLY | O_CREAT, 0644);
+            if (fd < 0) { error = errno; break; }
+            close(fd);
+        }
+        printf("created=%s error=%s\n", created > 1000 && created < 20000 ? "some" : "wrong", name(error));
+        return 0;
+    }
+    if (!strcmp(m, "pipes")) {  // pipes until the host budget is spent
+        int fds[2], count = 0;
+        while (count < 600 && pipe(fds) == 0) count++;
+        int error = errno;
+        printf("pipes=%s error=%s\n", count > 10 && count < 200 ? "some" : "wrong", name(error));
+        return 0;
+    }
+    if (!strcmp(m, "disk") && argc > 2) {  // a 1 MiB quota: writes, creates, removal
+        static char block[65536];
+        memset(block, 'q', sizeof block);
+        int fd = open(join(a, argv[2], "big"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        long written = 0;
+        ssize_t n;
+        while ((n = write(fd, block, sizeof block)) > 0) written += n;
+        int error = errno;
+        close(fd);
+        printf("written=%s error=%s ", written >= 768 * 1024 && written <= 1024 * 1024 ? "some" : "wrong", name(error));
+        printf("mkdir=%s ", result(mkdir(join(a, argv[2], "d"), 0755)));
+        printf("unlink=%s ", result(unlink(join(a, argv[2], "big"))));
+        printf("mkdir-after=%s ", result(mkdir(join(a, argv[2], "d"), 0755)));
+        fd = open(join(a, argv[2], "again"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        printf("rewrite=%s\n", result(write(fd, block, sizeof block)));
         return 0;
     }
     if (!strcmp(m, "thread")) {  // pthread_create (musl's clone carries CLONE_DETACHED)

@@ -174,6 +174,36 @@ extension KVMTests {
             #expect(fixed[0][0].hasPrefix("stack=0x7fefffff"), "\(fixed[0])")  // just below the fixed stack top
         }
 
+        /// tmpfs names count against its capacity: files with ~4 KiB paths stop at ENOSPC
+        /// (16 MiB: ~4,000 of them) instead of growing the host by their names.
+        @Test func inMemoryFileNamesCountAgainstTheCapacity() throws {
+            let before = Self.residentBytes
+            let (outcome, stdout) = try run(["tmpfs-names"], grants: [], tmpfs: ["/memory"])
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "created=some error=ENOSPC\n")
+            #expect(Self.residentBytes - before < 96 << 20)
+        }
+
+        /// Pipes reserve their buffer in the host budget: with a 4 MiB budget pipe() fails with
+        /// ENOMEM after a few dozen.
+        @Test func pipesStopAtTheHostBudget() throws {
+            let (outcome, stdout, _) = try Guests.run("escapes", ["pipes"]) { $0.hostMemoryLimit = 4 << 20 }
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "pipes=some error=ENOMEM\n")
+        }
+
+        /// `diskQuota`: writes stop at it (a short write, then ENOSPC), creating a directory
+        /// needs room, and removing a file gives its room back.
+        @Test func theDiskQuotaBoundsWhatTheGuestAdds() throws {
+            let directory = LinuxFixtures.scratch("quota")
+            let (outcome, stdout, _) = try Guests.run("escapes", ["disk", directory]) { configuration in
+                configuration.files = [FileGrant(hostPath: directory, writable: true)]
+                configuration.diskQuota = 1 << 20
+            }
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "written=some error=ENOSPC mkdir=ENOSPC unlink=0 mkdir-after=0 rewrite=0\n")
+        }
+
         /// musl's `pthread_create` passes CLONE_DETACHED, which Linux ignores.
         @Test func muslThreadsStart() throws {
             let (outcome, stdout) = try run(["thread"], grants: [])

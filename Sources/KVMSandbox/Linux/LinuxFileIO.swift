@@ -106,7 +106,18 @@ extension LinuxPersonality {
             if position != nil { return Self.fail(.illegalSeek) }
             return .value(try builtins.writeOutput(stream: stream, memory, address: address, count: count))
         case .host(let host):
-            let count = Int(min(count, UInt64(Self.transferLimit)))
+            var count = Int(min(count, UInt64(Self.transferLimit)))
+            // The disk quota: at most what is left of it, ENOSPC when nothing is (as a full disk).
+            var before = stat()
+            if let allowance = diskAllowance {
+                guard allowance > 0 || count == 0 else { return Self.fail(.noSpace) }
+                count = min(count, allowance)
+                guard fstat(host.fd, &before) == 0 else { return Self.fail(Errno.current) }
+            }
+            defer {
+                var after = stat()
+                if diskQuota != nil, fstat(host.fd, &after) == 0 { chargeDisk(Int(after.st_blocks - before.st_blocks) * 512) }
+            }
             let bytes = try memory.read(address, count: count)
             var offset = position ?? file.offset
             if position == nil, file.statusFlags & O_APPEND != 0 {

@@ -109,7 +109,10 @@ extension LinuxPersonality {
             case .success(let change):
                 defer { close(change.directory) }
                 let mode = mode_t(mode & 0o777 & ~state.umask)
-                return mkdirat(change.directory, change.name, mode) == 0 ? .value(0) : Self.fail(Errno.current)
+                if let allowance = diskAllowance, allowance < Self.diskEntryCharge { return Self.fail(.noSpace) }
+                guard mkdirat(change.directory, change.name, mode) == 0 else { return Self.fail(Errno.current) }
+                chargeDisk(Self.diskEntryCharge)
+                return .value(0)
             }
         }
     }
@@ -123,7 +126,10 @@ extension LinuxPersonality {
             case .failure(let error): return Self.fail(error)
             case .success(let change):
                 defer { close(change.directory) }
-                return unlinkat(change.directory, change.name, directory ? 0x200 : 0) == 0 ? .value(0) : Self.fail(Errno.current)
+                let refund = diskRefund(removing: change.name, in: change.directory)
+                guard unlinkat(change.directory, change.name, directory ? 0x200 : 0) == 0 else { return Self.fail(Errno.current) }
+                chargeDisk(-refund)
+                return .value(0)
             }
         }
     }

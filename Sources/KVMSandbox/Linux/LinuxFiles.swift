@@ -207,9 +207,20 @@ extension LinuxPersonality {
             let hostFlags = flags & (O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_DIRECTORY | O_NOFOLLOW | O_APPEND)
             // O_NONBLOCK: opening a FIFO or a device must not block the vCPU thread; only regular
             // files and directories are offered (a FIFO, socket or device in a grant is EACCES).
+            // The disk quota: a file this open creates costs an entry (it must exist already, or fit).
+            var creates = false
+            if let allowance = diskAllowance, flags & O_CREAT != 0 {
+                if case .success(let existing) = fileSystem.openBeneath(path, flags: 0o10000000, mode: 0) {
+                    close(existing.fd)
+                } else {
+                    guard allowance >= Self.diskEntryCharge else { return Self.fail(.noSpace) }
+                    creates = true
+                }
+            }
             switch fileSystem.openBeneath(path, flags: hostFlags | O_NONBLOCK, mode: UInt32(truncatingIfNeeded: mode & ~state.umask)) {
             case .failure(let error): return Self.fail(error)
             case .success(let (fd, writableGrant)):
+                if creates { chargeDisk(Self.diskEntryCharge) }
                 let host = HostFile(fd: fd)
                 var status = stat()
                 guard fstat(fd, &status) == 0 else { return Self.fail(Errno.current) }

@@ -67,6 +67,12 @@ final class LinuxPersonality {
     var exitlessCounts: [Int: Int] = [:]
     /// Requests for writable-and-executable or executable anonymous memory refused (W^X).
     var refusedExecutable = 0
+    /// The most bytes of host memory the Linux layer may hold for the guest (`hostBytesInUse`).
+    let hostMemoryLimit: Int
+    /// `SandboxConfiguration.diskQuota`, and what the guest added to the disk so far (over the
+    /// VM's life: a reset puts the guest's state back, not the host's files).
+    let diskQuota: Int?
+    var diskBytesAdded = 0
     /// Whether W^X is lifted for anonymous memory (`SandboxConfiguration.allowJIT`).
     let allowJIT: Bool
     /// The most threads the guest may have at once (`SandboxConfiguration.maximumThreads`).
@@ -92,7 +98,11 @@ final class LinuxPersonality {
         self.acceptsConnections = configuration.acceptsConnections
         self.allowedConnections = Set(configuration.allowedConnections.compactMap(Self.destination))
         var state = State()
-        state.memoryFiles = MemoryFileSystem(mounts: configuration.memoryDirectories, capacity: configuration.memoryDirectoryCapacity)
+        // The in-memory files are part of the host budget: never more than it.
+        state.memoryFiles = MemoryFileSystem(mounts: configuration.memoryDirectories,
+                                             capacity: min(configuration.memoryDirectoryCapacity, Int(clamping: configuration.effectiveHostMemoryLimit)))
+        self.hostMemoryLimit = Int(clamping: configuration.effectiveHostMemoryLimit)
+        self.diskQuota = configuration.diskQuota.map { Int(clamping: $0) }
         state.cwd = Self.initialDirectory(configuration.workingDirectory, fileSystem: fileSystem)
         self.state = state
     }
@@ -129,6 +139,7 @@ final class LinuxPersonality {
     }
 
     private func dispatch(_ call: HostCall) throws -> HostCallEffect {
+        if let refusal = refusalForHostBudget(call) { return refusal }
         if let effect = try handleThreads(call) { return effect }
         if let effect = try handlePolling(call) { return effect }
         if let effect = try handleSignals(call) { return effect }

@@ -22,6 +22,14 @@ extension Sandbox {
         Dictionary(linux.exitlessCounts.map { (LinuxSyscallNames.name($0.key), $0.value) }, uniquingKeysWith: +)
     }
 
+    /// Bytes of host memory the Linux layer holds for the guest now, and its budget
+    /// (`SandboxConfiguration.hostMemoryLimit`).
+    public var hostMemory: (inUse: Int, limit: Int) { (linux.hostBytesInUse, linux.hostMemoryLimit) }
+
+    /// Bytes the guest added to the host's disk under its writable grants, and its quota
+    /// (`SandboxConfiguration.diskQuota`; nil: none, and then nothing is counted).
+    public var diskUsage: (added: Int, quota: Int?) { (linux.diskBytesAdded, linux.diskQuota) }
+
     /// The system calls answered `ENOSYS` because the Linux layer does not implement them, by name.
     public var unimplementedSystemCalls: [String: Int] {
         Dictionary(linux.unimplemented.map { (LinuxSyscallNames.name($0.key), $0.value) }, uniquingKeysWith: +)

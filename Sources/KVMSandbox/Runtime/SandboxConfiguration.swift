@@ -33,6 +33,20 @@ public struct SandboxConfiguration: Sendable, Codable {
     public var memoryDirectories: [String] = []
     /// The most bytes the files of `memoryDirectories` may hold together.
     public var memoryDirectoryCapacity = 16 << 20
+    /// The most host memory the Linux layer may hold for this guest, in bytes: in-memory files
+    /// (contents and names), pipe buffers, epoll and eventfd records, file-mapping and
+    /// address-range records, threads, virtual sockets, open descriptions. Past it, calls that
+    /// would hold more fail as Linux fails them short of memory (`mmap`, `pipe`, `epoll_ctl`,
+    /// `eventfd`, `socket`: ENOMEM; `clone`: EAGAIN; in-memory files: ENOSPC). nil: half of
+    /// `memorySize`, at least 32 MiB. Captured output has its own bound, `outputLimit`.
+    public var hostMemoryLimit: UInt64?
+    /// `hostMemoryLimit`, or its default.
+    public var effectiveHostMemoryLimit: UInt64 { hostMemoryLimit ?? max(32 << 20, memorySize / 2) }
+    /// The most bytes the guest may add to the host's disk under its writable grants (file
+    /// growth in allocated blocks, plus 4 KiB per file or directory it creates; what it removes
+    /// is given back), counted over the VM's life; past it writes and creates are ENOSPC.
+    /// nil: no quota.
+    public var diskQuota: UInt64?
     /// The guest's initial working directory; default: the host's when a grant covers it, else `/`.
     public var workingDirectory: String?
     /// The program's path as the guest sees it (`/proc/self/exe`); default: `arguments[0]`.
