@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Synchronization
 
 /// A small HTTP/1.1 server on SwiftNIO: each request's head and whole body go to a responder,
 /// whose answer is sent with a Content-Length. Function mode and the metrics endpoint use it.
@@ -34,29 +35,43 @@ enum HTTPListener {
         logger.info("listening on \(host):\(actual)")
         let connections = Allowance(limits.maximumConnections)
         let buffered = Allowance(limits.maximumBufferedBytes)
+        let open = OpenConnections()
+        // Cancellation (a graceful shutdown) stops accepting and closes idle connections; a
+        // request being answered is not cancelled: its connection's task runs apart (an
+        // unstructured task the group awaits), answers, then closes.
         try await withThrowingDiscardingTaskGroup { group in
-            try await channel.executeThenClose { accepted in
-                for try await connection in accepted {
-                    // At the limit, stop taking connections: NIO then stops accepting.
-                    guard await connections.acquire(1) else {
-                        try? await connection.channel.close()
-                        break
-                    }
-                    group.addTask {
-                        defer { connections.release(1) }
-                        await serve(connection, limits: limits, buffered: buffered, logger: logger, respond: respond)
+            try await withTaskCancellationHandler {
+                try await channel.executeThenClose { accepted in
+                    for try await connection in accepted {
+                        // At the limit, stop taking connections: NIO then stops accepting.
+                        guard await connections.acquire(1) else {
+                            try? await connection.channel.close()
+                            break
+                        }
+                        group.addTask {
+                            defer { connections.release(1) }
+                            await Task {
+                                await serve(connection, limits: limits, buffered: buffered, open: open, logger: logger, respond: respond)
+                            }.value
+                        }
                     }
                 }
+            } onCancel: {
+                open.shutDown()
             }
         }
     }
 
     /// Answers the requests of one connection, in order.
     private static func serve(_ connection: NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, limits: HTTPLimits,
-                              buffered: Allowance, logger: Logger,
+                              buffered: Allowance, open: OpenConnections, logger: Logger,
                               respond: @Sendable (HTTPRequestHead, [UInt8]) async throws -> Response) async {
         var held = 0  // bytes of `buffered` this connection holds
-        defer { buffered.release(held) }
+        let id = open.add(connection.channel)
+        defer {
+            buffered.release(held)
+            open.remove(id)
+        }
         do {
             try await connection.executeThenClose { inbound, outbound in
                 func answer(_ request: HTTPRequestHead, _ response: Response, close: Bool) async throws {
@@ -79,6 +94,7 @@ enum HTTPListener {
                     case .head(let requestHead):
                         head = requestHead
                         body.clear()
+                        open.setBusy(id, true)
                         // A declared length past the limit is refused before any of it is read.
                         reserved = false
                         if let declared = requestHead.headers.first(name: "Content-Length").flatMap(Int.init), declared >= 0 {
@@ -114,14 +130,59 @@ enum HTTPListener {
                         let response = try await respond(request, bytes)
                         buffered.release(held)
                         held = 0
-                        try await answer(request, response, close: false)
+                        // Shutting down: this answer is the connection's last.
+                        let last = !open.setBusy(id, false)
+                        try await answer(request, response, close: last)
                         // HTTP/1.0, or `Connection: close`: the answer ends the connection.
-                        if !request.isKeepAlive { return }
+                        if !request.isKeepAlive || last { return }
                     }
                 }
             }
         } catch {
             logger.debug("connection ended: \(error)")
         }
+    }
+}
+
+/// The connections a listener has open, and whether each is answering a request: a graceful
+/// shutdown closes the idle ones at once and lets the busy ones finish their answer.
+final class OpenConnections: Sendable {
+    private struct State {
+        var channels: [Int: (channel: any Channel, busy: Bool)] = [:]
+        var next = 0
+        var shuttingDown = false
+    }
+    private let state = Mutex(State())
+
+    /// Registers an idle connection; its id.
+    func add(_ channel: any Channel) -> Int {
+        let (id, closing) = state.withLock { state -> (Int, Bool) in
+            state.next += 1
+            state.channels[state.next] = (channel, false)
+            return (state.next, state.shuttingDown)
+        }
+        if closing { channel.close(promise: nil) }
+        return id
+    }
+
+    func remove(_ id: Int) { state.withLock { _ = $0.channels.removeValue(forKey: id) } }
+
+    /// Marks a connection busy (a request head arrived) or idle (answered); false when the
+    /// server is shutting down (then the answer is the connection's last).
+    @discardableResult
+    func setBusy(_ id: Int, _ busy: Bool) -> Bool {
+        state.withLock { state in
+            state.channels[id]?.busy = busy
+            return !state.shuttingDown
+        }
+    }
+
+    /// Stops the connections: idle ones are closed now, busy ones after their answer.
+    func shutDown() {
+        let idle = state.withLock { state -> [any Channel] in
+            state.shuttingDown = true
+            return state.channels.values.filter { !$0.busy }.map(\.channel)
+        }
+        for channel in idle { channel.close(promise: nil) }
     }
 }

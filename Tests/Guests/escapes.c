@@ -9,7 +9,15 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#define FUTEX_WAIT 0  /* <linux/futex.h> is not in musl's headers */
+#define FUTEX_WAKE 1
+#include <signal.h>
+#include <stdint.h>
 #include <sys/auxv.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,7 +26,7 @@ static const char *name(int e) {
     switch (e) {
     case 0: return "0"; case EACCES: return "EACCES"; case EROFS: return "EROFS"; case EBUSY: return "EBUSY";
     case ENOENT: return "ENOENT"; case EXDEV: return "EXDEV"; case EPERM: return "EPERM"; case EINVAL: return "EINVAL";
-    case ELOOP: return "ELOOP"; case EISDIR: return "EISDIR"; case EEXIST: return "EEXIST"; case EBADF: return "EBADF"; case ENOSPC: return "ENOSPC"; case ENOMEM: return "ENOMEM"; case EMFILE: return "EMFILE";
+    case ELOOP: return "ELOOP"; case EISDIR: return "EISDIR"; case EEXIST: return "EEXIST"; case EBADF: return "EBADF"; case ENOSPC: return "ENOSPC"; case ENOMEM: return "ENOMEM"; case EMFILE: return "EMFILE"; case EAGAIN: return "EAGAIN";
     default: return "other";
     }
 }
@@ -32,6 +40,10 @@ static char *join(char *buffer, const char *directory, const char *leaf) {
 }
 
 static void *thread(void *argument) { return argument; }
+
+static volatile int signals, alarms;
+static void count_signal(int number) { (void)number; signals++; }
+static void count_alarm(int number) { (void)number; alarms++; }
 
 int main(int argc, char **argv) {
     const char *m = argc > 1 ? argv[1] : "";
@@ -164,6 +176,36 @@ int main(int argc, char **argv) {
         printf("mkdir-after=%s ", result(mkdir(join(a, argv[2], "d"), 0755)));
         fd = open(join(a, argv[2], "again"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         printf("rewrite=%s\n", result(write(fd, block, sizeof block)));
+        return 0;
+    }
+    if (!strcmp(m, "storms")) {  // signals, eventfds, futexes, timers and epoll sets, many at once
+        signal(SIGUSR1, count_signal);
+        for (int i = 0; i < 5000; i++) raise(SIGUSR1);
+        printf("signals=%d ", signals);
+        int counter = eventfd(0, EFD_NONBLOCK);
+        uint64_t value = UINT64_MAX - 1;
+        long first = write(counter, &value, 8);
+        value = 1;
+        long overflow = write(counter, &value, 8);
+        printf("eventfd=%ld,%s ", first, result(overflow));
+        static int words[4096];
+        long woken = 0, again = 0;
+        for (int i = 0; i < 5000; i++) {
+            woken += syscall(SYS_futex, &words[i % 4096], FUTEX_WAKE, 1000, 0, 0, 0);
+            if (syscall(SYS_futex, &words[i % 4096], FUTEX_WAIT, 1, 0, 0, 0) == -1 && errno == EAGAIN) again++;
+        }
+        struct timespec zero = {0, 0};
+        long timed = syscall(SYS_futex, &words[0], FUTEX_WAIT, 0, &zero, 0, 0);
+        printf("futex=%ld,%ld,%s ", woken, again, name(timed == -1 && errno == ETIMEDOUT ? 0 : -1));
+        signal(SIGALRM, count_alarm);
+        struct itimerval fast = {{0, 1}, {0, 1}}, off = {{0, 0}, {0, 0}};
+        setitimer(ITIMER_REAL, &fast, 0);
+        for (volatile long spin = 0; alarms < 50 && spin < 4000000000L; spin++) {}
+        setitimer(ITIMER_REAL, &off, 0);
+        printf("alarms=%s ", alarms >= 50 ? "many" : "few");
+        int sets = 0;
+        while (sets < 2000 && epoll_create1(0) >= 0) sets++;
+        printf("epoll=%s,%s\n", sets > 100 ? "many" : "few", name(errno));
         return 0;
     }
     if (!strcmp(m, "thread")) {  // pthread_create (musl's clone carries CLONE_DETACHED)

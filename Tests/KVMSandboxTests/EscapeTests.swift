@@ -204,6 +204,33 @@ extension KVMTests {
             #expect(stdout == "written=some error=ENOSPC mkdir=ENOSPC unlink=0 mkdir-after=0 rewrite=0\n")
         }
 
+        /// Storms: 5,000 self-sent signals, an eventfd pushed to overflow, 10,000 futex calls
+        /// on words nobody waits on, a 1 us interval timer, epoll sets until the descriptors run
+        /// out; each answered as Linux answers it, and the run ends normally.
+        @Test func signalEventfdFutexTimerAndEpollStorms() throws {
+            let (outcome, stdout, _) = try Guests.run("escapes", ["storms"]) { $0.timeout = 60 }
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "signals=5000 eventfd=8,EAGAIN futex=0,5000,0 alarms=many epoll=many,EMFILE\n")
+        }
+
+        /// Arguments and environment near the limit: what fits a quarter of the stack starts,
+        /// what does not is refused before the VM runs (never a trap, never a partial stack).
+        @Test func argumentsAndEnvironmentNearTheLimit() throws {
+            let program = try Guests.build("escapes")
+            var configuration = SandboxConfiguration()
+            configuration.arguments = ["escapes", "thread"] + Array(repeating: String(repeating: "a", count: 100), count: 1500)
+            configuration.environment = (0..<500).map { "V\($0)=" + String(repeating: "v", count: 40) }
+            configuration.standardOutput = .capture
+            configuration.timeout = 20
+            let sandbox = try Sandbox(elfPath: program, configuration: configuration)
+            #expect(try sandbox.run() == .exited(status: 0))
+            configuration.arguments = ["escapes"] + Array(repeating: String(repeating: "b", count: 1000), count: 300)
+            #expect(throws: SandboxError.self) { try Sandbox(elfPath: program, configuration: configuration) }
+            configuration.arguments = ["escapes"]
+            configuration.environment = Array(repeating: "E=", count: 20_000)
+            #expect(throws: SandboxError.self) { try Sandbox(elfPath: program, configuration: configuration) }
+        }
+
         /// musl's `pthread_create` passes CLONE_DETACHED, which Linux ignores.
         @Test func muslThreadsStart() throws {
             let (outcome, stdout) = try run(["thread"], grants: [])

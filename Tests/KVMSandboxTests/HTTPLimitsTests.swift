@@ -150,6 +150,41 @@ extension KVMTests {
             }
         }
 
+        /// 50 requests pipelined on one connection are answered in order; 400 concurrent
+        /// connections against a limit of 32 are all answered (they wait in the backlog).
+        @Test func pipelinedAndManyConcurrentClients() async throws {
+            var limits = HTTPLimits()
+            limits.maximumConnections = 32
+            try await Self.serving(limits) { port in
+                let client = try #require(RawClient(port: port))
+                defer { client.close() }
+                var requests = ""
+                for index in 0..<50 {
+                    let body = String(repeating: "p", count: index)
+                    requests += "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: \(index)\r\n\(index == 49 ? "Connection: close\r\n" : "")\r\n" + body
+                }
+                client.send(requests)
+                let answers = client.readAll()
+                let bodies = answers.components(separatedBy: "\r\n\r\n").dropFirst().map { $0.split(separator: "\n").first.map(String.init) ?? "" }
+                #expect(bodies == (0..<50).map(String.init), "\(bodies.prefix(5))")
+                let results = await withCheckedContinuation { (done: CheckedContinuation<[String], Never>) in
+                    let collected = Mutex<[String]>([])
+                    let group = DispatchGroup()
+                    for index in 0..<400 {
+                        group.enter()
+                        Thread {
+                            let answer = Self.post(port, String(repeating: "c", count: index % 7))
+                            collected.withLock { $0.append(answer) }
+                            group.leave()
+                        }.start()
+                    }
+                    group.notify(queue: .global()) { done.resume(returning: collected.withLock { $0 }) }
+                }
+                #expect(results.count == 400)
+                #expect(results.filter { $0.hasPrefix("HTTP/1.1 200") }.count == 400)
+            }
+        }
+
         /// The allowance behind both limits: waits without spinning, wakes in order, and a
         /// cancelled waiter takes nothing.
         @Test func allowanceWaitsAndCancels() async throws {

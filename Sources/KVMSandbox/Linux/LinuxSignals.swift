@@ -97,10 +97,16 @@ extension LinuxPersonality {
         return number
     }
 
+    /// The shortest period a periodic timer re-arms with: each SIGALRM costs exits (its
+    /// delivery, `rt_sigreturn`), so a 1 us interval would otherwise be due again before the
+    /// guest ran one instruction of its own, and it would never make progress (a livelock until
+    /// the deadline). Like timer slack, it only ever delays a signal.
+    static let minimumTimerPeriod: UInt64 = 1_000_000
+
     /// SIGALRM due: pending on the main thread (process-directed), re-armed when periodic.
     func fireAlarmIfDue(now: UInt64) -> HostCallEffect? {
         guard let deadline = state.alarmDeadline, deadline <= now else { return nil }
-        state.alarmDeadline = state.alarmInterval > 0 ? now &+ state.alarmInterval : nil
+        state.alarmDeadline = state.alarmInterval > 0 ? now &+ max(state.alarmInterval, Self.minimumTimerPeriod) : nil
         return send(14, to: 0)
     }
 
