@@ -100,3 +100,7 @@ int ckvm_unpin(void) {
 }
 
 _Static_assert(offsetof(struct ckvm_cpuid, entries) == offsetof(struct kvm_cpuid2, entries), "ckvm_cpuid matches kvm_cpuid2");
+
+long ckvm_fallocate(int fd, int mode, long offset, long length) { return syscall(SYS_fallocate, fd, mode, offset, length); }
+
+long ckvm_fstatfs(int fd, void *buffer) { return syscall(SYS_fstatfs, fd, buffer); }

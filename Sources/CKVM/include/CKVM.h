@@ -68,6 +68,10 @@ int ckvm_memfd_create(const char *name);
 
 /// getrandom(2) (glibc declares it in <sys/random.h>, which Swift's Glibc module lacks).
 long ckvm_getrandom(void *buffer, unsigned long length);
+/// fallocate(2) (glibc declares it only with _GNU_SOURCE).
+long ckvm_fallocate(int fd, int mode, long offset, long length);
+/// fstatfs(2) into the kernel's 120-byte `struct statfs` (15 64-bit words on x86-64).
+long ckvm_fstatfs(int fd, void *buffer);
 
 /// openat2(2) with `RESOLVE_*` flags (no glibc wrapper): how guest paths are opened beneath a
 /// granted directory. Returns an fd, or -1 with errno.

@@ -58,8 +58,9 @@ struct OpenFile: Codable {
     /// Whether `mmap` may map it executable: a regular file opened through a read-only grant.
     var executable = false
 
-    var readable: Bool { statusFlags & O_ACCMODE != O_WRONLY }
-    var writable: Bool { statusFlags & O_ACCMODE != O_RDONLY }
+    /// Neither for an `O_PATH` descriptor (it only names its file).
+    var readable: Bool { statusFlags & 0o10000000 == 0 && statusFlags & O_ACCMODE != O_WRONLY }
+    var writable: Bool { statusFlags & 0o10000000 == 0 && statusFlags & O_ACCMODE != O_RDONLY }
 }
 
 /// The guest's file descriptors: Linux's lowest-free numbering, close-on-exec flags, and open

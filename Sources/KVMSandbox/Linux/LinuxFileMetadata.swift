@@ -15,20 +15,78 @@ extension LinuxPersonality {
         guard let file = state.files[fd] else { return Self.fail(.badFileDescriptor) }
         var status = stat()
         switch file.kind {
-        case .host(let host), .directory(_, .some(let host)):
+        case .host(let host), .directory(_, .some(let host)), .connection(let host):
             guard fstat(host.fd, &status) == 0 else { return Self.fail(Errno.current) }
-        case .directory(_, nil): status.st_mode = S_IFDIR | 0o555; status.st_nlink = 2
-        case .memory(let contents): status.st_mode = S_IFREG | 0o444; status.st_size = Int(contents.count)
-        case .memoryFile(let path): status = state.memoryFiles.status(path) ?? stat()
-        case .null, .zero, .random: status.st_mode = S_IFCHR | 0o666
-        case .standardInput, .output, .pipe:
-            status.st_mode = S_IFIFO | 0o600  // a pipe: stdio then buffers fully, as for a redirected stream
-        case .epoll, .eventCounter: status.st_mode = 0o600  // anonymous inodes have no file type
-        case .socket, .connection: status.st_mode = S_IFSOCK | 0o777
+            status.st_blksize = 4096
+        default:
+            status = syntheticStatus(file.kind, path: file.path)
         }
-        status.st_blksize = 4096
         try write(status)
         return .value(0)
+    }
+
+    /// Device numbers of the file systems synthesized files seem to live on (Linux's
+    /// anonymous devices 0:N), so that no two kinds share an identity: GNU `cmp` compares
+    /// its output's dev/ino with /dev/null's.
+    enum SyntheticDevice {
+        static let devices = 5, pipes = 12, anonymous = 13, sockets = 8, proc = 21, directories = 22
+    }
+
+    /// The `stat` of a file the host synthesizes (devices with their real numbers, pipes and
+    /// standard streams with inodes of their own, in-memory files and synthetic directories
+    /// with the inode their path always has), the same whether reached by path or by fd.
+    func syntheticStatus(_ kind: OpenFile.Kind, path: String) -> stat {
+        var status = stat()
+        status.st_nlink = 1
+        status.st_blksize = 4096
+        func device(_ minor: UInt, inode: UInt) {
+            status.st_mode = S_IFCHR | 0o666
+            status.st_rdev = (1 << 8) | minor  // major 1: mem devices
+            status.st_dev = UInt(SyntheticDevice.devices)
+            status.st_ino = inode
+        }
+        switch kind {
+        case .null: device(3, inode: 4)
+        case .zero: device(5, inode: 5)
+        case .random: path == "/dev/random" ? device(8, inode: 6) : device(9, inode: 7)
+        case .standardInput, .output, .pipe:
+            status.st_mode = S_IFIFO | 0o600  // a pipe: stdio then buffers fully, as for a redirected stream
+            status.st_dev = UInt(SyntheticDevice.pipes)
+            switch kind {
+            case .pipe(let id, _): status.st_ino = 0x1000 &+ UInt(truncatingIfNeeded: id)
+            case .output(let stream): status.st_ino = 1 &+ UInt(truncatingIfNeeded: stream)
+            default: status.st_ino = 1
+            }
+        case .epoll, .eventCounter:
+            status.st_mode = 0o600  // anonymous inodes have no file type
+            status.st_dev = UInt(SyntheticDevice.anonymous)
+            status.st_ino = 1
+        case .socket(let id):
+            status.st_mode = S_IFSOCK | 0o777
+            status.st_dev = UInt(SyntheticDevice.sockets)
+            status.st_ino = 0x1000 &+ UInt(truncatingIfNeeded: id)
+        case .memory(let contents):
+            status.st_mode = S_IFREG | 0o444
+            status.st_size = contents.count
+            status.st_dev = UInt(SyntheticDevice.proc)
+            status.st_ino = Self.stableInode(path)
+        case .memoryFile(let path):
+            status = state.memoryFiles.status(path) ?? status
+        case .directory:
+            if state.memoryFiles.covers(path), let found = state.memoryFiles.status(path) { return found }
+            status.st_mode = S_IFDIR | 0o555
+            status.st_nlink = 2
+            status.st_dev = UInt(SyntheticDevice.directories)
+            status.st_ino = Self.stableInode(path)
+        case .host, .connection:
+            break  // real files: fstat
+        }
+        return status
+    }
+
+    /// An inode number for a synthesized path: the same in every process (not Swift's seeded hash).
+    static func stableInode(_ path: String) -> UInt {
+        UInt(truncatingIfNeeded: contentHash(Array(path.utf8)[...]) | 1)
     }
 
     func statPath(_ dirfd: Int64, _ memory: GuestMemoryView, path address: UInt64, into out: UInt64,
@@ -49,20 +107,18 @@ extension LinuxPersonality {
         var status = stat()
         if let descriptor = Self.procDescriptor(path) {
             guard state.files[Int64(descriptor)] != nil else { return Self.fail(.noSuchFileOrDirectory) }
-            status.st_mode = follow ? S_IFREG | 0o600 : S_IFLNK | 0o700  // a magic link to the open file
+            // Followed, the magic link is the open file itself; not followed, a link to it.
+            if follow { return try statDescriptor(Int64(descriptor), write: write) }
+            status.st_mode = S_IFLNK | 0o777
+            status.st_blksize = 4096
         } else if let kind = syntheticFile(path) {
-            switch kind {
-            case .memory(let contents): status.st_mode = S_IFREG | 0o444; status.st_size = contents.count
-            case .directory: status.st_mode = S_IFDIR | 0o555; status.st_nlink = 2
-            default: status.st_mode = S_IFCHR | 0o666
-            }
+            status = syntheticStatus(kind, path: path)
         } else if state.memoryFiles.covers(path) {
             guard let found = state.memoryFiles.status(path) else { return Self.fail(.noSuchFileOrDirectory) }
             status = found
         } else if fileSystem.locate(path) == nil {
             guard isAncestorOfAMount(path) else { return Self.fail(.noSuchFileOrDirectory) }
-            status.st_mode = S_IFDIR | 0o555
-            status.st_nlink = 2
+            status = syntheticStatus(.directory(entries: [], host: nil), path: path)
         } else {
             let flags = 0o10000000 /* O_PATH */ | (follow ? 0 : O_NOFOLLOW)
             switch fileSystem.open(path, flags: flags, mode: 0) {
@@ -207,6 +263,7 @@ extension LinuxPersonality {
     func directoryEntries(fd: Int64, _ memory: GuestMemoryView, into address: UInt64, count: UInt64) throws -> HostCallEffect {
         guard let file = state.files[fd] else { return Self.fail(.badFileDescriptor) }
         guard case .directory(let entries, let host) = file.kind else { return Self.fail(.notDirectory) }
+        guard file.readable else { return Self.fail(.badFileDescriptor) }  // O_PATH
         if let host { return try hostDirectoryEntries(fd: fd, host, at: file.offset, memory, into: address, count: count) }
         var offset = Int(min(file.offset, UInt64(entries.count)))
         let start = offset

@@ -202,8 +202,10 @@ extension LinuxPersonality {
             guard flags & O_ACCMODE == O_RDONLY else { return Self.fail(.isDirectory) }
             file = OpenFile(kind: .directory(entries: syntheticDirectory(path), host: nil), statusFlags: keep, path: path)
         } else {
-            // O_PATH and O_TMPFILE are not offered; the rest goes to openat2 beneath the grant.
-            guard flags & 0o10000000 == 0, flags & 0o20000000 == 0 else { return Self.fail(.invalidArgument) }
+            // O_TMPFILE is not offered; O_PATH opens only a name (no reads, no writes); the rest
+            // goes to openat2 beneath the grant.
+            guard flags & 0o20000000 == 0 else { return Self.fail(Errno(rawValue: 95)) }
+            if flags & Self.pathOnly != 0 { return try openPathOnly(path, flags: flags) }
             let hostFlags = flags & (O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_DIRECTORY | O_NOFOLLOW | O_APPEND)
             // O_NONBLOCK: opening a FIFO or a device must not block the vCPU thread; only regular
             // files and directories are offered (a FIFO, socket or device in a grant is EACCES).
@@ -242,6 +244,23 @@ extension LinuxPersonality {
         }
         guard let fd = state.files.install(file, closeOnExec: closeOnExec) else { return Self.fail(.tooManyOpenFiles) }
         return .value(Int64(fd))
+    }
+
+    /// open(O_PATH) beneath a grant: a descriptor for fstat, fchdir, *at calls and
+    /// /proc/self/fd, never for reading or writing (`OpenFile.readable` is false).
+    func openPathOnly(_ path: String, flags: Int32) throws -> HostCallEffect {
+        let hostFlags = Self.pathOnly | (flags & (O_DIRECTORY | O_NOFOLLOW))
+        switch fileSystem.openBeneath(path, flags: hostFlags, mode: 0) {
+        case .failure(let error): return Self.fail(error)
+        case .success(let (fd, _)):
+            let host = HostFile(fd: fd)
+            var status = stat()
+            guard fstat(fd, &status) == 0 else { return Self.fail(Errno.current) }
+            let kind: OpenFile.Kind = status.st_mode & S_IFMT == S_IFDIR ? .directory(entries: [], host: host) : .host(host)
+            let file = OpenFile(kind: kind, statusFlags: Self.pathOnly, path: path)
+            guard let installed = state.files.install(file, closeOnExec: flags & O_CLOEXEC != 0) else { return Self.fail(.tooManyOpenFiles) }
+            return .value(Int64(installed))
+        }
     }
 
     /// Whether a file mode carries setuid, or setgid with group execute (the bits a write drops).

@@ -43,6 +43,8 @@ final class LinuxPersonality {
         var nextObject = 0
         var currentThread = 0
         var nextThreadID: Int32 = 2
+        /// CPU time the guest had in runs that ended (`guestCPUNanoseconds`).
+        var cpuNanoseconds: UInt64 = 0
     }
     var state: State
     let space: AddressSpace
@@ -73,6 +75,9 @@ final class LinuxPersonality {
     /// VM's life: a reset puts the guest's state back, not the host's files).
     let diskQuota: Int?
     var diskBytesAdded = 0
+    /// During a run: the CPU clock of the thread running the vCPU, and its reading at the start.
+    var cpuClock: clockid_t?
+    var cpuClockStart: UInt64 = 0
     /// Whether W^X is lifted for anonymous memory (`SandboxConfiguration.allowJIT`).
     let allowJIT: Bool
     /// The most threads the guest may have at once (`SandboxConfiguration.maximumThreads`).
@@ -144,6 +149,7 @@ final class LinuxPersonality {
         if let effect = try handlePolling(call) { return effect }
         if let effect = try handleSignals(call) { return effect }
         if let effect = try handleFiles(call) { return effect }
+        if let effect = try handleFileAttributes(call) { return effect }
         if let effect = try handleSockets(call) { return effect }
         if let effect = try handleProcess(call) { return effect }
         if let effect = try handleMemory(call) { return effect }

@@ -35,7 +35,16 @@ extension LinuxPersonality {
         case 334: return Self.fail(.noFunction)              // rseq: as a kernel without it
         case 330: return Self.fail(.noFunction)              // pkey_alloc
         case 125: return Self.fail(.notPermitted)            // capget
-        case 228: return nil                                 // clock_gettime: the built-in
+        case 228:                                            // clock_gettime: CPU clocks here, the rest built in
+            guard Self.isCPUClock(call[0]) else { return nil }
+            let cpu = guestCPUNanoseconds
+            try memory.write([UInt8](littleEndianWords: [cpu / 1_000_000_000, cpu % 1_000_000_000]), to: call[1])
+            return .value(0)
+        case 98: return try resourceUsage(who: Int32(truncatingIfNeeded: call[0]), memory, into: call[1])  // getrusage
+        case 100:                                                                                          // times
+            let ticks = guestCPUNanoseconds / 10_000_000  // USER_HZ = 100
+            if call[0] != 0 { try memory.write([UInt8](littleEndianWords: [ticks, 0, 0, 0]), to: call[0]) }
+            return .value(Int64(monotonicNanoseconds() / 10_000_000 & 0x7fff_ffff_ffff))
         case 229:                                            // clock_getres: 1 ns
             if call[1] != 0 { try memory.write([UInt8](UInt64(0).littleEndianBytes + UInt64(1).littleEndianBytes), to: call[1]) }
             return .value(0)
@@ -54,6 +63,52 @@ extension LinuxPersonality {
         case 230: return try sleep(memory, request: call[2], remaining: call[3], absolute: call[1] & 1 != 0, clock: call[0])
         default: return nil
         }
+    }
+
+    /// CLOCK_PROCESS_CPUTIME_ID, CLOCK_THREAD_CPUTIME_ID, or a `clock_getcpuclockid` /
+    /// `pthread_getcpuclockid` id (negative). Every guest thread's clock reads the process's.
+    static func isCPUClock(_ clock: UInt64) -> Bool {
+        clock == 2 || clock == 3 || Int32(truncatingIfNeeded: clock) < 0 && clock & 0xffff_ffff_0000_0000 == 0xffff_ffff_0000_0000
+    }
+
+    /// The CPU time the guest has had: what its vCPU thread ran (guest time, and the host
+    /// serving its calls by exit) over all of this VM's runs.
+    var guestCPUNanoseconds: UInt64 {
+        guard let clock = cpuClock else { return state.cpuNanoseconds }
+        var now = timespec()
+        guard clock_gettime(clock, &now) == 0 else { return state.cpuNanoseconds }
+        let current = UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
+        return state.cpuNanoseconds &+ (current &- cpuClockStart)
+    }
+
+    /// A run starts on the calling thread: its CPU clock counts for the guest from now.
+    func beginCPUAccounting() {
+        var clock = clockid_t()
+        var now = timespec()
+        guard pthread_getcpuclockid(pthread_self(), &clock) == 0, clock_gettime(clock, &now) == 0 else { return }
+        cpuClock = clock
+        cpuClockStart = UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
+    }
+
+    /// A run ended: what it used is added to the guest's CPU time.
+    func endCPUAccounting() {
+        state.cpuNanoseconds = guestCPUNanoseconds
+        cpuClock = nil
+    }
+
+    /// getrusage(RUSAGE_SELF/THREAD/CHILDREN): user time is the guest's CPU time, system time
+    /// zero, the resident size the guest memory in use; children: none.
+    func resourceUsage(who: Int32, _ memory: GuestMemoryView, into address: UInt64) throws -> HostCallEffect {
+        guard [0, 1, -1].contains(who) else { return Self.fail(.invalidArgument) }  // SELF, THREAD, CHILDREN
+        var words = [UInt64](repeating: 0, count: 18)  // struct rusage: two timevals, then 14 longs
+        if who != -1 {
+            let cpu = guestCPUNanoseconds
+            words[0] = cpu / 1_000_000_000
+            words[1] = cpu % 1_000_000_000 / 1000
+            words[4] = (space.memory.size - space.availableBytes) >> 10  // ru_maxrss, KiB
+        }
+        try memory.write([UInt8](littleEndianWords: words), to: address)
+        return .value(0)
     }
 
     func uname(_ memory: GuestMemoryView, into address: UInt64) throws -> HostCallEffect {

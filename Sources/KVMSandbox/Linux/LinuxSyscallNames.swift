@@ -26,7 +26,12 @@ enum LinuxSyscallNames {
         273: ("set_robust_list", 2), 281: ("epoll_pwait", 6), 284: ("eventfd", 1), 290: ("eventfd2", 2),
         291: ("epoll_create1", 1), 292: ("dup3", 3), 293: ("pipe2", 2), 302: ("prlimit64", 4), 316: ("renameat2", 5),
         318: ("getrandom", 3), 330: ("pkey_alloc", 2), 332: ("statx", 5), 334: ("rseq", 4), 435: ("clone3", 2),
-        439: ("faccessat2", 4),
+        439: ("faccessat2", 4), 76: ("truncate", 2), 85: ("creat", 2), 90: ("chmod", 2), 91: ("fchmod", 2),
+        92: ("chown", 3), 93: ("fchown", 3), 94: ("lchown", 3), 98: ("getrusage", 2), 100: ("times", 1),
+        132: ("utime", 2), 137: ("statfs", 2), 138: ("fstatfs", 2), 149: ("mlock", 2), 150: ("munlock", 2),
+        151: ("mlockall", 1), 152: ("munlockall", 0), 235: ("utimes", 2), 260: ("fchownat", 5), 261: ("futimesat", 3),
+        268: ("fchmodat", 3), 280: ("utimensat", 4), 285: ("fallocate", 4), 325: ("mlock2", 3), 452: ("fchmodat2", 4),
+        213: ("epoll_create", 1), 53: ("socketpair", 4), 40: ("sendfile", 4), 326: ("copy_file_range", 6),
     ]
 
     static func name(_ number: Int) -> String { table[number]?.name ?? "syscall_\(number)" }
@@ -42,7 +47,8 @@ enum LinuxSyscallNames {
         let names: [Int32: String] = [1: "EPERM", 2: "ENOENT", 3: "ESRCH", 4: "EINTR", 5: "EIO", 9: "EBADF", 11: "EAGAIN",
                                       12: "ENOMEM", 13: "EACCES", 14: "EFAULT", 17: "EEXIST", 20: "ENOTDIR", 21: "EISDIR",
                                       22: "EINVAL", 24: "EMFILE", 25: "ENOTTY", 27: "EFBIG", 29: "ESPIPE", 30: "EROFS",
-                                      32: "EPIPE", 34: "ERANGE", 36: "ENAMETOOLONG", 38: "ENOSYS", 40: "ELOOP"]
+                                      32: "EPIPE", 34: "ERANGE", 36: "ENAMETOOLONG", 38: "ENOSYS", 40: "ELOOP",
+                                      16: "EBUSY", 18: "EXDEV", 28: "ENOSPC", 95: "EOPNOTSUPP", 110: "ETIMEDOUT"]
         return names[code] ?? "errno \(code)"
     }
 }

@@ -95,6 +95,22 @@ struct MemoryFileSystem: Codable {
         return .success(bytes.count)
     }
 
+    /// Sets a file's size (`truncate`): cut, or extended with zeros within the capacity.
+    mutating func resize(_ path: String, to length: Int64) -> Errno? {
+        switch nodes[path] {
+        case nil: return .noSuchFileOrDirectory
+        case .directory: return .isDirectory
+        case .file(var contents):
+            guard length >= 0, length <= Int64(capacity) else { return .fileTooLarge }
+            let growth = Int(length) - contents.count
+            guard used + growth <= capacity else { return .noSpace }
+            if growth > 0 { contents += [UInt8](repeating: 0, count: growth) } else { contents.removeLast(-growth) }
+            used += growth
+            nodes[path] = .file(contents)
+            return nil
+        }
+    }
+
     mutating func makeDirectory(_ path: String) -> Errno? {
         if nodes[path] != nil { return .fileExists }
         if let error = parentIsDirectory(path) { return error }
@@ -160,7 +176,8 @@ struct MemoryFileSystem: Codable {
         case .file(let bytes): status.st_mode = S_IFREG | 0o666; status.st_size = bytes.count; status.st_nlink = 1
         case nil: return nil
         }
-        status.st_ino = UInt(truncatingIfNeeded: path.hashValue)
+        status.st_ino = LinuxPersonality.stableInode(path)
+        status.st_dev = 0x2a  // tmpfs's anonymous device
         status.st_blksize = 4096
         status.st_blocks = (status.st_size + 511) / 512
         return status

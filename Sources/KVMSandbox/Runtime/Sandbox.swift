@@ -347,6 +347,8 @@ public final class Sandbox {
                                                            || (postsSystemCalls && configuration.systemCallTransport == .exitless))
         }
         runDeadline = deadline
+        linux.beginCPUAccounting()
+        defer { linux.endCPUAccounting() }
         let multithreaded = linux.state.threads.count > 1
         let signalMask = deadline != nil || multithreaded || configuration.maximumThreads > 1 || stop == .parked
             ? VCPUInterrupter.unblockSignalOnThisThread() : nil

@@ -1,0 +1,106 @@
+// Small calls real programs make that the Linux layer once answered ENOSYS or wrongly (the
+// compatibility issue): modes, times, sizes, owners, fchdir, statfs, O_PATH, CPU clocks,
+// getrusage/times, mlock, and the identities of devices, pipes and standard streams.
+// Run with argv[2] a writable grant and argv[3] a read-only one; prints one line per group.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
+#include <sys/time.h>
+#include <sys/times.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *name(int e) {
+    switch (e) {
+    case 0: return "0"; case EROFS: return "EROFS"; case EPERM: return "EPERM"; case EBADF: return "EBADF";
+    case ENOENT: return "ENOENT"; case EINVAL: return "EINVAL"; case ENOSYS: return "ENOSYS"; case ENOTDIR: return "ENOTDIR";
+    default: return "other";
+    }
+}
+static const char *result(long value) { return name(value < 0 ? errno : 0); }
+static char *join(char *buffer, const char *directory, const char *leaf) {
+    snprintf(buffer, 512, "%s/%s", directory, leaf);
+    return buffer;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 4) return 2;
+    const char *rw = argv[2], *ro = argv[3];
+    char a[512];
+    struct stat st;
+    // Modes: permission bits change, special bits never; a read-only grant refuses.
+    int fd = creat(join(a, rw, "f"), 0600);
+    printf("creat=%s ", result(fd));
+    printf("chmod=%s ", result(chmod(a, 04755)));
+    stat(a, &st);
+    printf("mode=%o ", st.st_mode & 07777);
+    printf("fchmod=%s ", result(fchmod(fd, 0640)));
+    fstat(fd, &st);
+    printf("fmode=%o ", st.st_mode & 07777);
+    printf("ro=%s\n", result(chmod(join(a, ro, "r"), 0777)));
+    // Times and sizes.
+    struct timespec stamps[2] = {{1000000000, 0}, {1234567890, 500}};
+    printf("utimensat=%s ", result(utimensat(AT_FDCWD, join(a, rw, "f"), stamps, 0)));
+    stat(a, &st);
+    printf("mtime=%ld ", (long)st.st_mtime);
+    printf("ftruncate=%s ", result(ftruncate(fd, 10000)));
+    fstat(fd, &st);
+    printf("size=%ld ", (long)st.st_size);
+    printf("truncate=%s ", result(truncate(join(a, rw, "f"), 3)));
+    stat(a, &st);
+    printf("size=%ld ", (long)st.st_size);
+    printf("fallocate=%s ", result(fallocate(fd, 0, 0, 8192)));
+    printf("ro-truncate=%s\n", result(truncate(join(a, ro, "r"), 0)));
+    // Owners: only to what they are.
+    stat(join(a, rw, "f"), &st);
+    printf("chown-same=%s ", result(chown(a, st.st_uid, st.st_gid)));
+    printf("chown-keep=%s ", result(chown(a, -1, -1)));
+    printf("chown-other=%s\n", result(chown(a, st.st_uid + 4242, -1)));
+    // fchdir, O_PATH, statfs.
+    int directory = open(rw, O_RDONLY | O_DIRECTORY);
+    printf("fchdir=%s ", result(fchdir(directory)));
+    printf("relative=%s ", result(stat("f", &st)));
+    int path = open("f", O_PATH);
+    char byte;
+    printf("opath=%s read=%s ", result(path), result(read(path, &byte, 1)));
+    printf("fstat-opath=%s ", result(fstat(path, &st)));
+    struct statfs fs;
+    const char *asked = result(statfs(rw, &fs));  // before f_bsize is read (argument order is unspecified)
+    printf("statfs=%s bsize=%ld ", asked, (long)fs.f_bsize);
+    printf("fstatfs=%s\n", result(fstatfs(fd, &fs)));
+    // CPU time, getrusage, times, mlock.
+    volatile unsigned long spin = 0;
+    for (unsigned long i = 0; i < 200000000UL; i++) spin += i;
+    struct timespec cpu, thread;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &cpu);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &thread);
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    struct tms tms;
+    times(&tms);
+    printf("cpu=%s thread=%s rusage=%s times=%s ", cpu.tv_sec > 0 || cpu.tv_nsec > 10000000 ? "ran" : "zero",
+           thread.tv_sec > 0 || thread.tv_nsec > 10000000 ? "ran" : "zero",
+           usage.ru_utime.tv_sec > 0 || usage.ru_utime.tv_usec > 10000 ? "ran" : "zero", tms.tms_utime > 0 ? "ran" : "zero");
+    static char locked[4096];
+    printf("mlock=%s\n", result(mlock(locked, sizeof locked)));
+    // Identities: /dev/null is a character device 1:3; stdout is a pipe of its own; two
+    // pipes differ.
+    struct stat null, out, p0, p1;
+    stat("/dev/null", &null);
+    fstat(1, &out);
+    int first[2], second[2];
+    pipe(first);
+    pipe(second);
+    fstat(first[0], &p0);
+    fstat(second[0], &p1);
+    printf("null=%s rdev=%u:%u stdout-differs=%d pipes-differ=%d\n", S_ISCHR(null.st_mode) ? "chr" : "other",
+           major(null.st_rdev), minor(null.st_rdev), null.st_dev != out.st_dev || null.st_ino != out.st_ino, p0.st_ino != p1.st_ino);
+    return 0;
+}
