@@ -18,8 +18,8 @@ struct Run: ParsableCommand {
         135 #AC, 136 #DE/#XM, 139 #PF/#GP and others). Reports go to stderr.
         """)
 
-    @Option(name: .long, help: "Guest memory in MiB (everything: image, stack, heap, page tables).")
-    var memory: UInt64 = 64
+    @Option(name: .long, help: "Guest memory in MiB (everything: image, stack, heap, page tables), committed as the guest touches it (default 1024).")
+    var memory: UInt64 = 1024
 
     @Option(name: .long, help: "Wall-clock limit in seconds (fractions allowed).")
     var timeout: Double?
@@ -68,6 +68,12 @@ struct Run: ParsableCommand {
     @Flag(name: .long, help: "Do not make the system library directories, /etc/ld.so.cache, the program and its loader visible to a dynamic program.")
     var noSystemLibraries = false
 
+    @Flag(name: .customLong("no-system-view"), help: "Do not show the default read-only system view (/usr, a curated /etc, synthesized /etc/passwd, group, hostname, hosts): only the grants (and, for a dynamic program, its libraries).")
+    var noSystemView = false
+
+    @Option(name: .customLong("system-view"), help: "Add a host path to the read-only system view, at the same path (repeatable; as --ro).")
+    var systemViewPaths: [String] = []
+
     @Flag(name: .long, help: "Print every Linux system call the guest makes, with its result, to stderr.")
     var traceSyscalls = false
 
@@ -110,6 +116,8 @@ struct Run: ParsableCommand {
         if let hostMemory { configuration.hostMemoryLimit = try OptionChecks.mebibytes(hostMemory, option: "--host-memory") }
         if let diskQuota { configuration.diskQuota = try OptionChecks.mebibytes(diskQuota, option: "--disk-quota") }
         configuration.systemLibraries = !noSystemLibraries
+        configuration.systemView = !noSystemView
+        configuration.files += systemViewPaths.map { FileGrant(hostPath: $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0) }
         let split = GuestArgumentSplit.parts
         // argv[0] as typed, or the path found in PATH (the guest has no PATH to search).
         configuration.arguments = [program.contains("/") ? program : executable] + arguments + split.guestArguments
@@ -171,6 +179,9 @@ struct Run: ParsableCommand {
             }
         }
         if case .exited = outcome {} else { printError(Report.text(outcome)) }
+        if sandbox.memoryLimitHits > 0, outcome != .exited(status: 0) {
+            printError("kvmsandbox: the guest hit --memory \(memory) MiB (\(sandbox.memoryLimitHits) request(s) for memory refused with ENOMEM); a larger --memory may let it finish")
+        }
         if let reportJSON {
             do { try Report.write(Array(Report.json(outcome, sandbox: sandbox)), to: reportJSON) } catch {
                 printError("kvmsandbox: cannot write \(reportJSON): \(error)")

@@ -5,7 +5,7 @@ import KVMSandbox
 /// What `serve` and `snapshot` start from: a program with its files, environment and memory,
 /// run to its ready point (its first read of stdin, or its wait for a connection).
 struct ProgramOptions: ParsableArguments, Sendable {
-    @Option(name: .long, help: "Guest memory in MiB, per VM (default 256; a snapshot's is fixed).")
+    @Option(name: .long, help: "Guest memory in MiB, per VM, committed as the guest touches it (default 1024; a snapshot's is fixed).")
     var memory: UInt64?
 
     @Option(name: .long, help: "Wall-clock limit of the start-up to the ready point, in seconds (default 60).")
@@ -25,6 +25,9 @@ struct ProgramOptions: ParsableArguments, Sendable {
     @Option(name: .customLong("allow-connect"), help: "IPv4:PORT the program may connect to (repeatable); every other connect is EACCES.")
     var allowConnect: [String] = []
 
+    @Flag(name: .customLong("no-system-view"), help: "Do not show the default read-only system view (/usr, a curated /etc, synthesized identity files): only the grants.")
+    var noSystemView = false
+
     @Flag(name: .customLong("no-aslr"), help: "Boot with the same addresses as every other snapshot of this program (no address-space layout randomization).")
     var noASLR = false
 
@@ -35,7 +38,7 @@ struct ProgramOptions: ParsableArguments, Sendable {
     var program: [String] { command.first == "--" ? Array(command.dropFirst()) : command }
 
     func validate() throws {
-        _ = try OptionChecks.mebibytes(memory ?? 256, option: "--memory")
+        _ = try OptionChecks.mebibytes(memory ?? 1024, option: "--memory")
         try OptionChecks.timeout(bootTimeout ?? 60)
         for destination in allowConnect where LinuxDestination.parse(destination) == nil {
             throw ValidationError("--allow-connect takes IPv4:PORT (e.g. 127.0.0.1:5432), not \(destination)")
@@ -50,7 +53,7 @@ struct ProgramOptions: ParsableArguments, Sendable {
     func configuration() throws -> (executable: String, configuration: SandboxConfiguration) {
         let executable = Run.resolve(program[0])
         var configuration = SandboxConfiguration()
-        configuration.memorySize = try OptionChecks.mebibytes(memory ?? 256, option: "--memory")
+        configuration.memorySize = try OptionChecks.mebibytes(memory ?? 1024, option: "--memory")
         configuration.timeout = bootTimeout ?? 60
         configuration.files = try files.grants()
         configuration.memoryDirectories = files.tmpfs
@@ -63,6 +66,7 @@ struct ProgramOptions: ParsableArguments, Sendable {
         configuration.standardOutput = .capture
         configuration.standardError = .capture
         configuration.randomizeLayout = !noASLR
+        configuration.systemView = !noSystemView
         return (executable, configuration)
     }
 
@@ -149,6 +153,7 @@ extension ProgramOptions {
         }
         if bootTimeout != nil { throw ValidationError("--boot-timeout: a snapshot file has already started") }
         if noASLR { throw ValidationError("--no-aslr: a snapshot file's layout was chosen when it was taken") }
+        if noSystemView && fixed.systemView { throw ValidationError("--no-system-view: the snapshot was taken with the system view (narrow it with --ro instead)") }
         var grants: [FileGrant]?
         if files.givesGrants {
             let labelled = try files.labelledGrants()

@@ -31,3 +31,65 @@ extension KVMTests {
         }
     }
 }
+
+extension KVMTests.Compatibility {
+    /// The default system view: /usr and the curated /etc readable (time zones, magic,
+    /// alternatives), identities synthesized (passwd, group, hostname), and /etc/shadow, /root,
+    /// /home, /var and the host's machine id invisible.
+    @Test func theDefaultSystemViewShowsWhatProgramsNeedAndNothingSecret() throws {
+        let script = """
+        import os
+        def show(path):
+            try:
+                with open(path, "rb") as f: return "read"
+            except OSError as e: return os.strerror(e.errno).split()[0]
+        for path in ["/usr/share/zoneinfo/UTC", "/etc/nsswitch.conf", "/etc/ld.so.cache", "/etc/passwd", "/etc/group",
+                     "/etc/hostname", "/etc/shadow", "/etc/machine-id", "/root/.bashrc", "/var/log/dpkg.log", "/home"]:
+            print(path, show(path))
+        print(open("/etc/passwd").read().split(":")[0], open("/etc/hostname").read().strip())
+        print(sorted(n for n in os.listdir("/etc") if n in ("passwd", "shadow", "hostname", "alternatives", "machine-id")))
+        print(os.path.isdir("/usr/share"), os.path.exists("/home"), os.path.exists("/root"))
+        """
+        var configuration = SandboxConfiguration()
+        configuration.arguments = ["/usr/bin/python3", "-c", script]
+        configuration.standardOutput = .capture
+        configuration.standardError = .capture
+        configuration.memorySize = 256 << 20
+        configuration.timeout = 30
+        let sandbox = try Sandbox(elfPath: "/usr/bin/python3", configuration: configuration)
+        #expect(try sandbox.run() == .exited(status: 0), "\(String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self))")
+        let alternatives = FileManager.default.fileExists(atPath: "/etc/alternatives") ? "'alternatives', " : ""
+        #expect(String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self) == """
+            /usr/share/zoneinfo/UTC \(FileManager.default.fileExists(atPath: "/usr/share/zoneinfo/UTC") ? "read" : "No")
+            /etc/nsswitch.conf \(FileManager.default.fileExists(atPath: "/etc/nsswitch.conf") ? "read" : "No")
+            /etc/ld.so.cache read
+            /etc/passwd read
+            /etc/group read
+            /etc/hostname read
+            /etc/shadow No
+            /etc/machine-id No
+            /root/.bashrc No
+            /var/log/dpkg.log No
+            /home No
+            root sandbox
+            [\(alternatives)'hostname', 'passwd']
+            True False False
+
+            """)
+    }
+
+    /// A guest refused memory by its memory size says so in its report.
+    @Test func hittingTheMemoryLimitIsReported() throws {
+        var configuration = SandboxConfiguration()
+        configuration.arguments = ["/usr/bin/python3", "-c", "bytearray(96 << 20)"]
+        configuration.standardOutput = .capture
+        configuration.standardError = .capture
+        configuration.memorySize = 64 << 20
+        configuration.timeout = 30
+        let sandbox = try Sandbox(elfPath: "/usr/bin/python3", configuration: configuration)
+        #expect(try sandbox.run() == .exited(status: 1))
+        #expect(String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self).contains("MemoryError"))
+        #expect(sandbox.memoryLimitHits > 0)
+        #expect(RunReport(.exited(status: 1), sandbox: sandbox).memoryLimit?.hasPrefix("the guest hit its memory limit (64 MiB)") == true)
+    }
+}

@@ -251,6 +251,7 @@ extension KVMTests {
             var configuration = SandboxConfiguration()
             configuration.arguments = ["/usr/bin/jq"]
             configuration.systemLibraries = false
+            configuration.systemView = false
             #expect {
                 try Sandbox(elfPath: "/usr/bin/jq", configuration: configuration)
             } throws: { error in

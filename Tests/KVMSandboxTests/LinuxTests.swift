@@ -39,9 +39,11 @@ enum LinuxFixtures {
 
     /// Runs an unmodified Linux program with output captured.
     static func run(_ path: String, _ arguments: [String], input: InputSource = .empty, grants: [FileGrant] = [],
-                    cwd: String? = nil, environment: [String] = [], memory: UInt64? = nil,
+                    cwd: String? = nil, environment: [String] = [], memory: UInt64? = nil, systemView: Bool = false,
                     setUp: (Sandbox) throws -> Void = { _ in }) throws -> (outcome: RunOutcome, stdout: String, stderr: String) {
         var configuration = SandboxConfiguration()
+        // These tests check the grants alone; the default system view has tests of its own.
+        configuration.systemView = systemView
         configuration.arguments = [path] + arguments
         configuration.environment = environment
         configuration.standardOutput = .capture
@@ -267,6 +269,7 @@ extension KVMTests {
             configuration.arguments = [program, "tmpfs"]
             configuration.standardOutput = .capture
             configuration.memoryDirectories = ["/tmp"]
+            configuration.systemView = false
             configuration.timeout = 20
             let sandbox = try Sandbox(elfPath: program, configuration: configuration)
             #expect(try sandbox.run() == .exited(status: 0))

@@ -113,6 +113,8 @@ extension LinuxPersonality {
             return .memory(Array("MemTotal:       \(kib) kB\nMemFree:        \(free) kB\nMemAvailable:   \(free) kB\n".utf8))
         case "/sys/devices/system/cpu/online", "/sys/devices/system/cpu/possible": return .memory(Array("0\n".utf8))
         case "/proc/self/maps": return .memory(Array(memoryMaps().utf8))
+        case _ where systemView && SystemView.synthesized[path] != nil:
+            return .memory(Array((SystemView.synthesized[path] ?? "").utf8))
         case "/proc/self/fd":  // the open descriptors, as a directory (programs close or list them)
             return .directory(entries: Self.directoryRecords(state.files.entries.keys.sorted().map { (String($0), false) }), host: nil)
         default: return nil
@@ -272,18 +274,22 @@ extension LinuxPersonality {
     func isAncestorOfAMount(_ path: String) -> Bool {
         let prefix = path == "/" ? "/" : path + "/"
         return fileSystem.isAncestorOfAMount(path) || state.memoryFiles.mounts.contains { $0.hasPrefix(prefix) }
+            || systemView && SystemView.synthesized.keys.contains { $0.hasPrefix(prefix) }
     }
 
     /// A directory that exists only because grants lie beneath it: `.`, `..` and the next
-    /// component of each such grant.
+    /// component of each such grant (a directory, unless it is a granted or synthesized file).
     func syntheticDirectory(_ path: String) -> [UInt8] {
         let prefix = path == "/" ? "/" : path + "/"
-        var names: [String] = []
-        for mount in fileSystem.mounts.map(\.guestPath) + state.memoryFiles.mounts where mount.hasPrefix(prefix) {
+        var files: Set<String> = Set(fileSystem.mounts.filter { $0.fileName != nil }.map(\.guestPath))
+        if systemView { files.formUnion(SystemView.synthesized.keys) }
+        var names: [(String, Bool)] = []
+        for mount in fileSystem.mounts.map(\.guestPath) + state.memoryFiles.mounts + files where mount.hasPrefix(prefix) {
             let next = String(mount.dropFirst(prefix.count).split(separator: "/").first ?? "")
-            if !next.isEmpty && !names.contains(next) { names.append(next) }
+            guard !next.isEmpty, !names.contains(where: { $0.0 == next }) else { continue }
+            names.append((next, !files.contains(prefix + next)))
         }
-        return Self.directoryRecords(names.map { ($0, true) })
+        return Self.directoryRecords(names)
     }
 
     /// `getdents64` records for `.`, `..` and `entries` (name, is a directory).

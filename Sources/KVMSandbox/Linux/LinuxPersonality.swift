@@ -78,6 +78,8 @@ final class LinuxPersonality {
     /// During a run: the CPU clock of the thread running the vCPU, and its reading at the start.
     var cpuClock: clockid_t?
     var cpuClockStart: UInt64 = 0
+    /// Whether the default system view is shown (its synthesized `/etc` files among them).
+    let systemView: Bool
     /// Whether W^X is lifted for anonymous memory (`SandboxConfiguration.allowJIT`).
     let allowJIT: Bool
     /// The most threads the guest may have at once (`SandboxConfiguration.maximumThreads`).
@@ -107,6 +109,7 @@ final class LinuxPersonality {
         state.memoryFiles = MemoryFileSystem(mounts: configuration.memoryDirectories,
                                              capacity: min(configuration.memoryDirectoryCapacity, Int(clamping: configuration.effectiveHostMemoryLimit)))
         self.hostMemoryLimit = Int(clamping: configuration.effectiveHostMemoryLimit)
+        self.systemView = configuration.systemView
         self.diskQuota = configuration.diskQuota.map { Int(clamping: $0) }
         state.cwd = Self.initialDirectory(configuration.workingDirectory, fileSystem: fileSystem)
         self.state = state

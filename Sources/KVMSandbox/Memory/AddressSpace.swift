@@ -24,6 +24,9 @@ final class AddressSpace {
     /// Whether translations were added since creation or the last `restore`: then a vCPU's
     /// cached translations (PVM's shadow pages, a TLB) must be dropped when it is reset.
     private(set) var translationsChanged = false
+    /// Requests for memory refused because guest memory (`SandboxConfiguration.memorySize`) was
+    /// used up: the guest hit its `--memory`.
+    private(set) var memoryRefusals = 0
 
     /// The allocator position: with the page tables in guest memory, all a snapshot needs.
     var allocatorState: PhysicalPageAllocator { allocator }
@@ -59,11 +62,13 @@ final class AddressSpace {
         translationsChanged = true
         let pages = length / PageSize.bytes
         guard hasRoom(forPages: pages) else {
+            memoryRefusals += 1
             throw .outOfGuestMemory(needed: length, available: allocator.available)
         }
         var page = start
         while page < start + length {
             guard let physical = allocator.allocate() else {
+                memoryRefusals += 1
                 throw .outOfGuestMemory(needed: start + length - page, available: allocator.available)
             }
             // Fresh pages are zero already (see `PhysicalPageAllocator`): touching them to zero

@@ -192,6 +192,8 @@ public struct RunReport: Sendable, Codable, Equatable {
     public var systemCalls: [String: Int]?
     /// System calls answered `ENOSYS` because they are not implemented, by name.
     public var unimplementedSystemCalls: [String: Int]?
+    /// Set when the guest was refused memory because its memory size was used up.
+    public var memoryLimit: String?
 
     /// A CPU exception with every decoded field spelled out.
     public struct Fault: Sendable, Codable, Equatable {
@@ -220,6 +222,9 @@ public struct RunReport: Sendable, Codable, Equatable {
         self.init(outcome)
         systemCalls = sandbox.systemCallCounts
         unimplementedSystemCalls = sandbox.unimplementedSystemCalls
+        if sandbox.memoryLimitHits > 0 {
+            memoryLimit = "the guest hit its memory limit (\(sandbox.configuration.memorySize >> 20) MiB) \(sandbox.memoryLimitHits) time(s)"
+        }
     }
 
     /// The report of `outcome`.

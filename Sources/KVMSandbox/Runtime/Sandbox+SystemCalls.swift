@@ -22,6 +22,10 @@ extension Sandbox {
         Dictionary(linux.exitlessCounts.map { (LinuxSyscallNames.name($0.key), $0.value) }, uniquingKeysWith: +)
     }
 
+    /// How often the guest was refused memory because its `memorySize` was used up (its `mmap`
+    /// or `brk` then failed with ENOMEM): a failing program with a count here needs more memory.
+    public var memoryLimitHits: Int { space.memoryRefusals }
+
     /// Bytes of host memory the Linux layer holds for the guest now, and its budget
     /// (`SandboxConfiguration.hostMemoryLimit`).
     public var hostMemory: (inUse: Int, limit: Int) { (linux.hostBytesInUse, linux.hostMemoryLimit) }

@@ -200,6 +200,7 @@ public final class Sandbox {
     /// (one with a loader), the system libraries (`SandboxConfiguration.systemLibraries`).
     static func fileSystem(for configuration: SandboxConfiguration, interpreter: String?, hostPath: String?) throws(SandboxError) -> FileSystemView {
         var grants = configuration.files
+        if configuration.systemView { grants += SystemView.grants(existing: grants) }
         if let interpreter, configuration.systemLibraries {
             grants += SystemLibraries.grants(program: hostPath, guestPath: configuration.programPath ?? configuration.arguments.first,
                                              interpreter: interpreter, existing: grants)

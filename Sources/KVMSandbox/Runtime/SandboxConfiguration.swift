@@ -54,6 +54,11 @@ public struct SandboxConfiguration: Sendable, Codable {
     /// For a dynamic program: make its loader, its own file, `/etc/ld.so.cache` and the system
     /// library directories (`SystemLibraries.directories`) visible read-only, besides `files`.
     public var systemLibraries = true
+    /// Show every program the default read-only view of the system (`SystemView`: `/usr`, a
+    /// curated `/etc`, synthesized `/etc/passwd`, `group`, `hostname` and `hosts`), besides
+    /// `files`. Off (`--no-system-view`): only `files` and, for a dynamic program, the system
+    /// libraries.
+    public var systemView = true
     /// Randomize the address-space layout of every fresh VM (stack, mmap region and loader,
     /// heap, a position-independent program), as Linux does; false gives the same addresses in
     /// every run (`kvmsandbox run --no-aslr`, like `setarch -R`). Forks of a snapshot share the

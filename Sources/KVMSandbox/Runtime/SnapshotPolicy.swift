@@ -62,7 +62,8 @@ extension Snapshot {
     /// directories, outgoing connections and the environment's size (never its values).
     public var policySummary: String {
         let files = configuration.files.map { "\($0.guestPath)\($0.guestPath == $0.hostPath ? "" : " (\($0.hostPath))") \($0.writable ? "rw" : "ro")" }
-        let libraries = configuration.systemLibraries && image.interpreter != nil ? " + system libraries ro" : ""
+        let libraries = configuration.systemView ? " + the system view ro"
+            : configuration.systemLibraries && image.interpreter != nil ? " + system libraries ro" : ""
         return "memory \(configuration.memorySize >> 20) MiB; files: \(files.isEmpty ? "none" : files.joined(separator: ", "))\(libraries); "
             + "tmpfs: \(configuration.memoryDirectories.isEmpty ? "none" : configuration.memoryDirectories.joined(separator: ", ")); "
             + "connect: \(configuration.allowedConnections.isEmpty ? "none" : configuration.allowedConnections.joined(separator: ", ")); "
