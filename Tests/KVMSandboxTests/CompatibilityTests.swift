@@ -1,6 +1,9 @@
 import Foundation
 @testable import KVMSandbox
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 extension KVMTests {
     /// Calls real programs make that the Linux layer once refused (`ENOSYS`) or answered
@@ -91,5 +94,48 @@ extension KVMTests.Compatibility {
         #expect(String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self).contains("MemoryError"))
         #expect(sandbox.memoryLimitHits > 0)
         #expect(RunReport(.exited(status: 1), sandbox: sandbox).memoryLimit?.hasPrefix("the guest hit its memory limit (64 MiB)") == true)
+    }
+}
+
+extension KVMTests.Compatibility {
+    /// Record locks: sqlite3 on a database file works (it locks with fcntl), a lock the host
+    /// holds on a file excludes the guest (EAGAIN), and flock works.
+    @Test func recordLocksAreHeldOnTheHostFile() throws {
+        let directory = LinuxFixtures.scratch("locks")
+        for name in ["held", "free"] { FileManager.default.createFile(atPath: directory + "/" + name, contents: Data("x".utf8)) }
+        let holder = open(directory + "/held", O_RDWR)
+        defer { close(holder) }
+        var lock = flock()
+        lock.l_type = Int16(F_WRLCK)
+        lock.l_whence = Int16(SEEK_SET)
+        try #require(fcntl(holder, 37 /* F_OFD_SETLK */, &lock) == 0)
+        let script = """
+        import fcntl, sqlite3, sys
+        db = sqlite3.connect(sys.argv[1] + "/t.db")
+        db.execute("create table t(x)")
+        db.execute("insert into t values (42)")
+        db.commit()
+        print(db.execute("select x from t").fetchone()[0])
+        f = open(sys.argv[1] + "/held", "r+")
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            print("locked")
+        except OSError as e:
+            print("busy", e.errno)
+        g = open(sys.argv[1] + "/free", "r+")
+        fcntl.lockf(g, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(g, fcntl.LOCK_SH)
+        print("free locked")
+        """
+        var configuration = SandboxConfiguration()
+        configuration.arguments = ["/usr/bin/python3", "-c", script, directory]
+        configuration.files = [FileGrant(hostPath: directory, writable: true)]
+        configuration.standardOutput = .capture
+        configuration.standardError = .capture
+        configuration.memorySize = 256 << 20
+        configuration.timeout = 30
+        let sandbox = try Sandbox(elfPath: "/usr/bin/python3", configuration: configuration)
+        #expect(try sandbox.run() == .exited(status: 0), "\(String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self))")
+        #expect(String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self) == "42\nbusy 11\nfree locked\n")
     }
 }

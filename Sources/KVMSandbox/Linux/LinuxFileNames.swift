@@ -7,8 +7,9 @@ import Glibc
 /// Descriptors (fcntl, dup, ioctl) and changes to names beneath writable grants and in-memory
 /// directories (mkdir, unlink, rmdir, rename).
 extension LinuxPersonality {
-    func control(fd: Int64, command: UInt64, argument: UInt64) -> HostCallEffect {
+    func control(fd: Int64, command: UInt64, argument: UInt64, _ memory: GuestMemoryView) throws -> HostCallEffect {
         guard let entry = state.files.entry(fd), let file = state.files[fd] else { return Self.fail(.badFileDescriptor) }
+        if LockCommand.all.contains(command) { return try recordLock(fd: fd, command: command, memory, flock: argument) }
         switch command {
         case 0, 1030:  // F_DUPFD, F_DUPFD_CLOEXEC
             guard argument < UInt64(FileTable.limit) else { return Self.fail(.invalidArgument) }

@@ -45,7 +45,8 @@ extension LinuxPersonality {
         case 79: return try currentWorkingDirectory(memory, into: call[0], size: call[1])
         case 80: return try changeDirectory(memory, path: call[0])
         case 217: return try directoryEntries(fd: call.descriptor(0), memory, into: call[1], count: call[2])
-        case 72: return control(fd: call.descriptor(0), command: call[1], argument: call[2])
+        case 72: return try control(fd: call.descriptor(0), command: call[1], argument: call[2], memory)
+        case 73: return fileLock(fd: call.descriptor(0), operation: call[1])                              // flock
         case 32: return duplicate(call.descriptor(0), lowest: 0, at: nil, closeOnExec: false)
         case 33: return duplicate(call.descriptor(0), lowest: 0, at: call.descriptor(1), closeOnExec: false, dup2: true)
         case 292: return call[2] & ~UInt64(O_CLOEXEC) != 0 || call[0] == call[1] ? Self.fail(.invalidArgument)
