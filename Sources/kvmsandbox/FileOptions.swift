@@ -13,8 +13,20 @@ struct FileOptions: ParsableArguments, Sendable {
     @Option(name: .long, help: "HOST:GUEST[:ro|rw]: make a host path visible at another guest path (repeatable; default ro).")
     var volume: [String] = []
 
-    @Option(name: .long, help: "A writable in-memory directory for the guest, e.g. /tmp (repeatable; part of the VM's state).")
+    @Option(name: .long, help: "A writable in-memory directory for the guest (repeatable; part of the VM's state). /tmp and /dev/shm are ones by default.")
     var tmpfs: [String] = []
+
+    @Flag(name: .customLong("no-default-tmpfs"), help: "No in-memory /tmp and /dev/shm by default (only --tmpfs ones).")
+    var noDefaultTmpfs = false
+
+    /// The in-memory directories: --tmpfs, plus /tmp and /dev/shm unless --no-default-tmpfs or a
+    /// grant is mounted exactly there (grants inside them show through: mounts nest by depth).
+    func memoryDirectories(grants: [FileGrant]) -> [String] {
+        guard !noDefaultTmpfs else { return tmpfs }
+        let granted = Set(grants.map { FileManagerPath.normalize($0.guestPath) })
+        let requested = Set(tmpfs.map { FileManagerPath.normalize($0) })
+        return tmpfs + ["/tmp", "/dev/shm"].filter { !granted.contains($0) && !requested.contains($0) }
+    }
 
     /// The grants from --ro, --rw and --volume; relative host paths are made absolute.
     func grants() throws -> [FileGrant] {

@@ -104,7 +104,7 @@ struct Run: ParsableCommand {
         configuration.timeout = timeout
         configuration.files = try files.grants()
         configuration.workingDirectory = cwd
-        configuration.memoryDirectories = files.tmpfs
+        configuration.memoryDirectories = files.memoryDirectories(grants: configuration.files)
         configuration.traceSyscalls = traceSyscalls
         configuration.standardInput = .fileDescriptor(0)
         let executable = Self.resolve(program)

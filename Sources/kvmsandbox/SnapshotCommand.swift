@@ -56,7 +56,7 @@ struct ProgramOptions: ParsableArguments, Sendable {
         configuration.memorySize = try OptionChecks.mebibytes(memory ?? 1024, option: "--memory")
         configuration.timeout = bootTimeout ?? 60
         configuration.files = try files.grants()
-        configuration.memoryDirectories = files.tmpfs
+        configuration.memoryDirectories = files.memoryDirectories(grants: configuration.files)
         configuration.environment = environment
         configuration.programPath = executable
         configuration.arguments = [program[0].contains("/") ? program[0] : executable] + program.dropFirst()

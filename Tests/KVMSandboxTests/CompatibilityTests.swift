@@ -139,3 +139,32 @@ extension KVMTests.Compatibility {
         #expect(String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self) == "42\nbusy 11\nfree locked\n")
     }
 }
+
+extension KVMTests.Compatibility {
+    /// Mounts nest by depth: a grant inside an in-memory directory shows through it (it once hid
+    /// every grant beneath it), the way to it exists, and its root cannot be removed.
+    @Test func grantsInsideAnInMemoryDirectoryShowThrough() throws {
+        let directory = LinuxFixtures.scratch("nested")
+        try Data("through".utf8).write(to: URL(fileURLWithPath: directory + "/file"))
+        let script = """
+        import os, tempfile
+        print(open("/memory/a/data/file").read(), sorted(os.listdir("/memory")), sorted(os.listdir("/memory/a")))
+        with tempfile.NamedTemporaryFile(dir="/memory", delete=False) as f: f.write(b"x")
+        try: os.rmdir("/memory/a/data")
+        except OSError as e: print("rmdir", e.errno)
+        try: os.rmdir("/memory/a")
+        except OSError as e: print("rmdir-way", e.errno)
+        """
+        var configuration = SandboxConfiguration()
+        configuration.arguments = ["/usr/bin/python3", "-c", script]
+        configuration.files = [FileGrant(hostPath: directory, guestPath: "/memory/a/data")]
+        configuration.memoryDirectories = ["/memory"]
+        configuration.standardOutput = .capture
+        configuration.standardError = .capture
+        configuration.memorySize = 256 << 20
+        configuration.timeout = 30
+        let sandbox = try Sandbox(elfPath: "/usr/bin/python3", configuration: configuration)
+        #expect(try sandbox.run() == .exited(status: 0), "\(String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self))")
+        #expect(String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self) == "through ['a'] ['data']\nrmdir 16\nrmdir-way 16\n")
+    }
+}

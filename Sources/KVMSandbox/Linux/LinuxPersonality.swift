@@ -107,7 +107,8 @@ final class LinuxPersonality {
         var state = State()
         // The in-memory files are part of the host budget: never more than it.
         state.memoryFiles = MemoryFileSystem(mounts: configuration.memoryDirectories,
-                                             capacity: min(configuration.memoryDirectoryCapacity, Int(clamping: configuration.effectiveHostMemoryLimit)))
+                                             capacity: min(configuration.memoryDirectoryCapacity, Int(clamping: configuration.effectiveHostMemoryLimit)),
+                                             grants: fileSystem.mounts.map(\.guestPath))
         self.hostMemoryLimit = Int(clamping: configuration.effectiveHostMemoryLimit)
         self.systemView = configuration.systemView
         self.diskQuota = configuration.diskQuota.map { Int(clamping: $0) }

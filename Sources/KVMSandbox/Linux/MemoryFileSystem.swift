@@ -15,6 +15,11 @@ struct MemoryFileSystem: Codable {
     }
     /// Normalized absolute paths of the mount points.
     let mounts: [String]
+    /// Grants mounted inside an in-memory tree (`--tmpfs /tmp --ro /tmp/data`): mounts nest by
+    /// depth, as Docker's do, so the grant shows through. Their paths and the directories on
+    /// the way to them are pinned nodes: free, and never removed or renamed (EBUSY).
+    private(set) var nestedGrants: [String] = []
+    private(set) var pinned: Set<String> = []
     private(set) var nodes: [String: Node] = [:]
     private(set) var used = 0
     let capacity: Int
@@ -31,21 +36,46 @@ struct MemoryFileSystem: Codable {
         for mount in self.mounts { nodes[mount] = .directory }  // the mount points themselves are free
     }
 
+    /// An in-memory tree that lets the grants at `grants` (guest paths) show through where they
+    /// lie inside it.
+    init(mounts: [String], capacity: Int, grants: [String]) {
+        self.init(mounts: mounts, capacity: capacity)
+        for grant in grants.map({ FileSystemView.normalize($0, cwd: "/") }) {
+            guard let mount = deepestMount(covering: grant), mount != grant else { continue }
+            nestedGrants.append(grant)
+            var path = grant
+            while path != mount && path != "/" {
+                if nodes[path] == nil { nodes[path] = .directory }
+                pinned.insert(path)
+                path = FileSystemView.parent(of: path)
+            }
+        }
+    }
+
+    /// The deepest in-memory mount `path` lies in, if any.
+    func deepestMount(covering path: String) -> String? {
+        mounts.filter { path == $0 || path.hasPrefix($0 == "/" ? "/" : $0 + "/") }.max { $0.count < $1.count }
+    }
+
     /// Whether the accounting holds (a tree read from a snapshot file): bytes used within the
     /// capacity and equal to the files' sizes, the node count within its limit.
     var isConsistent: Bool {
         guard capacity >= 0, capacity <= 1 << 40, used >= 0, used <= capacity, nodes.count <= Self.maximumNodes else { return false }
         var total = 0
         for (path, node) in nodes {
-            if !mounts.contains(path) { total += Self.charge(path) }
+            if !mounts.contains(path) && !pinned.contains(path) { total += Self.charge(path) }
             if case .file(let bytes) = node { total += bytes.count }
         }
         return total == used
     }
 
-    /// Whether `path` (normalized) lies in one of the in-memory trees.
+    /// Whether `path` (normalized) lies in one of the in-memory trees, and not in a grant
+    /// mounted deeper inside it.
     func covers(_ path: String) -> Bool {
-        mounts.contains { path == $0 || path.hasPrefix($0 == "/" ? "/" : $0 + "/") }
+        guard let mount = deepestMount(covering: path) else { return false }
+        return !nestedGrants.contains { grant in
+            grant.count > mount.count && (path == grant || path.hasPrefix(grant + "/"))
+        }
     }
 
     func node(_ path: String) -> Node? { nodes[path] }
@@ -122,7 +152,7 @@ struct MemoryFileSystem: Codable {
 
     mutating func remove(_ path: String, directory: Bool) -> Errno? {
         guard let node = nodes[path] else { return .noSuchFileOrDirectory }
-        if mounts.contains(path) { return .resourceBusy }
+        if mounts.contains(path) || pinned.contains(path) { return .resourceBusy }
         switch node {
         case .directory:
             guard directory else { return .isDirectory }
@@ -138,7 +168,7 @@ struct MemoryFileSystem: Codable {
 
     mutating func rename(_ source: String, to target: String) -> Errno? {
         guard let node = nodes[source] else { return .noSuchFileOrDirectory }
-        if mounts.contains(source) || mounts.contains(target) { return .resourceBusy }
+        if mounts.contains(source) || mounts.contains(target) || pinned.contains(source) || pinned.contains(target) { return .resourceBusy }
         if source == target { return nil }
         if target.hasPrefix(source + "/") { return .invalidArgument }
         if let error = parentIsDirectory(target) { return error }
