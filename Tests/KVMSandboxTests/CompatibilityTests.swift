@@ -168,3 +168,19 @@ extension KVMTests.Compatibility {
         #expect(String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self) == "through ['a'] ['data']\nrmdir 16\nrmdir-way 16\n")
     }
 }
+
+extension KVMTests.Compatibility {
+    /// A Rust program built with `+crt-static` (a glibc static-PIE with R_X86_64_IRELATIVE
+    /// relocations, which its own start-up applies) loads and runs; it was refused at load.
+    @Test func staticPIEWithIRelativeRelocationsRuns() throws {
+        let directory = LinuxFixtures.scratch("irelative")
+        let source = directory + "/main.rs", output = directory + "/main"
+        try Data("fn main() { let v: Vec<u64> = (1..10).collect(); println!(\"sum {}\", v.iter().sum::<u64>()); }\n".utf8)
+            .write(to: URL(fileURLWithPath: source))
+        let status = GuestToolchain.spawn(["rustc", "-O", "-C", "target-feature=+crt-static", "-o", output, source], discardingOutput: true)
+        try #require(status == 0, "rustc failed with status \(status)")
+        let (outcome, stdout, stderr) = try LinuxFixtures.run(output, [])
+        #expect(outcome == .exited(status: 0), "\(stderr)")
+        #expect(stdout == "sum 45\n")
+    }
+}

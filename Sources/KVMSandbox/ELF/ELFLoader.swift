@@ -145,8 +145,9 @@ enum ELFLoader {
         }.map { $0.virtualAddress + (elf.programHeaderOffset - $0.offset) }
     }
 
-    /// Applies R_X86_64_RELATIVE relocations from DT_RELA (all a static-PIE has). Idempotent, so a
-    /// libc that also relocates itself (musl's rcrt1) computes the same values again.
+    /// Applies R_X86_64_RELATIVE relocations from DT_RELA. Idempotent, so a libc that also
+    /// relocates itself (musl's rcrt1, glibc's static-PIE start-up) computes the same values
+    /// again; R_X86_64_IRELATIVE ones are left to that start-up code.
     private static func relocate(_ elf: ELFFile, base: UInt64, space: AddressSpace) throws(SandboxError) {
         guard let dynamic = elf.segments.first(where: { $0.type == ELFFile.ptDynamic }) else { return }
         let reader = ByteReader(bytes: elf.bytes)
@@ -182,6 +183,11 @@ enum ELFLoader {
                 case 8:  // R_X86_64_RELATIVE
                     let value = base &+ addend
                     try hostWrite(value.littleEndianBytes[...], at: base &+ target, space)
+                case 37:
+                    // R_X86_64_IRELATIVE: the value comes from running a resolver in the guest
+                    // (an ifunc), which only the program can do; glibc's static-PIE start-up
+                    // (`_dl_relocate_static_pie`) applies these itself (Rust's +crt-static).
+                    continue
                 default:
                     throw fail("relocation type \(info & 0xffff_ffff) is not supported in a static program")
                 }
