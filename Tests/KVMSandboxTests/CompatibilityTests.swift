@@ -184,3 +184,15 @@ extension KVMTests.Compatibility {
         #expect(stdout == "sum 45\n")
     }
 }
+
+extension KVMTests.Compatibility {
+    /// CPUID and XGETBV agree with the XCR0 the vCPU has, on PVM too (its CPUID once said
+    /// OSXSAVE = 0, so glibc, GCC's __builtin_cpu_supports and numpy picked SSE code): a guest
+    /// with AVX on the host sees OSXSAVE, YMM state in XCR0 and AVX as usable.
+    @Test func theGuestSeesTheVectorUnitsItHas() throws {
+        let (outcome, stdout, stderr) = try LinuxFixtures.run(try ThreadPrograms.c("cpu-identity"), [])
+        #expect(outcome == .exited(status: 0), "\(stderr)")
+        let hostAVX = X86CPUIdentity.cpuid(1).ecx & (1 << 28) != 0 && X86CPUIdentity.cpuid(1).ecx & (1 << 26) != 0
+        #expect(stdout == (hostAVX ? "osxsave=1 avx=1 ymm=1 builtin-avx=1\n" : "osxsave=\(stdout.hasPrefix("osxsave=1") ? 1 : 0) avx=0 ymm=\(stdout.contains("ymm=1") ? 1 : 0) builtin-avx=0\n"))
+    }
+}

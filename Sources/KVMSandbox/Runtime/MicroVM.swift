@@ -29,7 +29,7 @@ enum MicroVM {
         // only the XSAVE components the vCPU's XCR0 enables: without AVX there, the upper halves
         // of the YMM registers were neither saved with a thread, a snapshot or a reset, nor
         // isolated from this process's own (measured: every thread switch lost them).
-        let identity = X86CPUIdentity.hardwareIdentity(supported: try system.supportedCPUID())
+        let identity = X86CPUIdentity.guestIdentity(supported: try system.supportedCPUID(), nativeCPUID: system.platform == .pvm)
         try vcpu.setCPUID(identity.cpuid)
         let xcr0 = identity.xcr0
         var sregs = specialRegisters(try vcpu.specialRegisters())

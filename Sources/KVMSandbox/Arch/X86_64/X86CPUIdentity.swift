@@ -27,11 +27,16 @@ enum X86CPUIdentity {
     /// Hi16_ZMM. Not MPX (obsolete), PKRU (no protection keys here) or AMX (needs a permission).
     static let guestXSAVEComponents: UInt64 = 0b1110_0111
 
-    /// What a hardware-KVM guest is told and set up with: KVM's supported CPUID as it is, and,
-    /// when XSAVE is there, CR4.OSXSAVE with XCR0 = the supported components of
-    /// `guestXSAVEComponents`, so glibc's ifuncs, Go and V8 see one consistent CPU.
-    static func hardwareIdentity(supported: [kvm_cpuid_entry2]) -> (cpuid: [kvm_cpuid_entry2], xcr0: UInt64?) {
-        let hasXSAVE = supported.first { $0.function == 1 }.map { $0.ecx & (1 << 26) != 0 } ?? false
+    /// What a guest is told and set up with: KVM's supported CPUID as it is, and, when XSAVE is
+    /// there, CR4.OSXSAVE with XCR0 = the supported components of `guestXSAVEComponents`, so
+    /// glibc's ifuncs, GCC's `__builtin_cpu_supports`, Go, numpy and V8 see one consistent CPU.
+    ///
+    /// `nativeCPUID`: the guest's `cpuid` runs on the host CPU (PVM), so it reports the host's
+    /// XSAVE and AVX whatever KVM's supported CPUID says (PVM's leaf 1 lacks XSAVE): XSAVE is
+    /// then the host's, and without CR4.OSXSAVE the guest saw OSXSAVE = 0 and chose SSE code.
+    static func guestIdentity(supported: [kvm_cpuid_entry2], nativeCPUID: Bool) -> (cpuid: [kvm_cpuid_entry2], xcr0: UInt64?) {
+        let supportedXSAVE = supported.first { $0.function == 1 }.map { $0.ecx & (1 << 26) != 0 } ?? false
+        let hasXSAVE = supportedXSAVE || nativeCPUID && cpuid(1).ecx & (1 << 26) != 0
         guard hasXSAVE, let leaf = supported.first(where: { $0.function == 0xd && $0.index == 0 }) else { return (supported, nil) }
         let components = (UInt64(leaf.edx) << 32 | UInt64(leaf.eax)) & guestXSAVEComponents
         return (supported, components & 0b11 == 0b11 ? components : nil)
