@@ -179,6 +179,9 @@ struct Run: ParsableCommand {
             }
         }
         if case .exited = outcome {} else { printError(Report.text(outcome)) }
+        if !verbose, sandbox.refusedExecutableMappings > 0, outcome != .exited(status: 0) {
+            printError("kvmsandbox: refused \(sandbox.refusedExecutableMappings) request(s) for writable+executable or executable anonymous memory with EACCES (W^X); a JIT (node, PHP's PCRE, guile) needs --allow-jit")
+        }
         if sandbox.memoryLimitHits > 0, outcome != .exited(status: 0) {
             printError("kvmsandbox: the guest hit --memory \(memory) MiB (\(sandbox.memoryLimitHits) request(s) for memory refused with ENOMEM); a larger --memory may let it finish")
         }

@@ -208,6 +208,18 @@ int main(int argc, char **argv) {
         printf("epoll=%s,%s\n", sets > 100 ? "many" : "few", name(errno));
         return 0;
     }
+    if (!strcmp(m, "make-links") && argc > 3) {  // symlink and link: inside one writable grant only
+        const char *rw = argv[2], *ro = argv[3];
+        printf("symlink=%s ", result(symlink("/etc/shadow", join(a, rw, "to-shadow"))));
+        printf("through=%s ", result(open(join(a, rw, "to-shadow"), O_RDONLY)));
+        printf("relative=%s ", result(symlink("mine", join(a, rw, "to-mine"))));
+        printf("read=%s ", result(open(join(a, rw, "to-mine"), O_RDONLY)));
+        printf("link=%s ", result(link(join(a, rw, "mine"), join(b, rw, "mine-too"))));
+        printf("from-ro=%s ", result(link(join(a, ro, "r"), join(b, rw, "stolen"))));
+        printf("into-ro=%s ", result(link(join(a, rw, "mine"), join(b, ro, "planted"))));
+        printf("symlink-ro=%s\n", result(symlink("x", join(a, ro, "link"))));
+        return 0;
+    }
     if (!strcmp(m, "thread")) {  // pthread_create (musl's clone carries CLONE_DETACHED)
         pthread_t t;
         int error = pthread_create(&t, 0, thread, (void *)42);

@@ -231,6 +231,23 @@ extension KVMTests {
             #expect(throws: SandboxError.self) { try Sandbox(elfPath: program, configuration: configuration) }
         }
 
+        /// symlink and link: a link to /etc/shadow is made but leads nowhere (links are
+        /// followed in the guest's namespace); hard links stay inside one writable grant (EXDEV
+        /// from a read-only grant, EROFS into one).
+        @Test func symbolicAndHardLinksStayInsideTheGrant() throws {
+            let root = LinuxFixtures.scratch("make-links")
+            let rw = root + "/rw", ro = root + "/ro"
+            for directory in [rw, ro] { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
+            FileManager.default.createFile(atPath: rw + "/mine", contents: Data("m".utf8))
+            FileManager.default.createFile(atPath: ro + "/r", contents: Data("r".utf8))
+            let (outcome, stdout) = try run(["make-links", rw, ro], grants: [FileGrant(hostPath: rw, writable: true), FileGrant(hostPath: ro)])
+            #expect(outcome == .exited(status: 0))
+            #expect(stdout == "symlink=0 through=ENOENT relative=0 read=0 link=0 from-ro=EXDEV into-ro=EXDEV symlink-ro=EROFS\n")
+            var status = stat()
+            #expect(stat(rw + "/mine", &status) == 0 && status.st_nlink == 2)
+            #expect(!Self.exists(rw + "/stolen") && !Self.exists(ro + "/planted"))
+        }
+
         /// musl's `pthread_create` passes CLONE_DETACHED, which Linux ignores.
         @Test func muslThreadsStart() throws {
             let (outcome, stdout) = try run(["thread"], grants: [])

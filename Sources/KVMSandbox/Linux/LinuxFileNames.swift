@@ -164,4 +164,63 @@ extension LinuxPersonality {
             return Self.fail(error)
         }
     }
+
+    /// symlink/symlinkat: a link beneath a writable grant (the target is any string, as on
+    /// Linux; the guest follows links in its own namespace, never the host's). In-memory
+    /// directories hold no links (EPERM).
+    func makeSymbolicLink(_ memory: GuestMemoryView, target address: UInt64, _ dirfd: Int64, path linkAddress: UInt64) throws -> HostCallEffect {
+        let target = try memory.readCString(address, maxLength: 4095)
+        guard !target.isEmpty else { return Self.fail(.noSuchFileOrDirectory) }
+        switch try guestPath(dirfd, memory, linkAddress) {
+        case .failure(let error): return Self.fail(error)
+        case .success(let path):
+            if state.memoryFiles.covers(path) { return Self.fail(.notPermitted) }
+            switch nameChange(path, removing: false) {
+            case .failure(let error): return Self.fail(error)
+            case .success(let change):
+                defer { close(change.directory) }
+                if let allowance = diskAllowance, allowance < Self.diskEntryCharge { return Self.fail(.noSpace) }
+                guard symlinkat(target, change.directory, change.name) == 0 else { return Self.fail(Errno.current) }
+                chargeDisk(Self.diskEntryCharge)
+                return .value(0)
+            }
+        }
+    }
+
+    /// link/linkat: a second name for a file, both names in one writable grant (EXDEV across
+    /// grants, as across mounts). The old name's final link is followed only with
+    /// AT_SYMLINK_FOLLOW, and then in the guest's namespace.
+    func makeHardLink(_ oldDirectory: Int64, _ memory: GuestMemoryView, _ old: UInt64, _ newDirectory: Int64, _ new: UInt64,
+                      flags: UInt64) throws -> HostCallEffect {
+        guard flags & ~UInt64(0x400 | 0x1000) == 0 else { return Self.fail(.invalidArgument) }  // AT_SYMLINK_FOLLOW, AT_EMPTY_PATH
+        guard case .success(var source) = try guestPath(oldDirectory, memory, old),
+              case .success(let target) = try guestPath(newDirectory, memory, new) else { return Self.fail(.noSuchFileOrDirectory) }
+        if state.memoryFiles.covers(source) || state.memoryFiles.covers(target) {
+            return Self.fail(state.memoryFiles.covers(source) && state.memoryFiles.covers(target) ? .notPermitted : .improperLink)
+        }
+        if flags & 0x400 != 0, let followed = fileSystem.followingFirstLink(in: source, includingLast: true) { source = followed }
+        switch (nameLocation(source, removing: true), nameLocation(target, removing: false)) {
+        case (.success(let from), .success(let to)):
+            guard from.0.grant.guestPath == to.0.grant.guestPath else {
+                close(from.0.directory)
+                close(to.0.directory)
+                return Self.fail(.improperLink)
+            }
+            close(from.0.directory)  // the source only needs to be in the same grant; re-located below
+            switch (nameChange(source, removing: false), Self.permitted(to)) {
+            case (.success(let source), .success(let target)):
+                defer { close(source.directory); close(target.directory) }
+                if let allowance = diskAllowance, allowance < Self.diskEntryCharge { return Self.fail(.noSpace) }
+                guard linkat(source.directory, source.name, target.directory, target.name, 0) == 0 else { return Self.fail(Errno.current) }
+                chargeDisk(Self.diskEntryCharge)
+                return .value(0)
+            case (.failure(let error), let other), (let other, .failure(let error)):
+                if case .success(let change) = other { close(change.directory) }
+                return Self.fail(error)
+            }
+        case (.failure(let error), let other), (let other, .failure(let error)):
+            if case .success(let location) = other { close(location.0.directory) }
+            return Self.fail(error)
+        }
+    }
 }

@@ -47,6 +47,10 @@ extension LinuxPersonality {
         case 217: return try directoryEntries(fd: call.descriptor(0), memory, into: call[1], count: call[2])
         case 72: return try control(fd: call.descriptor(0), command: call[1], argument: call[2], memory)
         case 73: return fileLock(fd: call.descriptor(0), operation: call[1])                              // flock
+        case 88: return try makeSymbolicLink(memory, target: call[0], Self.currentDirectory, path: call[1])   // symlink
+        case 266: return try makeSymbolicLink(memory, target: call[0], call.descriptor(1), path: call[2])     // symlinkat
+        case 86: return try makeHardLink(Self.currentDirectory, memory, call[0], Self.currentDirectory, call[1], flags: 0)  // link
+        case 265: return try makeHardLink(call.descriptor(0), memory, call[1], call.descriptor(2), call[3], flags: call[4])
         case 32: return duplicate(call.descriptor(0), lowest: 0, at: nil, closeOnExec: false)
         case 33: return duplicate(call.descriptor(0), lowest: 0, at: call.descriptor(1), closeOnExec: false, dup2: true)
         case 292: return call[2] & ~UInt64(O_CLOEXEC) != 0 || call[0] == call[1] ? Self.fail(.invalidArgument)
