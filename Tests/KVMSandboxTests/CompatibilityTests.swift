@@ -196,3 +196,28 @@ extension KVMTests.Compatibility {
         #expect(stdout == (hostAVX ? "osxsave=1 avx=1 ymm=1 builtin-avx=1\n" : "osxsave=\(stdout.hasPrefix("osxsave=1") ? 1 : 0) avx=0 ymm=\(stdout.contains("ymm=1") ? 1 : 0) builtin-avx=0\n"))
     }
 }
+
+extension KVMTests.Compatibility {
+    /// socketpair (AF_UNIX, without a network permission): bytes cross it, and asyncio (whose
+    /// event loop's self-pipe is one) runs.
+    @Test func socketPairsAndAsyncio() throws {
+        var configuration = SandboxConfiguration()
+        configuration.arguments = ["/usr/bin/python3", "-c", """
+            import asyncio, socket
+            a, b = socket.socketpair()
+            a.sendall(b"ping")
+            print(b.recv(4).decode())
+            async def main():
+                await asyncio.sleep(0.01)
+                return "asyncio"
+            print(asyncio.run(main()))
+            """]
+        configuration.standardOutput = .capture
+        configuration.standardError = .capture
+        configuration.memorySize = 256 << 20
+        configuration.timeout = 30
+        let sandbox = try Sandbox(elfPath: "/usr/bin/python3", configuration: configuration)
+        #expect(try sandbox.run() == .exited(status: 0), "\(String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self))")
+        #expect(String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self) == "ping\nasyncio\n")
+    }
+}

@@ -33,6 +33,8 @@ extension LinuxPersonality {
             state.nextObject += 1
             state.sockets[id] = VirtualSocket(family: UInt16(call[0]))
             return .value(Int64(fd))
+        case 53:                                        // socketpair(domain, type, protocol, int[2])
+            return try socketPair(domain: call[0], type: call[1], protocol: call[2], memory, into: call[3])
         case 49:                                        // bind(fd, address, length)
             guard let id = virtualSocket(call.descriptor(0)) else { return notASocket(call.descriptor(0)) }
             guard acceptsConnections else { return Self.fail(.permissionDenied) }  // outgoing connections only
@@ -178,6 +180,32 @@ extension LinuxPersonality {
     }
 
     /// The real connection behind `fd`.
+    /// socketpair(AF_UNIX, SOCK_STREAM or SOCK_DGRAM): a host socket pair whose two ends are
+    /// the guest's (asyncio's self-pipe, subprocess plumbing): it leads nowhere but to itself,
+    /// so it needs no network permission. Its ends are connections, read and written (and
+    /// waited on within the deadline) as an offered connection is.
+    func socketPair(domain: UInt64, type: UInt64, protocol socketProtocol: UInt64, _ memory: GuestMemoryView, into address: UInt64) throws -> HostCallEffect {
+        let kind = type & ~(Self.socketNonblocking | Self.socketCloseOnExec)
+        guard domain == 1 else { return Self.fail(Errno(rawValue: 97)) }  // EAFNOSUPPORT: AF_UNIX only
+        guard kind == 1 || kind == 2 || kind == 5, socketProtocol == 0 else { return Self.fail(.invalidArgument) }
+        try memory.checkWritable(address, count: 8)
+        var ends: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(kind) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
+            return Self.fail(Errno.current)
+        }
+        let (first, second) = (HostFile(fd: ends[0]), HostFile(fd: ends[1]))
+        let status = O_RDWR | (type & Self.socketNonblocking != 0 ? O_NONBLOCK : 0)
+        let closeOnExec = type & Self.socketCloseOnExec != 0
+        var table = state.files
+        guard let a = table.install(OpenFile(kind: .connection(first), statusFlags: status, path: "socket:[\(ends[0])]"), closeOnExec: closeOnExec),
+              let b = table.install(OpenFile(kind: .connection(second), statusFlags: status, path: "socket:[\(ends[1])]"), closeOnExec: closeOnExec) else {
+            return Self.fail(.tooManyOpenFiles)
+        }
+        try memory.write(UInt32(a).littleEndianBytes + UInt32(b).littleEndianBytes, to: address)
+        state.files = table
+        return .value(0)
+    }
+
     func connection(_ fd: Int64) -> HostFile? {
         guard case .connection(let host) = state.files[fd]?.kind else { return nil }
         return host
