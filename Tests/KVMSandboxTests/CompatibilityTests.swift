@@ -9,6 +9,23 @@ extension KVMTests {
     /// Calls real programs make that the Linux layer once refused (`ENOSYS`) or answered
     /// wrongly (the compatibility issue); `Tests/Guests/compat-calls.c` with musl and glibc.
     @Suite struct Compatibility {
+        /// python3 running `script` (with `arguments`) in a fresh VM of 256 MiB, output captured.
+        static func python(_ script: String, _ arguments: [String] = [], grants: [FileGrant] = [], memoryDirectories: [String] = [],
+                           memory: UInt64 = 256 << 20) throws -> (outcome: RunOutcome, stdout: String, stderr: String, sandbox: Sandbox) {
+            var configuration = SandboxConfiguration()
+            configuration.arguments = ["/usr/bin/python3", "-c", script] + arguments
+            configuration.files = grants
+            configuration.memoryDirectories = memoryDirectories
+            configuration.standardOutput = .capture
+            configuration.standardError = .capture
+            configuration.memorySize = memory
+            configuration.timeout = 30
+            let sandbox = try Sandbox(elfPath: "/usr/bin/python3", configuration: configuration)
+            let outcome = try sandbox.run()
+            return (outcome, String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self),
+                    String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self), sandbox)
+        }
+
         @Test(arguments: ["musl", "glibc"])
         func smallCallsAnswerAsLinux(libc: String) throws {
             let root = LinuxFixtures.scratch("compat-\(libc)")
@@ -53,16 +70,10 @@ extension KVMTests.Compatibility {
         print(sorted(n for n in os.listdir("/etc") if n in ("passwd", "shadow", "hostname", "alternatives", "machine-id")))
         print(os.path.isdir("/usr/share"), os.path.exists("/home"), os.path.exists("/root"))
         """
-        var configuration = SandboxConfiguration()
-        configuration.arguments = ["/usr/bin/python3", "-c", script]
-        configuration.standardOutput = .capture
-        configuration.standardError = .capture
-        configuration.memorySize = 256 << 20
-        configuration.timeout = 30
-        let sandbox = try Sandbox(elfPath: "/usr/bin/python3", configuration: configuration)
-        #expect(try sandbox.run() == .exited(status: 0), "\(String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self))")
+        let (outcome, stdout, stderr, _) = try Self.python(script)
+        #expect(outcome == .exited(status: 0), "\(stderr)")
         let alternatives = FileManager.default.fileExists(atPath: "/etc/alternatives") ? "'alternatives', " : ""
-        #expect(String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self) == """
+        #expect(stdout == """
             /usr/share/zoneinfo/UTC \(FileManager.default.fileExists(atPath: "/usr/share/zoneinfo/UTC") ? "read" : "No")
             /etc/nsswitch.conf \(FileManager.default.fileExists(atPath: "/etc/nsswitch.conf") ? "read" : "No")
             /etc/ld.so.cache read
@@ -83,15 +94,9 @@ extension KVMTests.Compatibility {
 
     /// A guest refused memory by its memory size says so in its report.
     @Test func hittingTheMemoryLimitIsReported() throws {
-        var configuration = SandboxConfiguration()
-        configuration.arguments = ["/usr/bin/python3", "-c", "bytearray(96 << 20)"]
-        configuration.standardOutput = .capture
-        configuration.standardError = .capture
-        configuration.memorySize = 64 << 20
-        configuration.timeout = 30
-        let sandbox = try Sandbox(elfPath: "/usr/bin/python3", configuration: configuration)
-        #expect(try sandbox.run() == .exited(status: 1))
-        #expect(String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self).contains("MemoryError"))
+        let (outcome, _, stderr, sandbox) = try Self.python("bytearray(96 << 20)", memory: 64 << 20)
+        #expect(outcome == .exited(status: 1))
+        #expect(stderr.contains("MemoryError"))
         #expect(sandbox.memoryLimitHits > 0)
         #expect(RunReport(.exited(status: 1), sandbox: sandbox).memoryLimit?.hasPrefix("the guest hit its memory limit (64 MiB)") == true)
     }
@@ -127,16 +132,9 @@ extension KVMTests.Compatibility {
         fcntl.flock(g, fcntl.LOCK_SH)
         print("free locked")
         """
-        var configuration = SandboxConfiguration()
-        configuration.arguments = ["/usr/bin/python3", "-c", script, directory]
-        configuration.files = [FileGrant(hostPath: directory, writable: true)]
-        configuration.standardOutput = .capture
-        configuration.standardError = .capture
-        configuration.memorySize = 256 << 20
-        configuration.timeout = 30
-        let sandbox = try Sandbox(elfPath: "/usr/bin/python3", configuration: configuration)
-        #expect(try sandbox.run() == .exited(status: 0), "\(String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self))")
-        #expect(String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self) == "42\nbusy 11\nfree locked\n")
+        let (outcome, stdout, stderr, _) = try Self.python(script, [directory], grants: [FileGrant(hostPath: directory, writable: true)])
+        #expect(outcome == .exited(status: 0), "\(stderr)")
+        #expect(stdout == "42\nbusy 11\nfree locked\n")
     }
 }
 
@@ -155,17 +153,10 @@ extension KVMTests.Compatibility {
         try: os.rmdir("/memory/a")
         except OSError as e: print("rmdir-way", e.errno)
         """
-        var configuration = SandboxConfiguration()
-        configuration.arguments = ["/usr/bin/python3", "-c", script]
-        configuration.files = [FileGrant(hostPath: directory, guestPath: "/memory/a/data")]
-        configuration.memoryDirectories = ["/memory"]
-        configuration.standardOutput = .capture
-        configuration.standardError = .capture
-        configuration.memorySize = 256 << 20
-        configuration.timeout = 30
-        let sandbox = try Sandbox(elfPath: "/usr/bin/python3", configuration: configuration)
-        #expect(try sandbox.run() == .exited(status: 0), "\(String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self))")
-        #expect(String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self) == "through ['a'] ['data']\nrmdir 16\nrmdir-way 16\n")
+        let (outcome, stdout, stderr, _) = try Self.python(script, grants: [FileGrant(hostPath: directory, guestPath: "/memory/a/data")],
+                                                           memoryDirectories: ["/memory"])
+        #expect(outcome == .exited(status: 0), "\(stderr)")
+        #expect(stdout == "through ['a'] ['data']\nrmdir 16\nrmdir-way 16\n")
     }
 }
 
@@ -201,8 +192,7 @@ extension KVMTests.Compatibility {
     /// socketpair (AF_UNIX, without a network permission): bytes cross it, and asyncio (whose
     /// event loop's self-pipe is one) runs.
     @Test func socketPairsAndAsyncio() throws {
-        var configuration = SandboxConfiguration()
-        configuration.arguments = ["/usr/bin/python3", "-c", """
+        let (outcome, stdout, stderr, _) = try Self.python("""
             import asyncio, socket
             a, b = socket.socketpair()
             a.sendall(b"ping")
@@ -211,13 +201,8 @@ extension KVMTests.Compatibility {
                 await asyncio.sleep(0.01)
                 return "asyncio"
             print(asyncio.run(main()))
-            """]
-        configuration.standardOutput = .capture
-        configuration.standardError = .capture
-        configuration.memorySize = 256 << 20
-        configuration.timeout = 30
-        let sandbox = try Sandbox(elfPath: "/usr/bin/python3", configuration: configuration)
-        #expect(try sandbox.run() == .exited(status: 0), "\(String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self))")
-        #expect(String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self) == "ping\nasyncio\n")
+            """)
+        #expect(outcome == .exited(status: 0), "\(stderr)")
+        #expect(stdout == "ping\nasyncio\n")
     }
 }

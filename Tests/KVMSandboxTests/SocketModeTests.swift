@@ -30,6 +30,20 @@ enum SocketPrograms {
     http.server.HTTPServer(("127.0.0.1", 8000), Handler).serve_forever()
     """
 
+    /// A TCP listener on 127.0.0.1 at a free port (backlog 4), and the port; nil on failure.
+    static func localListener() -> (fd: Int32, port: Int)? {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        var size = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, size) == 0 && getsockname(listener, $0, &size) == 0 }
+        }
+        guard bound, listen(listener, 4) == 0 else { close(listener); return nil }
+        return (listener, Int(UInt16(bigEndian: address.sin_port)))
+    }
+
     /// `Tests/Guests/rust/httpserver.rs` built with rustc (an ordinary dynamic program).
     static func rust() throws -> String {
         let output = Guests.outputDirectory.appendingPathComponent("rust-httpserver").path
@@ -153,17 +167,9 @@ extension KVMTests {
         /// connection whose peer never reads, fills it and exits; the run ends at once (the
         /// host's close of a lingering socket once blocked for l_linger seconds, past the deadline).
         @Test func aGuestLingerDoesNotHoldTheHost() throws {
-            let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            // The kernel completes the handshake; nobody reads.
+            let (listener, port) = try #require(SocketPrograms.localListener())
             defer { close(listener) }
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-            var size = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let bound = withUnsafeMutablePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, size) == 0 && getsockname(listener, $0, &size) == 0 }
-            }
-            try #require(bound && listen(listener, 4) == 0)  // the kernel completes the handshake; nobody reads
-            let port = Int(UInt16(bigEndian: address.sin_port))
             var configuration = SandboxConfiguration()
             configuration.arguments = ["/usr/bin/python3", "-c", """
                 import socket, struct
@@ -194,17 +200,8 @@ extension KVMTests {
         /// Outgoing connections reach only the allowed destinations: python connects to a host
         /// echo listener it was allowed, and gets EACCES for another port and for a UDP socket.
         @Test func connectReachesOnlyAllowedDestinations() throws {
-            let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            let (listener, port) = try #require(SocketPrograms.localListener())
             defer { close(listener) }
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
-            var size = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let bound = withUnsafeMutablePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, size) == 0 && getsockname(listener, $0, &size) == 0 }
-            }
-            try #require(bound && listen(listener, 4) == 0)
-            let port = Int(UInt16(bigEndian: address.sin_port))
             // The echo side: one connection, its bytes back in upper case.
             let echo = Thread {
                 let connection = accept(listener, nil, nil)

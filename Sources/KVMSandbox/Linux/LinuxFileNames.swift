@@ -143,9 +143,17 @@ extension LinuxPersonality {
         case (true, false), (false, true): return Self.fail(.improperLink)  // EXDEV: across file systems
         case (false, false): break
         }
+        return changingNames(source, target) { source, target in
+            renameat(source.directory, source.name, target.directory, target.name) == 0 ? .value(0) : Self.fail(Errno.current)
+        }
+    }
+
+    /// Runs `body` with two names in one writable grant (rename's, link's), and closes their
+    /// directories: two grants are two mounts, so Linux's first answer is EXDEV; then each name
+    /// must be changeable (EROFS, EBUSY).
+    func changingNames(_ source: String, _ target: String, _ body: (NameChange, NameChange) -> HostCallEffect) -> HostCallEffect {
         switch (nameLocation(source, removing: true), nameLocation(target, removing: false)) {
         case (.success(let from), .success(let to)):
-            // Two grants are two mounts: Linux answers EXDEV before anything else.
             guard from.0.grant.guestPath == to.0.grant.guestPath else {
                 close(from.0.directory)
                 close(to.0.directory)
@@ -154,7 +162,7 @@ extension LinuxPersonality {
             switch (Self.permitted(from), Self.permitted(to)) {
             case (.success(let source), .success(let target)):
                 defer { close(source.directory); close(target.directory) }
-                return renameat(source.directory, source.name, target.directory, target.name) == 0 ? .value(0) : Self.fail(Errno.current)
+                return body(source, target)
             case (.failure(let error), let other), (let other, .failure(let error)):
                 if case .success(let change) = other { close(change.directory) }
                 return Self.fail(error)
@@ -199,28 +207,11 @@ extension LinuxPersonality {
             return Self.fail(state.memoryFiles.covers(source) && state.memoryFiles.covers(target) ? .notPermitted : .improperLink)
         }
         if flags & 0x400 != 0, let followed = fileSystem.followingFirstLink(in: source, includingLast: true) { source = followed }
-        switch (nameLocation(source, removing: true), nameLocation(target, removing: false)) {
-        case (.success(let from), .success(let to)):
-            guard from.0.grant.guestPath == to.0.grant.guestPath else {
-                close(from.0.directory)
-                close(to.0.directory)
-                return Self.fail(.improperLink)
-            }
-            close(from.0.directory)  // the source only needs to be in the same grant; re-located below
-            switch (nameChange(source, removing: false), Self.permitted(to)) {
-            case (.success(let source), .success(let target)):
-                defer { close(source.directory); close(target.directory) }
-                if let allowance = diskAllowance, allowance < Self.diskEntryCharge { return Self.fail(.noSpace) }
-                guard linkat(source.directory, source.name, target.directory, target.name, 0) == 0 else { return Self.fail(Errno.current) }
-                chargeDisk(Self.diskEntryCharge)
-                return .value(0)
-            case (.failure(let error), let other), (let other, .failure(let error)):
-                if case .success(let change) = other { close(change.directory) }
-                return Self.fail(error)
-            }
-        case (.failure(let error), let other), (let other, .failure(let error)):
-            if case .success(let location) = other { close(location.0.directory) }
-            return Self.fail(error)
+        return changingNames(source, target) { source, target in
+            if let allowance = diskAllowance, allowance < Self.diskEntryCharge { return Self.fail(.noSpace) }
+            guard linkat(source.directory, source.name, target.directory, target.name, 0) == 0 else { return Self.fail(Errno.current) }
+            chargeDisk(Self.diskEntryCharge)
+            return .value(0)
         }
     }
 }
