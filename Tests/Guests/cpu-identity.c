@@ -13,5 +13,9 @@ int main(void) {
     }
     __builtin_cpu_init();
     printf("osxsave=%u avx=%u ymm=%u builtin-avx=%d\n", osxsave, avx, (xcr0 & 6) == 6, __builtin_cpu_supports("avx") != 0);
+    __cpuid(0x80000001, a, b, c, d);
+    unsigned lzcnt = (c >> 5) & 1;
+    __cpuid_count(7, 0, a, b, c, d);
+    printf("lzcnt=%u avx2=%u bmi2=%u\n", lzcnt, (b >> 5) & 1, (b >> 8) & 1);
     return 0;
 }

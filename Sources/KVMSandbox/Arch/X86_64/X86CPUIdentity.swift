@@ -39,7 +39,40 @@ enum X86CPUIdentity {
         let hasXSAVE = supportedXSAVE || nativeCPUID && cpuid(1).ecx & (1 << 26) != 0
         guard hasXSAVE, let leaf = supported.first(where: { $0.function == 0xd && $0.index == 0 }) else { return (supported, nil) }
         let components = (UInt64(leaf.edx) << 32 | UInt64(leaf.eax)) & guestXSAVEComponents
-        return (supported, components & 0b11 == 0b11 ? components : nil)
+        let xcr0 = components & 0b11 == 0b11 ? components : nil
+        return (nativeCPUID ? withHostUserFeatures(supported, xcr0: xcr0 ?? 0) : supported, xcr0)
+    }
+
+    /// Under PVM the guest's code runs on the host CPU in user mode, so every user-mode
+    /// instruction the host has works there, whatever KVM's supported CPUID leaves out (on this
+    /// machine's PVM: LZCNT, without which numpy drops its AVX2 and AVX-512 paths and sorts equal
+    /// keys in another order than natively). These bits are the host's, for user-mode instruction
+    /// sets only (no PCID, PKU, TSX or anything a kernel must enable), the vector ones only where
+    /// `xcr0` enables their state.
+    static func withHostUserFeatures(_ table: [kvm_cpuid_entry2], xcr0: UInt64) -> [kvm_cpuid_entry2] {
+        let avx: UInt32 = xcr0 & 0b110 == 0b110 ? ~0 : 0, avx512: UInt32 = xcr0 & 0xe6 == 0xe6 ? ~0 : 0
+        // (leaf, subleaf, register index: 1 ebx, 2 ecx, 3 edx) -> the bits offered.
+        let offered: [(UInt32, UInt32, Int, UInt32)] = [
+            (1, 0, 2, 1 << 0 | 1 << 1 | 1 << 9 | 1 << 13 | 1 << 19 | 1 << 20 | 1 << 22 | 1 << 23 | 1 << 25 | 1 << 30
+                | (xcr0 != 0 ? 1 << 26 : 0) | avx & (1 << 12 | 1 << 28 | 1 << 29)),                       // SSE3...RDRAND, FMA, AVX, F16C
+            (7, 0, 1, 1 << 3 | 1 << 8 | 1 << 9 | 1 << 18 | 1 << 19 | 1 << 23 | 1 << 24 | 1 << 29 | avx & (1 << 5)
+                | avx512 & (1 << 16 | 1 << 17 | 1 << 21 | 1 << 26 | 1 << 27 | 1 << 28 | 1 << 30 | 1 << 31)),  // BMI, ADX, SHA, AVX2, AVX-512
+            (7, 0, 2, 1 << 8 | avx & (1 << 9 | 1 << 10) | avx512 & (1 << 1 | 1 << 6 | 1 << 11 | 1 << 12 | 1 << 14)),  // GFNI, VAES, VBMI...
+            (7, 0, 3, 1 << 4 | avx512 & (1 << 8)),                                                             // FSRM, VP2INTERSECT
+            (0x8000_0001, 0, 2, 1 << 0 | 1 << 5 | 1 << 6 | 1 << 8),                                            // LAHF, LZCNT, SSE4A, PREFETCHW
+        ]
+        return table.map { entry in
+            var entry = entry
+            for (leaf, subleaf, register, bits) in offered where entry.function == leaf && entry.index == subleaf {
+                let host = cpuid(leaf, subleaf)
+                switch register {
+                case 1: entry.ebx |= host.ebx & bits
+                case 2: entry.ecx |= host.ecx & bits
+                default: entry.edx |= host.edx & bits
+                }
+            }
+            return entry
+        }
     }
 
     /// CR4.OSXSAVE: XGETBV/XSETBV and XSAVE-managed AVX state are usable.
