@@ -13,7 +13,9 @@
 #include <sys/statfs.h>
 #include <sys/sysmacros.h>
 #include <sys/time.h>
+#include <sys/timerfd.h>
 #include <sys/times.h>
+#include <stdint.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -102,5 +104,14 @@ int main(int argc, char **argv) {
     fstat(second[0], &p1);
     printf("null=%s rdev=%u:%u stdout-differs=%d pipes-differ=%d\n", S_ISCHR(null.st_mode) ? "chr" : "other",
            major(null.st_rdev), minor(null.st_rdev), null.st_dev != out.st_dev || null.st_ino != out.st_ino, p0.st_ino != p1.st_ino);
+    // timerfd: a blocking read waits for the first expiration.
+    int timer = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC);
+    struct itimerspec spec = {{0, 10000000}, {0, 20000000}}, left;
+    timerfd_settime(timer, 0, &spec, 0);
+    uint64_t expirations = 0;
+    long got = read(timer, &expirations, 8);
+    timerfd_gettime(timer, &left);
+    printf("timerfd=%s read=%ld expirations=%s interval=%ld\n", result(timer), got, expirations >= 1 ? "some" : "none",
+           (long)left.it_interval.tv_nsec);
     return 0;
 }

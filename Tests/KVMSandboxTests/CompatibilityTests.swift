@@ -44,6 +44,7 @@ extension KVMTests {
                 fchdir=0 relative=0 opath=0 read=EBADF fstat-opath=0 statfs=0 bsize=4096 fstatfs=0
                 cpu=ran thread=ran rusage=ran times=ran mlock=0
                 null=chr rdev=1:3 stdout-differs=1 pipes-differ=1
+                timerfd=0 read=8 expirations=some interval=10000000
 
                 """)
             var status = stat()

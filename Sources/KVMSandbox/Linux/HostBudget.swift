@@ -62,7 +62,7 @@ extension LinuxPersonality {
         switch call.number {
         case 9:                     // mmap: a mapping or range record
             errno = .noMemory
-        case 22, 293, 213, 291, 284, 290, 41, 53:  // pipe, pipe2, epoll_create(1), eventfd(2), socket, socketpair
+        case 22, 293, 213, 291, 284, 290, 283, 41, 53:  // pipe, pipe2, epoll_create(1), eventfd(2), timerfd, socket, socketpair
             errno = .noMemory
         case 233 where call[1] == 1:  // epoll_ctl(EPOLL_CTL_ADD)
             errno = .noMemory

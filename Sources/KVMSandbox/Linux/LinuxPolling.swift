@@ -60,6 +60,9 @@ extension LinuxPersonality {
                 timeout = seconds > Int64.max / 2_000 ? Int64.max / 2 : seconds * 1000 + nanoseconds / 1_000_000
             }
             return try poll(call[0], count: call[1], timeoutMilliseconds: timeout, memory)
+        case 283: return timerCreate(clock: call[0], flags: call[1])                              // timerfd_create
+        case 286: return try timerSet(fd: call.descriptor(0), flags: call[1], memory, new: call[2], old: call[3])  // timerfd_settime
+        case 287: return try timerGet(fd: call.descriptor(0), memory, into: call[1])                   // timerfd_gettime
         case 284, 290:                                  // eventfd, eventfd2
             let flags = call.number == 290 ? call[1] : 0
             let known = UInt64(O_CLOEXEC) | UInt64(O_NONBLOCK) | 1  // EFD_SEMAPHORE
@@ -199,8 +202,9 @@ extension LinuxPersonality {
                 if !state.files.hasPipeEnd(id, writeEnd: true) { events |= 0x10 }
             }
         case .eventCounter(let id):
+            expireTimer(id)
             if (state.eventCounters[id]?.value ?? 0) > 0 { events |= 1 }
-            events |= 4
+            if state.eventCounters[id]?.timer == nil { events |= 4 }  // a timerfd is never writable
         case .standardInput:
             switch input {
             case .empty, .bytes: events |= 1
@@ -219,6 +223,7 @@ extension LinuxPersonality {
     /// read(2) of an eventfd: its 8-byte counter (or 1 for a semaphore), which it then lowers.
     func readEventCounter(_ id: Int, count: UInt64, nonblocking: Bool) -> Result<[UInt8], Errno> {
         guard count >= 8 else { return .failure(.invalidArgument) }
+        expireTimer(id)
         guard var counter = state.eventCounters[id] else { return .failure(.badFileDescriptor) }
         guard counter.value > 0 else { return .failure(nonblocking ? .resourceTemporarilyUnavailable : Self.restart) }
         let value = counter.semaphore ? 1 : counter.value
@@ -232,7 +237,7 @@ extension LinuxPersonality {
     func writeEventCounter(_ id: Int, _ bytes: [UInt8]) -> Result<Int, Errno> {
         guard bytes.count >= 8 else { return .failure(.invalidArgument) }
         let value = UInt64(littleEndianBytes: bytes[0..<8])
-        guard value != .max, var counter = state.eventCounters[id] else { return .failure(.invalidArgument) }
+        guard value != .max, var counter = state.eventCounters[id], counter.timer == nil else { return .failure(.invalidArgument) }
         let (sum, overflow) = counter.value.addingReportingOverflow(value)
         guard !overflow, sum != .max else { return .failure(.resourceTemporarilyUnavailable) }
         counter.value = sum
@@ -242,14 +247,115 @@ extension LinuxPersonality {
     }
 }
 
+// MARK: timerfd
+
+extension LinuxPersonality {
+    /// timerfd_create(CLOCK_REALTIME, MONOTONIC or BOOTTIME, TFD_NONBLOCK | TFD_CLOEXEC): an
+    /// eventfd-like counter of expirations, read (and waited on, in the 10 ms slices every
+    /// wait has) as Linux's. Every clock is measured on the host's monotonic one.
+    func timerCreate(clock: UInt64, flags: UInt64) -> HostCallEffect {
+        guard [0, 1, 7].contains(clock) else { return Self.fail(.invalidArgument) }
+        guard flags & ~(UInt64(O_CLOEXEC) | UInt64(O_NONBLOCK)) == 0 else { return Self.fail(.invalidArgument) }
+        let id = state.nextObject
+        let status = flags & UInt64(O_NONBLOCK) != 0 ? O_NONBLOCK : 0
+        guard let fd = state.files.install(OpenFile(kind: .eventCounter(id: id), statusFlags: O_RDWR | status, path: "anon_inode:[timerfd]"),
+                                           closeOnExec: flags & UInt64(O_CLOEXEC) != 0) else { return Self.fail(.tooManyOpenFiles) }
+        state.nextObject += 1
+        state.eventCounters[id] = EventCounter(value: 0, semaphore: false, timer: TimerSetting(deadline: nil, interval: 0))
+        return .value(Int64(fd))
+    }
+
+    /// The timerfd behind `fd`, or the errno Linux gives.
+    private func timer(_ fd: Int64) -> Result<Int, Errno> {
+        guard let file = state.files[fd] else { return .failure(.badFileDescriptor) }
+        guard case .eventCounter(let id) = file.kind, state.eventCounters[id]?.timer != nil else { return .failure(.invalidArgument) }
+        return .success(id)
+    }
+
+    /// timerfd_settime: arms (relative, or TFD_TIMER_ABSTIME on the realtime clock's value
+    /// turned into a delay) or disarms, and clears expirations not yet read.
+    func timerSet(fd: Int64, flags: UInt64, _ memory: GuestMemoryView, new: UInt64, old: UInt64) throws -> HostCallEffect {
+        guard flags & ~UInt64(3) == 0 else { return Self.fail(.invalidArgument) }  // TFD_TIMER_ABSTIME, TFD_TIMER_CANCEL_ON_SET
+        let id: Int
+        switch timer(fd) {
+        case .failure(let error): return Self.fail(error)
+        case .success(let found): id = found
+        }
+        let words = try memory.read(new, count: 32)
+        func word(_ index: Int) -> UInt64 { UInt64(littleEndianBytes: words[index * 8..<index * 8 + 8]) }
+        guard word(1) < 1_000_000_000, word(3) < 1_000_000_000, word(0) < 1 << 40, word(2) < 1 << 40 else { return Self.fail(.invalidArgument) }
+        if old != 0 { try memory.write(timerValue(id), to: old) }
+        let interval = word(0) * 1_000_000_000 + word(1), value = word(2) * 1_000_000_000 + word(3)
+        let now = monotonicNanoseconds()
+        var deadline: UInt64?
+        if value != 0 {
+            if flags & 1 != 0 {
+                var real = timespec()
+                clock_gettime(CLOCK_REALTIME, &real)
+                let realNow = UInt64(real.tv_sec) &* 1_000_000_000 &+ UInt64(real.tv_nsec)
+                deadline = now &+ (value > realNow ? value - realNow : 0)
+            } else {
+                deadline = now &+ value
+            }
+        }
+        state.eventCounters[id]?.value = 0
+        state.eventCounters[id]?.timer = TimerSetting(deadline: deadline, interval: interval)
+        return .value(0)
+    }
+
+    /// timerfd_gettime: time left and the period.
+    func timerGet(fd: Int64, _ memory: GuestMemoryView, into address: UInt64) throws -> HostCallEffect {
+        switch timer(fd) {
+        case .failure(let error): return Self.fail(error)
+        case .success(let id):
+            try memory.write(timerValue(id), to: address)
+            return .value(0)
+        }
+    }
+
+    /// A timer's `struct itimerspec`: interval, then time left.
+    private func timerValue(_ id: Int) -> [UInt8] {
+        expireTimer(id)
+        let setting = state.eventCounters[id]?.timer
+        let now = monotonicNanoseconds()
+        let left = setting?.deadline.map { $0 > now ? $0 - now : 1 } ?? 0
+        let interval = setting?.interval ?? 0
+        return [UInt8](littleEndianWords: [interval / 1_000_000_000, interval % 1_000_000_000, left / 1_000_000_000, left % 1_000_000_000])
+    }
+
+    /// Counts a timerfd's expirations up to now (each missed period is one) and re-arms it.
+    func expireTimer(_ id: Int) {
+        guard let setting = state.eventCounters[id]?.timer, let deadline = setting.deadline else { return }
+        let now = monotonicNanoseconds()
+        guard deadline <= now else { return }
+        var expirations: UInt64 = 1
+        var next: UInt64?
+        if setting.interval > 0 {
+            let missed = (now - deadline) / setting.interval
+            expirations &+= missed
+            next = deadline &+ (missed &+ 1) &* setting.interval
+        }
+        state.eventCounters[id]?.value &+= expirations
+        state.eventCounters[id]?.timer?.deadline = next
+    }
+}
+
 /// What an epoll set watches on one descriptor.
 struct EpollInterest: Equatable, Codable {
     var events: UInt32
     var data: UInt64
 }
 
-/// An eventfd's counter.
+/// An eventfd's counter; a timerfd's expirations (with `timer` set).
 struct EventCounter: Equatable, Codable {
     var value: UInt64
     var semaphore: Bool
+    /// A timerfd: when it next expires (monotonic ns; nil: disarmed) and its period (0: once).
+    var timer: TimerSetting?
+}
+
+/// A timerfd's setting.
+struct TimerSetting: Equatable, Codable {
+    var deadline: UInt64?
+    var interval: UInt64
 }

@@ -31,7 +31,7 @@ enum LinuxSyscallNames {
         132: ("utime", 2), 137: ("statfs", 2), 138: ("fstatfs", 2), 149: ("mlock", 2), 150: ("munlock", 2),
         151: ("mlockall", 1), 152: ("munlockall", 0), 235: ("utimes", 2), 260: ("fchownat", 5), 261: ("futimesat", 3),
         268: ("fchmodat", 3), 280: ("utimensat", 4), 285: ("fallocate", 4), 325: ("mlock2", 3), 452: ("fchmodat2", 4),
-        213: ("epoll_create", 1), 73: ("flock", 2), 86: ("link", 2), 88: ("symlink", 2), 265: ("linkat", 5), 266: ("symlinkat", 3), 53: ("socketpair", 4), 40: ("sendfile", 4), 326: ("copy_file_range", 6),
+        213: ("epoll_create", 1), 73: ("flock", 2), 283: ("timerfd_create", 2), 286: ("timerfd_settime", 4), 287: ("timerfd_gettime", 2), 86: ("link", 2), 88: ("symlink", 2), 265: ("linkat", 5), 266: ("symlinkat", 3), 53: ("socketpair", 4), 40: ("sendfile", 4), 326: ("copy_file_range", 6),
     ]
 
     static func name(_ number: Int) -> String { table[number]?.name ?? "syscall_\(number)" }
