@@ -104,3 +104,5 @@ _Static_assert(offsetof(struct ckvm_cpuid, entries) == offsetof(struct kvm_cpuid
 long ckvm_fallocate(int fd, int mode, long offset, long length) { return syscall(SYS_fallocate, fd, mode, offset, length); }
 
 long ckvm_fstatfs(int fd, void *buffer) { return syscall(SYS_fstatfs, fd, buffer); }
+
+long ckvm_gettid(void) { return syscall(SYS_gettid); }

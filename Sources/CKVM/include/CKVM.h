@@ -72,6 +72,8 @@ long ckvm_getrandom(void *buffer, unsigned long length);
 long ckvm_fallocate(int fd, int mode, long offset, long length);
 /// fstatfs(2) into the kernel's 120-byte `struct statfs` (15 64-bit words on x86-64).
 long ckvm_fstatfs(int fd, void *buffer);
+/// gettid(2): the calling thread's id.
+long ckvm_gettid(void);
 
 /// openat2(2) with `RESOLVE_*` flags (no glibc wrapper): how guest paths are opened beneath a
 /// granted directory. Returns an fd, or -1 with errno.

@@ -75,9 +75,9 @@ final class LinuxPersonality {
     /// VM's life: a reset puts the guest's state back, not the host's files).
     let diskQuota: Int?
     var diskBytesAdded = 0
-    /// During a run: the CPU clock of the thread running the vCPU, and its reading at the start.
-    var cpuClock: clockid_t?
-    var cpuClockStart: UInt64 = 0
+    /// During a run: the thread running the vCPU, and its guest time (ticks) at the start.
+    var cpuThread: pid_t?
+    var cpuTicksStart: UInt64 = 0
     /// Whether the default system view is shown (its synthesized `/etc` files among them).
     let systemView: Bool
     /// Whether W^X is lifted for anonymous memory (`SandboxConfiguration.allowJIT`).

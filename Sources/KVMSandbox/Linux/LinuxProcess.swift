@@ -1,3 +1,4 @@
+import CKVM
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -71,29 +72,41 @@ extension LinuxPersonality {
         clock == 2 || clock == 3 || Int32(truncatingIfNeeded: clock) < 0 && clock & 0xffff_ffff_0000_0000 == 0xffff_ffff_0000_0000
     }
 
-    /// The CPU time the guest has had: what its vCPU thread ran (guest time, and the host
-    /// serving its calls by exit) over all of this VM's runs.
+    /// The CPU time the guest has had: the time its vCPU thread spent in guest mode (the
+    /// kernel's `guest_time` of that thread, in 10 ms ticks; KVM and PVM account it) over all
+    /// of this VM's runs. The host's own work serving the guest's calls is not the guest's, as
+    /// a Linux process's user time excludes the kernel's.
     var guestCPUNanoseconds: UInt64 {
-        guard let clock = cpuClock else { return state.cpuNanoseconds }
-        var now = timespec()
-        guard clock_gettime(clock, &now) == 0 else { return state.cpuNanoseconds }
-        let current = UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
-        return state.cpuNanoseconds &+ (current &- cpuClockStart)
+        guard let thread = cpuThread, let ticks = Self.guestTicks(thread) else { return state.cpuNanoseconds }
+        return state.cpuNanoseconds &+ (ticks >= cpuTicksStart ? ticks - cpuTicksStart : 0) &* 10_000_000
     }
 
-    /// A run starts on the calling thread: its CPU clock counts for the guest from now.
+    /// A run starts on the calling thread: its guest time counts for the guest from now.
     func beginCPUAccounting() {
-        var clock = clockid_t()
-        var now = timespec()
-        guard pthread_getcpuclockid(pthread_self(), &clock) == 0, clock_gettime(clock, &now) == 0 else { return }
-        cpuClock = clock
-        cpuClockStart = UInt64(now.tv_sec) &* 1_000_000_000 &+ UInt64(now.tv_nsec)
+        let thread = pid_t(ckvm_gettid())
+        guard let ticks = Self.guestTicks(thread) else { return }
+        cpuThread = thread
+        cpuTicksStart = ticks
     }
 
     /// A run ended: what it used is added to the guest's CPU time.
     func endCPUAccounting() {
         state.cpuNanoseconds = guestCPUNanoseconds
-        cpuClock = nil
+        cpuThread = nil
+    }
+
+    /// Field 43 (`guest_time`, clock ticks) of `/proc/self/task/TID/stat`, or nil.
+    static func guestTicks(_ thread: pid_t) -> UInt64? {
+        let fd = Glibc.open("/proc/self/task/\(thread)/stat", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        guard n > 0, let end = buffer[0..<n].lastIndex(of: UInt8(ascii: ")")) else { return nil }
+        // Fields after the command's closing parenthesis start at field 3.
+        let fields = buffer[(end + 1)..<n].split(separator: UInt8(ascii: " "))
+        guard fields.count > 40 else { return nil }
+        return UInt64(String(decoding: fields[40], as: UTF8.self))
     }
 
     /// getrusage(RUSAGE_SELF/THREAD/CHILDREN): user time is the guest's CPU time, system time
