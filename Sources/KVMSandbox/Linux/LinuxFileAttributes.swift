@@ -160,9 +160,9 @@ extension LinuxPersonality {
             for index in 0..<2 {
                 let seconds = try memory.load(UInt64.self, at: times &+ UInt64(index * 16))
                 let fraction = try memory.load(UInt64.self, at: times &+ UInt64(index * 16 + 8))
-                let nanoseconds = microseconds ? fraction &* 1000 : fraction
                 let special = !microseconds && (fraction == 0x3fff_fffe || fraction == 0x3fff_ffff)  // UTIME_OMIT, UTIME_NOW
-                guard special || nanoseconds < 1_000_000_000 else { return Self.fail(.invalidArgument) }
+                guard special || fraction < (microseconds ? 1_000_000 : 1_000_000_000) else { return Self.fail(.invalidArgument) }
+                let nanoseconds = microseconds ? fraction * 1000 : fraction
                 parsed.append(timespec(tv_sec: Int(bitPattern: UInt(seconds)), tv_nsec: Int(bitPattern: UInt(nanoseconds))))
             }
             values = parsed
