@@ -14,7 +14,13 @@ struct CC: ParsableCommand {
     @Argument(parsing: .captureForPassthrough, help: "Arguments for the compiler.")
     var arguments: [String] = []
 
+    func validate() throws {
+        // The compiler's own --help is gcc's; this command's is ours (`-- --help` reaches gcc).
+        if arguments.first == "--help" || arguments.first == "-h" { throw CleanExit.helpRequest(self) }
+    }
+
     func run() throws {
+        let arguments = self.arguments.first == "--" ? Array(self.arguments.dropFirst()) : self.arguments
         do {
             let toolchain = try GuestToolchain()
             if printCommand { printError(toolchain.commandLine(arguments).joined(separator: " ")) }

@@ -9,6 +9,7 @@ struct KVMSandboxCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvmsandbox",
         abstract: "Run untrusted x86-64 programs in KVM micro-VMs.",
+        version: "kvmsandbox \(kvmsandboxVersion) (snapshot format \(Snapshot.fileFormatVersion))",
         subcommands: [Run.self, Serve.self, SnapshotCommand.self, Call.self, CC.self, Bench.self, ConformanceCommand.self, Doctor.self])
 
     /// Parses the command line (after `GuestArgumentSplit` takes the guest's own arguments off
@@ -29,3 +30,6 @@ struct KVMSandboxCommand: AsyncParsableCommand {
         }
     }
 }
+
+/// This build's version (`kvmsandbox --version`).
+let kvmsandboxVersion = "0.4.0"

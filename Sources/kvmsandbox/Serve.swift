@@ -113,6 +113,11 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         let (host, port) = try Self.address(listen)
+        // A busy port is found before a boot of up to a minute, in one plain line.
+        if let problem = Self.listeningProblem(host: host, port: port) {
+            printError("kvmsandbox: serve: cannot listen on \(listen): \(problem)")
+            throw ExitCode(ExitStatus.sandboxError)
+        }
         let snapshot: Snapshot
         let executable: String
         if let file = self.snapshot {
@@ -199,6 +204,27 @@ struct Serve: AsyncParsableCommand {
             printError(String(format: "kvmsandbox: serve: resident memory %.1f MiB for %d VM(s) and the server (%.1f MiB per VM at most)",
                               Double(resident) / 1024, workers, Double(resident) / 1024 / Double(workers)))
         }
+    }
+
+    /// Why `host`:`port` cannot be listened on (in use, not an address of this machine), found
+    /// by binding a throwaway socket there; nil when it can (or for port 0).
+    static func listeningProblem(host: String, port: Int) -> String? {
+        guard port != 0 else { return nil }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        guard inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host, &address.sin_addr) == 1 else { return nil }  // names: NIO resolves
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard probe >= 0 else { return nil }
+        defer { close(probe) }
+        var one: Int32 = 1
+        setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound != 0 else { return nil }
+        let error = errno
+        return error == EADDRINUSE ? "the address is already in use" : String(cString: strerror(error))
     }
 
     /// This process's resident memory (VmRSS), in KiB.

@@ -38,6 +38,12 @@ struct ProgramOptions: ParsableArguments, Sendable {
     var program: [String] { command.first == "--" ? Array(command.dropFirst()) : command }
 
     func validate() throws {
+        // An option this command does not know, before `--`, lands in the program's place: say
+        // so (or show the help) instead of booting a program named after it.
+        if let first = command.first, first != "--", first.hasPrefix("-") {
+            if first == "--help" || first == "-h" { throw CleanExit.helpRequest() }
+            throw ValidationError("unknown option \(first) (the program and its arguments go after --)")
+        }
         _ = try OptionChecks.mebibytes(memory ?? 1024, option: "--memory")
         try OptionChecks.timeout(bootTimeout ?? 60)
         for destination in allowConnect where LinuxDestination.parse(destination) == nil {
