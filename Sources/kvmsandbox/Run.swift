@@ -148,7 +148,12 @@ struct Run: ParsableCommand {
         do {
             sandbox = try Sandbox(elfPath: executable, configuration: configuration)
         } catch {
-            printError("kvmsandbox: \(executable): \(error)")
+            if let interpreter = Self.scriptInterpreter(executable) {
+                // A #! script (a pyenv or asdf shim too): the program to run is its interpreter.
+                printError("kvmsandbox: \(executable) is a script for \(interpreter); run `kvmsandbox run \(interpreter) \(executable)` (scripts run by themselves need execve, which is not there yet)")
+            } else {
+                printError("kvmsandbox: \(executable): \(error)")
+            }
             throw ExitCode(error == .loadTimedOut ? ExitStatus.timeout : ExitStatus.sandboxError)
         }
         if verbose {
@@ -182,6 +187,12 @@ struct Run: ParsableCommand {
         if !verbose, sandbox.refusedExecutableMappings > 0, outcome != .exited(status: 0) {
             printError("kvmsandbox: refused \(sandbox.refusedExecutableMappings) request(s) for writable+executable or executable anonymous memory with EACCES (W^X); a JIT (node, PHP's PCRE, guile) needs --allow-jit")
         }
+        let denied = sandbox.deniedHostPaths
+        if !denied.isEmpty, outcome != .exited(status: 0) {
+            // Deny by default, said once: what the guest looked for that the host has.
+            let shown = denied.prefix(5).map { "\($0) (--ro \($0))" }.joined(separator: ", ")
+            printError("kvmsandbox: the guest looked for \(denied.count == Sandbox.deniedPathsKept ? "\(denied.count)+" : "\(denied.count)") path(s) outside its grants that exist on the host: \(shown)")
+        }
         if sandbox.memoryLimitHits > 0, outcome != .exited(status: 0) {
             printError("kvmsandbox: the guest hit --memory \(memory) MiB (\(sandbox.memoryLimitHits) request(s) for memory refused with ENOMEM); a larger --memory may let it finish")
         }
@@ -198,6 +209,16 @@ struct Run: ParsableCommand {
 extension Run {
     /// `program` as a path: a name without a slash is looked up in PATH, as a shell would;
     /// the result is absolute, since the guest sees files at their host paths.
+    /// The interpreter a `#!` script names (its first word), or nil for anything else.
+    static func scriptInterpreter(_ path: String) -> String? {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
+        defer { try? handle.close() }
+        let head = handle.readData(ofLength: 256)
+        guard head.starts(with: Array("#!".utf8)) else { return nil }
+        let line = String(decoding: head.dropFirst(2).prefix { $0 != 0x0a }, as: UTF8.self)
+        return line.split(separator: " ").first.map(String.init)
+    }
+
     static func resolve(_ program: String) -> String {
         func absolute(_ path: String) -> String {
             path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path

@@ -52,5 +52,21 @@ extension KVMTests {
             #expect(output.contains("cannot listen on 127.0.0.1:\(port): the address is already in use"))
             #expect(Date().timeIntervalSince(started) < 10)
         }
+
+        /// Deny by default, said once: a failed run names the paths outside the grants that the
+        /// host has, with the flag that would show each; a `#!` script is named as one.
+        @Test func refusedPathsAndScriptsAreExplained() throws {
+            let directory = LinuxFixtures.scratch("denied")
+            try Data("s".utf8).write(to: URL(fileURLWithPath: directory + "/secret"))
+            let (status, output) = try CLI.run(["run", "--no-default-tmpfs", "/usr/bin/python3", "-c", "open('\(directory)/secret')"])
+            #expect(status == 1)
+            #expect(output.contains("outside its grants that exist on the host: \(directory)/secret (--ro \(directory)/secret)"), "\(output)")
+            let script = directory + "/script.py"
+            try Data("#!/usr/bin/python3\nprint(1)\n".utf8).write(to: URL(fileURLWithPath: script))
+            chmod(script, 0o755)
+            let (scriptStatus, scriptOutput) = try CLI.run(["run", script])
+            #expect(scriptStatus == ExitStatus.sandboxError)
+            #expect(scriptOutput.contains("is a script for /usr/bin/python3; run `kvmsandbox run /usr/bin/python3 \(script)`"))
+        }
     }
 }

@@ -117,7 +117,10 @@ extension LinuxPersonality {
             guard let found = state.memoryFiles.status(path) else { return Self.fail(.noSuchFileOrDirectory) }
             status = found
         } else if fileSystem.locate(path) == nil {
-            guard isAncestorOfAMount(path) else { return Self.fail(.noSuchFileOrDirectory) }
+            guard isAncestorOfAMount(path) else {
+                noteDenied(path)
+                return Self.fail(.noSuchFileOrDirectory)
+            }
             status = syntheticStatus(.directory(entries: [], host: nil), path: path)
         } else {
             let flags = 0o10000000 /* O_PATH */ | (follow ? 0 : O_NOFOLLOW)

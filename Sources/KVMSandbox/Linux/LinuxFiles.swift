@@ -205,7 +205,10 @@ extension LinuxPersonality {
             case .success(let kind): file = OpenFile(kind: kind, statusFlags: keep, path: path)
             }
         } else if fileSystem.locate(path) == nil {
-            guard isAncestorOfAMount(path) else { return Self.fail(.noSuchFileOrDirectory) }
+            guard isAncestorOfAMount(path) else {
+                noteDenied(path)
+                return Self.fail(.noSuchFileOrDirectory)
+            }
             guard flags & O_ACCMODE == O_RDONLY else { return Self.fail(.isDirectory) }
             file = OpenFile(kind: .directory(entries: syntheticDirectory(path), host: nil), statusFlags: keep, path: path)
         } else {
@@ -268,6 +271,12 @@ extension LinuxPersonality {
             guard let installed = state.files.install(file, closeOnExec: flags & O_CLOEXEC != 0) else { return Self.fail(.tooManyOpenFiles) }
             return .value(Int64(installed))
         }
+    }
+
+    /// Remembers a path the guest was refused that exists on the host (for the CLI's hint).
+    func noteDenied(_ path: String) {
+        guard deniedHostPaths.count < Sandbox.deniedPathsKept, !deniedHostPaths.contains(path), Glibc.access(path, F_OK) == 0 else { return }
+        deniedHostPaths.append(path)
     }
 
     /// Whether a file mode carries setuid, or setgid with group execute (the bits a write drops).

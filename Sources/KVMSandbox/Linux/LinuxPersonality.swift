@@ -75,6 +75,8 @@ final class LinuxPersonality {
     /// VM's life: a reset puts the guest's state back, not the host's files).
     let diskQuota: Int?
     var diskBytesAdded = 0
+    /// Paths the guest looked for outside its grants that the host has (the first 16).
+    var deniedHostPaths: [String] = []
     /// During a run: the thread running the vCPU, and its guest time (ticks) at the start.
     var cpuThread: pid_t?
     var cpuTicksStart: UInt64 = 0

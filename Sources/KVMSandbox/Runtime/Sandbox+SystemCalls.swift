@@ -22,6 +22,13 @@ extension Sandbox {
         Dictionary(linux.exitlessCounts.map { (LinuxSyscallNames.name($0.key), $0.value) }, uniquingKeysWith: +)
     }
 
+    /// Paths the guest looked for that exist on the host but lie outside its grants (at most
+    /// `deniedPathsKept`, the first ones): what a `--ro` would have shown it.
+    public var deniedHostPaths: [String] { linux.deniedHostPaths }
+
+    /// The most denied paths kept.
+    public static let deniedPathsKept = 16
+
     /// How often the guest was refused memory because its `memorySize` was used up (its `mmap`
     /// or `brk` then failed with ENOMEM): a failing program with a count here needs more memory.
     public var memoryLimitHits: Int { space.memoryRefusals }
