@@ -27,7 +27,7 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "Stack size in KiB.")
     var stack: UInt64 = 1024
 
-    @Option(name: .customLong("env"), help: "Add NAME=value to the guest's environment (repeatable).")
+    @Option(name: .customLong("env"), help: "Add NAME=value to the guest's environment (repeatable); NAME alone passes the host's value, if it has one (as docker run -e NAME).")
     var environment: [String] = []
 
     @Option(name: .long, help: "How CPU exceptions reach the host: automatic, shutdownExit (PVM) or idtStubs (hardware KVM).")
@@ -121,7 +121,7 @@ struct Run: ParsableCommand {
         let split = GuestArgumentSplit.parts
         // argv[0] as typed, or the path found in PATH (the guest has no PATH to search).
         configuration.arguments = [program.contains("/") ? program : executable] + arguments + split.guestArguments
-        configuration.environment = environment + split.environment
+        configuration.environment = Self.environment(environment + split.environment)
         guard let delivery = ExceptionDelivery(rawValue: exceptionDelivery) else {
             printError("kvmsandbox: --exception-delivery must be one of \(ExceptionDelivery.allCases.map(\.rawValue).joined(separator: ", "))")
             throw ExitCode(ExitStatus.sandboxError)
@@ -209,6 +209,14 @@ struct Run: ParsableCommand {
 extension Run {
     /// `program` as a path: a name without a slash is looked up in PATH, as a shell would;
     /// the result is absolute, since the guest sees files at their host paths.
+    /// `--env` entries, a bare NAME taking the host's value (left out when the host has none).
+    static func environment(_ entries: [String]) -> [String] {
+        entries.compactMap { entry in
+            if entry.contains("=") { return entry }
+            return ProcessInfo.processInfo.environment[entry].map { "\(entry)=\($0)" }
+        }
+    }
+
     /// The interpreter a `#!` script names (its first word), or nil for anything else.
     static func scriptInterpreter(_ path: String) -> String? {
         guard let handle = FileHandle(forReadingAtPath: path) else { return nil }

@@ -63,7 +63,7 @@ struct ProgramOptions: ParsableArguments, Sendable {
         configuration.timeout = bootTimeout ?? 60
         configuration.files = try files.grants()
         configuration.memoryDirectories = files.memoryDirectories(grants: configuration.files)
-        configuration.environment = environment
+        configuration.environment = Run.environment(environment)
         configuration.programPath = executable
         configuration.arguments = [program[0].contains("/") ? program[0] : executable] + program.dropFirst()
         configuration.acceptsConnections = true

@@ -10,11 +10,12 @@ enum CLI {
     static var path: String { Guests.repository.appendingPathComponent(".build/debug/kvmsandbox").path }
 
     /// Runs the CLI with `arguments`; its status and what it printed (stdout and stderr together).
-    static func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
+    static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
         try #require(FileManager.default.isExecutableFile(atPath: path), "build the CLI first (swift build)")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let pipe = Pipe()
         process.standardOutput = pipe
         process.standardError = pipe
@@ -67,6 +68,14 @@ extension KVMTests {
             let (scriptStatus, scriptOutput) = try CLI.run(["run", script])
             #expect(scriptStatus == ExitStatus.sandboxError)
             #expect(scriptOutput.contains("is a script for /usr/bin/python3; run `kvmsandbox run /usr/bin/python3 \(script)`"))
+        }
+
+        /// `--env NAME` passes the host's value (and nothing when the host has none), as docker's `-e NAME`.
+        @Test func aBareEnvironmentNameTakesTheHostsValue() throws {
+            let (status, output) = try CLI.run(["run", "--env", "KS_TEST_VAR", "--env", "KS_TEST_UNSET", "--env", "X=1", "/bin/busybox", "env"],
+                                              environment: ["KS_TEST_VAR": "from-host"])
+            #expect(status == 0)
+            #expect(output.split(separator: "\n").sorted() == ["KS_TEST_VAR=from-host", "X=1"])
         }
     }
 }
