@@ -77,5 +77,16 @@ extension KVMTests {
             #expect(status == 0)
             #expect(output.split(separator: "\n").sorted() == ["KS_TEST_VAR=from-host", "X=1"])
         }
+
+        /// A program that ends before its ready point is reported with its last words (a Python
+        /// traceback) and how it ended, not "exited with status 1" alone.
+        @Test func aFailedBootShowsWhyTheProgramStopped() throws {
+            let (status, output) = try CLI.run(["snapshot", "-o", LinuxFixtures.scratch("boot") + "/x.snap", "--",
+                                                "/usr/bin/python3", "-c", "import nonexistent_module"])
+            #expect(status == ExitStatus.sandboxError)
+            #expect(output.contains("booting /usr/bin/python3"))
+            #expect(output.contains("exited with status 1 before its ready point"))
+            #expect(output.contains("ModuleNotFoundError: No module named 'nonexistent_module'"))
+        }
     }
 }
