@@ -57,16 +57,8 @@ public enum SystemLibraries {
     static func grants(program hostPath: String?, guestPath: String?, interpreter: String,
                        existing: [FileGrant]) -> [FileGrant] {
         var grants: [FileGrant] = []
-        func covered(_ path: String) -> Bool {
-            (existing + grants).contains { grant in
-                let root = FileSystemView.normalize(grant.guestPath, cwd: "/")
-                return path == root || path.hasPrefix(root == "/" ? "/" : root + "/")
-            }
-        }
-        func exists(_ path: String) -> Bool {
-            var status = stat()
-            return stat(path, &status) == 0
-        }
+        func covered(_ path: String) -> Bool { SystemView.covered(path, by: existing + grants) }
+        func exists(_ path: String) -> Bool { SystemView.exists(path) }
         for directory in directories where exists(directory) && !covered(directory) {
             grants.append(FileGrant(hostPath: directory))
         }
