@@ -57,19 +57,15 @@ extension LinuxPersonality {
 
     /// For a call that would make the host hold more: its failure once the budget is spent,
     /// or nil to go ahead.
-    func refusalForHostBudget(_ call: HostCall) -> HostCallEffect? {
+    func refusalForHostBudget(_ call: HostCall, cost: LinuxSystemCall.HostCost) -> HostCallEffect? {
         let errno: Errno
-        switch call.number {
-        case 9:                     // mmap: a mapping or range record
+        switch cost {
+        case .none: return nil
+        case .hostObject: errno = .noMemory
+        case .hostObjectWhenArgument1(let value):
+            guard call[1] == value else { return nil }
             errno = .noMemory
-        case 22, 293, 213, 291, 284, 290, 283, 41, 53:  // pipe, pipe2, epoll_create(1), eventfd(2), timerfd, socket, socketpair
-            errno = .noMemory
-        case 233 where call[1] == 1:  // epoll_ctl(EPOLL_CTL_ADD)
-            errno = .noMemory
-        case 56, 435:               // clone, clone3
-            errno = .resourceTemporarilyUnavailable
-        default:
-            return nil
+        case .thread: errno = .resourceTemporarilyUnavailable
         }
         return hostBytesInUse < hostMemoryLimit ? nil : Self.fail(errno)
     }

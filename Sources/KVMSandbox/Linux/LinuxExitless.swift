@@ -21,22 +21,6 @@ import Glibc
 /// stdout or stderr going to a host descriptor (a slow reader must not hold the poller that
 /// serves every VM).
 extension LinuxPersonality {
-    /// System calls that may be served off the vCPU thread, by number (subject to `mayServeExitless`).
-    static let exitlessCalls: Set<Int> = [
-        0, 1, 17, 18, 19, 20,                   // read, write, pread64, pwrite64, readv, writev
-        8, 5, 4, 6, 262, 332,                   // lseek, fstat, stat, lstat, newfstatat, statx
-        21, 269, 439, 89, 267, 79, 217,         // access, faccessat(2), readlink(at), getcwd, getdents64
-        2, 257, 3, 72, 32, 33, 292, 16,         // open, openat, close, fcntl, dup, dup2, dup3, ioctl
-        39, 110, 186, 102, 104, 107, 108,       // getpid, getppid, gettid, getuid, getgid, geteuid, getegid
-        228, 229, 96, 201, 318, 63,             // clock_gettime, clock_getres, gettimeofday, time, getrandom, uname
-        97, 302, 99, 204,                       // getrlimit, prlimit64, sysinfo, sched_getaffinity
-        13,                                     // rt_sigaction (the actions are the Linux layer's state)
-        202,                                    // futex (wake only)
-        43, 288, 44, 45, 46, 47, 48,            // accept, accept4 (a connection pending), sendto, recvfrom, sendmsg, recvmsg, shutdown
-        51, 52, 54, 55,                         // getsockname, getpeername, setsockopt, getsockopt
-        9, 11, 12, 28,                          // mmap (anonymous), munmap, brk, madvise
-    ]
-
     /// The most bytes an exitless `mmap`, `brk` or `madvise` may cover: the poller writes the
     /// page tables of (or zeroes) every page itself, and a call that outlasts the guest's spin
     /// (~50 us) costs the fallback exit anyway, and counts towards suspending posts. (A
@@ -55,7 +39,7 @@ extension LinuxPersonality {
     /// thread must serve it by exit (nothing has happened then). Throws `StaleTranslations` when
     /// a call took access away and KVM could not be made to forget the old translations.
     func serveExitless(_ call: HostCall) throws(StaleTranslations) -> Int64? {
-        guard Self.exitlessCalls.contains(call.number), mayServeExitless(call) else { return nil }
+        guard let entry = Self.systemCalls[call.number], mayServeExitless(call, entry) else { return nil }
         let served: Result<HostCallEffect, any Error>
         do { served = .success(try handle(call)) } catch { served = .failure(error) }
         // Pages that lost a permission (anonymous memory reused over an executable mapping, a
@@ -86,38 +70,38 @@ extension LinuxPersonality {
         }
     }
 
-    /// Whether `call` (one of `exitlessCalls`) needs nothing of the vCPU thread with these arguments.
-    func mayServeExitless(_ call: HostCall) -> Bool {
-        switch call.number {
-        case 0, 1, 17, 18, 19, 20, 44, 45, 46, 47:
+    /// Whether `call` needs nothing of the vCPU thread with these arguments (`entry.exitless`).
+    func mayServeExitless(_ call: HostCall, _ entry: LinuxSystemCall) -> Bool {
+        switch entry.exitless {
+        case .never: return false
+        case .always: return true
+        case .whenTransferCannotWait:
             guard let file = state.files[call.descriptor(0)] else { return true }  // EBADF either way
             switch file.kind {
             case .standardInput, .socket: return false
             case .output(let stream): return !builtins.outputMayBlock(stream: stream)
             case .connection(let host):
                 // Only when it cannot wait: data to read, room to write (checked on the host).
-                let isWrite = [1, 18, 20, 44, 46].contains(call.number)
-                var descriptor = pollfd(fd: host.fd, events: Int16(isWrite ? POLLOUT : POLLIN), revents: 0)
+                let outgoing = entry.transfer?.isOutgoing ?? false
+                var descriptor = pollfd(fd: host.fd, events: Int16(outgoing ? POLLOUT : POLLIN), revents: 0)
                 return Glibc.poll(&descriptor, 1, 0) > 0
             default: return true
             }
-        case 43, 288:
+        case .whenConnectionPending:
             // A connection to hand over; with none, `accept` may wait (socket mode's ready point).
             return !state.pendingConnections.isEmpty
-        case 202:
+        case .whenFutexWakes:
             let operation = call[1] & 0x7f  // without FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME
             return operation == 1 || operation == 10  // FUTEX_WAKE, FUTEX_WAKE_BITSET
-        case 9:
+        case .whenSmallAnonymousMapping:
             // Anonymous memory, not executable (a JIT's mapping goes through mprotect).
             let reservation = call[2] == 0 && call[3] & (0x10 | 0x100000) == 0
             return call[3] & 0x20 != 0 && call[2] & 4 == 0 && (call[1] <= Self.exitlessMappingLimit || reservation)
-        case 28:
+        case .whenSmallRange:
             return call[1] <= Self.exitlessMappingLimit
-        case 12:
+        case .whenSmallHeapGrowth:
             let mapped = builtins.state.heapMappedEnd
             return call[0] <= mapped || call[0] - mapped <= Self.exitlessMappingLimit
-        default:
-            return true
         }
     }
 }

@@ -10,40 +10,16 @@ import Glibc
 /// following links in the guest's namespace (`FileSystemView.resolve(forChange:)`), and then
 /// through its own descriptor's `/proc/self/fd` link, so the host never follows a link itself.
 extension LinuxPersonality {
-    func handleFileAttributes(_ call: HostCall) throws -> HostCallEffect? {
-        let memory = call.memory
-        switch call.number {
-        case 90: return try changeMode(Self.currentDirectory, memory, path: call[0], mode: call[1], flags: 0)  // chmod
-        case 91: return changeMode(fd: call.descriptor(0), mode: call[1])                                     // fchmod
-        case 268, 452: return try changeMode(call.descriptor(0), memory, path: call[1], mode: call[2],        // fchmodat(2)
-                                             flags: call.number == 452 ? call[3] : 0)
-        case 92, 94: return try changeOwner(Self.currentDirectory, memory, path: call[0], user: call[1], group: call[2],  // chown, lchown
-                                            flags: call.number == 94 ? 0x100 : 0)
-        case 93: return try changeOwner(call.descriptor(0), memory, path: 0, user: call[1], group: call[2], flags: 0x1000)  // fchown
-        case 260: return try changeOwner(call.descriptor(0), memory, path: call[1], user: call[2], group: call[3], flags: call[4])
-        case 280: return try setTimes(call.descriptor(0), memory, path: call[1], times: call[2], flags: call[3], microseconds: false)
-        case 235: return try setTimes(Self.currentDirectory, memory, path: call[0], times: call[1], flags: 0, microseconds: true)  // utimes
-        case 261: return try setTimes(call.descriptor(0), memory, path: call[1], times: call[2], flags: 0, microseconds: true)   // futimesat
-        case 132:                                                                                             // utime
-            if call[1] != 0 {
-                // struct utimbuf { actime, modtime } (seconds) as struct timeval pairs.
-                let actime = try memory.load(UInt64.self, at: call[1]), modtime = try memory.load(UInt64.self, at: call[1] &+ 8)
-                return try setTimes(Self.currentDirectory, memory, path: call[0], flags: 0,
-                                    values: [timespec(tv_sec: Int(bitPattern: UInt(actime)), tv_nsec: 0),
-                                             timespec(tv_sec: Int(bitPattern: UInt(modtime)), tv_nsec: 0)])
-            }
-            return try setTimes(Self.currentDirectory, memory, path: call[0], times: 0, flags: 0, microseconds: false)
-        case 76: return try truncatePath(memory, path: call[0], length: Int64(bitPattern: call[1]))          // truncate
-        case 77: return truncate(fd: call.descriptor(0), length: Int64(bitPattern: call[1]))                 // ftruncate
-        case 285: return allocate(fd: call.descriptor(0), mode: call[1], offset: Int64(bitPattern: call[2]), length: Int64(bitPattern: call[3]))
-        case 81: return changeDirectory(fd: call.descriptor(0))                                              // fchdir
-        case 85: return try open(Self.currentDirectory, memory, path: call[0],                               // creat
-                                 flags: UInt64(UInt32(bitPattern: O_CREAT | O_WRONLY | O_TRUNC)), mode: call[1])
-        case 137: return try fileSystemStatus(Self.currentDirectory, memory, path: call[0], into: call[1])   // statfs
-        case 138: return try fileSystemStatus(fd: call.descriptor(0), memory, into: call[1])                // fstatfs
-        case 149, 150, 151, 152, 325: return .value(0)  // mlock, munlock, mlockall, munlockall, mlock2: memory is never swapped
-        default: return nil
+    /// `utime(path, struct utimbuf *)`: access and modification times in seconds (now when null).
+    func setTimes(path: UInt64, utimbuf address: UInt64, _ memory: GuestMemoryView) throws -> HostCallEffect {
+        guard address != 0 else {
+            return try setTimes(Self.currentDirectory, memory, path: path, times: 0, flags: 0, microseconds: false)
         }
+        // struct utimbuf { actime, modtime } (seconds) as struct timeval pairs.
+        let actime = try memory.load(UInt64.self, at: address), modtime = try memory.load(UInt64.self, at: address &+ 8)
+        return try setTimes(Self.currentDirectory, memory, path: path, flags: 0,
+                            values: [timespec(tv_sec: Int(bitPattern: UInt(actime)), tv_nsec: 0),
+                                     timespec(tv_sec: Int(bitPattern: UInt(modtime)), tv_nsec: 0)])
     }
 
     // MARK: finding the file

@@ -62,10 +62,10 @@ extension LinuxPersonality {
         return .value(Int64(bytes.count))
     }
 
-    /// Whether `call` reads the run's standard input (read, readv, pread64, preadv on a
+    /// Whether `call` reads the run's standard input (read, readv, pread64 on a
     /// descriptor for it): where an unmodified program is ready for a snapshot.
     func readsStandardInput(_ call: HostCall) -> Bool {
-        guard [0, 17, 19, 295].contains(call.number), let file = state.files[call.descriptor(0)],
+        guard LinuxPersonality.systemCalls[call.number]?.transfer == .reads, let file = state.files[call.descriptor(0)],
               case .standardInput = file.kind else { return false }
         return true
     }

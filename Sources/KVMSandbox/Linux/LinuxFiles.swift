@@ -12,61 +12,23 @@ extension LinuxPersonality {
     /// `AT_FDCWD`.
     static let currentDirectory: Int64 = -100
 
-    func handleFiles(_ call: HostCall) throws -> HostCallEffect? {
-        let memory = call.memory
-        switch call.number {
-        case 0: return try read(fd: call.descriptor(0), memory, into: call[1], count: call[2], at: nil)
-        case 17: return try read(fd: call.descriptor(0), memory, into: call[1], count: call[2], at: call[3])
-        case 1: return try write(fd: call.descriptor(0), memory, from: call[1], count: call[2], at: nil)
-        case 18: return try write(fd: call.descriptor(0), memory, from: call[1], count: call[2], at: call[3])
-        case 19, 20: return try vector(call.number == 20, fd: call.descriptor(0), memory, call[1], count: call[2])
-        case 2: return try open(Self.currentDirectory, memory, path: call[0], flags: call[1], mode: call[2])
-        case 257: return try open(call.descriptor(0), memory, path: call[1], flags: call[2], mode: call[3])
-        case 3: return closeDescriptor(call.descriptor(0))
-        case 22: return try makePipe(memory, into: call[0], flags: 0)
-        case 293: return try makePipe(memory, into: call[0], flags: call[1])
-        case 8: return seek(fd: call.descriptor(0), offset: Int64(bitPattern: call[1]), whence: call[2])  // a 64-bit offset
-        case 5: return try statDescriptor(call.descriptor(0), memory, into: call[1])
-        case 4, 6: return try statPath(Self.currentDirectory, memory, path: call[0], into: call[1], follow: call.number == 4, emptyPath: false)
-        case 262: return try statPath(call.descriptor(0), memory, path: call[1], into: call[2],
-                                      follow: call[3] & 0x100 == 0, emptyPath: call[3] & 0x1000 != 0)
-        case 191, 192, 193: return Self.fail(Errno(rawValue: 61))                      // getxattr family: ENODATA
-        case 194, 195, 196: return .value(0)                                          // listxattr family: none
-        case 188, 189, 190, 197, 198, 199: return Self.fail(Errno(rawValue: 95))      // set/removexattr: ENOTSUP
-        case 332:                                   // statx(dirfd, path, flags, mask, buffer)
-            let flags = call[2]
-            guard flags & ~UInt64(0x100 | 0x800 | 0x1000 | 0x6000) == 0 else { return Self.fail(.invalidArgument) }
-            return try statPath(call.descriptor(0), memory, path: call[1], follow: flags & 0x100 == 0,  // AT_SYMLINK_NOFOLLOW
-                                emptyPath: flags & 0x1000 != 0) { try storeStatx($0, memory, at: call[4]) }
-        case 21: return try access(Self.currentDirectory, memory, path: call[0], mode: call[1])
-        case 269, 439: return try access(call.descriptor(0), memory, path: call[1], mode: call[2])
-        case 89: return try readLink(Self.currentDirectory, memory, path: call[0], into: call[1], size: call[2])
-        case 267: return try readLink(call.descriptor(0), memory, path: call[1], into: call[2], size: call[3])
-        case 79: return try currentWorkingDirectory(memory, into: call[0], size: call[1])
-        case 80: return try changeDirectory(memory, path: call[0])
-        case 217: return try directoryEntries(fd: call.descriptor(0), memory, into: call[1], count: call[2])
-        case 72: return try control(fd: call.descriptor(0), command: call[1], argument: call[2], memory)
-        case 73: return fileLock(fd: call.descriptor(0), operation: call[1])                              // flock
-        case 88: return try makeSymbolicLink(memory, target: call[0], Self.currentDirectory, path: call[1])   // symlink
-        case 266: return try makeSymbolicLink(memory, target: call[0], call.descriptor(1), path: call[2])     // symlinkat
-        case 86: return try makeHardLink(Self.currentDirectory, memory, call[0], Self.currentDirectory, call[1], flags: 0)  // link
-        case 265: return try makeHardLink(call.descriptor(0), memory, call[1], call.descriptor(2), call[3], flags: call[4])
-        case 32: return duplicate(call.descriptor(0), lowest: 0, at: nil, closeOnExec: false)
-        case 33: return duplicate(call.descriptor(0), lowest: 0, at: call.descriptor(1), closeOnExec: false, dup2: true)
-        case 292: return call[2] & ~UInt64(O_CLOEXEC) != 0 || call[0] == call[1] ? Self.fail(.invalidArgument)
-            : duplicate(call.descriptor(0), lowest: 0, at: call.descriptor(1), closeOnExec: call[2] != 0)
-        case 16: return try ioctl(fd: call.descriptor(0), request: call[1], memory, argument: call[2])
-        case 221: return state.files[call.descriptor(0)] == nil ? Self.fail(.badFileDescriptor) : .value(0)  // fadvise64
-        case 74, 75: return state.files[call.descriptor(0)] == nil ? Self.fail(.badFileDescriptor) : .value(0)  // fsync, fdatasync
-        case 83: return try makeDirectory(Self.currentDirectory, memory, path: call[0], mode: call[1])
-        case 258: return try makeDirectory(call.descriptor(0), memory, path: call[1], mode: call[2])
-        case 87: return try remove(Self.currentDirectory, memory, path: call[0], directory: false)
-        case 84: return try remove(Self.currentDirectory, memory, path: call[0], directory: true)
-        case 263: return try remove(call.descriptor(0), memory, path: call[1], directory: call[2] & 0x200 != 0)
-        case 82: return try rename(Self.currentDirectory, memory, call[0], Self.currentDirectory, call[1])
-        case 264, 316: return try rename(call.descriptor(0), memory, call[1], call.descriptor(2), call[3])
-        default: return nil
-        }
+    /// `statx(dirfd, path, flags, mask, buffer)`.
+    func statx(_ call: HostCall) throws -> HostCallEffect {
+        let flags = call[2]
+        guard flags & ~UInt64(0x100 | 0x800 | 0x1000 | 0x6000) == 0 else { return Self.fail(.invalidArgument) }
+        return try statPath(call.descriptor(0), call.memory, path: call[1], follow: flags & 0x100 == 0,  // AT_SYMLINK_NOFOLLOW
+                            emptyPath: flags & 0x1000 != 0) { try storeStatx($0, call.memory, at: call[4]) }
+    }
+
+    /// `dup3(old, new, flags)`: as `dup2`, but never to itself, and O_CLOEXEC may be asked.
+    func duplicate3(_ old: Int64, _ new: Int64, flags: UInt64) -> HostCallEffect {
+        guard flags & ~UInt64(O_CLOEXEC) == 0, old != new else { return Self.fail(.invalidArgument) }
+        return duplicate(old, lowest: 0, at: new, closeOnExec: flags != 0)
+    }
+
+    /// A call that only checks its descriptor (`fsync`, `fdatasync`, `fadvise64`): 0 or EBADF.
+    func checkDescriptor(_ fd: Int64) -> HostCallEffect {
+        state.files[fd] == nil ? Self.fail(.badFileDescriptor) : .value(0)
     }
 
     // MARK: paths

@@ -8,39 +8,49 @@ import Glibc
 /// grants, and in anonymous mappings flipped from RW to RX, as JITs do; never by `mmap` itself).
 /// `SandboxConfiguration.allowJIT` lifts W^X for anonymous memory (V8 maps code RWX).
 extension LinuxPersonality {
-    func handleMemory(_ call: HostCall) throws -> HostCallEffect? {
-        switch call.number {
-        case 9 where call[3] & (0x10 | 0x100000) != 0 && call[3] & 0x20 != 0:  // anonymous MAP_FIXED(_NOREPLACE)
-            return mapFixed(call[0], length: call[1], protection: call[2], replace: call[3] & 0x10 != 0)
-        case 9 where call[2] & 4 != 0 && call[3] & 0x20 != 0:  // anonymous and executable: JITs only
-            guard allowJIT else { return refuseExecutable() }
-            let start = builtins.mmap(length: call[1], protection: call[2] & ~4, flags: call[3], hint: call[0])
-            guard start >= 0, let size = PageSize.alignUp(call[1]) else { return .value(start) }
-            if case .value(let error) = protect(UInt64(start), length: size, protection: call[2]), error < 0 { return .value(error) }
-            return .value(start)
-        case 9 where call[3] & 0x20 == 0:           // mmap of a file (anonymous ones are the built-in's)
-            return try mapFile(call[0], length: call[1], protection: call[2], flags: call[3], fd: call.descriptor(4), offset: call[5])
-        case 11:                                    // munmap: the built-in's, after forgetting file mappings
-            if call[0] % PageSize.bytes == 0, let size = PageSize.alignUp(call[1]) { forgetFileMappings(call[0], size) }
-            return nil
-        case 10: return protect(call[0], length: call[1], protection: call[2])
-        case 25: return try remap(call[0], oldLength: call[1], newLength: call[2], flags: call[3])
-        case 28:                                    // madvise
-            guard call[0] % PageSize.bytes == 0 else { return Self.fail(.invalidArgument) }
-            if call[2] == 4, let size = PageSize.alignUp(call[1]) {  // MADV_DONTNEED zeroes private anonymous pages
-                let (end, overflow) = call[0].addingReportingOverflow(size)
-                guard !overflow, end <= X86PageTables.userAddressLimit else { return Self.fail(.invalidArgument) }
-                // Only the mapped pages are visited (a 64 TiB range of nothing costs nothing), and only
-                // the guest's own writable ones are zeroed, never a host page (CPL 0 stacks).
-                var writable: [UInt64] = []
-                space.tables.forEachLeaf(from: call[0], to: end, memory: space.memory) { page, entry in
-                    if entry & X86PageTables.writable != 0, entry & X86PageTables.user != 0 { writable.append(page) }
-                }
-                for page in writable { space.zeroMapped(page, length: PageSize.bytes) }
-            }
-            return .value(0)
-        default: return nil
+    /// `mmap(hint, length, protection, flags, fd, offset)`: anonymous fixed mappings and files
+    /// here, executable anonymous memory for JITs only, other anonymous memory the built-in's.
+    func mapMemory(_ call: HostCall) throws -> HostCallEffect {
+        let (protection, flags) = (call[2], call[3])
+        let anonymous = flags & 0x20 != 0
+        if anonymous, flags & (0x10 | 0x100000) != 0 {                // anonymous MAP_FIXED(_NOREPLACE)
+            return mapFixed(call[0], length: call[1], protection: protection, replace: flags & 0x10 != 0)
         }
+        if anonymous, protection & 4 != 0 {                            // anonymous and executable: JITs only
+            guard allowJIT else { return refuseExecutable() }
+            let start = builtins.mmap(length: call[1], protection: protection & ~4, flags: flags, hint: call[0])
+            guard start >= 0, let size = PageSize.alignUp(call[1]) else { return .value(start) }
+            if case .value(let error) = protect(UInt64(start), length: size, protection: protection), error < 0 { return .value(error) }
+            return .value(start)
+        }
+        if !anonymous {
+            return try mapFile(call[0], length: call[1], protection: protection, flags: flags, fd: call.descriptor(4), offset: call[5])
+        }
+        return try builtins.handle(call)
+    }
+
+    /// `munmap(address, length)`: the built-in's, after forgetting file mappings in the range.
+    func unmapMemory(_ call: HostCall) throws -> HostCallEffect {
+        if call[0] % PageSize.bytes == 0, let size = PageSize.alignUp(call[1]) { forgetFileMappings(call[0], size) }
+        return try builtins.handle(call)
+    }
+
+    /// `madvise(address, length, advice)`: MADV_DONTNEED zeroes the guest's writable pages; the
+    /// rest is advice.
+    func adviseMemory(_ address: UInt64, length: UInt64, advice: UInt64) -> HostCallEffect {
+        guard address % PageSize.bytes == 0 else { return Self.fail(.invalidArgument) }
+        if advice == 4, let size = PageSize.alignUp(length) {  // MADV_DONTNEED zeroes private anonymous pages
+            let (end, overflow) = address.addingReportingOverflow(size)
+            guard !overflow, end <= X86PageTables.userAddressLimit else { return Self.fail(.invalidArgument) }
+            // Only the mapped pages are visited (a 64 TiB range of nothing costs nothing), and only
+            // the guest's own writable ones are zeroed, never a host page (CPL 0 stacks).
+            var writable: [UInt64] = []
+            space.tables.forEachLeaf(from: address, to: end, memory: space.memory) { page, entry in
+                if entry & X86PageTables.writable != 0, entry & X86PageTables.user != 0 { writable.append(page) }
+            }
+            for page in writable { space.zeroMapped(page, length: PageSize.bytes) }
+        }
+        return .value(0)
     }
 
     /// mremap of anonymous memory in the mmap region (glibc's realloc of large blocks): shrinking

@@ -149,22 +149,19 @@ final class LinuxPersonality {
         return effect
     }
 
+    /// The architecture's system calls (`SystemCallTable.guest`).
+    static let systemCalls = SystemCallTable.guest
+
     private func dispatch(_ call: HostCall) throws -> HostCallEffect {
-        if let refusal = refusalForHostBudget(call) { return refusal }
-        if let effect = try handleThreads(call) { return effect }
-        if let effect = try handlePolling(call) { return effect }
-        if let effect = try handleSignals(call) { return effect }
-        if let effect = try handleFiles(call) { return effect }
-        if let effect = try handleFileAttributes(call) { return effect }
-        if let effect = try handleSockets(call) { return effect }
-        if let effect = try handleProcess(call) { return effect }
-        if let effect = try handleMemory(call) { return effect }
-        let effect = try builtins.handle(call)
-        if effect == .notBuiltin {
-            unimplemented[call.number, default: 0] += 1
-            return .value(-Int64(Errno.noFunction.rawValue))
-        }
-        return effect
+        guard let entry = Self.systemCalls[call.number] else { return notServed(call) }
+        if let refusal = refusalForHostBudget(call, cost: entry.hostCost) { return refusal }
+        return try entry.handler(self, call)
+    }
+
+    /// A call the layer does not serve: ENOSYS, as a kernel without it, counted in `unimplemented`.
+    func notServed(_ call: HostCall) -> HostCallEffect {
+        unimplemented[call.number, default: 0] += 1
+        return Self.fail(.noFunction)
     }
 
     /// `-errno` as an effect.

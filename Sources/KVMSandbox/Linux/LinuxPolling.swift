@@ -19,63 +19,68 @@ extension LinuxPersonality {
     /// The most events one `epoll_wait` reports and pollfds one `poll` takes.
     static let pollLimit = 4096
 
-    func handlePolling(_ call: HostCall) throws -> HostCallEffect? {
-        let memory = call.memory
-        switch call.number {
-        case 213, 291:                                  // epoll_create, epoll_create1
-            if call.number == 213, Int64(bitPattern: call[0]) <= 0 { return Self.fail(.invalidArgument) }
-            let cloexec = call.number == 291 && call[0] & UInt64(O_CLOEXEC) != 0
-            if call.number == 291, call[0] & ~UInt64(O_CLOEXEC) != 0 { return Self.fail(.invalidArgument) }
-            let id = state.nextObject
-            guard let fd = state.files.install(OpenFile(kind: .epoll(id: id), statusFlags: O_RDWR, path: "anon_inode:[eventpoll]"),
-                                               closeOnExec: cloexec) else { return Self.fail(.tooManyOpenFiles) }
-            state.nextObject += 1
-            state.epolls[id] = [:]
-            return .value(Int64(fd))
-        case 233: return try epollControl(call.descriptor(0), operation: call[1], fd: call.descriptor(2), event: call[3], memory)
-        case 232, 281, 441:                             // epoll_wait, epoll_pwait, epoll_pwait2
-            var timeout: Int64? = Int64(Int32(truncatingIfNeeded: call[3]))
-            if call.number == 441 {
-                timeout = nil
-                if call[3] != 0 {
-                    let words = try memory.read(call[3], count: 16)
-                    let seconds = Int64(bitPattern: UInt64(littleEndianBytes: words[0..<8]))
-                    let nanoseconds = Int64(bitPattern: UInt64(littleEndianBytes: words[8..<16]))
-                    guard seconds >= 0, (0..<1_000_000_000).contains(nanoseconds) else { return Self.fail(.invalidArgument) }
-                    timeout = seconds > Int64.max / 2_000 ? Int64.max / 2 : seconds * 1000 + nanoseconds / 1_000_000
-                }
-            } else if let value = timeout, value < 0 { timeout = nil }
-            return try epollWait(call.descriptor(0), events: call[1], maximum: Int64(Int32(truncatingIfNeeded: call[2])),
-                                 timeoutMilliseconds: timeout, memory)
-        case 7, 271:                                    // poll, ppoll
-            var timeout: Int64?
-            if call.number == 7 {
-                let value = Int64(Int32(truncatingIfNeeded: call[2]))
-                timeout = value < 0 ? nil : value
-            } else if call[2] != 0 {
-                let words = try memory.read(call[2], count: 16)
-                let seconds = Int64(bitPattern: UInt64(littleEndianBytes: words[0..<8]))
-                let nanoseconds = Int64(bitPattern: UInt64(littleEndianBytes: words[8..<16]))
-                guard seconds >= 0, (0..<1_000_000_000).contains(nanoseconds) else { return Self.fail(.invalidArgument) }
-                timeout = seconds > Int64.max / 2_000 ? Int64.max / 2 : seconds * 1000 + nanoseconds / 1_000_000
-            }
-            return try poll(call[0], count: call[1], timeoutMilliseconds: timeout, memory)
-        case 283: return timerCreate(clock: call[0], flags: call[1])                              // timerfd_create
-        case 286: return try timerSet(fd: call.descriptor(0), flags: call[1], memory, new: call[2], old: call[3])  // timerfd_settime
-        case 287: return try timerGet(fd: call.descriptor(0), memory, into: call[1])                   // timerfd_gettime
-        case 284, 290:                                  // eventfd, eventfd2
-            let flags = call.number == 290 ? call[1] : 0
-            let known = UInt64(O_CLOEXEC) | UInt64(O_NONBLOCK) | 1  // EFD_SEMAPHORE
-            guard flags & ~known == 0 else { return Self.fail(.invalidArgument) }
-            let id = state.nextObject
-            let status = flags & UInt64(O_NONBLOCK) != 0 ? O_NONBLOCK : 0
-            guard let fd = state.files.install(OpenFile(kind: .eventCounter(id: id), statusFlags: O_RDWR | status, path: "anon_inode:[eventfd]"),
-                                               closeOnExec: flags & UInt64(O_CLOEXEC) != 0) else { return Self.fail(.tooManyOpenFiles) }
-            state.nextObject += 1
-            state.eventCounters[id] = EventCounter(value: UInt64(UInt32(truncatingIfNeeded: call[0])), semaphore: flags & 1 != 0)
-            return .value(Int64(fd))
-        default: return nil
+    /// `epoll_create(size)` (`flags` nil) and `epoll_create1(flags)`.
+    func epollCreate(size: UInt64?, flags: UInt64) -> HostCallEffect {
+        if let size, Int64(bitPattern: size) <= 0 { return Self.fail(.invalidArgument) }
+        guard flags & ~UInt64(O_CLOEXEC) == 0 else { return Self.fail(.invalidArgument) }
+        let id = state.nextObject
+        guard let fd = state.files.install(OpenFile(kind: .epoll(id: id), statusFlags: O_RDWR, path: "anon_inode:[eventpoll]"),
+                                           closeOnExec: flags & UInt64(O_CLOEXEC) != 0) else { return Self.fail(.tooManyOpenFiles) }
+        state.nextObject += 1
+        state.epolls[id] = [:]
+        return .value(Int64(fd))
+    }
+
+    /// `epoll_wait`/`epoll_pwait(epfd, events, maximum, timeout ms, ...)`, or `epoll_pwait2`
+    /// (`timespec`: its timeout is a `struct timespec *`).
+    func epollWait(_ call: HostCall, timespec: Bool) throws -> HostCallEffect {
+        var timeout: Int64?
+        if timespec {
+            guard case .success(let value) = try Self.timeoutMilliseconds(call.memory, timespecAt: call[3]) else { return Self.fail(.invalidArgument) }
+            timeout = value
+        } else {
+            let value = Int64(Int32(truncatingIfNeeded: call[3]))
+            timeout = value < 0 ? nil : value
         }
+        return try epollWait(call.descriptor(0), events: call[1], maximum: Int64(Int32(truncatingIfNeeded: call[2])),
+                             timeoutMilliseconds: timeout, call.memory)
+    }
+
+    /// `poll(fds, count, timeout ms)`, or `ppoll` (`timespec`: its timeout is a `struct timespec *`).
+    func poll(_ call: HostCall, timespec: Bool) throws -> HostCallEffect {
+        var timeout: Int64?
+        if timespec {
+            guard case .success(let value) = try Self.timeoutMilliseconds(call.memory, timespecAt: call[2]) else { return Self.fail(.invalidArgument) }
+            timeout = value
+        } else {
+            let value = Int64(Int32(truncatingIfNeeded: call[2]))
+            timeout = value < 0 ? nil : value
+        }
+        return try poll(call[0], count: call[1], timeoutMilliseconds: timeout, call.memory)
+    }
+
+    /// A `struct timespec *` timeout in milliseconds: nil for a null pointer (wait forever);
+    /// a failure for a negative or malformed one.
+    static func timeoutMilliseconds(_ memory: GuestMemoryView, timespecAt address: UInt64) throws -> Result<Int64?, Errno> {
+        guard address != 0 else { return .success(nil) }
+        let words = try memory.read(address, count: 16)
+        let seconds = Int64(bitPattern: UInt64(littleEndianBytes: words[0..<8]))
+        let nanoseconds = Int64(bitPattern: UInt64(littleEndianBytes: words[8..<16]))
+        guard seconds >= 0, (0..<1_000_000_000).contains(nanoseconds) else { return .failure(.invalidArgument) }
+        return .success(seconds > Int64.max / 2_000 ? Int64.max / 2 : seconds * 1000 + nanoseconds / 1_000_000)
+    }
+
+    /// `eventfd(initial)` (`flags` 0) and `eventfd2(initial, flags)`.
+    func eventCounterCreate(initial: UInt64, flags: UInt64) -> HostCallEffect {
+        let known = UInt64(O_CLOEXEC) | UInt64(O_NONBLOCK) | 1  // EFD_SEMAPHORE
+        guard flags & ~known == 0 else { return Self.fail(.invalidArgument) }
+        let id = state.nextObject
+        let status = flags & UInt64(O_NONBLOCK) != 0 ? O_NONBLOCK : 0
+        guard let fd = state.files.install(OpenFile(kind: .eventCounter(id: id), statusFlags: O_RDWR | status, path: "anon_inode:[eventfd]"),
+                                           closeOnExec: flags & UInt64(O_CLOEXEC) != 0) else { return Self.fail(.tooManyOpenFiles) }
+        state.nextObject += 1
+        state.eventCounters[id] = EventCounter(value: UInt64(UInt32(truncatingIfNeeded: initial)), semaphore: flags & 1 != 0)
+        return .value(Int64(fd))
     }
 
     func epollControl(_ epfd: Int64, operation: UInt64, fd: Int64, event: UInt64, _ memory: GuestMemoryView) throws -> HostCallEffect {

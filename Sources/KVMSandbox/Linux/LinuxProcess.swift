@@ -8,62 +8,62 @@ import Glibc
 /// Signal actions, masks and the alternate stack are stored and read back (delivery belongs to
 /// the threads-and-signals work).
 extension LinuxPersonality {
-    func handleProcess(_ call: HostCall) throws -> HostCallEffect? {
-        let memory = call.memory
-        switch call.number {
-        case 39: return .value(1)                            // getpid (gettid: LinuxThreads)
-        case 110: return .value(0)                           // getppid: no parent inside
-        case 111, 109, 112, 121: return .value(1)            // getpgrp, setpgid, setsid, getpgid
-        case 102, 104, 107, 108: return .value(0)            // getuid, getgid, geteuid, getegid
-        case 115: return .value(0)                           // getgroups: none
-        case 95:                                             // umask
-            let old = state.umask
-            state.umask = call[0] & 0o777
-            return .value(Int64(old))
-        case 63: return try uname(memory, into: call[0])
-        case 99: return try systemInformation(memory, into: call[0])
-        case 97: return try limit(resource: call[0], memory, old: call[1], new: 0)
-        case 302:                                            // prlimit64(pid, resource, new, old)
-            guard call[0] == 0 || call[0] == 1 else { return Self.fail(.noSuchProcess) }
-            return try limit(resource: call[1], memory, old: call[3], new: call[2])
-        case 204:                                            // sched_getaffinity: one CPU
-            guard call[1] >= 8 else { return Self.fail(.invalidArgument) }
-            try memory.store(UInt64(1), at: call[2])
-            return .value(8)
-        case 203: return .value(0)                           // sched_setaffinity
-        case 157: return try processControl(call, memory)
-        case 273: return .value(0)                           // set_robust_list
-        case 334: return Self.fail(.noFunction)              // rseq: as a kernel without it
-        case 330: return Self.fail(.noFunction)              // pkey_alloc
-        case 125: return Self.fail(.notPermitted)            // capget
-        case 228:                                            // clock_gettime: CPU clocks here, the rest built in
-            guard Self.isCPUClock(call[0]) else { return nil }
-            let cpu = guestCPUNanoseconds
-            try memory.write([UInt8](littleEndianWords: [cpu / 1_000_000_000, cpu % 1_000_000_000]), to: call[1])
-            return .value(0)
-        case 98: return try resourceUsage(who: Int32(truncatingIfNeeded: call[0]), memory, into: call[1])  // getrusage
-        case 100:                                                                                          // times
-            let ticks = guestCPUNanoseconds / 10_000_000  // USER_HZ = 100
-            if call[0] != 0 { try memory.write([UInt8](littleEndianWords: [ticks, 0, 0, 0]), to: call[0]) }
-            return .value(Int64(monotonicNanoseconds() / 10_000_000 & 0x7fff_ffff_ffff))
-        case 229:                                            // clock_getres: 1 ns
-            if call[1] != 0 { try memory.write([UInt8](UInt64(0).littleEndianBytes + UInt64(1).littleEndianBytes), to: call[1]) }
-            return .value(0)
-        case 96:                                             // gettimeofday
-            var now = timespec()
-            clock_gettime(CLOCK_REALTIME, &now)
-            if call[0] != 0 {
-                try memory.write(UInt64(now.tv_sec).littleEndianBytes + UInt64(now.tv_nsec / 1000).littleEndianBytes, to: call[0])
-            }
-            return .value(0)
-        case 201:                                            // time
-            let now = UInt64(Glibc.time(nil))
-            if call[0] != 0 { try memory.store(now, at: call[0]) }
-            return .value(Int64(now))
-        case 35: return try sleep(memory, request: call[0], remaining: call[1], absolute: false, clock: 1)
-        case 230: return try sleep(memory, request: call[2], remaining: call[3], absolute: call[1] & 1 != 0, clock: call[0])
-        default: return nil
+    /// `umask(mask)`: the old mask.
+    func setUmask(_ mask: UInt64) -> HostCallEffect {
+        let old = state.umask
+        state.umask = mask & 0o777
+        return .value(Int64(old))
+    }
+
+    /// `prlimit64(pid, resource, new, old)`: of the guest itself only.
+    func processLimit(pid: UInt64, resource: UInt64, _ memory: GuestMemoryView, new: UInt64, old: UInt64) throws -> HostCallEffect {
+        guard pid == 0 || pid == 1 else { return Self.fail(.noSuchProcess) }
+        return try limit(resource: resource, memory, old: old, new: new)
+    }
+
+    /// `sched_getaffinity(pid, size, mask)`: one CPU.
+    func affinity(size: UInt64, _ memory: GuestMemoryView, into address: UInt64) throws -> HostCallEffect {
+        guard size >= 8 else { return Self.fail(.invalidArgument) }
+        try memory.store(UInt64(1), at: address)
+        return .value(8)
+    }
+
+    /// `clock_gettime(clock, timespec *)`: the guest's CPU clocks here, the others the built-in's.
+    func clockTime(_ call: HostCall) throws -> HostCallEffect {
+        guard Self.isCPUClock(call[0]) else { return try builtins.handle(call) }
+        let cpu = guestCPUNanoseconds
+        try call.memory.write([UInt8](littleEndianWords: [cpu / 1_000_000_000, cpu % 1_000_000_000]), to: call[1])
+        return .value(0)
+    }
+
+    /// `times(struct tms *)`: the guest's CPU time in clock ticks; ticks since boot.
+    func times(_ memory: GuestMemoryView, into address: UInt64) throws -> HostCallEffect {
+        let ticks = guestCPUNanoseconds / 10_000_000  // USER_HZ = 100
+        if address != 0 { try memory.write([UInt8](littleEndianWords: [ticks, 0, 0, 0]), to: address) }
+        return .value(Int64(monotonicNanoseconds() / 10_000_000 & 0x7fff_ffff_ffff))
+    }
+
+    /// `clock_getres(clock, timespec *)`: 1 ns.
+    func clockResolution(_ memory: GuestMemoryView, into address: UInt64) throws -> HostCallEffect {
+        if address != 0 { try memory.write([UInt8](UInt64(0).littleEndianBytes + UInt64(1).littleEndianBytes), to: address) }
+        return .value(0)
+    }
+
+    /// `gettimeofday(struct timeval *, timezone *)`.
+    func timeOfDay(_ memory: GuestMemoryView, into address: UInt64) throws -> HostCallEffect {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        if address != 0 {
+            try memory.write(UInt64(now.tv_sec).littleEndianBytes + UInt64(now.tv_nsec / 1000).littleEndianBytes, to: address)
         }
+        return .value(0)
+    }
+
+    /// `time(time_t *)`.
+    func time(_ memory: GuestMemoryView, into address: UInt64) throws -> HostCallEffect {
+        let now = UInt64(Glibc.time(nil))
+        if address != 0 { try memory.store(now, at: address) }
+        return .value(Int64(now))
     }
 
     /// CLOCK_PROCESS_CPUTIME_ID, CLOCK_THREAD_CPUTIME_ID, or a `clock_getcpuclockid` /

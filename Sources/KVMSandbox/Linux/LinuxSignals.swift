@@ -41,30 +41,27 @@ extension LinuxPersonality {
     static let ignoredByDefault: Set<Int> = [17, 18, 23, 28]
     static let unblockable: UInt64 = 1 << 8 | 1 << 18  // SIGKILL, SIGSTOP (bit n-1)
 
-    func handleSignals(_ call: HostCall) throws -> HostCallEffect? {
-        let memory = call.memory
-        switch call.number {
-        case 13: return try signalAction(call.signed(0), memory, new: call[1], old: call[2], size: call[3])
-        case 14: return try signalMask(how: call[0], memory, new: call[1], old: call[2], size: call[3])
-        case 131: return try alternateStack(memory, new: call[0], old: call[1])
-        case 15: return .thread(.signalReturn)                                      // rt_sigreturn
-        case 62:                                                                     // kill(pid, sig)
-            let pid = Int64(Int32(truncatingIfNeeded: call[0]))
-            guard pid == 1 || pid == 0 || pid == -1 else { return Self.fail(.noSuchProcess) }
-            return send(call[1], to: state.currentThread)
-        case 200, 234:                                                               // tkill, tgkill
-            if call.number == 234, Int32(truncatingIfNeeded: call[0]) != 1 { return Self.fail(.noSuchProcess) }
-            let tid = Int32(truncatingIfNeeded: call.number == 200 ? call[0] : call[1])
-            guard let index = state.threads.firstIndex(where: { $0.tid == tid }) else { return Self.fail(.noSuchProcess) }
-            return send(call.number == 200 ? call[1] : call[2], to: index)
-        case 37:                                                                     // alarm(seconds)
-            let left = state.alarmDeadline.map { ($0 &- min($0, monotonicNanoseconds()) + 999_999_999) / 1_000_000_000 } ?? 0
-            state.alarmDeadline = call[0] == 0 ? nil : monotonicNanoseconds() &+ min(call[0], 1 << 31) &* 1_000_000_000
-            state.alarmInterval = 0
-            return .value(Int64(left))
-        case 38: return try setTimer(which: call[0], memory, new: call[1], old: call[2])  // setitimer
-        default: return nil
-        }
+    /// `kill(pid, signal)`: the guest is one process, pid 1 (0 and -1 reach it too).
+    func kill(pid: UInt64, signal: UInt64) -> HostCallEffect {
+        let pid = Int64(Int32(truncatingIfNeeded: pid))
+        guard pid == 1 || pid == 0 || pid == -1 else { return Self.fail(.noSuchProcess) }
+        return send(signal, to: state.currentThread)
+    }
+
+    /// `tkill(tid, signal)` (`process` nil) and `tgkill(process, tid, signal)`.
+    func threadKill(process: UInt64?, thread: UInt64, signal: UInt64) -> HostCallEffect {
+        if let process, Int32(truncatingIfNeeded: process) != 1 { return Self.fail(.noSuchProcess) }
+        let tid = Int32(truncatingIfNeeded: thread)
+        guard let index = state.threads.firstIndex(where: { $0.tid == tid }) else { return Self.fail(.noSuchProcess) }
+        return send(signal, to: index)
+    }
+
+    /// `alarm(seconds)`: SIGALRM after `seconds` (0 cancels); the seconds the last one had left.
+    func alarm(seconds: UInt64) -> HostCallEffect {
+        let left = state.alarmDeadline.map { ($0 &- min($0, monotonicNanoseconds()) + 999_999_999) / 1_000_000_000 } ?? 0
+        state.alarmDeadline = seconds == 0 ? nil : monotonicNanoseconds() &+ min(seconds, 1 << 31) &* 1_000_000_000
+        state.alarmInterval = 0
+        return .value(Int64(left))
     }
 
     /// The installed action of `signal` (1-64).

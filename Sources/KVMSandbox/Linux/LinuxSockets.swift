@@ -19,111 +19,117 @@ extension LinuxPersonality {
     static let inet: UInt64 = 2, inet6: UInt64 = 10
     static let socketNonblocking: UInt64 = 0o4000, socketCloseOnExec: UInt64 = 0o2000000
 
-    func handleSockets(_ call: HostCall) throws -> HostCallEffect? {
-        let memory = call.memory
-        switch call.number {
-        case 41:                                        // socket(domain, type, protocol)
-            let type = call[1] & ~(Self.socketNonblocking | Self.socketCloseOnExec)
-            guard acceptsConnections || !allowedConnections.isEmpty, call[0] == Self.inet || call[0] == Self.inet6, type == 1,
-                  call[2] == 0 || call[2] == 6 else { return Self.fail(.permissionDenied) }
-            let id = state.nextObject
-            let status = O_RDWR | (call[1] & Self.socketNonblocking != 0 ? O_NONBLOCK : 0)
-            guard let fd = state.files.install(OpenFile(kind: .socket(id: id), statusFlags: status, path: "socket:[\(id)]"),
-                                               closeOnExec: call[1] & Self.socketCloseOnExec != 0) else { return Self.fail(.tooManyOpenFiles) }
-            state.nextObject += 1
-            state.sockets[id] = VirtualSocket(family: UInt16(call[0]))
-            return .value(Int64(fd))
-        case 53:                                        // socketpair(domain, type, protocol, int[2])
-            return try socketPair(domain: call[0], type: call[1], protocol: call[2], memory, into: call[3])
-        case 49:                                        // bind(fd, address, length)
-            guard let id = virtualSocket(call.descriptor(0)) else { return notASocket(call.descriptor(0)) }
-            guard acceptsConnections else { return Self.fail(.permissionDenied) }  // outgoing connections only
-            guard (16...128).contains(call[2]) else { return Self.fail(.invalidArgument) }
-            let address = try memory.read(call[1], count: Int(call[2]))
-            guard UInt64(UInt16(littleEndianBytes: address[0..<2])) == UInt64(state.sockets[id]?.family ?? 0) else {
-                return Self.fail(Errno(rawValue: 97))   // EAFNOSUPPORT
-            }
-            guard state.sockets[id]?.address == nil else { return Self.fail(.invalidArgument) }
-            // One listening address per guest: it stands for the embedder's real one.
-            guard !state.sockets.values.contains(where: { $0.address != nil }) else { return Self.fail(.addressInUse) }
-            state.sockets[id]?.address = address
-            return .value(0)
-        case 50:                                        // listen(fd, backlog)
-            guard let id = virtualSocket(call.descriptor(0)) else { return notASocket(call.descriptor(0)) }
-            guard state.sockets[id]?.address != nil else { return Self.fail(.addressRequired) }
-            state.sockets[id]?.listening = true
-            return .value(0)
-        case 43, 288:                                   // accept(fd, address, length), accept4(..., flags)
-            let flags = call.number == 288 ? call[3] : 0
-            guard flags & ~(Self.socketNonblocking | Self.socketCloseOnExec) == 0 else { return Self.fail(.invalidArgument) }
-            return try accept(call.descriptor(0), memory, address: call[1], length: call[2], flags: flags)
-        case 42: return try connect(call.descriptor(0), memory, address: call[1], length: call[2])
-        case 44:                                        // sendto(fd, buffer, length, flags, address, length)
-            guard call[4] == 0 else { return Self.fail(.socketIsConnected) }
-            return try send(call.descriptor(0), memory, vectors: [(call[1], call[2])], flags: call[3])
-        case 45:                                        // recvfrom(fd, buffer, length, flags, address, length)
-            return try receive(call.descriptor(0), memory, vectors: [(call[1], call[2])], flags: call[3], address: call[4], length: call[5])
-        case 46, 47:                                    // sendmsg, recvmsg(fd, msghdr, flags)
-            let header = try memory.read(call[1], count: 56)
-            let table = UInt64(littleEndianBytes: header[16..<24]), count = UInt64(littleEndianBytes: header[24..<32])
-            guard count <= UInt64(BuiltinHostCalls.maximumIOVectors) else { return Self.fail(.invalidArgument) }
-            let entries = try memory.read(table, count: Int(count) * 16)
-            let vectors = (0..<Int(count)).map {
-                (UInt64(littleEndianBytes: entries[$0 * 16..<$0 * 16 + 8]), UInt64(littleEndianBytes: entries[$0 * 16 + 8..<$0 * 16 + 16]))
-            }
-            if call.number == 46 { return try send(call.descriptor(0), memory, vectors: vectors, flags: call[2]) }
-            let result = try receive(call.descriptor(0), memory, vectors: vectors, flags: call[2],
-                                     address: UInt64(littleEndianBytes: header[0..<8]), length: 0)
-            // No ancillary data and no source address, ever.
-            if case .value(let n) = result, n >= 0 {
-                try memory.write([UInt8](repeating: 0, count: 4), to: call[1] + 8)
-                try memory.write([UInt8](repeating: 0, count: 8), to: call[1] + 40)
-                try memory.write([UInt8](repeating: 0, count: 4), to: call[1] + 48)
-            }
-            return result
-        case 48:                                        // shutdown(fd, how)
-            guard call[1] <= 2 else { return Self.fail(.invalidArgument) }
-            guard let host = connection(call.descriptor(0)) else { return notConnected(call.descriptor(0)) }
-            return Glibc.shutdown(host.fd, Int32(call[1])) == 0 ? .value(0) : Self.fail(Errno.current)
-        case 51, 52:                                    // getsockname, getpeername(fd, address, length)
-            let fd = call.descriptor(0)
-            if let host = connection(fd) {
-                var storage = sockaddr_storage()
-                var size = socklen_t(MemoryLayout<sockaddr_storage>.size)
-                let status = withUnsafeMutableBytes(of: &storage) { raw in
-                    raw.withMemoryRebound(to: sockaddr.self) {
-                        call.number == 51 ? getsockname(host.fd, $0.baseAddress, &size) : getpeername(host.fd, $0.baseAddress, &size)
-                    }
-                }
-                guard status == 0 else { return Self.fail(Errno.current) }
-                let bytes = withUnsafeBytes(of: &storage) { Array($0.prefix(Int(size))) }
-                return try storeAddress(bytes, memory, address: call[1], length: call[2])
-            }
-            guard let id = virtualSocket(fd) else { return notASocket(fd) }
-            guard call.number == 51 else { return Self.fail(.socketNotConnected) }
-            let family = state.sockets[id]?.family ?? UInt16(Self.inet)
-            let unbound = family.littleEndianBytes + [UInt8](repeating: 0, count: family == UInt16(Self.inet6) ? 26 : 14)
-            return try storeAddress(state.sockets[id]?.address ?? unbound, memory, address: call[1], length: call[2])
-        case 54:                                        // setsockopt(fd, level, name, value, length)
-            guard call[4] <= 256 else { return Self.fail(.invalidArgument) }
-            let value = try memory.read(call[3], count: Int(call[4]))
-            if let host = connection(call.descriptor(0)) {
-                // Options that only shape this connection's traffic reach it; others are accepted and ignored.
-                // SO_LINGER reaches it only when it cannot make the host's close wait (off, or an
-                // abortive {1, 0}): a guest-chosen linger would block the host's own close() for up
-                // to l_linger seconds past the run's deadline while the peer does not read.
-                let level = Int32(truncatingIfNeeded: call[1]), name = Int32(truncatingIfNeeded: call[2])
-                let passed = (level == SOL_SOCKET && name == SO_KEEPALIVE) || (level == 6 && name == 1)  // TCP_NODELAY
-                    || (level == SOL_SOCKET && name == SO_LINGER && Self.lingerCannotBlock(value))
-                guard passed else { return .value(0) }
-                let status = value.withUnsafeBytes { setsockopt(host.fd, level, name, $0.baseAddress, socklen_t(value.count)) }
-                return status == 0 ? .value(0) : Self.fail(Errno.current)
-            }
-            return virtualSocket(call.descriptor(0)) == nil ? notASocket(call.descriptor(0)) : .value(0)
-        case 55:                                        // getsockopt(fd, level, name, value, length)
-            return try socketOption(call.descriptor(0), level: call[1], name: call[2], memory, value: call[3], length: call[4])
-        default: return nil
+    /// `socket(domain, type, protocol)`: a TCP socket of the guest's own (socket mode only).
+    func createSocket(domain: UInt64, type: UInt64, protocol: UInt64) -> HostCallEffect {
+        let kind = type & ~(Self.socketNonblocking | Self.socketCloseOnExec)
+        guard acceptsConnections || !allowedConnections.isEmpty, domain == Self.inet || domain == Self.inet6, kind == 1,
+              `protocol` == 0 || `protocol` == 6 else { return Self.fail(.permissionDenied) }
+        let id = state.nextObject
+        let status = O_RDWR | (type & Self.socketNonblocking != 0 ? O_NONBLOCK : 0)
+        guard let fd = state.files.install(OpenFile(kind: .socket(id: id), statusFlags: status, path: "socket:[\(id)]"),
+                                           closeOnExec: type & Self.socketCloseOnExec != 0) else { return Self.fail(.tooManyOpenFiles) }
+        state.nextObject += 1
+        state.sockets[id] = VirtualSocket(family: UInt16(domain))
+        return .value(Int64(fd))
+    }
+
+    /// `bind(fd, address, length)`: the guest's one listening address (nothing is bound on the host).
+    func bind(_ fd: Int64, _ memory: GuestMemoryView, address: UInt64, length: UInt64) throws -> HostCallEffect {
+        guard let id = virtualSocket(fd) else { return notASocket(fd) }
+        guard acceptsConnections else { return Self.fail(.permissionDenied) }  // outgoing connections only
+        guard (16...128).contains(length) else { return Self.fail(.invalidArgument) }
+        let bytes = try memory.read(address, count: Int(length))
+        guard UInt64(UInt16(littleEndianBytes: bytes[0..<2])) == UInt64(state.sockets[id]?.family ?? 0) else {
+            return Self.fail(Errno(rawValue: 97))   // EAFNOSUPPORT
         }
+        guard state.sockets[id]?.address == nil else { return Self.fail(.invalidArgument) }
+        // One listening address per guest: it stands for the embedder's real one.
+        guard !state.sockets.values.contains(where: { $0.address != nil }) else { return Self.fail(.addressInUse) }
+        state.sockets[id]?.address = bytes
+        return .value(0)
+    }
+
+    /// `listen(fd, backlog)`.
+    func listen(_ fd: Int64) -> HostCallEffect {
+        guard let id = virtualSocket(fd) else { return notASocket(fd) }
+        guard state.sockets[id]?.address != nil else { return Self.fail(.addressRequired) }
+        state.sockets[id]?.listening = true
+        return .value(0)
+    }
+
+    /// `sendto(fd, buffer, length, flags, address, address length)`: connected sockets only.
+    func sendTo(_ call: HostCall) throws -> HostCallEffect {
+        guard call[4] == 0 else { return Self.fail(.socketIsConnected) }
+        return try send(call.descriptor(0), call.memory, vectors: [(call[1], call[2])], flags: call[3])
+    }
+
+    /// `sendmsg` (`sending`) and `recvmsg(fd, struct msghdr *, flags)`: no ancillary data, no addresses.
+    func message(_ call: HostCall, sending: Bool) throws -> HostCallEffect {
+        let memory = call.memory
+        let header = try memory.read(call[1], count: 56)
+        let table = UInt64(littleEndianBytes: header[16..<24]), count = UInt64(littleEndianBytes: header[24..<32])
+        guard count <= UInt64(BuiltinHostCalls.maximumIOVectors) else { return Self.fail(.invalidArgument) }
+        let entries = try memory.read(table, count: Int(count) * 16)
+        let vectors = (0..<Int(count)).map {
+            (UInt64(littleEndianBytes: entries[$0 * 16..<$0 * 16 + 8]), UInt64(littleEndianBytes: entries[$0 * 16 + 8..<$0 * 16 + 16]))
+        }
+        if sending { return try send(call.descriptor(0), memory, vectors: vectors, flags: call[2]) }
+        let result = try receive(call.descriptor(0), memory, vectors: vectors, flags: call[2],
+                                 address: UInt64(littleEndianBytes: header[0..<8]), length: 0)
+        // No ancillary data and no source address, ever.
+        if case .value(let n) = result, n >= 0 {
+            try memory.write([UInt8](repeating: 0, count: 4), to: call[1] + 8)
+            try memory.write([UInt8](repeating: 0, count: 8), to: call[1] + 40)
+            try memory.write([UInt8](repeating: 0, count: 4), to: call[1] + 48)
+        }
+        return result
+    }
+
+    /// `shutdown(fd, how)`.
+    func shutdown(_ fd: Int64, how: UInt64) -> HostCallEffect {
+        guard how <= 2 else { return Self.fail(.invalidArgument) }
+        guard let host = connection(fd) else { return notConnected(fd) }
+        return Glibc.shutdown(host.fd, Int32(how)) == 0 ? .value(0) : Self.fail(Errno.current)
+    }
+
+    /// `getsockname` (`peer` false) and `getpeername(fd, address, length)`.
+    func socketName(_ fd: Int64, peer: Bool, _ memory: GuestMemoryView, address: UInt64, length: UInt64) throws -> HostCallEffect {
+        if let host = connection(fd) {
+            var storage = sockaddr_storage()
+            var size = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let status = withUnsafeMutableBytes(of: &storage) { raw in
+                raw.withMemoryRebound(to: sockaddr.self) {
+                    peer ? getpeername(host.fd, $0.baseAddress, &size) : getsockname(host.fd, $0.baseAddress, &size)
+                }
+            }
+            guard status == 0 else { return Self.fail(Errno.current) }
+            let bytes = withUnsafeBytes(of: &storage) { Array($0.prefix(Int(size))) }
+            return try storeAddress(bytes, memory, address: address, length: length)
+        }
+        guard let id = virtualSocket(fd) else { return notASocket(fd) }
+        guard !peer else { return Self.fail(.socketNotConnected) }
+        let family = state.sockets[id]?.family ?? UInt16(Self.inet)
+        let unbound = family.littleEndianBytes + [UInt8](repeating: 0, count: family == UInt16(Self.inet6) ? 26 : 14)
+        return try storeAddress(state.sockets[id]?.address ?? unbound, memory, address: address, length: length)
+    }
+
+    /// `setsockopt(fd, level, name, value, length)`.
+    func setSocketOption(_ fd: Int64, level: UInt64, name: UInt64, _ memory: GuestMemoryView, value address: UInt64, length: UInt64) throws -> HostCallEffect {
+        guard length <= 256 else { return Self.fail(.invalidArgument) }
+        let value = try memory.read(address, count: Int(length))
+        if let host = connection(fd) {
+            // Options that only shape this connection's traffic reach it; others are accepted and ignored.
+            // SO_LINGER reaches it only when it cannot make the host's close wait (off, or an
+            // abortive {1, 0}): a guest-chosen linger would block the host's own close() for up
+            // to l_linger seconds past the run's deadline while the peer does not read.
+            let level = Int32(truncatingIfNeeded: level), name = Int32(truncatingIfNeeded: name)
+            let passed = (level == SOL_SOCKET && name == SO_KEEPALIVE) || (level == 6 && name == 1)  // TCP_NODELAY
+                || (level == SOL_SOCKET && name == SO_LINGER && Self.lingerCannotBlock(value))
+            guard passed else { return .value(0) }
+            let status = value.withUnsafeBytes { setsockopt(host.fd, level, name, $0.baseAddress, socklen_t(value.count)) }
+            return status == 0 ? .value(0) : Self.fail(Errno.current)
+        }
+        return virtualSocket(fd) == nil ? notASocket(fd) : .value(0)
     }
 
     /// Whether a `struct linger` (l_onoff, l_linger: two Int32) leaves `close` non-blocking.
@@ -228,7 +234,10 @@ extension LinuxPersonality {
     /// Whether the guest has a listening socket.
     var listens: Bool { state.sockets.values.contains(where: \.listening) }
 
+    /// `accept(fd, address, length)` (`flags` 0) and `accept4(..., flags)`: a connection the
+    /// embedder offered.
     func accept(_ fd: Int64, _ memory: GuestMemoryView, address: UInt64, length: UInt64, flags: UInt64) throws -> HostCallEffect {
+        guard flags & ~(Self.socketNonblocking | Self.socketCloseOnExec) == 0 else { return Self.fail(.invalidArgument) }
         guard let file = state.files[fd] else { return Self.fail(.badFileDescriptor) }
         guard isListening(fd) else { return Self.fail(virtualSocket(fd) == nil ? .notSocket : .invalidArgument) }
         guard !state.pendingConnections.isEmpty else {
@@ -396,17 +405,17 @@ extension LinuxPersonality {
     func waitsForConnection(_ call: HostCall) -> Bool {
         guard state.pendingConnections.isEmpty, listens,
               !state.files.refersTo({ if case .connection = $0 { return true } else { return false } }) else { return false }
-        switch call.number {
-        case 43, 288: return isListening(call.descriptor(0))
-        case 7, 271:
+        switch Self.systemCalls[call.number]?.connectionWait {
+        case .accept?: return isListening(call.descriptor(0))
+        case .poll?:
             guard call[1] <= UInt64(Self.pollLimit), let entries = try? call.memory.read(call[0], count: Int(call[1]) * 8) else { return false }
             return (0..<Int(call[1])).contains {
                 isListening(Int64(Int32(bitPattern: UInt32(littleEndianBytes: entries[$0 * 8..<$0 * 8 + 4]))))
             }
-        case 232, 281, 441:
+        case .epoll?:
             guard case .epoll(let id) = state.files[call.descriptor(0)]?.kind else { return false }
             return (state.epolls[id] ?? [:]).keys.contains { isListening(Int64($0)) }
-        default: return false
+        case nil: return false
         }
     }
 

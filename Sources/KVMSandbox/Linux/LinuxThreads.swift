@@ -85,35 +85,26 @@ extension LinuxPersonality {
         | 0x1000000
     static let requiredThreadFlags: UInt64 = 0x100 | 0x800 | 0x10000  // CLONE_VM | CLONE_SIGHAND | CLONE_THREAD
 
-    func handleThreads(_ call: HostCall) throws -> HostCallEffect? {
-        let memory = call.memory
-        switch call.number {
-        case 56:   // clone(flags, stack, parent_tid, child_tid, tls)
-            return try clone(flags: call[0], stack: call[1], parentTID: call[2], childTID: call[3], tls: call[4], memory)
-        case 435:  // clone3(struct clone_args *, size)
-            guard call[1] >= 64, call[1] <= 4096 else { return Self.fail(.invalidArgument) }
-            let words = try memory.read(call[0], count: 64)
-            func word(_ index: Int) -> UInt64 { UInt64(littleEndianBytes: words[index * 8..<index * 8 + 8]) }
-            // flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls
-            guard word(4) == 0, word(5) != 0 else { return Self.fail(.invalidArgument) }  // a thread: no exit signal, a stack
-            let (top, overflow) = word(5).addingReportingOverflow(word(6))
-            guard !overflow else { return Self.fail(.invalidArgument) }
-            return try clone(flags: word(0), stack: top, parentTID: word(3), childTID: word(2), tls: word(7), memory)
-        case 186: return .value(Int64(currentThread.tid))                  // gettid
-        case 218:                                                            // set_tid_address
-            state.threads[state.currentThread].clearChildTID = call[0]
-            return .value(Int64(currentThread.tid))
-        case 24: return state.threads.count > 1 ? .thread(.yield) : .value(0)  // sched_yield
-        case 60 where state.threads.count > 1:                              // exit: this thread only
-            return try exitThread(status: Int32(truncatingIfNeeded: call[0] & 0xff), memory)
-        case 202: return try futex(call, memory)
-        case 35 where state.threads.count > 1:                              // nanosleep: let the others run
-            return try sleepBlocking(memory, request: call[0], absolute: false, clock: 1)
-        case 230 where state.threads.count > 1:                             // clock_nanosleep
-            return try sleepBlocking(memory, request: call[2], absolute: call[1] & 1 != 0, clock: call[0])
-        default: return nil
-        }
+    /// `clone3(struct clone_args *, size)`: a thread, as `clone` makes one (no exit signal, a stack).
+    func clone3(_ call: HostCall) throws -> HostCallEffect {
+        guard call[1] >= 64, call[1] <= 4096 else { return Self.fail(.invalidArgument) }
+        let words = try call.memory.read(call[0], count: 64)
+        func word(_ index: Int) -> UInt64 { UInt64(littleEndianBytes: words[index * 8..<index * 8 + 8]) }
+        // flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls
+        guard word(4) == 0, word(5) != 0 else { return Self.fail(.invalidArgument) }  // a thread: no exit signal, a stack
+        let (top, overflow) = word(5).addingReportingOverflow(word(6))
+        guard !overflow else { return Self.fail(.invalidArgument) }
+        return try clone(flags: word(0), stack: top, parentTID: word(3), childTID: word(2), tls: word(7), call.memory)
     }
+
+    /// `set_tid_address(address)`: where the thread's id is cleared (and a futex woken) at its exit.
+    func setTIDAddress(_ address: UInt64) -> HostCallEffect {
+        state.threads[state.currentThread].clearChildTID = address
+        return .value(Int64(currentThread.tid))
+    }
+
+    /// Whether the guest has more than one thread (calls that block then let the others run).
+    var hasOtherThreads: Bool { state.threads.count > 1 }
 
     var currentThread: GuestThread { state.threads[state.currentThread] }
 

@@ -13,13 +13,13 @@ enum Either<Left, Right> {
 extension Sandbox {
     /// Linux system calls the guest made so far, by name, and how often.
     public var systemCallCounts: [String: Int] {
-        Dictionary(linux.counts.map { (LinuxSyscallNames.name($0.key), $0.value) }, uniquingKeysWith: +)
+        Dictionary(linux.counts.map { (LinuxPersonality.systemCalls.name($0.key), $0.value) }, uniquingKeysWith: +)
     }
 
     /// The system calls served without a VM exit (by the polling thread, from the exitless
     /// `syscall` stub), by name; they are in `systemCallCounts` too.
     public var exitlessSystemCallCounts: [String: Int] {
-        Dictionary(linux.exitlessCounts.map { (LinuxSyscallNames.name($0.key), $0.value) }, uniquingKeysWith: +)
+        Dictionary(linux.exitlessCounts.map { (LinuxPersonality.systemCalls.name($0.key), $0.value) }, uniquingKeysWith: +)
     }
 
     /// Paths the guest looked for that exist on the host but lie outside its grants (at most
@@ -43,7 +43,7 @@ extension Sandbox {
 
     /// The system calls answered `ENOSYS` because the Linux layer does not implement them, by name.
     public var unimplementedSystemCalls: [String: Int] {
-        Dictionary(linux.unimplemented.map { (LinuxSyscallNames.name($0.key), $0.value) }, uniquingKeysWith: +)
+        Dictionary(linux.unimplemented.map { (LinuxPersonality.systemCalls.name($0.key), $0.value) }, uniquingKeysWith: +)
     }
 
     /// How many requests for writable-and-executable (or executable anonymous) memory were
@@ -97,7 +97,7 @@ extension Sandbox {
             if configuration.traceSyscalls { trace(call, result: "?", outcome: outcome) }
             return outcome
         }
-        if configuration.traceSyscalls { trace(call, result: LinuxSyscallNames.describe(result: result), outcome: nil) }
+        if configuration.traceSyscalls { trace(call, result: LinuxTraceFormat.describe(result: result), outcome: nil) }
         vcpu.modifyRegisters { $0.rax = UInt64(bitPattern: result) }
         return nil
     }
@@ -197,8 +197,8 @@ extension Sandbox {
 
     /// One strace-style line on the host's stderr; `exitless`: served by the polling thread.
     static func trace(_ call: HostCall, result: String, outcome: RunOutcome?, exitless: Bool) {
-        var line = "[syscall\(exitless ? " exitless" : "")] \(LinuxSyscallNames.name(call.number))("
-        line += call.arguments.prefix(LinuxSyscallNames.argumentCount(call.number)).map { "0x" + String($0, radix: 16) }.joined(separator: ", ")
+        var line = "[syscall\(exitless ? " exitless" : "")] \(LinuxPersonality.systemCalls.name(call.number))("
+        line += call.arguments.prefix(LinuxPersonality.systemCalls.argumentCount(call.number)).map { "0x" + String($0, radix: 16) }.joined(separator: ", ")
         line += ") = " + (outcome.map { "\($0)" } ?? result) + "\n"
         _ = line.withCString { Glibc.write(2, $0, strlen($0)) }
     }

@@ -340,7 +340,7 @@ public final class Sandbox {
             let linux = self.linux, tracing = configuration.traceSyscalls
             server.prepare(handlers: handlers, systemCalls: !postsSystemCalls ? nil : { call in
                 let result = try linux.serveExitless(call)
-                if tracing, let result { Sandbox.trace(call, result: LinuxSyscallNames.describe(result: result), outcome: nil, exitless: true) }
+                if tracing, let result { Sandbox.trace(call, result: LinuxTraceFormat.describe(result: result), outcome: nil, exitless: true) }
                 return result
             })
             exitless = server
