@@ -34,6 +34,16 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // What the CLI and the tests use beside the library: benchmarks, the conformance corpus,
+        // the guest toolchain, KVM capability and struct-size reports. Not part of the library's API.
+        .target(
+            name: "KVMSandboxTools",
+            dependencies: [
+                "KVMSandbox",
+                "CKVM",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
         // Per-request isolation over HTTP (`kvmsandbox serve`): SwiftNIO, metrics and the service
         // lifecycle stay out of the core library, so embedders of KVMSandbox alone do not build them.
         .target(
@@ -54,11 +64,12 @@ let package = Package(
             dependencies: [
                 "KVMSandbox",
                 "KVMSandboxServer",
+                "KVMSandboxTools",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "KVMSandboxTests", dependencies: [
-            "KVMSandbox", "KVMSandboxServer",
+            "KVMSandbox", "KVMSandboxServer", "KVMSandboxTools",
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KVMSandbox
+import KVMSandboxTools
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,5 +1,6 @@
 import ArgumentParser
 import KVMSandbox
+import KVMSandboxTools
 
 /// `kvmsandbox cc`: the C compiler with the guest SDK's flags, headers and libc.
 struct CC: ParsableCommand {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KVMSandbox
+import KVMSandboxTools
 
 /// `kvmsandbox conformance`: build the conformance corpus, or run it on this machine's KVM.
 struct ConformanceCommand: ParsableCommand {

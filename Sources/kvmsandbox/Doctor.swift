@@ -1,5 +1,6 @@
 import ArgumentParser
 import KVMSandbox
+import KVMSandboxTools
 
 /// `kvmsandbox doctor`: what this machine's KVM is and whether the sandbox can use it.
 struct Doctor: ParsableCommand {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KVMSandbox
+import KVMSandboxTools
 
 /// Dynamic programs from the distribution in `kvmsandbox bench`, each beside the same thing done
 /// natively in the same run: start-up of python3, sqlite3 and lua5.4 (a fresh sandbox vs a

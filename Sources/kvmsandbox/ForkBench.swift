@@ -1,5 +1,6 @@
 import Foundation
 import KVMSandbox
+import KVMSandboxTools
 
 /// The snapshot, fork, reset, guest-call and pooled-request figures of `kvmsandbox bench`, each
 /// next to the baseline it is judged against, measured in the same run.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KVMSandbox
+import KVMSandboxTools
 
 /// Linux-layer figures for `kvmsandbox bench`, each beside the same thing done natively in the
 /// same run: a syscall served by the Linux layer (the trap figure `trap_syscall_ns`, getppid),

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import KVMSandbox
+import KVMSandboxTools
 
 /// Threads and signals in `kvmsandbox bench`: a futex ping-pong between two guest threads, a
 /// thread switch by `sched_yield`, and a signal's delivery with `rt_sigreturn`; each per round

@@ -1,5 +1,6 @@
 import Foundation
 import KVMSandbox
+import KVMSandboxTools
 import Synchronization
 import Testing
 

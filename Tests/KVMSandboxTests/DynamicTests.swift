@@ -1,5 +1,6 @@
 import Foundation
 import KVMSandbox
+import KVMSandboxTools
 import Testing
 #if canImport(Glibc)
 import Glibc

@@ -1,4 +1,5 @@
 @testable import KVMSandbox
+import KVMSandboxTools
 import Testing
 
 /// Helpers to patch little-endian fields of a valid ELF.

@@ -1,5 +1,6 @@
 import Foundation
 @testable import KVMSandbox
+import KVMSandboxTools
 import Testing
 #if canImport(Glibc)
 import Glibc

@@ -1,5 +1,6 @@
 import Foundation
 import KVMSandbox
+import KVMSandboxTools
 import Testing
 
 /// Every test that touches /dev/kvm lives under this suite: it runs serially (so the leak check

@@ -1,4 +1,5 @@
 import KVMSandbox
+import KVMSandboxTools
 import Testing
 
 extension KVMTests {

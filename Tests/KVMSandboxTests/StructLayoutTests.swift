@@ -1,4 +1,5 @@
 import KVMSandbox
+import KVMSandboxTools
 import Testing
 
 /// The C compiler and Swift must agree on every KVM struct (PLATFORM.md: flexible arrays differ in C++).

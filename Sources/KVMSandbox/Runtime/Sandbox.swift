@@ -522,11 +522,11 @@ public final class Sandbox {
 }
 
 /// The largest ELF file the host reads (symbols and debug information included).
-let maximumELFFileSize = 1 << 30
+package let maximumELFFileSize = 1 << 30
 
 /// Reads a whole regular file (the guest ELF), refusing anything else (a device such as
 /// `/dev/zero`, a pipe, a directory) and files over `limit` before reading a byte.
-func readFile(_ path: String, limit: Int = maximumELFFileSize) throws -> [UInt8] {
+package func readFile(_ path: String, limit: Int = maximumELFFileSize) throws -> [UInt8] {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw Errno.current }
     defer { close(fd) }

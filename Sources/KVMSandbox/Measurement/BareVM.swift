@@ -1,8 +1,8 @@
 /// The cheapest VM KVM can make: `KVM_CREATE_VM` plus `KVM_CREATE_VCPU` (and its `kvm_run`
 /// mapping), no memory. What a fork is compared with (`kvmsandbox bench`).
-public enum BareVM {
+package enum BareVM {
     /// Creates and destroys one bare VM with a vCPU; returns the nanoseconds creating took.
-    public static func create(system: KVMSystem? = nil) throws(SandboxError) -> Double {
+    package static func create(system: KVMSystem? = nil) throws(SandboxError) -> Double {
         let kvm: KVMSystem
         if let system { kvm = system } else { kvm = try KVMSystem.shared() }
         do {

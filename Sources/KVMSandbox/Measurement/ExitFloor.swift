@@ -1,14 +1,14 @@
 /// The thinnest guest-to-host round trip this library's KVM layer can make: a guest that loops on
 /// `out %al, $0x42`, and a host loop that only re-enters `KVM_RUN`. It is the floor the host-call
 /// path is compared with (`kvmsandbox bench`).
-public final class ExitFloor {
+package final class ExitFloor {
     private let memory: GuestMemory
     private let space: AddressSpace
     private let vm: VirtualMachine
     private let vcpu: VirtualCPU
 
     /// A VM whose code is `out %al, $0x42; jmp .-2`.
-    public init(system: KVMSystem? = nil) throws(SandboxError) {
+    package init(system: KVMSystem? = nil) throws(SandboxError) {
         let kvm: KVMSystem
         if let system { kvm = system } else { kvm = try KVMSystem.shared() }
         memory = try GuestMemory(size: 1 << 20)
@@ -27,7 +27,7 @@ public final class ExitFloor {
     }
 
     /// Makes `count` round trips; returns nanoseconds per round trip.
-    public func measure(count: Int) throws(SandboxError) -> Double {
+    package func measure(count: Int) throws(SandboxError) -> Double {
         let start = monotonicNanoseconds()
         for _ in 0..<count {
             let exit: VCPUExit

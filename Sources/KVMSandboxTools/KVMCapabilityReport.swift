@@ -1,3 +1,4 @@
+import KVMSandbox
 import CKVM
 
 /// The capabilities `kvmsandbox doctor` reports.

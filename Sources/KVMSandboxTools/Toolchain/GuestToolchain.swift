@@ -1,3 +1,4 @@
+import KVMSandbox
 import SystemPackage
 #if canImport(Glibc)
 import Glibc

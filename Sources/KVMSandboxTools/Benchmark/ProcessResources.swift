@@ -1,3 +1,4 @@
+import KVMSandbox
 #if canImport(Glibc)
 import Glibc
 #endif

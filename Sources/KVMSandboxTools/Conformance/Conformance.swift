@@ -1,3 +1,4 @@
+import KVMSandbox
 /// A corpus of prebuilt guest behaviours with their expected outcomes, checked the same way on
 /// every platform: by the test suite on this machine's /dev/kvm and by `kvmsandbox conformance`
 /// inside the emulated SVM machine (`Scripts/conformance`). The corpus is
