@@ -7,6 +7,8 @@ import Metrics
 /// for `kvmsandbox serve --metrics`) sees them: `kvmsandbox_requests_total` by outcome,
 /// `kvmsandbox_request_duration_seconds` and `kvmsandbox_reset_duration_seconds` (timers),
 /// `kvmsandbox_dirty_pages` and `kvmsandbox_exits` per request (recorders), `kvmsandbox_vms`.
+///
+/// (@unchecked: `values` is read and written under `lock` only; the swift-metrics handles are thread-safe.)
 public final class ServerCounters: @unchecked Sendable {
     private let lock = NSLock()
     private var values = Values()

@@ -134,6 +134,8 @@ public final class SocketServer: Sendable {
 }
 
 /// The host's real listening TCP socket; blocking `accept` from several threads at once.
+///
+/// (@unchecked: `isStopped` is read and written under `lock`; `fd` and `port` are immutable.)
 final class ListeningSocket: @unchecked Sendable {
     let fd: Int32
     let port: Int
@@ -206,6 +208,8 @@ final class SandboxBox: @unchecked Sendable {
 }
 
 /// Errors collected from worker threads.
+///
+/// (@unchecked: `errors` is read and written under `lock` only.)
 final class FailureList: @unchecked Sendable {
     private let lock = NSLock()
     private var errors: [Error] = []

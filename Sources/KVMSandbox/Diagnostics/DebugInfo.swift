@@ -44,6 +44,8 @@ struct CallFrameRule: Equatable {
 ///
 /// Owns a private copy of the ELF image and the libelf/libdw handles over it; all released in
 /// deinit. Lookups are serialized, so one instance can serve every VM forked from a program.
+///
+/// (@unchecked: the libelf/libdw handles and the image are touched only under its lock; the rest is immutable.)
 final class DebugInfo: @unchecked Sendable {
     /// Why there is no line information, when there is none (no libdw, or no `-g`).
     let lineInfoUnavailable: String?

@@ -8,6 +8,8 @@ import Glibc
 ///
 /// Only the dozen functions the symbolizer and the CFI unwinder need are bound. All of them are
 /// documented in elfutils' `libdw.h`/`libelf.h` (0.170 and later).
+///
+/// (@unchecked: immutable C function pointers from `dlsym`; the state they act on is `DebugInfo`'s, which serializes its calls.)
 struct DwarfLibrary: @unchecked Sendable {
     typealias ElfVersion = @convention(c) (UInt32) -> UInt32
     typealias ElfMemory = @convention(c) (UnsafeMutablePointer<CChar>?, Int) -> OpaquePointer?

@@ -16,6 +16,8 @@ import Glibc
 ///
 /// The vCPU thread holds the lock while it handles an exit (`whileHeld`), so the poller never
 /// serves a call while the run loop changes the guest's state (threads, signals, memory).
+///
+/// (@unchecked: `handlers` and `systemCalls` are set by `prepare` before it is registered with the poller and read only while registered; the rest is under `state`'s lock or atomic.)
 final class ExitlessServer: @unchecked Sendable {
     let mailbox: Mailbox
     private let memory: GuestMemoryView
@@ -194,11 +196,15 @@ final class ExitlessServer: @unchecked Sendable {
 /// A lock around a value that the owning thread may hold across a stretch of work
 /// (`holding`), during which its nested `withLock` calls run without locking again; other
 /// threads lock or try to. Only the vCPU thread holds it that way.
+///
+/// (@unchecked: `value` is only touched with `mutex` locked, by the thread that locked it or
+/// that holds it through `holding`; `holder` is atomic, so another thread reading it while
+/// the owner holds the lock sees someone else's id and waits for the mutex.)
 final class ServerLock<Value>: @unchecked Sendable {
     private var value: Value
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    /// Set and read only by the thread that holds the lock through `holding`.
-    private var held = false
+    /// The thread holding the lock through `holding` (`pthread_self` as an integer), or 0.
+    private let holder = ManagedAtomic<UInt>(0)
 
     init(_ value: Value) {
         self.value = value
@@ -210,9 +216,12 @@ final class ServerLock<Value>: @unchecked Sendable {
         mutex.deallocate()
     }
 
+    /// Whether the calling thread holds the lock through `holding`.
+    private var heldByThisThread: Bool { holder.load(ordering: .relaxed) == UInt(pthread_self()) }
+
     /// Runs `body` with the value, locking unless this thread holds it through `holding`.
     func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
-        if held { return try body(&value) }
+        if heldByThisThread { return try body(&value) }
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body(&value)
@@ -227,11 +236,11 @@ final class ServerLock<Value>: @unchecked Sendable {
 
     /// Holds the lock while `body` runs (nested `withLock` calls on this thread pass through).
     func holding<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        if held { return try body() }
+        if heldByThisThread { return try body() }
         pthread_mutex_lock(mutex)
-        held = true
+        holder.store(UInt(pthread_self()), ordering: .relaxed)
         defer {
-            held = false
+            holder.store(0, ordering: .relaxed)
             pthread_mutex_unlock(mutex)
         }
         return try body()

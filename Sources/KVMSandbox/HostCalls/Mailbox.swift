@@ -16,6 +16,8 @@ import Atomics
 /// The guest posts a call and spins on `response` for a bounded time, then falls back to the
 /// exit `KS_HC_MAILBOX_WAIT` (0xf02) with the sequence number. Every field is untrusted: the
 /// host copies a request out once, then validates the copy.
+///
+/// (@unchecked: the page is guest memory the guest writes at any time: every access is an atomic load or store, and a request is copied out once, then validated.)
 final class Mailbox: @unchecked Sendable {
     /// A request as copied out of the page (the arguments into the caller's buffer).
     struct Request: Equatable {

@@ -1,3 +1,4 @@
+import SystemPackage
 import Atomics
 import CKVM
 import Synchronization
@@ -16,6 +17,8 @@ import Glibc
 /// - a VM whose posts keep going unanswered while the poller spins (it has no core) is told
 ///   to stop posting for a while (`ExitlessServer`);
 /// - one request per mailbox per pass, so no guest can keep it from the others.
+///
+/// (@unchecked: its state is in `Mutex`es and atomics; the wake mutex and condition are pthread objects allocated for the process's life.)
 final class MailboxPoller: @unchecked Sendable {
     static let shared = MailboxPoller()
 
@@ -24,12 +27,13 @@ final class MailboxPoller: @unchecked Sendable {
 
     private struct Registry {
         var servers: [ObjectIdentifier: ExitlessServer] = [:]
-        var started = false
         /// -1: any CPU.
         var pinnedCPU: Int32 = -1
         var appliedCPU: Int32 = -1
     }
     private let registry = Mutex(Registry())
+    /// Whether the poller thread runs (started by the first `start()`).
+    private let started = Mutex(false)
     /// Held while a pass touches servers: `unregister` waits on it.
     private let pass = Mutex(())
     /// Bumped (under the registry lock) whenever the set of servers changes.
@@ -51,13 +55,10 @@ final class MailboxPoller: @unchecked Sendable {
     /// first call and the poller wakes now; otherwise the poller wakes at the guest's first
     /// embedder call by exit, so runs that make none cost only this registration.
     func register(_ server: ExitlessServer, eagerly: Bool) {
-        let start = registry.withLock { registry -> Bool in
+        registry.withLock { registry in
             registry.servers[ObjectIdentifier(server)] = server
             generation.wrappingIncrement(ordering: .releasing)
-            defer { registry.started = true }
-            return !registry.started
         }
-        if start { startThread() }
         guard eagerly else { return }
         // Post from the first call: if the poller is slow to come, the guest's bounded spin
         // falls back to an exit, which serves the request just as well.
@@ -101,15 +102,24 @@ final class MailboxPoller: @unchecked Sendable {
         pthread_mutex_unlock(wakeLock)
     }
 
-    private func startThread() {
-        var thread = pthread_t()
-        let context = Unmanaged.passUnretained(self).toOpaque()
-        let result = pthread_create(&thread, nil, { context in
-            Unmanaged<MailboxPoller>.fromOpaque(context!).takeUnretainedValue().loop()
-            return nil
-        }, context)
-        precondition(result == 0, "pthread_create failed: \(result)")
-        pthread_detach(thread)
+    /// Starts the poller thread unless it runs; throws (`SandboxError.hostResource`) when the
+    /// host will not give it one, so the run that needs it fails instead of the process.
+    func start() throws(SandboxError) {
+        try started.withLock { (started: inout Bool) throws(SandboxError) in
+            guard !started else { return }
+            var thread = pthread_t()
+            // SAFETY: unretained: `shared` lives for the process's life.
+            let context = Unmanaged.passUnretained(self).toOpaque()
+            let result = pthread_create(&thread, nil, { context in
+                Unmanaged<MailboxPoller>.fromOpaque(context!).takeUnretainedValue().loop()
+                return nil
+            }, context)
+            guard result == 0 else {
+                throw .hostResource(operation: "pthread_create (the exitless-call poller)", errno: Errno(rawValue: result))
+            }
+            pthread_detach(thread)
+            started = true
+        }
     }
 
     private func servers() -> (UInt64, [ExitlessServer]) {

@@ -190,6 +190,8 @@ final class VirtualCPU {
 /// at once) and signals the vCPU's thread (so one in progress returns `EINTR`).
 ///
 /// Valid only while the `VirtualCPU` it came from is alive; the watchdog disarms it before then.
+///
+/// (@unchecked: `immediateExit` is an atomic over the vCPU's `kvm_run` page, which the `VirtualCPU` keeps mapped while an interrupter can be used.)
 struct VCPUInterrupter: @unchecked Sendable {
     let immediateExit: UnsafeAtomic<UInt8>
 

@@ -23,6 +23,8 @@ public struct FileGrant: Sendable, Equatable, Codable {
 }
 
 /// An open host directory (or a granted file's directory), closed on deinit.
+///
+/// (@unchecked: only an immutable descriptor number, used with `openat2` and friends, which the kernel serializes.)
 final class HostDirectory: @unchecked Sendable {
     let fd: Int32
     init(fd: Int32) { self.fd = fd }
@@ -34,6 +36,8 @@ final class HostDirectory: @unchecked Sendable {
 /// (`.` and `..` resolved against the guest's cwd, never above `/`); what remains is opened with
 /// `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)` from the grant's directory, so symbolic
 /// links and `..` inside the host tree cannot climb out either.
+///
+/// (@unchecked: immutable after creation; its directories are `HostDirectory`s, shared read-only by the forks of a snapshot.)
 struct FileSystemView: @unchecked Sendable {
     struct Mount {
         /// Normalized guest path ("/data").

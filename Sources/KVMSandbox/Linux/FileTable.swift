@@ -16,6 +16,8 @@ public enum InputSource: Sendable, Equatable, Codable {
 /// A host file descriptor the guest's file table refers to; closed when the last table that
 /// holds it (a run's, a snapshot's) is gone. The host never seeks it: offsets are the guest's
 /// (`OpenFile.offset`) and reads and writes are positional, so forks never share an offset.
+///
+/// (@unchecked: only an immutable descriptor number; the kernel serializes what is done with it.)
 final class HostFile: @unchecked Sendable {
     let fd: Int32
     init(fd: Int32) { self.fd = fd }

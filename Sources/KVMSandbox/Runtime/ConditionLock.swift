@@ -3,6 +3,8 @@ import Glibc
 #endif
 
 /// A pthread mutex and condition variable (the parked VM's vCPU thread sleeps on it).
+///
+/// (@unchecked: the pthread mutex and condition variable are the synchronization; they live until deinit.)
 final class ConditionLock: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)

@@ -45,6 +45,8 @@ public struct ParkedFunction: Sendable, Hashable {
 /// itself and keeps running) can overlap later requests until the next verification
 /// (`ParkingConfiguration.verificationInterval`) stops the vCPU, finds it outside the idle
 /// loop and resets the VM. Calls are serialized: one request at a time per parked VM.
+///
+/// (@unchecked: requests are serialized by its own lock and the vCPU thread; shared pages are read and written with atomics or under that lock, as each property says.)
 public final class ParkedSandbox: @unchecked Sendable {
     /// The parked snapshot it is a fork of.
     public let snapshot: Snapshot

@@ -326,15 +326,20 @@ public final class Sandbox {
         // A fresh sandbox's first run: what loading took counts against the timeout too.
         var loading = 0.0
         if case .notStarted = phase, let loadStarted { loading = Double(monotonicNanoseconds() &- loadStarted) / 1e9 }
-        phase = .running
-        currentStop = stop
-        let deadline = stop == .parked ? nil : effectiveTimeout.map {
-            Watchdog.shared.arm(seconds: max($0 - loading, 1e-9), interrupter: vcpu.interrupter)
-        }
         // The poller serves embedder host calls (when there are handlers) and Linux system
         // calls the exitless `syscall` stub posts (PVM).
         let postsHostCalls = configuration.hostCallTransport.resolved == .exitless && !handlers.isEmpty
-        postsSystemCalls = syscallStubPosts && configuration.systemCallTransport.resolved == .exitless
+        let postsSystemCalls = syscallStubPosts && configuration.systemCallTransport.resolved == .exitless
+        // The process-wide threads this run needs, before anything is armed: a host that will
+        // not give them fails this run (`hostResource`), not the process.
+        let watchdog = try Watchdog.started()
+        if postsHostCalls || postsSystemCalls { try MailboxPoller.shared.start() }
+        self.postsSystemCalls = postsSystemCalls
+        phase = .running
+        currentStop = stop
+        let deadline = stop == .parked ? nil : effectiveTimeout.map {
+            watchdog.arm(seconds: max($0 - loading, 1e-9), interrupter: vcpu.interrupter)
+        }
         if postsHostCalls || postsSystemCalls {
             let server = exitlessServer
             let linux = self.linux, tracing = configuration.traceSyscalls

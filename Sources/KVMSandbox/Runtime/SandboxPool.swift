@@ -19,6 +19,8 @@ public final class SandboxPool: Sendable {
     private let pool: LeasePool<PooledVM>
 
     /// A sandbox handed between tasks, used by one at a time.
+    ///
+    /// (@unchecked: a lease: the pool hands it to one task at a time, and only that task touches the sandbox.)
     private final class PooledVM: @unchecked Sendable {
         let sandbox: Sandbox
         init(_ sandbox: Sandbox) { self.sandbox = sandbox }

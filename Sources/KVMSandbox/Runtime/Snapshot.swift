@@ -11,6 +11,8 @@ import CKVM
 /// try vm.reset()                                             // back to the snapshot, for the next request
 /// ```
 /// Immutable once made, so any number of threads may fork it at once.
+///
+/// (@unchecked: immutable once made; its memory image is a read-only mapping forks copy on write.)
 public final class Snapshot: @unchecked Sendable {
     /// The configuration of the sandbox it was taken from (forks use the same limits).
     public let configuration: SandboxConfiguration

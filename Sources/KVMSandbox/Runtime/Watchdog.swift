@@ -1,4 +1,5 @@
 import Synchronization
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -31,12 +32,27 @@ final class Watchdog: Sendable {
     /// A pipe: the thread polls the read end; `arm` writes a byte to wake it for a nearer deadline.
     private let wakeRead: Int32, wakeWrite: Int32
 
-    /// The process's watchdog, started on first use.
+    /// Why the thread could not be started (no pipe, no thread), if it could not.
+    private let startFailure = Mutex<SandboxError?>(nil)
+
+    /// The process's watchdog, made on first use (`started()` says whether it runs).
     static let shared = Watchdog()
+
+    /// The process's watchdog, or why it could not be started: a run that cannot have its
+    /// deadline enforced does not start (`SandboxError.hostResource`), rather than the process dying.
+    static func started() throws(SandboxError) -> Watchdog {
+        if let failure = shared.startFailure.withLock({ $0 }) { throw failure }
+        return shared
+    }
 
     private init() {
         var fds: [Int32] = [-1, -1]
-        precondition(pipe(&fds) == 0, "pipe failed: errno \(errno)")
+        guard pipe(&fds) == 0 else {
+            let error = Errno.current
+            (wakeRead, wakeWrite) = (-1, -1)
+            startFailure.withLock { $0 = .hostResource(operation: "pipe (the watchdog's)", errno: error) }
+            return
+        }
         for fd in fds {
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
@@ -44,11 +60,16 @@ final class Watchdog: Sendable {
         (wakeRead, wakeWrite) = (fds[0], fds[1])
         _ = VCPUInterrupter.signal  // install the kick handler before any kick
         var thread = pthread_t()
+        // SAFETY: the retain is never released: the thread uses the watchdog for the process's life.
         let context = Unmanaged.passRetained(self).toOpaque()
         let result = pthread_create(&thread, nil, { context in
             Unmanaged<Watchdog>.fromOpaque(context!).takeUnretainedValue().loop()
         }, context)
-        precondition(result == 0, "pthread_create failed: \(result)")
+        guard result == 0 else {
+            Unmanaged<Watchdog>.fromOpaque(context).release()
+            startFailure.withLock { $0 = .hostResource(operation: "pthread_create (the watchdog's thread)", errno: Errno(rawValue: result)) }
+            return
+        }
         pthread_detach(thread)
     }
 
