@@ -70,6 +70,8 @@ let package = Package(
         ),
         .testTarget(name: "KVMSandboxTests", dependencies: [
             "KVMSandbox", "KVMSandboxServer", "KVMSandboxTools",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
