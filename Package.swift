@@ -23,10 +23,14 @@ let package = Package(
     targets: [
         // The only C on the host side: <linux/kvm.h> structs, ioctl numbers, the variadic ioctl call.
         .target(name: "CKVM"),
+        // The host's Linux calls Swift's Glibc module does not show (openat2, getdents64,
+        // getrandom, memfd_create, affinity, cpuid): nothing of KVM.
+        .target(name: "CHost"),
         .target(
             name: "KVMSandbox",
             dependencies: [
                 "CKVM",
+                "CHost",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),

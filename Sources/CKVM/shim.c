@@ -1,14 +1,7 @@
 // Computed in C, never in Swift or C++: see PLATFORM.md on flexible arrays.
 #define _GNU_SOURCE
 #include "CKVM.h"
-#include <cpuid.h>
-#include <sched.h>
-#include <sys/mman.h>
 #include <sys/ioctl.h>
-#include <sys/random.h>
-#include <sys/syscall.h>
-#include <linux/openat2.h>
-#include <unistd.h>
 
 const unsigned long CKVM_GET_API_VERSION = KVM_GET_API_VERSION;
 const unsigned long CKVM_GET_SUPPORTED_CPUID = KVM_GET_SUPPORTED_CPUID;
@@ -58,51 +51,7 @@ size_t ckvm_sizeof_kvm_xsave(void) { return sizeof(struct kvm_xsave); }
 size_t ckvm_sizeof_kvm_xcrs(void) { return sizeof(struct kvm_xcrs); }
 size_t ckvm_sizeof_kvm_debugregs(void) { return sizeof(struct kvm_debugregs); }
 size_t ckvm_offsetof_kvm_run_s(void) { return offsetof(struct kvm_run, s); }
-
-int ckvm_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
 size_t ckvm_sizeof_kvm_msrs(void) { return sizeof(struct kvm_msrs); }
 size_t ckvm_offsetof_msr_list_entries(void) { return offsetof(struct ckvm_msr_list, entries); }
 
-long ckvm_getrandom(void *buffer, unsigned long length) { return getrandom(buffer, length, 0); }
-
-int ckvm_openat2(int dirfd, const char *path, unsigned long long flags, unsigned long long mode,
-                 unsigned long long resolve) {
-    struct open_how how = {.flags = flags, .mode = mode, .resolve = resolve};
-    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
-}
-
-long ckvm_getdents64(int fd, void *buffer, unsigned long length) {
-    return syscall(SYS_getdents64, fd, buffer, length);
-}
-
-void ckvm_cpuid(unsigned int leaf, unsigned int subleaf, unsigned int out[4]) {
-    __cpuid_count(leaf, subleaf, out[0], out[1], out[2], out[3]);
-}
-
-int ckvm_available_cpus(void) {
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
-    return CPU_COUNT(&set);
-}
-
-int ckvm_pin_to_cpu(int cpu) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    return sched_setaffinity(0, sizeof set, &set);
-}
-
-int ckvm_unpin(void) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) CPU_SET(cpu, &set);
-    return sched_setaffinity(0, sizeof set, &set);
-}
-
-_Static_assert(offsetof(struct ckvm_cpuid, entries) == offsetof(struct kvm_cpuid2, entries), "ckvm_cpuid matches kvm_cpuid2");
-
-long ckvm_fallocate(int fd, int mode, long offset, long length) { return syscall(SYS_fallocate, fd, mode, offset, length); }
-
-long ckvm_fstatfs(int fd, void *buffer) { return syscall(SYS_fstatfs, fd, buffer); }
-
-long ckvm_gettid(void) { return syscall(SYS_gettid); }
+_Static_assert(offsetof(struct chost_cpuid, entries) == offsetof(struct kvm_cpuid2, entries), "chost_cpuid matches kvm_cpuid2");

@@ -45,7 +45,7 @@ extern const unsigned long CKVM_GET_SUPPORTED_CPUID;
 extern const unsigned long CKVM_SET_CPUID2;
 
 /// struct kvm_cpuid2 with room for 256 entries (kvm_cpuid2 ends in a flexible array).
-struct ckvm_cpuid {
+struct chost_cpuid {
     __u32 nent;
     __u32 padding;
     struct kvm_cpuid_entry2 entries[256];
@@ -63,36 +63,6 @@ int ckvm_ioctl(int fd, unsigned long request, unsigned long argument);
 /// ioctl(2) with a pointer argument. Returns -1 and sets errno on failure.
 int ckvm_ioctl_ptr(int fd, unsigned long request, void *argument);
 
-/// memfd_create(name, MFD_CLOEXEC): the backing of guest memory (glibc hides it from Swift).
-int ckvm_memfd_create(const char *name);
-
-/// getrandom(2) (glibc declares it in <sys/random.h>, which Swift's Glibc module lacks).
-long ckvm_getrandom(void *buffer, unsigned long length);
-/// fallocate(2) (glibc declares it only with _GNU_SOURCE).
-long ckvm_fallocate(int fd, int mode, long offset, long length);
-/// fstatfs(2) into the kernel's 120-byte `struct statfs` (15 64-bit words on x86-64).
-long ckvm_fstatfs(int fd, void *buffer);
-/// gettid(2): the calling thread's id.
-long ckvm_gettid(void);
-
-/// openat2(2) with `RESOLVE_*` flags (no glibc wrapper): how guest paths are opened beneath a
-/// granted directory. Returns an fd, or -1 with errno.
-int ckvm_openat2(int dirfd, const char *path, unsigned long long flags, unsigned long long mode,
-                 unsigned long long resolve);
-/// getdents64(2) (no wrapper Swift can see): directory entries in Linux's own record format.
-long ckvm_getdents64(int fd, void *buffer, unsigned long length);
-
-/// The host CPU's CPUID leaf/subleaf: out[0..3] = EAX, EBX, ECX, EDX.
-void ckvm_cpuid(unsigned int leaf, unsigned int subleaf, unsigned int out[4]);
-
-/// CPUs this process may run on: CPU_COUNT of sched_getaffinity (glibc hides both from Swift).
-int ckvm_available_cpus(void);
-/// Pins the calling thread to one CPU (sched_setaffinity), for tests and benchmarks; 0 or -1.
-int ckvm_pin_to_cpu(int cpu);
-/// Lets the calling thread run on every CPU again; 0 or -1.
-int ckvm_unpin(void);
-/// The spin-wait hint (`pause`) for a thread polling memory another CPU writes.
-static inline void ckvm_cpu_relax(void) { __builtin_ia32_pause(); }
 
 /// sizeof of the structs Swift imports, for layout checks in tests.
 size_t ckvm_sizeof_kvm_run(void);

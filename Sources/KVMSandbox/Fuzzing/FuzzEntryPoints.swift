@@ -1,4 +1,3 @@
-import CKVM
 
 /// Entry points for the libFuzzer targets in `Fuzz/` (SPI: `@_spi(Fuzzing) import KVMSandbox`).
 /// Each takes one input and drives the code that parses guest-controlled data; none may trap.
@@ -52,7 +51,7 @@ import CKVM
             let offset = Int(address - stackBase)
             return UInt64(littleEndianBytes: memory[offset..<offset + 8])
         }
-        var registers = GuestRegisters(kvm_regs())
+        var registers = GuestRegisters()
         registers.rip = words[0]
         registers.rsp = stackBase &+ words[1] % UInt64(data.count)
         registers.rbp = words[2] % 3 == 0 ? stackBase &+ words[2] % UInt64(data.count) : words[2]

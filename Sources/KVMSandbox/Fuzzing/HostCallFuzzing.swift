@@ -1,4 +1,3 @@
-import CKVM
 
 /// (c) host-call dispatch and (d) the mailbox (embedder calls and posted Linux system calls), against a live VM: one fork of a snapshot of the
 /// guest at `KVMSANDBOX_FUZZ_GUEST` (any program that calls `ks_ready()`), reset after every input

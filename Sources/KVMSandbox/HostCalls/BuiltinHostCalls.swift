@@ -1,4 +1,4 @@
-import CKVM
+import CHost
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -121,7 +121,7 @@ final class BuiltinHostCalls {
             var bytes = [UInt8](repeating: 0, count: count)
             // One getrandom(2) for the whole buffer (the Swift generator makes one per 8 bytes).
             let filled = bytes.withUnsafeMutableBytes { raw in
-                raw.count == 0 ? 0 : ckvm_getrandom(raw.baseAddress!, UInt(raw.count))
+                raw.count == 0 ? 0 : chost_getrandom(raw.baseAddress!, UInt(raw.count))
             }
             // Like Linux: a large request interrupted by a signal (the watchdog's kick) is short.
             guard filled > 0 || count == 0 else { return .value(-Int64(HostCallErrno.EINTR)) }

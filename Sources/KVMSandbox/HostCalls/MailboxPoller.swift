@@ -1,6 +1,6 @@
+import CHost
 import SystemPackage
 import Atomics
-import CKVM
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -152,7 +152,7 @@ final class MailboxPoller: @unchecked Sendable {
     private func spin() {
         let (wanted, applied) = registry.withLock { ($0.pinnedCPU, $0.appliedCPU) }
         if wanted != applied {
-            _ = wanted >= 0 ? ckvm_pin_to_cpu(wanted) : ckvm_unpin()
+            _ = wanted >= 0 ? chost_pin_to_cpu(wanted) : chost_unpin()
             registry.withLock { $0.appliedCPU = wanted }
         }
         var seen: UInt64 = 0

@@ -1,4 +1,4 @@
-import CKVM
+import CHost
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -141,7 +141,7 @@ struct FileSystemView: @unchecked Sendable {
             guard let (mount, relative) = locate(current) else { return .failure(.noSuchFileOrDirectory) }
             if writes && checkingWritable && !mount.writable { return .failure(.readOnlyFileSystem) }
             // openat2 is strict: a mode without O_CREAT is EINVAL (open ignores it).
-            let fd = ckvm_openat2(mount.directory.fd, relative, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)), createMode, resolution)
+            let fd = chost_openat2(mount.directory.fd, relative, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)), createMode, resolution)
             if fd >= 0 { return .success(Resolved(fd: fd, mount: mount, path: current)) }
             let error = Errno.current
             let followable = error == .improperLink || (writes && error == .tooManySymbolicLinkLevels)
@@ -180,7 +180,7 @@ struct FileSystemView: @unchecked Sendable {
             let prefix = "/" + components[0..<index].joined(separator: "/")
             // Above every grant the guest sees synthetic directories, never links.
             guard let (mount, relative) = locate(prefix) else { continue }
-            let fd = ckvm_openat2(mount.directory.fd, relative, UInt64(0o10000000 | O_NOFOLLOW | O_CLOEXEC), 0, Self.resolveFlags)
+            let fd = chost_openat2(mount.directory.fd, relative, UInt64(0o10000000 | O_NOFOLLOW | O_CLOEXEC), 0, Self.resolveFlags)
             guard fd >= 0 else { return nil }
             defer { close(fd) }
             var status = stat()

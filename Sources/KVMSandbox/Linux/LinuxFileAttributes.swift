@@ -1,4 +1,4 @@
-import CKVM
+import CHost
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -216,7 +216,7 @@ extension LinuxPersonality {
         if let allowance = diskAllowance, Int64(allowance) < length { return Self.fail(.noSpace) }
         var before = stat(), after = stat()
         guard fstat(host.fd, &before) == 0 else { return Self.fail(Errno.current) }
-        guard ckvm_fallocate(host.fd, Int32(mode), Int(offset), Int(length)) == 0 else { return Self.fail(Errno.current) }
+        guard chost_fallocate(host.fd, Int32(mode), Int(offset), Int(length)) == 0 else { return Self.fail(Errno.current) }
         if fstat(host.fd, &after) == 0 { chargeDisk(Int(after.st_blocks - before.st_blocks) * 512) }
         return .value(0)
     }
@@ -250,7 +250,7 @@ extension LinuxPersonality {
 
         /// The host file system's numbers for `fd`, or nil.
         init?(host fd: Int32) {
-            let result = words.withUnsafeMutableBytes { ckvm_fstatfs(fd, $0.baseAddress!) }
+            let result = words.withUnsafeMutableBytes { chost_fstatfs(fd, $0.baseAddress!) }
             if result != 0 { return nil }
         }
     }

@@ -1,4 +1,4 @@
-import CKVM
+import CHost
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -54,7 +54,7 @@ extension LinuxPersonality {
         case .zero: bytes = [UInt8](repeating: 0, count: count)
         case .random:
             bytes = [UInt8](repeating: 0, count: count)
-            let n = bytes.withUnsafeMutableBytes { count == 0 ? 0 : ckvm_getrandom($0.baseAddress!, UInt(count)) }
+            let n = bytes.withUnsafeMutableBytes { count == 0 ? 0 : chost_getrandom($0.baseAddress!, UInt(count)) }
             bytes.removeSubrange(max(0, n)...)
         }
         try memory.write(bytes, to: address)

@@ -1,4 +1,4 @@
-import CKVM
+import CHost
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -295,7 +295,7 @@ extension LinuxPersonality {
         if offset != 0 && lseek(directory, off_t(Int64(bitPattern: offset)), SEEK_SET) < 0 { return Self.fail(Errno.current) }
         guard count > 0 else { return Self.fail(.invalidArgument) }  // no room for a record, as Linux
         var buffer = [UInt8](repeating: 0, count: Int(min(count, UInt64(Self.transferLimit))))
-        let n = buffer.withUnsafeMutableBytes { ckvm_getdents64(directory, $0.baseAddress!, UInt($0.count)) }
+        let n = buffer.withUnsafeMutableBytes { chost_getdents64(directory, $0.baseAddress!, UInt($0.count)) }
         guard n >= 0 else { return Self.fail(Errno.current) }
         guard n > 0 else { return .value(0) }
         // The next offset: the last record's d_off (records are d_ino, d_off, d_reclen, d_type, name).

@@ -1,4 +1,3 @@
-import CKVM
 import SystemPackage
 #if canImport(Glibc)
 import Glibc

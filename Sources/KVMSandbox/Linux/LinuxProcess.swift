@@ -1,4 +1,4 @@
-import CKVM
+import CHost
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -83,7 +83,7 @@ extension LinuxPersonality {
 
     /// A run starts on the calling thread: its guest time counts for the guest from now.
     func beginCPUAccounting() {
-        let thread = pid_t(ckvm_gettid())
+        let thread = pid_t(chost_gettid())
         guard let ticks = Self.guestTicks(thread) else { return }
         cpuThread = thread
         cpuTicksStart = ticks

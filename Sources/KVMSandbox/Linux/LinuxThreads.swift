@@ -1,4 +1,3 @@
-import CKVM
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -46,8 +45,8 @@ struct GuestThread: Codable {
     /// `rt_sigreturn` puts it back.
     var signalFrames: [SignalFrameRecord] = []
     /// Saved vCPU state while it does not run; nil for the running thread.
-    var registers: kvm_regs?
-    var specialRegisters: kvm_sregs?
+    var registers: GuestRegisters?
+    var specialRegisters: SpecialRegisters?
     var floatingPoint: FloatingPointState?
 }
 

@@ -1,4 +1,4 @@
-import CKVM
+import CHost
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -52,7 +52,7 @@ public final class GuestMemory {
             _ = madvise(base, Int(size), MADV_HUGEPAGE)
             _ = madvise(base, Int(size), MADV_DONTFORK)
         case .shareable:
-            let raw = ckvm_memfd_create("kvmsandbox-guest")
+            let raw = chost_memfd_create("kvmsandbox-guest")
             guard raw >= 0 else { throw .hostResource(operation: "memfd_create", errno: .current) }
             let fd = FileDescriptor(rawValue: raw)
             guard ftruncate(raw, off_t(size)) == 0 else {

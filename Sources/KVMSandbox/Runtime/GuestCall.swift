@@ -1,4 +1,3 @@
-import CKVM
 
 /// An argument of a guest function call, passed in the System V registers (rdi, rsi, rdx, rcx,
 /// r8, r9): an integer as it is, bytes copied onto the guest's stack and passed as a pointer.
@@ -66,7 +65,7 @@ extension Sandbox {
         registers.rip = program.base &+ symbol.address
         registers.rsp = stack
         registers.rax = 0
-        let slots: [WritableKeyPath<kvm_regs, UInt64>] = [\.rdi, \.rsi, \.rdx, \.rcx, \.r8, \.r9]
+        let slots: [WritableKeyPath<GuestRegisters, UInt64>] = [\.rdi, \.rsi, \.rdx, \.rcx, \.r8, \.r9]
         for (slot, value) in zip(slots, values) { registers[keyPath: slot] = value }
         vcpu.modifyRegisters { $0 = registers }
 

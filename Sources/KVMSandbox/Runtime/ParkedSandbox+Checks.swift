@@ -1,4 +1,3 @@
-import CKVM
 
 /// The checks of a parked VM between requests: the paranoid comparison with the snapshot, and
 /// whether a stopped vCPU can be judged at all.

@@ -1,5 +1,5 @@
+import CHost
 import Atomics
-import CKVM
 import Synchronization
 import SystemPackage
 #if canImport(Glibc)
@@ -226,7 +226,7 @@ public final class ParkedSandbox: @unchecked Sendable {
             if done.load(ordering: .acquiring) == 1 { return nil }
             if stopped.load(ordering: .acquiring) { return control.withLock { stoppedOutcome } ?? .hostFailure("the parked vCPU stopped") }
             spins &+= 1
-            guard spins & 63 == 0 else { ckvm_cpu_relax(); continue }
+            guard spins & 63 == 0 else { chost_cpu_relax(); continue }
             let elapsed = monotonicNanoseconds() &- started
             if let limit, elapsed > limit {
                 let stoppedWith = stopVCPU()
@@ -345,7 +345,7 @@ public final class ParkedSandbox: @unchecked Sendable {
         while !done() {
             spins &+= 1
             if spins & 255 == 0, monotonicNanoseconds() &- started > 1_000_000 { return }
-            ckvm_cpu_relax()
+            chost_cpu_relax()
         }
     }
 

@@ -1,4 +1,3 @@
-import CKVM
 
 /// The guest's general-purpose registers at a point in time.
 public struct GuestRegisters: Sendable, Equatable, Codable {
@@ -7,17 +6,11 @@ public struct GuestRegisters: Sendable, Equatable, Codable {
     public var r8, r9, r10, r11, r12, r13, r14, r15: UInt64
     public var rip, rflags: UInt64
 
-    init(_ r: kvm_regs) {
-        (rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp) = (r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp)
-        (r8, r9, r10, r11, r12, r13, r14, r15) = (r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15)
-        (rip, rflags) = (r.rip, r.rflags)
-    }
-
-    /// The registers in KVM's layout.
-    var kvmRegisters: kvm_regs {
-        kvm_regs(rax: rax, rbx: rbx, rcx: rcx, rdx: rdx, rsi: rsi, rdi: rdi, rsp: rsp, rbp: rbp,
-                 r8: r8, r9: r9, r10: r10, r11: r11, r12: r12, r13: r13, r14: r14, r15: r15,
-                 rip: rip, rflags: rflags)
+    /// All zero.
+    init() {
+        (rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp) = (0, 0, 0, 0, 0, 0, 0, 0)
+        (r8, r9, r10, r11, r12, r13, r14, r15) = (0, 0, 0, 0, 0, 0, 0, 0)
+        (rip, rflags) = (0, 0)
     }
 
     /// Name/value pairs in the conventional order, for printing.

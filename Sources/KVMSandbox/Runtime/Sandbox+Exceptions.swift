@@ -1,4 +1,3 @@
-import CKVM
 
 /// CPU exceptions: the report (registers, CR2, backtrace), the embedder's chance to resume, and
 /// the two ways exceptions arrive (PVM's shutdown exit, hardware KVM's IDT stubs).
@@ -8,7 +7,7 @@ extension Sandbox {
     func handleException() throws(KVMError) -> RunOutcome? {
         let events = vcpu.events
         let vector = events.exception.nr
-        let registers = GuestRegisters(vcpu.registers)
+        let registers = vcpu.registers
         let errorCode = events.exception.has_error_code != 0 || X86Exception.hasErrorCode(vector)
             ? events.exception.error_code : nil
         if try unprotectParkedPage(vector: vector, errorCode: errorCode) { return nil }
@@ -18,7 +17,7 @@ extension Sandbox {
         if exceptionHandler == nil, try deliverFault(fault, interrupting: vcpu.registers) { return nil }
         guard var changed = resumedRegisters(after: fault) else { return .fault(fault) }
         changed.rflags = (changed.rflags & ExceptionStubs.userSettableFlags) | 0x2
-        vcpu.modifyRegisters { $0 = changed.kvmRegisters }
+        vcpu.modifyRegisters { $0 = changed }
         return nil
     }
 
@@ -46,13 +45,13 @@ extension Sandbox {
                 return .abiViolation("\(opcode & 0x02 != 0 ? "out" : "in") through DX to port 0x\(String(hostCallPort, radix: 16)) at rip 0x\(String(frame.rip, radix: 16)) (host calls use out %al, $0x42)")
             }
         }
-        var registers = GuestRegisters(current)
+        var registers = current
         (registers.rip, registers.rsp, registers.rflags) = (frame.rip, frame.rsp, frame.rflags)
         let errorCode = ExceptionStubs.pushesErrorCode(vector) ? UInt32(truncatingIfNeeded: frame.errorCode) : nil
         if frame.fromUserMode, try unprotectParkedPage(vector: vector, errorCode: errorCode) { return nil }
         taintParkedVM()
         let fault = try makeFault(vector: vector, errorCode: errorCode, registers: registers)
-        if frame.fromUserMode, exceptionHandler == nil, try deliverFault(fault, interrupting: registers.kvmRegisters) { return nil }
+        if frame.fromUserMode, exceptionHandler == nil, try deliverFault(fault, interrupting: registers) { return nil }
         // An exception inside a stub or the syscall entry is never resumed.
         guard frame.fromUserMode, let changed = resumedRegisters(after: fault) else { return .fault(fault) }
         (frame.rip, frame.rsp) = (changed.rip, changed.rsp)
@@ -63,7 +62,7 @@ extension Sandbox {
             return .abiViolation("the exception frame at 0x\(String(current.rsp, radix: 16)) is not writable")
         }
         vcpu.modifyRegisters { live in
-            var updated = changed.kvmRegisters
+            var updated = changed
             (updated.rip, updated.rsp, updated.rflags) = (live.rip, live.rsp, live.rflags)
             live = updated
         }
@@ -76,7 +75,7 @@ extension Sandbox {
     /// instruction) and handle the access as its VM exit would have been: a host call for
     /// `out`, an ABI violation for `in`. Costs an exception round trip, only there.
     func portAccessRefusedByTheCPU(_ isOut: Bool, frame: ExceptionStubs.Frame,
-                                           current: kvm_regs) throws(KVMError) -> RunOutcome? {
+                                           current: GuestRegisters) throws(KVMError) -> RunOutcome? {
         var user = current
         (user.rip, user.rsp, user.rflags) = (frame.rip &+ 2, frame.rsp, frame.rflags)
         vcpu.modifyRegisters { $0 = user }
@@ -105,7 +104,7 @@ extension Sandbox {
             thread.registers.map { saved in
                 var registers = saved
                 if isAtSyscallReturn(registers.rip) { registers.rip = registers.rcx }  // waiting in a system call
-                return ThreadBacktrace(thread: thread.tid, backtrace: backtrace(from: GuestRegisters(registers)))
+                return ThreadBacktrace(thread: thread.tid, backtrace: backtrace(from: registers))
             }
         }
         logger.debug("guest fault: \(fault)")

@@ -1,5 +1,4 @@
 import Atomics
-import CKVM
 import Synchronization
 
 /// How a parked VM (`ParkedSandbox`) runs requests.
@@ -133,7 +132,7 @@ extension Sandbox {
         } catch {
             preconditionFailure("the stub page is mapped in every VM")
         }
-        var registers = kvm_regs()
+        var registers = GuestRegisters()
         registers.rip = ParkingStub.entry
         registers.rsp = arenaEnd
         registers.rflags = X86CPUState.rflags

@@ -1,4 +1,3 @@
-import CKVM
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -32,7 +31,7 @@ extension Sandbox {
 
     /// The user-mode registers signal delivery interrupts, or nil when the vCPU is somewhere a
     /// handler cannot start from (inside a stub before its `out`): delivery waits for the next exit.
-    func interruptedUserRegisters() -> kvm_regs? {
+    func interruptedUserRegisters() -> GuestRegisters? {
         var registers = vcpu.registers
         if isAtSyscallReturn(registers.rip) {
             registers.rip = registers.rcx
@@ -59,7 +58,7 @@ extension Sandbox {
 
     /// A CPU exception as the signal Linux would send, when the program handles that signal
     /// and does not block it: the vCPU then runs the handler. False: report the fault instead.
-    func deliverFault(_ fault: GuestFault, interrupting registers: kvm_regs) throws(KVMError) -> Bool {
+    func deliverFault(_ fault: GuestFault, interrupting registers: GuestRegisters) throws(KVMError) -> Bool {
         let number = Int(X86Exception.signal(fault.vector))
         let index = linux.state.currentThread
         guard linux.action(number).isHandler, linux.state.threads[index].signalMask & (UInt64(1) << (number - 1)) == 0 else {
@@ -81,7 +80,7 @@ extension Sandbox {
 
     /// Writes the signal frame and points the vCPU at the handler. False when the frame would
     /// not fit in writable guest memory.
-    func deliver(signal number: Int, interrupting registers: kvm_regs, details: SignalDetails) throws(KVMError) -> Bool {
+    func deliver(signal number: Int, interrupting registers: GuestRegisters, details: SignalDetails) throws(KVMError) -> Bool {
         let index = linux.state.currentThread
         let action = linux.action(number)
         let thread = linux.state.threads[index]

@@ -1,4 +1,3 @@
-import CKVM
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -58,7 +57,7 @@ extension Sandbox {
     }
 
     /// Serves the Linux system call in `registers`; embedder host calls are not reachable this way.
-    func serveSystemCall(_ registers: kvm_regs) throws(KVMError) -> RunOutcome? {
+    func serveSystemCall(_ registers: GuestRegisters) throws(KVMError) -> RunOutcome? {
         let call = HostCall(number: Int(truncatingIfNeeded: Int64(bitPattern: registers.rax)),
                             arguments: [registers.rdi, registers.rsi, registers.rdx, registers.r10, registers.r8, registers.r9],
                             memory: guestMemory)
@@ -105,7 +104,7 @@ extension Sandbox {
     /// Puts the vCPU back on the guest's `syscall` instruction (RIP from RCX, flags from R11, user
     /// segments when the entry ran at CPL 0), so that resuming makes the same call again. False
     /// when RCX does not follow a `syscall` instruction (then the call is served as usual).
-    func pauseBeforeSystemCall(_ registers: kvm_regs) throws(KVMError) -> Bool {
+    func pauseBeforeSystemCall(_ registers: GuestRegisters) throws(KVMError) -> Bool {
         guard registers.rcx >= 2, let bytes = try? guestMemory.read(registers.rcx - 2, count: 2), bytes == [0x0f, 0x05] else {
             return false
         }

@@ -1,4 +1,3 @@
-import CKVM
 import Logging
 import SystemPackage
 #if canImport(Glibc)
@@ -86,7 +85,7 @@ public final class Sandbox {
         case notStarted
         /// Stopped at `ks_ready()` (a fork starts here) or after a guest function returned:
         /// `run()` resumes it, `call` may call into it, `snapshot()` may copy it.
-        case paused(kvm_regs)
+        case paused(GuestRegisters)
         /// Inside `run()` or `call`.
         case running
         /// Ended; only a fork's `reset()` brings it back.

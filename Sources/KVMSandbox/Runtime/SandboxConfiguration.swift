@@ -1,4 +1,4 @@
-import CKVM
+import CHost
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -172,7 +172,7 @@ public enum HostCallTransport: String, Sendable, CaseIterable, Codable {
 }
 
 /// CPUs this process may run on (its affinity mask).
-func availableCPUs() -> Int { Int(ckvm_available_cpus()) }
+func availableCPUs() -> Int { Int(chost_available_cpus()) }
 
 /// Checks of `SandboxConfiguration.allowedConnections` entries.
 public enum LinuxDestination {

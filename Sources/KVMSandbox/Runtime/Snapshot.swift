@@ -1,4 +1,3 @@
-import CKVM
 
 /// A frozen, initialized guest: its memory (in a memfd of its own) and its vCPU state, paused at
 /// `ks_ready()`. Forks are new VMs over a copy-on-write mapping of that memfd, so they share every
@@ -29,9 +28,9 @@ public final class Snapshot: @unchecked Sendable {
     let memory: GuestMemory
     /// The whole vCPU: registers, segments, events, x87/SSE/AVX state, XCRs, debug registers, MSRs.
     let vcpuState: VCPUState
-    var registers: kvm_regs { vcpuState.registers }
-    var specialRegisters: kvm_sregs { vcpuState.specialRegisters }
-    var events: kvm_vcpu_events { vcpuState.events }
+    var registers: GuestRegisters { vcpuState.generalRegisters }
+    var specialRegisters: SpecialRegisters { vcpuState.specialRegisters }
+    var events: ExceptionEvents { vcpuState.events }
     let tablesRoot: UInt64
     let allocator: PhysicalPageAllocator
     let builtins: BuiltinHostCalls.State
@@ -69,7 +68,7 @@ public final class Snapshot: @unchecked Sendable {
         system = sandbox.system
         var state: VCPUState
         do { state = try sandbox.vcpu.saveState(capabilities: sandbox.system.stateCapabilities) } catch { throw .kvm(error) }
-        state.registers = registers
+        state.generalRegisters = registers
         vcpuState = state
         tablesRoot = sandbox.space.tables.root
         allocator = sandbox.space.allocatorState

@@ -1,4 +1,4 @@
-import CKVM
+import CHost
 import FoundationEssentials
 import SystemPackage
 #if canImport(Glibc)
@@ -269,7 +269,7 @@ func contentHash(_ bytes: ArraySlice<UInt8>) -> UInt64 { bytes.withUnsafeBytes {
 /// there) is replaced or refused, never written through.
 package func replaceFile(_ path: String, with bytes: [UInt8]) throws(Errno) {
     var suffix: UInt64 = 0
-    _ = withUnsafeMutableBytes(of: &suffix) { ckvm_getrandom($0.baseAddress!, 8) }
+    _ = withUnsafeMutableBytes(of: &suffix) { chost_getrandom($0.baseAddress!, 8) }
     let temporary = path + ".partial-\(getpid())-\(String(suffix, radix: 16))"
     let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
     guard fd >= 0 else { throw Errno.current }

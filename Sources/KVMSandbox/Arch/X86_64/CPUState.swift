@@ -1,4 +1,3 @@
-import CKVM
 
 /// The x86-64 processor state a guest program starts in: 64-bit long mode at CPL 3, paging on,
 /// a host-built GDT and TSS in a supervisor-only read-only page, no IDT, IOPL 0, and `syscall`
@@ -142,8 +141,8 @@ enum X86CPUState {
         }
     }
 
-    private static func segment(_ selector: UInt16, code: Bool) -> kvm_segment {
-        var s = kvm_segment()
+    private static func segment(_ selector: UInt16, code: Bool) -> SegmentRegister {
+        var s = SegmentRegister()
         s.base = 0
         s.limit = 0xffff_ffff
         s.selector = selector
@@ -158,7 +157,7 @@ enum X86CPUState {
     }
 
     /// Special registers for a user-mode start on `root`'s page tables, with our TSS in TR.
-    static func specialRegisters(from initial: kvm_sregs, pageTableRoot root: UInt64, exceptionStubs: Bool) -> kvm_sregs {
+    static func specialRegisters(from initial: SpecialRegisters, pageTableRoot root: UInt64, exceptionStubs: Bool) -> SpecialRegisters {
         var sregs = initial
         sregs.cr0 = cr0
         sregs.cr3 = root
@@ -172,7 +171,7 @@ enum X86CPUState {
         sregs.gs = sregs.ss
         sregs.gdt.base = GuestLayout.systemPage
         sregs.gdt.limit = UInt16(gdtBytes.count - 1)
-        sregs.tr = kvm_segment()
+        sregs.tr = SegmentRegister()
         sregs.tr.base = GuestLayout.systemPage + tssOffset
         sregs.tr.limit = tssLimit
         sregs.tr.selector = tssSelector
@@ -184,7 +183,7 @@ enum X86CPUState {
     }
 
     /// `sregs` with user-mode code and stack segments (after a CPL 0 stub is left by the host).
-    static func userMode(_ sregs: kvm_sregs) -> kvm_sregs {
+    static func userMode(_ sregs: SpecialRegisters) -> SpecialRegisters {
         var sregs = sregs
         sregs.cs = segment(userCode, code: true)
         sregs.ss = segment(userData, code: false)
@@ -192,8 +191,8 @@ enum X86CPUState {
     }
 
     /// General-purpose registers at the entry point: `rsp` at argc, `rdx` 0 (no exit handler for crt1).
-    static func initialRegisters(entry: UInt64, stackPointer: UInt64) -> kvm_regs {
-        var regs = kvm_regs()
+    static func initialRegisters(entry: UInt64, stackPointer: UInt64) -> GuestRegisters {
+        var regs = GuestRegisters()
         regs.rip = entry
         regs.rsp = stackPointer
         regs.rflags = rflags

@@ -1,4 +1,4 @@
-import CKVM
+import CHost
 
 /// What the guest learns about the CPU from the host at start-up (the auxiliary vector), read
 /// from the host's own CPUID.
@@ -6,7 +6,7 @@ enum X86CPUIdentity {
     /// CPUID `leaf`/`subleaf` of the host CPU: (EAX, EBX, ECX, EDX).
     static func cpuid(_ leaf: UInt32, _ subleaf: UInt32 = 0) -> (eax: UInt32, ebx: UInt32, ecx: UInt32, edx: UInt32) {
         var out: [UInt32] = [0, 0, 0, 0]
-        out.withUnsafeMutableBufferPointer { ckvm_cpuid(leaf, subleaf, $0.baseAddress) }
+        out.withUnsafeMutableBufferPointer { chost_cpuid(leaf, subleaf, $0.baseAddress) }
         return (out[0], out[1], out[2], out[3])
     }
 
@@ -34,7 +34,7 @@ enum X86CPUIdentity {
     /// `nativeCPUID`: the guest's `cpuid` runs on the host CPU (PVM), so it reports the host's
     /// XSAVE and AVX whatever KVM's supported CPUID says (PVM's leaf 1 lacks XSAVE): XSAVE is
     /// then the host's, and without CR4.OSXSAVE the guest saw OSXSAVE = 0 and chose SSE code.
-    static func guestIdentity(supported: [kvm_cpuid_entry2], nativeCPUID: Bool) -> (cpuid: [kvm_cpuid_entry2], xcr0: UInt64?) {
+    static func guestIdentity(supported: [CPUIDEntry], nativeCPUID: Bool) -> (cpuid: [CPUIDEntry], xcr0: UInt64?) {
         let supportedXSAVE = supported.first { $0.function == 1 }.map { $0.ecx & (1 << 26) != 0 } ?? false
         let hasXSAVE = supportedXSAVE || nativeCPUID && cpuid(1).ecx & (1 << 26) != 0
         guard hasXSAVE, let leaf = supported.first(where: { $0.function == 0xd && $0.index == 0 }) else { return (supported, nil) }
@@ -49,7 +49,7 @@ enum X86CPUIdentity {
     /// keys in another order than natively). These bits are the host's, for user-mode instruction
     /// sets only (no PCID, PKU, TSX or anything a kernel must enable), the vector ones only where
     /// `xcr0` enables their state.
-    static func withHostUserFeatures(_ table: [kvm_cpuid_entry2], xcr0: UInt64) -> [kvm_cpuid_entry2] {
+    static func withHostUserFeatures(_ table: [CPUIDEntry], xcr0: UInt64) -> [CPUIDEntry] {
         let avx: UInt32 = xcr0 & 0b110 == 0b110 ? ~0 : 0, avx512: UInt32 = xcr0 & 0xe6 == 0xe6 ? ~0 : 0
         // (leaf, subleaf, register index: 1 ebx, 2 ecx, 3 edx) -> the bits offered.
         let offered: [(UInt32, UInt32, Int, UInt32)] = [

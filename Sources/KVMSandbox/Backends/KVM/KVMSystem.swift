@@ -1,3 +1,4 @@
+import CHost
 import CKVM
 import Synchronization
 import SystemPackage
@@ -109,7 +110,7 @@ public final class KVMSystem: Sendable {
     private var supportedCPUIDResult: Result<[kvm_cpuid_entry2], KVMError> {
         cpuidCache.withLock { cached in
             if let cached { return cached }
-            var table = ckvm_cpuid()
+            var table = chost_cpuid()
             table.nent = 256
             let result: Result<[kvm_cpuid_entry2], KVMError> = Result { () throws(KVMError) in
                 try kvmIoctl(fd, KVMRequest.getSupportedCPUID, &table, "KVM_GET_SUPPORTED_CPUID")

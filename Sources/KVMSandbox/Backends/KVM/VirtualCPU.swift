@@ -1,3 +1,4 @@
+import CHost
 import Atomics
 import CKVM
 import SystemPackage
@@ -94,11 +95,13 @@ final class VirtualCPU {
     }
 
     /// The general-purpose registers as of the last exit (from the sync-regs area).
-    var registers: kvm_regs { runPage.pointee.s.regs.regs }
+    var registers: GuestRegisters { GuestRegisters(runPage.pointee.s.regs.regs) }
 
     /// Changes the registers; they reach the vCPU on the next `KVM_RUN`.
-    func modifyRegisters(_ body: (inout kvm_regs) -> Void) {
-        body(&runPage.pointee.s.regs.regs)
+    func modifyRegisters(_ body: (inout GuestRegisters) -> Void) {
+        var registers = GuestRegisters(runPage.pointee.s.regs.regs)
+        body(&registers)
+        runPage.pointee.s.regs.regs = registers.kvmRegisters
         runPage.pointee.kvm_dirty_regs |= UInt64(KVM_SYNC_X86_REGS)
     }
 
@@ -112,8 +115,8 @@ final class VirtualCPU {
     }
 
     /// Sets all general-purpose registers now (`KVM_SET_REGS`); used once at start-up.
-    func setRegisters(_ registers: kvm_regs) throws(KVMError) {
-        var value = registers
+    func setRegisters(_ registers: GuestRegisters) throws(KVMError) {
+        var value = registers.kvmRegisters
         try kvmIoctl(fd, KVMRequest.setRegs, &value, "KVM_SET_REGS")
         runPage.pointee.kvm_dirty_regs &= ~UInt64(KVM_SYNC_X86_REGS)
     }
@@ -156,7 +159,7 @@ final class VirtualCPU {
     /// `KVM_SET_CPUID2`: what the guest's CPUID instruction answers (hardware KVM; under PVM
     /// the guest sees the host's CPUID).
     func setCPUID(_ entries: [kvm_cpuid_entry2]) throws(KVMError) {
-        var table = ckvm_cpuid()
+        var table = chost_cpuid()
         table.nent = UInt32(min(entries.count, 256))
         withUnsafeMutableBytes(of: &table.entries) { raw in
             let slots = raw.bindMemory(to: kvm_cpuid_entry2.self)
@@ -237,7 +240,7 @@ extension VirtualCPU {
     /// i.e. as they will be at the next `KVM_RUN` (including changes not yet applied).
     func saveState(capabilities: VCPUStateCapabilities) throws(KVMError) -> VCPUState {
         VCPUState(
-            registers: registers, specialRegisters: try specialRegisters(), events: events,
+            registers: runPage.pointee.s.regs.regs, specialRegisters: try specialRegisters(), events: events,
             floatingPoint: try floatingPointState(capabilities),
             extendedControlRegisters: capabilities.xcrs ? try getXCRs() : nil,
             debugRegisters: capabilities.debugRegisters ? try getDebugRegisters() : nil,
@@ -253,7 +256,7 @@ extension VirtualCPU {
         for start in stride(from: 0, to: state.msrs.count, by: 8) {
             try setMSRs(Array(state.msrs[start..<min(start + 8, state.msrs.count)]))
         }
-        modifyRegisters { $0 = state.registers }
+        modifyRegisters { $0 = state.generalRegisters }
         setEvents(state.events)
     }
 

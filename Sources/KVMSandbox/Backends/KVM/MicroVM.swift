@@ -17,7 +17,7 @@ enum MicroVM {
     /// `exitlessSyscalls`: LSTAR at the exitless stub (PVM; a fork then takes its snapshot's LSTAR anyway).
     static func create(system: KVMSystem, memory: GuestMemory, dirtyTracking: DirtyTracking?, exceptionStubs: Bool,
                        exitlessSyscalls: Bool = false, specialRegisters: (kvm_sregs) -> kvm_sregs,
-                       registers: kvm_regs) throws(KVMError) -> (VirtualMachine, VirtualCPU) {
+                       registers: GuestRegisters) throws(KVMError) -> (VirtualMachine, VirtualCPU) {
         let vm = try system.createVM()
         if dirtyTracking == .ring { try vm.enableDirtyRing(entries: DirtyTracking.ringEntries) }
         if dirtyTracking == .hotPages { try vm.enableManualDirtyProtection() }
