@@ -1,6 +1,6 @@
+import KVMSandbox
 import NIOCore
 import NIOHTTP1
-import Synchronization
 
 /// What an HTTP client may cost the server (function mode, the metrics endpoint). A client is
 /// as hostile as a guest: without these, idle connections holding half a header exhaust the
@@ -108,13 +108,13 @@ final class Allowance: Sendable {
         var waiters: [Waiter] = []
         var nextID: UInt64 = 0
     }
-    private let state: Mutex<State>
+    private let state: HostMutex<State>
     /// The ceiling.
     let total: Int
 
     init(_ total: Int) {
         self.total = total
-        state = Mutex(State(available: total))
+        state = HostMutex(State(available: total))
     }
 
     /// Takes `amount` (at most the whole ceiling), waiting until it is free. False when the

@@ -1,8 +1,8 @@
+import KVMSandbox
 import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import Synchronization
 
 /// A small HTTP/1.1 server on SwiftNIO: each request's head and whole body go to a responder,
 /// whose answer is sent with a Content-Length. Function mode and the metrics endpoint use it.
@@ -152,7 +152,7 @@ final class OpenConnections: Sendable {
         var next = 0
         var shuttingDown = false
     }
-    private let state = Mutex(State())
+    private let state = HostMutex(State())
 
     /// Registers an idle connection; its id.
     func add(_ channel: any Channel) -> Int {

@@ -2,7 +2,6 @@ import Dispatch
 import Foundation
 import KVMSandbox
 import Logging
-import Synchronization
 
 /// When a server boots a new snapshot of its program and swaps it in. Every request served
 /// from one snapshot starts from the same memory: the same PRNG states, hash seeds, stack
@@ -37,7 +36,7 @@ final class Refreshing<Resource: Sendable>: Sendable {
         var since: UInt64
         var rebuilding = false
     }
-    private let state: Mutex<State>
+    private let state: HostMutex<State>
     private let policy: RefreshPolicy
     private let make: @Sendable () throws -> Resource
     private let logger: Logger
@@ -45,7 +44,7 @@ final class Refreshing<Resource: Sendable>: Sendable {
     var refreshes: Int { state.withLock { $0.generation } }
 
     init(_ first: Resource, policy: RefreshPolicy, logger: Logger, make: @escaping @Sendable () throws -> Resource) {
-        state = Mutex(State(current: first, since: DispatchTime.now().uptimeNanoseconds))
+        state = HostMutex(State(current: first, since: DispatchTime.now().uptimeNanoseconds))
         (self.policy, self.make, self.logger) = (policy, make, logger)
     }
 

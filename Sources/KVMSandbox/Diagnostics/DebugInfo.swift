@@ -1,4 +1,3 @@
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -57,7 +56,7 @@ final class DebugInfo: @unchecked Sendable {
     private let elf: OpaquePointer?
     private let dwarf: OpaquePointer?
     private let cfi: OpaquePointer?
-    private let lock = Mutex(())
+    private let lock = HostMutex(())
 
     /// Tracked DWARF registers: rbx, rbp, r12-r15 (callee-saved) and the return-address column.
     static let trackedRegisters = [3, 6, 12, 13, 14, 15, 16]
@@ -177,9 +176,9 @@ final class DebugInfo: @unchecked Sendable {
 
 /// A program's `DebugInfo`, opened the first time a fault needs it and then shared.
 final class LazyDebugInfo: Sendable {
-    private let state: Mutex<(bytes: [UInt8], info: DebugInfo?)>
+    private let state: HostMutex<(bytes: [UInt8], info: DebugInfo?)>
 
-    init(elfBytes: [UInt8]) { state = Mutex((elfBytes, nil)) }
+    init(elfBytes: [UInt8]) { state = HostMutex((elfBytes, nil)) }
 
     var value: DebugInfo {
         state.withLock { state in

@@ -18,7 +18,7 @@ import Glibc
 ///   to stop posting for a while (`ExitlessServer`);
 /// - one request per mailbox per pass, so no guest can keep it from the others.
 ///
-/// (@unchecked: its state is in `Mutex`es and atomics; the wake mutex and condition are pthread objects allocated for the process's life.)
+/// (@unchecked: its state is in `HostMutex`es and atomics; the wake mutex and condition are pthread objects allocated for the process's life.)
 final class MailboxPoller: @unchecked Sendable {
     static let shared = MailboxPoller()
 
@@ -31,11 +31,11 @@ final class MailboxPoller: @unchecked Sendable {
         var pinnedCPU: Int32 = -1
         var appliedCPU: Int32 = -1
     }
-    private let registry = Mutex(Registry())
+    private let registry = HostMutex(Registry())
     /// Whether the poller thread runs (started by the first `start()`).
-    private let started = Mutex(false)
+    private let started = HostMutex(false)
     /// Held while a pass touches servers: `unregister` waits on it.
-    private let pass = Mutex(())
+    private let pass = HostMutex(())
     /// Bumped (under the registry lock) whenever the set of servers changes.
     private let generation = ManagedAtomic<UInt64>(0)
     private let sleeping = ManagedAtomic<Bool>(true)

@@ -1,4 +1,3 @@
-import Synchronization
 
 /// Up to `capacity` reusable objects handed to one task at a time: an idle one if there is one,
 /// else a new one while fewer than `capacity` exist, else the caller waits for one to come back.
@@ -6,9 +5,9 @@ import Synchronization
 final class LeasePool<Element: AnyObject & Sendable>: Sendable {
     let capacity: Int
     private let make: @Sendable () throws -> Element
-    private let state = Mutex(State())
+    private let state = HostMutex(State())
 
-    private struct State: ~Copyable {
+    private struct State {
         var idle: [Element] = []
         var count = 0
         var waiters: [CheckedContinuation<Element?, Never>] = []

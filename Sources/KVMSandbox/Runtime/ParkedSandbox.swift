@@ -60,7 +60,7 @@ public final class ParkedSandbox: @unchecked Sendable {
     private var thread = pthread_t()
     /// Whether `thread` was created (a failed `init` has none to join).
     private var threadStarted = false
-    let state = Mutex(Counters())
+    let state = HostMutex(Counters())
     let control = ConditionLock()
     /// Under `control`: what the vCPU thread is to do, and why it stopped.
     private var command = Command.run

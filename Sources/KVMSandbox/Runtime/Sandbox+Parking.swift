@@ -55,7 +55,7 @@ final class ParkingMonitor: Sendable {
     let unprotectedPages = ManagedAtomic<Int>(0)
     /// Pages outside the arena that stay writable, copied back after every request (appended
     /// by the vCPU thread, read by the posting thread).
-    let keptPages = Mutex<[KeptPage]>([])
+    let keptPages = HostMutex<[KeptPage]>([])
 
     /// A page kept writable: where the guest sees it, and its guest-physical page.
     struct KeptPage {

@@ -371,7 +371,10 @@ public final class Sandbox {
         do {
             while true {
                 // With several threads the watchdog ends the running one's time slice.
-                let slice = timeSliceLeft().map { Watchdog.shared.arm(seconds: $0, interrupter: vcpu.interrupter) }
+                // (It reads the Linux layer's threads, which the poller may be changing: under
+                // the server's lock when there is one.)
+                let left = exitless.map { server in server.exclusively { timeSliceLeft() } } ?? timeSliceLeft()
+                let slice = left.map { Watchdog.shared.arm(seconds: $0, interrupter: vcpu.interrupter) }
                 let exit = try vcpu.run()
                 if let slice {
                     let fired = Watchdog.shared.fired(slice)

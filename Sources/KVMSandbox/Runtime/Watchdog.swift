@@ -1,4 +1,3 @@
-import Synchronization
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -28,12 +27,12 @@ final class Watchdog: Sendable {
         /// another, then cost no wake-up (and no context switch) at all.
         var sleepingUntil: UInt64 = 0
     }
-    private let state = Mutex(State())
+    private let state = HostMutex(State())
     /// A pipe: the thread polls the read end; `arm` writes a byte to wake it for a nearer deadline.
     private let wakeRead: Int32, wakeWrite: Int32
 
     /// Why the thread could not be started (no pipe, no thread), if it could not.
-    private let startFailure = Mutex<SandboxError?>(nil)
+    private let startFailure = HostMutex<SandboxError?>(nil)
 
     /// The process's watchdog, made on first use (`started()` says whether it runs).
     static let shared = Watchdog()

@@ -1,6 +1,5 @@
 import CHost
 import CKVM
-import Synchronization
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -47,7 +46,7 @@ public final class KVMSystem: Sendable {
     public let platform: KVMPlatform
     let fd: FileDescriptor
     /// `KVM_GET_SUPPORTED_CPUID`'s answer, once asked.
-    private let cpuidCache = Mutex<Result<[kvm_cpuid_entry2], KVMError>?>(nil)
+    private let cpuidCache = HostMutex<Result<[kvm_cpuid_entry2], KVMError>?>(nil)
     /// Which optional vCPU state components (XSAVE, XCRs, debug registers) this KVM can save.
     var stateCapabilities: VCPUStateCapabilities { VCPUStateCapabilities(system: self) }
 
