@@ -9,8 +9,11 @@ import Glibc
 /// (@unchecked: `value` is only touched between `pthread_mutex_lock` and `_unlock` of `mutex`,
 /// which is allocated here and freed in deinit, after the last user is gone.)
 package final class HostMutex<Value>: @unchecked Sendable {
-    private var value: Value
+    // `mutex` comes first: a zero-sized `Value` (a lock guarding nothing, `HostMutex(())`) then
+    // sits past it, not at its address, where TSan would take the empty value's accesses for
+    // accesses of the pointer.
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private var value: Value
 
     /// A mutex guarding `value`.
     package init(_ value: Value) {
