@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/select.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/sysmacros.h>
@@ -113,5 +114,29 @@ int main(int argc, char **argv) {
     timerfd_gettime(timer, &left);
     printf("timerfd=%s read=%ld expirations=%s interval=%ld\n", result(timer), got, expirations >= 1 ? "some" : "none",
            (long)left.it_interval.tv_nsec);
+    // select/pselect: a pipe with data is readable and its write end writable; an empty one
+    // is not (a zero timeout returns 0); select with no descriptors sleeps; a closed fd is EBADF.
+    write(first[1], "x", 1);
+    fd_set readable, writable;
+    FD_ZERO(&readable); FD_ZERO(&writable);
+    FD_SET(first[0], &readable); FD_SET(second[0], &readable); FD_SET(first[1], &writable);
+    struct timeval zero = {0, 0};
+    int n = select(first[1] > second[0] ? first[1] + 1 : second[0] + 1, &readable, &writable, 0, &zero);
+    printf("select=%d data=%d empty=%d out=%d ", n, FD_ISSET(first[0], &readable) != 0, FD_ISSET(second[0], &readable) != 0,
+           FD_ISSET(first[1], &writable) != 0);
+    struct timespec before, after, pause = {0, 20000000};
+    clock_gettime(CLOCK_MONOTONIC, &before);
+    FD_ZERO(&readable); FD_SET(second[0], &readable);
+    n = pselect(second[0] + 1, &readable, 0, 0, &pause, 0);
+    clock_gettime(CLOCK_MONOTONIC, &after);
+    long waited = (after.tv_sec - before.tv_sec) * 1000 + (after.tv_nsec - before.tv_nsec) / 1000000;
+    printf("pselect=%d waited=%s ", n, waited >= 15 ? "yes" : "no");
+    close(second[1]);
+    FD_ZERO(&readable); FD_SET(second[0], &readable);
+    printf("eof=%d ", select(second[0] + 1, &readable, 0, 0, &zero));
+    int closed = dup(0);
+    close(closed);
+    FD_ZERO(&readable); FD_SET(closed, &readable);
+    printf("badf=%s\n", result(select(closed + 1, &readable, 0, 0, &zero)));
     return 0;
 }

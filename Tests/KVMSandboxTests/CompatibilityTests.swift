@@ -46,6 +46,7 @@ extension KVMTests {
                 cpu=ran thread=ran rusage=ran times=ran mlock=0
                 null=chr rdev=1:3 stdout-differs=1 pipes-differ=1
                 timerfd=0 read=8 expirations=some interval=10000000
+                select=2 data=1 empty=0 out=1 pselect=0 waited=yes eof=1 badf=EBADF
 
                 """)
             var status = stat()

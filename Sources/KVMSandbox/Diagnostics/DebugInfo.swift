@@ -56,7 +56,7 @@ final class DebugInfo: @unchecked Sendable {
     private let elf: OpaquePointer?
     private let dwarf: OpaquePointer?
     private let cfi: OpaquePointer?
-    private let lock = HostMutex(())
+    private let lock = HostMutex(false)  // (guards the libdw calls, not this value)
 
     /// Tracked DWARF registers: rbx, rbp, r12-r15 (callee-saved) and the return-address column.
     static let trackedRegisters = [3, 6, 12, 13, 14, 15, 16]

@@ -35,7 +35,7 @@ final class MailboxPoller: @unchecked Sendable {
     /// Whether the poller thread runs (started by the first `start()`).
     private let started = HostMutex(false)
     /// Held while a pass touches servers: `unregister` waits on it.
-    private let pass = HostMutex(())
+    private let pass = HostMutex(false)  // (guards code, not this value)
     /// Bumped (under the registry lock) whenever the set of servers changes.
     private let generation = ManagedAtomic<UInt64>(0)
     private let sleeping = ManagedAtomic<Bool>(true)

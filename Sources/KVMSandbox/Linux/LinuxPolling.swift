@@ -59,6 +59,54 @@ extension LinuxPersonality {
         return try poll(call[0], count: call[1], timeoutMilliseconds: timeout, call.memory)
     }
 
+    /// `select(count, readfds, writefds, exceptfds, struct timeval *)`, or `pselect6` (`timespec`:
+    /// its timeout is a `struct timespec *`; the signal mask it may carry is not applied, as
+    /// `ppoll`'s). Answered from the same readiness as `poll`; the sets are written back only
+    /// when the call returns (a call that waits is restarted with the guest's own sets), and
+    /// the timeout is not updated with the time left.
+    func select(_ call: HostCall, timespec: Bool) throws -> HostCallEffect {
+        let memory = call.memory
+        let count = Int64(Int32(truncatingIfNeeded: call[0]))
+        guard count >= 0, count <= Int64(FileTable.limit) else { return Self.fail(.invalidArgument) }
+        let words = Int((count + 63) / 64)
+        // The three sets as 64-bit words (an absent set: none), bits at or past `count` ignored.
+        var sets = try [call[1], call[2], call[3]].map { address -> [UInt64]? in
+            guard address != 0 else { return nil }
+            let bytes = try memory.read(address, count: words * 8)
+            return (0..<words).map { UInt64(littleEndianBytes: bytes[$0 * 8..<$0 * 8 + 8]) }
+        }
+        var timeout: Int64?
+        if call[4] != 0 {
+            let raw = try memory.read(call[4], count: 16)
+            let seconds = Int64(bitPattern: UInt64(littleEndianBytes: raw[0..<8]))
+            let fraction = Int64(bitPattern: UInt64(littleEndianBytes: raw[8..<16]))
+            let perSecond: Int64 = timespec ? 1_000_000_000 : 1_000_000
+            guard seconds >= 0, (0..<perSecond).contains(fraction) else { return Self.fail(.invalidArgument) }
+            timeout = seconds > Int64.max / 2_000 ? Int64.max / 2 : seconds * 1000 + (fraction * 1000 + perSecond - 1) / perSecond
+        }
+        // POLLIN|POLLHUP|POLLERR make a descriptor readable, POLLOUT|POLLERR writable, POLLPRI exceptional.
+        let conditions: [UInt32] = [0x1 | 0x10 | 0x8, 0x4 | 0x8, 0x2]
+        var ready = 0
+        var results = sets.map { $0.map { [UInt64](repeating: 0, count: $0.count) } }
+        for fd in 0..<Int(count) {
+            let (word, bit) = (fd / 64, UInt64(1) << UInt64(fd % 64))
+            guard sets.contains(where: { ($0?[word] ?? 0) & bit != 0 }) else { continue }
+            guard state.files[Int64(fd)] != nil else { return Self.fail(.badFileDescriptor) }
+            let revents = readiness(Int64(fd), wanted: 0x1 | 0x2 | 0x4 | 0x18)
+            for set in 0..<3 where (sets[set]?[word] ?? 0) & bit != 0 && revents & conditions[set] != 0 {
+                results[set]?[word] |= bit
+                ready += 1
+            }
+        }
+        guard ready > 0 || timeout == 0 else { return waitForReadiness(timeout) }
+        sets = results
+        for (address, set) in zip([call[1], call[2], call[3]], sets) {
+            guard let set else { continue }
+            try memory.write([UInt8](littleEndianWords: set), to: address)
+        }
+        return .value(Int64(ready))
+    }
+
     /// A `struct timespec *` timeout in milliseconds: nil for a null pointer (wait forever);
     /// a failure for a negative or malformed one.
     static func timeoutMilliseconds(_ memory: GuestMemoryView, timespecAt address: UInt64) throws -> Result<Int64?, Errno> {

@@ -9,9 +9,9 @@ import Glibc
 /// (@unchecked: `value` is only touched between `pthread_mutex_lock` and `_unlock` of `mutex`,
 /// which is allocated here and freed in deinit, after the last user is gone.)
 package final class HostMutex<Value>: @unchecked Sendable {
-    // `mutex` comes first: a zero-sized `Value` (a lock guarding nothing, `HostMutex(())`) then
-    // sits past it, not at its address, where TSan would take the empty value's accesses for
-    // accesses of the pointer.
+    // A lock that guards code rather than a value holds a `Bool`: with a zero-sized `Value`
+    // (`HostMutex(())`) TSan takes the empty value's exclusivity accesses for accesses of the
+    // object itself and reports races that are not there.
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private var value: Value
 
