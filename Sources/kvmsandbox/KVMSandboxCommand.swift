@@ -32,4 +32,4 @@ struct KVMSandboxCommand: AsyncParsableCommand {
 }
 
 /// This build's version (`kvmsandbox --version`).
-let kvmsandboxVersion = "0.4.0"
+let kvmsandboxVersion = "0.5.0"

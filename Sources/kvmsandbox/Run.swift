@@ -13,7 +13,9 @@ struct Run: ParsableCommand {
         Exit status: the guest's own (0-255); 122 every guest thread waited on a futex nothing \
         could wake (a deadlock); 123 a host failure while the guest ran (a KVM \
         ioctl failed); 124 timeout; 125 kvmsandbox could not run it (no KVM, invalid ELF, bad \
-        option); 126 the guest broke the host-call ABI; 128+N a CPU \
+        option); 126 the program is not an executable file (a directory, a device); 127 the \
+        program was not found (in PATH, for a name without '/'); 121 the guest broke the \
+        host-call ABI; 128+N a CPU \
         exception, N being the signal a Linux process would get (132 #UD, 133 #BP, 134 abort(), \
         135 #AC, 136 #DE/#XM, 139 #PF/#GP and others). Reports go to stderr.
         """)
@@ -107,7 +109,13 @@ struct Run: ParsableCommand {
         configuration.memoryDirectories = files.memoryDirectories(grants: configuration.files)
         configuration.traceSyscalls = traceSyscalls
         configuration.standardInput = .fileDescriptor(0)
-        let executable = Self.resolve(program)
+        let executable: String
+        switch Self.resolve(program) {
+        case .success(let found): executable = found
+        case .failure(let problem):
+            printError("kvmsandbox: \(problem.message)")
+            throw ExitCode(problem.status)
+        }
         configuration.programPath = executable
         configuration.allowJIT = allowJit
         configuration.randomizeLayout = !noASLR
@@ -217,27 +225,55 @@ extension Run {
         }
     }
 
-    /// The interpreter a `#!` script names (its first word), or nil for anything else.
+    /// The interpreter a `#!` script names (its first word), or nil for anything else (a file
+    /// that cannot be read, a directory, a binary).
     static func scriptInterpreter(_ path: String) -> String? {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
-        defer { try? handle.close() }
-        let head = handle.readData(ofLength: 256)
-        guard head.starts(with: Array("#!".utf8)) else { return nil }
-        let line = String(decoding: head.dropFirst(2).prefix { $0 != 0x0a }, as: UTF8.self)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var head = [UInt8](repeating: 0, count: 256)
+        let n = head.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard n > 2, head.starts(with: Array("#!".utf8)) else { return nil }
+        let line = String(decoding: head[2..<n].prefix { $0 != 0x0a }, as: UTF8.self)
         return line.split(separator: " ").first.map(String.init)
     }
 
-    static func resolve(_ program: String) -> String {
+    /// Why a program cannot be started, with the status a shell gives it: 127 not found, 126
+    /// found but not something that can be executed.
+    struct ProgramProblem: Error {
+        let message: String
+        let status: Int32
+    }
+
+    /// `program` as an absolute path: a name without a slash is looked up in PATH as a shell
+    /// would (regular files with an execute bit only), a path is taken as given (made absolute:
+    /// the guest sees files at their host paths).
+    static func resolve(_ program: String, path: String? = ProcessInfo.processInfo.environment["PATH"]) -> Result<String, ProgramProblem> {
         func absolute(_ path: String) -> String {
             path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
         }
-        guard !program.contains("/") else { return absolute(program) }
-        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
-        for directory in path.split(separator: ":") {
-            let candidate = absolute(String(directory)) + "/" + program
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        func isExecutableFile(_ candidate: String) -> Bool {
+            var status = stat()
+            return stat(candidate, &status) == 0 && status.st_mode & S_IFMT == S_IFREG && access(candidate, X_OK) == 0
         }
-        return absolute(program)
+        guard !program.isEmpty else { return .failure(ProgramProblem(message: "no program named", status: 127)) }
+        guard !program.contains("/") else {
+            let file = absolute(program)
+            var status = stat()
+            guard stat(file, &status) == 0 else {
+                let error = errno
+                return .failure(ProgramProblem(message: "\(file): \(error == ENOENT ? "no such file" : String(cString: strerror(error)))", status: 127))
+            }
+            if status.st_mode & S_IFMT == S_IFDIR { return .failure(ProgramProblem(message: "\(file) is a directory", status: 126)) }
+            guard status.st_mode & S_IFMT == S_IFREG else { return .failure(ProgramProblem(message: "\(file) is not a regular file", status: 126)) }
+            return .success(file)
+        }
+        let directories = (path ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":").map(String.init).filter { !$0.isEmpty }
+        for directory in directories {
+            let candidate = absolute(directory) + "/" + program
+            if isExecutableFile(candidate) { return .success(candidate) }
+        }
+        return .failure(ProgramProblem(message: "\(program): not found in PATH (searched \(directories.joined(separator: ":")))", status: 127))
     }
 
 }

@@ -57,7 +57,13 @@ struct ProgramOptions: ParsableArguments, Sendable {
     /// The configuration to boot the program with: output captured (logged on failures),
     /// sockets virtualised (a server listens; a filter never notices), the program found in PATH.
     func configuration() throws -> (executable: String, configuration: SandboxConfiguration) {
-        let executable = Run.resolve(program[0])
+        let executable: String
+        switch Run.resolve(program[0]) {
+        case .success(let found): executable = found
+        case .failure(let problem):
+            printError("kvmsandbox: \(problem.message)")
+            throw ExitCode(problem.status)
+        }
         var configuration = SandboxConfiguration()
         configuration.memorySize = try OptionChecks.mebibytes(memory ?? 1024, option: "--memory")
         configuration.timeout = bootTimeout ?? 60

@@ -70,6 +70,23 @@ extension KVMTests {
             #expect(scriptOutput.contains("is a script for /usr/bin/python3; run `kvmsandbox run /usr/bin/python3 \(script)`"))
         }
 
+        /// A program that cannot be started says why, with a shell's status: 127 not found
+        /// (naming the PATH searched, never falling back to the current directory), 126 a
+        /// directory or a device (a directory once crashed the CLI reading it as a script).
+        @Test func programsThatCannotStartExitAsAShellWould() throws {
+            let (missing, missingOutput) = try CLI.run(["run", "ks-no-such-program"], environment: ["PATH": "/usr/bin:/bin"])
+            #expect(missing == ExitStatus.notFound)
+            #expect(missingOutput.contains("ks-no-such-program: not found in PATH (searched /usr/bin:/bin)"), "\(missingOutput)")
+            let (noPath, noPathOutput) = try CLI.run(["run", "./ks-no-such-program"])
+            #expect(noPath == ExitStatus.notFound && noPathOutput.contains("no such file"), "\(noPathOutput)")
+            let (directory, directoryOutput) = try CLI.run(["run", "/tmp"])
+            #expect(directory == ExitStatus.notExecutable && directoryOutput.contains("/tmp is a directory"), "\(directoryOutput)")
+            let (device, deviceOutput) = try CLI.run(["run", "/dev/null"])
+            #expect(device == ExitStatus.notExecutable && deviceOutput.contains("not a regular file"), "\(deviceOutput)")
+            let (found, _) = try CLI.run(["run", "true"], environment: ["PATH": "/nonexistent:/bin"])
+            #expect(found == 0)
+        }
+
         /// `--env NAME` passes the host's value (and nothing when the host has none), as docker's `-e NAME`.
         @Test func aBareEnvironmentNameTakesTheHostsValue() throws {
             let (status, output) = try CLI.run(["run", "--env", "KS_TEST_VAR", "--env", "KS_TEST_UNSET", "--env", "X=1", "/bin/busybox", "env"],

@@ -144,8 +144,13 @@ public enum ExitStatus {
     public static let timeout: Int32 = 124
     /// kvmsandbox could not run the guest (no KVM, bad ELF, bad options).
     public static let sandboxError: Int32 = 125
-    /// The guest broke the host-call ABI, or a host-call handler failed.
-    public static let abiViolation: Int32 = 126
+    /// The guest broke the host-call ABI, or a host-call handler failed. (126 before 0.5.0:
+    /// that is now a shell's "found but cannot execute".)
+    public static let abiViolation: Int32 = 121
+    /// The program is not something that can be executed (a directory, a device), as a shell says.
+    public static let notExecutable: Int32 = 126
+    /// The program was not found, as a shell says.
+    public static let notFound: Int32 = 127
     /// The host failed while the guest ran (a KVM ioctl failed, KVM could not enter the guest).
     public static let hostFailure: Int32 = 123
     /// Every guest thread waited on a futex that nothing could wake.
