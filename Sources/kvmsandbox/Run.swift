@@ -82,6 +82,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "Also write the outcome (fault, registers, backtrace) as JSON to this file.")
     var reportJSON: String?
 
+    @Option(name: .customLong("stop-timeout"), help: "Seconds the guest has to end after the first SIGINT, SIGTERM or SIGHUP forwarded to it before it gets SIGKILL (as docker's --stop-timeout).")
+    var stopTimeout: Double = 10
+
     @Flag(name: .long, help: "Print the platform and exit counters to stderr.")
     var verbose = false
 
@@ -171,6 +174,9 @@ struct Run: ParsableCommand {
             }
             printError(line)
         }
+        // SIGINT, SIGTERM and SIGHUP go to the guest, SIGKILL after --stop-timeout.
+        let forwarding = SignalForwarding(to: sandbox.signalSender, grace: stopTimeout)
+        defer { forwarding.stop() }
         let outcome: RunOutcome
         do {
             outcome = try sandbox.run()

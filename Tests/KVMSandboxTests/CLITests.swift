@@ -87,6 +87,43 @@ extension KVMTests {
             #expect(found == 0)
         }
 
+        /// SIGTERM/SIGINT sent to `run` reach the guest: its handler runs (exit 3), an unhandled
+        /// SIGINT ends it as Linux would (130), and a guest that ignores SIGTERM gets SIGKILL
+        /// after `--stop-timeout` (137); the report is written in every case. (The guests sleep in
+        /// short steps: a signal that lands between Python's last check and its next sleep call
+        /// waits for that sleep to end, natively too.)
+        @Test func signalsAreForwardedToTheGuest() throws {
+            func run(_ script: String, send signal: Int32, extra: [String] = []) throws -> (status: Int32, output: String) {
+                try #require(FileManager.default.isExecutableFile(atPath: CLI.path), "build the CLI first (swift build)")
+                let report = LinuxFixtures.scratch("signals") + "/report-\(signal).json"
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: CLI.path)
+                process.arguments = ["run", "--report-json", report] + extra + ["/usr/bin/python3", "-c", script]
+                let pipe = Pipe()
+                process.standardOutput = pipe
+                process.standardError = pipe
+                try process.run()
+                // Wait for the guest to say it is ready (its handler installed), then signal the CLI.
+                var output = Data()
+                let deadline = Date().addingTimeInterval(20)
+                while !String(decoding: output, as: UTF8.self).contains("ready"), Date() < deadline {
+                    output.append(pipe.fileHandleForReading.availableData)
+                }
+                kill(process.processIdentifier, signal)
+                output.append(pipe.fileHandleForReading.readDataToEndOfFile())
+                process.waitUntilExit()
+                #expect(FileManager.default.fileExists(atPath: report), "no report after signal \(signal)")
+                return (process.terminationStatus, String(decoding: output, as: UTF8.self))
+            }
+            let handled = try run("import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda n, f: (print('got', n, flush=True), sys.exit(3)))\nprint('ready', flush=True)\nwhile True: time.sleep(0.1)", send: SIGTERM)
+            #expect(handled.status == 3 && handled.output.contains("got 15"), "\(handled)")
+            let interrupted = try run("import time\nprint('ready', flush=True)\nwhile True: time.sleep(0.1)", send: SIGINT)
+            #expect(interrupted.status == 130 && interrupted.output.contains("KeyboardInterrupt"), "\(interrupted)")
+            let stubborn = try run("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(30)",
+                                   send: SIGTERM, extra: ["--stop-timeout", "0.5"])
+            #expect(stubborn.status == 137, "\(stubborn)")
+        }
+
         /// `--env NAME` passes the host's value (and nothing when the host has none), as docker's `-e NAME`.
         @Test func aBareEnvironmentNameTakesTheHostsValue() throws {
             let (status, output) = try CLI.run(["run", "--env", "KS_TEST_VAR", "--env", "KS_TEST_UNSET", "--env", "X=1", "/bin/busybox", "env"],

@@ -46,6 +46,17 @@ extension Sandbox {
     /// Delivers the running thread's pending, unblocked signals (and SIGALRM when due) before it
     /// runs user code again. Returns the outcome when a frame cannot be written (the process
     /// would be killed with SIGSEGV) or a signal's default action ends the run.
+    /// Signals the host sent (`signalSender`), made pending on the running thread as a
+    /// process-directed `kill` would: delivered with the others, dropped when ignored; one whose
+    /// default is to terminate ends the run, and SIGKILL always does.
+    func takeHostSignals() -> RunOutcome? {
+        for number in hostSignals.take() {
+            if number == 9 { return .signaled(signal: 9) }
+            if case .signal(let fatal) = linux.send(UInt64(number), to: linux.state.currentThread) { return .signaled(signal: fatal) }
+        }
+        return nil
+    }
+
     func deliverPendingSignals() throws(KVMError) -> RunOutcome? {
         if case .signal(let number)? = linux.fireAlarmIfDue(now: monotonicNanoseconds()) { return .signaled(signal: number) }
         let index = linux.state.currentThread

@@ -55,6 +55,17 @@ public final class Sandbox {
     private(set) var exitless: ExitlessServer?
     /// The sandbox's mailbox server, made on first use and kept across runs.
     lazy var exitlessServer = ExitlessServer(mailbox: mailbox, memory: guestMemory, interrupter: vcpu.interrupter)
+    /// Signals from the host for the guest (`signalSender`), made on first use.
+    lazy var hostSignals = HostSignals(interrupter: vcpu.interrupter)
+    /// Whether `signalSender` was handed out (only then does a run watch for host signals).
+    var hostSignalsTaken = false
+
+    /// Sends the guest signals from any thread, as `kill` would from another process: what
+    /// `kvmsandbox run` forwards its SIGINT, SIGTERM and SIGHUP with (`HostSignals`).
+    public var signalSender: HostSignals {
+        hostSignalsTaken = true
+        return hostSignals
+    }
     /// What the current run loop stops at.
     var currentStop = StopCondition.end
     /// A parked VM's layout (a fork of a parked snapshot, or a sandbox being parked).
@@ -355,8 +366,9 @@ public final class Sandbox {
         linux.beginCPUAccounting()
         defer { linux.endCPUAccounting() }
         let multithreaded = linux.state.threads.count > 1
-        let signalMask = deadline != nil || multithreaded || configuration.maximumThreads > 1 || stop == .parked
+        let signalMask = deadline != nil || multithreaded || configuration.maximumThreads > 1 || stop == .parked || hostSignalsTaken
             ? VCPUInterrupter.unblockSignalOnThisThread() : nil
+        if hostSignalsTaken { hostSignals.setRunningThread(pthread_self()) }
         defer {
             if let deadline { Watchdog.shared.disarm(deadline) }
             if let server = exitless {
@@ -366,10 +378,13 @@ public final class Sandbox {
                 if mailbox.takeWritten() { memory.noteHostWrite(mailboxPhysical, Int(PageSize.bytes)) }
             }
             if let signalMask { VCPUInterrupter.restoreSignalMask(signalMask) }
+            if hostSignalsTaken { hostSignals.setRunningThread(nil) }
             runDeadline = nil
         }
         do {
             while true {
+                // A host signal sent before the run (or between two kicks): leave at once to take it.
+                if hostSignalsTaken, hostSignals.hasPending { vcpu.interrupter.immediateExit.store(1, ordering: .relaxed) }
                 // With several threads the watchdog ends the running one's time slice.
                 // (It reads the Linux layer's threads, which the poller may be changing: under
                 // the server's lock when there is one.)
@@ -413,6 +428,7 @@ public final class Sandbox {
     /// uses the shared mailbox: no other thread or handler may post until it is answered).
     private func handleAndSchedule(_ exit: VCPUExit, deadline: Watchdog.Token?, stop: StopCondition) throws(KVMError) -> RunOutcome? {
         var outcome = try handle(exit, deadline: deadline, stop: stop)
+        if outcome == nil, hostSignalsTaken, hostSignals.hasPending { outcome = takeHostSignals() }
         if outcome == nil, postsSystemCalls, X86CPUState.isInExitlessEntry(vcpu.registers.rip) { return nil }
         if outcome == nil { outcome = try preemptIfDue() }
         if outcome == nil { outcome = try deliverPendingSignals() }
