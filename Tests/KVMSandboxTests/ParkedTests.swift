@@ -230,7 +230,7 @@ extension KVMTests {
             raw.storeBytes(of: UInt64(1) << 63 | 7, toByteOffset: 520, as: UInt64.self) // XCOMP_BV: compacted
             raw.storeBytes(of: UInt64(0xdead), toByteOffset: 540, as: UInt64.self)     // reserved
         }
-        guard let image = ParkingStub.floatingPointImage(.xsave(area), xsave: true, size: 832, xcr0: 0x7) else {
+        guard let image = ParkingStub.floatingPointImage(.xsave(RawBytes(area)), xsave: true, size: 832, xcr0: 0x7) else {
             Issue.record("no image")
             return
         }
@@ -239,8 +239,8 @@ extension KVMTests {
         #expect(image[520..<576].allSatisfy { $0 == 0 })
         #expect(image[24..<28] == [0x80, 0x1f, 0, 0])  // MXCSR: the initial value, not 0
         #expect(image[0..<2] == [0x7f, 0x03] || UInt64(littleEndianBytes: image[512..<520]) & 1 != 0)
-        #expect(ParkingStub.floatingPointImage(.xsave(area), xsave: false, size: 832, xcr0: 0x7)?.count == 512)
-        #expect(ParkingStub.floatingPointImage(.xsave(area), xsave: true, size: 8192, xcr0: 0x7) == nil)  // AMX-sized
-        #expect(ParkingStub.floatingPointImage(.fpu(kvm_fpu()), xsave: false, size: 512, xcr0: 0x7) == nil)
+        #expect(ParkingStub.floatingPointImage(.xsave(RawBytes(area)), xsave: false, size: 832, xcr0: 0x7)?.count == 512)
+        #expect(ParkingStub.floatingPointImage(.xsave(RawBytes(area)), xsave: true, size: 8192, xcr0: 0x7) == nil)  // AMX-sized
+        #expect(ParkingStub.floatingPointImage(.fpu(RawBytes(kvm_fpu())), xsave: false, size: 512, xcr0: 0x7) == nil)
     }
 }

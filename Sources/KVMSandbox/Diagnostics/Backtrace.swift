@@ -23,6 +23,7 @@ public struct Backtrace: Sendable, Equatable, Codable {
                 (address, function, offset, source, foundBy, module)
         }
 
+        /// A one-line, human-readable account of it (what the CLI prints).
         public var description: String {
             var text = "0x" + String(address, radix: 16)
             let offsetText = offset.map { $0 == 0 ? "" : "+0x" + String($0, radix: 16) } ?? ""

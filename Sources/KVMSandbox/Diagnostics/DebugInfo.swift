@@ -9,6 +9,7 @@ public struct SourceLocation: Sendable, Equatable, Codable, CustomStringConverti
     /// The 1-based line.
     public let line: Int
 
+    /// A one-line, human-readable account of it (what the CLI prints).
     public var description: String { "\(file):\(line)" }
 }
 

@@ -29,6 +29,7 @@ public enum ELFError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The static-PIE's dynamic section or relocations are malformed or unsupported.
     case badRelocations(String)
 
+    /// A one-line, human-readable account of it (what the CLI prints).
     public var description: String {
         func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
         switch self {

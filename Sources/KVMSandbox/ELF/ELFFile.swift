@@ -38,8 +38,9 @@ public struct ELFFile: Sendable {
     public let type: UInt16
     /// The entry point, unrelocated.
     public let entry: UInt64
-    /// File offset and count of the program headers (for AT_PHDR, AT_PHNUM).
+    /// File offset of the program headers (for AT_PHDR).
     public let programHeaderOffset: UInt64
+    /// How many program headers there are (AT_PHNUM).
     public let programHeaderCount: Int
     /// All program headers.
     public let segments: [Segment]

@@ -2,11 +2,49 @@
 /// same table serves `ks_hostcall` (the `out` trap) and the `syscall` instruction (musl's libc).
 /// Embedders register their own calls at `firstUserNumber` and above.
 public enum HostCallNumber {
-    /// Linux x86-64 system-call numbers served as built-in host calls.
-    public static let read = 0, write = 1, mmap = 9, mprotect = 10, munmap = 11, brk = 12
-    public static let rtSigaction = 13, rtSigprocmask = 14, ioctl = 16, writev = 20, madvise = 28
-    public static let getpid = 39, exit = 60, kill = 62, archPrctl = 158, gettid = 186, tkill = 200
-    public static let setTidAddress = 218, clockGettime = 228, exitGroup = 231, tgkill = 234
+    /// Linux x86-64 `read`, served as a built-in host call.
+    public static let read = 0
+    /// Linux x86-64 `write`, served as a built-in host call.
+    public static let write = 1
+    /// Linux x86-64 `mmap`, served as a built-in host call.
+    public static let mmap = 9
+    /// Linux x86-64 `mprotect`, served as a built-in host call.
+    public static let mprotect = 10
+    /// Linux x86-64 `munmap`, served as a built-in host call.
+    public static let munmap = 11
+    /// Linux x86-64 `brk`, served as a built-in host call.
+    public static let brk = 12
+    /// Linux x86-64 `rt_sigaction`, served as a built-in host call.
+    public static let rtSigaction = 13
+    /// Linux x86-64 `rt_sigprocmask`, served as a built-in host call.
+    public static let rtSigprocmask = 14
+    /// Linux x86-64 `ioctl`, served as a built-in host call.
+    public static let ioctl = 16
+    /// Linux x86-64 `writev`, served as a built-in host call.
+    public static let writev = 20
+    /// Linux x86-64 `madvise`, served as a built-in host call.
+    public static let madvise = 28
+    /// Linux x86-64 `getpid`, served as a built-in host call.
+    public static let getpid = 39
+    /// Linux x86-64 `exit`, served as a built-in host call.
+    public static let exit = 60
+    /// Linux x86-64 `kill`, served as a built-in host call.
+    public static let kill = 62
+    /// Linux x86-64 `arch_prctl`, served as a built-in host call.
+    public static let archPrctl = 158
+    /// Linux x86-64 `gettid`, served as a built-in host call.
+    public static let gettid = 186
+    /// Linux x86-64 `tkill`, served as a built-in host call.
+    public static let tkill = 200
+    /// Linux x86-64 `set_tid_address`, served as a built-in host call.
+    public static let setTidAddress = 218
+    /// Linux x86-64 `clock_gettime`, served as a built-in host call.
+    public static let clockGettime = 228
+    /// Linux x86-64 `exit_group`, served as a built-in host call.
+    public static let exitGroup = 231
+    /// Linux x86-64 `tgkill`, served as a built-in host call.
+    public static let tgkill = 234
+    /// Linux x86-64 `getrandom`, served as a built-in host call.
     public static let getrandom = 318
     /// `ks_ready()`: the guest has initialized; a snapshot may be taken here (0 is returned).
     public static let ready = 0xf00
@@ -27,10 +65,32 @@ public let hostCallPort: UInt16 = 0x42
 
 /// Linux errno values a host call returns negated.
 public enum HostCallErrno {
-    /// The errno values host calls return (negated), as on Linux.
-    public static let EPERM: Int32 = 1, ENOENT: Int32 = 2, EINTR: Int32 = 4, EIO: Int32 = 5, EBADF: Int32 = 9
-    public static let ENOMEM: Int32 = 12, EACCES: Int32 = 13, EFAULT: Int32 = 14, EINVAL: Int32 = 22
-    public static let ENOTTY: Int32 = 25, EFBIG: Int32 = 27, EPIPE: Int32 = 32, ENOSYS: Int32 = 38
+    /// `EPERM` (1).
+    public static let EPERM: Int32 = 1
+    /// `ENOENT` (2).
+    public static let ENOENT: Int32 = 2
+    /// `EINTR` (4).
+    public static let EINTR: Int32 = 4
+    /// `EIO` (5).
+    public static let EIO: Int32 = 5
+    /// `EBADF` (9).
+    public static let EBADF: Int32 = 9
+    /// `ENOMEM` (12).
+    public static let ENOMEM: Int32 = 12
+    /// `EACCES` (13).
+    public static let EACCES: Int32 = 13
+    /// `EFAULT` (14).
+    public static let EFAULT: Int32 = 14
+    /// `EINVAL` (22).
+    public static let EINVAL: Int32 = 22
+    /// `ENOTTY` (25).
+    public static let ENOTTY: Int32 = 25
+    /// `EFBIG` (27).
+    public static let EFBIG: Int32 = 27
+    /// `EPIPE` (32).
+    public static let EPIPE: Int32 = 32
+    /// `ENOSYS` (38).
+    public static let ENOSYS: Int32 = 38
 }
 
 extension HostCallErrno {

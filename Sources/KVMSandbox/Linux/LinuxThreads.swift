@@ -46,7 +46,7 @@ struct GuestThread: Codable {
     var signalFrames: [SignalFrameRecord] = []
     /// Saved vCPU state while it does not run; nil for the running thread.
     var registers: GuestRegisters?
-    var specialRegisters: SpecialRegisters?
+    var specialRegisters: RawBytes<SpecialRegisters>?
     var floatingPoint: FloatingPointState?
 }
 

@@ -11,6 +11,7 @@ public struct GuestMemoryError: Error, Sendable, Equatable, CustomStringConverti
         self.count = count
     }
 
+    /// A one-line, human-readable account of it (what the CLI prints).
     public var description: String { "bad guest address 0x\(String(address, radix: 16)) (+\(count) bytes)" }
 }
 

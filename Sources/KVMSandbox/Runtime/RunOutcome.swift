@@ -1,10 +1,43 @@
 
 /// The guest's general-purpose registers at a point in time.
 public struct GuestRegisters: Sendable, Equatable, Codable {
-    /// The sixteen general-purpose registers, RIP and RFLAGS.
-    public var rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp: UInt64
-    public var r8, r9, r10, r11, r12, r13, r14, r15: UInt64
-    public var rip, rflags: UInt64
+    // The sixteen general-purpose registers, RIP and RFLAGS.
+    /// `rax`.
+    public var rax: UInt64
+    /// `rbx`.
+    public var rbx: UInt64
+    /// `rcx`.
+    public var rcx: UInt64
+    /// `rdx`.
+    public var rdx: UInt64
+    /// `rsi`.
+    public var rsi: UInt64
+    /// `rdi`.
+    public var rdi: UInt64
+    /// `rbp`.
+    public var rbp: UInt64
+    /// `rsp`.
+    public var rsp: UInt64
+    /// `r8`.
+    public var r8: UInt64
+    /// `r9`.
+    public var r9: UInt64
+    /// `r10`.
+    public var r10: UInt64
+    /// `r11`.
+    public var r11: UInt64
+    /// `r12`.
+    public var r12: UInt64
+    /// `r13`.
+    public var r13: UInt64
+    /// `r14`.
+    public var r14: UInt64
+    /// `r15`.
+    public var r15: UInt64
+    /// The instruction pointer.
+    public var rip: UInt64
+    /// The flags register.
+    public var rflags: UInt64
 
     /// All zero.
     init() {
@@ -53,6 +86,7 @@ public struct GuestFault: Sendable, Equatable, Codable, CustomStringConvertible 
         return "\(access), \(why)\(code & 0x4 == 0 ? " (supervisor access)" : "")"
     }
 
+    /// A one-line, human-readable account of it (what the CLI prints).
     public var description: String {
         var text = "\(mnemonic) \(X86Exception.name(vector))"
         if let cause = pageFaultCause { text += " (\(cause))" }
@@ -119,6 +153,7 @@ public enum RunOutcome: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// A one-line, human-readable account of it (what the CLI prints).
     public var description: String {
         switch self {
         case .exited(let status): return "exited with status \(status)"

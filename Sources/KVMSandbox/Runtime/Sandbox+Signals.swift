@@ -192,7 +192,8 @@ extension Sandbox {
 
     /// The XSAVE area as the guest sees it (empty with only `kvm_fpu`: no XSAVE frame then).
     static func xsaveBytes(_ state: FloatingPointState) -> [UInt8] {
-        guard case .xsave(var area) = state else { return [] }
+        guard case .xsave(let saved) = state else { return [] }
+        var area = saved.value
         let size = Int(min(4096, max(576, X86CPUIdentity.xsaveSize)))
         return withUnsafeBytes(of: &area.region) { Array($0.prefix(size)) }
     }

@@ -26,7 +26,7 @@ extension Sandbox {
             let floatingPoint = try vcpu.floatingPointState(system.stateCapabilities)
             if let index = linux.state.threads.firstIndex(where: { $0.tid == tid }) {
                 linux.state.threads[index].registers = child
-                linux.state.threads[index].specialRegisters = special
+                linux.state.threads[index].specialRegisters = RawBytes(special)
                 linux.state.threads[index].floatingPoint = floatingPoint
                 linux.state.threads[index].resultPending = false
             }
@@ -54,7 +54,7 @@ extension Sandbox {
     func saveRunningThread(resultPending: Bool) throws(KVMError) {
         let index = linux.state.currentThread
         linux.state.threads[index].registers = vcpu.registers
-        linux.state.threads[index].specialRegisters = try vcpu.specialRegisters()
+        linux.state.threads[index].specialRegisters = RawBytes(try vcpu.specialRegisters())
         linux.state.threads[index].floatingPoint = try vcpu.floatingPointState(system.stateCapabilities)
         linux.state.threads[index].resultPending = resultPending
     }
@@ -119,7 +119,7 @@ extension Sandbox {
     /// Loads thread `index`'s saved state into the vCPU and makes it the running one.
     func load(thread index: Int) throws(KVMError) {
         let thread = linux.state.threads[index]
-        guard var registers = thread.registers, var special = thread.specialRegisters, let floatingPoint = thread.floatingPoint else {
+        guard var registers = thread.registers, var special = thread.specialRegisters?.value, let floatingPoint = thread.floatingPoint else {
             return
         }
         if thread.rewind {

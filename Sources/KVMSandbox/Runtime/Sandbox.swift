@@ -24,7 +24,6 @@ public final class Sandbox {
     let image: ProgramImage
     /// Which kind of KVM runs it.
     public var platform: KVMPlatform { system.platform }
-    /// VM exits so far, and how many of them were host calls.
     /// The host file the program was loaded from, when known (a snapshot file names it).
     var hostProgramPath: String?
     /// Whether this run's system calls may be posted to the mailbox (set at the run's start).
@@ -32,6 +31,7 @@ public final class Sandbox {
     /// Whether `syscall` enters an exitless entry (the user one on PVM, the CPL 0 one on
     /// hardware KVM), that is unless `systemCallTransport = .exit`.
     var syscallStubPosts: Bool { configuration.systemCallTransport != .exit }
+    /// VM exits so far, host calls served, translation flushes and what the last reset copied.
     public internal(set) var statistics = RunStatistics()
 
     let system: KVMSystem

@@ -44,6 +44,7 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
     /// snapshot; the differences are listed.
     case resetVerificationFailed([String])
 
+    /// A one-line, human-readable account of it (what the CLI prints).
     public var description: String {
         switch self {
         case .kvmNotFound(let path):

@@ -229,6 +229,7 @@ public enum SnapshotFileError: Error, Equatable, CustomStringConvertible {
     /// Reading or writing failed.
     case io(String)
 
+    /// A one-line, human-readable account of it (what the CLI prints).
     public var description: String {
         switch self {
         case .notASnapshot: return "not a kvmsandbox snapshot file"

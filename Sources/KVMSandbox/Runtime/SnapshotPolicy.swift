@@ -83,6 +83,7 @@ public enum SnapshotPolicyError: Error, Equatable, CustomStringConvertible {
     /// The grant or destination (first value) would widen the policy, for the reason given.
     case widens(String, String)
 
+    /// A one-line, human-readable account of it (what the CLI prints).
     public var description: String {
         switch self {
         case .widens(let what, let why): return "\(what) widens the snapshot's policy: \(why)"

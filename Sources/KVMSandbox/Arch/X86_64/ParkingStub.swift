@@ -91,7 +91,8 @@ enum ParkingStub {
     /// their architectural initial values (FCW 0x37f, MXCSR 0x1f80), which KVM may leave as zeros.
     /// `xcr0`: the guest's enabled components; the header keeps only those (xrstor faults on others).
     static func floatingPointImage(_ state: FloatingPointState, xsave: Bool, size: Int, xcr0: UInt64) -> [UInt8]? {
-        guard case .xsave(var area) = state, !xsave || (576...maximumImageSize).contains(size) else { return nil }
+        guard case .xsave(let saved) = state, !xsave || (576...maximumImageSize).contains(size) else { return nil }
+        var area = saved.value
         var image = withUnsafeBytes(of: &area.region) { Array($0.prefix(xsave ? min(size, 4096) : 512)) }
         if xsave {
             // The XSAVE header: XSTATE_BV within XCR0, XCOMP_BV 0 (standard form), reserved zero.

@@ -13,6 +13,7 @@ public struct KVMError: Error, Sendable, Equatable, CustomStringConvertible {
         self.errno = errno
     }
 
+    /// A one-line, human-readable account of it (what the CLI prints).
     public var description: String { "\(operation) failed: \(errno) (errno \(errno.rawValue))" }
 }
 

@@ -3,39 +3,45 @@ import CKVM
 /// How the state a snapshot holds is written to a snapshot file: KVM's C structs as their raw
 /// bytes (checked for size when read back), everything else by the synthesized `Codable`.
 
-/// A plain C struct (no pointers, no references) that snapshot files hold as its bytes, checked
-/// for size when read back. Public only because the KVM structs it covers are; not for clients.
-public protocol RawBytesCodable: Codable {
+/// A plain C struct (no pointers, no references), zero when made with `init()`.
+protocol PlainCStruct {
     init()
 }
 
-extension RawBytesCodable {
-    public init(from decoder: any Decoder) throws {
+/// A plain C struct as a snapshot file holds it: its bytes, checked for size when read back.
+/// (A wrapper rather than a conformance of KVM's structs to `Codable`, which would be public API.)
+struct RawBytes<Value: PlainCStruct>: Codable {
+    var value: Value
+
+    init(_ value: Value) { self.value = value }
+
+    init(from decoder: any Decoder) throws {
         let bytes = try decoder.singleValueContainer().decode([UInt8].self)
-        guard bytes.count == MemoryLayout<Self>.size else {
+        guard bytes.count == MemoryLayout<Value>.size else {
             throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
-                                                   debugDescription: "\(Self.self) of \(bytes.count) bytes, not \(MemoryLayout<Self>.size)"))
+                                                   debugDescription: "\(Value.self) of \(bytes.count) bytes, not \(MemoryLayout<Value>.size)"))
         }
-        self.init()
-        // SAFETY: `Self` is a C struct of plain integers, exactly `bytes.count` bytes long, so
+        var value = Value()
+        // SAFETY: `Value` is a C struct of plain integers, exactly `bytes.count` bytes long, so
         // any bit pattern is a valid value of it.
-        withUnsafeMutableBytes(of: &self) { $0.copyBytes(from: bytes) }
+        withUnsafeMutableBytes(of: &value) { $0.copyBytes(from: bytes) }
+        self.value = value
     }
 
-    public func encode(to encoder: any Encoder) throws {
+    func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()
         // SAFETY: reading the bytes of a plain C struct.
-        try container.encode(withUnsafeBytes(of: self) { Array($0) })
+        try container.encode(withUnsafeBytes(of: value) { Array($0) })
     }
 }
 
-extension kvm_regs: RawBytesCodable {}
-extension kvm_sregs: RawBytesCodable {}
-extension kvm_vcpu_events: RawBytesCodable {}
-extension kvm_xsave: RawBytesCodable {}
-extension kvm_fpu: RawBytesCodable {}
-extension kvm_xcrs: RawBytesCodable {}
-extension kvm_debugregs: RawBytesCodable {}
+extension kvm_regs: PlainCStruct {}
+extension kvm_sregs: PlainCStruct {}
+extension kvm_vcpu_events: PlainCStruct {}
+extension kvm_xsave: PlainCStruct {}
+extension kvm_fpu: PlainCStruct {}
+extension kvm_xcrs: PlainCStruct {}
+extension kvm_debugregs: PlainCStruct {}
 
 extension VCPUState: Codable {
     private enum CodingKeys: String, CodingKey {
@@ -44,12 +50,12 @@ extension VCPUState: Codable {
 
     init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
-        registers = try container.decode(kvm_regs.self, forKey: .registers)
-        specialRegisters = try container.decode(kvm_sregs.self, forKey: .specialRegisters)
-        events = try container.decode(kvm_vcpu_events.self, forKey: .events)
+        registers = try container.decode(RawBytes<kvm_regs>.self, forKey: .registers).value
+        specialRegisters = try container.decode(RawBytes<kvm_sregs>.self, forKey: .specialRegisters).value
+        events = try container.decode(RawBytes<kvm_vcpu_events>.self, forKey: .events).value
         floatingPoint = try container.decode(FloatingPointState.self, forKey: .floatingPoint)
-        extendedControlRegisters = try container.decodeIfPresent(kvm_xcrs.self, forKey: .extendedControlRegisters)
-        debugRegisters = try container.decodeIfPresent(kvm_debugregs.self, forKey: .debugRegisters)
+        extendedControlRegisters = try container.decodeIfPresent(RawBytes<kvm_xcrs>.self, forKey: .extendedControlRegisters)?.value
+        debugRegisters = try container.decodeIfPresent(RawBytes<kvm_debugregs>.self, forKey: .debugRegisters)?.value
         let indices = try container.decode([UInt32].self, forKey: .msrIndices)
         let values = try container.decode([UInt64].self, forKey: .msrValues)
         guard indices.count == values.count, indices.count <= 64 else {
@@ -60,12 +66,12 @@ extension VCPUState: Codable {
 
     func encode(to encoder: any Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(registers, forKey: .registers)
-        try container.encode(specialRegisters, forKey: .specialRegisters)
-        try container.encode(events, forKey: .events)
+        try container.encode(RawBytes(registers), forKey: .registers)
+        try container.encode(RawBytes(specialRegisters), forKey: .specialRegisters)
+        try container.encode(RawBytes(events), forKey: .events)
         try container.encode(floatingPoint, forKey: .floatingPoint)
-        try container.encodeIfPresent(extendedControlRegisters, forKey: .extendedControlRegisters)
-        try container.encodeIfPresent(debugRegisters, forKey: .debugRegisters)
+        try container.encodeIfPresent(extendedControlRegisters.map(RawBytes.init), forKey: .extendedControlRegisters)
+        try container.encodeIfPresent(debugRegisters.map(RawBytes.init), forKey: .debugRegisters)
         try container.encode(msrs.map(\.index), forKey: .msrIndices)
         try container.encode(msrs.map(\.value), forKey: .msrValues)
     }

@@ -39,9 +39,9 @@ struct VCPUState {
 /// The floating-point and vector state of a vCPU.
 enum FloatingPointState: Codable {
     /// `KVM_GET_XSAVE`: the 4 KiB XSAVE area (x87, SSE, AVX and whatever XCR0 enables).
-    case xsave(kvm_xsave)
+    case xsave(RawBytes<kvm_xsave>)
     /// `KVM_GET_FPU`: x87 and SSE only.
-    case fpu(kvm_fpu)
+    case fpu(RawBytes<kvm_fpu>)
 }
 
 /// What differs between two vCPU states, by component name ("registers", "fpu/xsave", "msr 0x277", ...).
@@ -54,8 +54,8 @@ func differences(between a: VCPUState, and b: VCPUState) -> [String] {
     compare("special registers", a.specialRegisters, b.specialRegisters)
     if !bytesEqual(a.events, b.events) { result.append("exception and interrupt state (\(eventDifferences(a.events, b.events)))") }
     switch (a.floatingPoint, b.floatingPoint) {
-    case (.xsave(let x), .xsave(let y)): compare("x87/SSE/AVX state (XSAVE area)", x, y)
-    case (.fpu(let x), .fpu(let y)): compare("x87/SSE state", x, y)
+    case (.xsave(let x), .xsave(let y)): compare("x87/SSE/AVX state (XSAVE area)", x.value, y.value)
+    case (.fpu(let x), .fpu(let y)): compare("x87/SSE state", x.value, y.value)
     default: result.append("floating-point state kinds")
     }
     if let x = a.extendedControlRegisters, let y = b.extendedControlRegisters { compare("XCRs", x, y) }

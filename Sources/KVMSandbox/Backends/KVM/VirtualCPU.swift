@@ -265,18 +265,22 @@ extension VirtualCPU {
         if capabilities.xsave {
             var area = kvm_xsave()
             try kvmIoctl(fd, KVMRequest.getXSave, &area, "KVM_GET_XSAVE")
-            return .xsave(area)
+            return .xsave(RawBytes(area))
         }
         var fpu = kvm_fpu()
         try kvmIoctl(fd, KVMRequest.getFPU, &fpu, "KVM_GET_FPU")
-        return .fpu(fpu)
+        return .fpu(RawBytes(fpu))
     }
 
     /// Replaces the x87/SSE/AVX state (one ioctl).
     func setFloatingPointState(_ state: FloatingPointState) throws(KVMError) {
         switch state {
-        case .xsave(var area): try kvmIoctl(fd, KVMRequest.setXSave, &area, "KVM_SET_XSAVE")
-        case .fpu(var fpu): try kvmIoctl(fd, KVMRequest.setFPU, &fpu, "KVM_SET_FPU")
+        case .xsave(let saved):
+            var area = saved.value
+            try kvmIoctl(fd, KVMRequest.setXSave, &area, "KVM_SET_XSAVE")
+        case .fpu(let saved):
+            var fpu = saved.value
+            try kvmIoctl(fd, KVMRequest.setFPU, &fpu, "KVM_SET_FPU")
         }
     }
 
