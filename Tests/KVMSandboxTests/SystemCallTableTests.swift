@@ -11,6 +11,7 @@ import Testing
         #expect(Set(entries.map(\.number)).count == entries.count)
         #expect(Set(entries.map(\.name)).count == entries.count)
         #expect(entries.allSatisfy { (0...6).contains($0.arguments) && !$0.name.isEmpty })
+        #expect(entries.allSatisfy { $0.argumentKinds.allSatisfy("xdufpos".contains) })
         #expect(entries.count >= 170)
     }
 

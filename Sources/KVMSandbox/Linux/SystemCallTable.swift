@@ -11,8 +11,12 @@ struct LinuxSystemCall: Sendable {
     let number: Int
     /// The name strace gives it.
     let name: String
-    /// How many arguments a trace line shows.
-    let arguments: Int
+    /// How `--trace-syscalls` shows each argument, one character per argument
+    /// (`LinuxTraceFormat.argument`): `x` hex, `d` signed decimal, `u` unsigned decimal, `f` a
+    /// descriptor, `p` a path or string, `o` octal (a mode), `s` a signal number.
+    let argumentKinds: String
+    /// How many arguments it takes.
+    var arguments: Int { argumentKinds.count }
     /// Whether the host's polling thread may serve it without an exit (`LinuxExitless.swift`).
     let exitless: ExitlessPolicy
     /// What it does with the descriptor in its first argument, if it transfers data through one.
@@ -81,11 +85,11 @@ struct LinuxSystemCall: Sendable {
         case epoll
     }
 
-    init(_ number: Int, _ name: String, _ arguments: Int, exitless: ExitlessPolicy = .never, transfer: Transfer? = nil,
+    init(_ number: Int, _ name: String, _ argumentKinds: String, exitless: ExitlessPolicy = .never, transfer: Transfer? = nil,
          hostCost: HostCost = .none, connectionWait: ConnectionWait? = nil, _ handler: @escaping Handler) {
         self.number = number
         self.name = name
-        self.arguments = arguments
+        self.argumentKinds = argumentKinds
         self.exitless = exitless
         self.transfer = transfer
         self.hostCost = hostCost
@@ -124,4 +128,7 @@ struct SystemCallTable: Sendable {
 
     /// How many arguments a trace shows (6 for an unknown call).
     func argumentCount(_ number: Int) -> Int { self[number]?.arguments ?? 6 }
+
+    /// How a trace shows each argument (six in hex for an unknown call).
+    func argumentKinds(_ number: Int) -> String { self[number]?.argumentKinds ?? "xxxxxx" }
 }

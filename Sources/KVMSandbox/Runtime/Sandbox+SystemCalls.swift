@@ -197,7 +197,8 @@ extension Sandbox {
     /// One strace-style line on the host's stderr; `exitless`: served by the polling thread.
     static func trace(_ call: HostCall, result: String, outcome: RunOutcome?, exitless: Bool) {
         var line = "[syscall\(exitless ? " exitless" : "")] \(LinuxPersonality.systemCalls.name(call.number))("
-        line += call.arguments.prefix(LinuxPersonality.systemCalls.argumentCount(call.number)).map { "0x" + String($0, radix: 16) }.joined(separator: ", ")
+        line += zip(call.arguments, LinuxPersonality.systemCalls.argumentKinds(call.number))
+            .map { LinuxTraceFormat.argument($0, kind: $1, memory: call.memory) }.joined(separator: ", ")
         line += ") = " + (outcome.map { "\($0)" } ?? result) + "\n"
         _ = line.withCString { Glibc.write(2, $0, strlen($0)) }
     }
