@@ -34,29 +34,23 @@ extension LinuxPersonality {
     /// `epoll_wait`/`epoll_pwait(epfd, events, maximum, timeout ms, ...)`, or `epoll_pwait2`
     /// (`timespec`: its timeout is a `struct timespec *`).
     func epollWait(_ call: HostCall, timespec: Bool) throws -> HostCallEffect {
-        var timeout: Int64?
-        if timespec {
-            guard case .success(let value) = try Self.timeoutMilliseconds(call.memory, timespecAt: call[3]) else { return Self.fail(.invalidArgument) }
-            timeout = value
-        } else {
-            let value = Int64(Int32(truncatingIfNeeded: call[3]))
-            timeout = value < 0 ? nil : value
-        }
+        guard case .success(let timeout) = try Self.waitTimeout(call, argument: 3, timespec: timespec) else { return Self.fail(.invalidArgument) }
         return try epollWait(call.descriptor(0), events: call[1], maximum: Int64(Int32(truncatingIfNeeded: call[2])),
                              timeoutMilliseconds: timeout, call.memory)
     }
 
     /// `poll(fds, count, timeout ms)`, or `ppoll` (`timespec`: its timeout is a `struct timespec *`).
     func poll(_ call: HostCall, timespec: Bool) throws -> HostCallEffect {
-        var timeout: Int64?
-        if timespec {
-            guard case .success(let value) = try Self.timeoutMilliseconds(call.memory, timespecAt: call[2]) else { return Self.fail(.invalidArgument) }
-            timeout = value
-        } else {
-            let value = Int64(Int32(truncatingIfNeeded: call[2]))
-            timeout = value < 0 ? nil : value
-        }
+        guard case .success(let timeout) = try Self.waitTimeout(call, argument: 2, timespec: timespec) else { return Self.fail(.invalidArgument) }
         return try poll(call[0], count: call[1], timeoutMilliseconds: timeout, call.memory)
+    }
+
+    /// The timeout in argument `argument` in milliseconds (nil: wait forever): a `struct
+    /// timespec *` (`timespec`), else an `int` of milliseconds where a negative one is forever.
+    static func waitTimeout(_ call: HostCall, argument: Int, timespec: Bool) throws -> Result<Int64?, Errno> {
+        if timespec { return try timeoutMilliseconds(call.memory, timespecAt: call[argument]) }
+        let value = Int64(Int32(truncatingIfNeeded: call[argument]))
+        return .success(value < 0 ? nil : value)
     }
 
     /// `select(count, readfds, writefds, exceptfds, struct timeval *)`, or `pselect6` (`timespec`:
