@@ -12,8 +12,8 @@ struct Run: ParsableCommand {
         discussion: """
         Exit status: the guest's own (0-255); 122 every guest thread waited on a futex nothing \
         could wake (a deadlock); 123 a host failure while the guest ran (a KVM \
-        ioctl failed); 124 timeout; 125 kvmsandbox could not run it (no KVM, invalid ELF, bad \
-        option); 126 the program is not an executable file (a directory, a device); 127 the \
+        ioctl failed); 124 timeout; 125 kvmsandbox could not run it (no KVM, invalid ELF, too \
+        little memory); 64 a usage error; 126 the program is not an executable file (a directory, a device); 127 the \
         program was not found (in PATH, for a name without '/'); 121 the guest broke the \
         host-call ABI; 128+N a CPU \
         exception, N being the signal a Linux process would get (132 #UD, 133 #BP, 134 abort(), \
@@ -100,6 +100,25 @@ struct Run: ParsableCommand {
         try OptionChecks.timeout(timeout)
         guard (1...4096).contains(maxThreads) else { throw ValidationError("--max-threads must be between 1 and 4096") }
         guard (1...65536).contains(addressSpace) else { throw ValidationError("--address-space must be between 1 and 65536 GiB") }
+        // Usage errors all exit 64 with the usage, before anything is loaded.
+        guard memory <= UInt64.max >> 20, stack <= UInt64.max >> 10, memory << 20 > stack << 10 else {
+            throw ValidationError("--memory \(memory) MiB must be larger than --stack \(stack) KiB")
+        }
+        guard ExceptionDelivery(rawValue: exceptionDelivery) != nil else {
+            throw ValidationError("--exception-delivery must be one of \(ExceptionDelivery.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard HostCallTransport(rawValue: hostCalls) != nil else {
+            throw ValidationError("--host-calls must be one of \(HostCallTransport.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        if let syscalls, HostCallTransport(rawValue: syscalls) == nil {
+            throw ValidationError("--syscalls must be one of \(HostCallTransport.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        for destination in allowConnect where LinuxDestination.parse(destination) == nil {
+            throw ValidationError("--allow-connect takes IPv4:PORT (e.g. 127.0.0.1:5432), not \(destination)")
+        }
+        for (option, grant) in try files.labelledGrants() where !FileManager.default.fileExists(atPath: grant.hostPath) {
+            throw ValidationError("\(option): \(grant.hostPath) does not exist")
+        }
     }
 
     func run() throws {

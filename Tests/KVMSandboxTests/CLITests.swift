@@ -91,7 +91,9 @@ extension KVMTests {
         /// SIGINT ends it as Linux would (130), and a guest that ignores SIGTERM gets SIGKILL
         /// after `--stop-timeout` (137); the report is written in every case. (The guests sleep in
         /// short steps: a signal that lands between Python's last check and its next sleep call
-        /// waits for that sleep to end, natively too.)
+        /// waits for that sleep to end, natively too; the handler writes with `os.write`, as a
+        /// signal that lands while `print('ready')` still holds stdout would make `print` in the
+        /// handler a reentrant call.)
         @Test func signalsAreForwardedToTheGuest() throws {
             func run(_ script: String, send signal: Int32, extra: [String] = []) throws -> (status: Int32, output: String) {
                 try #require(FileManager.default.isExecutableFile(atPath: CLI.path), "build the CLI first (swift build)")
@@ -115,7 +117,7 @@ extension KVMTests {
                 #expect(FileManager.default.fileExists(atPath: report), "no report after signal \(signal)")
                 return (process.terminationStatus, String(decoding: output, as: UTF8.self))
             }
-            let handled = try run("import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda n, f: (print('got', n, flush=True), sys.exit(3)))\nprint('ready', flush=True)\nwhile True: time.sleep(0.1)", send: SIGTERM)
+            let handled = try run("import os, signal, sys, time\nsignal.signal(signal.SIGTERM, lambda n, f: (os.write(1, b'got %d\\n' % n), sys.exit(3)))\nprint('ready', flush=True)\nwhile True: time.sleep(0.1)", send: SIGTERM)
             #expect(handled.status == 3 && handled.output.contains("got 15"), "\(handled)")
             let interrupted = try run("import time\nprint('ready', flush=True)\nwhile True: time.sleep(0.1)", send: SIGINT)
             #expect(interrupted.status == 130 && interrupted.output.contains("KeyboardInterrupt"), "\(interrupted)")
@@ -133,6 +135,18 @@ extension KVMTests {
             #expect(output.contains("openat(AT_FDCWD, \"/ks-no-such-file\", 0x80000, 0) = -2 (ENOENT)"), "\(output.suffix(2000))")
             #expect(output.contains("kill(1, SIGUSR1) = 0"), "\(output.suffix(2000))")
             #expect(output.contains("rt_sigaction(SIGUSR1, 0x"))
+        }
+
+        /// Every usage error exits 64 with the usage, before anything is loaded: values of
+        /// --syscalls, --host-calls, --exception-delivery and --allow-connect, a grant that does
+        /// not exist, a --memory smaller than the stack (all once 125).
+        @Test func usageErrorsExit64() throws {
+            for arguments in [["--syscalls", "bogus"], ["--host-calls", "bogus"], ["--exception-delivery", "bogus"],
+                              ["--allow-connect", "bogus"], ["--ro", "/ks-no-such-path"], ["--memory", "1"]] {
+                let (status, output) = try CLI.run(["run"] + arguments + ["/bin/true"])
+                #expect(status == 64, "\(arguments): \(output)")
+                #expect(output.contains("Usage: kvmsandbox run"), "\(arguments): \(output)")
+            }
         }
 
         /// `--env NAME` passes the host's value (and nothing when the host has none), as docker's `-e NAME`.
