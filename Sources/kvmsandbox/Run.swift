@@ -149,8 +149,17 @@ struct Run: ParsableCommand {
         configuration.systemView = !noSystemView
         configuration.files += systemViewPaths.map { FileGrant(hostPath: $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0) }
         let split = GuestArgumentSplit.parts
-        // argv[0] as typed, or the path found in PATH (the guest has no PATH to search).
-        configuration.arguments = [program.contains("/") ? program : executable] + arguments + split.guestArguments
+        // argv[0] as typed, or the path found in PATH (the guest has no PATH to search); a #!
+        // script runs its interpreter as execve would, the scripts readable by the guest.
+        switch ScriptCommand.resolve(executable, argv: [program.contains("/") ? program : executable] + arguments + split.guestArguments) {
+        case .success(let command):
+            configuration.programPath = command.program
+            configuration.arguments = command.argv
+            configuration.files += command.scripts.map { FileGrant(hostPath: $0) }
+        case .failure(let problem):
+            printError("kvmsandbox: \(problem.message)")
+            throw ExitCode(problem.status)
+        }
         configuration.environment = Self.environment(environment + split.environment)
         guard let delivery = ExceptionDelivery(rawValue: exceptionDelivery) else {
             printError("kvmsandbox: --exception-delivery must be one of \(ExceptionDelivery.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -176,14 +185,9 @@ struct Run: ParsableCommand {
         }
         let sandbox: Sandbox
         do {
-            sandbox = try Sandbox(elfPath: executable, configuration: configuration)
+            sandbox = try Sandbox(elfPath: configuration.programPath ?? executable, configuration: configuration)
         } catch {
-            if let interpreter = Self.scriptInterpreter(executable) {
-                // A #! script (a pyenv or asdf shim too): the program to run is its interpreter.
-                printError("kvmsandbox: \(executable) is a script for \(interpreter); run `kvmsandbox run \(interpreter) \(executable)` (scripts run by themselves need execve, which is not there yet)")
-            } else {
-                printError("kvmsandbox: \(executable): \(error)")
-            }
+            printError("kvmsandbox: \(configuration.programPath ?? executable): \(error)")
             throw ExitCode(error == .loadTimedOut ? ExitStatus.timeout : ExitStatus.sandboxError)
         }
         if verbose {
@@ -248,19 +252,6 @@ extension Run {
             if entry.contains("=") { return entry }
             return ProcessInfo.processInfo.environment[entry].map { "\(entry)=\($0)" }
         }
-    }
-
-    /// The interpreter a `#!` script names (its first word), or nil for anything else (a file
-    /// that cannot be read, a directory, a binary).
-    static func scriptInterpreter(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var head = [UInt8](repeating: 0, count: 256)
-        let n = head.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        guard n > 2, head.starts(with: Array("#!".utf8)) else { return nil }
-        let line = String(decoding: head[2..<n].prefix { $0 != 0x0a }, as: UTF8.self)
-        return line.split(separator: " ").first.map(String.init)
     }
 
     /// Why a program cannot be started, with the status a shell gives it: 127 not found, 126

@@ -70,8 +70,17 @@ struct ProgramOptions: ParsableArguments, Sendable {
         configuration.files = try files.grants()
         configuration.memoryDirectories = files.memoryDirectories(grants: configuration.files)
         configuration.environment = Run.environment(environment)
-        configuration.programPath = executable
-        configuration.arguments = [program[0].contains("/") ? program[0] : executable] + program.dropFirst()
+        // A #! script boots its interpreter, as `run` does (ScriptCommand).
+        let command: (program: String, argv: [String], scripts: [String])
+        switch ScriptCommand.resolve(executable, argv: [program[0].contains("/") ? program[0] : executable] + program.dropFirst()) {
+        case .success(let resolved): command = resolved
+        case .failure(let problem):
+            printError("kvmsandbox: \(problem.message)")
+            throw ExitCode(problem.status)
+        }
+        configuration.programPath = command.program
+        configuration.arguments = command.argv
+        configuration.files += command.scripts.map { FileGrant(hostPath: $0) }
         configuration.acceptsConnections = true
         configuration.allowedConnections = allowConnect
         configuration.systemCallTransport = HostCallTransport(rawValue: syscalls ?? "exit") ?? .exit
@@ -79,7 +88,7 @@ struct ProgramOptions: ParsableArguments, Sendable {
         configuration.standardError = .capture
         configuration.randomizeLayout = !noASLR
         configuration.systemView = !noSystemView
-        return (executable, configuration)
+        return (command.program, configuration)
     }
 
     /// The key of `--key`, read; nil without the option.

@@ -62,12 +62,30 @@ extension KVMTests {
             let (status, output) = try CLI.run(["run", "--no-default-tmpfs", "/usr/bin/python3", "-c", "open('\(directory)/secret')"])
             #expect(status == 1)
             #expect(output.contains("outside its grants that exist on the host: \(directory)/secret (--ro \(directory)/secret)"), "\(output)")
-            let script = directory + "/script.py"
-            try Data("#!/usr/bin/python3\nprint(1)\n".utf8).write(to: URL(fileURLWithPath: script))
-            chmod(script, 0o755)
-            let (scriptStatus, scriptOutput) = try CLI.run(["run", script])
-            #expect(scriptStatus == ExitStatus.sandboxError)
-            #expect(scriptOutput.contains("is a script for /usr/bin/python3; run `kvmsandbox run /usr/bin/python3 \(script)`"))
+        }
+
+        /// A `#!` script runs as execve runs it: its interpreter with the line's optional
+        /// argument, the script's path and its arguments (the script readable by the guest
+        /// without a grant); `#!/usr/bin/env NAME` finds NAME in PATH; a loop of interpreters
+        /// stops at Linux's nesting limit (ELOOP) with 126.
+        @Test func scriptsRunTheirInterpreter() throws {
+            let directory = LinuxFixtures.scratch("scripts")
+            func script(_ name: String, _ text: String) throws -> String {
+                let path = directory + "/" + name
+                try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+                chmod(path, 0o755)
+                return path
+            }
+            let python = try script("args.py", "#!/usr/bin/python3 -S\nimport sys\nprint(sys.argv, 'site' in sys.modules)\n")
+            let (status, output) = try CLI.run(["run", "--no-default-tmpfs", python, "one", "two"])
+            #expect(status == 0)
+            #expect(output.contains("['\(python)', 'one', 'two'] False"), "\(output)")
+            let viaEnv = try script("env.sh", "#!/usr/bin/env sh\necho from \"$0\" \"$1\"\n")
+            let (envStatus, envOutput) = try CLI.run(["run", viaEnv, "x"], environment: ["PATH": "/usr/bin:/bin"])
+            #expect(envStatus == 0 && envOutput.contains("from \(viaEnv) x"), "\(envOutput)")
+            for index in 1...5 { _ = try script("loop\(index)", "#!\(directory)/loop\(index % 5 + 1)\n") }
+            let (loopStatus, loopOutput) = try CLI.run(["run", directory + "/loop1"])
+            #expect(loopStatus == ExitStatus.notExecutable && loopOutput.contains("too many levels of #! interpreters"), "\(loopOutput)")
         }
 
         /// A program that cannot be started says why, with a shell's status: 127 not found
