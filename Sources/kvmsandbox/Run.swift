@@ -104,21 +104,28 @@ struct Run: ParsableCommand {
         guard memory <= UInt64.max >> 20, stack <= UInt64.max >> 10, memory << 20 > stack << 10 else {
             throw ValidationError("--memory \(memory) MiB must be larger than --stack \(stack) KiB")
         }
-        guard ExceptionDelivery(rawValue: exceptionDelivery) != nil else {
-            throw ValidationError("--exception-delivery must be one of \(ExceptionDelivery.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        guard HostCallTransport(rawValue: hostCalls) != nil else {
-            throw ValidationError("--host-calls must be one of \(HostCallTransport.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        if let syscalls, HostCallTransport(rawValue: syscalls) == nil {
-            throw ValidationError("--syscalls must be one of \(HostCallTransport.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
+        _ = try transports()
         for destination in allowConnect where LinuxDestination.parse(destination) == nil {
             throw ValidationError("--allow-connect takes IPv4:PORT (e.g. 127.0.0.1:5432), not \(destination)")
         }
         for (option, grant) in try files.labelledGrants() where !FileManager.default.fileExists(atPath: grant.hostPath) {
             throw ValidationError("\(option): \(grant.hostPath) does not exist")
         }
+    }
+
+    /// The values of --exception-delivery, --host-calls and --syscalls (nil: the default); an
+    /// unknown one is a usage error.
+    func transports() throws -> (exceptions: ExceptionDelivery, hostCalls: HostCallTransport, syscalls: HostCallTransport?) {
+        guard let delivery = ExceptionDelivery(rawValue: exceptionDelivery) else {
+            throw ValidationError("--exception-delivery must be one of \(ExceptionDelivery.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        let choices = HostCallTransport.allCases.map(\.rawValue).joined(separator: ", ")
+        guard let hostCallTransport = HostCallTransport(rawValue: hostCalls) else {
+            throw ValidationError("--host-calls must be one of \(choices)")
+        }
+        guard let syscalls else { return (delivery, hostCallTransport, nil) }
+        guard let syscallTransport = HostCallTransport(rawValue: syscalls) else { throw ValidationError("--syscalls must be one of \(choices)") }
+        return (delivery, hostCallTransport, syscallTransport)
     }
 
     func run() throws {
@@ -131,14 +138,10 @@ struct Run: ParsableCommand {
         configuration.memoryDirectories = files.memoryDirectories(grants: configuration.files)
         configuration.traceSyscalls = traceSyscalls
         configuration.standardInput = .fileDescriptor(0)
-        let executable: String
-        switch Self.resolve(program) {
-        case .success(let found): executable = found
-        case .failure(let problem):
-            printError("kvmsandbox: \(problem.message)")
-            throw ExitCode(problem.status)
-        }
-        configuration.programPath = executable
+        let split = GuestArgumentSplit.parts
+        let command = try Self.command(program, arguments: arguments + split.guestArguments)
+        configuration.programPath = command.program
+        configuration.arguments = command.argv
         configuration.allowJIT = allowJit
         configuration.randomizeLayout = !noASLR
         configuration.maximumThreads = maxThreads
@@ -148,46 +151,19 @@ struct Run: ParsableCommand {
         configuration.systemLibraries = !noSystemLibraries
         configuration.systemView = !noSystemView
         configuration.files += systemViewPaths.map { FileGrant(hostPath: $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0) }
-        let split = GuestArgumentSplit.parts
-        // argv[0] as typed, or the path found in PATH (the guest has no PATH to search); a #!
-        // script runs its interpreter as execve would, the scripts readable by the guest.
-        switch ScriptCommand.resolve(executable, argv: [program.contains("/") ? program : executable] + arguments + split.guestArguments) {
-        case .success(let command):
-            configuration.programPath = command.program
-            configuration.arguments = command.argv
-            configuration.files += command.scripts.map { FileGrant(hostPath: $0) }
-        case .failure(let problem):
-            printError("kvmsandbox: \(problem.message)")
-            throw ExitCode(problem.status)
-        }
+        configuration.files += command.scripts.map { FileGrant(hostPath: $0) }
         configuration.environment = Self.environment(environment + split.environment)
-        guard let delivery = ExceptionDelivery(rawValue: exceptionDelivery) else {
-            printError("kvmsandbox: --exception-delivery must be one of \(ExceptionDelivery.allCases.map(\.rawValue).joined(separator: ", "))")
-            throw ExitCode(ExitStatus.sandboxError)
-        }
-        configuration.exceptionDelivery = delivery
-        guard let transport = HostCallTransport(rawValue: hostCalls) else {
-            printError("kvmsandbox: --host-calls must be one of \(HostCallTransport.allCases.map(\.rawValue).joined(separator: ", "))")
-            throw ExitCode(ExitStatus.sandboxError)
-        }
-        configuration.hostCallTransport = transport
-        for destination in allowConnect where LinuxDestination.parse(destination) == nil {
-            printError("kvmsandbox: --allow-connect takes IPv4:PORT (e.g. 127.0.0.1:5432), not \(destination)")
-            throw ExitCode(ExitStatus.sandboxError)
-        }
+        // (validate() has refused unknown values and malformed --allow-connect destinations.)
+        let transports = try transports()
+        configuration.exceptionDelivery = transports.exceptions
+        configuration.hostCallTransport = transports.hostCalls
+        if let syscallTransport = transports.syscalls { configuration.systemCallTransport = syscallTransport }
         configuration.allowedConnections = allowConnect
-        if let syscalls {
-            guard let syscallTransport = HostCallTransport(rawValue: syscalls) else {
-                printError("kvmsandbox: --syscalls must be one of \(HostCallTransport.allCases.map(\.rawValue).joined(separator: ", "))")
-                throw ExitCode(ExitStatus.sandboxError)
-            }
-            configuration.systemCallTransport = syscallTransport
-        }
         let sandbox: Sandbox
         do {
-            sandbox = try Sandbox(elfPath: configuration.programPath ?? executable, configuration: configuration)
+            sandbox = try Sandbox(elfPath: command.program, configuration: configuration)
         } catch {
-            printError("kvmsandbox: \(configuration.programPath ?? executable): \(error)")
+            printError("kvmsandbox: \(command.program): \(error)")
             throw ExitCode(error == .loadTimedOut ? ExitStatus.timeout : ExitStatus.sandboxError)
         }
         if verbose {
@@ -251,6 +227,22 @@ extension Run {
         entries.compactMap { entry in
             if entry.contains("=") { return entry }
             return ProcessInfo.processInfo.environment[entry].map { "\(entry)=\($0)" }
+        }
+    }
+
+    /// What runs for `program` with `arguments`: the ELF to load and its argv (argv[0] as typed,
+    /// or the path found in PATH, since the guest has no PATH to search; a `#!` script runs its
+    /// interpreter as execve would, `ScriptCommand`), and the scripts the guest must be able to
+    /// read. A program that cannot start is reported with a shell's status (127, 126).
+    static func command(_ program: String, arguments: [String]) throws -> (program: String, argv: [String], scripts: [String]) {
+        let resolved = resolve(program).flatMap { executable in
+            ScriptCommand.resolve(executable, argv: [program.contains("/") ? program : executable] + arguments)
+        }
+        switch resolved {
+        case .success(let command): return command
+        case .failure(let problem):
+            printError("kvmsandbox: \(problem.message)")
+            throw ExitCode(problem.status)
         }
     }
 

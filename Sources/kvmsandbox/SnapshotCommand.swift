@@ -57,30 +57,17 @@ struct ProgramOptions: ParsableArguments, Sendable {
     /// The configuration to boot the program with: output captured (logged on failures),
     /// sockets virtualised (a server listens; a filter never notices), the program found in PATH.
     func configuration() throws -> (executable: String, configuration: SandboxConfiguration) {
-        let executable: String
-        switch Run.resolve(program[0]) {
-        case .success(let found): executable = found
-        case .failure(let problem):
-            printError("kvmsandbox: \(problem.message)")
-            throw ExitCode(problem.status)
-        }
+        // The program found in PATH; a #! script boots its interpreter, as `run` does.
+        let target = try Run.command(program[0], arguments: Array(program.dropFirst()))
         var configuration = SandboxConfiguration()
         configuration.memorySize = try OptionChecks.mebibytes(memory ?? 1024, option: "--memory")
         configuration.timeout = bootTimeout ?? 60
         configuration.files = try files.grants()
         configuration.memoryDirectories = files.memoryDirectories(grants: configuration.files)
         configuration.environment = Run.environment(environment)
-        // A #! script boots its interpreter, as `run` does (ScriptCommand).
-        let command: (program: String, argv: [String], scripts: [String])
-        switch ScriptCommand.resolve(executable, argv: [program[0].contains("/") ? program[0] : executable] + program.dropFirst()) {
-        case .success(let resolved): command = resolved
-        case .failure(let problem):
-            printError("kvmsandbox: \(problem.message)")
-            throw ExitCode(problem.status)
-        }
-        configuration.programPath = command.program
-        configuration.arguments = command.argv
-        configuration.files += command.scripts.map { FileGrant(hostPath: $0) }
+        configuration.programPath = target.program
+        configuration.arguments = target.argv
+        configuration.files += target.scripts.map { FileGrant(hostPath: $0) }
         configuration.acceptsConnections = true
         configuration.allowedConnections = allowConnect
         configuration.systemCallTransport = HostCallTransport(rawValue: syscalls ?? "exit") ?? .exit
@@ -88,7 +75,7 @@ struct ProgramOptions: ParsableArguments, Sendable {
         configuration.standardError = .capture
         configuration.randomizeLayout = !noASLR
         configuration.systemView = !noSystemView
-        return (command.program, configuration)
+        return (target.program, configuration)
     }
 
     /// The key of `--key`, read; nil without the option.
