@@ -61,6 +61,12 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "The most threads the guest may have at once (clone past it: EAGAIN).")
     var maxThreads: Int = 64
 
+    @Option(name: .long, help: "The most processes the guest may have at once, itself and zombies included (fork past it: EAGAIN). Each is its own micro-VM and host thread.")
+    var maxProcesses: Int = 64
+
+    @Flag(name: .customLong("allow-exec-writable"), help: "Let the guest execve programs under --rw grants and in-memory directories (what it may have written itself). Default: EACCES.")
+    var allowExecWritable = false
+
     @Flag(name: .long, help: "Allow anonymous memory that is executable, or writable and executable at once (V8-style JITs). Default: W^X.")
     var allowJit = false
 
@@ -99,6 +105,7 @@ struct Run: ParsableCommand {
         _ = try OptionChecks.kibibytes(stack, option: "--stack")
         try OptionChecks.timeout(timeout)
         guard (1...4096).contains(maxThreads) else { throw ValidationError("--max-threads must be between 1 and 4096") }
+        guard (1...1024).contains(maxProcesses) else { throw ValidationError("--max-processes must be between 1 and 1024") }
         guard (1...65536).contains(addressSpace) else { throw ValidationError("--address-space must be between 1 and 65536 GiB") }
         // Usage errors all exit 64 with the usage, before anything is loaded.
         guard memory <= UInt64.max >> 20, stack <= UInt64.max >> 10, memory << 20 > stack << 10 else {
@@ -145,6 +152,8 @@ struct Run: ParsableCommand {
         configuration.allowJIT = allowJit
         configuration.randomizeLayout = !noASLR
         configuration.maximumThreads = maxThreads
+        configuration.maximumProcesses = maxProcesses
+        configuration.executesWritableFiles = allowExecWritable
         configuration.addressSpaceLimit = addressSpace << 30
         if let hostMemory { configuration.hostMemoryLimit = try OptionChecks.mebibytes(hostMemory, option: "--host-memory") }
         if let diskQuota { configuration.diskQuota = try OptionChecks.mebibytes(diskQuota, option: "--disk-quota") }
@@ -183,31 +192,33 @@ struct Run: ParsableCommand {
             printError("kvmsandbox: host failure while the guest ran: \(error)")
             throw ExitCode(ExitStatus.hostFailure)
         }
+        // After an execve the program running is another image: report on that one.
+        let image = sandbox.currentImage
         if verbose {
-            let statistics = sandbox.statistics
-            printError("kvmsandbox: \(outcome); \(statistics.exits) exits, \(statistics.hostCalls) host calls, \(sandbox.systemCallCounts.values.reduce(0, +)) Linux system calls (\(sandbox.exitlessSystemCallCounts.values.reduce(0, +)) without an exit), \(statistics.translationFlushes) translation flushes (\(statistics.translationFlushNanoseconds / 1000) us)")
-            let (held, budget) = sandbox.hostMemory
-            let disk = sandbox.diskUsage
+            let statistics = image.statistics
+            printError("kvmsandbox: \(outcome); \(statistics.exits) exits, \(statistics.hostCalls) host calls, \(image.systemCallCounts.values.reduce(0, +)) Linux system calls (\(image.exitlessSystemCallCounts.values.reduce(0, +)) without an exit), \(statistics.translationFlushes) translation flushes (\(statistics.translationFlushNanoseconds / 1000) us)")
+            let (held, budget) = image.hostMemory
+            let disk = image.diskUsage
             printError("kvmsandbox: host memory held for the guest at the end: \(held >> 10) KiB of \(budget >> 10) KiB"
                        + (disk.quota.map { "; disk added: \(disk.added >> 10) KiB of \($0 >> 10) KiB" } ?? ""))
-            let missing = sandbox.unimplementedSystemCalls.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }
+            let missing = image.unimplementedSystemCalls.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }
             if !missing.isEmpty { printError("kvmsandbox: not implemented (answered ENOSYS): \(missing.joined(separator: ", "))") }
-            if sandbox.refusedExecutableMappings > 0 {
-                printError("kvmsandbox: refused \(sandbox.refusedExecutableMappings) request(s) for writable+executable or executable anonymous memory with EACCES (W^X; --allow-jit permits them)")
+            if image.refusedExecutableMappings > 0 {
+                printError("kvmsandbox: refused \(image.refusedExecutableMappings) request(s) for writable+executable or executable anonymous memory with EACCES (W^X; --allow-jit permits them)")
             }
         }
         if case .exited = outcome {} else { printError(Report.text(outcome)) }
-        if !verbose, sandbox.refusedExecutableMappings > 0, outcome != .exited(status: 0) {
-            printError("kvmsandbox: refused \(sandbox.refusedExecutableMappings) request(s) for writable+executable or executable anonymous memory with EACCES (W^X); a JIT (node, PHP's PCRE, guile) needs --allow-jit")
+        if !verbose, image.refusedExecutableMappings > 0, outcome != .exited(status: 0) {
+            printError("kvmsandbox: refused \(image.refusedExecutableMappings) request(s) for writable+executable or executable anonymous memory with EACCES (W^X); a JIT (node, PHP's PCRE, guile) needs --allow-jit")
         }
-        let denied = sandbox.deniedHostPaths
+        let denied = image.deniedHostPaths
         if !denied.isEmpty, outcome != .exited(status: 0) {
             // Deny by default, said once: what the guest looked for that the host has.
             let shown = denied.prefix(5).map { "\($0) (--ro \($0))" }.joined(separator: ", ")
             printError("kvmsandbox: the guest looked for \(denied.count == Sandbox.deniedPathsKept ? "\(denied.count)+" : "\(denied.count)") path(s) outside its grants that exist on the host: \(shown)")
         }
-        if sandbox.memoryLimitHits > 0, outcome != .exited(status: 0) {
-            printError("kvmsandbox: the guest hit --memory \(memory) MiB (\(sandbox.memoryLimitHits) request(s) for memory refused with ENOMEM); a larger --memory may let it finish")
+        if image.memoryLimitHits > 0, outcome != .exited(status: 0) {
+            printError("kvmsandbox: the guest hit --memory \(memory) MiB (\(image.memoryLimitHits) request(s) for memory refused with ENOMEM); a larger --memory may let it finish")
         }
         if let reportJSON {
             do { try Report.write(Array(Report.json(outcome, sandbox: sandbox)), to: reportJSON) } catch {

@@ -13,7 +13,7 @@ import Glibc
 /// because the guest cannot run `env`'s `execve` yet.
 enum ScriptCommand {
     /// Linux's limit on nested interpreters (`BINPRM_MAX_RECURSION` is 4).
-    static let nestingLimit = 4
+    static let nestingLimit = ScriptLine.nestingLimit
 
     /// The ELF to load and its argv for running `path` with `argv` (argv[0] first); unchanged
     /// for anything but a script. The scripts on the way are listed, for read-only grants.
@@ -53,12 +53,7 @@ enum ScriptCommand {
         defer { close(fd) }
         var head = [UInt8](repeating: 0, count: 256)
         let n = head.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        guard n > 2, head[0] == UInt8(ascii: "#"), head[1] == UInt8(ascii: "!") else { return nil }
-        let line = String(decoding: head[2..<n].prefix { $0 != 0x0a }, as: UTF8.self)
-            .trimmingCharacters(in: CharacterSet(charactersIn: " \t\r"))
-        guard !line.isEmpty else { return nil }
-        let parts = line.split(maxSplits: 1, whereSeparator: { $0 == " " || $0 == "\t" })
-        let argument = parts.count > 1 ? String(parts[1]).trimmingCharacters(in: CharacterSet(charactersIn: " \t")) : nil
-        return (String(parts[0]), argument?.isEmpty == true ? nil : argument)
+        guard n > 0, let line = ScriptLine(head.prefix(n)) else { return nil }
+        return (line.interpreter, line.argument)
     }
 }

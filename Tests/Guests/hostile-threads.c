@@ -14,8 +14,8 @@ int main(int argc, char **argv) {
     setvbuf(stdout, 0, _IONBF, 0);
     const char *mode = argc > 1 ? argv[1] : "";
     if (!strcmp(mode, "calls")) {
-        long fork = syscall(SYS_clone, 17 /* SIGCHLD: a process */, 0, 0, 0, 0);
-        int forkErrno = errno;
+        long shared = syscall(SYS_clone, 0x100 | 17 /* a process sharing memory, without vfork */, (void *)0x1000, 0, 0, 0);
+        int sharedErrno = errno;
         long badFlags = syscall(SYS_clone, 0x100 | 0x800 | 0x10000 | 0x4000000 /* a thread in a new UTS namespace */, (void *)0x1000, 0, 0, 0);
         int badErrno = errno;
         unsigned long args[8] = {0};
@@ -30,8 +30,8 @@ int main(int argc, char **argv) {
         int unalignedErrno = errno;
         long unknownOp = syscall(SYS_futex, &word, 12 /* WAIT_REQUEUE_PI */, 0, 0, 0, 0);
         int unknownErrno = errno;
-        printf("fork=%ld/%d flags=%ld/%d clone3-small=%ld/%d clone3-huge=%ld/%d clone3-wild=%ld/%d futex-unaligned=%ld/%d futex-op=%ld/%d\n",
-               fork, forkErrno, badFlags, badErrno, small, smallErrno, huge, hugeErrno, wild, wildErrno,
+        printf("shared-vm=%ld/%d flags=%ld/%d clone3-small=%ld/%d clone3-huge=%ld/%d clone3-wild=%ld/%d futex-unaligned=%ld/%d futex-op=%ld/%d\n",
+               shared, sharedErrno, badFlags, badErrno, small, smallErrno, huge, hugeErrno, wild, wildErrno,
                unaligned, unalignedErrno, unknownOp, unknownErrno);
         return 0;
     }

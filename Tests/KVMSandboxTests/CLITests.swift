@@ -160,11 +160,22 @@ extension KVMTests {
         /// not exist, a --memory smaller than the stack (all once 125).
         @Test func usageErrorsExit64() throws {
             for arguments in [["--syscalls", "bogus"], ["--host-calls", "bogus"], ["--exception-delivery", "bogus"],
-                              ["--allow-connect", "bogus"], ["--ro", "/ks-no-such-path"], ["--memory", "1"]] {
+                              ["--allow-connect", "bogus"], ["--ro", "/ks-no-such-path"], ["--memory", "1"],
+                              ["--max-processes", "0"]] {
                 let (status, output) = try CLI.run(["run"] + arguments + ["/bin/true"])
                 #expect(status == 64, "\(arguments): \(output)")
                 #expect(output.contains("Usage: kvmsandbox run"), "\(arguments): \(output)")
             }
+        }
+
+        /// `--max-processes` bounds a shell's children (the fork past it is EAGAIN, as the shell
+        /// reports) and the report describes the program that ran last (after `exec`).
+        @Test func processesFromTheCommandLine() throws {
+            let (status, output) = try CLI.run(["run", "--max-processes", "1", "/bin/busybox", "sh", "-c", "/bin/true; echo after"])
+            #expect(status == 2 && output == "sh: can't fork: Resource temporarily unavailable\n", "\(output)")
+            let exec = try CLI.run(["run", "--verbose", "/bin/bash", "-c", "exec /bin/busybox true"])
+            #expect(exec.status == 0, "\(exec.output)")
+            #expect(exec.output.contains("exited with status 0"), "\(exec.output)")
         }
 
         /// `--env NAME` passes the host's value (and nothing when the host has none), as docker's `-e NAME`.

@@ -85,14 +85,14 @@ extension KVMTests {
             #expect(main.backtrace.frames.contains { $0.function == "main" }, "\(main.backtrace)")
         }
 
-        /// Hostile calls: a process clone is ENOSYS, odd flags and clone3 structs EINVAL/EFAULT,
+        /// Hostile calls: a process sharing memory without CLONE_VFORK is EINVAL, odd flags and clone3 structs EINVAL/EFAULT,
         /// unaligned futexes EINVAL; a forged rt_sigreturn frame and a handler whose alternate
         /// stack is not mapped end the run with SIGSEGV, as Linux would kill the process.
         @Test func hostileThreadAndSignalCalls() throws {
             let program = try ThreadPrograms.c("hostile-threads")
             let (outcome, stdout, _) = try LinuxFixtures.run(program, ["calls"])
             #expect(outcome == .exited(status: 0))
-            #expect(stdout == "fork=-1/38 flags=-1/22 clone3-small=-1/22 clone3-huge=-1/22 clone3-wild=-1/14 futex-unaligned=-1/22 futex-op=-1/38\n")
+            #expect(stdout == "shared-vm=-1/22 flags=-1/22 clone3-small=-1/22 clone3-huge=-1/22 clone3-wild=-1/14 futex-unaligned=-1/22 futex-op=-1/38\n")
             #expect(try LinuxFixtures.run(program, ["sigreturn"]).outcome == .signaled(signal: 11))
             #expect(try LinuxFixtures.run(program, ["altstack"]).outcome == .signaled(signal: 11))
         }

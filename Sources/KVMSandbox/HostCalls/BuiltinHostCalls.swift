@@ -18,6 +18,8 @@ enum HostCallEffect: Equatable {
     case notBuiltin
     /// A threading call: the run loop saves, switches or creates thread state on the vCPU.
     case thread(ThreadAction)
+    /// A process call that needs the VM itself (`fork`, `execve`): the sandbox carries it out.
+    case process(ProcessRequest)
 }
 
 /// The built-in host calls: output, exit, memory (brk, anonymous mmap), clocks, and the few Linux
@@ -29,7 +31,6 @@ final class BuiltinHostCalls {
     /// Everything the calls change, as one value: a snapshot saves it, a reset puts it back.
     struct State: Codable {
         var outputWritten: UInt64 = 0
-        var captured: [Int32: [UInt8]] = [:]
         var fsBase: UInt64 = 0
         /// The heap (brk) grows up from the image; mmap grows down from below the stack.
         var heapEnd: UInt64
@@ -51,6 +52,8 @@ final class BuiltinHostCalls {
         }
     }
     var state: State
+    /// Where `.capture` streams go: shared with every process forked from this one.
+    var captured = CapturedOutput()
     /// The vCPU's kick flag: output stops waiting for a slow reader once the run is interrupted.
     var interrupter: VCPUInterrupter?
     private let heapStart: UInt64
@@ -167,8 +170,9 @@ final class BuiltinHostCalls {
             switch destination {
             case .discard: written += UInt64(chunk.count)
             case .capture:
-                state.captured[Int32(fd), default: []].append(contentsOf: chunk)
-                written += UInt64(chunk.count)
+                let taken = captured.append(chunk, to: fd, limit: outputLimit)
+                written += UInt64(taken)
+                if taken < chunk.count { failure = -Int64(HostCallErrno.EFBIG) }
             case .fileDescriptor(let hostFD):
                 switch OutputWriter.write(chunk, to: hostFD, interrupted: { interrupter?.isInterrupted ?? false }) {
                 case .complete: written += UInt64(chunk.count)
@@ -221,8 +225,8 @@ final class BuiltinHostCalls {
         return false
     }
 
-    /// The state.captured bytes written to `fd`.
-    func capturedOutput(fd: Int32) -> [UInt8] { state.captured[fd] ?? [] }
+    /// The captured bytes written to `fd` (by this process and every other of its run).
+    func capturedOutput(fd: Int32) -> [UInt8] { captured.bytes(fd: fd) }
 
     /// TIOCGWINSZ on fd 1 or 2 succeeds when the host stream is a terminal (so libc line-buffers
     /// it, as on Linux); every other ioctl is -ENOTTY.

@@ -39,7 +39,7 @@ struct OpenFile: Codable {
         case memory([UInt8])
         /// A file in an in-memory tree (`--tmpfs`), by path.
         case memoryFile(path: String)
-        /// One end of a pipe whose buffer is `LinuxPersonality.State.pipes[id]`.
+        /// One end of the pipe `LinuxPersonality.State.pipes[id]`.
         case pipe(id: Int, writeEnd: Bool)
         /// An epoll set: `LinuxPersonality.State.epolls[id]`.
         case epoll(id: Int)
@@ -144,12 +144,20 @@ struct FileTable: Codable {
         _ = entry
     }
 
-    /// Whether any descriptor refers to an end of pipe `id` (`writeEnd`: its write end).
-    func hasPipeEnd(_ id: Int, writeEnd: Bool) -> Bool {
-        entries.values.contains { entry in
-            if case .pipe(id, writeEnd) = descriptions[entry.description]?.kind { return true }
-            return false
-        }
+    /// Calls `body` with each open file description (once, however many descriptors share it).
+    func forEachDescription(_ body: (OpenFile) -> Void) {
+        for file in descriptions.values { body(file) }
+    }
+
+    /// Closes every descriptor marked close-on-exec (an `execve`).
+    mutating func closeOnExec() {
+        for (fd, entry) in entries where entry.closeOnExec { _ = close(Int64(fd)) }
+    }
+
+    /// Closes every descriptor (the process ended).
+    mutating func closeAll() {
+        entries = [:]
+        descriptions = [:]
     }
 
     /// Whether any open descriptor's description is of a kind `matches` accepts.

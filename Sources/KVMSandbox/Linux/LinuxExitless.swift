@@ -41,7 +41,11 @@ extension LinuxPersonality {
     func serveExitless(_ call: HostCall) throws(StaleTranslations) -> Int64? {
         guard let entry = Self.systemCalls[call.number], mayServeExitless(call, entry) else { return nil }
         let served: Result<HostCallEffect, any Error>
+        // Nothing may wait on the polling thread (it serves every VM: the process that would end
+        // the wait could not be served): a call that would wait is undone below.
+        servingExitless = true
         do { served = .success(try handle(call)) } catch { served = .failure(error) }
+        servingExitless = false
         // Pages that lost a permission (anonymous memory reused over an executable mapping, a
         // MAP_FIXED over one), even by a call that then failed: their translations go before
         // the guest hears of the call. KVM's MMU notifier makes this safe while the vCPU runs.

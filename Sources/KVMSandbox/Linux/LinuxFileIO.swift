@@ -134,6 +134,10 @@ extension LinuxPersonality {
             let bytes = try memory.read(address, count: Int(min(count, UInt64(Self.pipeCapacity))))
             switch writePipe(id, bytes, nonblocking: file.statusFlags & O_NONBLOCK != 0) {
             case .success(let n): return .value(Int64(n))
+            case .failure(.brokenPipe):
+                // No reader left: SIGPIPE as well, which ends the process unless handled or ignored.
+                if case .signal(let number) = send(13, to: state.currentThread) { return .signal(number) }
+                return Self.fail(.brokenPipe)
             case .failure(let error): return Self.fail(error)
             }
         case .eventCounter(let id):

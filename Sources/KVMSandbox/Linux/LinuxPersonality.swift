@@ -25,8 +25,10 @@ final class LinuxPersonality {
         var inputOffset = 0
         /// The in-memory directories (`--tmpfs`).
         var memoryFiles = MemoryFileSystem(mounts: [], capacity: 0)
-        /// Pipe buffers, by pipe id (both ends are guest fds: the guest is one process).
-        var pipes: [Int: [UInt8]] = [:]
+        /// Pipes this process holds an end of, by pipe id (shared with the processes it forks),
+        /// and which ends it has counted in each (`syncPipeEnds`).
+        var pipes: [Int: Pipe] = [:]
+        var pipeHolds: [Int: PipeHold] = [:]
         var nextPipe = 0
         /// Files mapped with `mmap`, for `/proc/self/maps` and for naming code in backtraces.
         var fileMappings: [FileMapping] = []
@@ -80,8 +82,18 @@ final class LinuxPersonality {
     /// During a run: the thread running the vCPU, and its guest time (ticks) at the start.
     var cpuThread: pid_t?
     var cpuTicksStart: UInt64 = 0
+    /// Whether the polling thread is serving a call (which then must not wait: `mustNotWait`).
+    var servingExitless = false
+    /// Whether a call that would wait must instead block its thread (another thread may end the
+    /// wait) or be undone (on the polling thread).
+    var mustNotWait: Bool { servingExitless || state.threads.count > 1 }
+    /// This process's id, and the sandbox's process table once it has more than one process.
+    var pid: Int32 = 1
+    var processes: ProcessTable?
     /// Whether the default system view is shown (its synthesized `/etc` files among them).
     let systemView: Bool
+    /// Whether `execve` may run files from writable grants (`SandboxConfiguration.executesWritableFiles`).
+    let executesWritableFiles: Bool
     /// Whether W^X is lifted for anonymous memory (`SandboxConfiguration.allowJIT`).
     let allowJIT: Bool
     /// The most threads the guest may have at once (`SandboxConfiguration.maximumThreads`).
@@ -113,6 +125,7 @@ final class LinuxPersonality {
                                              grants: fileSystem.mounts.map(\.guestPath))
         self.hostMemoryLimit = Int(clamping: configuration.effectiveHostMemoryLimit)
         self.systemView = configuration.systemView
+        self.executesWritableFiles = configuration.executesWritableFiles
         self.diskQuota = configuration.diskQuota.map { Int(clamping: $0) }
         state.cwd = Self.initialDirectory(configuration.workingDirectory, fileSystem: fileSystem)
         self.state = state
@@ -132,6 +145,10 @@ final class LinuxPersonality {
     /// The vCPU's kick flag: reads from a host stdin and sleeps stop waiting once it is set.
     var interrupter: VCPUInterrupter? { builtins.interrupter }
 
+    /// Whether the host sent signals the run loop has not taken yet (`pause` ends for them,
+    /// SIGCHLD included, which is posted without a kick).
+    var hostSignalsPending: () -> Bool = { false }
+
     /// Serves system call `call.number`.
     func handle(_ call: HostCall) throws -> HostCallEffect {
         counts[call.number, default: 0] += 1
@@ -140,6 +157,8 @@ final class LinuxPersonality {
         if !state.threads[current].restart { state.threads[current].restartDeadline = nil }
         state.threads[current].restart = false
         let effect = try dispatch(call)
+        // Descriptors may have changed (close, dup2 over a pipe end): pipes learn which ends remain.
+        if !state.pipes.isEmpty { syncPipeEnds() }
         // A file call that would block (an empty pipe other threads may fill, an eventfd at 0):
         // the thread waits and the call runs again when something changes.
         if effect == .value(-Int64(Self.restart.rawValue)) {

@@ -3,13 +3,19 @@ import SystemPackage
 import Glibc
 #endif
 
-/// Pipes between the guest's own descriptors: a 64 KiB buffer in the VM's state. With one
-/// thread, a read of an empty pipe whose write end is open (or a write to a full one) can only
-/// wait: it waits as Linux would, in slices, until the run's deadline (then `EINTR`), unless
-/// the end is `O_NONBLOCK` (`EAGAIN`).
+/// Pipes: a `Pipe` each (64 KiB), shared with the processes this one forks. A read of an empty
+/// pipe whose write end is open somewhere (or a write to a full one) waits as Linux would: on
+/// the pipe, in slices, until another process changes it or the run's deadline passes (then
+/// `EINTR`), unless the end is `O_NONBLOCK` (`EAGAIN`). With several threads the caller blocks
+/// and the others run.
 extension LinuxPersonality {
     /// Linux's default pipe capacity.
-    static let pipeCapacity = 65_536
+    static let pipeCapacity = Pipe.capacity
+
+    /// Which ends of a pipe this process holds (what it has counted in the `Pipe`).
+    struct PipeHold: Codable, Equatable {
+        var reader = false, writer = false
+    }
 
     func makePipe(_ memory: GuestMemoryView, into address: UInt64, flags: UInt64) throws -> HostCallEffect {
         let cloexec = UInt64(UInt32(bitPattern: O_CLOEXEC)), nonblock = UInt64(UInt32(bitPattern: O_NONBLOCK))
@@ -23,9 +29,49 @@ extension LinuxPersonality {
                                          closeOnExec: flags & cloexec != 0) else { return Self.fail(.tooManyOpenFiles) }
         try memory.write(UInt32(reader).littleEndianBytes + UInt32(writer).littleEndianBytes, to: address)
         state.files = table
-        state.pipes[id] = []
+        state.pipes[id] = Pipe()
         state.nextPipe += 1
+        syncPipeEnds()
         return .value(0)
+    }
+
+    /// Tells each pipe which of its ends this process now holds (after a close, a `dup2` over
+    /// a pipe end, an exec's close-on-exec, the process's end), and forgets pipes it no longer
+    /// holds. Readers and writers elsewhere see end of file and broken pipes from the counts.
+    func syncPipeEnds() {
+        guard !state.pipes.isEmpty else { return }
+        var held: [Int: PipeHold] = [:]
+        state.files.forEachDescription { file in
+            if case .pipe(let id, let writeEnd) = file.kind {
+                if writeEnd { held[id, default: PipeHold()].writer = true } else { held[id, default: PipeHold()].reader = true }
+            }
+        }
+        var changed = false
+        for (id, pipe) in state.pipes {
+            let before = state.pipeHolds[id] ?? PipeHold(), now = held[id] ?? PipeHold()
+            guard before != now else { continue }
+            changed = true
+            if before.reader != now.reader { pipe.adjust(reader: true, by: now.reader ? 1 : -1) }
+            if before.writer != now.writer { pipe.adjust(reader: false, by: now.writer ? 1 : -1) }
+            if now == PipeHold() {
+                state.pipes[id] = nil
+                state.pipeHolds[id] = nil
+            } else {
+                state.pipeHolds[id] = now
+            }
+        }
+        if changed { wakeReaders() }  // readers see end of file, writers a broken pipe
+    }
+
+    /// Gives up every pipe end (the process is gone, or its state is being replaced).
+    func releasePipes() {
+        for (id, hold) in state.pipeHolds {
+            guard let pipe = state.pipes[id] else { continue }
+            if hold.reader { pipe.adjust(reader: true, by: -1) }
+            if hold.writer { pipe.adjust(reader: false, by: -1) }
+        }
+        state.pipeHolds = [:]
+        state.pipes = [:]
     }
 
     /// close(2), dropping a pipe's buffer once neither end is open.
@@ -34,9 +80,8 @@ extension LinuxPersonality {
         guard state.files.close(fd) else { return Self.fail(.badFileDescriptor) }
         for id in state.epolls.keys { state.epolls[id]?[Int32(truncatingIfNeeded: fd)] = nil }
         switch kind {
-        case .pipe(let id, _):
-            if !state.files.hasPipeEnd(id, writeEnd: false), !state.files.hasPipeEnd(id, writeEnd: true) { state.pipes[id] = nil }
-            wakeReaders()  // readers see end of file, writers a broken pipe
+        case .pipe:
+            syncPipeEnds()
         case .epoll(let id):
             if !state.files.refersTo({ if case .epoll(id) = $0 { return true } else { return false } }) { state.epolls[id] = nil }
         case .eventCounter(let id):
@@ -49,43 +94,52 @@ extension LinuxPersonality {
     }
 
     func readPipe(_ id: Int, count: Int, nonblocking: Bool) -> Result<[UInt8], Errno> {
+        guard let pipe = state.pipes[id] else { return .success([]) }
         while true {
-            let buffer = state.pipes[id] ?? []
-            if !buffer.isEmpty {
-                let taken = Array(buffer.prefix(count))
-                state.pipes[id] = Array(buffer.dropFirst(taken.count))
+            switch pipe.read(count: count) {
+            case .read(let data):
                 wakeReaders()  // room for writers
-                return .success(taken)
+                return .success(data)
+            case .endOfFile: return .success([])
+            default: break
             }
-            if !state.files.hasPipeEnd(id, writeEnd: true) { return .success([]) }  // end of file
             if nonblocking { return .failure(.resourceTemporarilyUnavailable) }
-            if state.threads.count > 1 { return .failure(Self.restart) }  // another thread may write
-            if let error = waitSlice() { return .failure(error) }
+            if mustNotWait { return .failure(Self.restart) }  // another thread may write
+            if interrupter?.isInterrupted ?? false { return .failure(.interrupted) }
+            pipe.waitForChange(milliseconds: Int(OutputWriter.pollSlice))
         }
     }
 
     func writePipe(_ id: Int, _ bytes: [UInt8], nonblocking: Bool) -> Result<Int, Errno> {
+        guard let pipe = state.pipes[id] else { return .failure(.brokenPipe) }
         while true {
-            if !state.files.hasPipeEnd(id, writeEnd: false) { return .failure(.brokenPipe) }
-            let buffer = state.pipes[id] ?? []
-            let room = Self.pipeCapacity - buffer.count
-            if room > 0 {
-                let written = min(room, bytes.count)
-                state.pipes[id] = buffer + bytes.prefix(written)
+            switch pipe.write(bytes[...]) {
+            case .wrote(let written):
                 wakeReaders()
                 return .success(written)
+            case .broken: return .failure(.brokenPipe)
+            default: break
             }
             if nonblocking { return .failure(.resourceTemporarilyUnavailable) }
-            if state.threads.count > 1 { return .failure(Self.restart) }  // another thread may read
-            if let error = waitSlice() { return .failure(error) }
+            if mustNotWait { return .failure(Self.restart) }  // another thread may read
+            if interrupter?.isInterrupted ?? false { return .failure(.interrupted) }
+            pipe.waitForChange(milliseconds: Int(OutputWriter.pollSlice))
         }
     }
+}
 
-    /// Waits one slice for something that only the deadline can end; `EINTR` once it has.
-    private func waitSlice() -> Errno? {
-        if interrupter?.isInterrupted ?? false { return .interrupted }
-        var pause = timespec(tv_sec: 0, tv_nsec: Int(OutputWriter.pollSlice) * 1_000_000)
-        nanosleep(&pause, nil)
-        return nil
+extension LinuxPersonality.State {
+    /// This state with pipes of its own: copies of their bytes, with the ends it holds counted.
+    /// What a snapshot keeps and what a fork of it or a reset installs, so that VMs share a
+    /// pipe only when one process forked the other.
+    func detached() -> Self {
+        var copy = self
+        for (id, pipe) in pipes {
+            let own = pipe.copy()
+            if pipeHolds[id]?.reader == true { own.adjust(reader: true, by: 1) }
+            if pipeHolds[id]?.writer == true { own.adjust(reader: false, by: 1) }
+            copy.pipes[id] = own
+        }
+        return copy
     }
 }

@@ -240,13 +240,13 @@ extension LinuxPersonality {
         var events: UInt32 = 0
         switch file.kind {
         case .pipe(let id, let writeEnd):
-            let buffered = state.pipes[id]?.count ?? 0
+            let pipe = state.pipes[id]?.readiness() ?? (readable: false, writable: false, noReaders: true, noWriters: true)
             if writeEnd {
-                if buffered < Self.pipeCapacity { events |= 4 }
-                if !state.files.hasPipeEnd(id, writeEnd: false) { events |= 8 }
+                if pipe.writable { events |= 4 }
+                if pipe.noReaders { events |= 8 }
             } else {
-                if buffered > 0 { events |= 1 }
-                if !state.files.hasPipeEnd(id, writeEnd: true) { events |= 0x10 }
+                if pipe.readable { events |= 1 }
+                if pipe.noWriters { events |= 0x10 }
             }
         case .eventCounter(let id):
             expireTimer(id)

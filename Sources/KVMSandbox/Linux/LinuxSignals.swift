@@ -41,17 +41,10 @@ extension LinuxPersonality {
     static let ignoredByDefault: Set<Int> = [17, 18, 23, 28]
     static let unblockable: UInt64 = 1 << 8 | 1 << 18  // SIGKILL, SIGSTOP (bit n-1)
 
-    /// `kill(pid, signal)`: the guest is one process, pid 1 (0 and -1 reach it too).
-    func kill(pid: UInt64, signal: UInt64) -> HostCallEffect {
-        let pid = Int64(Int32(truncatingIfNeeded: pid))
-        guard pid == 1 || pid == 0 || pid == -1 else { return Self.fail(.noSuchProcess) }
-        return send(signal, to: state.currentThread)
-    }
-
     /// `tkill(tid, signal)` (`process` nil) and `tgkill(process, tid, signal)`.
     func threadKill(process: UInt64?, thread: UInt64, signal: UInt64) -> HostCallEffect {
-        if let process, Int32(truncatingIfNeeded: process) != 1 { return Self.fail(.noSuchProcess) }
-        let tid = Int32(truncatingIfNeeded: thread)
+        if let process, Int32(truncatingIfNeeded: process) != pid { return Self.fail(.noSuchProcess) }
+        let tid = internalThreadID(Int32(truncatingIfNeeded: thread))
         guard let index = state.threads.firstIndex(where: { $0.tid == tid }) else { return Self.fail(.noSuchProcess) }
         return send(signal, to: index)
     }
@@ -83,6 +76,40 @@ extension LinuxPersonality {
             return .value(0)
         }
         return .signal(Int32(number))
+    }
+
+    /// `pause()` (`mask` nil) and `rt_sigsuspend(mask)`: the thread waits, with `mask` blocked
+    /// instead of its own, until a signal is delivered; always `EINTR`. Alone, it waits on the
+    /// host until the vCPU is kicked, a host signal or SIGCHLD arrives, or the alarm is due; with
+    /// other threads it re-checks as an I/O wait does.
+    func suspend(_ memory: GuestMemoryView, mask address: UInt64?, size: UInt64) throws -> HostCallEffect {
+        let index = state.currentThread
+        var waitingMask = state.threads[index].signalMask
+        if let address {
+            guard size == 8 else { return Self.fail(.invalidArgument) }
+            waitingMask = UInt64(littleEndianBytes: try memory.read(address, count: 8)) & ~Self.unblockable
+        }
+        func interrupted() -> HostCallEffect {
+            if address != nil {
+                state.threads[index].suspendedMask = state.threads[index].signalMask
+                state.threads[index].signalMask = waitingMask
+            }
+            cancelWait()
+            return Self.fail(.interrupted)
+        }
+        if state.threads[index].pendingSignals & ~waitingMask != 0 { return interrupted() }
+        if hasOtherThreads {
+            blockRestarting(until: nil)
+            return .thread(.block)
+        }
+        while !(interrupter?.isInterrupted ?? false) && !hostSignalsPending() {
+            let now = monotonicNanoseconds()
+            if let alarm = state.alarmDeadline, alarm <= now { break }
+            let slice = min(state.alarmDeadline.map { $0 - now } ?? .max, 20_000_000)
+            var pause = timespec(tv_sec: 0, tv_nsec: Int(slice))
+            nanosleep(&pause, nil)
+        }
+        return interrupted()
     }
 
     /// The first pending, unblocked signal of thread `index`, taken off its pending set.

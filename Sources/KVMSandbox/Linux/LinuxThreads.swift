@@ -40,6 +40,9 @@ struct GuestThread: Codable {
     /// Blocked signals, signals waiting for delivery, and the alternate signal stack (`stack_t`).
     var signalMask: UInt64 = 0
     var pendingSignals: UInt64 = 0
+    /// The mask `rt_sigsuspend` replaced, put back when its signal's handler returns (it goes
+    /// into the frame's `uc_sigmask`) or at once when no handler ran.
+    var suspendedMask: UInt64?
     var alternateStack = SignalStack()
     /// The x87/SSE/AVX state each signal handler interrupted, innermost last, by frame address:
     /// `rt_sigreturn` puts it back.
@@ -90,16 +93,20 @@ extension LinuxPersonality {
         let words = try call.memory.read(call[0], count: 64)
         func word(_ index: Int) -> UInt64 { UInt64(littleEndianBytes: words[index * 8..<index * 8 + 8]) }
         // flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls
-        guard word(4) == 0, word(5) != 0 else { return Self.fail(.invalidArgument) }  // a thread: no exit signal, a stack
         let (top, overflow) = word(5).addingReportingOverflow(word(6))
-        guard !overflow else { return Self.fail(.invalidArgument) }
+        guard !overflow, word(4) <= 64 else { return Self.fail(.invalidArgument) }
+        if word(0) & Self.cloneThread == 0 {  // a process (posix_spawn's CLONE_VM | CLONE_VFORK)
+            return forkProcess(ForkRequest(flags: word(0) | word(4), stack: word(5) == 0 ? 0 : top, parentTID: word(3),
+                                           childTID: word(2), tls: word(0) & Self.cloneSetTLS != 0 ? word(7) : nil))
+        }
+        guard word(4) == 0, word(5) != 0 else { return Self.fail(.invalidArgument) }  // a thread: no exit signal, a stack
         return try clone(flags: word(0), stack: top, parentTID: word(3), childTID: word(2), tls: word(7), call.memory)
     }
 
     /// `set_tid_address(address)`: where the thread's id is cleared (and a futex woken) at its exit.
     func setTIDAddress(_ address: UInt64) -> HostCallEffect {
         state.threads[state.currentThread].clearChildTID = address
-        return .value(Int64(currentThread.tid))
+        return .value(Int64(publicThreadID(currentThread.tid)))
     }
 
     /// Whether the guest has more than one thread (calls that block then let the others run).
@@ -107,22 +114,28 @@ extension LinuxPersonality {
 
     var currentThread: GuestThread { state.threads[state.currentThread] }
 
-    /// A new thread sharing everything (the only kind of clone offered): `ENOSYS` for a process
-    /// (fork, vfork), `EINVAL` for flags threads do not use, `EAGAIN` past `maximumThreads`.
+    /// A new thread sharing everything, or a process (`forkProcess`) for a clone without
+    /// `CLONE_THREAD`; `EINVAL` for flags threads do not use, `EAGAIN` past `maximumThreads`.
     func clone(flags: UInt64, stack: UInt64, parentTID: UInt64, childTID: UInt64, tls: UInt64,
                _ memory: GuestMemoryView) throws -> HostCallEffect {
-        // A process (fork, vfork, a clone without a shared address space): not offered.
-        guard flags & Self.requiredThreadFlags == Self.requiredThreadFlags else { return Self.fail(.noFunction) }
+        // A process (fork, vfork, a clone without a shared address space).
+        if flags & Self.cloneThread == 0 {
+            return forkProcess(ForkRequest(flags: flags, stack: stack, parentTID: parentTID, childTID: childTID,
+                                           tls: flags & Self.cloneSetTLS != 0 ? tls : nil))
+        }
+        guard flags & Self.requiredThreadFlags == Self.requiredThreadFlags else { return Self.fail(.invalidArgument) }
         guard flags & ~Self.threadFlags == 0, stack != 0, stack < X86PageTables.userAddressLimit else {
             return Self.fail(.invalidArgument)
         }
         guard state.threads.count < maximumThreads else { return Self.fail(.resourceTemporarilyUnavailable) }
         let setTLS = flags & 0x80000 != 0
         guard !setTLS || tls < X86PageTables.userAddressLimit else { return Self.fail(.notPermitted) }
-        let tid = state.nextThreadID
+        // Thread ids come from the process table's id space once there are processes (no thread
+        // may have a pid's number).
+        let tid = processes?.allocateID() ?? state.nextThreadID
         if flags & 0x100000 != 0 { try memory.store(UInt32(bitPattern: tid), at: parentTID) }  // CLONE_PARENT_SETTID
         if flags & 0x1000000 != 0 { try memory.store(UInt32(bitPattern: tid), at: childTID) } // CLONE_CHILD_SETTID
-        state.nextThreadID += 1
+        state.nextThreadID = max(state.nextThreadID, tid) + 1
         var thread = GuestThread(tid: tid)
         thread.signalMask = currentThread.signalMask  // inherited; the alternate stack is not
         if flags & 0x200000 != 0 { thread.clearChildTID = childTID }                          // CLONE_CHILD_CLEARTID

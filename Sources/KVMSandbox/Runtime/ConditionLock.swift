@@ -26,6 +26,15 @@ final class ConditionLock: @unchecked Sendable {
     /// Waits for a broadcast (the mutex held); may wake spuriously.
     func wait() { pthread_cond_wait(condition, mutex) }
     func broadcast() { pthread_cond_broadcast(condition) }
+    /// Waits for a broadcast or `milliseconds` (the mutex held); may wake spuriously.
+    func wait(milliseconds: Int) {
+        var deadline = timespec()
+        clock_gettime(CLOCK_REALTIME, &deadline)
+        let nanoseconds = Int(deadline.tv_nsec) + max(0, milliseconds) % 1000 * 1_000_000
+        deadline.tv_sec += max(0, milliseconds) / 1000 + nanoseconds / 1_000_000_000
+        deadline.tv_nsec = nanoseconds % 1_000_000_000
+        pthread_cond_timedwait(condition, mutex, &deadline)
+    }
 
     func withLock<T>(_ body: () throws -> T) rethrows -> T {
         lock()

@@ -28,6 +28,13 @@ public final class HostSignals: Sendable {
         if thread != 0 { interrupter.interrupt(thread: pthread_t(thread)) }
     }
 
+    /// Marks `signal` (1-64) for the guest to take at its next stop, without interrupting it
+    /// (`SIGCHLD` from a child: a blocking call in progress must not fail with `EINTR` for it).
+    func post(_ signal: Int32) {
+        guard (1...64).contains(signal) else { return }
+        _ = pending.loadThenBitwiseOr(with: UInt64(1) << UInt64(signal - 1), ordering: .sequentiallyConsistent)
+    }
+
     /// Whether a signal waits to be taken.
     var hasPending: Bool { pending.load(ordering: .relaxed) != 0 }
 

@@ -61,7 +61,14 @@ extension Sandbox {
         if case .signal(let number)? = linux.fireAlarmIfDue(now: monotonicNanoseconds()) { return .signaled(signal: number) }
         let index = linux.state.currentThread
         guard linux.state.threads[index].pendingSignals & ~linux.state.threads[index].signalMask != 0,
-              let interrupted = interruptedUserRegisters(), let number = linux.takeDeliverableSignal(index) else { return nil }
+              let interrupted = interruptedUserRegisters(), let number = linux.takeDeliverableSignal(index) else {
+            // rt_sigsuspend ended without a handler to run (the signal was ignored): its mask goes.
+            if let saved = linux.state.threads[index].suspendedMask, interruptedUserRegisters() != nil {
+                linux.state.threads[index].signalMask = saved
+                linux.state.threads[index].suspendedMask = nil
+            }
+            return nil
+        }
         let details = SignalDetails(code: -6)  // SI_TKILL
         guard try deliver(signal: number, interrupting: interrupted, details: details) else { return .signaled(signal: 11) }
         return nil
@@ -124,9 +131,10 @@ extension Sandbox {
         }
         bytes += UInt16(X86CPUState.userCode).littleEndianBytes + [0, 0, 0, 0] + UInt16(X86CPUState.userData).littleEndianBytes  // cs gs fs ss
         bytes += details.errorCode.littleEndianBytes + details.trapNumber.littleEndianBytes
-        bytes += thread.signalMask.littleEndianBytes + details.cr2.littleEndianBytes
+        let restoredMask = thread.suspendedMask ?? thread.signalMask  // rt_sigsuspend's caller gets its own back
+        bytes += restoredMask.littleEndianBytes + details.cr2.littleEndianBytes
         bytes += (xsave.isEmpty ? 0 : fpArea).littleEndianBytes + [UInt8](repeating: 0, count: 64)
-        bytes += thread.signalMask.littleEndianBytes                                   // uc_sigmask
+        bytes += restoredMask.littleEndianBytes                                        // uc_sigmask
         // siginfo: signo, errno, code, then the union (si_addr for faults; pid/uid for kill).
         var siginfo = UInt32(number).littleEndianBytes + [0, 0, 0, 0] + UInt32(bitPattern: details.code).littleEndianBytes + [0, 0, 0, 0]
         siginfo += details.code > 0 && details.code < 0x80 ? details.address.littleEndianBytes : [1, 0, 0, 0, 0, 0, 0, 0]  // si_addr, or si_pid 1 / si_uid 0
@@ -152,6 +160,7 @@ extension Sandbox {
         var mask = thread.signalMask | action.mask
         if action.flags & SignalAction.noDefer == 0 { mask |= UInt64(1) << (number - 1) }
         linux.state.threads[index].signalMask = mask & ~LinuxPersonality.unblockable
+        linux.state.threads[index].suspendedMask = nil
         if action.flags & SignalAction.resetHand != 0 { linux.state.signalActions[number] = nil }
 
         var handler = registers

@@ -68,11 +68,17 @@ extension Sandbox {
             return .ready
         }
         var threadAction: ThreadAction?
+        var processRequest: ProcessRequest?
         let effect = try guestResult(of: call) { () throws -> Either<Int64, RunOutcome> in
             // Built-ins write guest memory too: never alongside a poller-served handler.
             let effect = if let exitless { try exitless.exclusively { try linux.handle(call) } } else { try linux.handle(call) }
             if case .thread(let action) = effect {
                 threadAction = action
+                try invalidateReducedPages()
+                return .left(0)
+            }
+            if case .process(let request) = effect {
+                processRequest = request
                 try invalidateReducedPages()
                 return .left(0)
             }
@@ -88,6 +94,13 @@ extension Sandbox {
         if let threadAction {
             if configuration.traceSyscalls { trace(call, result: "\(threadAction)", outcome: nil) }
             return try perform(threadAction)
+        }
+        if let processRequest {
+            let outcome = try perform(processRequest)
+            if configuration.traceSyscalls {
+                trace(call, result: outcome == nil ? LinuxTraceFormat.describe(result: Int64(bitPattern: vcpu.registers.rax)) : "0 (exec)", outcome: nil)
+            }
+            return outcome
         }
         let result: Int64
         switch effect {
@@ -149,7 +162,7 @@ extension Sandbox {
             try vcpu.setSpecialRegisters(sregs)
             builtins.setFSBase(base)
             return .left(0)
-        case .thread:
+        case .thread, .process:
             return .left(-Int64(HostCallErrno.ENOSYS))  // served by `serveSystemCall`, never reaches here
         }
     }

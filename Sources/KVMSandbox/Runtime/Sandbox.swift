@@ -89,6 +89,12 @@ public final class Sandbox {
     var runDeadline: Watchdog.Token?
     /// When the running guest thread got the vCPU (time slices).
     var sliceStarted: UInt64 = 0
+    /// When the current run's deadline passes (monotonic ns), if it has one.
+    var runEnds: UInt64?
+    /// The image an `execve` of this one loaded, which `run()` goes on with.
+    var replacement: Sandbox?
+    /// The last image an `execve` loaded (`currentImage`).
+    var execChain: Sandbox?
 
     /// Where the guest is in its life.
     enum Phase {
@@ -231,6 +237,7 @@ public final class Sandbox {
         mailboxPhysical = physical
         mailbox = Mailbox(memory: memory, physical: physical)
         builtins.interrupter = vcpu.interrupter
+        linux.hostSignalsPending = { [hostSignals] in hostSignals.hasPending }
     }
 
     /// Where an initializing guest counts as ready for a snapshot.
@@ -276,7 +283,7 @@ public final class Sandbox {
 
     /// Forgets the captured output (a VM that serves one request after another without resets).
     /// It still counts against `outputLimit` until the next reset.
-    public func discardCapturedOutput() { builtins.state.captured = [:] }
+    public func discardCapturedOutput() { builtins.captured.clear() }
 
     /// Checked access to the guest's memory, as the guest sees it.
     public var guestMemory: GuestMemoryView { GuestMemoryView(space: space) }
@@ -284,8 +291,22 @@ public final class Sandbox {
     /// Runs the guest until it exits, faults, breaks the ABI or times out (a fork: from where it
     /// is paused). Throws only for host-side failures (a KVM ioctl failing); guest behaviour is
     /// the outcome.
+    /// A program that `execve`s goes on in the new image (`currentImage`); when this is the
+    /// sandbox's first process, the processes it started are killed when it ends.
     public func run() throws(SandboxError) -> RunOutcome {
-        try runLoop(until: .end)
+        var outcome = try runLoop(until: .end)
+        var current = self
+        while let next = current.replacement {
+            current.replacement = nil
+            execChain = next
+            current = next
+            outcome = try next.runLoop(until: .end)
+        }
+        if let table = current.linux.processes, current.linux.pid == 1 {
+            current.linux.closeEverything()
+            table.terminateAll()
+        }
+        return outcome
     }
 
     /// Runs the guest until it is ready (then the outcome is `.ready` and the sandbox is paused
@@ -350,6 +371,7 @@ public final class Sandbox {
         let deadline = stop == .parked ? nil : effectiveTimeout.map {
             watchdog.arm(seconds: max($0 - loading, 1e-9), interrupter: vcpu.interrupter)
         }
+        runEnds = stop == .parked ? nil : effectiveTimeout.map { monotonicNanoseconds() &+ UInt64(min(max($0 - loading, 0), 1e9) * 1e9) }
         if postsHostCalls || postsSystemCalls {
             let server = exitlessServer
             let linux = self.linux, tracing = configuration.traceSyscalls

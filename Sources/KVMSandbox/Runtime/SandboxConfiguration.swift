@@ -74,6 +74,13 @@ public struct SandboxConfiguration: Sendable, Codable {
     /// The most threads an unmodified program may have at once (`clone` past it: `EAGAIN`).
     /// They share the one vCPU; each one's stack is the program's own memory.
     public var maximumThreads = 64
+    /// The most processes the guest may have at once, zombies included (`fork`/`clone` past it:
+    /// `EAGAIN`, as `RLIMIT_NPROC`). Each is a micro-VM of its own, with `memorySize` of its own.
+    public var maximumProcesses = 64
+    /// Let `execve` run a file from a writable grant (a program the guest may have written:
+    /// new code). Off: such an `execve` is `EACCES`, as on a `noexec` mount; files in the
+    /// in-memory directories are never executable.
+    public var executesWritableFiles = false
     /// Socket mode: the guest may create TCP sockets and listen on one (nothing is bound on the
     /// host); the connections the embedder hands over with `Sandbox.offerConnection` are what
     /// its `accept` returns. Off: every `socket` is `EACCES` (no network). Outgoing connections

@@ -72,10 +72,8 @@ public final class Snapshot: @unchecked Sendable {
         vcpuState = state
         tablesRoot = sandbox.space.tables.root
         allocator = sandbox.space.allocatorState
-        var builtinState = sandbox.builtins.state
-        builtinState.captured = [:]
-        builtins = builtinState
-        linux = sandbox.linux.state
+        builtins = sandbox.builtins.state
+        linux = sandbox.linux.state.detached()
         fileSystem = sandbox.linux.fileSystem
         stackBottom = sandbox.stackBottom
         hostProgramPath = sandbox.hostProgramPath
@@ -169,7 +167,7 @@ extension Sandbox {
         builtins.state = snapshot.builtins
         let linux = LinuxPersonality(space: space, builtins: builtins, fileSystem: snapshot.fileSystem,
                                      configuration: snapshot.configuration, image: snapshot.image, stackBottom: snapshot.stackBottom)
-        linux.state = snapshot.linux
+        linux.state = snapshot.linux.detached()
         let vm: VirtualMachine, vcpu: VirtualCPU
         do {
             (vm, vcpu) = try MicroVM.create(system: snapshot.system, memory: memory, dirtyTracking: tracking,
@@ -221,7 +219,10 @@ extension Sandbox {
         space.restore(allocator: snapshot.allocator)
         let fsBaseChanged = builtins.fsBase != snapshot.builtins.fsBase
         builtins.state = snapshot.builtins
-        linux.state = snapshot.linux
+        builtins.captured.clear()
+        linux.endProcesses()
+        linux.releasePipes()
+        linux.state = snapshot.linux.detached()
         vcpu.modifyRegisters { $0 = snapshot.registers }
         vcpu.clearImmediateExit()
         var faulted = false

@@ -30,7 +30,7 @@ import Glibc
 extension Snapshot {
     /// The snapshot file format version this build writes and reads.
     /// (2: keyed files, the layout randomization setting, host budgets, the guest's CPU time.)
-    public static let fileFormatVersion: UInt32 = 2
+    public static let fileFormatVersion: UInt32 = 3
     static let fileMagic = Array("KVMSNAP\0".utf8)
     /// The header flag of a keyed file (an HMAC-SHA256 tag follows the checksum).
     static let keyedFlag: UInt32 = 1

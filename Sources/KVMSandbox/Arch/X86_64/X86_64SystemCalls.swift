@@ -198,10 +198,14 @@ extension SystemCallTable {
         .init(56, "clone", "xxxxx", hostCost: .thread) { l, c in  // clone(flags, stack, parent_tid, child_tid, tls)
             try l.clone(flags: c[0], stack: c[1], parentTID: c[2], childTID: c[3], tls: c[4], c.memory) },
         .init(435, "clone3", "xu", hostCost: .thread) { l, c in try l.clone3(c) },
-        .init(57, "fork", "", notServed),
-        .init(59, "execve", "pxx", notServed),
-        .init(61, "wait4", "dxxx", notServed),
-        .init(186, "gettid", "", exitless: .always) { l, _ in .value(Int64(l.currentThread.tid)) },
+        .init(57, "fork", "") { l, _ in l.forkProcess(ForkRequest(flags: 17)) },  // SIGCHLD
+        .init(58, "vfork", "") { l, _ in l.forkProcess(ForkRequest(flags: 17 | LinuxPersonality.cloneVM | LinuxPersonality.cloneVfork)) },
+        .init(59, "execve", "pxx") { l, c in try l.execute(atCWD, c.memory, path: c[0], arguments: c[1], environment: c[2]) },
+        .init(322, "execveat", "fpxxx") { l, c in
+            try l.execute(c.descriptor(0), c.memory, path: c[1], arguments: c[2], environment: c[3], flags: c[4]) },
+        .init(61, "wait4", "dxxx") { l, c in try l.wait(selector: c[0], c.memory, status: c[1], options: c[2], usage: c[3]) },
+        .init(247, "waitid", "ddxxx") { l, c in try l.waitID(type: c[0], id: c[1], c.memory, info: c[2], options: c[3]) },
+        .init(186, "gettid", "", exitless: .always) { l, _ in .value(Int64(l.publicThreadID(l.currentThread.tid))) },
         .init(218, "set_tid_address", "x") { l, c in l.setTIDAddress(c[0]) },
         .init(24, "sched_yield", "") { l, _ in l.hasOtherThreads ? .thread(.yield) : .value(0) },
         .init(60, "exit", "d") { l, c in  // this thread only, or the process when it is the last
@@ -226,6 +230,8 @@ extension SystemCallTable {
         .init(13, "rt_sigaction", "sxxu", exitless: .always) { l, c in
             try l.signalAction(c.signed(0), c.memory, new: c[1], old: c[2], size: c[3]) },
         .init(14, "rt_sigprocmask", "dxxu") { l, c in try l.signalMask(how: c[0], c.memory, new: c[1], old: c[2], size: c[3]) },
+        .init(34, "pause", "") { l, c in try l.suspend(c.memory, mask: nil, size: 8) },
+        .init(130, "rt_sigsuspend", "xu") { l, c in try l.suspend(c.memory, mask: c[0], size: c[1]) },
         .init(131, "sigaltstack", "xx") { l, c in try l.alternateStack(c.memory, new: c[0], old: c[1]) },
         .init(15, "rt_sigreturn", "") { _, _ in .thread(.signalReturn) },
         .init(62, "kill", "ds") { l, c in l.kill(pid: c[0], signal: c[1]) },
@@ -238,12 +244,13 @@ extension SystemCallTable {
     // MARK: the process: identity, limits, time
 
     private static let process: [LinuxSystemCall] = [
-        .init(39, "getpid", "", exitless: .always) { _, _ in .value(1) },
-        .init(110, "getppid", "", exitless: .always) { _, _ in .value(0) },  // no parent inside
-        .init(111, "getpgrp", "") { _, _ in .value(1) },
-        .init(109, "setpgid", "xx") { _, _ in .value(1) },
-        .init(112, "setsid", "") { _, _ in .value(1) },
-        .init(121, "getpgid", "x") { _, _ in .value(1) },
+        .init(39, "getpid", "", exitless: .always) { l, _ in .value(Int64(l.pid)) },
+        .init(110, "getppid", "") { l, _ in .value(l.parentProcessID) },  // 0 for pid 1
+        .init(111, "getpgrp", "") { l, _ in l.processGroup(of: 0, session: false) },
+        .init(109, "setpgid", "dd") { l, c in l.setProcessGroup(c[0], c[1]) },
+        .init(112, "setsid", "") { l, _ in l.newSession() },
+        .init(121, "getpgid", "d") { l, c in l.processGroup(of: c[0], session: false) },
+        .init(124, "getsid", "d") { l, c in l.processGroup(of: c[0], session: true) },
         .init(102, "getuid", "", exitless: .always) { _, _ in .value(0) },
         .init(104, "getgid", "", exitless: .always) { _, _ in .value(0) },
         .init(107, "geteuid", "", exitless: .always) { _, _ in .value(0) },

@@ -1,0 +1,163 @@
+/* Processes (ProcessTests): fork, wait statuses, pipes between processes, execve, a fork bomb
+   against the process limit, kill(-1) inside the sandbox, and a child that never ends.
+   Hostile by design: never run it natively outside `unshare -p -f --mount-proc`. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char *name(int error) {
+    switch (error) {
+    case EAGAIN: return "EAGAIN";
+    case ECHILD: return "ECHILD";
+    case EACCES: return "EACCES";
+    case ENOENT: return "ENOENT";
+    case ESRCH: return "ESRCH";
+    case EPERM: return "EPERM";
+    default: return "other";
+    }
+}
+
+/* Exit statuses, a signaled child, WNOHANG, getppid, and a pipe from child to parent. */
+static int waits(void) {
+    pid_t parent = getpid();
+    int fds[2];
+    if (pipe(fds) != 0) return 1;
+    pid_t child = fork();
+    if (child == 0) {
+        close(fds[0]);
+        char line[64];
+        int n = snprintf(line, sizeof line, "child sees parent=%d", getppid() == parent);
+        write(fds[1], line, (size_t)n);
+        _exit(7);
+    }
+    close(fds[1]);
+    char buffer[64] = {0};
+    ssize_t got = read(fds[0], buffer, sizeof buffer - 1);
+    int status = 0;
+    pid_t reaped = waitpid(child, &status, 0);
+    printf("%s (%zd bytes), reaped=%d exited=%d status=%d\n", buffer, got, reaped == child,
+           WIFEXITED(status), WEXITSTATUS(status));
+    char rest;
+    printf("eof after the writer exited: %zd\n", read(fds[0], &rest, 1));
+
+    pid_t victim = fork();
+    if (victim == 0) { raise(SIGTERM); _exit(0); }
+    waitpid(victim, &status, 0);
+    printf("signaled=%d signal=%d\n", WIFSIGNALED(status), WTERMSIG(status));
+
+    pid_t sleeper = fork();
+    if (sleeper == 0) { pause(); _exit(0); }
+    printf("wnohang=%d\n", waitpid(sleeper, &status, WNOHANG));
+    kill(sleeper, SIGKILL);
+    waitpid(sleeper, &status, 0);
+    printf("killed=%d\n", WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    errno = 0;
+    pid_t none = waitpid(-1, &status, 0);  /* (errno read after the call) */
+    printf("no children: %d %s\n", none, name(errno));
+    return 0;
+}
+
+/* Forks children that wait until the process limit refuses one; then ends them all by PID. */
+static int bomb(void) {
+    pid_t children[1024];
+    int count = 0;
+    for (;;) {
+        if (count == 1024) break;
+        pid_t child = fork();
+        if (child == 0) { pause(); _exit(0); }
+        if (child < 0) {
+            printf("forked %d, then %s\n", count, name(errno));
+            break;
+        }
+        children[count++] = child;
+    }
+    for (int i = 0; i < count; i++) kill(children[i], SIGKILL);
+    int reaped = 0, status;
+    while (wait(&status) > 0) reaped++;
+    printf("reaped %d\n", reaped);
+    return 0;
+}
+
+/* kill(-1, SIGKILL) reaches every process of the sandbox but the caller, nothing outside. */
+static int killAll(void) {
+    for (int i = 0; i < 3; i++)
+        if (fork() == 0) { pause(); _exit(0); }
+    int result = kill(-1, SIGKILL);
+    int killed = 0, status;
+    while (wait(&status) > 0)
+        if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) killed++;
+    printf("kill(-1)=%d killed=%d, the caller survived\n", result, killed);
+    errno = 0;
+    int outside = kill(4242, 0);
+    printf("kill(pid 4242)=%d %s\n", outside, name(errno));
+    return 0;
+}
+
+/* execve of argv[2] (with the rest as its arguments), reporting the errno if it fails. */
+static int exec(int argc, char **argv) {
+    if (argc < 4) return 2;
+    pid_t child = fork();
+    if (child == 0) {
+        execv(argv[2], argv + 3);
+        printf("execve %s: %s\n", argv[2], name(errno));
+        _exit(127);
+    }
+    int status = 0;
+    waitpid(child, &status, 0);
+    printf("exit status %d\n", WEXITSTATUS(status));
+    return 0;
+}
+
+static volatile sig_atomic_t handled;
+static void onSignal(int signo) { handled |= 1 << signo; }
+
+/* sigsuspend waits for a child's SIGUSR1 with it unblocked, then the old mask is back; pause
+   ends for SIGCHLD when it has a handler. */
+static int suspend(void) {
+    signal(SIGUSR1, onSignal);
+    signal(SIGCHLD, onSignal);
+    sigset_t blocked, empty, now;
+    sigemptyset(&blocked);
+    sigaddset(&blocked, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &blocked, 0);
+    pid_t first = fork();
+    if (first == 0) { kill(getppid(), SIGUSR1); _exit(0); }
+    sigemptyset(&empty);
+    int result = sigsuspend(&empty);
+    int error = errno;
+    sigprocmask(SIG_BLOCK, 0, &now);
+    printf("sigsuspend=%d %s usr1=%d still blocked=%d\n", result, error == EINTR ? "EINTR" : "other",
+           (handled >> SIGUSR1) & 1, sigismember(&now, SIGUSR1));
+    waitpid(first, 0, 0);
+    handled = 0;
+    if (fork() == 0) { usleep(200000); _exit(0); }
+    pause();  /* the child's SIGCHLD, 0.2 s later */
+    printf("pause ended by SIGCHLD: %d\n", (handled >> SIGCHLD) & 1);
+    return 0;
+}
+
+/* A child that computes forever while the parent waits for it: only the timeout ends it. */
+static int forever(void) {
+    pid_t child = fork();
+    if (child == 0) { for (volatile unsigned long i = 0;; i++) {} }
+    int status;
+    waitpid(child, &status, 0);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, 0, _IONBF, 0);
+    const char *mode = argc > 1 ? argv[1] : "";
+    if (!strcmp(mode, "waits")) return waits();
+    if (!strcmp(mode, "bomb")) return bomb();
+    if (!strcmp(mode, "kill-all")) return killAll();
+    if (!strcmp(mode, "exec")) return exec(argc, argv);
+    if (!strcmp(mode, "forever")) return forever();
+    if (!strcmp(mode, "suspend")) return suspend();
+    return 2;
+}

@@ -1,0 +1,154 @@
+import Foundation
+import KVMSandbox
+import KVMSandboxTools
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension KVMTests {
+    /// Processes: fork, vfork/posix_spawn, execve and wait, each process its own VM on its own
+    /// host thread, pipes and signals between them (`Tests/Guests/processes.c`, bash, python3).
+    @Suite struct Processes {
+        /// Runs `path` with the default system view, `LC_ALL=C`, output captured.
+        static func run(_ path: String, _ arguments: [String], grants: [FileGrant] = [], cwd: String? = nil,
+                        configure: (inout SandboxConfiguration) -> Void = { _ in }) throws -> (outcome: RunOutcome, stdout: String, stderr: String) {
+            try #require(FileManager.default.isExecutableFile(atPath: path), "install \(path) (Scripts/setup does)")
+            var configuration = SandboxConfiguration()
+            configuration.arguments = [path] + arguments
+            configuration.environment = ["LC_ALL=C", "PATH=/usr/bin:/bin"]
+            configuration.standardOutput = .capture
+            configuration.standardError = .capture
+            configuration.files = grants
+            configuration.workingDirectory = cwd
+            configuration.memorySize = 256 << 20
+            configuration.timeout = 60
+            configure(&configuration)
+            let sandbox = try Sandbox(elfPath: path, configuration: configuration)
+            let outcome = try sandbox.run()
+            return (outcome, String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self),
+                    String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self))
+        }
+
+        @Test func forkWaitStatusesAndAPipe() throws {
+            let (outcome, stdout, stderr) = try Self.run(try ThreadPrograms.c("processes"), ["waits"])
+            #expect(outcome == .exited(status: 0), "\(stderr)")
+            #expect(stdout == """
+                child sees parent=1 (19 bytes), reaped=1 exited=1 status=7
+                eof after the writer exited: 0
+                signaled=1 signal=15
+                wnohang=0
+                killed=1
+                no children: -1 ECHILD
+
+                """)
+        }
+
+        /// A bash pipeline, a subshell, a command substitution, external commands in a loop, and
+        /// `yes | head` (yes ends by SIGPIPE: status 141): the same output as a native run.
+        @Test func bashPipelinesAndSubshells() throws {
+            let directory = LinuxFixtures.scratch("bash")
+            for (name, lines) in [("a.txt", 2), ("b.txt", 3)] {
+                try Data(String(repeating: "line\n", count: lines).utf8).write(to: URL(fileURLWithPath: "\(directory)/\(name)"))
+            }
+            let script = "echo hello | tr a-z A-Z | wc -c; (cd / && ls -d usr); x=$(echo abc | rev); echo $x; "
+                + "for f in *.txt; do wc -l \"$f\"; done; false || echo \"status $?\"; sh -c 'exit 3'; echo $?; "
+                + "yes | head -2; echo \"${PIPESTATUS[@]}\""
+            let (outcome, stdout, stderr) = try Self.run("/bin/bash", ["-c", script], grants: [FileGrant(hostPath: directory)], cwd: directory)
+            #expect(outcome == .exited(status: 0), "\(stderr)")
+            #expect(stdout == "6\nusr\ncba\n2 a.txt\n3 b.txt\nstatus 1\n3\ny\ny\n141 0\n")
+        }
+
+        /// python's subprocess (posix_spawn/vfork + exec), os.popen, os.fork with waitpid, and
+        /// Popen.kill: the statuses Linux gives.
+        @Test func pythonSubprocessAndFork() throws {
+            let script = """
+                import os, subprocess, sys
+                r = subprocess.run(["sort"], input=b"b\\na\\n", capture_output=True)
+                print(r.returncode, r.stdout)
+                print(os.popen("echo popen").read().strip())
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(7)
+                print("waitpid", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+                p = subprocess.Popen(["sleep", "30"])
+                p.kill()
+                print("killed", p.wait())
+                try:
+                    subprocess.run(["/nonexistent/program"])
+                except FileNotFoundError as e:
+                    print("missing", e.errno)
+                """
+            let (outcome, stdout, stderr) = try Self.run("/usr/bin/python3", ["-c", script])
+            #expect(outcome == .exited(status: 0), "\(stderr)")
+            #expect(stdout == "0 b'a\\nb\\n'\npopen\nwaitpid 7\nkilled -9\nmissing 2\n")
+        }
+
+        /// sigsuspend and pause wait for a signal from another process (SIGUSR1 by kill, SIGCHLD
+        /// at its exit); sigsuspend's caller gets its own mask back.
+        @Test func sigsuspendAndPauseWaitForOtherProcesses() throws {
+            let (outcome, stdout, stderr) = try Self.run(try ThreadPrograms.c("processes"), ["suspend"])
+            #expect(outcome == .exited(status: 0), "\(stderr)")
+            #expect(stdout == "sigsuspend=-1 EINTR usr1=1 still blocked=1\npause ended by SIGCHLD: 1\n")
+        }
+
+        /// A fork bomb stops at the process limit with EAGAIN; the program ends its children by
+        /// PID and reaps them all.
+        @Test func aForkBombStopsAtTheLimit() throws {
+            let (outcome, stdout, stderr) = try Self.run(try ThreadPrograms.c("processes"), ["bomb"]) { $0.maximumProcesses = 6 }
+            #expect(outcome == .exited(status: 0), "\(stderr)")
+            #expect(stdout == "forked 5, then EAGAIN\nreaped 5\n")  // 6 with the first one
+        }
+
+        /// kill(-1, SIGKILL) ends the sandbox's other processes and nothing on the host; a PID
+        /// outside the sandbox does not exist for it.
+        @Test func killMinusOneStaysInsideTheSandbox() throws {
+            let (outcome, stdout, stderr) = try Self.run(try ThreadPrograms.c("processes"), ["kill-all"])
+            #expect(outcome == .exited(status: 0), "\(stderr)")
+            #expect(stdout == "kill(-1)=0 killed=3, the caller survived\nkill(pid 4242)=-1 ESRCH\n")
+        }
+
+        /// A program in a writable grant cannot be executed (what the guest wrote is not run)
+        /// unless the configuration allows it; a read-only one runs.
+        @Test func execFromAWritableGrantIsRefused() throws {
+            let writable = LinuxFixtures.scratch("exec-rw")
+            let program = try ThreadPrograms.c("processes")
+            let copy = writable + "/copy"
+            try FileManager.default.copyItem(atPath: program, toPath: copy)
+            let grants = [FileGrant(hostPath: writable, writable: true)]
+            let refused = try Self.run(program, ["exec", copy, "copy", "waits"], grants: grants)
+            #expect(refused.stdout == "execve \(copy): EACCES\nexit status 127\n", "\(refused.stderr)")
+            let allowed = try Self.run(program, ["exec", copy, "copy", "bomb"], grants: grants) {
+                $0.executesWritableFiles = true
+                $0.maximumProcesses = 3
+            }
+            #expect(allowed.stdout == "forked 1, then EAGAIN\nreaped 1\nexit status 0\n", "\(allowed.stderr)")
+            let missing = try Self.run(program, ["exec", "/nonexistent", "x"], grants: grants)
+            #expect(missing.stdout == "execve /nonexistent: ENOENT\nexit status 127\n")
+        }
+
+        /// execve of a `#!` script runs its interpreter with the script's path, as Linux does.
+        @Test func execOfAScript() throws {
+            let directory = LinuxFixtures.scratch("exec-script")
+            let script = directory + "/hello.sh"
+            try Data("#!/bin/sh -e\necho \"script $0 $1\"\n".utf8).write(to: URL(fileURLWithPath: script))
+            chmod(script, 0o755)
+            let (outcome, stdout, stderr) = try Self.run(try ThreadPrograms.c("processes"), ["exec", script, "hello.sh", "arg"],
+                                                         grants: [FileGrant(hostPath: directory)])
+            #expect(outcome == .exited(status: 0), "\(stderr)")
+            #expect(stdout == "script \(script) arg\nexit status 0\n")
+        }
+
+        /// The run's timeout ends children too: a child computing forever while its parent
+        /// waits does not keep the run alive.
+        @Test func theTimeoutEndsChildren() throws {
+            let started = Date()
+            let (outcome, _, _) = try Self.run(try ThreadPrograms.c("processes"), ["forever"]) { $0.timeout = 2 }
+            guard case .timedOut = outcome else {
+                Issue.record("expected a timeout, got \(outcome)")
+                return
+            }
+            #expect(Date().timeIntervalSince(started) < 20)
+        }
+    }
+}
