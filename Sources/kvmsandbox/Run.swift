@@ -231,14 +231,18 @@ struct Run: ParsableCommand {
 }
 
 extension Run {
-    /// `program` as a path: a name without a slash is looked up in PATH, as a shell would;
-    /// the result is absolute, since the guest sees files at their host paths.
-    /// `--env` entries, a bare NAME taking the host's value (left out when the host has none).
+    /// The PATH a guest gets when `--env` gives none, as `docker run` gives a container one:
+    /// programs that start others (`gcc` looking for `ld`, `make`, `xargs`) search it.
+    static let defaultPath = "PATH=/usr/local/bin:/usr/bin:/bin"
+
+    /// `--env` entries, a bare NAME taking the host's value (left out when the host has none),
+    /// and `defaultPath` unless they set PATH.
     static func environment(_ entries: [String]) -> [String] {
-        entries.compactMap { entry in
+        let chosen = entries.compactMap { entry in
             if entry.contains("=") { return entry }
             return ProcessInfo.processInfo.environment[entry].map { "\(entry)=\($0)" }
         }
+        return chosen.contains { $0.hasPrefix("PATH=") } ? chosen : [defaultPath] + chosen
     }
 
     /// What runs for `program` with `arguments`: the ELF to load and its argv (argv[0] as typed,

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -141,6 +142,26 @@ static int suspend(void) {
     return 0;
 }
 
+/* An orphan goes to pid 1 (the first process), and PR_SET_PDEATHSIG kills it when its parent ends. */
+static int orphans(void) {
+    pid_t middle = fork();
+    if (middle == 0) {
+        if (fork() == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            pause();
+            _exit(0);
+        }
+        usleep(200000);
+        _exit(3);
+    }
+    int status;
+    waitpid(middle, &status, 0);
+    printf("middle exited %d\n", WEXITSTATUS(status));
+    pid_t orphan = wait(&status);
+    printf("orphan reaped by pid 1: %d, killed by %d\n", orphan > 0, WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    return 0;
+}
+
 /* A child that computes forever while the parent waits for it: only the timeout ends it. */
 static int forever(void) {
     pid_t child = fork();
@@ -159,5 +180,6 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "exec")) return exec(argc, argv);
     if (!strcmp(mode, "forever")) return forever();
     if (!strcmp(mode, "suspend")) return suspend();
+    if (!strcmp(mode, "orphans")) return orphans();
     return 2;
 }

@@ -59,6 +59,17 @@ extension KVMTests {
             #expect(stdout == "6\nusr\ncba\n2 a.txt\n3 b.txt\nstatus 1\n3\ny\ny\n141 0\n")
         }
 
+        /// `make -j2`: recipes through /bin/sh by posix_spawn (with POSIX_SPAWN_RESETIDS: setresuid
+        /// to itself), two at once, each in its own VM.
+        @Test func makeRunsRecipesInParallel() throws {
+            let directory = LinuxFixtures.scratch("make")
+            try Data("all: a.out b.out\n\t@cat a.out b.out\na.out:\n\techo a | tr a-z A-Z > a.out\nb.out:\n\techo b > b.out\n".utf8)
+                .write(to: URL(fileURLWithPath: directory + "/Makefile"))
+            let (outcome, stdout, stderr) = try Self.run("/usr/bin/make", ["-s", "-j2"], grants: [FileGrant(hostPath: directory, writable: true)], cwd: directory)
+            #expect(outcome == .exited(status: 0), "\(stderr)")
+            #expect(stdout == "A\nb\n")
+        }
+
         /// python's subprocess (posix_spawn/vfork + exec), os.popen, os.fork with waitpid, and
         /// Popen.kill: the statuses Linux gives.
         @Test func pythonSubprocessAndFork() throws {
@@ -90,6 +101,66 @@ extension KVMTests {
             let (outcome, stdout, stderr) = try Self.run(try ThreadPrograms.c("processes"), ["suspend"])
             #expect(outcome == .exited(status: 0), "\(stderr)")
             #expect(stdout == "sigsuspend=-1 EINTR usr1=1 still blocked=1\npause ended by SIGCHLD: 1\n")
+        }
+
+        /// `gcc -O2 hello.c -o hello && ./hello` in the sandbox: the driver runs cc1, as and
+        /// collect2/ld, which pass temporary files through the in-memory /tmp they share; the
+        /// program it wrote runs only with `executesWritableFiles`.
+        @Test func gccCompilesAndRunsAProgram() throws {
+            let directory = LinuxFixtures.scratch("gcc")
+            try Data("#include <stdio.h>\nint main(void) { puts(\"hello from gcc\"); return 0; }\n".utf8)
+                .write(to: URL(fileURLWithPath: directory + "/hello.c"))
+            let grants = [FileGrant(hostPath: directory, writable: true)]
+            let refused = try Self.run("/bin/bash", ["-c", "gcc -O2 hello.c -o hello && ./hello"], grants: grants, cwd: directory) {
+                $0.memoryDirectories = ["/tmp"]
+            }
+            #expect(refused.outcome == .exited(status: 126), "\(refused.stderr)")
+            #expect(refused.stderr.contains("./hello: Permission denied"), "\(refused.stderr)")
+            let (outcome, stdout, stderr) = try Self.run("/bin/bash", ["-c", "gcc -O2 hello.c -o hello && ./hello"], grants: grants, cwd: directory) {
+                $0.memoryDirectories = ["/tmp"]
+                $0.executesWritableFiles = true
+            }
+            #expect(outcome == .exited(status: 0), "\(stderr)")
+            #expect(stdout == "hello from gcc\n")
+        }
+
+        /// A handler that runs a subprocess per request in forks of a snapshot: each request's
+        /// child is its own VM, ended and reaped by the time the fork is reset.
+        @Test func forksOfASnapshotRunSubprocesses() throws {
+            let snapshot = try DynamicPrograms.pythonSnapshot("py-spawn", script: """
+                import sys, subprocess
+                request = sys.stdin.read()
+                r = subprocess.run(["sort"], input=request.encode(), capture_output=True)
+                print(r.returncode, r.stdout.decode().split())
+                """, memory: 256 << 20)
+            let vm = try snapshot.fork()
+            for index in 0..<4 {
+                vm.standardInput = .bytes(Array("c\nb\na\(index)\n".utf8))
+                let outcome = try vm.run()
+                #expect(outcome == .exited(status: 0), "\(String(decoding: vm.capturedOutput(fd: 2), as: UTF8.self))")
+                #expect(String(decoding: vm.capturedOutput(fd: 1), as: UTF8.self) == "0 ['a\(index)', 'b', 'c']\n")
+                try vm.reset()
+            }
+        }
+
+        /// A snapshot holds one VM: taking one while the program has a child running is refused
+        /// with a reason, and the child is ended when the sandbox goes.
+        @Test func aSnapshotOfSeveralProcessesIsRefused() throws {
+            #expect(throws: SandboxError.severalProcesses(2)) {
+                _ = try DynamicPrograms.pythonSnapshot("py-children", script: """
+                    import sys, subprocess
+                    child = subprocess.Popen(["sleep", "30"])
+                    sys.stdin.read()
+                    """, memory: 256 << 20)
+            }
+        }
+
+        /// An orphan is re-parented to the first process, which reaps it; PR_SET_PDEATHSIG kills
+        /// it when its parent ends.
+        @Test func orphansGoToTheFirstProcess() throws {
+            let (outcome, stdout, stderr) = try Self.run(try ThreadPrograms.c("processes"), ["orphans"])
+            #expect(outcome == .exited(status: 0), "\(stderr)")
+            #expect(stdout == "middle exited 3\norphan reaped by pid 1: 1, killed by 9\n")
         }
 
         /// A fork bomb stops at the process limit with EAGAIN; the program ends its children by

@@ -26,6 +26,8 @@ final class ProcessTable: @unchecked Sendable {
         var childSignal = false
         /// Its command line, for reports and `/proc`.
         var arguments: [String]
+        /// `prctl(PR_SET_PDEATHSIG)`: the signal it gets when its parent ends (0: none).
+        var deathSignal: Int32 = 0
     }
 
     private let lock = ConditionLock()
@@ -97,6 +99,12 @@ final class ProcessTable: @unchecked Sendable {
         return true
     }
 
+    /// `prctl(PR_SET_PDEATHSIG, signal)` for `pid`.
+    func setDeathSignal(_ pid: Int32, _ signal: Int32) { lock.withLock { processes[pid]?.deathSignal = signal } }
+
+    /// `prctl(PR_GET_PDEATHSIG)` for `pid`.
+    func deathSignal(of pid: Int32) -> Int32 { lock.withLock { processes[pid]?.deathSignal ?? 0 } }
+
     /// A process's host thread is done with it (after `ended`).
     func threadFinished() { lock.withLock { running -= 1; lock.broadcast() } }
 
@@ -122,6 +130,7 @@ final class ProcessTable: @unchecked Sendable {
             for (child, var process) in processes where process.parent == pid {
                 process.parent = 1
                 processes[child] = process
+                if process.deathSignal != 0, process.status == nil { process.signals?.send(process.deathSignal) }
             }
             if let parent = processes[record.parent], parent.status == nil {
                 processes[record.parent]?.childSignal = true

@@ -300,7 +300,7 @@ extension LinuxPersonality {
     /// An in-memory tree's numbers: its capacity, what is used.
     func memoryFileSystemNumbers() -> FileSystemNumbers {
         let capacity = UInt64(max(state.memoryFiles.capacity, 0)) / 4096, used = UInt64(max(state.memoryFiles.used, 0)) / 4096
-        let nodes = UInt64(state.memoryFiles.nodes.count), maximum = UInt64(MemoryFileSystem.maximumNodes)
+        let nodes = UInt64(state.memoryFiles.nodeCount), maximum = UInt64(MemoryFileSystem.maximumNodes)
         return FileSystemNumbers(type: FileSystemNumbers.tmpfs, blocks: capacity, free: capacity > used ? capacity - used : 0,
                                  files: maximum, freeFiles: maximum > nodes ? maximum - nodes : 0)
     }

@@ -129,11 +129,12 @@ extension LinuxPersonality {
 }
 
 extension LinuxPersonality.State {
-    /// This state with pipes of its own: copies of their bytes, with the ends it holds counted.
-    /// What a snapshot keeps and what a fork of it or a reset installs, so that VMs share a
-    /// pipe only when one process forked the other.
+    /// This state with pipes and in-memory files of its own: copies of their bytes, with the
+    /// pipe ends it holds counted. What a snapshot keeps and what a fork of it or a reset
+    /// installs, so that VMs share a pipe or a tmpfs only when one process forked the other.
     func detached() -> Self {
         var copy = self
+        copy.memoryFiles = memoryFiles.detached()
         for (id, pipe) in pipes {
             let own = pipe.copy()
             if pipeHolds[id]?.reader == true { own.adjust(reader: true, by: 1) }

@@ -178,6 +178,15 @@ extension LinuxPersonality {
         case 16:  // PR_GET_NAME
             try memory.write(state.threadName, to: call[1])
             return .value(0)
+        case 3: return .value(1)  // PR_GET_DUMPABLE
+        case 4: return call[1] <= 1 ? .value(0) : Self.fail(.invalidArgument)  // PR_SET_DUMPABLE: nothing dumps here anyway
+        case 1:  // PR_SET_PDEATHSIG (the first process has no parent in the sandbox: never sent)
+            guard call[1] <= 64 else { return Self.fail(.invalidArgument) }
+            processes?.setDeathSignal(pid, Int32(call[1]))
+            return .value(0)
+        case 2:  // PR_GET_PDEATHSIG
+            try memory.write(UInt32(bitPattern: processes?.deathSignal(of: pid) ?? 0).littleEndianBytes, to: call[1])
+            return .value(0)
         default: return Self.fail(.invalidArgument)
         }
     }
@@ -210,5 +219,20 @@ extension LinuxPersonality {
             var pause = timespec(tv_sec: 0, tv_nsec: Int(slice))
             nanosleep(&pause, nil)
         }
+    }
+}
+
+extension LinuxPersonality {
+    /// `getresuid`/`getresgid`: 0 (the guest's only identity) into each of the three words.
+    func storeIdentity(_ memory: GuestMemoryView, at addresses: [UInt64]) throws -> HostCallEffect {
+        for address in addresses { try memory.write(UInt32(0).littleEndianBytes, to: address) }
+        return .value(0)
+    }
+
+    /// The `set*id` calls: each id must be 0 (the guest's own) or -1 (unchanged); the guest
+    /// cannot take another identity (`EPERM`).
+    func keepIdentity(_ ids: [UInt64]) -> HostCallEffect {
+        ids.allSatisfy { UInt32(truncatingIfNeeded: $0) == 0 || UInt32(truncatingIfNeeded: $0) == UInt32.max }
+            ? .value(0) : Self.fail(.notPermitted)
     }
 }

@@ -3,13 +3,12 @@ import SystemPackage
 import Glibc
 #endif
 
-/// A writable in-memory directory tree (`kvmsandbox run --tmpfs /tmp`): part of the VM's state,
-/// so a snapshot holds it and a reset puts it back. A value; bounded by `capacity` bytes of file
+/// The tree behind `MemoryFileSystem`: a value; bounded by `capacity` bytes of file
 /// contents *and names* (each entry costs its path's bytes plus `entryOverhead`: 20,000 files
 /// with 4 KiB paths once took 106 MiB of host memory uncounted), `ENOSPC` past it, and by
 /// `maximumNodes` entries.
-struct MemoryFileSystem: Codable {
-    enum Node: Codable {
+struct MemoryFileTree: Codable, Sendable {
+    enum Node: Codable, Sendable {
         case directory
         case file([UInt8])
     }

@@ -274,6 +274,7 @@ extension Sandbox {
         image.hostSignalsTaken = hostSignalsTaken || linux.processes != nil
         image.hostProgramPath = nil
         linux.processes?.running(linux.pid, signals: image.hostSignals, arguments: arguments, exec: true)
+        linux.processes = nil  // the new image is the process now: this one must not end the others when it goes
     }
 
     /// Seconds left of this run's deadline (nil: none).

@@ -204,12 +204,14 @@ extension Sandbox {
 
     /// One strace-style line on the host's stderr.
     func trace(_ call: HostCall, result: String, outcome: RunOutcome?) {
-        Self.trace(call, result: result, outcome: outcome, exitless: false)
+        Self.trace(call, result: result, outcome: outcome, exitless: false, pid: linux.processes == nil ? nil : linux.pid)
     }
 
-    /// One strace-style line on the host's stderr; `exitless`: served by the polling thread.
-    static func trace(_ call: HostCall, result: String, outcome: RunOutcome?, exitless: Bool) {
-        var line = "[syscall\(exitless ? " exitless" : "")] \(LinuxPersonality.systemCalls.name(call.number))("
+    /// One strace-style line on the host's stderr; `exitless`: served by the polling thread;
+    /// `pid`: the process, once the program has started others (as `strace -f` prefixes).
+    static func trace(_ call: HostCall, result: String, outcome: RunOutcome?, exitless: Bool, pid: Int32? = nil) {
+        var line = pid.map { "[pid \($0)] " } ?? ""
+        line += "[syscall\(exitless ? " exitless" : "")] \(LinuxPersonality.systemCalls.name(call.number))("
         line += zip(call.arguments, LinuxPersonality.systemCalls.argumentKinds(call.number))
             .map { LinuxTraceFormat.argument($0, kind: $1, memory: call.memory) }.joined(separator: ", ")
         line += ") = " + (outcome.map { "\($0)" } ?? result) + "\n"

@@ -293,6 +293,13 @@ public final class Sandbox {
     /// the outcome.
     /// A program that `execve`s goes on in the new image (`currentImage`); when this is the
     /// sandbox's first process, the processes it started are killed when it ends.
+    deinit {
+        // The first process going away ends the others: their host threads hold their own VMs,
+        // and nothing could reap them any more (a sandbox dropped while paused, or refused a
+        // snapshot, with children running).
+        linux.endProcesses()
+    }
+
     public func run() throws(SandboxError) -> RunOutcome {
         var outcome = try runLoop(until: .end)
         var current = self
@@ -377,7 +384,10 @@ public final class Sandbox {
             let linux = self.linux, tracing = configuration.traceSyscalls
             server.prepare(handlers: handlers, systemCalls: !postsSystemCalls ? nil : { call in
                 let result = try linux.serveExitless(call)
-                if tracing, let result { Sandbox.trace(call, result: LinuxTraceFormat.describe(result: result), outcome: nil, exitless: true) }
+                if tracing, let result {
+                    Sandbox.trace(call, result: LinuxTraceFormat.describe(result: result), outcome: nil, exitless: true,
+                                  pid: linux.processes == nil ? nil : linux.pid)
+                }
                 return result
             })
             exitless = server

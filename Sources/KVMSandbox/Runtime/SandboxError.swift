@@ -32,6 +32,9 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
     case notPaused
     /// `reset()` needs a fork of a snapshot.
     case notAFork
+    /// A snapshot of a program that has started other processes (one VM each) is not possible
+    /// yet: it would hold only this one.
+    case severalProcesses(Int)
     /// A guest function call named a symbol the ELF does not have as a function.
     case noSuchFunction(String)
     /// A guest function call's arguments do not fit the calling convention or the guest stack.
@@ -77,6 +80,8 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
             return "the sandbox is not paused at ks_ready() or after a guest call (run a snapshot's fork, or runUntilReady() first)"
         case .notAFork:
             return "only a fork of a snapshot can be reset"
+        case .severalProcesses(let count):
+            return "the program has \(count) processes; a snapshot holds one VM, so it can be taken only while the program is a single process"
         case .noSuchFunction(let name):
             return "the guest program has no function named \(name)"
         case .invalidArguments(let why):

@@ -63,6 +63,7 @@ public final class Snapshot: @unchecked Sendable {
     /// The sandbox itself is unchanged and may go on running.
     public init(of sandbox: Sandbox) throws(SandboxError) {
         guard case .paused(let registers) = sandbox.phase else { throw .notPaused }
+        if let processes = sandbox.linux.processes, processes.pids.count > 1 { throw .severalProcesses(processes.pids.count) }
         configuration = sandbox.configuration
         image = sandbox.image
         system = sandbox.system

@@ -256,6 +256,17 @@ extension SystemCallTable {
         .init(107, "geteuid", "", exitless: .always) { _, _ in .value(0) },
         .init(108, "getegid", "", exitless: .always) { _, _ in .value(0) },
         .init(115, "getgroups", "xx") { _, _ in .value(0) },
+        .init(118, "getresuid", "xxx") { l, c in try l.storeIdentity(c.memory, at: [c[0], c[1], c[2]]) },
+        .init(120, "getresgid", "xxx") { l, c in try l.storeIdentity(c.memory, at: [c[0], c[1], c[2]]) },
+        // The guest is uid/gid 0 and stays so: "changing" to 0 (posix_spawn's RESETIDS, a
+        // daemon dropping to itself) succeeds; any other identity is EPERM.
+        .init(105, "setuid", "d") { l, c in l.keepIdentity([c[0]]) },
+        .init(106, "setgid", "d") { l, c in l.keepIdentity([c[0]]) },
+        .init(113, "setreuid", "dd") { l, c in l.keepIdentity([c[0], c[1]]) },
+        .init(114, "setregid", "dd") { l, c in l.keepIdentity([c[0], c[1]]) },
+        .init(117, "setresuid", "ddd") { l, c in l.keepIdentity([c[0], c[1], c[2]]) },
+        .init(119, "setresgid", "ddd") { l, c in l.keepIdentity([c[0], c[1], c[2]]) },
+        .init(116, "setgroups", "ux") { _, c in c[0] == 0 ? .value(0) : fail(.notPermitted) },
         .init(125, "capget", "xx") { _, _ in fail(.notPermitted) },
         .init(95, "umask", "o") { l, c in l.setUmask(c[0]) },
         .init(63, "uname", "x", exitless: .always) { l, c in try l.uname(c.memory, into: c[0]) },

@@ -1,0 +1,72 @@
+import SystemPackage
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A writable in-memory directory tree (`kvmsandbox run --tmpfs /tmp`): part of the VM's state,
+/// so a snapshot holds it and a reset puts it back. A handle on a `MemoryFileTree` that every
+/// process forked from this one, and every program it execs, shares (as processes share a tmpfs
+/// mount: what `cc1` writes to /tmp, `as` reads), behind a lock since processes run on their own
+/// host threads. A snapshot, a fork of one and a reset take a `detached()` copy, so separate
+/// VMs never share a tree.
+struct MemoryFileSystem: Codable, Sendable {
+    typealias Node = MemoryFileTree.Node
+
+    /// The shared tree. Kept alive by every handle that refers to it.
+    private final class Storage: Sendable {
+        let tree: Mutex<MemoryFileTree>
+        init(_ tree: MemoryFileTree) { self.tree = Mutex(tree) }
+    }
+    private let storage: Storage
+
+    static var maximumNodes: Int { MemoryFileTree.maximumNodes }
+    static var entryOverhead: Int { MemoryFileTree.entryOverhead }
+
+    /// The bytes an entry named `path` is charged.
+    static func charge(_ path: String) -> Int { MemoryFileTree.charge(path) }
+
+    init(mounts: [String], capacity: Int) { storage = Storage(MemoryFileTree(mounts: mounts, capacity: capacity)) }
+
+    /// An in-memory tree that lets the grants at `grants` (guest paths) show through where they
+    /// lie inside it.
+    init(mounts: [String], capacity: Int, grants: [String]) {
+        storage = Storage(MemoryFileTree(mounts: mounts, capacity: capacity, grants: grants))
+    }
+
+    init(from decoder: any Decoder) throws { storage = Storage(try MemoryFileTree(from: decoder)) }
+
+    func encode(to encoder: any Encoder) throws { try read { $0 }.encode(to: encoder) }
+
+    /// A tree of its own with the same contents (what a snapshot or a reset installs).
+    func detached() -> MemoryFileSystem { MemoryFileSystem(storage: Storage(read { $0 })) }
+
+    private init(storage: Storage) { self.storage = storage }
+
+    private func read<T>(_ body: (MemoryFileTree) -> T) -> T { storage.tree.withLock { body($0) } }
+    private func change<T>(_ body: (inout MemoryFileTree) -> T) -> T { storage.tree.withLock { body(&$0) } }
+
+    /// Normalized absolute paths of the mount points.
+    var mounts: [String] { read(\.mounts) }
+    var capacity: Int { read(\.capacity) }
+    var used: Int { read(\.used) }
+    /// How many entries the tree has (mount points and pinned directories included).
+    var nodeCount: Int { read(\.nodes.count) }
+    var isConsistent: Bool { read(\.isConsistent) }
+
+    func deepestMount(covering path: String) -> String? { read { $0.deepestMount(covering: path) } }
+    func covers(_ path: String) -> Bool { read { $0.covers(path) } }
+    func node(_ path: String) -> Node? { read { $0.node(path) } }
+    func contents(_ path: String) -> [UInt8]? { read { $0.contents(path) } }
+    func children(_ path: String) -> [String] { read { $0.children(path) } }
+    func status(_ path: String) -> stat? { read { $0.status(path) } }
+
+    func createFile(_ path: String, exclusive: Bool, truncate: Bool) -> Errno? {
+        change { $0.createFile(path, exclusive: exclusive, truncate: truncate) }
+    }
+    func write(_ path: String, _ bytes: [UInt8], at offset: UInt64) -> Result<Int, Errno> { change { $0.write(path, bytes, at: offset) } }
+    func resize(_ path: String, to length: Int64) -> Errno? { change { $0.resize(path, to: length) } }
+    func makeDirectory(_ path: String) -> Errno? { change { $0.makeDirectory(path) } }
+    func remove(_ path: String, directory: Bool) -> Errno? { change { $0.remove(path, directory: directory) } }
+    func rename(_ source: String, to target: String) -> Errno? { change { $0.rename(source, to: target) } }
+}
