@@ -33,6 +33,9 @@ struct Bench: ParsableCommand {
     @Flag(help: "Only the parked-VM figures, beside the exit floor and Wasmtime.")
     var parkedOnly = false
 
+    @Flag(help: "Only the process figures (fork, posix_spawn + exec, a bash pipeline), beside native.")
+    var processesOnly = false
+
     @Flag(help: "A short run: fewer iterations, batches, rounds and cycles.")
     var quick = false
 
@@ -71,6 +74,11 @@ struct Bench: ParsableCommand {
         _ = try floorVM.measure(count: iterations)
         let floor = median(try (0..<batches).map { _ in try floorVM.measure(count: iterations) })
         results.add("floor_out_ns", floor)
+        if processesOnly {
+            try ProcessBench.run(into: &results, work: work, rounds: max(iterations / 50, 10), batches: batches)
+            print(json ? results.json(platform: platform) : results.table())
+            return
+        }
         if parkedOnly {
             let snapshot = try Snapshot(elfPath: try build("service"), configuration: ForkBench.configuration(memory: 16 << 20))
             try ParkedBench(snapshot: snapshot, samples: samples).run(into: &results, floor: floor, progress: progress)
@@ -130,6 +138,9 @@ struct Bench: ParsableCommand {
 
         progress("dynamic programs: python3/sqlite3/lua5.4 start-up, pooled python3 requests, idle forks (each vs native)")
         try DynamicBench.run(into: &results, work: work, batches: batches)
+
+        progress("processes: fork + exit + wait, posix_spawn + exec + wait, bash -c 'true | true' (each vs native, with exits)")
+        try ProcessBench.run(into: &results, work: work, rounds: max(iterations / 50, 10), batches: batches)
 
         progress("host calls with everything on one core (a child process under taskset -c 0)")
         do {

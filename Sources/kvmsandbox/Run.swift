@@ -197,6 +197,10 @@ struct Run: ParsableCommand {
         if verbose {
             let statistics = image.statistics
             printError("kvmsandbox: \(outcome); \(statistics.exits) exits, \(statistics.hostCalls) host calls, \(image.systemCallCounts.values.reduce(0, +)) Linux system calls (\(image.exitlessSystemCallCounts.values.reduce(0, +)) without an exit), \(statistics.translationFlushes) translation flushes (\(statistics.translationFlushNanoseconds / 1000) us)")
+            let processes = sandbox.processStatistics
+            if processes.processes > 1 || processes.images > 0 {
+                printError("kvmsandbox: \(processes.processes) process(es), \(processes.images) execve(s); \(processes.exits) exits in all (the figures above are the last program's)")
+            }
             let (held, budget) = image.hostMemory
             let disk = image.diskUsage
             printError("kvmsandbox: host memory held for the guest at the end: \(held >> 10) KiB of \(budget >> 10) KiB"

@@ -113,12 +113,15 @@ extension KVMTests {
         /// signal that lands while `print('ready')` still holds stdout would make `print` in the
         /// handler a reentrant call.)
         @Test func signalsAreForwardedToTheGuest() throws {
-            func run(_ script: String, send signal: Int32, extra: [String] = []) throws -> (status: Int32, output: String) {
+            func run(_ script: String, send signal: Int32, extra: [String] = [], viaExec: Bool = false) throws -> (status: Int32, output: String) {
                 try #require(FileManager.default.isExecutableFile(atPath: CLI.path), "build the CLI first (swift build)")
                 let report = LinuxFixtures.scratch("signals") + "/report-\(signal).json"
                 let process = Process()
                 process.executableURL = URL(fileURLWithPath: CLI.path)
-                process.arguments = ["run", "--report-json", report] + extra + ["/usr/bin/python3", "-c", script]
+                let python = ["/usr/bin/python3", "-c", script]
+                // viaExec: a shell that execs python3 (the signal must follow the exec).
+                let command = viaExec ? ["/bin/bash", "-c", "exec \"$0\" \"$@\"", "/usr/bin/python3", "-c", script] : python
+                process.arguments = ["run", "--report-json", report] + extra + command
                 let pipe = Pipe()
                 process.standardOutput = pipe
                 process.standardError = pipe
@@ -137,6 +140,9 @@ extension KVMTests {
             }
             let handled = try run("import os, signal, sys, time\nsignal.signal(signal.SIGTERM, lambda n, f: (os.write(1, b'got %d\\n' % n), sys.exit(3)))\nprint('ready', flush=True)\nwhile True: time.sleep(0.1)", send: SIGTERM)
             #expect(handled.status == 3 && handled.output.contains("got 15"), "\(handled)")
+            let afterExec = try run("import os, signal, sys, time\nsignal.signal(signal.SIGTERM, lambda n, f: (os.write(1, b'got %d\\n' % n), sys.exit(3)))\nprint('ready', flush=True)\nwhile True: time.sleep(0.1)",
+                                    send: SIGTERM, viaExec: true)
+            #expect(afterExec.status == 3 && afterExec.output.contains("got 15"), "\(afterExec)")
             let interrupted = try run("import time\nprint('ready', flush=True)\nwhile True: time.sleep(0.1)", send: SIGINT)
             #expect(interrupted.status == 130 && interrupted.output.contains("KeyboardInterrupt"), "\(interrupted)")
             let stubborn = try run("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(30)",

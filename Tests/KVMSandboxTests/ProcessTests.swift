@@ -44,6 +44,18 @@ extension KVMTests {
                 """)
         }
 
+        /// `processStatistics` counts every process, every execve and the exits of all of them.
+        @Test func statisticsCoverEveryProcess() throws {
+            var configuration = SandboxConfiguration()
+            configuration.arguments = ["/bin/bash", "-c", "/bin/true; exec /bin/true"]
+            configuration.timeout = 30
+            let sandbox = try Sandbox(elfPath: "/bin/bash", configuration: configuration)
+            #expect(try sandbox.run() == .exited(status: 0))
+            let statistics = sandbox.processStatistics
+            #expect(statistics.processes == 2 && statistics.images == 2, "\(statistics)")
+            #expect(statistics.exits > sandbox.currentImage.statistics.exits + sandbox.statistics.exits)
+        }
+
         /// A bash pipeline, a subshell, a command substitution, external commands in a loop, and
         /// `yes | head` (yes ends by SIGPIPE: status 141): the same output as a native run.
         @Test func bashPipelinesAndSubshells() throws {

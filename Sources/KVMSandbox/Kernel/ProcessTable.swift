@@ -35,6 +35,9 @@ final class ProcessTable: @unchecked Sendable {
     private var nextID: Int32 = 2
     /// Host threads running processes (all but the first), not yet finished.
     private var running = 0
+    /// What the run's processes did, for `Sandbox.processStatistics`: processes started, and
+    /// the images `execve` loaded and the VM exits of every process that has ended.
+    private var started = 1, images = 0, finishedExits = 0
     private var terminating = false
     /// The most processes alive at once (zombies count, as `RLIMIT_NPROC` counts tasks).
     let limit: Int
@@ -66,6 +69,7 @@ final class ProcessTable: @unchecked Sendable {
             nextID = pid < Int32.max - 1 ? pid + 1 : 2
             processes[pid] = Process(pid: pid, parent: parent, group: parentRecord.group, session: parentRecord.session,
                                      signals: nil, arguments: arguments)
+            started += 1
             return pid
         }
     }
@@ -104,6 +108,18 @@ final class ProcessTable: @unchecked Sendable {
 
     /// `prctl(PR_GET_PDEATHSIG)` for `pid`.
     func deathSignal(of pid: Int32) -> Int32 { lock.withLock { processes[pid]?.deathSignal ?? 0 } }
+
+    /// A process ended after its images (`images` of them loaded by `execve`) made `exits` VM exits.
+    func account(images: Int, exits: Int) {
+        lock.withLock {
+            self.images += images
+            finishedExits += exits
+        }
+    }
+
+    /// Processes started (the first included); images `execve` loaded and VM exits, of the
+    /// processes that ended.
+    var totals: (processes: Int, images: Int, exits: Int) { lock.withLock { (started, images, finishedExits) } }
 
     /// A process's host thread is done with it (after `ended`).
     func threadFinished() { lock.withLock { running -= 1; lock.broadcast() } }

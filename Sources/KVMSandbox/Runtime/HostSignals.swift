@@ -1,4 +1,5 @@
 import Atomics
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -16,13 +17,24 @@ public final class HostSignals: Sendable {
     /// The thread running the guest (`pthread_self` as an integer), 0 between runs.
     private let runningThread = ManagedAtomic<UInt>(0)
     private let interrupter: VCPUInterrupter
+    /// The program an `execve` replaced this one's with: signals sent here go there from then on
+    /// (what `run` holds keeps reaching the process, whatever it runs now).
+    private let successor = Mutex<HostSignals?>(nil)
 
     init(interrupter: VCPUInterrupter) { self.interrupter = interrupter }
+
+    /// From now on signals sent here go to `next` (the image an `execve` loaded), with those
+    /// not yet taken.
+    func hand(to next: HostSignals) {
+        successor.withLock { $0 = next }
+        for number in take() { next.send(Int32(number)) }
+    }
 
     /// Sends `signal` (1-64) to the guest; a run in progress is interrupted to take it, a sandbox
     /// that is not running takes it when it next runs. Other numbers are ignored.
     public func send(_ signal: Int32) {
         guard (1...64).contains(signal) else { return }
+        if let next = successor.withLock({ $0 }) { return next.send(signal) }
         _ = pending.loadThenBitwiseOr(with: UInt64(1) << UInt64(signal - 1), ordering: .sequentiallyConsistent)
         let thread = runningThread.load(ordering: .sequentiallyConsistent)
         if thread != 0 { interrupter.interrupt(thread: pthread_t(thread)) }

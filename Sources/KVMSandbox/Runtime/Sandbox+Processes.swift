@@ -16,6 +16,16 @@ private struct HandedOver: @unchecked Sendable {
 /// ignored signals, pid); the sandbox's first process is pid 1, and when it ends the others are
 /// killed. Processes share pipes (`Pipe`); the in-memory directories and other open files are
 /// each process's own copy.
+/// What the processes of one run did together (`Sandbox.processStatistics`).
+public struct ProcessStatistics: Sendable, Equatable {
+    /// Processes started, the first one included.
+    public var processes: Int
+    /// Programs `execve` loaded (each a fresh VM).
+    public var images: Int
+    /// VM exits of every image of every process.
+    public var exits: Int
+}
+
 extension Sandbox {
     /// The image running this sandbox's program now: itself, or the program its last `execve`
     /// loaded (what a report after `run()` should describe).
@@ -154,6 +164,7 @@ extension Sandbox {
                 let line = "kvmsandbox: process \(image.linux.pid) (\(name)): \(outcome)\n"
                 _ = line.withCString { Glibc.write(2, $0, strlen($0)) }
             }
+            table.account(images: image.earlierImages.count, exits: image.earlierImages.exits + image.statistics.exits)
             table.ended(image.linux.pid, status: Self.waitStatus(outcome))
             table.threadFinished()
         }
@@ -170,6 +181,17 @@ extension Sandbox {
             execChain = next
             current = next
         }
+    }
+
+    /// What every process of this run did: processes started (this one included), images
+    /// `execve` loaded, and VM exits of all of them together (this process's current image
+    /// included). A run that never forked: one process, its own exits.
+    public var processStatistics: ProcessStatistics {
+        let image = currentImage
+        let own = image.earlierImages.exits + image.statistics.exits
+        let others = image.linux.processes?.totals ?? (processes: 1, images: 0, exits: 0)
+        return ProcessStatistics(processes: others.processes, images: others.images + image.earlierImages.count,
+                                 exits: others.exits + own)
     }
 
     /// The status `wait` reports for a process that ended this way: an exit code in bits 8-15,
@@ -265,6 +287,7 @@ extension Sandbox {
         image.linux.diskBytesAdded = linux.diskBytesAdded
         image.builtins.state.outputWritten = builtins.state.outputWritten
         image.builtins.captured = builtins.captured
+        image.earlierImages = (earlierImages.count + 1, earlierImages.exits + statistics.exits)
         // This image gives up what moved (the counts in the pipes move with it).
         linux.state.files = FileTable()
         linux.state.pipes = [:]
@@ -272,6 +295,7 @@ extension Sandbox {
         image.linux.syncPipeEnds()
         image.timeout = linux.processes?.remainingTimeout ?? remainingTimeout
         image.hostSignalsTaken = hostSignalsTaken || linux.processes != nil
+        if hostSignalsTaken { hostSignals.hand(to: image.hostSignals) }  // `run`'s forwarding follows the exec
         image.hostProgramPath = nil
         linux.processes?.running(linux.pid, signals: image.hostSignals, arguments: arguments, exec: true)
         linux.processes = nil  // the new image is the process now: this one must not end the others when it goes

@@ -95,6 +95,8 @@ public final class Sandbox {
     var replacement: Sandbox?
     /// The last image an `execve` loaded (`currentImage`).
     var execChain: Sandbox?
+    /// The images this one replaced by `execve` in its process: how many, and their VM exits.
+    var earlierImages = (count: 0, exits: 0)
 
     /// Where the guest is in its life.
     enum Phase {
