@@ -69,6 +69,11 @@ extension KVMTests {
             let (outcome, stdout, stderr) = try Self.run("/bin/bash", ["-c", script], grants: [FileGrant(hostPath: directory)], cwd: directory)
             #expect(outcome == .exited(status: 0), "\(stderr)")
             #expect(stdout == "6\nusr\ncba\n2 a.txt\n3 b.txt\nstatus 1\n3\ny\ny\n141 0\n")
+            // Children write through the descriptor the shell opened: one offset, as on Linux.
+            let log = LinuxFixtures.scratch("bash-offsets")
+            let shared = try Self.run("/bin/bash", ["-c", "{ /bin/echo a; /bin/echo b; } > out.txt; for i in 1 2; do /bin/echo $i; done >> out.txt; cat out.txt"],
+                                      grants: [FileGrant(hostPath: log, writable: true)], cwd: log)
+            #expect(shared.stdout == "a\nb\n1\n2\n", "\(shared.stderr)")
         }
 
         /// `make -j2`: recipes through /bin/sh by posix_spawn (with POSIX_SPAWN_RESETIDS: setresuid

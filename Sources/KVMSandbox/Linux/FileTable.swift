@@ -1,3 +1,4 @@
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -15,13 +16,26 @@ public enum InputSource: Sendable, Equatable, Codable {
 
 /// A host file descriptor the guest's file table refers to; closed when the last table that
 /// holds it (a run's, a snapshot's) is gone. The host never seeks it: offsets are the guest's
-/// (`OpenFile.offset`) and reads and writes are positional, so forks never share an offset.
+/// (`OpenFile.offset`) and reads and writes are positional, so VMs share an offset only when
+/// the guest forked (`SharedOffset`), never through the host's descriptor.
 ///
 /// (@unchecked: only an immutable descriptor number; the kernel serializes what is done with it.)
 final class HostFile: @unchecked Sendable {
     let fd: Int32
     init(fd: Int32) { self.fd = fd }
     deinit { close(fd) }
+}
+
+/// The offset of an open file description that several processes hold (after a `fork`, as
+/// on Linux: `{ cmd1; cmd2; } > log` appends one after the other). Atomic: processes run on
+/// host threads of their own.
+final class SharedOffset: Sendable {
+    private let cell: Atomic<UInt64>
+    init(_ value: UInt64) { cell = Atomic(value) }
+    var value: UInt64 {
+        get { cell.load(ordering: .sequentiallyConsistent) }
+        set { cell.store(newValue, ordering: .sequentiallyConsistent) }
+    }
 }
 
 /// An open file description (what `dup` shares): what it reads and writes, its offset and flags.
@@ -52,13 +66,53 @@ struct OpenFile: Codable {
         case null, zero, random
     }
     var kind: Kind
-    var offset: UInt64 = 0
+    /// The offset: this description's own, or the one it shares with other processes.
+    var offset: UInt64 {
+        get { shared?.value ?? ownOffset }
+        set { if let shared { shared.value = newValue } else { ownOffset = newValue } }
+    }
+    private var ownOffset: UInt64 = 0
+    /// Set once a `fork` made other processes hold this description.
+    private(set) var shared: SharedOffset?
     /// `O_ACCMODE | O_APPEND | O_NONBLOCK` as the guest opened it.
     var statusFlags: Int32
     /// The guest path it was opened by ("" for the standard streams).
     var path: String
     /// Whether `mmap` may map it executable: a regular file opened through a read-only grant.
     var executable = false
+
+    init(kind: Kind, statusFlags: Int32, path: String, executable: Bool = false) {
+        (self.kind, self.statusFlags, self.path, self.executable) = (kind, statusFlags, path, executable)
+    }
+
+    private enum CodingKeys: String, CodingKey { case kind, offset, statusFlags, path, executable }
+
+    init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        kind = try container.decode(Kind.self, forKey: .kind)
+        ownOffset = try container.decode(UInt64.self, forKey: .offset)
+        statusFlags = try container.decode(Int32.self, forKey: .statusFlags)
+        path = try container.decode(String.self, forKey: .path)
+        executable = try container.decode(Bool.self, forKey: .executable)
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(kind, forKey: .kind)
+        try container.encode(offset, forKey: .offset)
+        try container.encode(statusFlags, forKey: .statusFlags)
+        try container.encode(path, forKey: .path)
+        try container.encode(executable, forKey: .executable)
+    }
+
+    /// Makes the offset one that copies of this description share (a `fork` is about to copy it).
+    mutating func shareOffset() { if shared == nil { shared = SharedOffset(ownOffset) } }
+
+    /// Makes the offset this description's own again, at its current value (a snapshot's copy).
+    mutating func detachOffset() {
+        ownOffset = offset
+        shared = nil
+    }
 
     /// Neither for an `O_PATH` descriptor (it only names its file).
     var readable: Bool { statusFlags & 0o10000000 == 0 && statusFlags & O_ACCMODE != O_WRONLY }
@@ -147,6 +201,17 @@ struct FileTable: Codable {
     /// Calls `body` with each open file description (once, however many descriptors share it).
     func forEachDescription(_ body: (OpenFile) -> Void) {
         for file in descriptions.values { body(file) }
+    }
+
+    /// Makes every description's offset shared by this table and its copies (before a `fork`
+    /// copies the table: parent and child then move one offset, as on Linux).
+    mutating func shareOffsets() {
+        for id in descriptions.keys { descriptions[id]?.shareOffset() }
+    }
+
+    /// Gives every description an offset of its own again (what a snapshot or a reset holds).
+    mutating func detachOffsets() {
+        for id in descriptions.keys { descriptions[id]?.detachOffset() }
     }
 
     /// Closes every descriptor marked close-on-exec (an `execve`).

@@ -135,6 +135,7 @@ extension LinuxPersonality.State {
     func detached() -> Self {
         var copy = self
         copy.memoryFiles = memoryFiles.detached()
+        copy.files.detachOffsets()
         for (id, pipe) in pipes {
             let own = pipe.copy()
             if pipeHolds[id]?.reader == true { own.adjust(reader: true, by: 1) }

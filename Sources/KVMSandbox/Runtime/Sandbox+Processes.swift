@@ -119,6 +119,7 @@ extension Sandbox {
         builtins.captured = self.builtins.captured
         let linux = LinuxPersonality(space: space, builtins: builtins, fileSystem: self.linux.fileSystem,
                                      configuration: configuration, image: image, stackBottom: stackBottom)
+        self.linux.state.files.shareOffsets()  // parent and child move the same offsets from now on
         var linuxState = self.linux.state
         var thread = GuestThread(tid: 1)
         let calling = self.linux.currentThread
