@@ -290,11 +290,6 @@ public final class Sandbox {
     /// Checked access to the guest's memory, as the guest sees it.
     public var guestMemory: GuestMemoryView { GuestMemoryView(space: space) }
 
-    /// Runs the guest until it exits, faults, breaks the ABI or times out (a fork: from where it
-    /// is paused). Throws only for host-side failures (a KVM ioctl failing); guest behaviour is
-    /// the outcome.
-    /// A program that `execve`s goes on in the new image (`currentImage`); when this is the
-    /// sandbox's first process, the processes it started are killed when it ends.
     deinit {
         // The first process going away ends the others: their host threads hold their own VMs,
         // and nothing could reap them any more (a sandbox dropped while paused, or refused a
@@ -302,6 +297,11 @@ public final class Sandbox {
         linux.endProcesses()
     }
 
+    /// Runs the guest until it exits, faults, breaks the ABI or times out (a fork: from where it
+    /// is paused). Throws only for host-side failures (a KVM ioctl failing); guest behaviour is
+    /// the outcome.
+    /// A program that `execve`s goes on in the new image (`currentImage`); when this is the
+    /// sandbox's first process, the processes it started are killed when it ends.
     public func run() throws(SandboxError) -> RunOutcome {
         var outcome = try runLoop(until: .end)
         var current = self
