@@ -102,7 +102,7 @@ extension Sandbox {
     /// child's return from the call; its own stack and TLS if asked), the calling thread only,
     /// the same open pipes.
     private func copyAsChild(pid: Int32, _ request: ForkRequest, table: ProcessTable) throws -> Sandbox {
-        var registers = vcpu.registers
+        var registers = registersAfterHostCall(vcpu.registers)
         registers.rax = 0
         if request.stack != 0 { registers.rsp = request.stack }
         var state = try vcpu.saveState(capabilities: system.stateCapabilities)

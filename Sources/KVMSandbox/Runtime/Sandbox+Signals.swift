@@ -31,8 +31,11 @@ extension Sandbox {
 
     /// The user-mode registers signal delivery interrupts, or nil when the vCPU is somewhere a
     /// handler cannot start from (inside a stub before its `out`): delivery waits for the next exit.
+    /// A host call that was just served counts as done (on hardware KVM RIP is still on its
+    /// `out`), so a signal its call raised (`kill` of itself, SIGCHLD ending `pause`) runs its
+    /// handler before the call returns to user code, as on PVM and on Linux.
     func interruptedUserRegisters() -> GuestRegisters? {
-        var registers = vcpu.registers
+        var registers = registersAfterHostCall(vcpu.registers)
         if isAtSyscallReturn(registers.rip) {
             registers.rip = registers.rcx
             registers.rflags = (registers.r11 & X86CPUState.userFlagsMask) | X86CPUState.rflags

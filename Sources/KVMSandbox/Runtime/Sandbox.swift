@@ -520,6 +520,17 @@ public final class Sandbox {
             || (try? space.hostRead(rip, count: 2)) == instruction
     }
 
+    /// `registers` as they stand once the host call being served is complete: hardware KVM moves
+    /// RIP past the `out` only when this vCPU next runs, which a copy of the state on another
+    /// vCPU (a forked child's) never gets, so the copy steps over it itself.
+    func registersAfterHostCall(_ registers: GuestRegisters) -> GuestRegisters {
+        var registers = registers
+        if system.platform != .pvm, (try? space.hostRead(registers.rip, count: 2)) == [0xe6, UInt8(hostCallPort)] {
+            registers.rip &+= 2
+        }
+        return registers
+    }
+
     /// Serves the host call described by the guest's registers; the guest resumes after its `out`.
     func serveHostCall(stop: StopCondition) throws(KVMError) -> RunOutcome? {
         statistics.hostCalls += 1
