@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -162,6 +163,32 @@ static int orphans(void) {
     return 0;
 }
 
+/* Selectors a guest may pass that have no negation (INT_MIN) or no meaning: errors, as Linux. */
+static int extremes(void) {
+    pid_t child = fork();
+    if (child == 0) { pause(); _exit(0); }
+    int status;
+    siginfo_t info;
+    errno = 0;
+    int killed = kill(-2147483647 - 1, 0);
+    int killError = errno;
+    errno = 0;
+    int waited = waitpid(-2147483647 - 1, &status, WNOHANG);
+    int waitError = errno;
+    errno = 0;
+    int group = syscall(SYS_waitid, P_PGID, (id_t)-5, &info, WEXITED | WNOHANG, 0);
+    int groupError = errno;
+    errno = 0;
+    int lowest = syscall(SYS_waitid, P_PGID, (id_t)0x80000000u, &info, WEXITED | WNOHANG, 0);
+    int lowestError = errno;
+    printf("kill(INT_MIN)=%d %s waitpid(INT_MIN)=%d %s waitid(P_PGID,-5)=%d %s waitid(P_PGID,INT_MIN)=%d %s\n",
+           killed, name(killError), waited, name(waitError), group, groupError == EINVAL ? "EINVAL" : name(groupError),
+           lowest, lowestError == EINVAL ? "EINVAL" : name(lowestError));
+    kill(child, SIGKILL);
+    waitpid(child, &status, 0);
+    return 0;
+}
+
 /* A child that computes forever while the parent waits for it: only the timeout ends it. */
 static int forever(void) {
     pid_t child = fork();
@@ -181,5 +208,6 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "forever")) return forever();
     if (!strcmp(mode, "suspend")) return suspend();
     if (!strcmp(mode, "orphans")) return orphans();
+    if (!strcmp(mode, "extremes")) return extremes();
     return 2;
 }

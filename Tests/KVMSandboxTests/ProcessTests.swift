@@ -33,7 +33,8 @@ extension KVMTests {
         /// What `Tests/Guests/processes.c` (glibc; the conformance corpus runs it with musl, on
         /// PVM and emulated SVM) must print in each mode: wait statuses and a pipe from a child;
         /// kill(-1) ending the sandbox's other processes and nothing outside it; an orphan going to
-        /// pid 1, killed by its PR_SET_PDEATHSIG; sigsuspend and pause woken by another process.
+        /// pid 1, killed by its PR_SET_PDEATHSIG; sigsuspend and pause woken by another process;
+        /// pid selectors with no meaning.
         static let guestModes: [(mode: String, stdout: String)] = [
             ("waits", """
                 child sees parent=1 (19 bytes), reaped=1 exited=1 status=7
@@ -47,6 +48,8 @@ extension KVMTests {
             ("kill-all", "kill(-1)=0 killed=3, the caller survived\nkill(pid 4242)=-1 ESRCH\n"),
             ("orphans", "middle exited 3\norphan reaped by pid 1: 1, killed by 9\n"),
             ("suspend", "sigsuspend=-1 EINTR usr1=1 still blocked=1\npause ended by SIGCHLD: 1\n"),
+            // Hostile selectors: INT_MIN has no negation (it once trapped the host), a negative group is invalid.
+            ("extremes", "kill(INT_MIN)=-1 ESRCH waitpid(INT_MIN)=-1 ESRCH waitid(P_PGID,-5)=-1 EINVAL waitid(P_PGID,INT_MIN)=-1 EINVAL\n"),
         ]
 
         @Test(arguments: Self.guestModes.map(\.mode))

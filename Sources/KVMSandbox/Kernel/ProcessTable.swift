@@ -178,18 +178,24 @@ final class ProcessTable: @unchecked Sendable {
         case noChild
     }
 
+    /// Whether `process` is one a pid selector other than -1 names (`kill`, `wait`): `pid` > 0
+    /// that process, 0 the caller's group, < -1 group -pid. The guest chooses the selector, so
+    /// INT_MIN (whose negation does not exist) names nothing.
+    private static func selects(_ process: Process, _ selector: Int32, callerGroup: Int32) -> Bool {
+        switch selector {
+        case 0: return process.group == callerGroup
+        case Int32.min: return false
+        case ..<0: return process.group == -selector
+        default: return process.pid == selector
+        }
+    }
+
     /// Which children a wait is for: `pid` > 0 that child, -1 any, 0 the caller's group, < -1 group -pid.
     func reap(parent: Int32, selector: Int32, keep: Bool = false) -> WaitResult {
         lock.withLock {
             let group = processes[parent]?.group ?? 0
             let children = processes.values.filter { process in
-                guard process.parent == parent else { return false }
-                switch selector {
-                case -1: return true
-                case 0: return process.group == group
-                case ..<(-1): return process.group == -selector
-                default: return process.pid == selector
-                }
+                process.parent == parent && (selector == -1 || Self.selects(process, selector, callerGroup: group))
             }
             guard !children.isEmpty else { return .noChild }
             guard let done = children.filter({ $0.status != nil }).min(by: { $0.pid < $1.pid }), let status = done.status else {
@@ -256,12 +262,8 @@ final class ProcessTable: @unchecked Sendable {
         lock.withLock {
             let group = processes[caller]?.group ?? 0
             let chosen = processes.values.filter { process in
-                switch selector {
-                case -1: return process.pid != 1 && process.pid != caller  // as Linux: not init, not the caller
-                case 0: return process.group == group
-                case ..<(-1): return process.group == -selector
-                default: return process.pid == selector
-                }
+                // -1: as Linux, every process but init and the caller.
+                selector == -1 ? process.pid != 1 && process.pid != caller : Self.selects(process, selector, callerGroup: group)
             }
             return chosen.isEmpty ? nil : chosen.map { ($0.pid, $0.signals) }
         }

@@ -98,7 +98,9 @@ extension LinuxPersonality {
     func wait(selector: UInt64, _ memory: GuestMemoryView, status: UInt64, options: UInt64, usage: UInt64) throws -> HostCallEffect {
         // WNOHANG, WUNTRACED, WCONTINUED, __WNOTHREAD, __WALL, __WCLONE
         guard options & ~UInt64(0xe000_000b) == 0 else { return Self.fail(.invalidArgument) }
-        switch waitForChild(selector: Int32(truncatingIfNeeded: selector), noHang: options & 1 != 0, keep: false) {
+        let chosen = Int32(truncatingIfNeeded: selector)
+        guard chosen != Int32.min else { return Self.fail(.noSuchProcess) }  // as Linux
+        switch waitForChild(selector: chosen, noHang: options & 1 != 0, keep: false) {
         case .failure(let error): return Self.fail(error)
         case .success(nil): return .value(0)
         case .success(let (child, code)?):
@@ -117,7 +119,10 @@ extension LinuxPersonality {
         case 0: selector = -1                                          // P_ALL
         case 1: selector = Int32(truncatingIfNeeded: id)               // P_PID
             guard selector > 0 else { return Self.fail(.invalidArgument) }
-        case 2: selector = id == 0 ? 0 : -Int32(truncatingIfNeeded: id) // P_PGID
+        case 2:                                                        // P_PGID
+            let group = Int32(truncatingIfNeeded: id)
+            guard group >= 0 else { return Self.fail(.invalidArgument) }  // as Linux (and -INT_MIN does not exist)
+            selector = group == 0 ? 0 : -group
         default: return Self.fail(.invalidArgument)
         }
         guard options & 4 != 0 else { return Self.fail(.noChildProcess) }  // only exits are reported
