@@ -155,7 +155,9 @@ extension Sandbox {
     /// A child process's life, on its own host thread: its image and whatever it execs, run
     /// to the end; then its descriptors are closed and its parent told.
     fileprivate func runAsChild() {
-        let (image, outcome) = runImages()
+        let outcome: RunOutcome
+        do { outcome = try runImages().outcome } catch { outcome = .hostFailure("\(error)") }
+        let image = currentImage
         image.linux.closeEverything()
         if let table = image.linux.processes {
             switch outcome {
@@ -171,17 +173,18 @@ extension Sandbox {
         }
     }
 
-    /// Runs this image, then each image an `execve` replaced it with, to the end.
-    func runImages() -> (Sandbox, RunOutcome) {
+    /// Runs this image, then each image an `execve` replaced it with, to the end: the last
+    /// image (`currentImage`) and how it ended.
+    func runImages() throws(SandboxError) -> (image: Sandbox, outcome: RunOutcome) {
         var current = self
-        while true {
-            let outcome: RunOutcome
-            do { outcome = try current.runLoop(until: .end) } catch { outcome = .hostFailure("\(error)") }
-            guard let next = current.replacement else { return (current, outcome) }
+        var outcome = try runLoop(until: .end)
+        while let next = current.replacement {
             current.replacement = nil
             execChain = next
             current = next
+            outcome = try next.runLoop(until: .end)
         }
+        return (current, outcome)
     }
 
     /// What every process of this run did: processes started (this one included), images

@@ -303,14 +303,7 @@ public final class Sandbox {
     /// A program that `execve`s goes on in the new image (`currentImage`); when this is the
     /// sandbox's first process, the processes it started are killed when it ends.
     public func run() throws(SandboxError) -> RunOutcome {
-        var outcome = try runLoop(until: .end)
-        var current = self
-        while let next = current.replacement {
-            current.replacement = nil
-            execChain = next
-            current = next
-            outcome = try next.runLoop(until: .end)
-        }
+        let (current, outcome) = try runImages()
         if let table = current.linux.processes, current.linux.pid == 1 {
             current.linux.closeEverything()
             table.terminateAll()
