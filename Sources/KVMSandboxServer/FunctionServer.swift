@@ -23,6 +23,12 @@ public final class FunctionServer: Sendable {
         public let log: [UInt8]
         /// How its run ended.
         public let outcome: RunOutcome
+        /// VM exits the run took.
+        public var exits = 0
+        /// Nanoseconds in the VM (waiting for a free VM and the reset not included).
+        public var nanoseconds: UInt64 = 0
+        /// The reset after the run: pages it copied back (what the request dirtied) and its time.
+        public var reset = SandboxPool.ResetReport()
     }
 
     /// The ready-point snapshot requests are forked from now (a refresh replaces it).
@@ -78,34 +84,67 @@ public final class FunctionServer: Sendable {
 
     /// Serves one request in a fresh fork: `body` is the program's stdin.
     public func handle(_ body: [UInt8]) async throws -> Answer {
-        try await pools.forRequest().resource.withSandbox { vm in
+        counters.started()
+        defer { counters.finished() }
+        var reset = SandboxPool.ResetReport()
+        var answer = try await pools.forRequest().resource.withSandbox({ vm in
             let started = DispatchTime.now().uptimeNanoseconds
             vm.standardInput = .bytes(body)
             if let requestTimeout { vm.timeout = requestTimeout }
             let outcome = try vm.run()
-            // The pool resets the VM after this: the dirty pages are the last reset's.
-            counters.record(outcome: outcome, nanoseconds: DispatchTime.now().uptimeNanoseconds - started,
-                            resetNanoseconds: 0, dirtyPages: vm.statistics.pagesRestoredByLastReset, exits: vm.statistics.exits)
             let status: Int
             switch outcome {
             case .exited(status: 0): status = 200
             case .timedOut: status = 504
             default: status = 500
             }
-            return Answer(status: status, body: vm.capturedOutput(fd: 1), log: vm.capturedOutput(fd: 2), outcome: outcome)
-        }
+            var answer = Answer(status: status, body: vm.capturedOutput(fd: 1), log: vm.capturedOutput(fd: 2), outcome: outcome)
+            answer.nanoseconds = DispatchTime.now().uptimeNanoseconds &- started
+            answer.exits = vm.statistics.exits
+            return answer
+        }, afterReset: { reset = $0 })
+        answer.reset = reset
+        counters.record(outcome: answer.outcome, nanoseconds: answer.nanoseconds, resetNanoseconds: reset.nanoseconds,
+                        dirtyPages: reset.pages, exits: answer.exits)
+        return answer
     }
 
     /// Listens on `host`:`port` (0: any free port, reported to `bound`) and answers every HTTP
-    /// request with `handle(body)` until the task is cancelled.
+    /// request with `handle(body)` until the task is cancelled. Each request gets an id (the
+    /// client's `X-Request-Id` when it is a plain token), sent back in `X-Request-Id`, and one
+    /// access line in the log; a 500 or 504 carries its reason in `X-KVMSandbox-Reason` and a
+    /// one-line body (never the guest's stderr, which goes to the log).
     public func serve(host: String, port: Int, bound: @Sendable (Int) -> Void = { _ in }) async throws {
-        try await HTTPListener.run(host: host, port: port, limits: limits, logger: logger, bound: bound) { _, body in
+        let counters = self.counters
+        try await HTTPListener.run(host: host, port: port, limits: limits, logger: logger, bound: {
+            counters.listening()
+            bound($0)
+        }) { head, body in
+            let received = DispatchTime.now().uptimeNanoseconds
+            let id = RequestLog.id(offered: head.headers.first(name: "X-Request-Id"))
             let answer = try await self.handle(body)
-            if answer.status != 200 {
-                self.logger.warning("request ended \(answer.outcome); stderr: \(String(decoding: answer.log.prefix(4096), as: UTF8.self))")
+            var response = HTTPListener.Response(status: answer.status, contentType: "application/octet-stream", body: answer.body,
+                                                 headers: [("X-Request-Id", id)])
+            let reason = answer.status == 200 ? nil : RequestLog.reason(answer.outcome)
+            if let reason {
+                response.contentType = "text/plain; charset=utf-8"
+                response.body = Array((reason + "\n").utf8)
+                response.headers.append(("X-KVMSandbox-Reason", reason))
             }
-            return HTTPListener.Response(status: answer.status, contentType: "application/octet-stream",
-                                         body: answer.status == 200 ? answer.body : [])
+            self.logger.info("request", metadata: [
+                "id": "\(id)", "method": "\(head.method.rawValue)", "path": "\(String(head.uri.prefix(256)))",
+                "status": .stringConvertible(answer.status), "bytes_in": .stringConvertible(body.count),
+                "bytes_out": .stringConvertible(response.body.count),
+                "duration_ms": .stringConvertible(RequestLog.milliseconds(DispatchTime.now().uptimeNanoseconds &- received)),
+                "vm_ms": .stringConvertible(RequestLog.milliseconds(answer.nanoseconds)), "exits": .stringConvertible(answer.exits),
+                "dirty_pages": .stringConvertible(answer.reset.pages), "reset_us": .stringConvertible(answer.reset.nanoseconds / 1000),
+                "outcome": "\(ServerCounters.label(answer.outcome))",
+            ])
+            if let reason {
+                self.logger.warning("request failed", metadata: ["id": "\(id)", "reason": "\(reason)", "outcome": "\(answer.outcome)"])
+            }
+            RequestLog.guestOutput(answer.log, id: id, logger: self.logger)
+            return response
         }
     }
 }

@@ -12,6 +12,8 @@ enum HTTPListener {
         var status: Int
         var contentType: String
         var body: [UInt8]
+        /// More header fields (`X-Request-Id`, `X-KVMSandbox-Reason`).
+        var headers: [(String, String)] = []
     }
 
     /// Listens on `host`:`port` (0: any free port, reported to `bound`) until the task is
@@ -32,7 +34,7 @@ enum HTTPListener {
             }
         let actual = channel.channel.localAddress?.port ?? port
         bound(actual)
-        logger.info("listening on \(host):\(actual)")
+        logger.debug("listening on \(host):\(actual)")
         let connections = Allowance(limits.maximumConnections)
         let buffered = Allowance(limits.maximumBufferedBytes)
         let open = OpenConnections()
@@ -78,6 +80,7 @@ enum HTTPListener {
                     var headers = HTTPHeaders()
                     headers.add(name: "Content-Type", value: response.contentType)
                     headers.add(name: "Content-Length", value: "\(response.body.count)")
+                    for (name, value) in response.headers { headers.add(name: name, value: value) }
                     if close || !request.isKeepAlive { headers.add(name: "Connection", value: "close") }
                     let status = HTTPResponseStatus(statusCode: response.status)
                     try await outbound.write(.head(HTTPResponseHead(version: request.version, status: status, headers: headers)))

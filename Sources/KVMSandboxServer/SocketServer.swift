@@ -31,7 +31,7 @@ public final class SocketServer: Sendable {
     /// worker serves connection after connection (reset only after a crash or a timeout).
     public let resetsEachConnection: Bool
     /// What the server has done so far.
-    public let counters = ServerCounters()
+    public let counters = ServerCounters(unit: .connection)
     let logger = Logger(label: "kvmsandbox.serve")
 
     /// How forks track the pages they dirty (nil: the fastest this KVM has).
@@ -66,24 +66,36 @@ public final class SocketServer: Sendable {
     /// the guest ended or failed, else when `resetsEachConnection`). Returns how the run ended
     /// (`.ready`: the guest finished the connection and waits for the next).
     public func serve(connection descriptor: Int32, in vm: Sandbox) throws -> RunOutcome {
+        counters.started()
+        defer { counters.finished() }
         let started = DispatchTime.now().uptimeNanoseconds
+        let id = RequestLog.id(offered: nil)
+        let peer = RequestLog.peer(of: descriptor)
         let exitsBefore = vm.statistics.exits
         vm.offerConnection(descriptor)
         if let connectionTimeout { vm.timeout = connectionTimeout }
         let outcome = try vm.runUntilReady(at: .connectionWait)
         let exits = vm.statistics.exits - exitsBefore
         let served = DispatchTime.now().uptimeNanoseconds
-        if outcome != .ready {
-            logger.warning("connection ended \(outcome); stderr: \(String(decoding: vm.capturedOutput(fd: 2).suffix(4096), as: UTF8.self))")
-        }
         var dirtyPages = 0
+        let stderr = vm.capturedOutput(fd: 2)
+        vm.discardCapturedOutput()
         if outcome != .ready || resetsEachConnection {
             try vm.reset()
             dirtyPages = vm.statistics.pagesRestoredByLastReset
         }
         let finished = DispatchTime.now().uptimeNanoseconds
         counters.record(outcome: outcome, nanoseconds: served - started, resetNanoseconds: finished - served, dirtyPages: dirtyPages, exits: exits)
-        vm.discardCapturedOutput()
+        logger.info("connection", metadata: [
+            "id": "\(id)", "peer": "\(peer)", "duration_ms": .stringConvertible(RequestLog.milliseconds(finished &- started)),
+            "vm_ms": .stringConvertible(RequestLog.milliseconds(served &- started)), "exits": .stringConvertible(exits),
+            "dirty_pages": .stringConvertible(dirtyPages), "reset_us": .stringConvertible((finished &- served) / 1000),
+            "outcome": "\(ServerCounters.label(outcome))",
+        ])
+        if outcome != .ready {
+            logger.warning("connection failed", metadata: ["id": "\(id)", "outcome": "\(outcome)"])
+        }
+        RequestLog.guestOutput(stderr, id: id, logger: logger)
         return outcome
     }
 
@@ -92,11 +104,12 @@ public final class SocketServer: Sendable {
     public func serve(host: String, port: Int, bound: @Sendable (Int) -> Void = { _ in }) async throws {
         let listener = try ListeningSocket(host: host, port: port)
         bound(listener.port)
-        logger.info("serving on \(host):\(listener.port) with \(workers) VM(s)")
+        logger.debug("serving on \(host):\(listener.port) with \(workers) VM(s)")
         let vms = try (0..<workers).map { _ in try snapshot.fork(tracking: tracking) }
         counters.setVMs(vms.count)
+        counters.listening()
         let failures = FailureList()
-        try await withTaskCancellationHandler {
+        await withTaskCancellationHandler {
             await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
                 let group = DispatchGroup()
                 for vm in vms {

@@ -75,6 +75,12 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Boot a fresh snapshot every this many seconds (as --refresh-after; whichever comes first).")
     var refreshEvery: Double?
 
+    @Option(name: .long, help: "Least severe log lines written to stderr: trace, debug, info (one access line per request or connection, the guest's stderr), notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    @Option(name: .long, help: "Log lines as text (for people) or json (one object per line, for a log pipeline).")
+    var logFormat: String = "text"
+
     @OptionGroup var options: ProgramOptions
 
     /// The HTTP limits of the options above.
@@ -93,6 +99,10 @@ struct Serve: AsyncParsableCommand {
     }
 
     func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard LogFormat(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json") }
         try OptionChecks.timeout(timeout)
         guard (1...256).contains(workers) else { throw ValidationError("--workers must be between 1 and 256") }
         _ = try Self.address(listen)
@@ -112,10 +122,13 @@ struct Serve: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // One log format for everything serve says from here on (swift-log, to stderr).
+        LineLogHandler.bootstrap(format: LogFormat(rawValue: logFormat) ?? .text, level: Logger.Level(rawValue: logLevel) ?? .info)
+        let log = Logger(label: "kvmsandbox.serve")
         let (host, port) = try Self.address(listen)
         // A busy port is found before a boot of up to a minute, in one plain line.
         if let problem = Self.listeningProblem(host: host, port: port) {
-            printError("kvmsandbox: serve: cannot listen on \(listen): \(problem)")
+            log.critical("cannot listen on \(listen): \(problem)")
             throw ExitCode(ExitStatus.sandboxError)
         }
         let snapshot: Snapshot
@@ -125,18 +138,18 @@ struct Serve: AsyncParsableCommand {
             let key = try options.snapshotKey()
             let loaded: Snapshot
             do { loaded = try Snapshot(contentsOf: file, key: key) } catch {
-                printError("kvmsandbox: serve: \(file): \(error)")
+                log.critical("\(file): \(error)")
                 throw ExitCode(ExitStatus.sandboxError)
             }
             snapshot = try options.narrowing(loaded)
             executable = snapshot.configuration.programPath ?? file
-            printError(String(format: "kvmsandbox: loaded %@%@ in %.1f ms", file, key == nil ? "" : " (tag verified)",
-                              Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6))
+            log.notice(.init(stringLiteral: String(format: "loaded %@%@ in %.1f ms", file, key == nil ? "" : " (tag verified)",
+                                                   Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6)))
         } else {
-            snapshot = try options.boot()
+            snapshot = try options.boot { log.notice("\($0)") }
             executable = try options.configuration().executable
         }
-        printError("kvmsandbox: policy: \(snapshot.policySummary)")
+        log.notice("policy: \(snapshot.policySummary)")
         // swift-metrics to Prometheus, before any counters exist.
         let registry = metrics.map { _ in PrometheusCollectorRegistry() }
         if let registry {
@@ -146,12 +159,13 @@ struct Serve: AsyncParsableCommand {
                                                        .milliseconds(50), .milliseconds(100), .milliseconds(250), .seconds(1), .seconds(10)]
             factory.defaultValueHistogramBuckets = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536]
             MetricsSystem.bootstrap(factory)
+            Gauge(label: "kvmsandbox_build_info", dimensions: [("version", kvmsandboxVersion)]).record(1)
         }
         let tracking = DirtyTracking(rawValue: dirtyTracking)
         let refresh = RefreshPolicy(afterRequests: refreshAfter, every: refreshEvery)
         let options = self.options
         var boot: (@Sendable () throws -> Snapshot)?
-        if refresh.refreshes { boot = { @Sendable in try options.boot() } }
+        if refresh.refreshes { boot = { @Sendable in try options.boot { log.notice("\($0)") } } }
         let counters: ServerCounters
         let serveForever: @Sendable (String, Int, @escaping @Sendable (Int) -> Void) async throws -> Void
         let mode: String
@@ -163,14 +177,15 @@ struct Serve: AsyncParsableCommand {
             mode = "socket mode: a \(noReset ? "reused" : "reset") VM per connection"
         } else {
             guard !noReset else {
-                printError("kvmsandbox: --no-reset is for servers (socket mode); \(executable) reads its request from stdin, and each request is one run of it to its exit")
+                log.critical("--no-reset is for servers (socket mode); \(executable) reads its request from stdin, and each request is one run of it to its exit")
                 throw ExitCode(ExitStatus.sandboxError)
             }
             let limits = try httpLimits()
             let server = try FunctionServer(snapshot: snapshot, workers: workers, requestTimeout: timeout, tracking: tracking, limits: limits,
                                             refresh: refresh, boot: boot)
-            printError("kvmsandbox: HTTP limits: \(limits.maximumConnections) connections, \(limits.maximumBody) body bytes, "
-                       + "\(limits.maximumBufferedBytes) buffered bytes, timeouts: header \(limits.headerTimeout) s, body \(limits.bodyTimeout) s, idle \(limits.idleTimeout) s")
+            let described = "HTTP limits: \(limits.maximumConnections) connections, \(limits.maximumBody) body bytes, "
+                + "\(limits.maximumBufferedBytes) buffered bytes, timeouts: header \(limits.headerTimeout) s, body \(limits.bodyTimeout) s, idle \(limits.idleTimeout) s"
+            log.notice("\(described)")
             serveForever = { try await server.serve(host: $0, port: $1, bound: $2) }
             counters = server.counters
             mode = "function mode: stdin -> stdout, a reset VM per request"
@@ -178,31 +193,32 @@ struct Serve: AsyncParsableCommand {
         var services: [any Service] = []
         if let registry {
             let (metricsHost, metricsPort) = try Self.address(metrics ?? "")
-            services.append(MetricsEndpoint(host: metricsHost, port: metricsPort, registry: registry) { bound in
-                printError("kvmsandbox: metrics on http://\(metricsHost):\(bound)/metrics")
+            services.append(MetricsEndpoint(host: metricsHost, port: metricsPort, registry: registry, help: ServerCounters.metricHelp,
+                                            readiness: { counters.readiness }) { bound in
+                log.notice("metrics on http://\(metricsHost):\(bound)/metrics (also /healthz, /readyz)")
             })
         }
-        services.append(ServingService {
+        services.append(ServingService(onGracefulShutdown: { counters.stopping() }) {
             try await serveForever(host, port) { bound in
-                printError("kvmsandbox: serving \(executable) on \(host):\(bound) with \(workers) VM(s) (\(mode))")
+                log.notice("serving \(executable) on \(host):\(bound) with \(workers) VM(s) (\(mode))")
             }
         })
         // SIGINT and SIGTERM: stop accepting, let the requests in flight finish, then exit.
-        var logger = Logger(label: "kvmsandbox.serve")
-        logger.logLevel = .warning
+        var lifecycle = Logger(label: "kvmsandbox.lifecycle")
+        lifecycle.logLevel = .warning
         let group = ServiceGroup(configuration: .init(services: services.map { .init(service: $0) },
-                                                      gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+                                                      gracefulShutdownSignals: [.sigterm, .sigint], logger: lifecycle))
         do {
             try await group.run()
         } catch {
-            printError("kvmsandbox: serve: \(counters.summary)")
-            printError("kvmsandbox: serve: \(error)")
+            log.notice("\(counters.summary)")
+            log.critical("\(error)")
             throw ExitCode(ExitStatus.sandboxError)
         }
-        printError("kvmsandbox: serve: \(counters.summary)")
+        log.notice("\(counters.summary)")
         if let resident = Self.residentKiB() {
-            printError(String(format: "kvmsandbox: serve: resident memory %.1f MiB for %d VM(s) and the server (%.1f MiB per VM at most)",
-                              Double(resident) / 1024, workers, Double(resident) / 1024 / Double(workers)))
+            log.notice(.init(stringLiteral: String(format: "resident memory %.1f MiB for %d VM(s) and the server (%.1f MiB per VM at most)",
+                                                   Double(resident) / 1024, workers, Double(resident) / 1024 / Double(workers))))
         }
     }
 

@@ -89,16 +89,17 @@ struct ProgramOptions: ParsableArguments, Sendable {
     /// Boots the program to its ready point and snapshots it there.
     /// A program that ends before its ready point is reported with what it wrote last (a
     /// Python traceback, a missing module), each way of ending worded for what it is.
-    func boot() throws -> Snapshot {
+    /// `say` prints each line (default: on stderr after "kvmsandbox: "; `serve` logs them).
+    func boot(say: (String) -> Void = { printError("kvmsandbox: " + $0) }) throws -> Snapshot {
         let (executable, configuration) = try configuration()
-        printError("kvmsandbox: booting \(executable) to its ready point (its first read of stdin, or a wait for a connection)...")
+        say("booting \(executable) to its ready point (its first read of stdin, or a wait for a connection)...")
         let sandbox: Sandbox
         let outcome: RunOutcome
         do {
             sandbox = try Sandbox(elfPath: executable, configuration: configuration)
             outcome = try sandbox.runUntilReady(at: .firstWait)
         } catch {
-            printError("kvmsandbox: \(executable) could not start: \(error)")
+            say("\(executable) could not start: \(error)")
             throw ExitCode(ExitStatus.sandboxError)
         }
         guard outcome == .ready else {
@@ -108,18 +109,18 @@ struct ProgramOptions: ParsableArguments, Sendable {
             case .timedOut: reason = "did not reach its ready point within --boot-timeout \(configuration.timeout ?? 0) s"
             default: reason = "ended before its ready point: \(outcome)"
             }
-            printError("kvmsandbox: \(executable) \(reason)")
+            say("\(executable) \(reason)")
             for (name, fd) in [("stderr", Int32(2)), ("stdout", 1)] {
                 let tail = String(decoding: sandbox.capturedOutput(fd: fd).suffix(2048), as: UTF8.self)
                     .split(separator: "\n", omittingEmptySubsequences: false).suffix(12).joined(separator: "\n")
                 if !tail.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
-                    printError("kvmsandbox: its \(name) ended with:\n\(tail)")
+                    say("its \(name) ended with:\n\(tail)")
                 }
             }
             throw ExitCode(ExitStatus.sandboxError)
         }
         do { return try Snapshot(of: sandbox) } catch {
-            printError("kvmsandbox: cannot snapshot \(executable) at its ready point: \(error)")
+            say("cannot snapshot \(executable) at its ready point: \(error)")
             throw ExitCode(ExitStatus.sandboxError)
         }
     }

@@ -99,9 +99,23 @@ extension KVMTests {
             var request = URLRequest(url: URL(string: "http://127.0.0.1:\(bound)/")!)
             request.httpMethod = "POST"
             request.httpBody = Data("{\"n\": 12}".utf8)
+            request.setValue("client-42", forHTTPHeaderField: "X-Request-Id")
             let (data, response) = try await URLSession.shared.data(for: request)
-            #expect((response as? HTTPURLResponse)?.statusCode == 200)
+            let http = try #require(response as? HTTPURLResponse)
+            #expect(http.statusCode == 200)
+            #expect(http.value(forHTTPHeaderField: "X-Request-Id") == "client-42")
             #expect(((try? JSONSerialization.jsonObject(with: data)) as? [String: Any])?["square"] as? Int == 144)
+            // A failed request says why in a header and a one-line body (no addresses, no
+            // stderr); an id a client could use to forge log fields is replaced by one of ours.
+            request.httpBody = Data("{\"n\": 1, \"crash\": 1}".utf8)
+            request.setValue("forged id=1 status=200", forHTTPHeaderField: "X-Request-Id")
+            let (failed, failure) = try await URLSession.shared.data(for: request)
+            let failedHTTP = try #require(failure as? HTTPURLResponse)
+            #expect(failedHTTP.statusCode == 500)
+            #expect(failedHTTP.value(forHTTPHeaderField: "X-KVMSandbox-Reason") == "the program crashed (signal 11)")
+            #expect(String(decoding: failed, as: UTF8.self) == "the program crashed (signal 11)\n")
+            let id = try #require(failedHTTP.value(forHTTPHeaderField: "X-Request-Id"))
+            #expect(id.count == 16 && id.allSatisfy(\.isHexDigit))
         }
     }
 }

@@ -292,8 +292,9 @@ extension KVMTests {
             return registry
         }()
 
-        /// `/metrics` in Prometheus's text format counts the requests by outcome and reports
-        /// their latency, reset time, dirty pages and exits, and the VMs; other paths are 404.
+        /// `/metrics` in Prometheus's text format counts the connections by outcome and reports
+        /// their latency, reset time, dirty pages and exits, the VMs and those in flight, with
+        /// `# HELP` lines; `/healthz` and `/readyz` answer; other paths are 404.
         @Test func metricsEndpointReportsRequests() async throws {
             let registry = Self.registry
             let path = try SocketPrograms.rust()
@@ -304,19 +305,28 @@ extension KVMTests {
                 #expect(SocketPrograms.get(port: port, path: "/crash") == "")
             }
             let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
-            let endpoint = Task { try await MetricsEndpoint(host: "127.0.0.1", port: 0, registry: registry) { continuation.yield($0) }.run() }
+            let counters = server.counters
+            let endpoint = Task {
+                try await MetricsEndpoint(host: "127.0.0.1", port: 0, registry: registry, help: ServerCounters.metricHelp,
+                                          readiness: { counters.readiness }) { continuation.yield($0) }.run()
+            }
             defer { endpoint.cancel() }
             var iterator = ports.makeAsyncIterator()
             let port = try #require(await iterator.next())
             let text = SocketPrograms.get(port: port, path: "/metrics")
-            let ok = text.split(separator: "\n").first { $0.hasPrefix("kvmsandbox_requests_total{outcome=\"ok\"}") }
+            let ok = text.split(separator: "\n").first { $0.hasPrefix("kvmsandbox_connections_total{outcome=\"ok\"}") }
             #expect((ok?.split(separator: " ").last).flatMap { Double($0) } ?? 0 >= 3, "\(text)")
-            #expect(text.contains("kvmsandbox_requests_total{outcome=\"fault\"}"))
-            for name in ["kvmsandbox_request_duration_seconds_count", "kvmsandbox_reset_duration_seconds_count",
-                         "kvmsandbox_dirty_pages_count", "kvmsandbox_exits_count", "kvmsandbox_vms"] {
+            #expect(text.contains("kvmsandbox_connections_total{outcome=\"fault\"}"))
+            for name in ["kvmsandbox_connection_duration_seconds_count", "kvmsandbox_reset_duration_seconds_count",
+                         "kvmsandbox_connection_dirty_pages_count", "kvmsandbox_connection_vm_exits_count", "kvmsandbox_vms",
+                         "kvmsandbox_connections_in_flight 0", "# HELP kvmsandbox_connections_total Connections served"] {
                 #expect(text.contains(name), "\(name) missing")
             }
-            #expect(SocketPrograms.get(port: port, path: "/other") == "only /metrics here\n")
+            #expect(SocketPrograms.get(port: port, path: "/healthz") == "ok\n")
+            #expect(SocketPrograms.get(port: port, path: "/readyz") == "ready: 1 of 1 VM(s) free\n")
+            counters.stopping()
+            #expect(SocketPrograms.get(port: port, path: "/readyz") == "shutting down\n")
+            #expect(SocketPrograms.get(port: port, path: "/other") == "here: /metrics, /healthz, /readyz\n")
         }
     }
 }

@@ -135,7 +135,7 @@ struct ArgumentDecoder {
         let kind = nextByte()
         switch kind % 8 {
         case 0: return nextWord()
-        case 6, 7 where paths != 0: return paths &+ UInt64(nextByte() % 160)  // into the path strings
+        case 6 where paths != 0, 7 where paths != 0: return paths &+ UInt64(nextByte() % 160)  // into the path strings
         case 6: return UInt64(nextByte())
         case 1: return UInt64(nextByte())
         case 2: return regions[Int(nextByte()) % regions.count] &+ UInt64(nextByte()) &* 8

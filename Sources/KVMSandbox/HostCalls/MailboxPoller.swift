@@ -111,8 +111,7 @@ final class MailboxPoller: @unchecked Sendable {
             // SAFETY: unretained: `shared` lives for the process's life.
             let context = Unmanaged.passUnretained(self).toOpaque()
             let result = pthread_create(&thread, nil, { context in
-                Unmanaged<MailboxPoller>.fromOpaque(context!).takeUnretainedValue().loop()
-                return nil
+                Unmanaged<MailboxPoller>.fromOpaque(context!).takeUnretainedValue().loop()  // never returns
             }, context)
             guard result == 0 else {
                 throw .hostResource(operation: "pthread_create (the exitless-call poller)", errno: Errno(rawValue: result))

@@ -137,7 +137,8 @@ final class LinuxPersonality {
         if let requested { return FileSystemView.normalize(requested, cwd: "/") }
         var buffer = [CChar](repeating: 0, count: 4096)
         guard getcwd(&buffer, buffer.count) != nil else { return "/" }
-        let host = FileSystemView.normalize(String(cString: buffer), cwd: "/")
+        let name = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+        let host = FileSystemView.normalize(String(decoding: name, as: UTF8.self), cwd: "/")
         // Inside a grant, or a directory on the way to one (`--ro data` from the directory above it).
         return fileSystem.locate(host) != nil || fileSystem.isAncestorOfAMount(host) ? host : "/"
     }

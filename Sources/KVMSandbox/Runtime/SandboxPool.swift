@@ -1,3 +1,5 @@
+import Dispatch
+
 /// Forks of one snapshot kept ready for requests: a request takes a VM, uses it, and the pool
 /// resets it to the snapshot and keeps it for the next one. Safe to use from many tasks at once;
 /// each VM serves one request at a time, and at most `capacity` VMs exist.
@@ -45,6 +47,32 @@ public final class SandboxPool: Sendable {
     /// Runs `body` with a VM of its own, paused at the snapshot, then resets the VM and keeps it.
     /// Waits while `capacity` VMs are busy. A VM whose reset fails is dropped, never reused.
     public func withSandbox<R: Sendable>(_ body: (Sandbox) throws -> R) async throws -> R {
-        try await pool.lease({ try body($0.sandbox) }, recycle: { vm in (try? vm.sandbox.reset()) != nil })
+        try await withSandbox(body, afterReset: { _ in })
+    }
+
+    /// What the reset after a request did.
+    public struct ResetReport: Sendable, Equatable {
+        /// Pages copied back from the snapshot (what the request dirtied).
+        public var pages = 0
+        /// Nanoseconds the reset took.
+        public var nanoseconds: UInt64 = 0
+        /// False when the reset failed and the VM was dropped.
+        public var succeeded = true
+        /// A report of no reset yet.
+        public init() {}
+    }
+
+    /// As `withSandbox(_:)`, and tells `afterReset` what the reset that followed `body` did
+    /// (before this returns; the reset is part of the request's time).
+    public func withSandbox<R: Sendable>(_ body: (Sandbox) throws -> R, afterReset: (ResetReport) -> Void) async throws -> R {
+        try await pool.lease({ try body($0.sandbox) }, recycle: { vm in
+            let started = DispatchTime.now().uptimeNanoseconds
+            var report = ResetReport()
+            report.succeeded = (try? vm.sandbox.reset()) != nil
+            report.nanoseconds = DispatchTime.now().uptimeNanoseconds &- started
+            report.pages = vm.sandbox.statistics.pagesRestoredByLastReset
+            afterReset(report)
+            return report.succeeded
+        })
     }
 }
