@@ -85,6 +85,9 @@ struct Run: ParsableCommand {
     @Flag(name: .long, help: "Print every Linux system call the guest makes, with its result, to stderr.")
     var traceSyscalls = false
 
+    @Option(name: .long, help: "Write the --trace-syscalls lines to this file instead of stderr (implies --trace-syscalls; the file is created or truncated).")
+    var traceOutput: String?
+
     @Option(name: .long, help: "Also write the outcome (fault, registers, backtrace) as JSON to this file.")
     var reportJSON: String?
 
@@ -143,7 +146,14 @@ struct Run: ParsableCommand {
         configuration.files = try files.grants()
         configuration.workingDirectory = cwd
         configuration.memoryDirectories = files.memoryDirectories(grants: configuration.files)
-        configuration.traceSyscalls = traceSyscalls
+        configuration.traceSyscalls = traceSyscalls || traceOutput != nil
+        if let traceOutput {
+            let descriptor = open(traceOutput, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard descriptor >= 0 else {
+                throw ValidationError("--trace-output: cannot create \(traceOutput): \(String(cString: strerror(errno)))")
+            }
+            configuration.traceDescriptor = descriptor  // open until this process exits
+        }
         configuration.standardInput = .fileDescriptor(0)
         let split = GuestArgumentSplit.parts
         let command = try Self.command(program, arguments: arguments + split.guestArguments)

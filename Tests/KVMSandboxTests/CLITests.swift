@@ -159,6 +159,15 @@ extension KVMTests {
             #expect(output.contains("openat(AT_FDCWD, \"/ks-no-such-file\", 0x80000, 0) = -2 (ENOENT)"), "\(output.suffix(2000))")
             #expect(output.contains("kill(1, SIGUSR1) = 0"), "\(output.suffix(2000))")
             #expect(output.contains("rt_sigaction(SIGUSR1, 0x"))
+            // --trace-output: the same lines in a file, none among the guest's own output; a
+            // shell's child processes trace there too, each line with its pid.
+            let file = LinuxFixtures.scratch("trace") + "/trace.txt"
+            let traced = try CLI.run(["run", "--trace-output", file, "/bin/sh", "-c", "echo guest-output; /bin/true"])
+            #expect(traced.status == 0 && traced.output == "guest-output\n", "\(traced)")
+            let lines = try String(contentsOfFile: file, encoding: .utf8)
+            #expect(lines.contains("write(1, ") && lines.contains("execve(") && lines.contains("[pid 2] "), "\(lines.suffix(2000))")
+            let unwritable = try CLI.run(["run", "--trace-output", "/ks-no-such-dir/trace.txt", "/bin/true"])
+            #expect(unwritable.status == 64 && unwritable.output.contains("cannot create /ks-no-such-dir/trace.txt"))
         }
 
         /// Every usage error exits 64 with the usage, before anything is loaded: values of

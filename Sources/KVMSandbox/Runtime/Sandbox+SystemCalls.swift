@@ -204,17 +204,19 @@ extension Sandbox {
 
     /// One strace-style line on the host's stderr.
     func trace(_ call: HostCall, result: String, outcome: RunOutcome?) {
-        Self.trace(call, result: result, outcome: outcome, exitless: false, pid: linux.processes == nil ? nil : linux.pid)
+        Self.trace(call, result: result, outcome: outcome, exitless: false, pid: linux.processes == nil ? nil : linux.pid,
+                   to: configuration.traceDescriptor ?? 2)
     }
 
-    /// One strace-style line on the host's stderr; `exitless`: served by the polling thread;
-    /// `pid`: the process, once the program has started others (as `strace -f` prefixes).
-    static func trace(_ call: HostCall, result: String, outcome: RunOutcome?, exitless: Bool, pid: Int32? = nil) {
+    /// One strace-style line on `descriptor` (the host's stderr unless `--trace-output`), written
+    /// with one `write` so lines of several threads never interleave; `exitless`: served by the
+    /// polling thread; `pid`: the process, once the program has started others (as `strace -f` prefixes).
+    static func trace(_ call: HostCall, result: String, outcome: RunOutcome?, exitless: Bool, pid: Int32? = nil, to descriptor: Int32) {
         var line = pid.map { "[pid \($0)] " } ?? ""
         line += "[syscall\(exitless ? " exitless" : "")] \(LinuxPersonality.systemCalls.name(call.number))("
         line += zip(call.arguments, LinuxPersonality.systemCalls.argumentKinds(call.number))
             .map { LinuxTraceFormat.argument($0, kind: $1, memory: call.memory) }.joined(separator: ", ")
         line += ") = " + (outcome.map { "\($0)" } ?? result) + "\n"
-        _ = line.withCString { Glibc.write(2, $0, strlen($0)) }
+        _ = line.withCString { Glibc.write(descriptor, $0, strlen($0)) }
     }
 }

@@ -376,12 +376,12 @@ public final class Sandbox {
         runEnds = stop == .parked ? nil : effectiveTimeout.map { monotonicNanoseconds() &+ UInt64(min(max($0 - loading, 0), 1e9) * 1e9) }
         if postsHostCalls || postsSystemCalls {
             let server = exitlessServer
-            let linux = self.linux, tracing = configuration.traceSyscalls
+            let linux = self.linux, tracing = configuration.traceSyscalls, traceDescriptor = configuration.traceDescriptor ?? 2
             server.prepare(handlers: handlers, systemCalls: !postsSystemCalls ? nil : { call in
                 let result = try linux.serveExitless(call)
                 if tracing, let result {
                     Sandbox.trace(call, result: LinuxTraceFormat.describe(result: result), outcome: nil, exitless: true,
-                                  pid: linux.processes == nil ? nil : linux.pid)
+                                  pid: linux.processes == nil ? nil : linux.pid, to: traceDescriptor)
                 }
                 return result
             })

@@ -92,6 +92,9 @@ public struct SandboxConfiguration: Sendable, Codable {
     public var allowedConnections: [String] = []
     /// Print every Linux system call (name, arguments, result) to the host's stderr.
     public var traceSyscalls = false
+    /// Where `traceSyscalls` writes: a host file descriptor the embedder keeps open while the
+    /// sandbox (and the processes it starts) run; the sandbox never closes it. nil: stderr.
+    public var traceDescriptor: Int32?
 
     /// How embedder host calls travel: by exit, or exitless through the shared mailbox.
     public var hostCallTransport: HostCallTransport = .automatic
