@@ -10,10 +10,11 @@ enum CLI {
     static var path: String { Guests.repository.appendingPathComponent(".build/debug/kvmsandbox").path }
 
     /// Runs the CLI with `arguments`; its status and what it printed (stdout and stderr together).
-    static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
+    /// `executable`: another copy of the CLI (default: the build's).
+    static func run(_ arguments: [String], environment: [String: String] = [:], executable: String? = nil) throws -> (status: Int32, output: String) {
         try #require(FileManager.default.isExecutableFile(atPath: path), "build the CLI first (swift build)")
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
+        process.executableURL = URL(fileURLWithPath: executable ?? path)
         process.arguments = arguments
         if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let pipe = Pipe()
@@ -168,6 +169,22 @@ extension KVMTests {
             #expect(lines.contains("write(1, ") && lines.contains("execve(") && lines.contains("[pid 2] "), "\(lines.suffix(2000))")
             let unwritable = try CLI.run(["run", "--trace-output", "/ks-no-such-dir/trace.txt", "/bin/true"])
             #expect(unwritable.status == 64 && unwritable.output.contains("cannot create /ks-no-such-dir/trace.txt"))
+        }
+
+        /// A copy of the binary away from any checkout builds guests with the SDK header it
+        /// carries (written to a private cache directory), not a header from a build-time path.
+        @Test func aCopiedBinaryBuildsGuestsWithItsOwnHeader() throws {
+            let directory = LinuxFixtures.scratch("copied-cli")
+            let copy = directory + "/kvmsandbox"
+            try? FileManager.default.removeItem(atPath: copy)
+            try FileManager.default.copyItem(atPath: CLI.path, toPath: copy)
+            let environment = ["HOME": directory + "/home", "XDG_CACHE_HOME": ""]
+            let source = Guests.repository.appendingPathComponent("Examples/hello.c").path
+            let built = try CLI.run(["cc", "-o", directory + "/hello", source], environment: environment, executable: copy)
+            #expect(built.status == 0, "\(built.output)")
+            let doctor = try CLI.run(["doctor"], environment: environment, executable: copy)
+            #expect(doctor.output.contains("SDK headers: \(directory)/home/.cache/kvmsandbox/sdk-"), "\(doctor.output)")
+            #expect(try CLI.run(["run", directory + "/hello"]).output.contains("hello from a KVM micro-VM"))
         }
 
         /// Every usage error exits 64 with the usage, before anything is loaded: values of

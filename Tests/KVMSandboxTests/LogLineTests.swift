@@ -1,3 +1,5 @@
+import Foundation
+import KVMSandboxTools
 import Logging
 import Synchronization
 import Testing
@@ -67,5 +69,15 @@ private struct Recorded: LogHandler {
         let line = LineLogHandler.line(format: .text, time: "T", level: event.level, label: "t", message: event.message.description,
                                        metadata: event.metadata ?? [:])
         store.lines.withLock { $0.append(line) }
+    }
+}
+
+/// The SDK header built into the binary (`SDKHeader`) is the repository's, byte for byte.
+@Suite struct EmbeddedSDK {
+    /// Edit `Guest/include/kvmsandbox.h`, then run `Scripts/embed-sdk-header`; this fails in between.
+    @Test func embeddedSDKHeaderMatchesTheFile() throws {
+        let file = Guests.repository.appendingPathComponent("Guest/include/kvmsandbox.h").path
+        let bytes = try #require(FileManager.default.contents(atPath: file))
+        #expect(Array(SDKHeader.text.utf8) == Array(bytes), "run Scripts/embed-sdk-header")
     }
 }

@@ -81,26 +81,67 @@ public struct GuestToolchain: Sendable {
         return path.split(separator: ":").map { "\($0)/\(name)" }.first { access($0, X_OK) == 0 }
     }
 
-    /// `$KVMSANDBOX_SDK/include`, else `Guest/include` found upward from the executable, else
-    /// from this source file (a development checkout).
+    /// `$KVMSANDBOX_SDK/include`, else `Guest/include` found upward from the executable (a
+    /// checkout's build), else the header built into this binary (`SDKHeader`), written once to
+    /// a private cache directory. Never a path baked in at build time: a copied binary must not
+    /// pick up another checkout's header.
     static func findSDKInclude() -> String? {
         func has(_ dir: String) -> Bool { access("\(dir)/kvmsandbox.h", R_OK) == 0 }
         if let sdk = getenv("KVMSANDBOX_SDK").map({ String(cString: $0) }), has("\(sdk)/include") {
             return "\(sdk)/include"
         }
-        var candidates: [String] = []
-        do {
-            let executable = FilePath(String(decoding: readLink("/proc/self/exe"), as: UTF8.self))
-            var dir = executable.removingLastComponent()
-            while !dir.isEmpty && dir != "/" {
-                candidates.append(dir.appending("Guest/include").string)
-                dir = dir.removingLastComponent()
-            }
+        let executable = FilePath(String(decoding: readLink("/proc/self/exe"), as: UTF8.self))
+        var dir = executable.removingLastComponent()
+        while !dir.isEmpty && dir != "/" {
+            if has(dir.appending("Guest/include").string) { return dir.appending("Guest/include").string }
+            dir = dir.removingLastComponent()
         }
-        var source = FilePath(#filePath)
-        for _ in 0..<4 { source = source.removingLastComponent() }
-        candidates.append(source.appending("Guest/include").string)
-        return candidates.first(where: has)
+        return writeEmbeddedHeader()
+    }
+
+    /// Writes `SDKHeader.text` to `$XDG_CACHE_HOME/kvmsandbox/sdk-HASH/` (else
+    /// `$HOME/.cache/...`; else a new private temporary directory) unless that file already
+    /// holds it; returns the directory. The directories are created 0700; an existing one owned
+    /// by another user, or a file there with other contents, is never used (a fresh temporary
+    /// directory then).
+    static func writeEmbeddedHeader() -> String? {
+        let text = Array(SDKHeader.text.utf8)
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a: names the version, not a security check
+        for byte in text { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        let cache = getenv("XDG_CACHE_HOME").map { String(cString: $0) }.flatMap { $0.hasPrefix("/") ? $0 : nil }
+            ?? getenv("HOME").map { String(cString: $0) + "/.cache" }
+        if let cache, let dir = privateDirectory(cache + "/kvmsandbox/sdk-" + String(hash, radix: 16)) {
+            let path = dir + "/kvmsandbox.h"
+            if let existing = try? readFile(path, limit: text.count + 1), existing == text { return dir }
+            if write(text, to: path) { return dir }
+        }
+        var template = Array("/tmp/kvmsandbox-sdk-XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { return nil }
+        let dir = String(cString: made)
+        return write(text, to: dir + "/kvmsandbox.h") ? dir : nil
+    }
+
+    /// `path` as a directory this user owns with mode 0700, its parents created as needed.
+    private static func privateDirectory(_ path: String) -> String? {
+        var built = ""
+        for part in path.split(separator: "/") {
+            built += "/" + part
+            if mkdir(built, 0o700) != 0 && errno != EEXIST { return nil }
+        }
+        var info = stat()
+        guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == getuid(), info.st_mode & 0o077 == 0 else { return nil }
+        return path
+    }
+
+    /// Writes `bytes` to a new file beside `path` and renames it over `path`.
+    private static func write(_ bytes: [UInt8], to path: String) -> Bool {
+        let temporary = path + ".\(getpid()).tmp"
+        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o644)
+        guard descriptor >= 0 else { return false }
+        let written = bytes.withUnsafeBytes { Glibc.write(descriptor, $0.baseAddress, $0.count) }
+        close(descriptor)
+        guard written == bytes.count, rename(temporary, path) == 0 else { unlink(temporary); return false }
+        return true
     }
 
     private static func readLink(_ path: String) -> [UInt8] {
@@ -124,7 +165,7 @@ public enum ToolchainError: Error, Sendable, Equatable, CustomStringConvertible 
         case .compilerNotFound(let name):
             return "\(name) not found on PATH: install musl (Debian/Ubuntu: apt-get install musl-tools musl-dev)"
         case .sdkNotFound:
-            return "kvmsandbox.h not found: set KVMSANDBOX_SDK to the repository's Guest directory"
+            return "kvmsandbox.h not found and the built-in copy could not be written: set KVMSANDBOX_SDK to a directory holding include/kvmsandbox.h"
         case .compilationFailed(let status):
             return "the guest compiler failed (exit status \(status))"
         }
