@@ -31,10 +31,15 @@ enum Report {
     }
 
     /// The JSON form of a run's outcome (schema in the README).
-    static func json(_ outcome: RunOutcome, sandbox: Sandbox) throws -> Data {
+    /// `wallSeconds`: the run's wall-clock time, loading included.
+    static func json(_ outcome: RunOutcome, sandbox: Sandbox, wallSeconds: Double) throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        return try encoder.encode(RunReport(outcome, sandbox: sandbox))
+        var report = RunReport(outcome, sandbox: sandbox)
+        report.version = kvmsandboxVersion
+        report.schemaVersion = RunReport.currentSchemaVersion
+        report.wallSeconds = wallSeconds
+        return try encoder.encode(report)
     }
 }
 

@@ -139,6 +139,7 @@ struct Run: ParsableCommand {
     }
 
     func run() throws {
+        let started = DispatchTime.now().uptimeNanoseconds
         var configuration = SandboxConfiguration()
         configuration.memorySize = try OptionChecks.mebibytes(memory, option: "--memory")
         configuration.stackSize = try OptionChecks.kibibytes(stack, option: "--stack")
@@ -235,7 +236,8 @@ struct Run: ParsableCommand {
             printError("kvmsandbox: the guest hit --memory \(memory) MiB (\(image.memoryLimitHits) request(s) for memory refused with ENOMEM); a larger --memory may let it finish")
         }
         if let reportJSON {
-            do { try Report.write(Array(Report.json(outcome, sandbox: sandbox)), to: reportJSON) } catch {
+            let wall = Double(DispatchTime.now().uptimeNanoseconds &- started) / 1e9
+            do { try Report.write(Array(Report.json(outcome, sandbox: image, wallSeconds: wall)), to: reportJSON) } catch {
                 printError("kvmsandbox: cannot write \(reportJSON): \(error)")
                 throw ExitCode(ExitStatus.sandboxError)
             }

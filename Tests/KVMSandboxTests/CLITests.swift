@@ -187,6 +187,24 @@ extension KVMTests {
             #expect(try CLI.run(["run", directory + "/hello"]).output.contains("hello from a KVM micro-VM"))
         }
 
+        /// `--report-json` says which version wrote it, in which layout, and what the run cost:
+        /// wall time, exits, the most guest memory it used (after a 64 MiB allocation: more).
+        @Test func theReportCarriesVersionAndCosts() throws {
+            let report = LinuxFixtures.scratch("report") + "/report.json"
+            let (status, output) = try CLI.run(["run", "--report-json", report, "--memory", "256", "/usr/bin/python3", "-c",
+                                                "b = bytearray(64 << 20); b[-1] = 1"])
+            #expect(status == 0, "\(output)")
+            let data = try #require(FileManager.default.contents(atPath: report))
+            let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+            #expect(object["schemaVersion"] as? Int == RunReport.currentSchemaVersion)
+            #expect((object["version"] as? String)?.isEmpty == false)
+            #expect((object["wallSeconds"] as? Double ?? 0) > 0)
+            #expect((object["exits"] as? Int ?? 0) > 0)
+            let peak = object["peakGuestMemory"] as? UInt64 ?? 0
+            #expect(peak > 64 << 20 && peak <= 256 << 20, "\(peak)")
+            #expect(object["guestMemoryLimit"] as? UInt64 == 256 << 20)
+        }
+
         /// Every usage error exits 64 with the usage, before anything is loaded: values of
         /// --syscalls, --host-calls, --exception-delivery and --allow-connect, a grant that does
         /// not exist, a --memory smaller than the stack (all once 125).

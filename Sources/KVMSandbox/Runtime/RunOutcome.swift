@@ -227,6 +227,17 @@ public struct RunReport: Sendable, Codable, Equatable {
     public var unimplementedSystemCalls: [String: Int]?
     /// Set when the guest was refused memory because its memory size was used up.
     public var memoryLimit: String?
+    /// VM exits the run took (when the report was made with the sandbox).
+    public var exits: Int?
+    /// The most guest memory the run used, in bytes (`Sandbox.guestMemoryUsed`), and the limit.
+    public var peakGuestMemory: UInt64?, guestMemoryLimit: UInt64?
+    /// Set by the CLI: its version, the report format's version (`RunReport.schemaVersion`) and
+    /// the run's wall-clock time in seconds, loading included.
+    public var version: String?, schemaVersion: Int?, wallSeconds: Double?
+
+    /// The version of this report's layout: 2 added `exits`, `peakGuestMemory`,
+    /// `guestMemoryLimit`, `version`, `schemaVersion` and `wallSeconds` (1 had none of them).
+    public static let currentSchemaVersion = 2
 
     /// A CPU exception with every decoded field spelled out.
     public struct Fault: Sendable, Codable, Equatable {
@@ -255,6 +266,9 @@ public struct RunReport: Sendable, Codable, Equatable {
         self.init(outcome)
         systemCalls = sandbox.systemCallCounts
         unimplementedSystemCalls = sandbox.unimplementedSystemCalls
+        exits = sandbox.statistics.exits
+        peakGuestMemory = sandbox.guestMemoryUsed
+        guestMemoryLimit = sandbox.configuration.memorySize
         if sandbox.memoryLimitHits > 0 {
             memoryLimit = "the guest hit its memory limit (\(sandbox.configuration.memorySize >> 20) MiB) \(sandbox.memoryLimitHits) time(s)"
         }

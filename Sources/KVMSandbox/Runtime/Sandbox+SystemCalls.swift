@@ -36,6 +36,11 @@ extension Sandbox {
     /// (`SandboxConfiguration.hostMemoryLimit`).
     public var hostMemory: (inUse: Int, limit: Int) { (linux.hostBytesInUse, linux.hostMemoryLimit) }
 
+    /// Bytes of guest memory in use: the high-water mark of the guest-physical pages handed out
+    /// (they are never given back while the VM lives, so this is also the peak), of
+    /// `SandboxConfiguration.memorySize`.
+    public var guestMemoryUsed: UInt64 { space.allocatorState.next }
+
     /// Bytes the guest added to the host's disk under its writable grants, and its quota
     /// (`SandboxConfiguration.diskQuota`; nil: none, and then nothing is counted).
     public var diskUsage: (added: Int, quota: Int?) { (linux.diskBytesAdded, linux.diskQuota) }
