@@ -8,7 +8,7 @@ enum Report {
         guard case .fault(let fault) = outcome else { return "kvmsandbox: guest \(outcome)" }
         var lines = ["kvmsandbox: guest fault: \(fault)"]
         let registers = fault.registers.named.map { name, value in
-            pad(name, 6) + "0x" + String(value, radix: 16)
+            pad(name, 7) + "0x" + String(value, radix: 16)
         }
         for row in stride(from: 0, to: registers.count, by: 3) {
             lines.append("  " + registers[row..<min(row + 3, registers.count)]

@@ -229,7 +229,8 @@ struct Run: ParsableCommand {
         let denied = image.deniedHostPaths
         if !denied.isEmpty, outcome != .exited(status: 0) {
             // Deny by default, said once: what the guest looked for that the host has.
-            let shown = denied.prefix(5).map { "\($0) (--ro \($0))" }.joined(separator: ", ")
+            let shown = denied.prefix(5).map { SystemView.holdsCredentials($0) ? "\($0) (credentials: withheld)" : "\($0) (--ro \($0))" }
+                .joined(separator: ", ")
             printError("kvmsandbox: the guest looked for \(denied.count == Sandbox.deniedPathsKept ? "\(denied.count)+" : "\(denied.count)") path(s) outside its grants that exist on the host: \(shown)")
         }
         if image.memoryLimitHits > 0, outcome != .exited(status: 0) {

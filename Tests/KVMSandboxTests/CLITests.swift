@@ -63,6 +63,12 @@ extension KVMTests {
             let (status, output) = try CLI.run(["run", "--no-default-tmpfs", "/usr/bin/python3", "-c", "open('\(directory)/secret')"])
             #expect(status == 1)
             #expect(output.contains("outside its grants that exist on the host: \(directory)/secret (--ro \(directory)/secret)"), "\(output)")
+            // Under the default tmpfs (the scratch directory may be in /tmp) the hint is the same;
+            // credentials are never suggested as a grant.
+            let hidden = try CLI.run(["run", "/bin/cat", directory + "/secret", "/etc/shadow"])
+            #expect(hidden.status == 1)
+            #expect(hidden.output.contains("\(directory)/secret (--ro \(directory)/secret)"), "\(hidden.output)")
+            #expect(hidden.output.contains("/etc/shadow (credentials: withheld)"), "\(hidden.output)")
         }
 
         /// A `#!` script runs as execve runs it: its interpreter with the line's optional

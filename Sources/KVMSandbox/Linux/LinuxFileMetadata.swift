@@ -114,7 +114,10 @@ extension LinuxPersonality {
         } else if let kind = syntheticFile(path) {
             status = syntheticStatus(kind, path: path)
         } else if state.memoryFiles.covers(path) {
-            guard let found = state.memoryFiles.status(path) else { return Self.fail(.noSuchFileOrDirectory) }
+            guard let found = state.memoryFiles.status(path) else {
+                noteDenied(path)  // the host's, hidden by a tmpfs
+                return Self.fail(.noSuchFileOrDirectory)
+            }
             status = found
         } else if fileSystem.locate(path) == nil {
             guard isAncestorOfAMount(path) else {

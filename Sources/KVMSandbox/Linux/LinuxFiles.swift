@@ -162,7 +162,9 @@ extension LinuxPersonality {
             file = OpenFile(kind: kind, statusFlags: keep, path: path)
         } else if state.memoryFiles.covers(path) {
             switch openInMemory(path, flags: flags) {
-            case .failure(let error): return Self.fail(error)
+            case .failure(let error):
+                if error == .noSuchFileOrDirectory { noteDenied(path) }  // the host's, hidden by a tmpfs
+                return Self.fail(error)
             case .success(let kind): file = OpenFile(kind: kind, statusFlags: keep, path: path)
             }
         } else if fileSystem.locate(path) == nil {

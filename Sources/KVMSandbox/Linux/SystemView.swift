@@ -29,6 +29,17 @@ public enum SystemView {
         "ImageMagick-*", "R", "vim", "emacs",
     ]
 
+    /// Whether `path` holds credentials or keys (`/etc/shadow`, `/etc/sudoers`, ssh and gpg
+    /// keys, cloud and registry credentials, anything under `/root`): never suggested as a
+    /// grant when the guest looks for it.
+    public static func holdsCredentials(_ path: String) -> Bool {
+        let components = path.split(separator: "/")
+        if components.first == "root" { return true }
+        if components.contains(where: { [".ssh", ".gnupg", ".aws", ".docker", ".kube", ".netrc", ".git-credentials", ".pgpass"].contains($0) }) { return true }
+        return ["/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers", "/etc/sudoers.d", "/etc/ssh", "/etc/ssl/private"]
+            .contains { path == $0 || path.hasPrefix($0 + "/") }
+    }
+
     /// Files synthesized in place of the host's (they would name its users and its name).
     static let synthesized: [String: String] = [
         "/etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
