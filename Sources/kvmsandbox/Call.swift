@@ -31,11 +31,11 @@ struct Call: ParsableCommand {
     @Flag(name: .long, help: "After every reset, compare every guest page and the whole vCPU state with the snapshot (fails on any difference).")
     var verifyReset = false
 
-    @Option(name: .long, help: "Guest memory in MiB.")
-    var memory: UInt64 = 64
+    @Option(name: .long, help: "Guest memory in MiB, or with a unit: 512M, 2G.")
+    var memory: Mebibytes = 64
 
-    @Option(name: .long, help: "Wall-clock limit per call in seconds.")
-    var timeout: Double?
+    @Option(name: .long, parsing: .unconditional, help: "Wall-clock limit per call in seconds, or with a unit: 500ms, 10s, 2m.")
+    var timeout: Seconds?
 
     @Argument(help: "The guest program (a static x86-64 ELF that calls ks_ready()).")
     var program: String
@@ -47,9 +47,9 @@ struct Call: ParsableCommand {
     var arguments: [Int64] = []
 
     func validate() throws {
-        _ = try OptionChecks.mebibytes(memory, option: "--memory")
+        _ = try OptionChecks.mebibytes(memory.count, option: "--memory")
         try OptionChecks.count(forks, in: 0...1_000_000_000, option: "--forks")
-        try OptionChecks.timeout(timeout)
+        try OptionChecks.timeout(timeout?.value)
         guard !(parked && reset) else { throw ValidationError("--parked and --reset exclude each other") }
         guard (16...65536).contains(arena) else { throw ValidationError("--arena must be from 16 to 65536 KiB") }
         guard (0...65536).contains(keptPages) else { throw ValidationError("--kept-pages must be from 0 to 65536") }
@@ -57,8 +57,8 @@ struct Call: ParsableCommand {
 
     func run() throws {
         var configuration = SandboxConfiguration()
-        configuration.memorySize = try OptionChecks.mebibytes(memory, option: "--memory")
-        configuration.timeout = timeout
+        configuration.memorySize = try OptionChecks.mebibytes(memory.count, option: "--memory")
+        configuration.timeout = timeout?.value
         configuration.arguments = [program]
         configuration.verifyResets = verifyReset
         do {
@@ -93,7 +93,7 @@ struct Call: ParsableCommand {
 
     /// `--parked`: every call in one parked VM; the first ten are listed, then a summary.
     private func callParked(_ snapshot: Snapshot, _ arguments: [GuestArgument]) throws {
-        let vm = try ParkedSandbox(snapshot: try snapshot.parked(ParkingConfiguration(arenaSize: arena << 10, keptWritablePages: keptPages)), timeout: timeout)
+        let vm = try ParkedSandbox(snapshot: try snapshot.parked(ParkingConfiguration(arenaSize: arena << 10, keptWritablePages: keptPages)), timeout: timeout?.value)
         let target = try vm.function(named: function)
         var total: UInt64 = 0
         for index in 0..<forks {

@@ -20,11 +20,11 @@ struct Run: ParsableCommand {
         135 #AC, 136 #DE/#XM, 139 #PF/#GP and others). Reports go to stderr.
         """)
 
-    @Option(name: .long, help: "Guest memory in MiB (everything: image, stack, heap, page tables), committed as the guest touches it (default 1024).")
-    var memory: UInt64 = 1024
+    @Option(name: .long, help: "Guest memory in MiB, or with a unit: 512M, 2G (everything: image, stack, heap, page tables), committed as the guest touches it (default 1024).")
+    var memory: Mebibytes = 1024
 
-    @Option(name: .long, help: "Wall-clock limit in seconds (fractions allowed).")
-    var timeout: Double?
+    @Option(name: .long, parsing: .unconditional, help: "Wall-clock limit in seconds (fractions allowed), or with a unit: 500ms, 10s, 2m, 1h.")
+    var timeout: Seconds?
 
     @Option(name: .long, help: "Stack size in KiB.")
     var stack: UInt64 = 1024
@@ -52,11 +52,11 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "The most address space the guest's mmap mappings may span, reservations included, in GiB (default 16384).")
     var addressSpace: UInt64 = 16384
 
-    @Option(name: .long, help: "Host memory the Linux layer may hold for the guest (in-memory files, pipes, epoll, mapping records, threads), in MiB (default: half of --memory, at least 32).")
-    var hostMemory: UInt64?
+    @Option(name: .long, help: "Host memory the Linux layer may hold for the guest (in-memory files, pipes, epoll, mapping records, threads), in MiB or with a unit (default: half of --memory, at least 32).")
+    var hostMemory: Mebibytes?
 
-    @Option(name: .long, help: "Bytes the guest may add to the host's disk under its --rw grants, in MiB (writes past it: ENOSPC). Default: no quota.")
-    var diskQuota: UInt64?
+    @Option(name: .long, help: "Bytes the guest may add to the host's disk under its --rw grants, in MiB or with a unit such as 1G (writes past it: ENOSPC). Default: no quota.")
+    var diskQuota: Mebibytes?
 
     @Option(name: .long, help: "The most threads the guest may have at once (clone past it: EAGAIN).")
     var maxThreads: Int = 64
@@ -104,14 +104,14 @@ struct Run: ParsableCommand {
     var arguments: [String] = []
 
     func validate() throws {
-        _ = try OptionChecks.mebibytes(memory, option: "--memory")
+        _ = try OptionChecks.mebibytes(memory.count, option: "--memory")
         _ = try OptionChecks.kibibytes(stack, option: "--stack")
-        try OptionChecks.timeout(timeout)
+        try OptionChecks.timeout(timeout?.value)
         guard (1...4096).contains(maxThreads) else { throw ValidationError("--max-threads must be between 1 and 4096") }
         guard (1...1024).contains(maxProcesses) else { throw ValidationError("--max-processes must be between 1 and 1024") }
         guard (1...65536).contains(addressSpace) else { throw ValidationError("--address-space must be between 1 and 65536 GiB") }
         // Usage errors all exit 64 with the usage, before anything is loaded.
-        guard memory <= UInt64.max >> 20, stack <= UInt64.max >> 10, memory << 20 > stack << 10 else {
+        guard memory.count <= UInt64.max >> 20, stack <= UInt64.max >> 10, memory.count << 20 > stack << 10 else {
             throw ValidationError("--memory \(memory) MiB must be larger than --stack \(stack) KiB")
         }
         _ = try transports()
@@ -141,9 +141,9 @@ struct Run: ParsableCommand {
     func run() throws {
         let started = DispatchTime.now().uptimeNanoseconds
         var configuration = SandboxConfiguration()
-        configuration.memorySize = try OptionChecks.mebibytes(memory, option: "--memory")
+        configuration.memorySize = try OptionChecks.mebibytes(memory.count, option: "--memory")
         configuration.stackSize = try OptionChecks.kibibytes(stack, option: "--stack")
-        configuration.timeout = timeout
+        configuration.timeout = timeout?.value
         configuration.files = try files.grants()
         configuration.workingDirectory = cwd
         configuration.memoryDirectories = files.memoryDirectories(grants: configuration.files)
@@ -166,8 +166,8 @@ struct Run: ParsableCommand {
         configuration.maximumProcesses = maxProcesses
         configuration.executesWritableFiles = allowExecWritable
         configuration.addressSpaceLimit = addressSpace << 30
-        if let hostMemory { configuration.hostMemoryLimit = try OptionChecks.mebibytes(hostMemory, option: "--host-memory") }
-        if let diskQuota { configuration.diskQuota = try OptionChecks.mebibytes(diskQuota, option: "--disk-quota") }
+        if let hostMemory { configuration.hostMemoryLimit = try OptionChecks.mebibytes(hostMemory.count, option: "--host-memory") }
+        if let diskQuota { configuration.diskQuota = try OptionChecks.mebibytes(diskQuota.count, option: "--disk-quota") }
         configuration.systemLibraries = !noSystemLibraries
         configuration.systemView = !noSystemView
         configuration.files += systemViewPaths.map { FileGrant(hostPath: $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0) }
@@ -185,6 +185,9 @@ struct Run: ParsableCommand {
         } catch {
             printError("kvmsandbox: \(command.program): \(error)")
             throw ExitCode(error == .loadTimedOut ? ExitStatus.timeout : ExitStatus.sandboxError)
+        }
+        if let cwd, !sandbox.guestDirectoryExists(cwd) {
+            throw ValidationError("--cwd \(cwd): no such directory in the guest's view (grant it with --ro or --rw, or make it a --tmpfs)")
         }
         if verbose {
             var line = "kvmsandbox: platform \(sandbox.platform.rawValue), entry 0x\(String(sandbox.program.entry, radix: 16))"
@@ -232,6 +235,10 @@ struct Run: ParsableCommand {
             let shown = denied.prefix(5).map { SystemView.holdsCredentials($0) ? "\($0) (credentials: withheld)" : "\($0) (--ro \($0))" }
                 .joined(separator: ", ")
             printError("kvmsandbox: the guest looked for \(denied.count == Sandbox.deniedPathsKept ? "\(denied.count)+" : "\(denied.count)") path(s) outside its grants that exist on the host: \(shown)")
+        }
+        let hostDirectory = FileManager.default.currentDirectoryPath
+        if cwd == nil, outcome != .exited(status: 0), sandbox.workingDirectory == "/", hostDirectory != "/" {
+            printError("kvmsandbox: the current directory \(hostDirectory) is not granted, so the guest started in / (--ro \(hostDirectory) or --rw would show it)")
         }
         if image.memoryLimitHits > 0, outcome != .exited(status: 0) {
             printError("kvmsandbox: the guest hit --memory \(memory) MiB (\(image.memoryLimitHits) request(s) for memory refused with ENOMEM); a larger --memory may let it finish")

@@ -36,8 +36,8 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "VMs serving requests at once.")
     var workers: Int = 2
 
-    @Option(name: .long, help: "Wall-clock limit of each request (socket mode: each connection), in seconds (then 504, or the connection is closed).")
-    var timeout: Double = 10
+    @Option(name: .long, parsing: .unconditional, help: "Wall-clock limit of each request (socket mode: each connection), in seconds or with a unit: 500ms, 10s, 2m (then 504, or the connection is closed).")
+    var timeout: Seconds = 10
 
     @Flag(name: .long, help: "Socket mode: serve connection after connection in the same VM (no reset between them), for comparison.")
     var noReset = false
@@ -103,7 +103,7 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         guard LogFormat(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json") }
-        try OptionChecks.timeout(timeout)
+        try OptionChecks.timeout(timeout.value)
         guard (1...256).contains(workers) else { throw ValidationError("--workers must be between 1 and 256") }
         _ = try Self.address(listen)
         guard DirtyTracking(rawValue: dirtyTracking) != nil else {
@@ -170,7 +170,7 @@ struct Serve: AsyncParsableCommand {
         let serveForever: @Sendable (String, Int, @escaping @Sendable (Int) -> Void) async throws -> Void
         let mode: String
         if snapshot.waitsForConnections {
-            let server = try SocketServer(snapshot: snapshot, workers: workers, connectionTimeout: timeout, resetsEachConnection: !noReset,
+            let server = try SocketServer(snapshot: snapshot, workers: workers, connectionTimeout: timeout.value, resetsEachConnection: !noReset,
                                           tracking: tracking, refresh: refresh, boot: boot)
             serveForever = { try await server.serve(host: $0, port: $1, bound: $2) }
             counters = server.counters
@@ -181,7 +181,7 @@ struct Serve: AsyncParsableCommand {
                 throw ExitCode(ExitStatus.sandboxError)
             }
             let limits = try httpLimits()
-            let server = try FunctionServer(snapshot: snapshot, workers: workers, requestTimeout: timeout, tracking: tracking, limits: limits,
+            let server = try FunctionServer(snapshot: snapshot, workers: workers, requestTimeout: timeout.value, tracking: tracking, limits: limits,
                                             refresh: refresh, boot: boot)
             let described = "HTTP limits: \(limits.maximumConnections) connections, \(limits.maximumBody) body bytes, "
                 + "\(limits.maximumBufferedBytes) buffered bytes, timeouts: header \(limits.headerTimeout) s, body \(limits.bodyTimeout) s, idle \(limits.idleTimeout) s"

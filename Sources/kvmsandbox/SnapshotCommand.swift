@@ -5,11 +5,11 @@ import KVMSandbox
 /// What `serve` and `snapshot` start from: a program with its files, environment and memory,
 /// run to its ready point (its first read of stdin, or its wait for a connection).
 struct ProgramOptions: ParsableArguments, Sendable {
-    @Option(name: .long, help: "Guest memory in MiB, per VM, committed as the guest touches it (default 1024; a snapshot's is fixed).")
-    var memory: UInt64?
+    @Option(name: .long, help: "Guest memory in MiB or with a unit (512M, 2G), per VM, committed as the guest touches it (default 1024; a snapshot's is fixed).")
+    var memory: Mebibytes?
 
-    @Option(name: .long, help: "Wall-clock limit of the start-up to the ready point, in seconds (default 60).")
-    var bootTimeout: Double?
+    @Option(name: .long, parsing: .unconditional, help: "Wall-clock limit of the start-up to the ready point, in seconds or with a unit: 500ms, 90s, 2m (default 60).")
+    var bootTimeout: Seconds?
 
     @OptionGroup var files: FileOptions
 
@@ -44,8 +44,8 @@ struct ProgramOptions: ParsableArguments, Sendable {
             if first == "--help" || first == "-h" { throw CleanExit.helpRequest() }
             throw ValidationError("unknown option \(first) (the program and its arguments go after --)")
         }
-        _ = try OptionChecks.mebibytes(memory ?? 1024, option: "--memory")
-        try OptionChecks.timeout(bootTimeout ?? 60)
+        _ = try OptionChecks.mebibytes(memory?.count ?? 1024, option: "--memory")
+        try OptionChecks.timeout(bootTimeout?.value ?? 60)
         for destination in allowConnect where LinuxDestination.parse(destination) == nil {
             throw ValidationError("--allow-connect takes IPv4:PORT (e.g. 127.0.0.1:5432), not \(destination)")
         }
@@ -60,8 +60,8 @@ struct ProgramOptions: ParsableArguments, Sendable {
         // The program found in PATH; a #! script boots its interpreter, as `run` does.
         let target = try Run.command(program[0], arguments: Array(program.dropFirst()))
         var configuration = SandboxConfiguration()
-        configuration.memorySize = try OptionChecks.mebibytes(memory ?? 1024, option: "--memory")
-        configuration.timeout = bootTimeout ?? 60
+        configuration.memorySize = try OptionChecks.mebibytes(memory?.count ?? 1024, option: "--memory")
+        configuration.timeout = bootTimeout?.value ?? 60
         configuration.files = try files.grants()
         configuration.memoryDirectories = files.memoryDirectories(grants: configuration.files)
         configuration.environment = Run.environment(environment)
@@ -175,7 +175,7 @@ extension ProgramOptions {
     /// they would change it.
     func narrowing(_ snapshot: Snapshot) throws -> Snapshot {
         let fixed = snapshot.configuration
-        if let memory, memory << 20 != fixed.memorySize {
+        if let memory, memory.count << 20 != fixed.memorySize {
             throw ValidationError("--memory \(memory): the snapshot's memory is fixed at \(fixed.memorySize >> 20) MiB (its page tables and heap live in it)")
         }
         if !environment.isEmpty {

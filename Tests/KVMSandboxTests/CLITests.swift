@@ -217,11 +217,46 @@ extension KVMTests {
         @Test func usageErrorsExit64() throws {
             for arguments in [["--syscalls", "bogus"], ["--host-calls", "bogus"], ["--exception-delivery", "bogus"],
                               ["--allow-connect", "bogus"], ["--ro", "/ks-no-such-path"], ["--memory", "1"],
-                              ["--max-processes", "0"]] {
+                              ["--max-processes", "0"], ["--memory", "1.5G"], ["--memory", "2P"], ["--memory", "100000000G"],
+                              ["--timeout", "-1"], ["--timeout", "0"], ["--timeout", "5 minutes"], ["--cwd", "/ks-no-such-dir"]] {
                 let (status, output) = try CLI.run(["run"] + arguments + ["/bin/true"])
                 #expect(status == 64, "\(arguments): \(output)")
-                #expect(output.contains("Usage: kvmsandbox run"), "\(arguments): \(output)")
+                // (--cwd is checked against the guest's view once it exists: no usage text then.)
+                #expect(arguments[0] == "--cwd" || output.contains("Usage: kvmsandbox run"), "\(arguments): \(output)")
             }
+            #expect(try CLI.run(["run", "--timeout", "-1", "/bin/true"]).output.contains("must be a positive number"))
+            #expect(try CLI.run(["run", "--cwd", "/ks-no-such-dir", "/bin/true"]).output.contains("no such directory in the guest's view"))
+        }
+
+        /// Sizes and durations take units as docker and systemd spell them (`512M`, `2G`,
+        /// `500ms`, `2m`); a plain number keeps the option's unit (MiB, seconds).
+        @Test func sizesAndDurationsTakeUnits() throws {
+            let script = "import resource; print(open('/proc/meminfo').readline().split()[1])"
+            for (memory, kib) in [("512M", 512 << 10), ("1G", 1 << 20), ("768", 768 << 10)] {
+                let (status, output) = try CLI.run(["run", "--memory", memory, "/usr/bin/python3", "-c", script])
+                #expect(status == 0 && output == "\(kib)\n", "\(memory): \(output)")
+            }
+            let started = Date()
+            let (status, _) = try CLI.run(["run", "--timeout", "300ms", "/usr/bin/python3", "-c", "while True: pass"])
+            #expect(status == ExitStatus.timeout && Date().timeIntervalSince(started) < 10)
+            #expect(try CLI.run(["run", "--timeout", "1m", "/bin/true"]).status == 0)
+        }
+
+        /// A run that fails from a directory the guest cannot see says the guest started in /.
+        @Test func anUngrantedWorkingDirectoryIsExplained() throws {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: CLI.path)
+            process.arguments = ["run", "/bin/ls", "ks-missing"]
+            process.currentDirectoryURL = URL(fileURLWithPath: LinuxFixtures.scratch("ungranted-cwd"))
+            let pipe = Pipe()
+            process.standardError = pipe
+            process.standardOutput = pipe
+            try process.run()
+            let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 2)
+            #expect(output.contains("is not granted, so the guest started in /"), "\(output)")
+            #expect(!output.contains("/proc/"), "host pseudo-files are never suggested: \(output)")
         }
 
         /// `--max-processes` bounds a shell's children (the fork past it is EAGAIN, as the shell

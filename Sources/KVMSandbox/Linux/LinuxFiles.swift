@@ -237,8 +237,12 @@ extension LinuxPersonality {
     }
 
     /// Remembers a path the guest was refused that exists on the host (for the CLI's hint).
+    /// The host's `/proc`, `/sys` and `/dev` are never worth a grant (they describe the host,
+    /// not files the program needs): not remembered.
     func noteDenied(_ path: String) {
-        guard deniedHostPaths.count < Sandbox.deniedPathsKept, !deniedHostPaths.contains(path), Glibc.access(path, F_OK) == 0 else { return }
+        guard deniedHostPaths.count < Sandbox.deniedPathsKept, !deniedHostPaths.contains(path),
+              !["/proc", "/sys", "/dev"].contains(where: { path == $0 || path.hasPrefix($0 + "/") }),
+              Glibc.access(path, F_OK) == 0 else { return }
         deniedHostPaths.append(path)
     }
 

@@ -143,6 +143,22 @@ final class LinuxPersonality {
         return fileSystem.locate(host) != nil || fileSystem.isAncestorOfAMount(host) ? host : "/"
     }
 
+    /// Whether `path` names a directory in the guest's view as it starts: in a tmpfs, a granted
+    /// directory or one inside a grant, or a directory on the way to a grant. (For the
+    /// operator's `--cwd`, before the guest runs: never a guest-controlled path.)
+    func guestDirectoryExists(_ path: String) -> Bool {
+        let path = FileSystemView.normalize(path, cwd: "/")
+        if state.memoryFiles.covers(path) {
+            return state.memoryFiles.status(path).map { $0.st_mode & S_IFMT == S_IFDIR } ?? false
+        }
+        if let (mount, relative) = fileSystem.locate(path) {
+            guard mount.fileName == nil else { return false }
+            var status = stat()
+            return fstatat(mount.directory.fd, relative, &status, 0) == 0 && status.st_mode & S_IFMT == S_IFDIR
+        }
+        return fileSystem.isAncestorOfAMount(path)
+    }
+
     /// The vCPU's kick flag: reads from a host stdin and sleeps stop waiting once it is set.
     var interrupter: VCPUInterrupter? { builtins.interrupter }
 

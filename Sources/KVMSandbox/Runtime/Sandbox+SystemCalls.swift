@@ -36,6 +36,14 @@ extension Sandbox {
     /// (`SandboxConfiguration.hostMemoryLimit`).
     public var hostMemory: (inUse: Int, limit: Int) { (linux.hostBytesInUse, linux.hostMemoryLimit) }
 
+    /// The guest's current directory (where it starts, before it runs: `--cwd`, else the
+    /// host's current directory when a grant shows it, else `/`).
+    public var workingDirectory: String { linux.state.cwd }
+
+    /// Whether `path` is a directory the guest can see as it starts (a grant, a directory in
+    /// one or on the way to one, a tmpfs): what a working directory must be.
+    public func guestDirectoryExists(_ path: String) -> Bool { linux.guestDirectoryExists(path) }
+
     /// Bytes of guest memory in use: the high-water mark of the guest-physical pages handed out
     /// (they are never given back while the VM lives, so this is also the peak), of
     /// `SandboxConfiguration.memorySize`.
