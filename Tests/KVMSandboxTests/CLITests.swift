@@ -242,6 +242,29 @@ extension KVMTests {
             #expect(try CLI.run(["run", "--timeout", "1m", "/bin/true"]).status == 0)
         }
 
+        /// A user who may not open /dev/kvm is told its owner, group and mode and how to join
+        /// the group (run as `nobody` through runuser when the tests run as root).
+        @Test func aKVMPermissionErrorNamesTheGroup() throws {
+            var device = stat()
+            guard getuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/sbin/runuser"),
+                  stat("/dev/kvm", &device) == 0, device.st_mode & 0o006 == 0 else {
+                print("SKIPPED aKVMPermissionErrorNamesTheGroup: needs root, runuser, and a /dev/kvm others may not open")
+                return
+            }
+            var template = Array("/tmp/ks-nobody-XXXXXX".utf8CString)
+            let directory = try #require(mkdtemp(&template).map { String(cString: $0) })
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            chmod(directory, 0o755)
+            try FileManager.default.copyItem(atPath: CLI.path, toPath: directory + "/kvmsandbox")
+            let (status, output) = try CLI.run(["-u", "nobody", "--", directory + "/kvmsandbox", "run", "/bin/true"], executable: "/usr/sbin/runuser")
+            #expect(status == ExitStatus.sandboxError)
+            var info = stat()
+            stat("/dev/kvm", &info)
+            let group = String(cString: getgrgid(info.st_gid).pointee.gr_name)
+            #expect(output.contains("no permission to open /dev/kvm (owner root, group \(group), mode \(String(info.st_mode & 0o7777, radix: 8)))"), "\(output)")
+            #expect(output.contains("usermod -aG \(group)"))
+        }
+
         /// A run that fails from a directory the guest cannot see says the guest started in /.
         @Test func anUngrantedWorkingDirectoryIsExplained() throws {
             let process = Process()

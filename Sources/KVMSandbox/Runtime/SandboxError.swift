@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import SystemPackage
 
 /// Why a sandbox could not be created or run. Guest misbehaviour is not an error: it is a `RunOutcome`.
@@ -53,7 +56,11 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
         case .kvmNotFound(let path):
             return "\(path) does not exist: this machine has no KVM (load kvm_intel, kvm_amd or kvm_pvm, or enable nested virtualization)"
         case .kvmPermissionDenied(let path):
-            return "no permission to open \(path): run as root or add this user to the 'kvm' group"
+            guard let (owner, group, mode) = Self.access(of: path) else {
+                return "no permission to open \(path): run as root or add this user to the 'kvm' group"
+            }
+            return "no permission to open \(path) (owner \(owner), group \(group), mode \(String(mode, radix: 8))): "
+                + "add this user to the group (sudo usermod -aG \(group) $USER, then log in again) or run as root"
         case .kvmOpenFailed(let path, let errno):
             return "cannot open \(path): \(errno)"
         case .unsupportedAPIVersion(let version):
@@ -93,5 +100,16 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
         case .resetVerificationFailed(let differences):
             return "after a reset the VM differs from its snapshot: \(differences.joined(separator: "; "))"
         }
+    }
+}
+
+extension SandboxError {
+    /// The owner's and group's names and the permission bits of `path`, for a message about it.
+    static func access(of path: String) -> (owner: String, group: String, mode: UInt32)? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        let owner = getpwuid(info.st_uid).flatMap { $0.pointee.pw_name.map { String(cString: $0) } } ?? "\(info.st_uid)"
+        let group = getgrgid(info.st_gid).flatMap { $0.pointee.gr_name.map { String(cString: $0) } } ?? "\(info.st_gid)"
+        return (owner, group, info.st_mode & 0o7777)
     }
 }
