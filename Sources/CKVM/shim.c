@@ -24,6 +24,7 @@ const unsigned long CKVM_GET_VCPU_EVENTS = KVM_GET_VCPU_EVENTS;
 const unsigned long CKVM_SET_VCPU_EVENTS = KVM_SET_VCPU_EVENTS;
 const unsigned long CKVM_SET_MSRS = KVM_SET_MSRS;
 const unsigned long CKVM_GET_MSRS = KVM_GET_MSRS;
+const unsigned long CKVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
 const unsigned long CKVM_GET_FPU = KVM_GET_FPU;
 const unsigned long CKVM_SET_FPU = KVM_SET_FPU;
 const unsigned long CKVM_GET_XSAVE = KVM_GET_XSAVE;

@@ -18,9 +18,12 @@ enum GuestArgumentSplit {
     /// The parts taken off by the last `split` (empty when the command was not `run`).
     static var parts: Parts { taken.withLock { $0 } }
 
-    /// `run` options that take no value; every other option takes one (`--name value` or `--name=value`).
+    /// `run` options that take no value; every other option takes one (`--name value` or
+    /// `--name=value`). Kept in step with `Run`'s `@Flag`s by the test
+    /// `everyFlagOfRunIsKnownToTheArgumentSplit`, which reads `run --help`.
     static let flags: Set<String> = [
-        "--verbose", "--trace-syscalls", "--allow-jit", "--no-system-libraries", "-h", "--help",
+        "--verbose", "--trace-syscalls", "--allow-jit", "--no-system-libraries", "--no-system-view", "--no-aslr",
+        "--allow-exec-writable", "--no-default-tmpfs", "--no-vdso", "-h", "--help",
     ]
 
     /// Returns `arguments` (without the executable's name) with the guest's arguments and the

@@ -85,6 +85,9 @@ struct Run: ParsableCommand {
     @Flag(name: .long, help: "Print every Linux system call the guest makes, with its result, to stderr.")
     var traceSyscalls = false
 
+    @Flag(name: .long, help: "No vDSO: clock_gettime, gettimeofday, time and getcpu become system calls (by default they run in the guest, without an exit).")
+    var noVdso = false
+
     @Option(name: .long, help: "Write the --trace-syscalls lines to this file instead of stderr (implies --trace-syscalls; the file is created or truncated).")
     var traceOutput: String?
 
@@ -148,6 +151,7 @@ struct Run: ParsableCommand {
         configuration.workingDirectory = cwd
         configuration.memoryDirectories = files.memoryDirectories(grants: configuration.files)
         configuration.traceSyscalls = traceSyscalls || traceOutput != nil
+        if noVdso { configuration.timeInGuest = false }
         if let traceOutput {
             let descriptor = open(traceOutput, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
             guard descriptor >= 0 else {

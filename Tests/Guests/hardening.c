@@ -25,6 +25,13 @@ int main(int argc, char **argv) {
     else if (!strcmp(m, "munmap-mailbox")) result = raw(11, KS_MAILBOX_ADDRESS, 4096, 0);
     else if (!strcmp(m, "munmap-gdt")) result = raw(11, 0x7ffffffff000L, 4096, 0);
     else if (!strcmp(m, "munmap-top")) result = raw(11, 0x7ffffffff000L, 0x1000000, 0);
+    else if (!strncmp(m, "mprotect-", 9)) {  // make a host page writable, then write it if that worked
+        long page = !strcmp(m, "mprotect-gdt") ? 0x7ffffffff000L : !strcmp(m, "mprotect-idt") ? 0x7fffffffd000L
+                  : !strcmp(m, "mprotect-stub") ? 0x7ff000001000L : !strcmp(m, "mprotect-vdso-data") ? 0x7ff000007000L
+                  : !strcmp(m, "mprotect-vdso") ? 0x7ff000006000L : 0x7ff000002000L;  /* mailbox */
+        result = raw(10, page, 4096, 3);  /* PROT_READ | PROT_WRITE */
+        if (result == 0) { *(volatile long *)(page + 8) = 0x4141414141414141L; printf("wrote the page\n"); }
+    }
     else if (!strcmp(m, "rep-outsb") || !strcmp(m, "outsb")) {
         static char buffer[16];
         long count = !strcmp(m, "rep-outsb") ? 8 : 1;

@@ -50,6 +50,16 @@ extension KVMTests {
             #expect(stdout == "result=-22\n")
         }
 
+        /// mprotect never hands the guest a host page: supervisor-only ones (GDT, IDT: once made
+        /// user-writable by `mprotect(RW)`), the stubs, the mailbox, the vDSO and its clock data
+        /// are EACCES, and stay as they were.
+        @Test(arguments: ["mprotect-gdt", "mprotect-idt", "mprotect-stub", "mprotect-mailbox", "mprotect-vdso", "mprotect-vdso-data"])
+        func mprotectNeverHandsOverAHostPage(mode: String) throws {
+            let (outcome, stdout, _) = try run(mode)
+            #expect(outcome == .exited(status: 0), "\(stdout)")
+            #expect(stdout == "result=-13\n")
+        }
+
         /// `outsb` and `rep outsb` to port 0x42 exit like `out %al, $0x42`; only the latter is a host call.
         @Test(arguments: ["outsb", "rep-outsb"])
         func stringOutputToTheHostCallPortIsAnABIViolation(mode: String) throws {

@@ -45,7 +45,8 @@ enum Guests {
     /// Runs guest `name` with `arguments`, output captured; returns the outcome and what it printed.
     static func run(_ name: String, _ arguments: [String] = [], flags: [String] = ["-O2"],
                     configure: (inout SandboxConfiguration) -> Void = { _ in },
-                    setUp: (Sandbox) throws -> Void = { _ in }) throws -> (outcome: RunOutcome, stdout: String, stderr: String) {
+                    setUp: (Sandbox) throws -> Void = { _ in },
+                    after: (Sandbox) -> Void = { _ in }) throws -> (outcome: RunOutcome, stdout: String, stderr: String) {
         let path = try build(name, flags: flags)
         var configuration = SandboxConfiguration()
         configuration.arguments = [name] + arguments
@@ -56,6 +57,7 @@ enum Guests {
         let sandbox = try Sandbox(elfPath: path, configuration: configuration)
         try setUp(sandbox)
         let outcome = try sandbox.run()
+        after(sandbox)
         return (outcome, String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self),
                 String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self))
     }

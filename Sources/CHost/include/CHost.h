@@ -32,6 +32,8 @@ int chost_available_cpus(void);
 int chost_pin_to_cpu(int cpu);
 /// Lets the calling thread run on every CPU again; 0 or -1.
 int chost_unpin(void);
+/// The CPU's time-stamp counter (`rdtsc`): the clock the guest's vDSO reads too.
+static inline unsigned long long chost_rdtsc(void) { return __builtin_ia32_rdtsc(); }
 /// The spin-wait hint (`pause`) for a thread polling memory another CPU writes.
 static inline void chost_cpu_relax(void) { __builtin_ia32_pause(); }
 

@@ -32,6 +32,7 @@ extern const unsigned long CKVM_GET_VCPU_EVENTS;
 extern const unsigned long CKVM_SET_VCPU_EVENTS;
 extern const unsigned long CKVM_SET_MSRS;
 extern const unsigned long CKVM_GET_MSRS;
+extern const unsigned long CKVM_GET_TSC_KHZ;
 extern const unsigned long CKVM_GET_FPU;
 extern const unsigned long CKVM_SET_FPU;
 extern const unsigned long CKVM_GET_XSAVE;

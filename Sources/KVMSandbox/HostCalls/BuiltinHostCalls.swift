@@ -404,8 +404,8 @@ final class BuiltinHostCalls {
     private func clockGettime(clock: UInt64, _ memory: GuestMemoryView, into address: UInt64) throws -> Int64 {
         let clockID: clockid_t
         switch clock {
-        case 0, 8: clockID = CLOCK_REALTIME
-        case 1, 4, 6, 7: clockID = CLOCK_MONOTONIC
+        case 0, 5, 8: clockID = CLOCK_REALTIME                // REALTIME, REALTIME_COARSE (once EINVAL), REALTIME_ALARM
+        case 1, 4, 6, 7, 9: clockID = CLOCK_MONOTONIC        // MONOTONIC, _RAW, _COARSE, BOOTTIME, BOOTTIME_ALARM
         default: return -Int64(HostCallErrno.EINVAL)
         }
         var now = timespec()

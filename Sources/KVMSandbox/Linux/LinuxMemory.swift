@@ -254,6 +254,19 @@ extension LinuxPersonality {
                 page += PageSize.bytes
             }
         }
+        // The host's pages (the GDT, IDT, TSS and CPL 0 stacks, which are supervisor-only; the
+        // stubs, mailbox, doorbell, parking page and vDSO) keep the permissions the host gave
+        // them: mprotect must never make a supervisor page the guest's, nor the host's code or
+        // clock data writable.
+        var owned = address
+        while owned < end {
+            if GuestLayout.isHostPage(owned) { return Self.fail(.permissionDenied) }
+            if let entry = space.tables.leafEntry(owned, memory: space.memory), entry & X86PageTables.user == 0 {
+                return Self.fail(.permissionDenied)
+            }
+            guard space.isMapped(owned) || inMappings else { break }  // (holes were refused above)
+            owned += PageSize.bytes
+        }
         let permissions = Self.permissions(protection)
         if protection == 0 {
             // PROT_NONE: only the pages that are there change.

@@ -59,6 +59,13 @@ extension LinuxPersonality {
         return .value(0)
     }
 
+    /// `getcpu(unsigned *cpu, unsigned *node, cache)`: CPU 0 of node 0 (one vCPU), as the vDSO says.
+    func processor(_ memory: GuestMemoryView, cpu: UInt64, node: UInt64) throws -> HostCallEffect {
+        if cpu != 0 { try memory.store(UInt32(0), at: cpu) }
+        if node != 0 { try memory.store(UInt32(0), at: node) }
+        return .value(0)
+    }
+
     /// `time(time_t *)`.
     func time(_ memory: GuestMemoryView, into address: UInt64) throws -> HostCallEffect {
         let now = UInt64(Glibc.time(nil))

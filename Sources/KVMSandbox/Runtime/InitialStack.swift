@@ -5,12 +5,13 @@ enum InitialStack {
     enum Key: UInt64 {
         case null = 0, phdr = 3, phent = 4, phnum = 5, pagesz = 6, base = 7, flags = 8, entry = 9
         case uid = 11, euid = 12, gid = 13, egid = 14, platform = 15, hwcap = 16, clktck = 17
-        case secure = 23, random = 25, hwcap2 = 26, execfn = 31, minsigstksz = 51
+        case secure = 23, random = 25, hwcap2 = 26, execfn = 31, sysinfoEHDR = 33, minsigstksz = 51
     }
 
     /// Writes the stack below `top` and returns the initial stack pointer (pointing at argc).
+    /// `vdso`: where the vDSO's ELF header is (`AT_SYSINFO_EHDR`), when there is one.
     static func build(in space: AddressSpace, top: UInt64, size: UInt64, arguments: [String],
-                      environment: [String], image: ProgramImage) throws(SandboxError) -> UInt64 {
+                      environment: [String], image: ProgramImage, vdso: UInt64? = nil) throws(SandboxError) -> UInt64 {
         let program = image.program
         var cursor = top
         var data: [(address: UInt64, bytes: [UInt8])] = []
@@ -34,8 +35,8 @@ enum InitialStack {
             (.uid, 0), (.euid, 0), (.gid, 0), (.egid, 0), (.secure, 0),
             (.hwcap, UInt64(X86CPUIdentity.featureFlags)), (.hwcap2, 0), (.minsigstksz, X86CPUIdentity.minimumSignalStackSize),
             (.clktck, 100),
-            (.platform, platform), (.random, random), (.execfn, argumentPointers.first ?? 0), (.null, 0),
-        ]
+            (.platform, platform), (.random, random), (.execfn, argumentPointers.first ?? 0),
+        ] + (vdso.map { [(Key.sysinfoEHDR, $0)] } ?? []) + [(.null, 0)]
         var words: [UInt64] = [UInt64(arguments.count)]
         words += argumentPointers + [0] + environmentPointers + [0]
         for (key, value) in auxv { words += [key.rawValue, value] }

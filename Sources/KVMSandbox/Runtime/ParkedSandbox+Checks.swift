@@ -32,8 +32,8 @@ extension ParkedSandbox {
             result.append("the vCPU is not in the idle loop (rip 0x\(String(registers.rip, radix: 16)))")
         }
         let memory = sandbox.memory
-        // Words that may differ: the mailbox's polling word (the host's poller owns it), and the
-        // W and D bits of the page-table entries of pages kept writable.
+        // Words that may differ: the mailbox's polling word (the host's poller owns it), the
+        // vDSO's clock parameters, and the W and D bits of the page-table entries of pages kept writable.
         let pollingWord = sandbox.mailboxPhysical + 128
         let keptSlots = Set(monitor.keptPages.withLock { pages in
             pages.compactMap { sandbox.space.tables.leafSlot($0.virtual, memory: memory) }
@@ -45,9 +45,15 @@ extension ParkedSandbox {
             [ExceptionStubs.kernelStackPage, ExceptionStubs.criticalStackPage].compactMap {
                 sandbox.space.tables.translateForHost($0, memory: memory).map { $0 >> PageSize.shift }
             })
+        // The vDSO's clock parameters: the host writes them at each entry (the guest cannot
+        // write that page: mprotect refuses it), so a parked VM keeps its own vCPU's.
+        let clockWords: Set<UInt64> = sandbox.clockPage.map { page in
+            Set(stride(from: page.physical, to: page.physical + VDSO.DataLayout.multiplier + 8, by: 8))
+        } ?? []
         for page in memory.pagesDifferingFromSource() where !cpl0Stacks.contains(page) {
             let allowed = memory.wordsDifferingFromSource(page: page).allSatisfy { word in
-                word.address == pollingWord || (keptSlots.contains(word.address) && word.now ^ word.source == writeBits)
+                word.address == pollingWord || clockWords.contains(word.address)
+                    || (keptSlots.contains(word.address) && word.now ^ word.source == writeBits)
             }
             if allowed { continue }
             result.append("guest page 0x\(String(page << PageSize.shift, radix: 16))")

@@ -52,6 +52,8 @@ public final class Sandbox {
     /// The exitless-call mailbox (`GuestLayout.mailboxPage`) and, during a run that uses it, its server.
     let mailbox: Mailbox
     let mailboxPhysical: UInt64
+    /// The vDSO's clock data, refreshed before every entry (nil: no vDSO in this VM).
+    var clockPage: GuestClockPage?
     private(set) var exitless: ExitlessServer?
     /// The sandbox's mailbox server, made on first use and kept across runs.
     lazy var exitlessServer = ExitlessServer(mailbox: mailbox, memory: guestMemory, interrupter: vcpu.interrupter)
@@ -186,9 +188,18 @@ public final class Sandbox {
                                           top: Self.mmapTop(stackBottom: stackBottom) - layout.mmapShift,
                                           pieBase: layout.pieBase, deadline: loadDeadline)
         try space.mapNew(stackBottom, length: configuration.stackSize, [.read, .write])
+        let vdso = configuration.timeInGuest != false
+        if vdso {
+            try space.mapNew(GuestLayout.vdsoPage, length: PageSize.bytes, [.read, .execute])
+            do { try space.hostWrite(VDSO.image, at: GuestLayout.vdsoPage) } catch {
+                throw .invalidConfiguration("cannot write the vDSO: \(error)")
+            }
+            try space.mapNew(GuestLayout.vdsoDataPage, length: PageSize.bytes, [.read])
+        }
         let stackPointer = try InitialStack.build(
             in: space, top: layout.stackTop, size: configuration.stackSize,
-            arguments: configuration.arguments, environment: configuration.environment, image: image)
+            arguments: configuration.arguments, environment: configuration.environment, image: image,
+            vdso: vdso ? GuestLayout.vdsoPage : nil)
         try X86CPUState.installSystemTables(in: space)
         try space.mapNew(GuestLayout.mailboxPage, length: PageSize.bytes, [.read, .write])
         try space.mapOutsideMemory(GuestLayout.doorbellPage, [.read, .write])
@@ -238,6 +249,8 @@ public final class Sandbox {
         }
         mailboxPhysical = physical
         mailbox = Mailbox(memory: memory, physical: physical)
+        // (A VM loaded without a vDSO, or from an older snapshot, has no data page: nothing to refresh.)
+        clockPage = space.tables.translateForHost(GuestLayout.vdsoDataPage, memory: memory).map(GuestClockPage.init)
         builtins.interrupter = vcpu.interrupter
         linux.hostSignalsPending = { [hostSignals] in hostSignals.hasPending }
     }
@@ -417,6 +430,7 @@ public final class Sandbox {
                 // the server's lock when there is one.)
                 let left = exitless.map { server in server.exclusively { timeSliceLeft() } } ?? timeSliceLeft()
                 let slice = left.map { Watchdog.shared.arm(seconds: $0, interrupter: vcpu.interrupter) }
+                clockPage?.refresh(vcpu: vcpu, memory: memory, enabled: configuration.timeInGuest != false)
                 let exit = try vcpu.run()
                 if let slice {
                     let fired = Watchdog.shared.fired(slice)

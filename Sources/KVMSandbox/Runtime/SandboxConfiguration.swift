@@ -92,6 +92,10 @@ public struct SandboxConfiguration: Sendable, Codable {
     public var allowedConnections: [String] = []
     /// Print every Linux system call (name, arguments, result) to the host's stderr.
     public var traceSyscalls = false
+    /// Whether a vDSO serves `clock_gettime`, `gettimeofday`, `time` and `getcpu` in the guest,
+    /// without a system call (`VDSO`; nil, the default, or true). false: no vDSO is mapped and
+    /// every such call is a system call (for comparisons: `run --no-vdso`).
+    public var timeInGuest: Bool?
     /// Where `traceSyscalls` writes: a host file descriptor the embedder keeps open while the
     /// sandbox (and the processes it starts) run; the sandbox never closes it. nil: stderr.
     public var traceDescriptor: Int32?

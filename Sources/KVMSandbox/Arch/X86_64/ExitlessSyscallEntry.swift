@@ -94,7 +94,7 @@ enum ExitlessSyscallEntry {
 }
 
 /// Appends x86-64 instructions at a known address, resolving RIP-relative operands and jumps.
-private struct Emitter {
+struct Emitter {
     let origin: UInt64
     var bytes: [UInt8] = []
 

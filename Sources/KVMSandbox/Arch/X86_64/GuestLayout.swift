@@ -12,6 +12,10 @@
 /// 0x7ff0_0000_4000  parked VMs only: the parking page (user read+write, NX; see `ParkingStub`)
 /// 0x7ff0_0000_5000  the CPL 0 exitless `syscall` entry (supervisor-only, read+execute; hardware
 ///                   KVM only uses it; see `ExitlessSyscallEntry`)
+/// 0x7ff0_0000_6000  the vDSO (user read+execute): an ELF image whose `clock_gettime`,
+///                   `gettimeofday`, `time` and `getcpu` run in the guest (`VDSO`)
+/// 0x7ff0_0000_7000  the vDSO's clock data (user read-only, NX; the host refreshes it before
+///                   every entry)
 /// 0x7ff0_0010_0000  parked VMs only: the request arena (stack and request heap), an unmapped
 ///                   guard page below it
 /// 0x7fff_ffff_9000  hardware KVM only, all supervisor-only with unmapped pages between:
@@ -42,6 +46,10 @@ public enum GuestLayout {
     public static let parkingPage: UInt64 = 0x7ff0_0000_4000
     /// The CPL 0 exitless `syscall` entry (hardware KVM), within RIP-relative reach of the mailbox.
     public static let kernelSyscallPage: UInt64 = 0x7ff0_0000_5000
+    /// The vDSO image (`AT_SYSINFO_EHDR`), user read+execute.
+    public static let vdsoPage: UInt64 = 0x7ff0_0000_6000
+    /// The vDSO's clock parameters, user read-only, written by the host (`VDSO.DataLayout`).
+    public static let vdsoDataPage: UInt64 = 0x7ff0_0000_7000
     /// Parked VMs: the start of the request arena (`ParkingConfiguration.arenaSize` bytes).
     public static let arenaBase: UInt64 = 0x7ff0_0010_0000
     /// Parked VMs: the largest arena.
@@ -74,6 +82,14 @@ public enum GuestLayout {
             return Randomization(stackTop: GuestLayout.stackTop - pages(22), mmapShift: pages(28), heapShift: pages(13),
                                  pieBase: GuestLayout.pieBase + pages(28))
         }
+    }
+
+    /// Whether `address` is on one of the host's pages: the stubs, mailbox, doorbell, parking
+    /// page and vDSO (`syscallStubPage` up to the request arena), or the supervisor-only area
+    /// at the top (IST and CPL 0 stacks, stubs, IDT, GDT and TSS). The guest may not remap,
+    /// unmap or reprotect them.
+    static func isHostPage(_ address: UInt64) -> Bool {
+        (syscallStubPage..<arenaBase).contains(address) || address >= 0x7fff_ffff_0000
     }
 
     /// Whether `address` lies on the page that starts at `page`.

@@ -284,6 +284,7 @@ extension SystemCallTable {
         .init(229, "clock_getres", "dx", exitless: .always) { l, c in try l.clockResolution(c.memory, into: c[1]) },
         .init(96, "gettimeofday", "xx", exitless: .always) { l, c in try l.timeOfDay(c.memory, into: c[0]) },
         .init(201, "time", "x", exitless: .always) { l, c in try l.time(c.memory, into: c[0]) },
+        .init(309, "getcpu", "xxx", exitless: .always) { l, c in try l.processor(c.memory, cpu: c[0], node: c[1]) },
         .init(318, "getrandom", "xux", exitless: .always) { l, c in try l.builtins.handle(c) },
     ]
 }

@@ -38,6 +38,7 @@ enum KVMRequest {
     static let setVCPUEvents = CKVM_SET_VCPU_EVENTS
     static let setMSRs = CKVM_SET_MSRS
     static let getMSRs = CKVM_GET_MSRS
+    static let getTSCKHz = CKVM_GET_TSC_KHZ
     static let getFPU = CKVM_GET_FPU
     static let setFPU = CKVM_SET_FPU
     static let getXSave = CKVM_GET_XSAVE

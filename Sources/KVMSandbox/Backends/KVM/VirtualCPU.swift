@@ -141,6 +141,23 @@ final class VirtualCPU {
         return events
     }
 
+    /// The guest's TSC frequency in kHz (`KVM_GET_TSC_KHZ`).
+    func tscKilohertz() throws(KVMError) -> UInt64 {
+        UInt64(try kvmIoctl(fd, KVMRequest.getTSCKHz, 0, "KVM_GET_TSC_KHZ"))
+    }
+
+    /// Reads one model-specific register (`KVM_GET_MSRS`).
+    func msr(_ index: UInt32) throws(KVMError) -> UInt64 {
+        var list = ckvm_msr_list()
+        list.nmsrs = 1
+        withUnsafeMutableBytes(of: &list.entries) { raw in
+            raw.bindMemory(to: kvm_msr_entry.self)[0] = kvm_msr_entry(index: index, reserved: 0, data: 0)
+        }
+        let read = try kvmIoctl(fd, KVMRequest.getMSRs, &list, "KVM_GET_MSRS")
+        guard read == 1 else { throw KVMError("KVM_GET_MSRS (MSR 0x\(String(index, radix: 16)) not read)", .invalidArgument) }
+        return withUnsafeBytes(of: &list.entries) { $0.bindMemory(to: kvm_msr_entry.self)[0].data }
+    }
+
     /// Writes model-specific registers (`KVM_SET_MSRS`), at most 8 at a time.
     func setMSRs(_ values: [(index: UInt32, value: UInt64)]) throws(KVMError) {
         precondition(values.count <= 8)
