@@ -31,6 +31,9 @@ struct ProgramOptions: ParsableArguments, Sendable {
     @Flag(name: .customLong("no-aslr"), help: "Boot with the same addresses as every other snapshot of this program (no address-space layout randomization).")
     var noASLR = false
 
+    @Flag(name: .customLong("no-vdso"), help: "No vDSO: clock_gettime, gettimeofday, time and getcpu become system calls (for comparisons).")
+    var noVdso = false
+
     @Argument(parsing: .captureForPassthrough, help: "-- PROGRAM ARGUMENTS...")
     var command: [String] = []
 
@@ -68,6 +71,7 @@ struct ProgramOptions: ParsableArguments, Sendable {
         configuration.programPath = target.program
         configuration.arguments = target.argv
         configuration.files += target.scripts.map { FileGrant(hostPath: $0) }
+        if noVdso { configuration.timeInGuest = false }
         configuration.acceptsConnections = true
         configuration.allowedConnections = allowConnect
         configuration.systemCallTransport = HostCallTransport(rawValue: syscalls ?? "exit") ?? .exit

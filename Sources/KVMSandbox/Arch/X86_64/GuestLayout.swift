@@ -84,13 +84,16 @@ public enum GuestLayout {
         }
     }
 
-    /// Whether `address` is on one of the host's pages: the stubs, mailbox, doorbell, parking
-    /// page and vDSO (`syscallStubPage` up to the request arena), or the supervisor-only area
-    /// at the top (IST and CPL 0 stacks, stubs, IDT, GDT and TSS). The guest may not remap,
-    /// unmap or reprotect them.
-    static func isHostPage(_ address: UInt64) -> Bool {
-        (syscallStubPage..<arenaBase).contains(address) || address >= 0x7fff_ffff_0000
+    /// Whether `[start, end)` touches one of the host's pages: the stubs, mailbox, doorbell,
+    /// parking page and vDSO (`syscallStubPage` up to the request arena), or the supervisor-only
+    /// area at the top (IST and CPL 0 stacks, stubs, IDT, GDT and TSS). The guest may not
+    /// remap, unmap or reprotect them.
+    static func overlapsHostPages(_ start: UInt64, _ end: UInt64) -> Bool {
+        (start < arenaBase && end > syscallStubPage) || end > hostTop
     }
+
+    /// The start of the supervisor-only area at the top of the address space.
+    static let hostTop: UInt64 = 0x7fff_ffff_0000
 
     /// Whether `address` lies on the page that starts at `page`.
     static func page(_ page: UInt64, contains address: UInt64) -> Bool {
