@@ -36,6 +36,9 @@ struct Bench: ParsableCommand {
     @Flag(help: "Only the process figures (fork, posix_spawn + exec, a bash pipeline), beside native.")
     var processesOnly = false
 
+    @Flag(help: "Only the clock figures (clock_gettime through the vDSO, by system call, natively).")
+    var clocksOnly = false
+
     @Flag(help: "A short run: fewer iterations, batches, rounds and cycles.")
     var quick = false
 
@@ -74,8 +77,15 @@ struct Bench: ParsableCommand {
         _ = try floorVM.measure(count: iterations)
         let floor = median(try (0..<batches).map { _ in try floorVM.measure(count: iterations) })
         results.add("floor_out_ns", floor)
+        if clocksOnly {
+            try ClockBench.run(into: &results, work: work, rounds: max(iterations / 10, 100), batches: batches)
+            print(json ? results.json(platform: platform) : results.table())
+            return
+        }
         if processesOnly {
             try ProcessBench.run(into: &results, work: work, rounds: max(iterations / 50, 10), batches: batches)
+        progress("clocks: clock_gettime through the vDSO, by system call, natively")
+        try ClockBench.run(into: &results, work: work, rounds: max(iterations / 10, 100), batches: batches)
             print(json ? results.json(platform: platform) : results.table())
             return
         }
