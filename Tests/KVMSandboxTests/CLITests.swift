@@ -7,7 +7,14 @@ import Glibc
 
 /// The CLI run as a process, from the build the tests use.
 enum CLI {
-    static var path: String { Guests.repository.appendingPathComponent(".build/debug/kvmsandbox").path }
+    /// The CLI built beside this test binary (debug or release, whichever `swift test` built),
+    /// else the debug build.
+    static let path: String = {
+        let here = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "")
+        let sibling = here.deletingLastPathComponent().appendingPathComponent("kvmsandbox").path
+        if FileManager.default.isExecutableFile(atPath: sibling) { return sibling }
+        return Guests.repository.appendingPathComponent(".build/debug/kvmsandbox").path
+    }()
 
     /// Runs the CLI with `arguments`; its status and what it printed (stdout and stderr together).
     /// `executable`: another copy of the CLI (default: the build's).

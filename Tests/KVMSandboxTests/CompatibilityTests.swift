@@ -32,7 +32,7 @@ extension KVMTests {
             let root = LinuxFixtures.scratch("compat-\(libc)")
             let rw = root + "/rw", ro = root + "/ro"
             for directory in [rw, ro] { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
-            FileManager.default.createFile(atPath: ro + "/r", contents: Data("r".utf8))
+            _ = FileManager.default.createFile(atPath: ro + "/r", contents: Data("r".utf8))
             let program = libc == "musl" ? try Guests.build("compat-calls")
                                          : try ThreadPrograms.c("compat-calls")
             let (outcome, stdout, stderr) = try LinuxFixtures.run(program, ["compat", rw, ro],
@@ -110,7 +110,7 @@ extension KVMTests.Compatibility {
     /// holds on a file excludes the guest (EAGAIN), and flock works.
     @Test func recordLocksAreHeldOnTheHostFile() throws {
         let directory = LinuxFixtures.scratch("locks")
-        for name in ["held", "free"] { FileManager.default.createFile(atPath: directory + "/" + name, contents: Data("x".utf8)) }
+        for name in ["held", "free"] { _ = FileManager.default.createFile(atPath: directory + "/" + name, contents: Data("x".utf8)) }
         let holder = open(directory + "/held", O_RDWR)
         defer { close(holder) }
         var lock = flock()

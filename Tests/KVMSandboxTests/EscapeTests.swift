@@ -43,7 +43,7 @@ extension KVMTests {
         @Test func createdFilesNeverCarrySpecialBits() throws {
             let directory = LinuxFixtures.scratch("setuid")
             let existing = directory + "/existing"
-            FileManager.default.createFile(atPath: existing, contents: Data("#!/bin/sh\n".utf8))
+            _ = FileManager.default.createFile(atPath: existing, contents: Data("#!/bin/sh\n".utf8))
             chmod(existing, 0o6755)
             let (outcome, stdout) = try run(["setuid", directory], grants: [FileGrant(hostPath: directory, writable: true)])
             #expect(outcome == .exited(status: 0))
@@ -67,7 +67,7 @@ extension KVMTests {
                 try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
             }
             for file in [ro + "/victim", rw + "/mine", rw + "/innerro/victim", rw + "/sub/scratch"] {
-                manager.createFile(atPath: file, contents: Data("x".utf8))
+                _ = manager.createFile(atPath: file, contents: Data("x".utf8))
             }
             try manager.createSymbolicLink(atPath: rw + "/abs", withDestinationPath: ro)
             try manager.createSymbolicLink(atPath: rw + "/rel", withDestinationPath: "../ro")
@@ -98,7 +98,7 @@ extension KVMTests {
             for directory in [d + "/out", s + "/inner"] {
                 try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
             }
-            manager.createFile(atPath: s + "/evil", contents: Data("x".utf8))
+            _ = manager.createFile(atPath: s + "/evil", contents: Data("x".utf8))
             let (outcome, stdout) = try run(["mounts", d, s], grants: [
                 FileGrant(hostPath: d), FileGrant(hostPath: d + "/out", writable: true),
                 FileGrant(hostPath: s, writable: true), FileGrant(hostPath: s + "/inner", writable: true),
@@ -114,7 +114,7 @@ extension KVMTests {
         /// the open, as Linux refuses it on a read-only mount.
         @Test func procFdReopenKeepsTheGrantReadOnly() throws {
             let directory = LinuxFixtures.scratch("procfd")
-            FileManager.default.createFile(atPath: directory + "/f", contents: Data("x".utf8))
+            _ = FileManager.default.createFile(atPath: directory + "/f", contents: Data("x".utf8))
             let (outcome, stdout) = try run(["proc-fd", directory + "/f"], grants: [FileGrant(hostPath: directory)])
             #expect(outcome == .exited(status: 0))
             #expect(stdout == "rdwr=EROFS wronly=EROFS rdonly=0\n")
@@ -238,8 +238,8 @@ extension KVMTests {
             let root = LinuxFixtures.scratch("make-links")
             let rw = root + "/rw", ro = root + "/ro"
             for directory in [rw, ro] { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
-            FileManager.default.createFile(atPath: rw + "/mine", contents: Data("m".utf8))
-            FileManager.default.createFile(atPath: ro + "/r", contents: Data("r".utf8))
+            _ = FileManager.default.createFile(atPath: rw + "/mine", contents: Data("m".utf8))
+            _ = FileManager.default.createFile(atPath: ro + "/r", contents: Data("r".utf8))
             let (outcome, stdout) = try run(["make-links", rw, ro], grants: [FileGrant(hostPath: rw, writable: true), FileGrant(hostPath: ro)])
             #expect(outcome == .exited(status: 0))
             #expect(stdout == "symlink=0 through=ENOENT relative=0 read=0 link=0 from-ro=EXDEV into-ro=EXDEV symlink-ro=EROFS\n")

@@ -26,7 +26,7 @@ import Testing
     /// path's bytes plus `entryOverhead`) and refuses what Linux refuses.
     @Test func memoryFileSystemLimits() {
         let entry = MemoryFileSystem.charge("/tmp/a")  // 6 + 64
-        var tree = MemoryFileSystem(mounts: ["/tmp"], capacity: entry + 10)
+        let tree = MemoryFileSystem(mounts: ["/tmp"], capacity: entry + 10)
         #expect(tree.createFile("/tmp/a", exclusive: false, truncate: false) == nil)
         #expect(tree.createFile("/tmp/a", exclusive: true, truncate: false) == .fileExists)
         #expect(tree.createFile("/tmp/none/a", exclusive: false, truncate: false) == .noSuchFileOrDirectory)
@@ -35,7 +35,7 @@ import Testing
         #expect(tree.write("/tmp/a", [1], at: UInt64.max) == .failure(.fileTooLarge))
         #expect(tree.makeDirectory("/tmp/d") == .noSpace)  // its name does not fit
         #expect(tree.used == entry + 10 && tree.isConsistent)
-        var roomy = MemoryFileSystem(mounts: ["/tmp"], capacity: 1000)
+        let roomy = MemoryFileSystem(mounts: ["/tmp"], capacity: 1000)
         #expect(roomy.createFile("/tmp/a", exclusive: false, truncate: false) == nil)
         #expect(roomy.makeDirectory("/tmp/d") == nil)
         #expect(roomy.rename("/tmp/a", to: "/tmp/d/b") == nil)
