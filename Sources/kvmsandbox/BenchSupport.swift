@@ -1,5 +1,6 @@
 import Foundation
 import KVMSandbox
+import KVMSandboxTools
 
 /// Timing samples of one figure: the median is reported, the p99 beside it where it matters.
 struct Samples {
@@ -24,6 +25,20 @@ func timed(_ body: () throws -> Void) rethrows -> Double {
 }
 
 func median(_ values: [Double]) -> Double { Samples(values).median }
+
+/// Writes `source` to `work/name.c` and builds it with gcc as a static glibc program (the same
+/// binary then runs in the sandbox and natively); its path, or nil when gcc failed, after
+/// recording why under `skipKey`.
+func staticBenchProgram(_ name: String, source: String, work: URL, results: inout BenchResults, skipKey: String) throws -> String? {
+    let sourceFile = work.appendingPathComponent("\(name).c")
+    let binary = work.appendingPathComponent(name).path
+    try Data(source.utf8).write(to: sourceFile)
+    guard GuestToolchain.spawn(["gcc", "-static", "-O2", "-o", binary, sourceFile.path], discardingOutput: true) == 0 else {
+        results.skip(skipKey, "gcc -static failed (glibc's static libraries: Scripts/setup)")
+        return nil
+    }
+    return binary
+}
 
 /// The benchmark's results, in the order measured.
 struct BenchResults {

@@ -21,13 +21,7 @@ enum ClockBench {
     """#
 
     static func run(into results: inout BenchResults, work: URL, rounds: Int, batches: Int) throws {
-        let sourceFile = work.appendingPathComponent("clock-bench.c")
-        let binary = work.appendingPathComponent("clock-bench").path
-        try Data(source.utf8).write(to: sourceFile)
-        guard GuestToolchain.spawn(["gcc", "-static", "-O2", "-o", binary, sourceFile.path], discardingOutput: true) == 0 else {
-            results.skip("clock_gettime_ns", "gcc -static failed (glibc's static libraries: Scripts/setup)")
-            return
-        }
+        guard let binary = try staticBenchProgram("clock-bench", source: source, work: work, results: &results, skipKey: "clock_gettime_ns") else { return }
         /// One run in the sandbox: its wall time and exits.
         func sandboxed(_ count: Int, vdso: Bool) throws -> (nanoseconds: Double, exits: Int) {
             var configuration = SandboxConfiguration()

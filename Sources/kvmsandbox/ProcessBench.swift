@@ -36,13 +36,7 @@ enum ProcessBench {
     """#
 
     static func run(into results: inout BenchResults, work: URL, rounds: Int, batches: Int) throws {
-        let sourceFile = work.appendingPathComponent("process-bench.c")
-        let binary = work.appendingPathComponent("process-bench").path
-        try Data(source.utf8).write(to: sourceFile)
-        guard GuestToolchain.spawn(["gcc", "-static", "-O2", "-o", binary, sourceFile.path], discardingOutput: true) == 0 else {
-            results.skip("process_fork_ns", "gcc -static failed (glibc's static libraries: Scripts/setup)")
-            return
-        }
+        guard let binary = try staticBenchProgram("process-bench", source: source, work: work, results: &results, skipKey: "process_fork_ns") else { return }
         /// One run in the sandbox: its wall time and the exits of all its processes.
         func sandboxed(_ program: String, _ arguments: [String]) throws -> (nanoseconds: Double, exits: Int) {
             var configuration = SandboxConfiguration()
