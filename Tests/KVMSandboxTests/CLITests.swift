@@ -173,6 +173,11 @@ extension KVMTests {
             #expect(output.contains("openat(AT_FDCWD, \"/ks-no-such-file\", 0x80000, 0) = -2 (ENOENT)"), "\(output.suffix(2000))")
             #expect(output.contains("kill(1, SIGUSR1) = 0"), "\(output.suffix(2000))")
             #expect(output.contains("rt_sigaction(SIGUSR1, 0x"))
+            // Threads: each line names its thread once there are several; a clone shows the new
+            // thread's id, a wait "?", never the run loop's own words.
+            let threads = try CLI.run(["run", "--trace-syscalls", "/usr/bin/python3", "-c",
+                                       "import threading\nt = threading.Thread(target=print, args=('x',))\nt.start(); t.join()"]).output
+            #expect(threads.contains("[tid 2] ") && threads.contains("] clone3(0x") && !threads.contains("spawn(tid"), "\(threads.suffix(3000))")
             // --trace-output: the same lines in a file, none among the guest's own output; a
             // shell's child processes trace there too, each line with its pid.
             let file = LinuxFixtures.scratch("trace") + "/trace.txt"

@@ -73,6 +73,17 @@ enum ThreadAction: Equatable {
     case exit(status: Int32)
     /// rt_sigreturn: the running thread's registers come back from its signal frame.
     case signalReturn
+
+    /// The result column of `--trace-syscalls` (as strace shows these calls).
+    var traced: String {
+        switch self {
+        case .spawn(let tid, _, _): return "\(tid)"
+        case .block: return "? (waits)"
+        case .yield: return "0"
+        case .exit: return "?"
+        case .signalReturn: return "? (returns from the handler)"
+        }
+    }
 }
 
 /// Threads on one vCPU: `clone`/`clone3` with the flags threads use, `futex`, `sched_yield`,

@@ -105,7 +105,7 @@ extension Sandbox {
             return .ready
         }
         if let threadAction {
-            if configuration.traceSyscalls { trace(call, result: "\(threadAction)", outcome: nil) }
+            if configuration.traceSyscalls { trace(call, result: threadAction.traced, outcome: nil) }
             return try perform(threadAction)
         }
         if let processRequest {
@@ -218,14 +218,18 @@ extension Sandbox {
     /// One strace-style line on the host's stderr.
     func trace(_ call: HostCall, result: String, outcome: RunOutcome?) {
         Self.trace(call, result: result, outcome: outcome, exitless: false, pid: linux.processes == nil ? nil : linux.pid,
+                   thread: linux.state.threads.count > 1 ? linux.publicThreadID(linux.currentThread.tid) : nil,
                    to: configuration.traceDescriptor ?? 2)
     }
 
     /// One strace-style line on `descriptor` (the host's stderr unless `--trace-output`), written
     /// with one `write` so lines of several threads never interleave; `exitless`: served by the
     /// polling thread; `pid`: the process, once the program has started others (as `strace -f` prefixes).
-    static func trace(_ call: HostCall, result: String, outcome: RunOutcome?, exitless: Bool, pid: Int32? = nil, to descriptor: Int32) {
+    /// `thread`: the calling thread's id, once the process has several (`[tid N]`).
+    static func trace(_ call: HostCall, result: String, outcome: RunOutcome?, exitless: Bool, pid: Int32? = nil, thread: Int32? = nil,
+                      to descriptor: Int32) {
         var line = pid.map { "[pid \($0)] " } ?? ""
+        if let thread { line += "[tid \(thread)] " }
         line += "[syscall\(exitless ? " exitless" : "")] \(LinuxPersonality.systemCalls.name(call.number))("
         line += zip(call.arguments, LinuxPersonality.systemCalls.argumentKinds(call.number))
             .map { LinuxTraceFormat.argument($0, kind: $1, memory: call.memory) }.joined(separator: ", ")

@@ -394,7 +394,9 @@ public final class Sandbox {
                 let result = try linux.serveExitless(call)
                 if tracing, let result {
                     Sandbox.trace(call, result: LinuxTraceFormat.describe(result: result), outcome: nil, exitless: true,
-                                  pid: linux.processes == nil ? nil : linux.pid, to: traceDescriptor)
+                                  pid: linux.processes == nil ? nil : linux.pid,
+                                  thread: linux.state.threads.count > 1 ? linux.publicThreadID(linux.currentThread.tid) : nil,
+                                  to: traceDescriptor)
                 }
                 return result
             })
