@@ -23,7 +23,7 @@ enum GuestArgumentSplit {
     /// `everyFlagOfRunIsKnownToTheArgumentSplit`, which reads `run --help`.
     static let flags: Set<String> = [
         "--verbose", "--trace-syscalls", "--allow-jit", "--no-system-libraries", "--no-system-view", "--no-aslr",
-        "--allow-exec-writable", "--no-default-tmpfs", "--no-vdso", "-h", "--help",
+        "--allow-exec-writable", "--no-default-tmpfs", "--no-vdso", "--quiet", "-h", "--help",
     ]
 
     /// Returns `arguments` (without the executable's name) with the guest's arguments and the

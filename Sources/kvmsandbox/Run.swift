@@ -100,6 +100,9 @@ struct Run: ParsableCommand {
     @Flag(name: .long, help: "Print the platform and exit counters to stderr.")
     var verbose = false
 
+    @Flag(name: .long, help: "No hints after a failed run (paths outside the grants, the working directory, W^X, --memory); reports of faults and timeouts still go to stderr.")
+    var quiet = false
+
     @Argument(help: "The guest program: an x86-64 ELF, static or dynamic (a name without '/' is looked up in PATH).")
     var program: String
 
@@ -230,21 +233,23 @@ struct Run: ParsableCommand {
             }
         }
         if case .exited = outcome {} else { printError(Report.text(outcome)) }
-        if !verbose, image.refusedExecutableMappings > 0, outcome != .exited(status: 0) {
+        // Hints for a run that failed (off with --quiet; the report above is the outcome itself).
+        let hints = !quiet && outcome != .exited(status: 0)
+        if !verbose, hints, image.refusedExecutableMappings > 0 {
             printError("kvmsandbox: refused \(image.refusedExecutableMappings) request(s) for writable+executable or executable anonymous memory with EACCES (W^X); a JIT (node, PHP's PCRE, guile) needs --allow-jit")
         }
         let denied = image.deniedHostPaths
-        if !denied.isEmpty, outcome != .exited(status: 0) {
+        if !denied.isEmpty, hints {
             // Deny by default, said once: what the guest looked for that the host has.
             let shown = denied.prefix(5).map { SystemView.holdsCredentials($0) ? "\($0) (credentials: withheld)" : "\($0) (--ro \($0))" }
                 .joined(separator: ", ")
             printError("kvmsandbox: the guest looked for \(denied.count == Sandbox.deniedPathsKept ? "\(denied.count)+" : "\(denied.count)") path(s) outside its grants that exist on the host: \(shown)")
         }
         let hostDirectory = FileManager.default.currentDirectoryPath
-        if cwd == nil, outcome != .exited(status: 0), sandbox.workingDirectory == "/", hostDirectory != "/" {
+        if cwd == nil, hints, sandbox.workingDirectory == "/", hostDirectory != "/" {
             printError("kvmsandbox: the current directory \(hostDirectory) is not granted, so the guest started in / (--ro \(hostDirectory) or --rw would show it)")
         }
-        if image.memoryLimitHits > 0, outcome != .exited(status: 0) {
+        if image.memoryLimitHits > 0, hints {
             printError("kvmsandbox: the guest hit --memory \(memory) MiB (\(image.memoryLimitHits) request(s) for memory refused with ENOMEM); a larger --memory may let it finish")
         }
         if let reportJSON {

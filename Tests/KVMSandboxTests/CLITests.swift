@@ -311,6 +311,18 @@ extension KVMTests {
             #expect(process.terminationStatus == 2)
             #expect(output.contains("is not granted, so the guest started in /"), "\(output)")
             #expect(!output.contains("/proc/"), "host pseudo-files are never suggested: \(output)")
+            // --quiet: the guest's own words only.
+            let quiet = Process()
+            quiet.executableURL = URL(fileURLWithPath: CLI.path)
+            quiet.arguments = ["run", "--quiet", "/bin/ls", "ks-missing"]
+            quiet.currentDirectoryURL = process.currentDirectoryURL
+            let quietPipe = Pipe()
+            quiet.standardError = quietPipe
+            quiet.standardOutput = quietPipe
+            try quiet.run()
+            let quietOutput = String(decoding: quietPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            quiet.waitUntilExit()
+            #expect(quiet.terminationStatus == 2 && !quietOutput.contains("kvmsandbox:"), "\(quietOutput)")
         }
 
         /// `--max-processes` bounds a shell's children (the fork past it is EAGAIN, as the shell
