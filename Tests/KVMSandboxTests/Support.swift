@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import KVMSandbox
 import KVMSandboxTools
 import Synchronization
@@ -16,7 +17,19 @@ enum KVM {
             return message
         }
     }()
-    static var available: Bool { unavailableReason == nil }
+    static var available: Bool {
+        _ = quietLogs
+        return unavailableReason == nil
+    }
+
+    /// The servers under test log their lines (one per request, thousands in all) at warning
+    /// and above only; set once, before the first KVM test makes a server (the suite's enabling
+    /// condition reads `available` first). `LogLines` tests format lines without it.
+    static let quietLogs: Void = LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = .warning
+        return handler
+    }
 }
 
 /// Guest programs compiled once per test process from `Guests/*.c` (and `Examples/`) with the
