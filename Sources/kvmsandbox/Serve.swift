@@ -25,9 +25,9 @@ struct Serve: AsyncParsableCommand {
         listen are virtual, and each connection is what its accept returns, in a fork that is \
         reset once the guest closed it and waits for the next (--no-reset: reused). Outgoing \
         connections are refused. Examples:
-          kvmsandbox serve --listen 127.0.0.1:8080 --ro handlers -- /usr/bin/python3 handlers/app.py
-          kvmsandbox serve --listen 127.0.0.1:8080 --ro site -- /usr/bin/python3 -m http.server -d site
-          kvmsandbox serve --listen 127.0.0.1:8080 --snapshot app.snap
+          kvmsandbox serve --listen 127.0.0.1:8080 --ro Examples -- python3 Examples/upper.py
+          kvmsandbox serve --listen 127.0.0.1:8081 --ro Examples/site -- python3 -m http.server -b 127.0.0.1 -d Examples/site 8000
+          kvmsandbox serve --listen 127.0.0.1:8080 --snapshot site.snap --metrics 127.0.0.1:9100 --log-format json
         """)
 
     @Option(name: .long, help: "HOST:PORT to listen on (port 0: any free one, printed at start).")

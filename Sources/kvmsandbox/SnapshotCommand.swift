@@ -141,8 +141,8 @@ struct SnapshotCommand: ParsableCommand {
         wait for a connection (a server). The file holds the memory pages in use, the vCPU and \
         Linux-layer state and the identity (size and contents) of the program and every file it \
         mapped; `serve --snapshot FILE` refuses it if any of them changed. Example:
-          kvmsandbox snapshot -o app.snap --ro handlers -- /usr/bin/python3 handlers/app.py
-          kvmsandbox serve --snapshot app.snap --listen 127.0.0.1:8080
+          kvmsandbox snapshot -o upper.snap --ro Examples -- python3 Examples/upper.py
+          kvmsandbox serve --snapshot upper.snap --listen 127.0.0.1:8080
         """)
 
     @Option(name: .shortAndLong, help: "The snapshot file to write.")
