@@ -56,7 +56,9 @@ extension ParkedSandbox {
                     || (keptSlots.contains(word.address) && word.now ^ word.source == writeBits)
             }
             if allowed { continue }
-            result.append("guest page 0x\(String(page << PageSize.shift, radix: 16))")
+            let words = memory.wordsDifferingFromSource(page: page).prefix(4)
+                .map { "+0x\(String($0.address & (PageSize.bytes - 1), radix: 16))" }.joined(separator: " ")
+            result.append("guest page 0x\(String(page << PageSize.shift, radix: 16)) (words \(words))")
         }
         do {
             var now = try sandbox.vcpu.saveState(capabilities: sandbox.system.stateCapabilities)

@@ -375,7 +375,7 @@ public final class Sandbox {
         // The poller serves embedder host calls (when there are handlers) and Linux system
         // calls the exitless `syscall` stub posts (PVM).
         let postsHostCalls = configuration.hostCallTransport.resolved == .exitless && !handlers.isEmpty
-        let postsSystemCalls = syscallStubPosts && configuration.systemCallTransport.resolved == .exitless
+        let postsSystemCalls = syscallStubPosts && configuration.systemCallTransport.resolvedForSystemCalls == .exitless
         // The process-wide threads this run needs, before anything is armed: a host that will
         // not give them fails this run (`hostResource`), not the process.
         let watchdog = try Watchdog.started()

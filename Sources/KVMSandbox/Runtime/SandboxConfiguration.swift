@@ -176,8 +176,16 @@ public enum HostCallTransport: String, Sendable, CaseIterable, Codable {
         HostCallTransport(rawValue: String(cString: $0))
     } ?? .automatic
 
-    /// `automatic` decided for this process.
+    /// `automatic` decided for this process, for embedder host calls: exitless where this
+    /// process may use two CPUs (a parked VM's host calls and its fast reset rely on it).
     public var resolved: HostCallTransport {
+        guard self == .automatic else { return self }
+        return availableCPUs() >= 2 ? .exitless : .exit
+    }
+
+    /// `automatic` decided for this process, for a program's Linux system calls (see
+    /// `automaticChoice`: only where a CPU is free).
+    public var resolvedForSystemCalls: HostCallTransport {
         guard self == .automatic else { return self }
         return Self.automaticChoice
     }
