@@ -17,11 +17,14 @@ enum CLI {
     }()
 
     /// Runs the CLI with `arguments`; its status and what it printed (stdout and stderr together).
-    /// `executable`: another copy of the CLI (default: the build's).
-    static func run(_ arguments: [String], environment: [String: String] = [:], executable: String? = nil) throws -> (status: Int32, output: String) {
+    /// `executable`: another copy of the CLI (default: the build's); `directory`: the working
+    /// directory to start it in (default: the test's).
+    static func run(_ arguments: [String], environment: [String: String] = [:], executable: String? = nil,
+                    directory: String? = nil) throws -> (status: Int32, output: String) {
         try #require(FileManager.default.isExecutableFile(atPath: path), "build the CLI first (swift build)")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable ?? path)
+        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
         process.arguments = arguments
         if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let pipe = Pipe()
@@ -298,31 +301,14 @@ extension KVMTests {
 
         /// A run that fails from a directory the guest cannot see says the guest started in /.
         @Test func anUngrantedWorkingDirectoryIsExplained() throws {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: CLI.path)
-            process.arguments = ["run", "/bin/ls", "ks-missing"]
-            process.currentDirectoryURL = URL(fileURLWithPath: LinuxFixtures.scratch("ungranted-cwd"))
-            let pipe = Pipe()
-            process.standardError = pipe
-            process.standardOutput = pipe
-            try process.run()
-            let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
-            #expect(process.terminationStatus == 2)
+            let directory = LinuxFixtures.scratch("ungranted-cwd")
+            let (status, output) = try CLI.run(["run", "/bin/ls", "ks-missing"], directory: directory)
+            #expect(status == 2)
             #expect(output.contains("is not granted, so the guest started in /"), "\(output)")
             #expect(!output.contains("/proc/"), "host pseudo-files are never suggested: \(output)")
             // --quiet: the guest's own words only.
-            let quiet = Process()
-            quiet.executableURL = URL(fileURLWithPath: CLI.path)
-            quiet.arguments = ["run", "--quiet", "/bin/ls", "ks-missing"]
-            quiet.currentDirectoryURL = process.currentDirectoryURL
-            let quietPipe = Pipe()
-            quiet.standardError = quietPipe
-            quiet.standardOutput = quietPipe
-            try quiet.run()
-            let quietOutput = String(decoding: quietPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            quiet.waitUntilExit()
-            #expect(quiet.terminationStatus == 2 && !quietOutput.contains("kvmsandbox:"), "\(quietOutput)")
+            let quiet = try CLI.run(["run", "--quiet", "/bin/ls", "ks-missing"], directory: directory)
+            #expect(quiet.status == 2 && !quiet.output.contains("kvmsandbox:"), "\(quiet.output)")
         }
 
         /// `--max-processes` bounds a shell's children (the fork past it is EAGAIN, as the shell
