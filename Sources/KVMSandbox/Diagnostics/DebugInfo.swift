@@ -33,7 +33,7 @@ struct CallFrameRule: Equatable {
     /// CFA = value of DWARF register `cfaRegister` + `cfaOffset`.
     let cfaRegister: Int
     let cfaOffset: Int64
-    /// The DWARF column that holds the return address (16 on x86-64).
+    /// The DWARF column that holds the return address (`DwarfRegister.returnAddress`).
     let returnAddressColumn: Int
     /// Rules for the DWARF registers the unwinder tracks.
     let registers: [Int: Location]
@@ -59,8 +59,8 @@ final class DebugInfo: @unchecked Sendable {
     private let cfi: OpaquePointer?
     private let lock = HostMutex(false)  // (guards the libdw calls, not this value)
 
-    /// Tracked DWARF registers: rbx, rbp, r12-r15 (callee-saved) and the return-address column.
-    static let trackedRegisters = [3, 6, 12, 13, 14, 15, 16]
+    /// The DWARF registers CFI rules are evaluated for (`DwarfRegister.tracked`).
+    static var trackedRegisters: [Int] { DwarfRegister.tracked }
 
     init(elfBytes: [UInt8]) {
         switch DwarfLibrary.shared {
@@ -123,7 +123,7 @@ final class DebugInfo: @unchecked Sendable {
                   let (register, offset) = Self.registerPlusOffset(cfa) else { return nil }
             var registers: [Int: CallFrameRule.Location] = [:]
             let ok = withUnsafeTemporaryAllocation(byteCount: 3 * DwarfLibrary.operationSize, alignment: 16) { storage in
-                for column in Self.trackedRegisters where column != 16 || returnColumn == 16 {
+                for column in Self.trackedRegisters where column != DwarfRegister.returnAddress || returnColumn == DwarfRegister.returnAddress {
                     var ops: UnsafeMutableRawPointer?
                     var count = 0
                     guard library.dwarfFrameRegister(frame, Int32(column), storage.baseAddress, &ops, &count) == 0 else { return false }

@@ -3,7 +3,7 @@
 /// faults the host.
 ///
 /// Per frame it uses DWARF call-frame rules where `.eh_frame` covers the code, else the RBP
-/// chain. Registers use DWARF numbering (0 rax, 3 rbx, 6 rbp, 7 rsp, 12-15 r12-r15, 16 rip).
+/// chain. Registers are held by DWARF number (`DwarfRegister`, the architecture's).
 struct Unwinder {
     /// The deepest backtrace reported.
     static let maximumDepth = 128
@@ -20,9 +20,8 @@ struct Unwinder {
     let readWord: (UInt64) -> UInt64?
 
     func backtrace(from registers: GuestRegisters) -> Backtrace {
-        var state: [Int: UInt64] = [3: registers.rbx, 6: registers.rbp, 7: registers.rsp, 12: registers.r12,
-                                    13: registers.r13, 14: registers.r14, 15: registers.r15, 16: registers.rip]
-        var frames = [frame(registers.rip, isReturnAddress: false, foundBy: .registers)]
+        var state = DwarfRegister.state(of: registers)
+        var frames = [frame(registers.instructionPointer, isReturnAddress: false, foundBy: .registers)]
         var end = "stopped after \(Self.maximumDepth) frames"
         while frames.count < Self.maximumDepth {
             let step = unwind(state, isInnermost: frames.count == 1)
@@ -30,16 +29,16 @@ struct Unwinder {
                 if case .end(let why) = step { end = why }
                 break
             }
-            guard let pc = caller[16], pc != 0 else { end = "reached the outermost frame"; break }
+            guard let pc = caller[DwarfRegister.returnAddress], pc != 0 else { end = "reached the outermost frame"; break }
             guard modules.containing(pc) != nil else {
                 end = "return address 0x\(String(pc, radix: 16)) is outside the program's code"
                 break
             }
-            guard pc != state[16] || caller[7] != state[7] else {
+            guard pc != state[DwarfRegister.returnAddress] || caller[DwarfRegister.stackPointer] != state[DwarfRegister.stackPointer] else {
                 end = "the same frame again (a frame loop)"
                 break
             }
-            guard let sp = caller[7], let oldSP = state[7], sp > oldSP else {
+            guard let sp = caller[DwarfRegister.stackPointer], let oldSP = state[DwarfRegister.stackPointer], sp > oldSP else {
                 end = "the stack pointer did not move up (a frame loop)"
                 break
             }
@@ -65,22 +64,22 @@ struct Unwinder {
 
     /// The caller's registers, from call-frame rules or the frame-pointer chain.
     private func unwind(_ state: [Int: UInt64], isInnermost: Bool) -> Step {
-        guard let pc = state[16] else { return .end("the return address is unknown") }
+        guard let pc = state[DwarfRegister.returnAddress] else { return .end("the return address is unknown") }
         // A return address points after the call; look up the call itself.
         if let module = modules.containing(isInnermost ? pc : pc &- 1),
            let rule = module.debugInfo.value.callFrameRule(at: (isInnermost ? pc : pc &- 1) &- module.base) {
             return apply(rule, to: state)
         }
         if isInnermost, let caller = callerFromStackTop(state) { return .caller(caller, .stackTop) }
-        guard let rbp = state[6] else { return .end("rbp is unknown after a frame without call-frame information") }
+        guard let rbp = state[DwarfRegister.framePointer] else { return .end("rbp is unknown after a frame without call-frame information") }
         if rbp == 0 { return .end("reached the outermost frame (rbp = 0)") }
         guard let savedRBP = readWord(rbp), let returnAddress = readWord(rbp &+ 8) else {
             return .end("frame pointer 0x\(String(rbp, radix: 16)) does not point into readable guest memory")
         }
         var caller = state
-        caller[6] = savedRBP
-        caller[7] = rbp &+ 16
-        caller[16] = returnAddress
+        caller[DwarfRegister.framePointer] = savedRBP
+        caller[DwarfRegister.stackPointer] = rbp &+ 16
+        caller[DwarfRegister.returnAddress] = returnAddress
         return .caller(caller, .framePointer)
     }
 
@@ -89,7 +88,7 @@ struct Unwinder {
             return .end("the CFA register \(rule.cfaRegister) is unknown")
         }
         let cfa = base &+ UInt64(bitPattern: rule.cfaOffset)
-        var caller: [Int: UInt64] = [7: cfa]
+        var caller: [Int: UInt64] = [DwarfRegister.stackPointer: cfa]
         for (column, location) in rule.registers {
             switch location {
             case .undefined where column == rule.returnAddressColumn:
@@ -109,7 +108,7 @@ struct Unwinder {
                 caller[column] = value
             }
         }
-        if rule.returnAddressColumn != 16 { caller[16] = caller[rule.returnAddressColumn] }
+        if rule.returnAddressColumn != DwarfRegister.returnAddress { caller[DwarfRegister.returnAddress] = caller[rule.returnAddressColumn] }
         return .caller(caller, .callFrameInfo)
     }
 
@@ -117,7 +116,7 @@ struct Unwinder {
     /// the word at RSP, when it is a return address whose preceding `call rel32` targets the
     /// faulting function.
     private func callerFromStackTop(_ state: [Int: UInt64]) -> [Int: UInt64]? {
-        guard let pc = state[16], let sp = state[7], let returnAddress = readWord(sp),
+        guard let pc = state[DwarfRegister.returnAddress], let sp = state[DwarfRegister.stackPointer], let returnAddress = readWord(sp),
               let program = modules.containing(pc), modules.containing(returnAddress) != nil, returnAddress >= 5,
               let (function, _) = program.symbols.function(containing: pc &- program.base),
               let low = readWord(returnAddress &- 8) else { return nil }
@@ -127,8 +126,8 @@ struct Unwinder {
         let target = returnAddress &+ UInt64(bitPattern: displacement)
         guard target &- program.base == function.address else { return nil }
         var caller = state
-        caller[7] = sp &+ 8
-        caller[16] = returnAddress
+        caller[DwarfRegister.stackPointer] = sp &+ 8
+        caller[DwarfRegister.returnAddress] = returnAddress
         return caller
     }
 

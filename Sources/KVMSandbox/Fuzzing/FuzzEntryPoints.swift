@@ -51,11 +51,13 @@
             let offset = Int(address - stackBase)
             return UInt64(littleEndianBytes: memory[offset..<offset + 8])
         }
-        var registers = GuestRegisters()
-        registers.rip = words[0]
-        registers.rsp = stackBase &+ words[1] % UInt64(data.count)
-        registers.rbp = words[2] % 3 == 0 ? stackBase &+ words[2] % UInt64(data.count) : words[2]
-        (registers.rbx, registers.r12, registers.r13) = (words[3], words[4], words[5])
+        // The return-address column, the stack and frame pointers, then three callee-saved registers.
+        var state = [DwarfRegister.returnAddress: words[0],
+                     DwarfRegister.stackPointer: stackBase &+ words[1] % UInt64(data.count),
+                     DwarfRegister.framePointer: words[2] % 3 == 0 ? stackBase &+ words[2] % UInt64(data.count) : words[2]]
+        let others = DwarfRegister.tracked.filter { ![DwarfRegister.returnAddress, DwarfRegister.framePointer].contains($0) }
+        for (column, word) in zip(others, words[3...5]) { state[column] = word }
+        let registers = DwarfRegister.registers(from: state)
         _ = unwinder.backtrace(from: registers)
     }
 

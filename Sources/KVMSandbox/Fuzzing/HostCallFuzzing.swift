@@ -48,9 +48,8 @@
             // Half the calls as if by `syscall` (the Linux personality), half by `out`.
             let viaSyscall = decoder.nextByte() & 1 == 0
             vm.vcpu.modifyRegisters { r in
-                r.rip = viaSyscall ? GuestLayout.syscallStubPage + 2 : vm.program.entry
-                r.rax = UInt64(bitPattern: Int64(number))
-                (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (arguments[0], arguments[1], arguments[2], arguments[3], arguments[4], arguments[5])
+                r.instructionPointer = viaSyscall ? GuestLayout.syscallStubPage + 2 : vm.program.entry
+                r.setCall(number: number, arguments: arguments)
             }
             _ = try vm.serveHostCall(stop: .end)
         }

@@ -32,16 +32,18 @@ extension Sandbox {
     public func call(_ function: String, arguments: [GuestArgument]) throws(SandboxError) -> RunOutcome {
         guard case .paused(let paused) = phase else { throw .notPaused }
         guard let symbol = program.symbols.function(named: function) else { throw .noSuchFunction(function) }
-        guard arguments.count <= 6 else { throw .invalidArguments("\(arguments.count) arguments; at most 6 go in registers") }
+        guard arguments.count <= GuestRegisters.functionArgumentCount else {
+            throw .invalidArguments("\(arguments.count) arguments; at most \(GuestRegisters.functionArgumentCount) go in registers")
+        }
 
         // The paused RSP is the guest's: it may point anywhere. Calls run on the program's own
         // stack, so refuse one whose stack pointer is not inside it with room for the call.
         let lowest = stackBottom + Self.minimumCallStack
         let stackTop = stackBottom + configuration.stackSize
-        guard paused.rsp >= lowest + 256, paused.rsp <= stackTop else {
-            throw .invalidArguments("the guest paused with its stack pointer at 0x\(String(paused.rsp, radix: 16)), outside its stack [0x\(String(stackBottom, radix: 16)), 0x\(String(stackTop, radix: 16))) or without \(Self.minimumCallStack >> 10) KiB free below it")
+        guard paused.stackPointer >= lowest + 256, paused.stackPointer <= stackTop else {
+            throw .invalidArguments("the guest paused with its stack pointer at 0x\(String(paused.stackPointer, radix: 16)), outside its stack [0x\(String(stackBottom, radix: 16)), 0x\(String(stackTop, radix: 16))) or without \(Self.minimumCallStack >> 10) KiB free below it")
         }
-        var stack = (paused.rsp - 128) & ~15  // below the paused code's red zone
+        var stack = (paused.stackPointer - 128) & ~15  // below the paused code's red zone
         var values: [UInt64] = []
         for argument in arguments {
             switch argument {
@@ -62,11 +64,7 @@ extension Sandbox {
             throw .invalidArguments("the guest stack is not writable: \(error)")
         }
         var registers = paused
-        registers.rip = program.base &+ symbol.address
-        registers.rsp = stack
-        registers.rax = 0
-        let slots: [WritableKeyPath<GuestRegisters, UInt64>] = [\.rdi, \.rsi, \.rdx, \.rcx, \.r8, \.r9]
-        for (slot, value) in zip(slots, values) { registers[keyPath: slot] = value }
+        registers.prepareFunctionCall(entry: program.base &+ symbol.address, stack: stack, arguments: values)
         vcpu.modifyRegisters { $0 = registers }
 
         let outcome = try runLoop(until: .guestReturn)

@@ -28,8 +28,8 @@ extension ParkedSandbox {
     func checkedDifferences() throws(SandboxError) -> [String] {
         var result: [String] = []
         let registers = sandbox.vcpu.registers
-        if !ParkingStub.idleRange.contains(registers.rip), !monitor.tainted.load(ordering: .sequentiallyConsistent) {
-            result.append("the vCPU is not in the idle loop (rip 0x\(String(registers.rip, radix: 16)))")
+        if !ParkingStub.idleRange.contains(registers.instructionPointer), !monitor.tainted.load(ordering: .sequentiallyConsistent) {
+            result.append("the vCPU is not in the idle loop (rip 0x\(String(registers.instructionPointer, radix: 16)))")
         }
         let memory = sandbox.memory
         // Words that may differ: the mailbox's polling word (the host's poller owns it), the
@@ -93,8 +93,6 @@ extension ParkedSandbox {
     /// `syscall` entry stubs). (Under an emulated SVM, the idle stub's `out` arrives this way
     /// too: QEMU's TCG raises #GP for it.)
     var stoppedInHostStub: Bool {
-        let events = sandbox.vcpu.events
-        return events.exception.injected != 0 || events.exception.pending != 0
-            || sandbox.isInSyscallEntry(sandbox.vcpu.registers.rip)
+        sandbox.vcpu.hasExceptionInFlight || sandbox.isInSyscallEntry(sandbox.vcpu.registers.instructionPointer)
     }
 }

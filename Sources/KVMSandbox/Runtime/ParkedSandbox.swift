@@ -231,7 +231,7 @@ public final class ParkedSandbox: @unchecked Sendable {
             if let limit, elapsed > limit {
                 let stoppedWith = stopVCPU()
                 if case .ready = stoppedWith {
-                    return .timedOut(seconds: timeout ?? 0, rip: sandbox.vcpu.registers.rip)
+                    return .timedOut(seconds: timeout ?? 0, rip: sandbox.vcpu.registers.instructionPointer)
                 }
                 return stoppedWith
             }
@@ -271,7 +271,7 @@ public final class ParkedSandbox: @unchecked Sendable {
         counters.sinceVerification = 0
         counters.statistics.verifications += 1
         _ = stopVCPU()
-        let parked = ParkingStub.idleRange.contains(sandbox.vcpu.registers.rip)
+        let parked = ParkingStub.idleRange.contains(sandbox.vcpu.registers.instructionPointer)
         if parked, !monitor.tainted.load(ordering: .sequentiallyConsistent) {
             // Whatever ran since the last answer is over: restore once more with the vCPU stopped.
             fastReset()

@@ -132,10 +132,7 @@ extension Sandbox {
         } catch {
             preconditionFailure("the stub page is mapped in every VM")
         }
-        var registers = GuestRegisters()
-        registers.rip = ParkingStub.entry
-        registers.rsp = arenaEnd
-        registers.rflags = X86CPUState.rflags
+        let registers = X86CPUState.initialRegisters(entry: ParkingStub.entry, stackPointer: arenaEnd)
         vcpu.modifyRegisters { $0 = registers }
         phase = .paused(registers)
         parkingLayout = ParkingLayout(configuration: parking, arenaPhysical: arenaPhysical, parkingPage: parkingPhysical,
@@ -175,22 +172,22 @@ extension Sandbox {
     /// A parked VM's exit: any but the idle stub's sleep, a mailbox wait, a kick or a write
     /// fault the host resolves may have changed what a fast reset does not restore (the next
     /// reset is then a slow one). Exceptions are judged by their handlers (`taintParkedVM`).
-    func noteParkedExit(_ exit: VCPUExit, _ monitor: ParkingMonitor) {
+    func noteParkedEvent(_ event: GuestEvent, _ monitor: ParkingMonitor) {
         monitor.exits.wrappingIncrement(ordering: .relaxed)
-        switch exit {
-        case .interrupted, .dirtyRingFull, .shutdown: return
-        case .io(port: hostCallPort, isOut: true, size: 1, count: 1):
-            let number = vcpu.registers.rax
-            if number == UInt64(ParkingStub.parkWait) || number == UInt64(HostCallNumber.mailboxWait) { return }
-        case .io(port: ExceptionStubs.reportPort, isOut: true, size: 1, count: 1) where usesExceptionStubs:
+        switch event {
+        case .interrupted, .dirtyLogFull, .exception: return
+        case .hostCallTrap:
+            let number = vcpu.registers.callNumber
+            if number == ParkingStub.parkWait || number == HostCallNumber.mailboxWait { return }
+        case .exceptionReport where usesExceptionStubs:
             // The idle stub's sleep reported as #GP (QEMU's TCG checks another TSS's I/O bitmap).
             let registers = vcpu.registers
-            if ExceptionStubs.vector(atStub: registers.rip) == 13, registers.rax == UInt64(ParkingStub.parkWait),
-               let frame = try? space.hostRead(registers.rsp &+ 8, count: 8),
+            if ExceptionStubs.vector(atStub: registers.instructionPointer) == 13, registers.callNumber == ParkingStub.parkWait,
+               let frame = try? space.hostRead(registers.stackPointer &+ 8, count: 8),
                UInt64(littleEndianBytes: frame[0..<8]) == ParkingStub.entry + ParkingStub.idleOutOffset {
                 return
             }
-            if ExceptionStubs.vector(atStub: registers.rip) == 14 { return }  // judged by the handler
+            if ExceptionStubs.vector(atStub: registers.instructionPointer) == 14 { return }  // judged by the handler
         default: break
         }
         monitor.tainted.store(true, ordering: .sequentiallyConsistent)

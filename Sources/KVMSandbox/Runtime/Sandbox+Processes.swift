@@ -37,12 +37,12 @@ extension Sandbox {
         switch request {
         case .fork(let fork):
             let result = forkChild(fork)
-            vcpu.modifyRegisters { $0.rax = UInt64(bitPattern: result) }
+            vcpu.modifyRegisters { $0.callResult = UInt64(bitPattern: result) }
             return nil
         case .exec(let exec):
             switch loadImage(exec) {
             case .failure(let error):
-                vcpu.modifyRegisters { $0.rax = UInt64(bitPattern: -Int64(error.rawValue)) }
+                vcpu.modifyRegisters { $0.callResult = UInt64(bitPattern: -Int64(error.rawValue)) }
                 return nil
             case .success(let image):
                 replacement = image
@@ -103,8 +103,8 @@ extension Sandbox {
     /// the same open pipes.
     private func copyAsChild(pid: Int32, _ request: ForkRequest, table: ProcessTable) throws -> Sandbox {
         var registers = registersAfterHostCall(vcpu.registers)
-        registers.rax = 0
-        if request.stack != 0 { registers.rsp = request.stack }
+        registers.callResult = 0
+        if request.stack != 0 { registers.stackPointer = request.stack }
         var state = try vcpu.saveState(capabilities: system.stateCapabilities)
         state.generalRegisters = registers
         if let tls = request.tls { state.specialRegisters.fs.base = tls }

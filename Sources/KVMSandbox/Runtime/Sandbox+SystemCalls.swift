@@ -71,8 +71,8 @@ extension Sandbox {
 
     /// Serves the Linux system call in `registers`; embedder host calls are not reachable this way.
     func serveSystemCall(_ registers: GuestRegisters) throws(KVMError) -> RunOutcome? {
-        let call = HostCall(number: Int(truncatingIfNeeded: Int64(bitPattern: registers.rax)),
-                            arguments: [registers.rdi, registers.rsi, registers.rdx, registers.r10, registers.r8, registers.r9],
+        let call = HostCall(number: registers.callNumber,
+                            arguments: registers.callArguments,
                             memory: guestMemory)
         // A system call by exit where the guest could have posted it: the poller is asleep (or
         // suspended); wake it for the next ones.
@@ -111,7 +111,7 @@ extension Sandbox {
         if let processRequest {
             let outcome = try perform(processRequest)
             if configuration.traceSyscalls {
-                trace(call, result: outcome == nil ? LinuxTraceFormat.describe(result: Int64(bitPattern: vcpu.registers.rax)) : "0 (exec)", outcome: nil)
+                trace(call, result: outcome == nil ? LinuxTraceFormat.describe(result: Int64(bitPattern: vcpu.registers.callResult)) : "0 (exec)", outcome: nil)
             }
             return outcome
         }
@@ -123,7 +123,7 @@ extension Sandbox {
             return outcome
         }
         if configuration.traceSyscalls { trace(call, result: LinuxTraceFormat.describe(result: result), outcome: nil) }
-        vcpu.modifyRegisters { $0.rax = UInt64(bitPattern: result) }
+        vcpu.modifyRegisters { $0.callResult = UInt64(bitPattern: result) }
         return nil
     }
 
@@ -131,16 +131,15 @@ extension Sandbox {
     /// segments when the entry ran at CPL 0), so that resuming makes the same call again. False
     /// when RCX does not follow a `syscall` instruction (then the call is served as usual).
     func pauseBeforeSystemCall(_ registers: GuestRegisters) throws(KVMError) -> Bool {
-        guard registers.rcx >= 2, let bytes = try? guestMemory.read(registers.rcx - 2, count: 2), bytes == [0x0f, 0x05] else {
+        guard let address = registers.systemCallAddress,
+              let bytes = try? guestMemory.read(address, count: GuestRegisters.systemCallInstruction.count),
+              bytes == GuestRegisters.systemCallInstruction else {
             return false
         }
-        if isInSyscallEntry(registers.rip) {
+        if isInSyscallEntry(registers.instructionPointer) {
             try vcpu.setSpecialRegisters(X86CPUState.userMode(try vcpu.specialRegisters()))
         }
-        vcpu.modifyRegisters {
-            $0.rip = registers.rcx - 2
-            $0.rflags = (registers.r11 & X86CPUState.userFlagsMask) | X86CPUState.rflags
-        }
+        vcpu.modifyRegisters { $0 = registers.restartingSystemCall }
         return true
     }
 

@@ -19,8 +19,8 @@ extension Sandbox {
             // The new thread starts where the caller is (back from `syscall`), with rax 0, its
             // own stack and TLS, and a copy of the caller's x87/SSE/AVX state.
             var child = vcpu.registers
-            child.rax = 0
-            child.rsp = stack
+            child.callResult = 0
+            child.stackPointer = stack
             var special = try vcpu.specialRegisters()
             if let tls { special.fs.base = tls }
             let floatingPoint = try vcpu.floatingPointState(system.stateCapabilities)
@@ -30,7 +30,7 @@ extension Sandbox {
                 linux.state.threads[index].floatingPoint = floatingPoint
                 linux.state.threads[index].resultPending = false
             }
-            vcpu.modifyRegisters { $0.rax = UInt64(tid) }
+            vcpu.modifyRegisters { $0.callResult = UInt64(tid) }
             // The creator's slice starts now if it was alone until now.
             if linux.state.threads.count == 2 { sliceStarted = monotonicNanoseconds() }
             return nil
@@ -86,7 +86,7 @@ extension Sandbox {
             while monotonicNanoseconds() < earliest {
                 if vcpu.interrupter.isInterrupted {
                     if let deadline = runDeadline, Watchdog.shared.fired(deadline) {
-                        return .timedOut(seconds: effectiveTimeout ?? 0, rip: vcpu.registers.rip)
+                        return .timedOut(seconds: effectiveTimeout ?? 0, rip: vcpu.registers.instructionPointer)
                     }
                     vcpu.clearImmediateExit()
                 }
@@ -124,11 +124,10 @@ extension Sandbox {
         }
         if thread.rewind {
             // Back onto its `syscall` instruction (rax still holds the call's number), as user code.
-            registers.rip = registers.rcx &- 2
-            registers.rflags = (registers.r11 & X86CPUState.userFlagsMask) | X86CPUState.rflags
-            if isInSyscallEntry(thread.registers?.rip ?? 0) { special = X86CPUState.userMode(special) }
+            registers = registers.restartingSystemCall
+            if isInSyscallEntry(thread.registers?.instructionPointer ?? 0) { special = X86CPUState.userMode(special) }
         } else if thread.resultPending {
-            registers.rax = UInt64(bitPattern: thread.result)
+            registers.callResult = UInt64(bitPattern: thread.result)
         }
         vcpu.modifyRegisters { $0 = registers }
         try vcpu.setSpecialRegisters(special)

@@ -433,24 +433,24 @@ public final class Sandbox {
                 let left = exitless.map { server in server.exclusively { timeSliceLeft() } } ?? timeSliceLeft()
                 let slice = left.map { Watchdog.shared.arm(seconds: $0, interrupter: vcpu.interrupter) }
                 clockPage?.refresh(vcpu: vcpu, memory: memory, enabled: configuration.timeInGuest != false)
-                let exit = try vcpu.run()
+                let event = try vcpu.nextEvent(doorbell: memory.size)
                 if let slice {
                     let fired = Watchdog.shared.fired(slice)
                     Watchdog.shared.disarm(slice)
                     // A kick that came after the exit would stop the next entry (or a host-side
                     // wait) for nothing: drop it, unless the run's own deadline fired too.
-                    if fired, exit != .interrupted, !(deadline.map(Watchdog.shared.fired) ?? false) { vcpu.clearImmediateExit() }
+                    if fired, event != .interrupted, !(deadline.map(Watchdog.shared.fired) ?? false) { vcpu.clearImmediateExit() }
                 }
                 statistics.exits += 1
-                if let parkingMonitor { noteParkedExit(exit, parkingMonitor) }
+                if let parkingMonitor { noteParkedEvent(event, parkingMonitor) }
                 // The poller stays out while the exit is handled (threads, signals, memory).
                 let outcome: RunOutcome?
                 if let server = exitless {
                     outcome = try server.whileHeld { () throws(KVMError) -> RunOutcome? in
-                        try handleAndSchedule(exit, deadline: deadline, stop: stop)
+                        try handleAndSchedule(event, deadline: deadline, stop: stop)
                     }
                 } else {
-                    outcome = try handleAndSchedule(exit, deadline: deadline, stop: stop)
+                    outcome = try handleAndSchedule(event, deadline: deadline, stop: stop)
                 }
                 if let result = outcome {
                     switch result {
@@ -466,30 +466,35 @@ public final class Sandbox {
         }
     }
 
-    /// Handles one exit, then switches threads when the slice is over and delivers pending
+    /// Handles one event, then switches threads when the slice is over and delivers pending
     /// signals, unless the vCPU is inside the exitless `syscall` stub (a call in flight there
     /// uses the shared mailbox: no other thread or handler may post until it is answered).
-    private func handleAndSchedule(_ exit: VCPUExit, deadline: Watchdog.Token?, stop: StopCondition) throws(KVMError) -> RunOutcome? {
-        var outcome = try handle(exit, deadline: deadline, stop: stop)
+    private func handleAndSchedule(_ event: GuestEvent, deadline: Watchdog.Token?, stop: StopCondition) throws(KVMError) -> RunOutcome? {
+        var outcome = try handle(event, deadline: deadline, stop: stop)
         if outcome == nil, hostSignalsTaken, hostSignals.hasPending { outcome = takeHostSignals() }
-        if outcome == nil, postsSystemCalls, X86CPUState.isInExitlessEntry(vcpu.registers.rip) { return nil }
+        if outcome == nil, postsSystemCalls, X86CPUState.isInExitlessEntry(vcpu.registers.instructionPointer) { return nil }
         if outcome == nil { outcome = try preemptIfDue() }
         if outcome == nil { outcome = try deliverPendingSignals() }
         return outcome
     }
 
-    /// Handles one exit; returns the outcome when the run is over.
-    private func handle(_ exit: VCPUExit, deadline: Watchdog.Token?, stop: StopCondition) throws(KVMError) -> RunOutcome? {
-        switch exit {
-        case .io(port: hostCallPort, isOut: true, size: 1, count: 1) where followsHostCallInstruction(vcpu.registers.rip):
+    /// Handles one event; returns the outcome when the run is over.
+    private func handle(_ event: GuestEvent, deadline: Watchdog.Token?, stop: StopCondition) throws(KVMError) -> RunOutcome? {
+        let rip = { "0x" + String(self.vcpu.registers.instructionPointer, radix: 16) }
+        switch event {
+        case .hostCallTrap where followsHostCallInstruction(vcpu.registers.instructionPointer):
             return try serveHostCall(stop: stop)
-        case .io(port: ExceptionStubs.reportPort, isOut: true, size: 1, count: 1) where usesExceptionStubs:
+        case .hostCallTrap:
+            return .abiViolation("out of 1 byte(s) to port 0x\(String(hostCallPort, radix: 16)) at rip \(rip()) by another instruction form (host calls use out %al, $0x42)")
+        case .exceptionReport where usesExceptionStubs:
             return try handleStubException()
-        case .io(let port, let isOut, let size, _):
-            return .abiViolation("\(isOut ? "out" : "in") of \(size) byte(s) to port 0x\(String(port, radix: 16)) at rip 0x\(String(vcpu.registers.rip, radix: 16)) (host calls use out %al, $0x42)")
-        case .shutdown:
-            return try handleException()
-        case .dirtyRingFull:
+        case .exceptionReport:
+            return .abiViolation("out of 1 byte(s) to port 0x\(String(ExceptionStubs.reportPort, radix: 16)) at rip \(rip()) (host calls use out %al, $0x42)")
+        case .portAccess(let port, let isOut, let size):
+            return .abiViolation("\(isOut ? "out" : "in") of \(size) byte(s) to port 0x\(String(port, radix: 16)) at rip \(rip()) (host calls use out %al, $0x42)")
+        case .exception(let vector, let errorCode):
+            return try handleException(vector: vector, errorCode: errorCode)
+        case .dirtyLogFull:
             try harvestDirtyRing()
             return nil
         case .interrupted:
@@ -498,21 +503,21 @@ public final class Sandbox {
             }
             if let parkingMonitor, parkingMonitor.stopRequested.load(ordering: .acquiring) { return .ready }
             if let deadline, Watchdog.shared.fired(deadline) {
-                return .timedOut(seconds: effectiveTimeout ?? 0, rip: vcpu.registers.rip)
+                return .timedOut(seconds: effectiveTimeout ?? 0, rip: vcpu.registers.instructionPointer)
             }
             vcpu.clearImmediateExit()
             return nil
-        case .mmio(address: memory.size, isWrite: true, length: _):
-            return try serveHostCall(stop: stop)  // the doorbell: a host call by MMIO write
-        case .mmio(let address, let isWrite, let length):
+        case .doorbell:
+            return try serveHostCall(stop: stop)  // a host call by MMIO write
+        case .unbackedMemory(let address, let isWrite, let length):
             return .abiViolation("\(isWrite ? "write" : "read") of \(length) bytes at unbacked guest-physical 0x\(String(address, radix: 16))")
-        case .internalError(let suberror):
+        case .exceptionLost(let detail):
             // Hardware KVM without an IDT: an exception became a triple fault; the vector is lost.
-            return .abiViolation("KVM_EXIT_INTERNAL_ERROR (suberror \(suberror)) at rip 0x\(String(vcpu.registers.rip, radix: 16)): on \(platform.rawValue) a CPU exception without an IDT cannot be reported")
-        case .failEntry(let reason):
-            return .hostFailure("KVM_EXIT_FAIL_ENTRY (hardware reason 0x\(String(reason, radix: 16))): KVM could not enter the guest")
-        case .other(let reason):
-            return .abiViolation("unexpected \(VCPUExit.name(of: reason)) at rip 0x\(String(vcpu.registers.rip, radix: 16))")
+            return .abiViolation("\(detail) at rip \(rip()): on \(platform.rawValue) a CPU exception without an IDT cannot be reported")
+        case .entryFailed(let detail):
+            return .hostFailure("\(detail): the hypervisor could not enter the guest")
+        case .unexpected(let name):
+            return .abiViolation("unexpected \(name) at rip \(rip())")
         }
     }
 
@@ -534,8 +539,8 @@ public final class Sandbox {
     /// vCPU (a forked child's) never gets, so the copy steps over it itself.
     func registersAfterHostCall(_ registers: GuestRegisters) -> GuestRegisters {
         var registers = registers
-        if system.platform != .pvm, (try? space.hostRead(registers.rip, count: 2)) == [0xe6, UInt8(hostCallPort)] {
-            registers.rip &+= 2
+        if system.platform != .pvm, (try? space.hostRead(registers.instructionPointer, count: 2)) == [0xe6, UInt8(hostCallPort)] {
+            registers.instructionPointer &+= 2
         }
         return registers
     }
@@ -544,13 +549,13 @@ public final class Sandbox {
     func serveHostCall(stop: StopCondition) throws(KVMError) -> RunOutcome? {
         statistics.hostCalls += 1
         let r = vcpu.registers
-        if isSyscallTrap(r.rip) { return try serveSystemCall(r) }
-        switch Int(truncatingIfNeeded: Int64(bitPattern: r.rax)) {
+        if isSyscallTrap(r.instructionPointer) { return try serveSystemCall(r) }
+        switch r.callNumber {
         case HostCallNumber.ready:
-            vcpu.modifyRegisters { $0.rax = 0 }
+            vcpu.modifyRegisters { $0.callResult = 0 }
             // Only the `out` trap from user code pauses: through `syscall` on hardware KVM the
             // vCPU would be paused at CPL 0 inside the syscall entry.
-            return stop == .ready && ExceptionStubs.vector(atStub: r.rip) == nil && !isInSyscallEntry(r.rip) ? .ready : nil
+            return stop == .ready && ExceptionStubs.vector(atStub: r.instructionPointer) == nil && !isInSyscallEntry(r.instructionPointer) ? .ready : nil
         case ParkingStub.parkWait:
             guard stop == .parked else {
                 return .abiViolation("the parked-VM idle call (0x\(String(ParkingStub.parkWait, radix: 16))) outside a parked VM")
@@ -560,18 +565,17 @@ public final class Sandbox {
             guard stop == .guestReturn else {
                 return .abiViolation("the guest-call return stub was reached outside a guest function call")
             }
-            return .returned(r.rdi)
+            return .returned(r.returnedValue)
         default: break
         }
-        let call = HostCall(number: Int(truncatingIfNeeded: Int64(bitPattern: r.rax)),
-                            arguments: [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9], memory: guestMemory)
+        let call = HostCall(number: r.callNumber, arguments: r.callArguments, memory: guestMemory)
         let result = try guestResult(of: call) { () throws -> Either<Int64, RunOutcome> in
             if call.number == HostCallNumber.mailboxWait {
                 // The guest gave up spinning on an exitless call: serve or collect it here.
                 guard let exitless else {
                     // The exitless `syscall` stub posted with nobody serving (the guest forged
                     // the polling word): back to the exit with its call.
-                    if X86CPUState.isInExitlessEntry(r.rip) { return .left(X86CPUState.exitlessMustExit) }
+                    if X86CPUState.isInExitlessEntry(r.instructionPointer) { return .left(X86CPUState.exitlessMustExit) }
                     throw HostCallFailure(HostCallErrno.ENOSYS)
                 }
                 let value = exitless.waitExit(sequence: call[0])
@@ -592,7 +596,7 @@ public final class Sandbox {
         switch result {
         case .right(let outcome): return outcome
         case .left(let value):
-            vcpu.modifyRegisters { $0.rax = UInt64(bitPattern: value) }
+            vcpu.modifyRegisters { $0.callResult = UInt64(bitPattern: value) }
             return nil
         }
     }

@@ -89,3 +89,15 @@ private func eventDifferences(_ a: kvm_vcpu_events, _ b: kvm_vcpu_events) -> Str
 private func bytesEqual<T>(_ a: T, _ b: T) -> Bool {
     withUnsafeBytes(of: a) { x in withUnsafeBytes(of: b) { y in x.elementsEqual(y) } }
 }
+
+extension FloatingPointState {
+    /// The first `size` bytes of the XSAVE area, as a signal frame shows it to the guest (at
+    /// least the 576-byte legacy area and header, at most the 4 KiB KVM saves); empty for
+    /// `kvm_fpu` state, which has no XSAVE layout.
+    func xsaveArea(size: UInt64) -> [UInt8] {
+        guard case .xsave(let saved) = self else { return [] }
+        var area = saved.value
+        let size = Int(min(4096, max(576, size)))
+        return withUnsafeBytes(of: &area.region) { Array($0.prefix(size)) }
+    }
+}

@@ -94,6 +94,35 @@ final class VirtualCPU {
         }
     }
 
+    /// Enters the guest until the next exit and says what it means (`GuestEvent`): the one
+    /// place KVM's exits are interpreted. `doorbell` is the guest-physical address of the
+    /// MMIO doorbell (the end of guest memory).
+    func nextEvent(doorbell: UInt64) throws(KVMError) -> GuestEvent {
+        switch try run() {
+        case .io(port: hostCallPort, isOut: true, size: 1, count: 1): return .hostCallTrap
+        case .io(port: ExceptionStubs.reportPort, isOut: true, size: 1, count: 1): return .exceptionReport
+        case .io(let port, let isOut, let size, _): return .portAccess(port: port, isOut: isOut, size: size)
+        case .mmio(address: doorbell, isWrite: true, length: _): return .doorbell
+        case .mmio(let address, let isWrite, let length): return .unbackedMemory(address: address, isWrite: isWrite, length: length)
+        case .shutdown:
+            // PVM without an IDT: the exception is in the synced events.
+            let exception = events.exception
+            let hasCode = exception.has_error_code != 0 || X86Exception.hasErrorCode(exception.nr)
+            return .exception(vector: exception.nr, errorCode: hasCode ? exception.error_code : nil)
+        case .internalError(let suberror): return .exceptionLost(detail: "KVM_EXIT_INTERNAL_ERROR (suberror \(suberror))")
+        case .failEntry(let reason): return .entryFailed(detail: "KVM_EXIT_FAIL_ENTRY (hardware reason 0x\(String(reason, radix: 16)))")
+        case .dirtyRingFull: return .dirtyLogFull
+        case .interrupted: return .interrupted
+        case .other(let reason): return .unexpected(name: VCPUExit.name(of: reason))
+        }
+    }
+
+    /// Whether a CPU exception is being delivered (injected or pending) as of the last exit.
+    var hasExceptionInFlight: Bool {
+        let exception = runPage.pointee.s.regs.events.exception
+        return exception.injected != 0 || exception.pending != 0
+    }
+
     /// The general-purpose registers as of the last exit (from the sync-regs area).
     var registers: GuestRegisters { GuestRegisters(runPage.pointee.s.regs.regs) }
 
