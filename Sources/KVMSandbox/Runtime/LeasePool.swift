@@ -27,12 +27,22 @@ final class LeasePool<Element: AnyObject & Sendable>: Sendable {
     /// Elements that exist now, and how many of them are idle.
     var counts: (total: Int, idle: Int) { state.withLock { ($0.count, $0.idle.count) } }
 
-    /// Runs `body` with an element of its own, then `recycle`s it: kept when that returns true,
-    /// dropped (its slot freed) otherwise.
-    func lease<R: Sendable>(_ body: (Element) throws -> R, recycle: (Element) -> Bool) async throws -> R {
+    /// Runs `work` with an element of its own on a host thread of its own (`HostThread.run`:
+    /// the caller's task suspends, its thread is free), then keeps the element when `work`
+    /// says so, else drops it (its slot freed). `interrupt` runs if the task is cancelled
+    /// meanwhile.
+    func lease<R: Sendable>(_ work: @Sendable (Element) -> (result: R, keep: Bool),
+                            interrupt: @Sendable (Element) -> Void = { _ in }) async throws -> R {
         let element = try await take()
-        defer { release(recycle(element) ? element : nil) }
-        return try body(element)
+        let done: (result: R, keep: Bool)
+        do {
+            done = try await HostThread.run({ work(element) }, onCancel: { interrupt(element) })
+        } catch {
+            release(element)  // no thread ran: the element is as it was
+            throw error
+        }
+        release(done.keep ? element : nil)
+        return done.result
     }
 
     private enum Next { case use(Element), create, wait }

@@ -46,8 +46,11 @@ public final class ParkedPool: Sendable {
     }
 
     /// Calls `function` on an idle VM (waiting while `capacity` VMs are busy). A VM that can
-    /// no longer be reset is dropped, never reused.
+    /// no longer be reset is dropped, never reused. The wait for the VM's answer happens on a
+    /// host thread, never on the caller's (cooperative) one.
     public func call(_ function: ParkedFunction, arguments: [GuestArgument]) async throws -> RunOutcome {
-        try await pool.lease({ try $0.call(function, arguments: arguments) }, recycle: { !$0.isBroken })
+        try await pool.lease({ vm in
+            (result: Result { try vm.call(function, arguments: arguments) }, keep: !vm.isBroken)
+        }).get()
     }
 }

@@ -76,6 +76,8 @@ public enum RunOutcome: Sendable, Equatable, CustomStringConvertible {
     /// Every guest thread waits on a futex with no timeout and nothing else can run: Linux
     /// would hang forever. The futex addresses the threads wait on, by thread id.
     case deadlocked(waits: [ThreadWait])
+    /// `InterruptHandle.interrupt()` stopped the guest at `rip` (a pool's task was cancelled).
+    case interrupted(rip: UInt64)
 
     /// The fault, when the outcome is one.
     public var fault: GuestFault? {
@@ -95,6 +97,7 @@ public enum RunOutcome: Sendable, Equatable, CustomStringConvertible {
         case .abiViolation, .hostCallFailed: return ExitStatus.abiViolation
         case .hostFailure: return ExitStatus.hostFailure
         case .deadlocked: return ExitStatus.deadlock
+        case .interrupted: return ExitStatus.interrupted
         }
     }
 
@@ -114,6 +117,7 @@ public enum RunOutcome: Sendable, Equatable, CustomStringConvertible {
         case .deadlocked(let waits):
             let list = waits.map { "thread \($0.thread) on futex 0x\(String($0.futex, radix: 16))" }.joined(separator: ", ")
             return "deadlocked: every thread waits with no timeout (\(list))"
+        case .interrupted(let rip): return "interrupted (stopped at rip 0x\(String(rip, radix: 16)))"
         }
     }
 }
@@ -135,6 +139,8 @@ public enum ExitStatus {
     public static let hostFailure: Int32 = 123
     /// Every guest thread waited on a futex that nothing could wake.
     public static let deadlock: Int32 = 122
+    /// The embedder interrupted the guest (`InterruptHandle`): 128 + SIGINT, as a shell shows Ctrl-C.
+    public static let interrupted: Int32 = 130
 }
 
 /// A thread that waits on a futex (a deadlock report).
@@ -234,6 +240,7 @@ public struct RunReport: Sendable, Codable, Equatable {
         case .hostCallFailed: self.outcome = "hostCallFailed"
         case .hostFailure: self.outcome = "hostFailure"
         case .deadlocked: self.outcome = "deadlocked"
+        case .interrupted: self.outcome = "interrupted"
         }
         if case .fault(let f) = outcome {
             fault = Fault(vector: f.vector, mnemonic: f.mnemonic, name: f.name, errorCode: f.errorCode,

@@ -52,9 +52,11 @@ extension Sandbox {
         runDeadline = deadline
         linux.beginCPUAccounting()
         defer { linux.endCPUAccounting() }
-        let multithreaded = linux.state.threads.count > 1
-        let signalMask = deadline != nil || multithreaded || configuration.maximumThreads > 1 || stop == .parked || hostSignalsTaken
-            ? VCPUInterrupter.unblockSignalOnThisThread() : nil
+        // The kick must reach this thread (deadlines, time slices, `interruptHandle`), whatever
+        // mask the caller's thread pool gave it.
+        let signalMask: sigset_t? = VCPUInterrupter.unblockSignalOnThisThread()
+        interruptHandle.beginRun(interrupter: vcpu.interrupter)
+        defer { interruptHandle.endRun() }
         if hostSignalsTaken { hostSignals.setRunningThread(pthread_self()) }
         defer {
             if let deadline { Watchdog.shared.disarm(deadline) }
@@ -150,6 +152,7 @@ extension Sandbox {
             if let deadline, Watchdog.shared.fired(deadline) {
                 return .timedOut(seconds: effectiveTimeout ?? 0, rip: vcpu.registers.instructionPointer)
             }
+            if stop != .parked, interruptHandle.takeRequest() { return .interrupted(rip: vcpu.registers.instructionPointer) }
             vcpu.clearImmediateExit()
             return nil
         case .doorbell:

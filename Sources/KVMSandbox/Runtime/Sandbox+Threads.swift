@@ -88,6 +88,7 @@ extension Sandbox {
                     if let deadline = runDeadline, Watchdog.shared.fired(deadline) {
                         return .timedOut(seconds: effectiveTimeout ?? 0, rip: vcpu.registers.instructionPointer)
                     }
+                    if currentStop != .parked, interruptHandle.takeRequest() { return .interrupted(rip: vcpu.registers.instructionPointer) }
                     vcpu.clearImmediateExit()
                 }
                 // Waiting on the host's descriptors (connections, a host stdin) as well: data

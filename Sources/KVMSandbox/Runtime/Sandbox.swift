@@ -46,6 +46,9 @@ public final class Sandbox {
     let stackBottom: UInt64
     /// The snapshot this sandbox was forked from, and its reset machinery.
     let fork: ForkState?
+    /// Stops this sandbox's guest from any thread (`RunOutcome.interrupted`); the pools use it
+    /// for task cancellation.
+    public let interruptHandle = InterruptHandle()
     /// The embedder's host-call handlers, by number.
     var handlers: [Int: HostCallHandler] = [:]
     var exceptionHandler: ExceptionHandler?

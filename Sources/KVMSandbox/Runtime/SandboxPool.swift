@@ -46,7 +46,7 @@ public final class SandboxPool: Sendable {
 
     /// Runs `body` with a VM of its own, paused at the snapshot, then resets the VM and keeps it.
     /// Waits while `capacity` VMs are busy. A VM whose reset fails is dropped, never reused.
-    public func withSandbox<R: Sendable>(_ body: (Sandbox) throws -> R) async throws -> R {
+    public func withSandbox<R: Sendable>(_ body: @Sendable (Sandbox) throws -> R) async throws -> R {
         try await withSandbox(body, afterReset: { _ in })
     }
 
@@ -64,15 +64,21 @@ public final class SandboxPool: Sendable {
 
     /// As `withSandbox(_:)`, and tells `afterReset` what the reset that followed `body` did
     /// (before this returns; the reset is part of the request's time).
-    public func withSandbox<R: Sendable>(_ body: (Sandbox) throws -> R, afterReset: (ResetReport) -> Void) async throws -> R {
-        try await pool.lease({ try body($0.sandbox) }, recycle: { vm in
+    ///
+    /// `body` and the reset run on a host thread of their own: the calling task suspends and
+    /// its thread serves other tasks meanwhile. Cancelling the task interrupts the guest (the
+    /// run or call in progress ends with `RunOutcome.interrupted`); the VM is reset as always.
+    public func withSandbox<R: Sendable>(_ body: @Sendable (Sandbox) throws -> R, afterReset: (ResetReport) -> Void) async throws -> R {
+        let (result, report) = try await pool.lease({ vm in
+            let result = Result { try body(vm.sandbox) }
             let started = DispatchTime.now().uptimeNanoseconds
             var report = ResetReport()
             report.succeeded = (try? vm.sandbox.reset()) != nil
             report.nanoseconds = DispatchTime.now().uptimeNanoseconds &- started
             report.pages = vm.sandbox.statistics.pagesRestoredByLastReset
-            afterReset(report)
-            return report.succeeded
-        })
+            return (result: (result, report), keep: report.succeeded)
+        }, interrupt: { vm in vm.sandbox.interruptHandle.interrupt() })
+        afterReset(report)
+        return try result.get()
     }
 }

@@ -194,6 +194,7 @@ extension Sandbox {
     public func reset() throws(SandboxError) {
         guard let fork else { throw .notAFork }
         if case .running = phase { throw .alreadyRunning }
+        interruptHandle.clear()
         let snapshot = fork.snapshot
         let restoredBefore = memory.restoredPages
         defer { statistics.pagesRestoredByLastReset = memory.restoredPages - restoredBefore }

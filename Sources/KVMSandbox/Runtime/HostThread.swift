@@ -1,0 +1,84 @@
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Host threads of the library's own: a child process's whole life, and the guest work an
+/// `async` API hands off so that Swift's cooperative thread pool never blocks on a guest.
+enum HostThread {
+    /// The stack a vCPU thread gets (the run loop, the Linux layer and libdw's unwinding).
+    static let stackSize = 8 << 20
+
+    /// Starts `body` on a new detached thread with the kick signal (`VCPUInterrupter.signal`)
+    /// unblocked, so that a `KVM_RUN` on it can be interrupted. The host's errno when it
+    /// refuses a thread.
+    static func start(_ body: @escaping @Sendable () -> Void) -> Errno? {
+        final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
+        _ = VCPUInterrupter.signal  // its handler, before any kick can reach the thread
+        var thread = pthread_t()
+        // SAFETY: the retained box is released by the thread, its only user (or below if none starts).
+        let context = Unmanaged.passRetained(Box(body)).toOpaque()
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        pthread_attr_setstacksize(&attributes, stackSize)
+        let result = pthread_create(&thread, &attributes, { context in
+            _ = VCPUInterrupter.unblockSignalOnThisThread()
+            let box = Unmanaged<Box>.fromOpaque(context!).takeRetainedValue()
+            box.body()
+            return nil
+        }, context)
+        pthread_attr_destroy(&attributes)
+        guard result == 0 else {
+            Unmanaged<Box>.fromOpaque(context).release()
+            return Errno(rawValue: result)
+        }
+        pthread_detach(thread)
+        return nil
+    }
+
+    /// Runs `body` on a host thread of its own and suspends the caller until it is done: the
+    /// cooperative pool's thread is free meanwhile. `onCancel` runs (on the cancelling thread)
+    /// when the calling task is cancelled while `body` runs; `body` itself decides what that
+    /// means (a sandbox's run ends with `.interrupted`).
+    static func run<R: Sendable>(_ body: @Sendable () -> R, onCancel: @Sendable () -> Void = {}) async throws(SandboxError) -> R {
+        let outcome: Result<R, SandboxError> = await withoutActuallyEscaping(body) { body in
+            await withoutActuallyEscaping(onCancel) { onCancel in
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { (continuation: CheckedContinuation<Result<R, SandboxError>, Never>) in
+                        // `body` must not outlive this call (`withoutActuallyEscaping` checks): the
+                        // thread takes it out of the hand-off and drops it before resuming us.
+                        let handOff = HandOff(body)
+                        let error = start {
+                            let value: R
+                            do {
+                                let body = handOff.take()
+                                value = body()
+                            }
+                            continuation.resume(returning: .success(value))
+                        }
+                        if let error {
+                            _ = handOff.take()
+                            continuation.resume(returning: .failure(.hostResource(operation: "pthread_create (a guest's thread)", errno: error)))
+                        }
+                    }
+                } onCancel: {
+                    onCancel()
+                }
+            }
+        }
+        return try outcome.get()
+    }
+
+    /// A closure handed to exactly one other thread, which takes it out (leaving nothing behind).
+    ///
+    /// (@unchecked: `body` is written once before `pthread_create`, which orders it before the
+    /// new thread's `take`; the creator takes it only when no thread was started.)
+    private final class HandOff<R>: @unchecked Sendable {
+        private var body: (@Sendable () -> R)?
+        init(_ body: @escaping @Sendable () -> R) { self.body = body }
+        func take() -> @Sendable () -> R {
+            defer { body = nil }
+            return body!
+        }
+    }
+}
