@@ -80,26 +80,11 @@ final class ProcessTable: @unchecked Sendable {
     /// Runs `body` (a process's whole life) on a host thread of its own. False if the host
     /// refused a thread (the caller then removes the process: EAGAIN).
     func start(_ body: @escaping @Sendable () -> Void) -> Bool {
-        final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
         lock.withLock { running += 1 }
-        var thread = pthread_t()
-        // SAFETY: the retained box is released by the thread, which is its only user.
-        let context = Unmanaged.passRetained(Box(body)).toOpaque()
-        var attributes = pthread_attr_t()
-        pthread_attr_init(&attributes)
-        pthread_attr_setstacksize(&attributes, 8 << 20)
-        let result = pthread_create(&thread, &attributes, { context in
-            let box = Unmanaged<Box>.fromOpaque(context!).takeRetainedValue()
-            box.body()
-            return nil
-        }, context)
-        pthread_attr_destroy(&attributes)
-        guard result == 0 else {
-            Unmanaged<Box>.fromOpaque(context).release()
+        guard HostThread.start(body) == nil else {
             lock.withLock { running -= 1; lock.broadcast() }
             return false
         }
-        pthread_detach(thread)
         return true
     }
 
