@@ -56,6 +56,24 @@ extension KVMTests {
             #expect(pool.counts == (1, 1))
         }
 
+        @Test func handlersRegisteredWhileBootingReachEveryFork() throws {
+            var configuration = SandboxConfiguration()
+            configuration.arguments = ["service"]
+            configuration.standardOutput = .capture
+            let snapshot = try Snapshot(elfPath: try Guests.build("service"), configuration: configuration) { vm in
+                try vm.register(HostCallNumber.firstUserNumber) { call in Int64(call[0] + 1) }
+            }
+            #expect(snapshot.handlers.keys.sorted() == [HostCallNumber.firstUserNumber])
+            for request in 0..<3 {
+                let fork = try snapshot.fork()
+                #expect(try fork.call("ask_host", .integer(UInt64(40 + request))) == .returned(UInt64(41 + request)))
+            }
+            // A fork may still replace one.
+            let fork = try snapshot.fork()
+            try fork.register(HostCallNumber.firstUserNumber) { call in Int64(call[0] * 10) }
+            #expect(try fork.call("ask_host", .integer(4)) == .returned(40))
+        }
+
         @Test func anInterruptBeforeARunStopsItAndAResetForgetsIt() throws {
             let vm = try Snapshots.snapshot().fork()
             vm.interruptHandle.interrupt()

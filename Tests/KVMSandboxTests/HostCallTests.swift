@@ -71,14 +71,21 @@ extension KVMTests {
         }
 
         @Test func aHandlerThatRunsTheGuestAgainIsRefused() throws {
-            var thrown: (any Error)?
+            /// What the handler reaches: its own sandbox (a handler is `@Sendable`; this one is
+            /// called on the vCPU's thread only, by exit) and what re-running it threw.
+            final class Reentry: @unchecked Sendable {
+                weak var sandbox: Sandbox?
+                var thrown: (any Error)?
+            }
+            let reentry = Reentry()
             let (outcome, _, _) = try Guests.run("hostcalls", ["echo"], setUp: { sandbox in
-                try sandbox.register(HostCallNumber.firstUserNumber) { [unowned sandbox] _ in
-                    do { _ = try sandbox.run() } catch { thrown = error; throw error }
+                reentry.sandbox = sandbox
+                try sandbox.register(HostCallNumber.firstUserNumber) { _ in
+                    do { _ = try reentry.sandbox?.run() } catch { reentry.thrown = error; throw error }
                     return 0
                 }
             })
-            #expect(thrown as? SandboxError == .alreadyRunning)
+            #expect(reentry.thrown as? SandboxError == .alreadyRunning)
             guard case .hostCallFailed(_, let message) = outcome else {
                 Issue.record("expected hostCallFailed, got \(outcome)")
                 return

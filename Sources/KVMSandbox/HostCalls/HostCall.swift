@@ -132,7 +132,7 @@ public struct HostCall {
 /// A host-call handler. The value it returns goes to the guest's `rax`. Throwing
 /// `GuestMemoryError` returns `-EFAULT`; throwing `HostCallFailure(code)` returns `-code`;
 /// any other error ends the run with `RunOutcome.hostCallFailed`.
-public typealias HostCallHandler = (HostCall) throws -> Int64
+public typealias HostCallHandler = @Sendable (HostCall) throws -> Int64
 
 /// Where the guest's writes to fd 1 or 2 go.
 public enum OutputDestination: Sendable, Equatable, Codable {

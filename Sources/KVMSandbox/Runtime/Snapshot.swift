@@ -38,6 +38,10 @@ public final class Snapshot: @unchecked Sendable {
     let linux: LinuxPersonality.State
     let fileSystem: FileSystemView
     let stackBottom: UInt64
+    /// The host-call handlers registered on the sandbox it was taken from: every fork starts
+    /// with them (a pool's set-up, or `register` on the fork, may replace them). Empty for a
+    /// snapshot read from a file: closures are not written to disk; register them on the forks.
+    public let handlers: [Int: HostCallHandler]
     /// The host file the program was loaded from (what a snapshot file names).
     let hostProgramPath: String?
     /// For a parked snapshot (`parked(_:)`): its arena and parking page.
@@ -47,7 +51,8 @@ public final class Snapshot: @unchecked Sendable {
 
     /// Loads the ELF at `elfPath`, runs it until it is ready (`ks_ready()`, or for an unmodified
     /// program its first read of standard input), and snapshots it there. `setUp` registers the
-    /// host calls its initialization needs. Throws `.notReady` with the outcome when the guest
+    /// host calls its initialization needs; the snapshot keeps them, so every fork has them too.
+    /// Throws `.notReady` with the outcome when the guest
     /// ends (exits, faults, times out) before it is ready.
     public convenience init(elfPath: String, configuration: SandboxConfiguration = .init(), system: KVMSystem? = nil,
                             readyAt point: Sandbox.ReadyPoint = .readyCall,
@@ -79,6 +84,7 @@ public final class Snapshot: @unchecked Sendable {
         stackBottom = sandbox.stackBottom
         hostProgramPath = sandbox.hostProgramPath
         parking = sandbox.parkingLayout
+        handlers = sandbox.handlers
         usedBytes = allocator.next
         // Everything above the allocator's high-water mark is still zero: copy only what is used.
         memory = try GuestMemory(size: sandbox.memory.size)
@@ -93,6 +99,7 @@ public final class Snapshot: @unchecked Sendable {
         (self.vcpuState, self.tablesRoot, self.allocator, self.builtins) = (vcpuState, tablesRoot, allocator, builtins)
         (self.linux, self.fileSystem, self.stackBottom, self.hostProgramPath) = (linux, fileSystem, stackBottom, hostProgramPath)
         parking = nil
+        handlers = [:]
     }
 
     /// A snapshot for parked VMs (`ParkedSandbox`), derived from this one: the same memory and
@@ -185,6 +192,7 @@ extension Sandbox {
                   stackBottom: snapshot.stackBottom, fork: ForkState(snapshot: snapshot, tracking: tracking), phase: .paused(snapshot.registers))
         hostProgramPath = snapshot.hostProgramPath
         parkingLayout = snapshot.parking
+        handlers = snapshot.handlers
     }
 
     /// Brings a fork back to its snapshot, whatever happened since (a fault, a timeout, an exit,
