@@ -98,14 +98,18 @@ struct Bench: ParsableCommand {
         }
 
         progress("trap methods: out, mmio, syscall, exception, exitless")
-        func guestRun(_ arguments: [String], transport: HostCallTransport, syscalls: HostCallTransport = .exit) throws -> Double {
+        func guestRun(_ arguments: [String], transport: HostCallTransport, syscalls: HostCallTransport = .exit, typed: Bool = false) throws -> Double {
             var configuration = SandboxConfiguration()
             configuration.arguments = ["traps"] + arguments
             configuration.standardOutput = .discard
             configuration.hostCallTransport = transport
             configuration.systemCallTransport = syscalls
             let sandbox = try Sandbox(elfPath: traps, configuration: configuration)
-            try sandbox.register(HostCallNumber.firstUserNumber) { call in Int64(bitPattern: call[0] &+ 1) }
+            if typed {
+                try sandbox.register(HostCallNumber.firstUserNumber) { (value: Int64) -> Int64 in value &+ 1 }
+            } else {
+                try sandbox.register(HostCallNumber.firstUserNumber) { call in Int64(bitPattern: call[0] &+ 1) }
+            }
             sandbox.onException { fault, registers in  // the exception trap: ud2 as a host call
                 guard fault.vector == 6, registers.rax == UInt64(HostCallNumber.firstUserNumber) else { return .stop }
                 registers.rax = registers.rdi &+ 1
@@ -118,10 +122,11 @@ struct Bench: ParsableCommand {
             return Double(monotonicNanoseconds() - start)
         }
         // Per call: (run with N calls - run with 0 calls) / N, so VM start-up does not count.
-        func perCall(_ method: String, _ transport: HostCallTransport, count: Int, syscalls: HostCallTransport = .exit) throws -> Double {
+        func perCall(_ method: String, _ transport: HostCallTransport, count: Int, syscalls: HostCallTransport = .exit,
+                     typed: Bool = false) throws -> Double {
             median(try (0..<batches).map { _ in
-                (try guestRun([method, "\(count)"], transport: transport, syscalls: syscalls)
-                    - guestRun([method, "0"], transport: transport, syscalls: syscalls)) / Double(count)
+                (try guestRun([method, "\(count)"], transport: transport, syscalls: syscalls, typed: typed)
+                    - guestRun([method, "0"], transport: transport, syscalls: syscalls, typed: typed)) / Double(count)
             })
         }
         for method in ["out", "mmio", "syscall", "exception"] {
@@ -138,6 +143,10 @@ struct Bench: ParsableCommand {
         results.add("trap_syscall_exitless_vs_floor", exitlessSyscall / floor)
         let hostcall = try perCall("exitless", .automatic, count: iterations * 10)
         results.add("hostcall_ns", hostcall)
+        // The same call to a typed host function (`register(_:) { (value: Int64) -> Int64 in ... }`).
+        let typedHostcall = try perCall("exitless", .automatic, count: iterations * 10, typed: true)
+        results.add("hostcall_typed_ns", typedHostcall)
+        results.add("hostcall_typed_vs_raw", typedHostcall / hostcall)
         results.add("hostcall_vs_floor", hostcall / floor)
 
         progress("Linux layer: getppid, open + read + close, busybox sha256sum (each vs native)")

@@ -36,6 +36,9 @@ long probe(long address) { return *(volatile unsigned char *)address; }
 long crash(void) { *(volatile int *)0 = 1; return 0; }
 long spin(void) { for (;;) __asm__ volatile(""); }
 long ask_host(long x) { return ks_hostcall(KS_HOSTCALL_USER, x, 0, 0, 0, 0, 0); }
+/* Typed host functions: a string as (address, length), and the raw words for hostile input. */
+long ask_host_text(const char *s, long times) { return ks_hostcall(KS_HOSTCALL_USER + 1, (long)s, (long)strlen(s), times, 0, 0, 0); }
+long ask_host_raw(long a, long b, long c) { return ks_hostcall(KS_HOSTCALL_USER + 1, a, b, c, 0, 0, 0); }
 long say(const char *s) { printf("%s\n", s); fflush(stdout); return (long)strlen(s); }
 long quit(long status) { exit((int)status); }
 

@@ -74,6 +74,59 @@ extension KVMTests {
             #expect(try fork.call("ask_host", .integer(4)) == .returned(40))
         }
 
+        @Test func typedCallsRoundTripEachSupportedType() throws {
+            let vm = try Snapshots.snapshot().fork()
+            let sum: Int64 = try vm.call("add", Int64(-5), Int64(3))
+            #expect(sum == -2)
+            let wide: UInt64 = try vm.call("add", UInt64.max, UInt64(0))
+            #expect(wide == UInt64.max)
+            let int: Int = try vm.call("add", 40, 2)
+            #expect(int == 42)
+            let narrow: Int32 = try vm.call("add", Int32(-7), Int32(0))
+            #expect(narrow == -7)
+            let unsigned: UInt32 = try vm.call("add", UInt32(7), UInt32(1))
+            #expect(unsigned == 8)
+            let truth: Bool = try vm.call("add", true, false)
+            #expect(truth)
+            let length: Int = try vm.call("say", "typed hello")
+            #expect(length == 11)
+            let bytes: Int64 = try vm.call("sum_bytes", [UInt8]([1, 2, 3, 250]), 4)
+            #expect(bytes == 256)
+
+            // A call that does not return is a typed error carrying the outcome.
+            do {
+                let _: Int64 = try vm.call("crash")
+                Issue.record("a crashing call returned")
+            } catch {
+                guard case .callDidNotReturn(function: "crash", let outcome) = error else { Issue.record("\(error)"); return }
+                #expect(outcome.fault?.vector == 14)
+            }
+            try vm.reset()
+            #expect(throws: SandboxError.noSuchFunction("nope")) { let _: Int = try vm.call("nope") }
+        }
+
+        @Test func typedHostFunctionsDecodeTheirParameters() throws {
+            let vm = try Snapshots.snapshot().fork()
+            try vm.register(HostCallNumber.firstUserNumber + 1) { (text: String, times: Int) -> Int in
+                text == "abc" ? text.utf8.count * times : -1
+            }
+            #expect(try vm.call("ask_host_text", "abc", 5) as Int == 15)
+            // Hostile words: a bad address is -EFAULT, a huge length -E2BIG; neither reaches the handler's body.
+            #expect(try vm.call("ask_host_raw", 0x10, 3, 1) as Int64 == -Int64(HostCallErrno.EFAULT))
+            #expect(try vm.call("ask_host_raw", 0x10, UInt64.max, 1) as Int64 == -Int64(HostCallErrno.E2BIG))
+
+            // Bytes, Bool and every integer width, and too many words refused at registration.
+            try vm.register(HostCallNumber.firstUserNumber + 1) { (bytes: [UInt8], flag: Bool) -> UInt32 in
+                UInt32(bytes.reduce(0) { $0 + Int($1) }) + (flag ? 1000 : 0)
+            }
+            #expect(try vm.call("ask_host_text", "ab", 1) as Int == 97 + 98 + 1000)
+            #expect(throws: SandboxError.self) {
+                try vm.register(HostCallNumber.firstUserNumber + 2) { (a: String, b: String, c: String, d: Int) in a.count + b.count + c.count + d }
+            }
+            try vm.register(HostCallNumber.firstUserNumber) { (a: Int32, b: UInt64) -> Int64 in Int64(a) + Int64(b) }
+            #expect(try vm.call("ask_host", Int64(-3)) as Int64 == -3)
+        }
+
         @Test func anInterruptBeforeARunStopsItAndAResetForgetsIt() throws {
             let vm = try Snapshots.snapshot().fork()
             vm.interruptHandle.interrupt()

@@ -73,6 +73,8 @@ public enum HostCallErrno {
     public static let EINTR: Int32 = 4
     /// `EIO` (5).
     public static let EIO: Int32 = 5
+    /// `E2BIG` (7).
+    public static let E2BIG: Int32 = 7
     /// `EBADF` (9).
     public static let EBADF: Int32 = 9
     /// `ENOMEM` (12).

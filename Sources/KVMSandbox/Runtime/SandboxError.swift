@@ -49,6 +49,9 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
     /// A paranoid reset (`SandboxConfiguration.verifyResets`) found the fork different from its
     /// snapshot; the differences are listed.
     case resetVerificationFailed([String])
+    /// A typed guest function call (`call(_:_:) -> Result`) ended without returning: the
+    /// function's name and how the call ended instead (a fault, a timeout, an exit, ...).
+    case callDidNotReturn(function: String, outcome: RunOutcome)
 
     /// A one-line, human-readable account of it (what the CLI prints).
     public var description: String {
@@ -99,6 +102,8 @@ public enum SandboxError: Error, Sendable, Equatable, CustomStringConvertible {
             return "loading the program took longer than the timeout"
         case .resetVerificationFailed(let differences):
             return "after a reset the VM differs from its snapshot: \(differences.joined(separator: "; "))"
+        case .callDidNotReturn(let function, let outcome):
+            return "the guest function \(function) did not return: \(outcome)"
         }
     }
 }
