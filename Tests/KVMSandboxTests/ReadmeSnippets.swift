@@ -32,6 +32,18 @@ private func readmeRunOutcome() throws {
 }
 
 @available(*, deprecated, message: "compiled, never called")
+private func readmeTypedFunctions(sandbox: Sandbox, vm: Sandbox) throws {
+    // README snippet typed functions
+    try sandbox.register(0x1001) { (text: String, times: Int) -> Int in  // guest: ks_hostcall(0x1001, s, strlen(s), n, 0, 0, 0)
+        text.utf8.count * times                                          // a String or [UInt8] takes two words: address, length
+    }
+    let sum: Int64 = try vm.call("add", 2, 40)                           // a fork's guest function, typed
+    let length = try vm.call("say", "hello") as Int32                    // Strings go in as C strings, [UInt8] as bytes
+    // end
+    _ = (sum, length)
+}
+
+@available(*, deprecated, message: "compiled, never called")
 private func readmeExceptions(sandbox: Sandbox) {
     // README snippet 2
     sandbox.onException { fault, registers in       // fault: vector, error code, CR2, backtrace
@@ -55,6 +67,7 @@ private func readmeSnapshots(request: [UInt8]) async throws {
     }
     let result = try await pool.withSandbox { vm in try vm.call("handle", 42) }   // take, call, reset, return
     // end
+    _ = (outcome, result)
 }
 
 @available(*, deprecated, message: "compiled, never called")
@@ -68,6 +81,7 @@ private func readmeParked(snapshot: Snapshot) async throws {
     let pool = try ParkedPool(snapshot: parked, capacity: 2) // N parked VMs for N cores
     let result = try await pool.call(add, 40, 2)
     // end
+    _ = (outcome, result)
 }
 
 @available(*, deprecated, message: "compiled, never called")
@@ -86,6 +100,7 @@ private func readmeServer(configuration: SandboxConfiguration, acceptedFD: Int32
     try await ServiceGroup(services: [ServingService { try await sockets.serve(host: "0.0.0.0", port: 8080) }],
                            gracefulShutdownSignals: [.sigterm], logger: logger).run()
     // end
+    _ = answer
 }
 
 @available(*, deprecated, message: "compiled, never called")
