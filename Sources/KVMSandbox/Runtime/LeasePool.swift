@@ -11,6 +11,17 @@ final class LeasePool<Element: AnyObject & Sendable>: Sendable {
         var idle: [Element] = []
         var count = 0
         var waiters: [CheckedContinuation<Element?, Never>] = []
+        /// Each element's host thread (`HostWorker`), made on its first lease, dropped with it.
+        var workers: [ObjectIdentifier: HostWorker] = [:]
+    }
+
+    /// `element`'s host thread, made on its first lease.
+    private func worker(for element: Element) throws(SandboxError) -> HostWorker {
+        let key = ObjectIdentifier(element)
+        if let worker = state.withLock({ $0.workers[key] }) { return worker }
+        let worker = try HostWorker()
+        state.withLock { $0.workers[key] = worker }
+        return worker
     }
 
     /// A pool of up to `capacity` elements, `prefork` of them made now.
@@ -34,13 +45,13 @@ final class LeasePool<Element: AnyObject & Sendable>: Sendable {
     func lease<R: Sendable>(_ work: @Sendable (Element) -> (result: R, keep: Bool),
                             interrupt: @Sendable (Element) -> Void = { _ in }) async throws -> R {
         let element = try await take()
-        let done: (result: R, keep: Bool)
-        do {
-            done = try await HostThread.run({ work(element) }, onCancel: { interrupt(element) })
-        } catch {
-            release(element)  // no thread ran: the element is as it was
+        let worker: HostWorker
+        do { worker = try self.worker(for: element) } catch {
+            release(element)
             throw error
         }
+        let done = try await HostThread.run(on: worker, { work(element) }, onCancel: { interrupt(element) })
+        if !done.keep { state.withLock { _ = $0.workers.removeValue(forKey: ObjectIdentifier(element)) } }
         release(done.keep ? element : nil)
         return done.result
     }
