@@ -1,3 +1,4 @@
+import Atomics
 import SystemPackage
 #if canImport(Glibc)
 import Glibc
@@ -98,7 +99,14 @@ final class HostWorker: Sendable {
         let lock = ConditionLock()
         var job: (@Sendable () -> Void)?
         var quitting = false
+        /// Set with `job`, read without the lock while the thread spins.
+        let pending = ManagedAtomic<UInt8>(0)
     }
+
+    /// How long the thread looks for the next job before it sleeps: 50 us where another CPU
+    /// can run the caller meanwhile (a hand-off then costs ~17 us instead of ~41 us of two
+    /// wake-ups on this PVM machine), none on one CPU, where spinning would only delay it.
+    static let spinNanoseconds: UInt64 = availableCPUs() > 1 ? 50_000 : 0
 
     private let queue = Queue()
 
@@ -122,6 +130,7 @@ final class HostWorker: Sendable {
     func submit(_ job: @escaping @Sendable () -> Void) -> Errno? {
         queue.lock.withLock {
             queue.job = job
+            queue.pending.store(1, ordering: .releasing)
             queue.lock.broadcast()
         }
         return nil
@@ -129,8 +138,13 @@ final class HostWorker: Sendable {
 
     private static func loop(_ queue: Queue) {
         while true {
+            // A request that follows this one closely finds the thread awake: look for a while
+            // (`spinNanoseconds`) before sleeping on the condition variable.
+            let spinEnd = monotonicNanoseconds() &+ spinNanoseconds
+            while queue.pending.load(ordering: .acquiring) == 0, monotonicNanoseconds() < spinEnd {}
             queue.lock.lock()
             while queue.job == nil, !queue.quitting { queue.lock.wait() }
+            queue.pending.store(0, ordering: .relaxed)
             let job = queue.job
             queue.job = nil
             let quitting = queue.quitting
