@@ -154,6 +154,10 @@ extension KVMTests {
                 for try await ok in group { #expect(ok) }
             }
             #expect(pool.counts.total <= 2)
+            // Every request counted, each followed by a fast or a slow reset.
+            let statistics = pool.statistics
+            #expect(statistics.requests == 200)
+            #expect(statistics.fastResets + statistics.slowResets >= 200 - pool.counts.total)
             #expect(throws: SandboxError.self) { try ParkedPool(snapshot: try Self.base(), capacity: 1) }
         }
 

@@ -190,6 +190,10 @@ extension KVMTests {
             }
             #expect(results.count == 40 && results.allSatisfy { $0 })
             #expect(pool.counts.total <= 3)
+            // Each request made at least its calls' exits and dirtied pages the reset copied back.
+            let statistics = pool.statistics
+            #expect(statistics.requests == 40 && statistics.droppedVMs == 0)
+            #expect(statistics.exits >= 120 && statistics.pagesRestored >= 40 && statistics.resetNanoseconds > 0)
             #expect(pool.counts.idle == pool.counts.total)
         }
 

@@ -8,9 +8,10 @@
 /// let outcome = try await pool.call(add, 1, 2)      // .returned(3)
 /// ```
 ///
-/// Threads: every VM has its vCPU thread; no other host thread polls. The task that made a
-/// request spins on its VM's parking page until the answer (and gives its core away with
-/// `sched_yield` once a request runs longer than 0.2 ms). An idle VM's vCPU polls for
+/// Threads: every VM has its vCPU thread; no other host thread polls. A request is handed to
+/// the VM's host thread (the calling task is suspended meanwhile), which spins on the VM's
+/// parking page until the answer (and gives its core away with `sched_yield` once a request
+/// runs longer than 0.2 ms). An idle VM's vCPU polls for
 /// `ParkingConfiguration.idleSpin` rounds (~0.4 ms) after its last request, then sleeps in
 /// the host (one exit), so an idle pool uses no CPU; the next request wakes it (its first
 /// request after a sleep pays that wake-up).
@@ -20,6 +21,12 @@ public final class ParkedPool: Sendable {
     /// The most VMs that exist at once; more concurrent requests wait.
     public var capacity: Int { pool.capacity }
     private let pool: LeasePool<ParkedSandbox>
+    private let totals = HostMutex(ParkedSandbox.Statistics())
+
+    /// What the pool's VMs did so far (requests, fast and slow resets, verifications, pages
+    /// unprotected, exits), summed over every VM it has had. A request that takes the slow
+    /// reset every time shows here as `slowResets` growing with `requests`.
+    public var statistics: ParkedSandbox.Statistics { totals.withLock { $0 } }
 
     /// A pool of up to `capacity` parked VMs of `snapshot` (from `Snapshot.parked(_:)`),
     /// `prefork` of them started now. `setUp` registers host calls on each new fork.
@@ -49,8 +56,13 @@ public final class ParkedPool: Sendable {
     /// no longer be reset is dropped, never reused. The wait for the VM's answer happens on a
     /// host thread, never on the caller's (cooperative) one.
     public func call(_ function: ParkedFunction, arguments: [GuestArgument]) async throws -> RunOutcome {
-        try await pool.lease({ vm in
-            (result: Result { try vm.call(function, arguments: arguments) }, keep: !vm.isBroken)
+        let totals = self.totals
+        return try await pool.lease({ vm in
+            let before = vm.statistics
+            let result = Result { try vm.call(function, arguments: arguments) }
+            let after = vm.statistics
+            totals.withLock { $0.add(after, minus: before) }
+            return (result: result, keep: !vm.isBroken)
         }).get()
     }
 }

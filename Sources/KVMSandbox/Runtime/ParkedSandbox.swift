@@ -92,6 +92,19 @@ public final class ParkedSandbox: @unchecked Sendable {
         public var pagesKeptWritable = 0
         /// VM exits of the vCPU (the idle stub's sleeps included).
         public var exits = 0
+
+        /// Adds what happened between two readings of one VM's statistics (`pagesKeptWritable`,
+        /// a level rather than a count, takes the later reading's value).
+        mutating func add(_ after: Statistics, minus before: Statistics) {
+            requests += after.requests - before.requests
+            fastResets += after.fastResets - before.fastResets
+            slowResets += after.slowResets - before.slowResets
+            verifications += after.verifications - before.verifications
+            failedVerifications += after.failedVerifications - before.failedVerifications
+            pagesUnprotected += after.pagesUnprotected - before.pagesUnprotected
+            pagesKeptWritable = after.pagesKeptWritable
+            exits += after.exits &- before.exits
+        }
     }
 
     struct Counters {

@@ -8,9 +8,9 @@ import Dispatch
 /// let pool = try SandboxPool(snapshot: snapshot, capacity: 4) { vm in try vm.register(0x1000, handler) }
 /// let outcome = try await pool.withSandbox { vm in try vm.call("handle", .bytes(request), 16) }
 /// ```
-/// The body runs on the calling task's thread and blocks it while the guest runs (as any
-/// synchronous work does), so a capacity near the number of cores keeps the thread pool moving.
-/// For requests without VM exits, see `ParkedPool`.
+/// The body runs on the VM's own host thread while the calling task is suspended, so Swift's
+/// cooperative threads never wait for a guest; cancelling the task interrupts the guest.
+/// `statistics` counts what the pool did. For requests without VM exits, see `ParkedPool`.
 public final class SandboxPool: Sendable {
     /// The snapshot every VM is forked from.
     public let snapshot: Snapshot
@@ -19,6 +19,26 @@ public final class SandboxPool: Sendable {
     /// How the forks track the pages they dirty (nil: the fastest this KVM has).
     public let tracking: DirtyTracking?
     private let pool: LeasePool<PooledVM>
+    private let totals = HostMutex(Statistics())
+
+    /// What a pool did so far, over all its VMs.
+    public struct Statistics: Sendable, Equatable {
+        /// Requests served (`withSandbox` bodies run).
+        public var requests = 0
+        /// VM exits during those requests.
+        public var exits = 0
+        /// Pages the resets after them copied back from the snapshot.
+        public var pagesRestored = 0
+        /// Nanoseconds those resets took, in all.
+        public var resetNanoseconds: UInt64 = 0
+        /// VMs dropped because their reset failed.
+        public var droppedVMs = 0
+        /// No requests yet.
+        public init() {}
+    }
+
+    /// What the pool did so far.
+    public var statistics: Statistics { totals.withLock { $0 } }
 
     /// A sandbox handed between tasks, used by one at a time.
     ///
@@ -69,13 +89,23 @@ public final class SandboxPool: Sendable {
     /// its thread serves other tasks meanwhile. Cancelling the task interrupts the guest (the
     /// run or call in progress ends with `RunOutcome.interrupted`); the VM is reset as always.
     public func withSandbox<R: Sendable>(_ body: @Sendable (Sandbox) throws -> R, afterReset: (ResetReport) -> Void) async throws -> R {
+        let totals = self.totals
         let (result, report) = try await pool.lease({ vm in
+            let exitsBefore = vm.sandbox.statistics.exits
             let result = Result { try body(vm.sandbox) }
+            let exits = vm.sandbox.statistics.exits &- exitsBefore
             let started = DispatchTime.now().uptimeNanoseconds
             var report = ResetReport()
             report.succeeded = (try? vm.sandbox.reset()) != nil
             report.nanoseconds = DispatchTime.now().uptimeNanoseconds &- started
             report.pages = vm.sandbox.statistics.pagesRestoredByLastReset
+            totals.withLock { totals in
+                totals.requests += 1
+                totals.exits += exits
+                totals.pagesRestored += report.pages
+                totals.resetNanoseconds &+= report.nanoseconds
+                if !report.succeeded { totals.droppedVMs += 1 }
+            }
             return (result: (result, report), keep: report.succeeded)
         }, interrupt: { vm in vm.sandbox.interruptHandle.interrupt() })
         afterReset(report)
