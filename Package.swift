@@ -8,6 +8,8 @@ let package = Package(
         .library(name: "KVMSandbox", targets: ["KVMSandbox"]),
         .library(name: "KVMSandboxServer", targets: ["KVMSandboxServer"]),
         .executable(name: "kvmsandbox", targets: ["kvmsandbox"]),
+        // Examples/Embedder: what an embedding server does with the library (run in CI).
+        .executable(name: "embedder-example", targets: ["EmbedderExample"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -74,6 +76,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .executableTarget(name: "EmbedderExample", dependencies: ["KVMSandbox"], path: "Examples/Embedder/Sources/EmbedderExample"),
         .testTarget(name: "KVMSandboxTests", dependencies: [
             "KVMSandbox", "KVMSandboxServer", "KVMSandboxTools",
             .product(name: "Logging", package: "swift-log"),
