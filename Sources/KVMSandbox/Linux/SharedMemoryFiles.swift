@@ -1,5 +1,4 @@
 import SystemPackage
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -15,8 +14,8 @@ struct MemoryFileSystem: Codable, Sendable {
 
     /// The shared tree. Kept alive by every handle that refers to it.
     private final class Storage: Sendable {
-        let tree: Mutex<MemoryFileTree>
-        init(_ tree: MemoryFileTree) { self.tree = Mutex(tree) }
+        let tree: HostMutex<MemoryFileTree>
+        init(_ tree: MemoryFileTree) { self.tree = HostMutex(tree) }
     }
     private let storage: Storage
 

@@ -1,5 +1,4 @@
 import CHost
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,7 +21,7 @@ final class TSCClock: Sendable {
     /// The first sample: TSC and CLOCK_MONOTONIC nanoseconds read together.
     private let start: (tsc: UInt64, monotonic: UInt64)
     /// Nanoseconds per tick times 2^32: KVM's or the calibration's, then the refined one.
-    private let rate = Mutex<UInt64>(0)
+    private let rate = HostMutex<UInt64>(0)
 
     private init() {
         invariant = Self.hostTSCIsInvariant()
