@@ -61,6 +61,8 @@ struct Call: ParsableCommand {
         configuration.timeout = timeout?.value
         configuration.arguments = [program]
         configuration.verifyResets = verifyReset
+        // What the guest prints is the command's output (the library's default is to capture it).
+        (configuration.standardOutput, configuration.standardError) = (.fileDescriptor(1), .fileDescriptor(2))
         do {
             let start = monotonicNanoseconds()
             let snapshot = try Snapshot(elfPath: program, configuration: configuration)

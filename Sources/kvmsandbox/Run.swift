@@ -163,6 +163,8 @@ struct Run: ParsableCommand {
             configuration.traceDescriptor = descriptor  // open until this process exits
         }
         configuration.standardInput = .fileDescriptor(0)
+        // The guest's output is the command's (the library's default is to capture it).
+        (configuration.standardOutput, configuration.standardError) = (.fileDescriptor(1), .fileDescriptor(2))
         let split = GuestArgumentSplit.parts
         let command = try Self.command(program, arguments: arguments + split.guestArguments)
         configuration.programPath = command.program

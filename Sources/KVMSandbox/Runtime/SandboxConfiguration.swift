@@ -17,10 +17,12 @@ public struct SandboxConfiguration: Sendable, Codable {
     public var arguments: [String] = ["guest"]
     /// envp, as `NAME=value` strings.
     public var environment: [String] = []
-    /// Where the guest's fd 1 goes.
-    public var standardOutput: OutputDestination = .fileDescriptor(1)
-    /// Where the guest's fd 2 goes.
-    public var standardError: OutputDestination = .fileDescriptor(2)
+    /// Where the guest's fd 1 goes: captured by default (`Sandbox.capturedOutput(fd:)`, bounded
+    /// by `outputLimit`), so that an embedding server never has a guest write into its own
+    /// stdout; `.fileDescriptor(1)` to pass it through, as `kvmsandbox run` does.
+    public var standardOutput: OutputDestination = .capture
+    /// Where the guest's fd 2 goes: captured by default, as `standardOutput`.
+    public var standardError: OutputDestination = .capture
     /// The most bytes the guest may write to fd 1 and 2 together; writes past it fail with `-EFBIG`.
     public var outputLimit: UInt64 = 64 << 20
 
