@@ -18,6 +18,8 @@ struct KVMSandboxCommand: AsyncParsableCommand {
         // Guest output into a closed pipe must be an error for the guest (-EPIPE), not a
         // signal that kills every VM in this process.
         signal(SIGPIPE, SIG_IGN)
+        // The library reads no environment: KVMSANDBOX_SYSCALLS is the CLI's to map.
+        if let transport = HostCallTransport.fromEnvironment() { HostCallTransport.setProcessDefault(transport) }
         do {
             var command = try parseAsRoot(GuestArgumentSplit.split(Array(CommandLine.arguments.dropFirst())))
             if var asynchronous = command as? AsyncParsableCommand {

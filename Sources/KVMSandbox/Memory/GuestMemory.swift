@@ -32,7 +32,10 @@ public final class GuestMemory {
     private let base: UnsafeMutableRawPointer
     /// Pages the host wrote since the last `takeHostDirtyPages()` (KVM's dirty log sees only the
     /// guest's writes), tracked for forks only.
-    private var hostDirty: (bitmap: [UInt64], pages: [UInt64])?
+    /// Behind a lock: the vCPU thread (the vDSO's clock page before each entry, exits) and a
+    /// poster (the exitless poller's handlers, a parked VM's arguments) write guest memory at
+    /// the same time. An uncontended pthread lock per host write.
+    private let hostDirty = HostMutex<(bitmap: [UInt64], pages: [UInt64])?>(nil)
 
     /// Creates zeroed guest memory of `size` bytes.
     init(size: UInt64, backing: Backing = .shareable) throws(SandboxError) {
@@ -80,7 +83,7 @@ public final class GuestMemory {
         fd = snapshotFD
         source = snapshot
         base = try Self.map(snapshotFD, size: snapshot.size, flags: MAP_PRIVATE)
-        hostDirty = ([UInt64](repeating: 0, count: Int((size / PageSize.bytes + 63) / 64)), [])
+        hostDirty.withLock { $0 = ([UInt64](repeating: 0, count: Int((size / PageSize.bytes + 63) / 64)), []) }
     }
 
     private static func map(_ fd: FileDescriptor?, size: UInt64, flags: Int32) throws(SandboxError) -> UnsafeMutableRawPointer {
@@ -133,25 +136,30 @@ public final class GuestMemory {
 
     /// Notes that the host wrote `[address, address + count)`, for a fork's reset.
     @inline(__always) func noteHostWrite(_ address: UInt64, _ count: Int) {
-        guard hostDirty != nil, count > 0 else { return }
-        var page = address >> PageSize.shift
-        let last = (address + UInt64(count) - 1) >> PageSize.shift
-        while page <= last {
-            let (word, bit) = (Int(page / 64), UInt64(1) << (page % 64))
-            if hostDirty!.bitmap[word] & bit == 0 {
-                hostDirty!.bitmap[word] |= bit
-                hostDirty!.pages.append(page)
+        guard count > 0 else { return }
+        hostDirty.withLock { record in
+            guard record != nil else { return }
+            var page = address >> PageSize.shift
+            let last = (address + UInt64(count) - 1) >> PageSize.shift
+            while page <= last {
+                let (word, bit) = (Int(page / 64), UInt64(1) << (page % 64))
+                if record!.bitmap[word] & bit == 0 {
+                    record!.bitmap[word] |= bit
+                    record!.pages.append(page)
+                }
+                page += 1
             }
-            page += 1
         }
     }
 
     /// The pages (guest-physical page numbers) the host wrote since the last call, and forgets them.
     func takeHostDirtyPages() -> [UInt64] {
-        guard let pages = hostDirty?.pages, !pages.isEmpty else { return [] }
-        for page in pages { hostDirty!.bitmap[Int(page / 64)] = 0 }
-        hostDirty!.pages.removeAll(keepingCapacity: true)
-        return pages
+        hostDirty.withLock { record in
+            guard let pages = record?.pages, !pages.isEmpty else { return [] }
+            for page in pages { record!.bitmap[Int(page / 64)] = 0 }
+            record!.pages.removeAll(keepingCapacity: true)
+            return pages
+        }
     }
 
     /// Copies page `page` (a guest-physical page number) back from the snapshot a fork reads through.

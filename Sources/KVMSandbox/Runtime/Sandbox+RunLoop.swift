@@ -74,12 +74,16 @@ extension Sandbox {
             while true {
                 // A host signal sent before the run (or between two kicks): leave at once to take it.
                 if hostSignalsTaken, hostSignals.hasPending { vcpu.interrupter.immediateExit.store(1, ordering: .relaxed) }
-                // With several threads the watchdog ends the running one's time slice.
-                // (It reads the Linux layer's threads, which the poller may be changing: under
-                // the server's lock when there is one.)
-                let left = exitless.map { server in server.exclusively { timeSliceLeft() } } ?? timeSliceLeft()
+                // Before the entry: the vDSO's clock page, and the running thread's time slice
+                // (the watchdog ends it when several threads run). Both touch what the poller may
+                // be changing (guest memory and its record of host writes; the Linux layer's
+                // threads): under the server's lock when there is one.
+                let beforeEntry = { () -> Double? in
+                    self.clockPage?.refresh(vcpu: self.vcpu, memory: self.memory, enabled: self.configuration.timeInGuest != false)
+                    return self.timeSliceLeft()
+                }
+                let left = exitless.map { server in server.exclusively(beforeEntry) } ?? beforeEntry()
                 let slice = left.map { Watchdog.shared.arm(seconds: $0, interrupter: vcpu.interrupter) }
-                clockPage?.refresh(vcpu: vcpu, memory: memory, enabled: configuration.timeInGuest != false)
                 let event = try vcpu.nextEvent(doorbell: memory.size)
                 if let slice {
                     let fired = Watchdog.shared.fired(slice)

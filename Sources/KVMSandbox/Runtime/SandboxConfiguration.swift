@@ -111,7 +111,7 @@ public struct SandboxConfiguration: Sendable, Codable {
     /// first system call by exit on, where this process may use two CPUs and one of them is
     /// free (the load average says so when the process first decides); `.exit` never.
     /// The default comes from `KVMSANDBOX_SYSCALLS` (exit, exitless, automatic) when set.
-    public var systemCallTransport: HostCallTransport = .fromEnvironment
+    public var systemCallTransport: HostCallTransport = HostCallTransport.processDefault
 
     /// Paranoid resets: after every `reset()` of a fork, compare every guest page and the whole
     /// vCPU state with the snapshot, and throw `SandboxError.resetVerificationFailed` on any
@@ -172,11 +172,23 @@ public enum HostCallTransport: String, Sendable, CaseIterable, Codable {
     /// falls back to an exit after a bounded spin, so it works even without a free core.
     case exitless
 
-    /// `KVMSANDBOX_SYSCALLS` (exit, exitless or automatic), else `.automatic`: lets a test
-    /// suite or a benchmark run every sandbox of a process one way.
-    static let fromEnvironment: HostCallTransport = getenv("KVMSANDBOX_SYSCALLS").flatMap {
-        HostCallTransport(rawValue: String(cString: $0))
-    } ?? .automatic
+    /// The default of `SandboxConfiguration.systemCallTransport` in this process: `.automatic`
+    /// unless the CLI or a test suite set another (`setProcessDefault`). The library never reads
+    /// the environment: the CLI maps `KVMSANDBOX_SYSCALLS` onto this, an embedder sets the
+    /// configuration.
+    package static var processDefault: HostCallTransport { processDefaultStorage.withLock { $0 } }
+    private static let processDefaultStorage = HostMutex<HostCallTransport>(.automatic)
+
+    /// Makes `transport` the default of every configuration made from now on in this process.
+    package static func setProcessDefault(_ transport: HostCallTransport) {
+        processDefaultStorage.withLock { $0 = transport }
+    }
+
+    /// `KVMSANDBOX_SYSCALLS` (exit, exitless or automatic) as a process default, for the CLI and
+    /// the test suite (which run every sandbox of a process one way with it); nil when unset.
+    package static func fromEnvironment() -> HostCallTransport? {
+        getenv("KVMSANDBOX_SYSCALLS").flatMap { HostCallTransport(rawValue: String(cString: $0)) }
+    }
 
     /// `automatic` decided for this process, for embedder host calls: exitless where this
     /// process may use two CPUs (a parked VM's host calls and its fast reset rely on it).
