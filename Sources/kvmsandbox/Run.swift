@@ -282,58 +282,18 @@ extension Run {
 
     /// What runs for `program` with `arguments`: the ELF to load and its argv (argv[0] as typed,
     /// or the path found in PATH, since the guest has no PATH to search; a `#!` script runs its
-    /// interpreter as execve would, `ScriptCommand`), and the scripts the guest must be able to
+    /// interpreter as execve would: `Program.lookup`), and the scripts the guest must be able to
     /// read. A program that cannot start is reported with a shell's status (127, 126).
     static func command(_ program: String, arguments: [String]) throws -> (program: String, argv: [String], scripts: [String]) {
-        let resolved = resolve(program).flatMap { executable in
-            ScriptCommand.resolve(executable, argv: [program.contains("/") ? program : executable] + arguments)
-        }
-        switch resolved {
-        case .success(let command): return command
-        case .failure(let problem):
-            printError("kvmsandbox: \(problem.message)")
-            throw ExitCode(problem.status)
+        do {
+            // The library reads no environment: the CLI searches its own PATH.
+            let found = try Program.lookup(program, arguments: arguments, searchPath: ProcessInfo.processInfo.environment["PATH"])
+            return (found.executable, found.arguments, found.scripts)
+        } catch {
+            printError("kvmsandbox: \(error.message)")
+            throw ExitCode(error.status)
         }
     }
-
-    /// Why a program cannot be started, with the status a shell gives it: 127 not found, 126
-    /// found but not something that can be executed.
-    struct ProgramProblem: Error {
-        let message: String
-        let status: Int32
-    }
-
-    /// `program` as an absolute path: a name without a slash is looked up in PATH as a shell
-    /// would (regular files with an execute bit only), a path is taken as given (made absolute:
-    /// the guest sees files at their host paths).
-    static func resolve(_ program: String, path: String? = ProcessInfo.processInfo.environment["PATH"]) -> Result<String, ProgramProblem> {
-        func absolute(_ path: String) -> String {
-            path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
-        }
-        func isExecutableFile(_ candidate: String) -> Bool {
-            var status = stat()
-            return stat(candidate, &status) == 0 && status.st_mode & S_IFMT == S_IFREG && access(candidate, X_OK) == 0
-        }
-        guard !program.isEmpty else { return .failure(ProgramProblem(message: "no program named", status: 127)) }
-        guard !program.contains("/") else {
-            let file = absolute(program)
-            var status = stat()
-            guard stat(file, &status) == 0 else {
-                let error = errno
-                return .failure(ProgramProblem(message: "\(file): \(error == ENOENT ? "no such file" : String(cString: strerror(error)))", status: 127))
-            }
-            if status.st_mode & S_IFMT == S_IFDIR { return .failure(ProgramProblem(message: "\(file) is a directory", status: 126)) }
-            guard status.st_mode & S_IFMT == S_IFREG else { return .failure(ProgramProblem(message: "\(file) is not a regular file", status: 126)) }
-            return .success(file)
-        }
-        let directories = (path ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":").map(String.init).filter { !$0.isEmpty }
-        for directory in directories {
-            let candidate = absolute(directory) + "/" + program
-            if isExecutableFile(candidate) { return .success(candidate) }
-        }
-        return .failure(ProgramProblem(message: "\(program): not found in PATH (searched \(directories.joined(separator: ":")))", status: 127))
-    }
-
 }
 
 func printError(_ message: String) {

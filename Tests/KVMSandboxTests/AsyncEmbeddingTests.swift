@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import KVMSandbox
 import KVMSandboxTools
 import Testing
@@ -125,6 +126,42 @@ extension KVMTests {
             }
             try vm.register(HostCallNumber.firstUserNumber) { (a: Int32, b: UInt64) -> Int64 in Int64(a) + Int64(b) }
             #expect(try vm.call("ask_host", Int64(-3)) as Int64 == -3)
+        }
+
+        @Test func programsAreFoundAsAShellAndTheKernelWould() throws {
+            // A name in the search path, run through Sandbox(program), output captured by default.
+            let python = try Program.lookup("python3", arguments: ["-c", "print(6 * 7)"], searchPath: "/nonexistent:/usr/bin")
+            #expect(python.executable == "/usr/bin/python3" && python.arguments == ["/usr/bin/python3", "-c", "print(6 * 7)"])
+            var configuration = SandboxConfiguration()
+            configuration.timeout = 20
+            let sandbox = try Sandbox(python, configuration: configuration)
+            #expect(try sandbox.run() == .exited(status: 0))
+            #expect(String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self) == "42\n")
+
+            // A script: its interpreter through `#!/usr/bin/env`, the script granted read-only.
+            let directory = Guests.outputDirectory.appendingPathComponent("program-\(UInt32.random(in: 0...UInt32.max))")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            let script = directory.appendingPathComponent("hello.py").path
+            try "#!/usr/bin/env python3\nimport sys\nprint('script', sys.argv[1:])\n".write(toFile: script, atomically: true, encoding: .utf8)
+            chmod(script, 0o755)
+            let program = try Program.lookup(script, arguments: ["a"], searchPath: "/usr/bin")
+            #expect(program.executable == "/usr/bin/python3" && program.arguments == ["/usr/bin/python3", script, "a"])
+            #expect(program.scripts == [script])
+            let run = try Sandbox(program, configuration: configuration)
+            #expect(try run.run() == .exited(status: 0))
+            #expect(String(decoding: run.capturedOutput(fd: 1), as: UTF8.self) == "script ['a']\n")
+
+            // What a shell says: 127 not found, 126 not executable; nesting past Linux's limit.
+            #expect(throws: Program.Problem.self) { try Program.lookup("no-such-program-here", searchPath: "/usr/bin") }
+            do { _ = try Program.lookup("no-such-program-here", searchPath: "/usr/bin") } catch { #expect(error.status == 127) }
+            do { _ = try Program.lookup(directory.path) } catch { #expect(error.status == 126) }
+            var previous = script
+            for level in 0..<5 {
+                let next = directory.appendingPathComponent("nest\(level)").path
+                try "#!\(previous)\n".write(toFile: next, atomically: true, encoding: .utf8)
+                previous = next
+            }
+            do { _ = try Program.lookup(previous); Issue.record("deep nesting was accepted") } catch { #expect(error.status == 126) }
         }
 
         @Test func anInterruptBeforeARunStopsItAndAResetForgetsIt() throws {
