@@ -38,9 +38,9 @@ enum HostThread {
     }
 
     /// Runs `body` on a host thread of its own (`worker`'s, or a new one) and suspends the
-    /// caller until it is done: the cooperative pool's thread is free meanwhile. `onCancel` runs (on the cancelling thread)
-    /// when the calling task is cancelled while `body` runs; `body` itself decides what that
-    /// means (a sandbox's run ends with `.interrupted`).
+    /// caller until it is done: the cooperative pool's thread is free meanwhile. `onCancel`
+    /// runs (on the cancelling thread) when the calling task is cancelled while `body` runs;
+    /// `body` itself decides what that means (a sandbox's run ends with `.interrupted`).
     static func run<R: Sendable>(on worker: HostWorker? = nil, _ body: @Sendable () -> R,
                                  onCancel: @Sendable () -> Void = {}) async throws(SandboxError) -> R {
         let outcome: Result<R, SandboxError> = await withoutActuallyEscaping(body) { body in
@@ -74,8 +74,9 @@ enum HostThread {
 
     /// A closure handed to exactly one other thread, which takes it out (leaving nothing behind).
     ///
-    /// (@unchecked: `body` is written once before `pthread_create`, which orders it before the
-    /// new thread's `take`; the creator takes it only when no thread was started.)
+    /// (@unchecked: `body` is written once, before the job is handed over: `pthread_create` or
+    /// the worker's lock orders that before the other thread's `take`; the creator takes it
+    /// only when no thread got the job.)
     private final class HandOff<R>: @unchecked Sendable {
         private var body: (@Sendable () -> R)?
         init(_ body: @escaping @Sendable () -> R) { self.body = body }
