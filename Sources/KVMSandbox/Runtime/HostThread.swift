@@ -37,16 +37,16 @@ enum HostThread {
         return nil
     }
 
-    /// Runs `body` on a host thread of its own (`worker`'s, or a new one) and suspends the
-    /// caller until it is done: the cooperative pool's thread is free meanwhile. `onCancel`
-    /// runs (on the cancelling thread) when the calling task is cancelled while `body` runs;
-    /// `body` itself decides what that means (a sandbox's run ends with `.interrupted`).
-    static func run<R: Sendable>(on worker: HostWorker? = nil, _ body: @Sendable () -> R,
-                                 onCancel: @Sendable () -> Void = {}) async throws(SandboxError) -> R {
-        let outcome: Result<R, SandboxError> = await withoutActuallyEscaping(body) { body in
+    /// Runs `body` on `worker`'s host thread and suspends the caller until it is done: the
+    /// cooperative pool's thread is free meanwhile. `onCancel` runs (on the cancelling thread)
+    /// when the calling task is cancelled while `body` runs; `body` itself decides what that
+    /// means (a sandbox's run ends with `.interrupted`).
+    static func run<R: Sendable>(on worker: HostWorker, _ body: @Sendable () -> R,
+                                 onCancel: @Sendable () -> Void = {}) async -> R {
+        await withoutActuallyEscaping(body) { body in
             await withoutActuallyEscaping(onCancel) { onCancel in
                 await withTaskCancellationHandler {
-                    await withCheckedContinuation { (continuation: CheckedContinuation<Result<R, SandboxError>, Never>) in
+                    await withCheckedContinuation { (continuation: CheckedContinuation<R, Never>) in
                         // `body` must not outlive this call (`withoutActuallyEscaping` checks): the
                         // thread takes it out of the hand-off and drops it before resuming us.
                         let handOff = HandOff(body)
@@ -56,27 +56,21 @@ enum HostThread {
                                 let body = handOff.take()
                                 value = body()
                             }
-                            continuation.resume(returning: .success(value))
+                            continuation.resume(returning: value)
                         }
-                        let error: Errno? = if let worker { worker.submit(job) } else { start(job) }
-                        if let error {
-                            _ = handOff.take()
-                            continuation.resume(returning: .failure(.hostResource(operation: "pthread_create (a guest's thread)", errno: error)))
-                        }
+                        worker.submit(job)
                     }
                 } onCancel: {
                     onCancel()
                 }
             }
         }
-        return try outcome.get()
     }
 
     /// A closure handed to exactly one other thread, which takes it out (leaving nothing behind).
     ///
-    /// (@unchecked: `body` is written once, before the job is handed over: `pthread_create` or
-    /// the worker's lock orders that before the other thread's `take`; the creator takes it
-    /// only when no thread got the job.)
+    /// (@unchecked: `body` is written once, before the job is handed over: the worker's lock
+    /// orders that before its thread's `take`.)
     private final class HandOff<R>: @unchecked Sendable {
         private var body: (@Sendable () -> R)?
         init(_ body: @escaping @Sendable () -> R) { self.body = body }
@@ -127,14 +121,13 @@ final class HostWorker: Sendable {
     }
 
     /// Runs `job` on the thread. The worker runs one job at a time: its owner (the pool's lease)
-    /// never submits while one runs. Nil (it cannot fail once the thread runs).
-    func submit(_ job: @escaping @Sendable () -> Void) -> Errno? {
+    /// never submits while one runs.
+    func submit(_ job: @escaping @Sendable () -> Void) {
         queue.lock.withLock {
             queue.job = job
             queue.pending.store(1, ordering: .releasing)
             queue.lock.broadcast()
         }
-        return nil
     }
 
     private static func loop(_ queue: Queue) {

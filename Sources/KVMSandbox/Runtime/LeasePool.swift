@@ -50,7 +50,7 @@ final class LeasePool<Element: AnyObject & Sendable>: Sendable {
             release(element)
             throw error
         }
-        let done = try await HostThread.run(on: worker, { work(element) }, onCancel: { interrupt(element) })
+        let done = await HostThread.run(on: worker, { work(element) }, onCancel: { interrupt(element) })
         if !done.keep { state.withLock { _ = $0.workers.removeValue(forKey: ObjectIdentifier(element)) } }
         release(done.keep ? element : nil)
         return done.result

@@ -54,7 +54,7 @@ extension Sandbox {
         defer { linux.endCPUAccounting() }
         // The kick must reach this thread (deadlines, time slices, `interruptHandle`), whatever
         // mask the caller's thread pool gave it.
-        let signalMask: sigset_t? = VCPUInterrupter.unblockSignalOnThisThread()
+        let signalMask = VCPUInterrupter.unblockSignalOnThisThread()
         interruptHandle.beginRun(interrupter: vcpu.interrupter)
         defer { interruptHandle.endRun() }
         if hostSignalsTaken { hostSignals.setRunningThread(pthread_self()) }
@@ -66,7 +66,7 @@ extension Sandbox {
                 // The poller wrote the page behind GuestMemory's back: a fork's reset must restore it.
                 if mailbox.takeWritten() { memory.noteHostWrite(mailboxPhysical, Int(PageSize.bytes)) }
             }
-            if let signalMask { VCPUInterrupter.restoreSignalMask(signalMask) }
+            VCPUInterrupter.restoreSignalMask(signalMask)
             if hostSignalsTaken { hostSignals.setRunningThread(nil) }
             runDeadline = nil
         }
