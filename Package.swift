@@ -23,6 +23,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", "3.12.0"..<"5.0.0"),
         // `swift package generate-documentation` (the DocC catalog, built by Scripts/docs in CI).
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.4.0"),
+        // `kvmsandbox mcp`: the official Model Context Protocol SDK.
+        .package(url: "https://github.com/modelcontextprotocol/swift-sdk", from: "0.12.0"),
     ],
     targets: [
         // The only C on the host side: <linux/kvm.h> structs, ioctl numbers, the variadic ioctl call.
@@ -67,18 +69,32 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // Code execution for AI agents (`kvmsandbox mcp`): stateful Python sessions in micro-VMs
+        // behind the Model Context Protocol. Apart, so that `serve` embedders do not build MCP.
+        .target(
+            name: "KVMSandboxAgents",
+            dependencies: [
+                "KVMSandbox",
+                "KVMSandboxServer",
+                .product(name: "MCP", package: "swift-sdk"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "kvmsandbox",
             dependencies: [
                 "KVMSandbox",
                 "KVMSandboxServer",
+                "KVMSandboxAgents",
                 "KVMSandboxTools",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(name: "EmbedderExample", dependencies: ["KVMSandbox"], path: "Examples/Embedder/Sources/EmbedderExample"),
         .testTarget(name: "KVMSandboxTests", dependencies: [
-            "KVMSandbox", "KVMSandboxServer", "KVMSandboxTools",
+            "KVMSandbox", "KVMSandboxServer", "KVMSandboxTools", "KVMSandboxAgents",
+            .product(name: "MCP", package: "swift-sdk"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Metrics", package: "swift-metrics"),

@@ -6,21 +6,29 @@ import NIOPosix
 
 /// A small HTTP/1.1 server on SwiftNIO: each request's head and whole body go to a responder,
 /// whose answer is sent with a Content-Length. Function mode and the metrics endpoint use it.
-enum HTTPListener {
+package enum HTTPListener {
     /// What a responder answers.
-    struct Response: Sendable {
-        var status: Int
-        var contentType: String
-        var body: [UInt8]
+    package struct Response: Sendable {
+        package var status: Int
+        package var contentType: String
+        package var body: [UInt8]
         /// More header fields (`X-Request-Id`, `X-KVMSandbox-Reason`).
-        var headers: [(String, String)] = []
+        package var headers: [(String, String)] = []
+
+        /// A response of `status` with `body` of `contentType` and more header fields.
+        package init(status: Int, contentType: String, body: [UInt8], headers: [(String, String)] = []) {
+            self.status = status
+            self.contentType = contentType
+            self.body = body
+            self.headers = headers
+        }
     }
 
     /// Listens on `host`:`port` (0: any free port, reported to `bound`) until the task is
     /// cancelled, answering every request with `respond` (requests on one connection in order),
     /// within `limits`: connections past the limit wait in the kernel's backlog, slow clients are
     /// closed, bodies past the limit get 413, and buffered bodies share one ceiling.
-    static func run(host: String, port: Int, limits: HTTPLimits, logger: Logger, bound: @Sendable (Int) -> Void,
+    package static func run(host: String, port: Int, limits: HTTPLimits, logger: Logger, bound: @Sendable (Int) -> Void,
                     respond: @escaping @Sendable (HTTPRequestHead, [UInt8]) async throws -> Response) async throws {
         let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)

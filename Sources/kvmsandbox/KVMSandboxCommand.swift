@@ -10,7 +10,7 @@ struct KVMSandboxCommand: AsyncParsableCommand {
         commandName: "kvmsandbox",
         abstract: "Run untrusted x86-64 programs in KVM micro-VMs.",
         version: "kvmsandbox \(kvmsandboxVersion) (snapshot format \(Snapshot.fileFormatVersion))",
-        subcommands: [Run.self, Serve.self, SnapshotCommand.self, Call.self, CC.self, Bench.self, ConformanceCommand.self, Doctor.self])
+        subcommands: [Run.self, Serve.self, MCPCommand.self, SnapshotCommand.self, Call.self, CC.self, Bench.self, ConformanceCommand.self, Doctor.self])
 
     /// Parses the command line (after `GuestArgumentSplit` takes the guest's own arguments off
     /// it) and runs the subcommand.

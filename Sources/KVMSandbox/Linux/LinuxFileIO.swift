@@ -70,6 +70,16 @@ extension LinuxPersonality {
         return true
     }
 
+    /// Whether every byte of standard input has been read (`.empty`, or `.bytes` read to the
+    /// end); a host descriptor never runs out.
+    var inputExhausted: Bool {
+        switch input {
+        case .empty: return true
+        case .bytes(let data): return state.inputOffset >= data.count
+        case .fileDescriptor: return false
+        }
+    }
+
     /// Reads up to `count` bytes of standard input; a host descriptor is waited on in slices so
     /// the deadline still holds.
     func readInput(_ count: Int) -> Result<[UInt8], Errno> {

@@ -9,7 +9,7 @@ import Glibc
 /// | guest path | what it is |
 /// |---|---|
 /// | `/usr` (and `/bin`, `/sbin`, `/lib`, `/lib64`) | the host's, read-only: programs, libraries, `/usr/share` (time zones, perl and tcl libraries, magic, fonts) |
-/// | `/etc/alternatives`, `ssl`, `ca-certificates*`, `fonts`, `ld.so.*`, `ld-musl-*`, `localtime`, `timezone`, `nsswitch.conf`, `mime.types`, `magic*`, `protocols`, `services`, `networks`, `ethertypes`, `gai.conf`, `host.conf`, `inputrc`, `locale.alias`, `papersize`, `profile`, `profile.d`, `bash.bashrc`, `login.defs`, `debian_version`, `os-release`, `perl`, `python3*`, `java-*`, `php*`, `ImageMagick-*`, `R`, `vim`, `emacs` | the host's, read-only (those that exist) |
+/// | `/etc/alternatives`, `ssl`, `ca-certificates*`, `fonts`, `ld.so.*`, `ld-musl-*`, `localtime`, `timezone`, `nsswitch.conf`, `mime.types`, `magic*`, `protocols`, `services`, `networks`, `ethertypes`, `gai.conf`, `host.conf`, `inputrc`, `locale.alias`, `papersize`, `profile`, `profile.d`, `bash.bashrc`, `login.defs`, `debian_version`, `os-release`, `perl`, `python3*`, `java-*`, `php*`, `ImageMagick-*`, `R`, `vim`, `emacs`, `matplotlibrc` | the host's, read-only (those that exist) |
 /// | `/etc/passwd`, `/etc/group` | synthesized: root, nobody (the guest runs as root) |
 /// | `/etc/hostname`, `/etc/hosts` | synthesized: `sandbox`, localhost |
 ///
@@ -26,7 +26,7 @@ public enum SystemView {
         "ld-musl-x86_64.path", "localtime", "timezone", "nsswitch.conf", "mime.types", "magic", "magic.mime", "protocols",
         "services", "networks", "ethertypes", "gai.conf", "host.conf", "inputrc", "locale.alias", "papersize", "profile",
         "profile.d", "bash.bashrc", "login.defs", "debian_version", "os-release", "perl", "python3*", "java-*", "php*",
-        "ImageMagick-*", "R", "vim", "emacs",
+        "ImageMagick-*", "R", "vim", "emacs", "matplotlibrc",
     ]
 
     /// Whether `path` holds credentials or keys (`/etc/shadow`, `/etc/sudoers`, ssh and gpg

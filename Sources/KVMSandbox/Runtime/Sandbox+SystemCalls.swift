@@ -77,7 +77,8 @@ extension Sandbox {
         // A system call by exit where the guest could have posted it: the poller is asleep (or
         // suspended); wake it for the next ones.
         if postsSystemCalls, let exitless { MailboxPoller.shared.noteExitCall(from: exitless) }
-        if currentStop.stopsAtInputRead, linux.readsStandardInput(call), try pauseBeforeSystemCall(registers) {
+        if currentStop.stopsAtInputRead || (currentStop == .inputExhausted && linux.inputExhausted),
+           linux.readsStandardInput(call), try pauseBeforeSystemCall(registers) {
             return .ready
         }
         var threadAction: ThreadAction?

@@ -127,6 +127,9 @@ public final class Sandbox {
         case guestReturn
         /// Stop just before the guest's first read of its standard input.
         case inputRead
+        /// Stop just before a read of standard input once all of `standardInput` has been read
+        /// (an interactive session's turn: `runUntilInputNeeded`).
+        case inputExhausted
         /// Stop when the guest waits for a connection with none pending and none open.
         case connectionWait
         /// Stop at whichever of `inputRead` and `connectionWait` comes first.
@@ -340,6 +343,24 @@ public final class Sandbox {
         case .connectionWait: return try runLoop(until: .connectionWait)
         case .firstWait: return try runLoop(until: .firstWait)
         }
+    }
+
+    /// Runs the guest until it has read all of `standardInput` and reads it again (then the
+    /// outcome is `.ready` and the guest is paused just before that read), or until it ends,
+    /// faults or times out. One turn of an interactive program: set `standardInput` to the next
+    /// request, run to here, read its answer with `capturedOutput(fd:)` and `startTurn()`, and
+    /// repeat in the same VM, its state kept between turns (`kvmsandbox mcp`'s Python sessions).
+    /// Standard input from a host descriptor never runs out: such a run only ends.
+    public func runUntilInputNeeded() throws(SandboxError) -> RunOutcome {
+        try runLoop(until: .inputExhausted)
+    }
+
+    /// Starts a new turn of an interactive program: forgets the captured output and gives the
+    /// guest its whole `outputLimit` again, so the limit bounds each turn rather than the VM's
+    /// life. (`discardCapturedOutput()` forgets the bytes but keeps counting them.)
+    public func startTurn() {
+        builtins.captured.clear()
+        builtins.state.outputWritten = 0
     }
 
     /// Hands the guest a connection the embedder accepted (socket mode): its next `accept` on

@@ -1,0 +1,126 @@
+import Dispatch
+import KVMSandbox
+import Synchronization
+
+/// One agent session: a fork of the warm driver snapshot, kept (not reset) from one cell to the
+/// next so its variables, imports and files persist. Requests run one at a time on the
+/// session's own thread (a serial dispatch queue), never on Swift's cooperative pool.
+final class AgentSession: @unchecked Sendable {
+    // @unchecked: `vm` and `needsRestart` are touched only by jobs on `queue`, one at a time;
+    // the rest is immutable or behind `activity`.
+
+    /// The name the agent gave the session.
+    let id: String
+    private let queue: DispatchQueue
+    private let vm: Sandbox
+    /// Set when a request ended the interpreter (a timeout, an exit, an unreadable answer):
+    /// the next one starts from the snapshot again.
+    private var needsRestart = false
+    private let activity: Mutex<Activity>
+
+    /// When the session was last used and how much it has done.
+    struct Activity: Sendable {
+        var lastUsed = ContinuousClock.now
+        var requests = 0
+        var restarts = 0
+        var running = false
+    }
+
+    /// Forks `snapshot` for a new session called `id`.
+    init(id: String, snapshot: Snapshot) throws {
+        self.id = id
+        vm = try snapshot.fork()
+        queue = DispatchQueue(label: "kvmsandbox.session.\(id.prefix(64))")
+        activity = Mutex(Activity())
+    }
+
+    /// What the session has done so far.
+    var currentActivity: Activity { activity.withLock { $0 } }
+
+    /// Stops the request running now, if any (closing a session, shutting down).
+    func interrupt() { vm.interruptHandle.interrupt() }
+
+    /// Runs `request` in the session's interpreter, at most `timeout` seconds.
+    func perform(_ request: SessionRequest, timeout: Double, outputLimit: Int) async -> SessionReply {
+        activity.withLock {
+            $0.lastUsed = .now
+            $0.running = true
+        }
+        defer {
+            activity.withLock {
+                $0.lastUsed = .now
+                $0.requests += 1
+                $0.running = false
+            }
+        }
+        return await withCheckedContinuation { continuation in
+            queue.async {
+                continuation.resume(returning: self.performHere(request, timeout: timeout, outputLimit: outputLimit))
+            }
+        }
+    }
+
+    /// `perform`, on the session's queue.
+    private func performHere(_ request: SessionRequest, timeout: Double, outputLimit: Int) -> SessionReply {
+        let frame: [UInt8]
+        do { frame = try request.frame() } catch {
+            return .failure("InvalidRequest", "the request could not be encoded: \(error)")
+        }
+        if needsRestart {
+            do {
+                try vm.reset()
+                needsRestart = false
+            } catch {
+                return .failure("SessionBroken", "the session could not be restarted (\(error)); close it and open another")
+            }
+        }
+        vm.startTurn()
+        vm.standardInput = .bytes(frame)
+        vm.timeout = timeout
+        let outcome: RunOutcome
+        do { outcome = try vm.runUntilInputNeeded() } catch {
+            needsRestart = true
+            return .failure("SessionBroken", "the session's VM failed: \(error)")
+        }
+        let stdout = vm.capturedOutput(fd: 1), stderr = vm.capturedOutput(fd: 2)
+        let rawError = String(decoding: stderr.prefix(outputLimit), as: UTF8.self)
+        if outcome == .ready, var reply = SessionReply.parse(stdout, limit: outputLimit) {
+            if !rawError.isEmpty { reply.stderr = rawError + (reply.stderr ?? "") }
+            return reply
+        }
+        needsRestart = true
+        activity.withLock { $0.restarts += 1 }
+        let printed = String(decoding: stdout.prefix(outputLimit), as: UTF8.self)
+        let lost = "The session was restarted: its variables, imports and files are gone."
+        let reply: SessionReply
+        switch outcome {
+        case .timedOut:
+            reply = .failure("Timeout", "the request ran past its \(Self.format(timeout)) s limit and was stopped. \(lost)")
+        case .exited(let status):
+            reply = .failure("SessionExited", "the interpreter exited with status \(status) (os._exit or a fatal error). \(lost)")
+        case .interrupted:
+            reply = .failure("Interrupted", "the request was stopped (the session was closed or the server is stopping). \(lost)")
+        case .ready:
+            reply = .failure("SessionRestarted", "the session's answer could not be read (did the code read the driver's input or write over its output?). \(lost)")
+        default:
+            reply = .failure("SessionCrashed", "the interpreter ended: \(outcome). \(lost)")
+        }
+        var withOutput = reply
+        withOutput.stdout = printed.replacingMarker()
+        withOutput.stderr = rawError
+        return withOutput
+    }
+
+    private static func format(_ seconds: Double) -> String {
+        seconds == seconds.rounded() ? String(Int(seconds)) : String(seconds)
+    }
+}
+
+private extension String {
+    /// The text without the driver's answer marker (a half-written answer stays readable).
+    func replacingMarker() -> String {
+        let marker = String(decoding: PythonDriver.marker, as: UTF8.self)
+        guard let range = range(of: marker) else { return self }
+        return String(self[..<range.lowerBound])
+    }
+}

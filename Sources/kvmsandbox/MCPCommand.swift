@@ -1,0 +1,143 @@
+import ArgumentParser
+import Foundation
+import KVMSandbox
+import KVMSandboxAgents
+import KVMSandboxServer
+import Logging
+import ServiceLifecycle
+
+/// `kvmsandbox mcp`: code execution for AI agents over the Model Context Protocol: stateful
+/// Python sessions and shell commands, each session a micro-VM forked from a warm snapshot.
+struct MCPCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mcp",
+        abstract: "Serve stateful Python sessions and commands in micro-VMs to AI agents (Model Context Protocol).",
+        discussion: """
+        Tools: run_python, run_command, write_file, read_file, list_files, reset_session, close_session. \
+        Each session is a micro-VM forked from a warm snapshot of a Python driver (booted once): its \
+        variables, imports and files (an in-memory workspace, /workspace) persist between calls and no \
+        session sees another's. Without --listen the server speaks MCP over stdin and stdout (what a desktop \
+        agent spawns); with it, streamable HTTP at http://HOST:PORT/mcp. Logs go to stderr. Examples:
+          kvmsandbox mcp
+          kvmsandbox mcp --listen 127.0.0.1:8765 --max-sessions 32 --timeout 60s
+          kvmsandbox mcp --python-path /srv/wheels --preload numpy,pandas
+        """)
+
+    @Option(name: .long, help: "HOST:PORT to serve streamable HTTP on (the endpoint is /mcp); without it, stdio.")
+    var listen: String?
+
+    @Option(name: .long, parsing: .unconditional, help: "Wall-clock limit of each cell or command, in seconds or with a unit (default 30s); past it the session restarts empty.")
+    var timeout: Seconds = 30
+
+    @Option(name: .long, help: "Sessions open at once (default 16).")
+    var maxSessions: Int = 16
+
+    @Option(name: .long, parsing: .unconditional, help: "Close a session unused for this long (default 10m).")
+    var sessionIdle: Seconds = 600
+
+    @Option(name: .long, help: "Guest memory per session in MiB or with a unit (default 1G), committed as the session touches it.")
+    var memory: Mebibytes?
+
+    @Option(name: .long, help: "Characters of output a reply carries at most (default 65536); more is cut with a marker.")
+    var maxOutput: Int = 64 << 10
+
+    @Option(name: .long, help: "A host directory of Python packages added to sys.path, read-only (repeatable), e.g. one made by `pip install --target DIR numpy`.")
+    var pythonPath: [String] = []
+
+    @Option(name: .long, help: "Modules the warm snapshot imports, comma-separated (e.g. numpy,pandas,matplotlib), so sessions start with them loaded.")
+    var preload: String = ""
+
+    @Option(name: .long, help: "The Python interpreter on the host (it runs inside the VMs).")
+    var python: String = "/usr/bin/python3"
+
+    @OptionGroup var files: FileOptions
+
+    @Option(name: .customLong("env"), help: "NAME=value for the sessions' environment (repeatable).")
+    var environment: [String] = []
+
+    @Option(name: .customLong("allow-connect"), help: "IPv4:PORT sessions may connect to (repeatable); every other connect is EACCES.")
+    var allowConnect: [String] = []
+
+    @Flag(name: .customLong("no-system-view"), help: "Do not show the default read-only system view: only the grants (the interpreter's files must then be granted).")
+    var noSystemView = false
+
+    @Option(name: .long, help: "Least severe log lines written to stderr: trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "notice"
+
+    func validate() throws {
+        try OptionChecks.timeout(timeout.value)
+        try OptionChecks.timeout(sessionIdle.value)
+        guard (1...4096).contains(maxSessions) else { throw ValidationError("--max-sessions must be between 1 and 4096") }
+        guard (256...(16 << 20)).contains(maxOutput) else { throw ValidationError("--max-output must be between 256 and 16777216 characters") }
+        _ = try OptionChecks.mebibytes(memory?.count ?? 1024, option: "--memory")
+        if let listen { _ = try Serve.address(listen) }
+        for destination in allowConnect where LinuxDestination.parse(destination) == nil {
+            throw ValidationError("--allow-connect takes IPv4:PORT (e.g. 127.0.0.1:5432), not \(destination)")
+        }
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        if let problem = try agentConfiguration().problem { throw ValidationError(problem) }
+    }
+
+    /// The sessions' configuration from the options.
+    func agentConfiguration() throws -> AgentConfiguration {
+        var configuration = AgentConfiguration()
+        configuration.sandbox.memorySize = try OptionChecks.mebibytes(memory?.count ?? 1024, option: "--memory")
+        configuration.sandbox.files = try files.grants()
+        configuration.sandbox.memoryDirectories = files.memoryDirectories(grants: configuration.sandbox.files)
+        configuration.sandbox.environment = Run.environment(environment)
+        configuration.sandbox.allowedConnections = allowConnect
+        configuration.sandbox.systemView = !noSystemView
+        configuration.sandbox.timeout = 120  // the driver's boot
+        configuration.cellTimeout = .milliseconds(Int64((timeout.value * 1000).rounded()))
+        configuration.sessionIdle = .milliseconds(Int64((sessionIdle.value * 1000).rounded()))
+        configuration.maximumSessions = maxSessions
+        configuration.outputLimit = maxOutput
+        configuration.pythonPath = pythonPath.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 }
+        configuration.preload = preload.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        return configuration
+    }
+
+    func run() async throws {
+        LineLogHandler.bootstrap(format: .text, level: Logger.Level(rawValue: logLevel) ?? .notice)
+        let log = Logger(label: "kvmsandbox.mcp")
+        var configuration = try agentConfiguration()
+        do { configuration.python = try Program.lookup(python, searchPath: ProcessInfo.processInfo.environment["PATH"]).executable } catch {
+            log.critical("\(python): \(error)")
+            throw ExitCode(ExitStatus.sandboxError)
+        }
+        let manager: SessionManager
+        do {
+            manager = try SessionManager(configuration: configuration, logger: log)
+            // Boot the warm snapshot now: the first session then opens in a millisecond, and a
+            // driver that cannot start is a clear error at once, not in the agent's first call.
+            try await manager.boot()
+        } catch {
+            log.critical("\(error)")
+            throw ExitCode(ExitStatus.sandboxError)
+        }
+        let server = AgentServer(manager: manager, logger: log)
+        guard let listen else {
+            log.notice("MCP over stdio: \(configuration.python) sessions, at most \(configuration.maximumSessions), \(timeout.value) s per call")
+            try await server.serveStandardStreams()
+            return
+        }
+        let (host, port) = try Serve.address(listen)
+        if let problem = Serve.listeningProblem(host: host, port: port) {
+            log.critical("cannot listen on \(listen): \(problem)")
+            throw ExitCode(ExitStatus.sandboxError)
+        }
+        let service = ServingService(onGracefulShutdown: {}) {
+            try await server.serveHTTP(host: host, port: port) { bound in
+                log.notice("MCP over streamable HTTP at http://\(host):\(bound)/mcp")
+            }
+        }
+        var lifecycle = Logger(label: "kvmsandbox.lifecycle")
+        lifecycle.logLevel = .warning
+        let group = ServiceGroup(configuration: .init(services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint], logger: lifecycle))
+        try await group.run()
+        let counters = await manager.counters
+        log.notice("sessions opened \(counters.opened), requests \(counters.requests), timeouts \(counters.timeouts), restarts \(counters.restarts)")
+    }
+}
