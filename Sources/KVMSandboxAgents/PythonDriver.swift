@@ -12,6 +12,7 @@ enum PythonDriver {
     static let marker: [UInt8] = Array("\u{1E}KVMSANDBOX-RESULT\u{1E}".utf8)
 
     /// The interpreter's arguments: `python3 -u -c SOURCE PRELOAD` (PRELOAD: module names, comma-separated).
+    /// A name after `?` is optional: skipped quietly when the module is not installed.
     static func arguments(preload: [String]) -> [String] {
         ["python3", "-u", "-c", source, preload.joined(separator: ",")]
     }
@@ -30,11 +31,13 @@ os.makedirs(WORKSPACE + "/outputs", exist_ok=True)
 os.chdir(WORKSPACE)
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("MPLCONFIGDIR", "/tmp/matplotlib")
+# Preloaded modules; a name after "?" is optional (no complaint when it is not installed).
 for name in filter(None, (sys.argv[1] if len(sys.argv) > 1 else "").split(",")):
     try:
-        __import__(name)
+        __import__(name.lstrip("?"))
     except Exception as error:
-        print("preload %s: %s" % (name, error), file=sys.stderr)
+        if not name.startswith("?"):
+            print("preload %s: %s" % (name, error), file=sys.stderr)
 if "matplotlib" in sys.modules:
     import matplotlib.pyplot
 

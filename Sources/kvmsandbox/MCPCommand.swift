@@ -47,6 +47,9 @@ struct MCPCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Modules the warm snapshot imports, comma-separated (e.g. numpy,pandas,matplotlib), so sessions start with them loaded.")
     var preload: String = ""
 
+    @Flag(name: .customLong("no-matplotlib"), help: "Do not import matplotlib into the warm snapshot (it is, when installed: a session's first plot then takes milliseconds, not the seconds of building its font cache).")
+    var noMatplotlib = false
+
     @Option(name: .long, help: "The Python interpreter on the host (it runs inside the VMs).")
     var python: String = "/usr/bin/python3"
 
@@ -93,6 +96,7 @@ struct MCPCommand: AsyncParsableCommand {
         configuration.cellTimeout = .milliseconds(Int64((timeout.value * 1000).rounded()))
         configuration.sessionIdle = .milliseconds(Int64((sessionIdle.value * 1000).rounded()))
         configuration.maximumSessions = maxSessions
+        configuration.preloadsMatplotlib = !noMatplotlib
         configuration.outputLimit = maxOutput
         configuration.pythonPath = pythonPath.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 }
         configuration.preload = preload.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
