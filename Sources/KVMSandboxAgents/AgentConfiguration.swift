@@ -14,6 +14,9 @@ public struct AgentConfiguration: Sendable {
     public var cellTimeout: Duration = .seconds(30)
     /// Sessions open at once; past it, opening one fails with a clear error.
     public var maximumSessions = 16
+    /// Sessions forked and warmed up ahead of need, so that a new session answers its first
+    /// cell as fast as a warm one (each holds the pages one empty cell touches).
+    public var spareSessions = 2
     /// A session nobody used for this long is closed (nil: never).
     public var sessionIdle: Duration? = .seconds(600)
     /// Characters of stdout, stderr, a result or a traceback a reply carries at most; longer
@@ -65,6 +68,7 @@ public struct AgentConfiguration: Sendable {
     /// What cannot work, or nil.
     public var problem: String? {
         if maximumSessions < 1 { return "at least one session must be allowed" }
+        if spareSessions < 0 || spareSessions > 64 { return "spare sessions must be between 0 and 64" }
         if cellTimeout <= .zero { return "the cell timeout must be positive" }
         if let sessionIdle, sessionIdle <= .zero { return "the idle time must be positive" }
         if outputLimit < 256 { return "the output limit must be at least 256 characters" }

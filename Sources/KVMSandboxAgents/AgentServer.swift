@@ -38,7 +38,7 @@ public struct AgentServer: Sendable {
     /// Serves one client over this process's stdin and stdout until it closes them.
     public func serveStandardStreams() async throws {
         let server = await makeServer()
-        try await server.start(transport: StdioTransport(logger: logger))
+        try await server.start(transport: LineTransport(logger: logger))
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await manager.reapIdleSessions() }
             await server.waitUntilCompleted()

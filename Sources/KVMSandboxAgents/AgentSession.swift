@@ -9,9 +9,7 @@ final class AgentSession: @unchecked Sendable {
     // @unchecked: `vm` and `needsRestart` are touched only by jobs on `queue`, one at a time;
     // the rest is immutable or behind `activity`.
 
-    /// The name the agent gave the session.
-    let id: String
-    private let queue: DispatchQueue
+    private let queue = DispatchQueue(label: "kvmsandbox.session")
     private let vm: Sandbox
     /// Set when a request ended the interpreter (a timeout, an exit, an unreadable answer):
     /// the next one starts from the snapshot again.
@@ -26,12 +24,23 @@ final class AgentSession: @unchecked Sendable {
         var running = false
     }
 
-    /// Forks `snapshot` for a new session called `id`.
-    init(id: String, snapshot: Snapshot) throws {
-        self.id = id
+    /// Forks `snapshot` for a new session.
+    init(snapshot: Snapshot) throws {
         vm = try snapshot.fork()
-        queue = DispatchQueue(label: "kvmsandbox.session.\(id.prefix(64))")
         activity = Mutex(Activity())
+    }
+
+    /// Runs one empty turn, so that the pages a turn touches are mapped (and on PVM shadowed)
+    /// before an agent's first cell: a spare session answers its first cell as fast as a warm one.
+    /// True when the session is sound afterwards.
+    func warmUp(timeout: Double) async -> Bool {
+        _ = await perform(.run("print(end='')"), timeout: timeout, outputLimit: 256)
+        let reply = await perform(.run("print(end='')"), timeout: timeout, outputLimit: 256)
+        activity.withLock {
+            $0.requests = 0
+            $0.lastUsed = .now
+        }
+        return reply.error == nil
     }
 
     /// What the session has done so far.
@@ -60,8 +69,20 @@ final class AgentSession: @unchecked Sendable {
         }
     }
 
-    /// `perform`, on the session's queue.
+    /// `perform`, on the session's queue, with the VM's exits and time filled in.
     private func performHere(_ request: SessionRequest, timeout: Double, outputLimit: Int) -> SessionReply {
+        let started = ContinuousClock.now
+        let exits = vm.statistics.exits
+        var reply = turn(request, timeout: timeout, outputLimit: outputLimit)
+        reply.exits = vm.statistics.exits &- exits
+        let elapsed = (ContinuousClock.now - started).components
+        reply.microseconds = Int(elapsed.seconds) * 1_000_000 + Int(elapsed.attoseconds / 1_000_000_000_000)
+        return reply
+    }
+
+    /// One turn of the driver: `request` in, its reply out (a failure the host saw when there
+    /// is no readable reply, and the session restarts at the next request).
+    private func turn(_ request: SessionRequest, timeout: Double, outputLimit: Int) -> SessionReply {
         let frame: [UInt8]
         do { frame = try request.frame() } catch {
             return .failure("InvalidRequest", "the request could not be encoded: \(error)")

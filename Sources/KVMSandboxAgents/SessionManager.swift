@@ -9,6 +9,9 @@ public actor SessionManager {
     public nonisolated let configuration: AgentConfiguration
     private var snapshot: Snapshot?
     private var sessions: [String: AgentSession] = [:]
+    /// Forks made and warmed up ahead of need (`AgentConfiguration.spareSessions`).
+    private var spares: [AgentSession] = []
+    private var refilling = false
     private let logger: Logger
     /// Counters for the log and the `status` of the server.
     public private(set) var counters = Counters()
@@ -76,6 +79,7 @@ public actor SessionManager {
             throw .bootFailed("the driver ended before it was ready (\(outcome))" + (tail.isEmpty ? "" : ":\n" + tail))
         }
         do { snapshot = try Snapshot(of: sandbox) } catch { throw .bootFailed("cannot snapshot the driver: \(error)") }
+        refillSpares()
         logger.info("python sessions ready", metadata: [
             "boot_ms": "\((ContinuousClock.now - started).seconds * 1000)", "preload": "\(self.configuration.preload)",
         ])
@@ -96,11 +100,35 @@ public actor SessionManager {
         try boot()
         guard let snapshot else { throw .bootFailed("no snapshot") }
         let session: AgentSession
-        do { session = try AgentSession(id: name, snapshot: snapshot) } catch { throw .bootFailed("cannot fork a session: \(error)") }
+        if !spares.isEmpty {
+            session = spares.removeFirst()
+        } else {
+            do { session = try AgentSession(snapshot: snapshot) } catch { throw .bootFailed("cannot fork a session: \(error)") }
+        }
         sessions[name] = session
         counters.opened += 1
         logger.info("session opened", metadata: ["session": "\(name)", "open": "\(sessions.count)"])
         return (session, true)
+    }
+
+    /// Keeps `spareSessions` warmed-up forks ready, in the background (one refill at a time).
+    func refillSpares() {
+        guard !refilling, let snapshot, spares.count < configuration.spareSessions,
+              sessions.count + spares.count < configuration.maximumSessions + configuration.spareSessions else { return }
+        refilling = true
+        let timeout = configuration.cellTimeout.seconds
+        Task {
+            defer { self.refilled() }
+            guard let spare = try? AgentSession(snapshot: snapshot), await spare.warmUp(timeout: timeout) else { return }
+            self.adoptSpare(spare)
+        }
+    }
+
+    private func adoptSpare(_ spare: AgentSession) { spares.append(spare) }
+
+    private func refilled() {
+        refilling = false
+        if spares.count < configuration.spareSessions { refillSpares() }
     }
 
     /// Runs `request` in session `name` (opened when new) and returns the driver's reply.
@@ -109,12 +137,16 @@ public actor SessionManager {
         counters.requests += 1
         let started = ContinuousClock.now
         let reply = await session.perform(request, timeout: configuration.cellTimeout.seconds, outputLimit: configuration.outputLimit)
+        // Replace a spare taken for a new session only now: forking and warming one up beside
+        // the session's first cell would slow that cell down.
+        refillSpares()
         if reply.error?.type == "Timeout" { counters.timeouts += 1 }
         if let type = reply.error?.type, ["Timeout", "SessionExited", "SessionRestarted", "SessionCrashed", "Interrupted"].contains(type) {
             counters.restarts += 1
         }
         logger.info("request", metadata: [
-            "session": "\(name)", "op": "\(request.op)", "ms": "\(Int((ContinuousClock.now - started).seconds * 1000))",
+            "session": "\(name)", "op": "\(request.op)", "us": "\(Int((ContinuousClock.now - started).seconds * 1e6))",
+            "vm_us": "\(reply.microseconds ?? 0)", "exits": "\(reply.exits ?? 0)",
             "error": "\(reply.error?.type ?? "-")",
         ])
         return reply
@@ -152,9 +184,10 @@ public actor SessionManager {
         return stale
     }
 
-    /// Closes every session.
+    /// Closes every session and drops the spares.
     public func closeAll() {
         for name in sessions.keys.sorted() { close(name) }
+        spares.removeAll()
     }
 
     /// Closes idle sessions every few seconds until the task is cancelled.

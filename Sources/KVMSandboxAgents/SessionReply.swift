@@ -118,6 +118,10 @@ public struct SessionReply: Codable, Sendable, Equatable {
     public var truncated: Bool?
     /// Seconds the driver spent on the request.
     public var seconds: Double?
+    /// VM exits the request took (set by the host).
+    public var exits: Int?
+    /// Microseconds the request took in the VM, from the host's side.
+    public var microseconds: Int?
 
     /// A reply that only reports a failure the host saw (a timeout, a restart).
     static func failure(_ type: String, _ message: String, stdout: String = "", stderr: String = "") -> SessionReply {

@@ -32,6 +32,9 @@ struct MCPCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Sessions open at once (default 16).")
     var maxSessions: Int = 16
 
+    @Option(name: .long, help: "Sessions forked and warmed up ahead of need (default 2), so a new session's first cell is as fast as a warm one.")
+    var spareSessions: Int = 2
+
     @Option(name: .long, parsing: .unconditional, help: "Close a session unused for this long (default 10m).")
     var sessionIdle: Seconds = 600
 
@@ -97,6 +100,7 @@ struct MCPCommand: AsyncParsableCommand {
         configuration.sessionIdle = .milliseconds(Int64((sessionIdle.value * 1000).rounded()))
         configuration.maximumSessions = maxSessions
         configuration.preloadsMatplotlib = !noMatplotlib
+        configuration.spareSessions = spareSessions
         configuration.outputLimit = maxOutput
         configuration.pythonPath = pythonPath.map { $0.hasPrefix("/") ? $0 : FileManager.default.currentDirectoryPath + "/" + $0 }
         configuration.preload = preload.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }

@@ -10,8 +10,11 @@ extension KVMTests {
     /// cells contained. (The official MCP client drives the whole server in Scripts/mcp-acceptance.)
     @Suite(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"), "needs /usr/bin/python3"))
     struct AgentSessions {
-        static func manager(timeout: Duration = .seconds(20), memory: UInt64 = 512 << 20, sessions: Int = 4) throws -> SessionManager {
+        static func manager(timeout: Duration = .seconds(20), memory: UInt64 = 512 << 20, sessions: Int = 4, spares: Int = 0,
+                            matplotlib: Bool = false) throws -> SessionManager {
             var configuration = AgentConfiguration()
+            configuration.spareSessions = spares
+            configuration.preloadsMatplotlib = matplotlib
             configuration.cellTimeout = timeout
             configuration.sandbox.memorySize = memory
             configuration.maximumSessions = sessions
@@ -80,7 +83,8 @@ extension KVMTests {
         }
 
         @Test func sessionsDoNotSeeEachOther() async throws {
-            let manager = try Self.manager()
+            // (With spare sessions: forks warmed up ahead of need are as fresh as new ones.)
+            let manager = try Self.manager(spares: 2)
             _ = try await manager.perform(.run("secret = 'a'\nopen('mine.txt', 'w').write('a')"), in: "a")
             let reply = try await manager.perform(.run("import os\n(os.listdir('.'), 'secret' in globals())"), in: "b")
             #expect(reply.result == "(['outputs'], False)", "\(reply)")
@@ -134,7 +138,7 @@ extension KVMTests {
                 Issue.record("python3-matplotlib is not installed (.ci/run installs it)")
                 return
             }
-            let manager = try Self.manager(timeout: .seconds(60))
+            let manager = try Self.manager(timeout: .seconds(60), matplotlib: true)
             let result = await AgentTools.call("run_python", arguments: [
                 "code": "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('squares')",
                 "session": "plot",
