@@ -180,16 +180,24 @@ async def over_http(body):
 
 
 async def bench(session):
-    """New session + first cell, and a cell in a warm session, in milliseconds (client side)."""
-    new, warm = [], []
+    """New session + first cell, and a cell in a warm session, in milliseconds (client side; the
+    server's own time and exits per cell are in each reply: printed as medians)."""
+    new, warm, vm_new, vm_warm, exits = [], [], [], [], []
+    await asyncio.sleep(1)  # the spare sessions warm up
     for i in range(20):
         started = time.perf_counter()
-        await session.call_tool("run_python", {"code": "print(1)", "session": f"b{i}"})
+        r = await session.call_tool("run_python", {"code": "print(1)", "session": f"b{i}"})
         new.append((time.perf_counter() - started) * 1000)
+        vm_new.append(structured(r)["microseconds"] / 1000)
         started = time.perf_counter()
-        await session.call_tool("run_python", {"code": "print(1)", "session": f"b{i}"})
+        r = await session.call_tool("run_python", {"code": "print(1)", "session": f"b{i}"})
         warm.append((time.perf_counter() - started) * 1000)
+        vm_warm.append(structured(r)["microseconds"] / 1000)
+        exits.append(structured(r)["exits"])
         await session.call_tool("close_session", {"session": f"b{i}"})
+        await asyncio.sleep(0.1)  # the spare is replaced
+    print(f"bench: in the VM (server side): first cell of a new session {statistics.median(vm_new):.2f} ms, "
+          f"warm cell {statistics.median(vm_warm):.2f} ms, {statistics.median(exits):.0f} exits per warm cell")
     return statistics.median(new), statistics.median(warm)
 
 
@@ -202,6 +210,30 @@ def native_python():
     return statistics.median(runs)
 
 
+def jupyter_kernel():
+    """A Jupyter kernel's start + first print(1), and its warm execute round trip, in ms (None
+    when jupyter_client and ipykernel are not installed: `pip install jupyter_client ipykernel`)."""
+    try:
+        from jupyter_client.manager import start_new_kernel
+    except ImportError:
+        return None
+    new, warm = [], []
+    for _ in range(5):
+        started = time.perf_counter()
+        manager, client = start_new_kernel(kernel_name="python3")
+        try:
+            client.execute_interactive("print(1)", timeout=60, output_hook=lambda message: None)
+            new.append((time.perf_counter() - started) * 1000)
+            for _ in range(10):
+                started = time.perf_counter()
+                client.execute_interactive("print(1)", timeout=60, output_hook=lambda message: None)
+                warm.append((time.perf_counter() - started) * 1000)
+        finally:
+            client.stop_channels()
+            manager.shutdown_kernel(now=True)
+    return statistics.median(new), statistics.median(warm)
+
+
 async def main():
     await over_stdio(lambda s: scenario(s, "stdio"))
     await over_http(lambda s: scenario(s, "http"))
@@ -211,6 +243,9 @@ async def main():
         native = native_python()
         print(f"bench: new session + print(1): stdio {new:.2f} ms, http {http_new:.2f} ms; warm cell: stdio {warm:.2f} ms, "
               f"http {http_warm:.2f} ms; native python3 -c 'print(1)': {native:.2f} ms (medians of 20, client side)")
+        jupyter = jupyter_kernel()
+        print("bench: jupyter kernel: " + ("not installed (pip install jupyter_client ipykernel)" if jupyter is None else
+              f"start + print(1) {jupyter[0]:.1f} ms, warm execute {jupyter[1]:.2f} ms (medians)"))
     print(f"mcp: {passed} checks passed (stdio, http)")
 
 

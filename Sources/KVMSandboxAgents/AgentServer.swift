@@ -3,6 +3,7 @@ import KVMSandboxServer
 import Logging
 import MCP
 import NIOHTTP1
+import Synchronization
 
 /// `kvmsandbox mcp`: the Model Context Protocol server over stdio (what a desktop agent spawns)
 /// or streamable HTTP (stateless: each POST is answered with one JSON response), with the
@@ -27,12 +28,34 @@ public struct AgentServer: Sendable {
                             instructions: "Run Python and shell commands in isolated, stateful micro-VM sessions (tools run_python, run_command, files).",
                             capabilities: .init(tools: .init(listChanged: false)))
         let tools = AgentTools.tools(manager.configuration)
-        let manager = self.manager
+        let manager = self.manager, inFlight = self.inFlight
         await server.withMethodHandler(ListTools.self) { _ in ListTools.Result(tools: tools) }
         await server.withMethodHandler(CallTool.self) { parameters in
-            await AgentTools.call(parameters.name, arguments: parameters.arguments ?? [:], manager: manager)
+            inFlight.withLock { $0 += 1 }
+            defer { inFlight.withLock { $0 -= 1 } }
+            return await AgentTools.call(parameters.name, arguments: parameters.arguments ?? [:], manager: manager)
         }
         return server
+    }
+
+    /// Tool calls being answered now.
+    private let inFlight = Counter()
+
+    /// A count shared by the handlers of every MCP server this one makes.
+    final class Counter: Sendable {
+        private let value = Mutex(0)
+        func withLock<R>(_ body: (inout Int) -> R) -> R { value.withLock { body(&$0) } }
+    }
+
+    /// Waits until no tool call is being answered (at most `limit`): a client that closes its
+    /// end right after sending still gets the answers to what it sent.
+    func drain(limit: Duration) async {
+        let deadline = ContinuousClock.now + limit
+        // (A request read just before the end of file may not have reached its handler yet.)
+        try? await Task.sleep(for: .milliseconds(50))
+        while inFlight.withLock({ $0 }) > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
     }
 
     /// Serves one client over this process's stdin and stdout until it closes them.
@@ -42,8 +65,10 @@ public struct AgentServer: Sendable {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await manager.reapIdleSessions() }
             await server.waitUntilCompleted()
+            await drain(limit: manager.configuration.cellTimeout + .seconds(5))
             group.cancelAll()
         }
+        await server.stop()
         await manager.closeAll()
     }
 
