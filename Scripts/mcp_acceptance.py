@@ -153,8 +153,9 @@ async def over_stdio(body):
 
 @asynccontextmanager
 async def http_server():
-    port = free_port()
-    server = subprocess.Popen([BINARY] + SERVER_ARGS + ["--listen", f"127.0.0.1:{port}"], stderr=subprocess.PIPE, text=True)
+    port, metrics = free_port(), free_port()
+    server = subprocess.Popen([BINARY] + SERVER_ARGS + ["--listen", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{metrics}"],
+                              stderr=subprocess.PIPE, text=True)
     try:
         for line in server.stderr:
             if "/mcp" in line:
@@ -162,6 +163,11 @@ async def http_server():
         else:
             raise SystemExit("mcp: FAILED: the HTTP server did not start")
         yield f"http://127.0.0.1:{port}/mcp"
+        import urllib.request
+        exposition = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
+        counted = [line for line in exposition.splitlines() if line.startswith("kvmsandbox_mcp_requests_total")]
+        check(any('outcome="timeout"' in line for line in counted) and any('op="run"' in line and 'outcome="ok"' in line for line in counted),
+              f"http: Prometheus metrics count the tool calls ({len(counted)} series)", exposition[:3000])
     finally:
         server.send_signal(signal.SIGTERM)
         try:

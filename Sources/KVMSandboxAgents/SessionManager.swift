@@ -1,6 +1,7 @@
 import Dispatch
 import KVMSandbox
 import Logging
+import Metrics
 
 /// The sessions of `kvmsandbox mcp`: one micro-VM each, forked from a warm snapshot of the
 /// Python driver (booted once), created on first use, closed on request or when idle.
@@ -15,6 +16,8 @@ public actor SessionManager {
     private let logger: Logger
     /// Counters for the log and the `status` of the server.
     public private(set) var counters = Counters()
+    /// The same figures through swift-metrics (`kvmsandbox mcp --metrics`: Prometheus).
+    private let metrics = AgentMetrics()
 
     /// What the sessions did so far.
     public struct Counters: Sendable, Equatable {
@@ -107,6 +110,7 @@ public actor SessionManager {
         }
         sessions[name] = session
         counters.opened += 1
+        metrics.opened(open: sessions.count)
         logger.info("session opened", metadata: ["session": "\(name)", "open": "\(sessions.count)"])
         return (session, true)
     }
@@ -140,6 +144,7 @@ public actor SessionManager {
         // Replace a spare taken for a new session only now: forking and warming one up beside
         // the session's first cell would slow that cell down.
         refillSpares()
+        metrics.request(op: request.op, reply: reply, duration: ContinuousClock.now - started)
         if reply.error?.type == "Timeout" { counters.timeouts += 1 }
         if let type = reply.error?.type, ["Timeout", "SessionExited", "SessionRestarted", "SessionCrashed", "Interrupted"].contains(type) {
             counters.restarts += 1
@@ -158,6 +163,7 @@ public actor SessionManager {
         guard let session = sessions.removeValue(forKey: name) else { return false }
         session.interrupt()
         counters.closed += 1
+        metrics.closed(open: sessions.count)
         logger.info("session closed", metadata: ["session": "\(name)", "open": "\(sessions.count)"])
         return true
     }

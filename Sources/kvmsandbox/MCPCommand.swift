@@ -4,6 +4,8 @@ import KVMSandbox
 import KVMSandboxAgents
 import KVMSandboxServer
 import Logging
+import Metrics
+import Prometheus
 import ServiceLifecycle
 
 /// `kvmsandbox mcp`: code execution for AI agents over the Model Context Protocol: stateful
@@ -67,7 +69,10 @@ struct MCPCommand: AsyncParsableCommand {
     @Flag(name: .customLong("no-system-view"), help: "Do not show the default read-only system view: only the grants (the interpreter's files must then be granted).")
     var noSystemView = false
 
-    @Option(name: .long, help: "Least severe log lines written to stderr: trace, debug, info, notice, warning, error or critical.")
+    @Option(name: .long, help: "HOST:PORT for a Prometheus /metrics endpoint (sessions, tool calls by operation and outcome, durations, exits; also /healthz, /readyz).")
+    var metrics: String?
+
+    @Option(name: .long, help: "Least severe log lines written to stderr: trace, debug, info (one line per tool call), notice, warning, error or critical.")
     var logLevel: String = "notice"
 
     func validate() throws {
@@ -77,6 +82,7 @@ struct MCPCommand: AsyncParsableCommand {
         guard (256...(16 << 20)).contains(maxOutput) else { throw ValidationError("--max-output must be between 256 and 16777216 characters") }
         _ = try OptionChecks.mebibytes(memory?.count ?? 1024, option: "--memory")
         if let listen { _ = try Serve.address(listen) }
+        if let metrics { _ = try Serve.address(metrics) }
         for destination in allowConnect where LinuxDestination.parse(destination) == nil {
             throw ValidationError("--allow-connect takes IPv4:PORT (e.g. 127.0.0.1:5432), not \(destination)")
         }
@@ -115,6 +121,9 @@ struct MCPCommand: AsyncParsableCommand {
             log.critical("\(python): \(error)")
             throw ExitCode(ExitStatus.sandboxError)
         }
+        // swift-metrics to Prometheus, before the session manager makes its counters.
+        let registry = metrics.map { _ in PrometheusCollectorRegistry() }
+        if let registry { MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry)) }
         let manager: SessionManager
         do {
             manager = try SessionManager(configuration: configuration, logger: log)
@@ -126,24 +135,33 @@ struct MCPCommand: AsyncParsableCommand {
             throw ExitCode(ExitStatus.sandboxError)
         }
         let server = AgentServer(manager: manager, logger: log)
-        guard let listen else {
-            log.notice("MCP over stdio: \(configuration.python) sessions, at most \(configuration.maximumSessions), \(timeout.value) s per call")
-            try await server.serveStandardStreams()
-            return
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let registry {
+            let (metricsHost, metricsPort) = try Serve.address(metrics ?? "")
+            services.append(.init(service: MetricsEndpoint(host: metricsHost, port: metricsPort, registry: registry, help: SessionManager.metricHelp, bound: { bound in
+                log.notice("metrics on http://\(metricsHost):\(bound)/metrics (also /healthz, /readyz)")
+            })))
         }
-        let (host, port) = try Serve.address(listen)
-        if let problem = Serve.listeningProblem(host: host, port: port) {
-            log.critical("cannot listen on \(listen): \(problem)")
-            throw ExitCode(ExitStatus.sandboxError)
-        }
-        let service = ServingService(onGracefulShutdown: {}) {
-            try await server.serveHTTP(host: host, port: port) { bound in
-                log.notice("MCP over streamable HTTP at http://\(host):\(bound)/mcp")
+        if let listen {
+            let (host, port) = try Serve.address(listen)
+            if let problem = Serve.listeningProblem(host: host, port: port) {
+                log.critical("cannot listen on \(listen): \(problem)")
+                throw ExitCode(ExitStatus.sandboxError)
             }
+            services.append(.init(service: ServingService {
+                try await server.serveHTTP(host: host, port: port) { bound in
+                    log.notice("MCP over streamable HTTP at http://\(host):\(bound)/mcp")
+                }
+            }))
+        } else {
+            log.notice("MCP over stdio: \(configuration.python) sessions, at most \(configuration.maximumSessions), \(timeout.value) s per call")
+            // The client closing stdin ends the server (and the metrics endpoint with it).
+            services.append(.init(service: ServingService { try await server.serveStandardStreams() },
+                                  successTerminationBehavior: .gracefullyShutdownGroup))
         }
         var lifecycle = Logger(label: "kvmsandbox.lifecycle")
         lifecycle.logLevel = .warning
-        let group = ServiceGroup(configuration: .init(services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint], logger: lifecycle))
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: lifecycle))
         try await group.run()
         let counters = await manager.counters
         log.notice("sessions opened \(counters.opened), requests \(counters.requests), timeouts \(counters.timeouts), restarts \(counters.restarts)")
