@@ -93,14 +93,19 @@ async def scenario(session, transport):
     r = await call("run_command", {"command": "printf 'b\\na\\n' | sort | tr a-z A-Z", "session": "one"})
     check(structured(r).get("exitStatus") == 0 and structured(r)["stdout"] == "A\nB\n", f"{transport}: run_command with a pipeline", text(r))
 
+    await call("run_python", {"code": "state = 'kept'", "session": "loop"})
     started = time.monotonic()
     r = await call("run_python", {"code": "while True:\n    pass", "session": "loop"})
     check(failed(r) and structured(r)["error"]["type"] == "Timeout" and time.monotonic() - started < 30,
-          f"{transport}: a looping cell is stopped at its timeout ({time.monotonic() - started:.1f} s)", text(r))
+          f"{transport}: a looping cell is stopped at its timeout ({time.monotonic() - started:.1f} s: KeyboardInterrupt)", text(r))
     r = await call("run_python", {"code": "print('fresh')", "session": "fresh"})
     check("fresh" in text(r), f"{transport}: the next cell of a fresh session works")
+    r = await call("run_python", {"code": "state", "session": "loop"})
+    check(structured(r).get("result") == "'kept'", f"{transport}: and the interrupted session kept its state", text(r))
+    r = await call("run_python", {"code": "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass", "session": "loop"})
+    check(failed(r) and "restarted" in structured(r)["error"]["message"], f"{transport}: a cell that ignores the interrupt is ended, its session restarted", text(r))
     r = await call("run_python", {"code": "print('again')", "session": "loop"})
-    check("again" in text(r), f"{transport}: and so does the timed-out session, restarted")
+    check("again" in text(r), f"{transport}: which then works")
 
     r = await call("run_python", {"code": "'answer' in globals(), sorted(__import__('os').listdir('.'))", "session": "two"})
     check(structured(r)["result"] == "(False, ['outputs'])", f"{transport}: another session sees neither the variables nor the files", text(r))

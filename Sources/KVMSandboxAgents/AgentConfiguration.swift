@@ -10,7 +10,9 @@ public struct AgentConfiguration: Sendable {
     public var python = "/usr/bin/python3"
     /// Where each session's files live inside its VM: an in-memory directory of its own.
     public var workspace = "/workspace"
-    /// Wall-clock limit of one cell or command; past it the session is restarted.
+    /// Wall-clock limit of one cell or command: then a SIGINT (KeyboardInterrupt, the session
+    /// keeps its state); a cell that does not stop for it is ended a grace period later
+    /// (a quarter of the limit, 0.5 to 3 s) and the session restarts empty.
     public var cellTimeout: Duration = .seconds(30)
     /// Sessions open at once; past it, opening one fails with a clear error.
     public var maximumSessions = 16

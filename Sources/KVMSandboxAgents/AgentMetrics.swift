@@ -14,7 +14,7 @@ struct AgentMetrics: Sendable {
         "kvmsandbox_mcp_sessions_opened_total": "Sessions opened (a fork of the warm snapshot each).",
         "kvmsandbox_mcp_sessions_closed_total": "Sessions closed by the agent, for idleness or at shutdown.",
         "kvmsandbox_mcp_sessions_open": "Sessions open now.",
-        "kvmsandbox_mcp_requests_total": "Tool calls that ran in a session, by operation (run, command, read, write, list) and outcome (ok, error: the code raised, timeout, restarted: the interpreter ended).",
+        "kvmsandbox_mcp_requests_total": "Tool calls that ran in a session, by operation (run, command, read, write, list) and outcome (ok, error: the code raised, timeout: interrupted at the limit, restarted: the interpreter ended).",
         "kvmsandbox_mcp_request_duration_seconds": "Time a tool call took in the server.",
         "kvmsandbox_mcp_request_vm_exits": "VM exits a tool call took.",
     ]
@@ -36,8 +36,7 @@ struct AgentMetrics: Sendable {
         switch reply.error?.type {
         case nil: outcome = "ok"
         case "Timeout": outcome = "timeout"
-        case "SessionExited", "SessionRestarted", "SessionCrashed", "Interrupted", "SessionBroken": outcome = "restarted"
-        default: outcome = "error"
+        default: outcome = reply.restarted == true ? "restarted" : "error"
         }
         Counter(label: "kvmsandbox_mcp_requests_total", dimensions: [("op", op), ("outcome", outcome)]).increment()
         let (seconds, attoseconds) = elapsed.components

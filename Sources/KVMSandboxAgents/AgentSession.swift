@@ -1,6 +1,9 @@
 import Dispatch
 import KVMSandbox
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One agent session: a fork of the warm driver snapshot, kept (not reset) from one cell to the
 /// next so its variables, imports and files persist. Requests run one at a time on the
@@ -97,16 +100,32 @@ final class AgentSession: @unchecked Sendable {
         }
         vm.startTurn()
         vm.standardInput = .bytes(frame)
-        vm.timeout = timeout
+        // At `timeout` a SIGINT (KeyboardInterrupt in the cell: the session keeps its state);
+        // a cell that does not stop for it is ended `grace` later and the session restarts.
+        let grace = min(max(timeout / 4, 0.5), 3)
+        vm.timeout = timeout + grace
+        let signals = vm.signalSender
+        let interrupted = Mutex(false)
+        let softTimeout = DispatchWorkItem {
+            interrupted.withLock { $0 = true }
+            signals.send(SIGINT)
+        }
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: softTimeout)
         let outcome: RunOutcome
         do { outcome = try vm.runUntilInputNeeded() } catch {
+            softTimeout.cancel()
             needsRestart = true
             return .failure("SessionBroken", "the session's VM failed: \(error)")
         }
+        softTimeout.cancel()
         let stdout = vm.capturedOutput(fd: 1), stderr = vm.capturedOutput(fd: 2)
         let rawError = String(decoding: stderr.prefix(outputLimit), as: UTF8.self)
         if outcome == .ready, var reply = SessionReply.parse(stdout, limit: outputLimit) {
             if !rawError.isEmpty { reply.stderr = rawError + (reply.stderr ?? "") }
+            if interrupted.withLock({ $0 }), reply.error?.type == "KeyboardInterrupt" {
+                reply.error?.type = "Timeout"
+                reply.error?.message = "the request ran past its \(Self.format(timeout)) s limit and was interrupted (KeyboardInterrupt); the session keeps its variables and files"
+            }
             return reply
         }
         needsRestart = true
@@ -116,7 +135,7 @@ final class AgentSession: @unchecked Sendable {
         let reply: SessionReply
         switch outcome {
         case .timedOut:
-            reply = .failure("Timeout", "the request ran past its \(Self.format(timeout)) s limit and was stopped. \(lost)")
+            reply = .failure("Timeout", "the request ran past its \(Self.format(timeout)) s limit and did not stop when interrupted. \(lost)")
         case .exited(let status):
             reply = .failure("SessionExited", "the interpreter exited with status \(status) (os._exit or a fatal error). \(lost)")
         case .interrupted:
@@ -129,6 +148,7 @@ final class AgentSession: @unchecked Sendable {
         var withOutput = reply
         withOutput.stdout = printed.replacingMarker()
         withOutput.stderr = rawError
+        withOutput.restarted = true
         return withOutput
     }
 

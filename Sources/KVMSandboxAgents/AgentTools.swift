@@ -19,7 +19,7 @@ public enum AgentTools {
                  and files persist between calls of the same session. Returns stdout, stderr, the repr of the last \
                  expression, and an exception with its traceback. matplotlib figures (and images saved under outputs/) \
                  come back as images. The working directory is the session's workspace \(configuration.workspace). \
-                 No network; each call is stopped after \(timeout) s (the session then restarts empty).
+                 No network. A call running past \(timeout) s is interrupted (KeyboardInterrupt; the session keeps its state).
                  """,
                  inputSchema: ["type": "object", "properties": [
                     "code": ["type": "string", "description": "Python source to run as one cell."],

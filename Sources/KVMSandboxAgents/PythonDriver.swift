@@ -41,6 +41,17 @@ for name in filter(None, (sys.argv[1] if len(sys.argv) > 1 else "").split(",")):
 if "matplotlib" in sys.modules:
     import matplotlib.pyplot
 
+# The host's soft timeout is a SIGINT: KeyboardInterrupt inside a cell (the session keeps its
+# state), nothing between cells.
+import signal
+in_cell = False
+
+def on_interrupt(number, frame):
+    if in_cell:
+        raise KeyboardInterrupt
+
+signal.signal(signal.SIGINT, on_interrupt)
+
 # The frames come on a descriptor of the driver's own; a cell's stdin is empty.
 REQUESTS = os.dup(0)
 ANSWERS = os.fdopen(os.dup(1), "wb", buffering=0)
@@ -151,11 +162,13 @@ def collect_images(before):
     return images
 
 def run_cell(code):
+    global in_cell
     stdout, stderr = Capped(), Capped()
     reply = {"result": None, "error": None}
     before = outputs_state()
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = stdout, stderr
+    in_cell = True
     try:
         tree = ast.parse(code, "<cell>", "exec")
         last = None
@@ -178,6 +191,7 @@ def run_cell(code):
             reply["error"] = {"type": type(error).__name__, "message": capped(str(error)),
                               "traceback": capped("".join(frames))}
     finally:
+        in_cell = False
         sys.stdout, sys.stderr = saved
     try:
         reply["images"] = collect_images(before)
@@ -188,15 +202,19 @@ def run_cell(code):
     return reply
 
 def run_command(request):
+    global in_cell
     import subprocess
     command = request.get("argv") or request.get("command")
+    in_cell = True
     try:
         done = subprocess.run(command, shell=isinstance(command, str), input=(request.get("stdin") or "").encode(),
                               capture_output=True, cwd=WORKSPACE)
         return {"exitStatus": done.returncode, "stdout": capped(done.stdout.decode(errors="replace")),
                 "stderr": capped(done.stderr.decode(errors="replace"))}
-    except Exception as error:
+    except BaseException as error:
         return {"error": {"type": type(error).__name__, "message": str(error), "traceback": ""}}
+    finally:
+        in_cell = False
 
 def write_file(request):
     full = inside(request["path"])

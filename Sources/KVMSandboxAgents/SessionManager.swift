@@ -146,9 +146,7 @@ public actor SessionManager {
         refillSpares()
         metrics.request(op: request.op, reply: reply, duration: ContinuousClock.now - started)
         if reply.error?.type == "Timeout" { counters.timeouts += 1 }
-        if let type = reply.error?.type, ["Timeout", "SessionExited", "SessionRestarted", "SessionCrashed", "Interrupted"].contains(type) {
-            counters.restarts += 1
-        }
+        if reply.restarted == true { counters.restarts += 1 }
         logger.info("request", metadata: [
             "session": "\(name)", "op": "\(request.op)", "us": "\(Int((ContinuousClock.now - started).seconds * 1e6))",
             "vm_us": "\(reply.microseconds ?? 0)", "exits": "\(reply.exits ?? 0)",

@@ -122,6 +122,9 @@ public struct SessionReply: Codable, Sendable, Equatable {
     public var exits: Int?
     /// Microseconds the request took in the VM, from the host's side.
     public var microseconds: Int?
+    /// Whether the request ended the interpreter, so that the session restarts from the warm
+    /// snapshot (set by the host).
+    public var restarted: Bool?
 
     /// A reply that only reports a failure the host saw (a timeout, a restart).
     static func failure(_ type: String, _ message: String, stdout: String = "", stderr: String = "") -> SessionReply {

@@ -28,7 +28,7 @@ struct MCPCommand: AsyncParsableCommand {
     @Option(name: .long, help: "HOST:PORT to serve streamable HTTP on (the endpoint is /mcp); without it, stdio.")
     var listen: String?
 
-    @Option(name: .long, parsing: .unconditional, help: "Wall-clock limit of each cell or command, in seconds or with a unit (default 30s); past it the session restarts empty.")
+    @Option(name: .long, parsing: .unconditional, help: "Wall-clock limit of each cell or command, in seconds or with a unit (default 30s): then KeyboardInterrupt (the session keeps its state); a cell that ignores it is ended and its session restarts empty.")
     var timeout: Seconds = 30
 
     @Option(name: .long, help: "Sessions open at once (default 16).")

@@ -95,17 +95,25 @@ extension KVMTests {
             await #expect(throws: SessionManager.Failure.self) { try await manager.perform(.run("1"), in: "../x") }
         }
 
-        @Test func aRunawayCellIsStoppedAndTheSessionRestarts() async throws {
+        @Test func aRunawayCellIsInterruptedAndTheSessionKeepsItsState() async throws {
             let manager = try Self.manager(timeout: .milliseconds(1500))
             _ = try await manager.perform(.run("kept = 1"), in: "r")
-            let started = ContinuousClock.now
-            var reply = try await manager.perform(.run("while True:\n    pass"), in: "r")
-            #expect(ContinuousClock.now - started < .seconds(10))
-            #expect(reply.error?.type == "Timeout", "\(reply)")
-            #expect(reply.error?.message.contains("restarted") == true)
-            reply = try await manager.perform(.run("'kept' in globals(), 1 + 1"), in: "r")
-            #expect(reply.result == "(False, 2)", "\(reply)")
-            #expect(await manager.counters.timeouts == 1)
+            // A loop, and a sleep: KeyboardInterrupt at the timeout, reported as one.
+            for code in ["while True:\n    pass", "import time\ntime.sleep(100)"] {
+                let started = ContinuousClock.now
+                let reply = try await manager.perform(.run(code), in: "r")
+                #expect(ContinuousClock.now - started < .seconds(10))
+                #expect(reply.error?.type == "Timeout", "\(reply)")
+                #expect(reply.error?.message.contains("keeps its variables") == true, "\(reply)")
+                #expect(reply.error?.traceback?.contains("<cell>") == true)
+            }
+            #expect(try await manager.perform(.run("kept + 1"), in: "r").result == "2")
+            // A cell that ignores the interrupt is ended a grace period later; the session
+            // restarts empty and says so.
+            let reply = try await manager.perform(.run("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"), in: "r")
+            #expect(reply.error?.type == "Timeout" && reply.error?.message.contains("restarted") == true, "\(reply)")
+            #expect(try await manager.perform(.run("'kept' in globals(), 1 + 1"), in: "r").result == "(False, 2)")
+            #expect(await manager.counters.timeouts == 3)
         }
 
         @Test func hostileCellsAreContained() async throws {
