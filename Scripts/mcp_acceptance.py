@@ -168,7 +168,25 @@ async def http_server():
         else:
             raise SystemExit("mcp: FAILED: the HTTP server did not start")
         yield f"http://127.0.0.1:{port}/mcp"
-        import urllib.request
+        import urllib.request, urllib.error
+
+        def post(path, body, content_type="application/json"):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST",
+                                             headers={"Content-Type": content_type, "Accept": "application/json, text/event-stream"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return response.status, response.read()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read()
+        status, _ = post("/mcp", b"{not json")
+        check(status == 400, f"http: malformed JSON gets 400 (got {status})")
+        status, _ = post("/elsewhere", b"{}")
+        check(status == 404, f"http: another path gets 404 (got {status})")
+        try:
+            status, _ = post("/mcp", b"[" + b"1," * (9 << 20) + b"1]")
+        except OSError:
+            status = 413  # the server may close the connection while the body is still coming
+        check(status == 413, f"http: an 18 MiB body is refused (got {status})")
         exposition = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
         counted = [line for line in exposition.splitlines() if line.startswith("kvmsandbox_mcp_requests_total")]
         check(any('outcome="timeout"' in line for line in counted) and any('op="run"' in line and 'outcome="ok"' in line for line in counted),

@@ -1,6 +1,6 @@
 import Foundation
 import KVMSandbox
-import KVMSandboxAgents
+@testable import KVMSandboxAgents
 import MCP
 import Testing
 
@@ -139,6 +139,55 @@ extension KVMTests {
             // The session limit.
             _ = try await manager.perform(.run("1"), in: "h2")
             await #expect(throws: SessionManager.Failure.self) { try await manager.perform(.run("1"), in: "h3") }
+        }
+
+        @Test func idleSessionsAreClosedAndPackagesComeFromThePythonPath() async throws {
+            // A package directory as `pip install --target` makes one, preloaded into the snapshot.
+            let packages = FileManager.default.temporaryDirectory.appendingPathComponent("kvmsandbox-py-\(getpid())")
+            try FileManager.default.createDirectory(at: packages.appendingPathComponent("tinypkg"), withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: packages) }
+            try "import time\nLOADED_AT = time.monotonic()\ndef double(x):\n    return 2 * x\n"
+                .write(to: packages.appendingPathComponent("tinypkg/__init__.py"), atomically: true, encoding: .utf8)
+            var configuration = AgentConfiguration()
+            configuration.spareSessions = 0
+            configuration.preloadsMatplotlib = false
+            configuration.sandbox.memorySize = 256 << 20
+            configuration.pythonPath = [packages.path]
+            configuration.preload = ["tinypkg"]
+            configuration.sessionIdle = .milliseconds(200)
+            let manager = try SessionManager(configuration: configuration)
+            var reply = try await manager.perform(.run("import sys, tinypkg\n('tinypkg' in sys.modules, tinypkg.double(21))"), in: "p")
+            #expect(reply.result == "(True, 42)", "\(reply)")
+            // The package directory is read-only to the session.
+            reply = try await manager.perform(.run("open(tinypkg.__file__, 'a')"), in: "p")
+            #expect(reply.error != nil, "\(reply)")
+            #expect(await manager.openSessions == ["p"])
+            try await Task.sleep(for: .milliseconds(400))
+            #expect(await manager.closeIdleSessions() == ["p"])
+            #expect(await manager.openSessions.isEmpty)
+            // A bad preload name is refused before anything boots.
+            configuration.preload = ["os; import shutil"]
+            #expect(throws: SessionManager.Failure.self) { try SessionManager(configuration: configuration) }
+        }
+
+        @Test func repliesTheHostCannotReadRestartTheSession() {
+            // The parser of what a (hostile) guest wrote: marker cut short, repeated, forged, or
+            // followed by garbage; never a crash, never more than the limit of raw output.
+            let marker = PythonDriver.marker
+            var generator = SystemRandomNumberGenerator()
+            let pieces: [[UInt8]] = [marker, Array(marker.prefix(5)), Array("{\"stdout\": \"x\"}".utf8), Array("{".utf8), [0xFF, 0x00, 0x1E],
+                                     Array("{\"result\": 1}".utf8), Array(String(repeating: "y", count: 300).utf8), Array("null".utf8)]
+            for _ in 0..<5000 {
+                var output: [UInt8] = []
+                for _ in 0..<Int.random(in: 0...6, using: &generator) { output += pieces.randomElement(using: &generator)! }
+                if let reply = SessionReply.parse(output, limit: 64) {
+                    #expect((reply.stdout?.utf8.count ?? 0) <= 64 + 300 * 6)
+                }
+            }
+            #expect(SessionReply.parse(marker + Array("{\"result\": \"4\"}\n".utf8), limit: 64)?.result == "4")
+            #expect(SessionReply.parse(Array("raw".utf8) + marker + Array("{\"stdout\": \"x\"}".utf8), limit: 64)?.stdout == "rawx")
+            #expect(SessionReply.parse(marker + Array("{\"result\": 4}".utf8), limit: 64) == nil, "a type mismatch is no reply")
+            #expect(SessionReply.parse(Array(marker.dropLast()), limit: 64) == nil)
         }
 
         @Test func figuresComeBackAsImages() async throws {
