@@ -27,6 +27,26 @@ extension KVMTests {
                     String(decoding: sandbox.capturedOutput(fd: 2), as: UTF8.self), sandbox)
         }
 
+        /// `nproc`, `os.cpu_count()` and `sched_getaffinity` say what a native run says (the CPUs
+        /// this process may use: the sandbox's processes run in parallel), or what the
+        /// configuration tells them.
+        @Test func theGuestSeesTheCPUsItsProcessesCanUse() throws {
+            let script = "import os; print(os.cpu_count(), len(os.sched_getaffinity(0)), open('/sys/devices/system/cpu/online').read().strip())"
+            let host = availableCPUs()
+            var (outcome, stdout, stderr, _) = try Self.python(script)
+            #expect(outcome == .exited(status: 0), "\(stderr)")
+            #expect(stdout == "\(host) \(host) \(host == 1 ? "0" : "0-\(host - 1)")\n")
+            var configuration = SandboxConfiguration()
+            configuration.processors = 3
+            configuration.arguments = ["/usr/bin/nproc"]
+            configuration.standardOutput = .capture
+            configuration.timeout = 30
+            let sandbox = try Sandbox(elfPath: "/usr/bin/nproc", configuration: configuration)
+            outcome = try sandbox.run()
+            stdout = String(decoding: sandbox.capturedOutput(fd: 1), as: UTF8.self)
+            #expect(outcome == .exited(status: 0) && stdout == "3\n")
+        }
+
         @Test(arguments: ["musl", "glibc"])
         func smallCallsAnswerAsLinux(libc: String) throws {
             let root = LinuxFixtures.scratch("compat-\(libc)")

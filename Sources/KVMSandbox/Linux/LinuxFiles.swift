@@ -77,7 +77,8 @@ extension LinuxPersonality {
         case "/proc/meminfo":
             let kib = space.memory.size >> 10, free = space.availableBytes >> 10
             return .memory(Array("MemTotal:       \(kib) kB\nMemFree:        \(free) kB\nMemAvailable:   \(free) kB\n".utf8))
-        case "/sys/devices/system/cpu/online", "/sys/devices/system/cpu/possible": return .memory(Array("0\n".utf8))
+        case "/sys/devices/system/cpu/online", "/sys/devices/system/cpu/possible":
+            return .memory(Array((processors == 1 ? "0\n" : "0-\(processors - 1)\n").utf8))
         case "/proc/self/maps": return .memory(Array(memoryMaps().utf8))
         case _ where systemView && SystemView.synthesized[path] != nil:
             return .memory(Array((SystemView.synthesized[path] ?? "").utf8))

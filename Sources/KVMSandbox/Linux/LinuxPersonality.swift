@@ -92,6 +92,8 @@ final class LinuxPersonality {
     var processes: ProcessTable?
     /// Whether the default system view is shown (its synthesized `/etc` files among them).
     let systemView: Bool
+    /// The CPUs the guest is told it has (1-64; `SandboxConfiguration.processors`).
+    let processors: Int
     /// Whether `execve` may run files from writable grants (`SandboxConfiguration.executesWritableFiles`).
     let executesWritableFiles: Bool
     /// Whether W^X is lifted for anonymous memory (`SandboxConfiguration.allowJIT`).
@@ -125,6 +127,7 @@ final class LinuxPersonality {
                                              grants: fileSystem.mounts.map(\.guestPath))
         self.hostMemoryLimit = Int(clamping: configuration.effectiveHostMemoryLimit)
         self.systemView = configuration.systemView
+        processors = min(max(configuration.processors ?? availableCPUs(), 1), 64)
         self.executesWritableFiles = configuration.executesWritableFiles
         self.diskQuota = configuration.diskQuota.map { Int(clamping: $0) }
         state.cwd = Self.initialDirectory(configuration.workingDirectory, fileSystem: fileSystem)

@@ -21,10 +21,10 @@ extension LinuxPersonality {
         return try limit(resource: resource, memory, old: old, new: new)
     }
 
-    /// `sched_getaffinity(pid, size, mask)`: one CPU.
+    /// `sched_getaffinity(pid, size, mask)`: CPUs 0 to `processors` - 1.
     func affinity(size: UInt64, _ memory: GuestMemoryView, into address: UInt64) throws -> HostCallEffect {
         guard size >= 8 else { return Self.fail(.invalidArgument) }
-        try memory.store(UInt64(1), at: address)
+        try memory.store(processors >= 64 ? UInt64.max : (UInt64(1) << UInt64(processors)) - 1, at: address)
         return .value(8)
     }
 

@@ -79,6 +79,11 @@ public struct SandboxConfiguration: Sendable, Codable {
     /// The most processes the guest may have at once, zombies included (`fork`/`clone` past it:
     /// `EAGAIN`, as `RLIMIT_NPROC`). Each is a micro-VM of its own, with `memorySize` of its own.
     public var maximumProcesses = 64
+    /// The CPUs the guest is told it has (`sched_getaffinity`, `/sys/devices/system/cpu/online`:
+    /// what `nproc`, `os.cpu_count()` and `make -j$(nproc)` read). Nil: as many as this host
+    /// process may run on (at most 64), since the processes of a sandbox run in parallel on host
+    /// threads of their own; the threads of one process share its one vCPU.
+    public var processors: Int?
     /// Let `execve` run a file from a writable grant (a program the guest may have written:
     /// new code). Off: such an `execve` is `EACCES`, as on a `noexec` mount; files in the
     /// in-memory directories are never executable.
