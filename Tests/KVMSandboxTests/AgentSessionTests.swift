@@ -210,3 +210,35 @@ extension KVMTests {
         }
     }
 }
+
+extension KVMTests {
+    /// `Sandbox.runUntilInputNeeded()` and `startTurn()`: an interactive program driven turn by
+    /// turn in one VM (the primitive under `kvmsandbox mcp`'s sessions), with a small C guest.
+    @Suite struct Turns {
+        @Test func aProgramIsDrivenTurnByTurnAndKeepsItsState() throws {
+            var configuration = SandboxConfiguration()
+            configuration.arguments = ["echo"]
+            configuration.memorySize = 8 << 20
+            configuration.standardOutput = .capture
+            configuration.timeout = 10
+            configuration.outputLimit = 16
+            let snapshot = try Snapshot(elfPath: try Guests.build("echo-stdin"), configuration: configuration, readyAt: .firstInputRead)
+            let vm = try snapshot.fork()
+            for turn in ["first", "second turn", "third"] {
+                vm.startTurn()
+                vm.standardInput = .bytes(Array(turn.utf8))
+                #expect(try vm.runUntilInputNeeded() == .ready, "paused before the read that would find no input")
+                #expect(String(decoding: vm.capturedOutput(fd: 1), as: UTF8.self) == turn)
+            }
+            // The output limit holds per turn: without `startTurn` the bytes keep counting.
+            vm.discardCapturedOutput()
+            vm.standardInput = .bytes(Array("0123456789AB".utf8))
+            #expect(try vm.runUntilInputNeeded() == .ready)
+            #expect(vm.capturedOutput(fd: 1).count == 11, "16 bytes in all: 5 of the third turn, then 11 of these 12")
+            // Empty input: the guest's read sees end of file when the run is `run()`.
+            vm.startTurn()
+            vm.standardInput = .empty
+            #expect(try vm.run() == .exited(status: 0))
+        }
+    }
+}
