@@ -25,6 +25,10 @@ long chost_fstatfs(int fd, void *buffer) { return syscall(SYS_fstatfs, fd, buffe
 
 long chost_gettid(void) { return syscall(SYS_gettid); }
 
+long chost_copy_file_range(int input, long long *input_offset, int output, long long *output_offset, unsigned long length) {
+    return syscall(SYS_copy_file_range, input, input_offset, output, output_offset, length, 0);
+}
+
 long chost_getdents64(int fd, void *buffer, unsigned long length) {
     return syscall(SYS_getdents64, fd, buffer, length);
 }

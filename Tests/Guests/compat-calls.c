@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/sendfile.h>
 #include <sys/select.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -138,5 +139,18 @@ int main(int argc, char **argv) {
     close(closed);
     FD_ZERO(&readable); FD_SET(closed, &readable);
     printf("badf=%s\n", result(select(closed + 1, &readable, 0, 0, &zero)));
+    // copy_file_range and sendfile between host files (offsets explicit and implicit); to a
+    // stream they answer EINVAL (callers fall back to read and write).
+    int source = open(join(a, rw, "src"), O_CREAT | O_RDWR | O_TRUNC, 0600);
+    write(source, "hello world", 11);
+    int copy = open(join(a, rw, "copy"), O_CREAT | O_RDWR | O_TRUNC, 0600);
+    loff_t from = 0;
+    long copied = copy_file_range(source, &from, copy, 0, 100, 0);
+    off_t at = 6;
+    long sent = sendfile(copy, source, &at, 5);
+    char back[32] = {0};
+    pread(copy, back, sizeof back - 1, 0);
+    printf("copy_file_range=%ld from=%lld sendfile=%ld at=%lld data=%s stream=%s\n", copied, (long long)from, sent, (long long)at, back,
+           result(sendfile(1, source, &at, 1)));
     return 0;
 }

@@ -67,6 +67,7 @@ extension KVMTests {
                 null=chr rdev=1:3 stdout-differs=1 pipes-differ=1
                 timerfd=0 read=8 expirations=some interval=10000000
                 select=2 data=1 empty=0 out=1 pselect=0 waited=yes eof=1 badf=EBADF
+                copy_file_range=11 from=11 sendfile=5 at=11 data=hello worldworld stream=EINVAL
 
                 """)
             var status = stat()

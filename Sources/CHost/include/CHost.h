@@ -13,6 +13,8 @@ long chost_getrandom(void *buffer, unsigned long length);
 long chost_fallocate(int fd, int mode, long offset, long length);
 /// fstatfs(2) into the kernel's 120-byte `struct statfs` (15 64-bit words on x86-64).
 long chost_fstatfs(int fd, void *buffer);
+/// copy_file_range(2) between two host files at explicit offsets (advanced by what was copied).
+long chost_copy_file_range(int input, long long *input_offset, int output, long long *output_offset, unsigned long length);
 /// gettid(2): the calling thread's id.
 long chost_gettid(void);
 

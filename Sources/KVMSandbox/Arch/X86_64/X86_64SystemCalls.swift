@@ -92,8 +92,9 @@ extension SystemCallTable {
         .init(82, "rename", "pp") { l, c in try l.rename(atCWD, c.memory, c[0], atCWD, c[1]) },
         .init(264, "renameat", "fpfp") { l, c in try l.rename(c.descriptor(0), c.memory, c[1], c.descriptor(2), c[3]) },
         .init(316, "renameat2", "fpfpx") { l, c in try l.rename(c.descriptor(0), c.memory, c[1], c.descriptor(2), c[3]) },
-        .init(40, "sendfile", "ffxu", notServed),
-        .init(326, "copy_file_range", "fxfxux", notServed),
+        .init(40, "sendfile", "ffxu") { l, c in try l.sendFile(output: c.descriptor(0), input: c.descriptor(1), c.memory, offset: c[2], count: c[3]) },
+        .init(326, "copy_file_range", "fxfxux") { l, c in
+            try l.copyFileRange(input: c.descriptor(0), c.memory, inputOffset: c[1], output: c.descriptor(2), outputOffset: c[3], count: c[4], flags: c[5]) },
     ]
 
     private static let fileAttributes: [LinuxSystemCall] = [
