@@ -12,6 +12,7 @@ from mcp.client.streamable_http import streamable_http_client
 BINARY = sys.argv[1]
 SERVER_ARGS = ["mcp", "--timeout", "4s", "--max-sessions", "8", "--memory", "512M"]
 passed = 0
+TOKEN = "test-token-" + os.urandom(12).hex()
 
 
 def check(condition, what, detail=""):
@@ -159,8 +160,11 @@ async def over_stdio(body):
 @asynccontextmanager
 async def http_server():
     port, metrics = free_port(), free_port()
-    server = subprocess.Popen([BINARY] + SERVER_ARGS + ["--listen", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{metrics}"],
-                              stderr=subprocess.PIPE, text=True)
+    token_file = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"kvmsandbox-mcp-token-{os.getpid()}")
+    with open(token_file, "w") as handle:
+        handle.write(TOKEN + "\n")
+    server = subprocess.Popen([BINARY] + SERVER_ARGS + ["--listen", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{metrics}",
+                               "--token-file", token_file], stderr=subprocess.PIPE, text=True)
     try:
         for line in server.stderr:
             if "/mcp" in line:
@@ -170,14 +174,19 @@ async def http_server():
         yield f"http://127.0.0.1:{port}/mcp"
         import urllib.request, urllib.error
 
-        def post(path, body, content_type="application/json"):
-            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST",
-                                             headers={"Content-Type": content_type, "Accept": "application/json, text/event-stream"})
+        def post(path, body, content_type="application/json", token=TOKEN):
+            headers = {"Content-Type": content_type, "Accept": "application/json, text/event-stream"}
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST", headers=headers)
             try:
                 with urllib.request.urlopen(request, timeout=30) as response:
                     return response.status, response.read()
             except urllib.error.HTTPError as error:
                 return error.code, error.read()
+        for wrong in (None, "x" * 32, TOKEN[:-1]):
+            status, _ = post("/mcp", b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}', token=wrong)
+            check(status == 401, f"http: a request {'without a token' if wrong is None else 'with a wrong token'} gets 401 (got {status})")
         status, _ = post("/mcp", b"{not json")
         check(status == 400, f"http: malformed JSON gets 400 (got {status})")
         status, _ = post("/elsewhere", b"{}")
@@ -192,6 +201,7 @@ async def http_server():
         check(any('outcome="timeout"' in line for line in counted) and any('op="run"' in line and 'outcome="ok"' in line for line in counted),
               f"http: Prometheus metrics count the tool calls ({len(counted)} series)", exposition[:3000])
     finally:
+        os.unlink(token_file)
         server.send_signal(signal.SIGTERM)
         try:
             check(server.wait(timeout=20) == 0, "http: the server stops cleanly on SIGTERM")
@@ -201,8 +211,13 @@ async def http_server():
 
 
 async def over_http(body):
+    try:
+        import httpx2 as httpx  # the MCP client 2.x depends on httpx2
+    except ImportError:
+        import httpx
     async with http_server() as url:
-        async with streamable_http_client(url) as (read, write, *_):
+        client = httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=httpx.Timeout(60, read=300))
+        async with streamable_http_client(url, http_client=client) as (read, write, *_):
             async with ClientSession(read, write) as session:
                 await session.initialize()
                 return await body(session)

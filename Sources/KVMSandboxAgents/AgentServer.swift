@@ -74,20 +74,37 @@ public struct AgentServer: Sendable {
 
     /// Serves MCP's streamable HTTP transport at `http://host:port/mcp` (stateless: each POST
     /// gets one JSON response; sessions are the tools' own, named in their arguments) until the
-    /// task is cancelled. `bound` gets the port (0: any free one).
-    public func serveHTTP(host: String, port: Int, limits: HTTPLimits = .init(), bound: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
+    /// task is cancelled. `bound` gets the port (0: any free one). With a `token`, a request
+    /// must carry `Authorization: Bearer TOKEN` (else 401): whoever reaches the port runs code.
+    public func serveHTTP(host: String, port: Int, limits: HTTPLimits = .init(), token: String? = nil,
+                          bound: @escaping @Sendable (Int) -> Void = { _ in }) async throws {
         let logger = self.logger
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await manager.reapIdleSessions() }
             group.addTask {
                 try await HTTPListener.run(host: host, port: port, limits: limits, logger: logger, bound: bound) { head, body in
-                    try await self.answer(head, body: body)
+                    if let token, !Self.authorized(head.headers.first(name: "Authorization"), token: token) {
+                        return HTTPListener.Response(status: 401, contentType: "text/plain; charset=utf-8",
+                                                     body: Array("this server needs Authorization: Bearer <token>\n".utf8),
+                                                     headers: [("WWW-Authenticate", "Bearer")])
+                    }
+                    return try await self.answer(head, body: body)
                 }
             }
             defer { group.cancelAll() }
             try await group.next()
         }
         await manager.closeAll()
+    }
+
+    /// Whether `header` is `Bearer TOKEN`, compared in time that does not depend on where the
+    /// first difference is.
+    static func authorized(_ header: String?, token: String) -> Bool {
+        guard let header, header.hasPrefix("Bearer ") else { return false }
+        let offered = Array(header.utf8.dropFirst(7)), expected = Array(token.utf8)
+        var difference = UInt8(offered.count == expected.count ? 0 : 1)
+        for index in 0..<expected.count { difference |= expected[index] ^ (index < offered.count ? offered[index] : 0) }
+        return difference == 0
     }
 
     /// One HTTP request: a fresh MCP server and stateless transport answer it (an MCP server

@@ -28,6 +28,9 @@ struct MCPCommand: AsyncParsableCommand {
     @Option(name: .long, help: "HOST:PORT to serve streamable HTTP on (the endpoint is /mcp); without it, stdio.")
     var listen: String?
 
+    @Option(name: .long, help: "With --listen: a file holding a token (16 to 4096 bytes, surrounding whitespace ignored) every HTTP request must carry as `Authorization: Bearer TOKEN`. Whoever reaches the port can run code: listening beyond loopback needs one.")
+    var tokenFile: String?
+
     @Option(name: .long, parsing: .unconditional, help: "Wall-clock limit of each cell or command, in seconds or with a unit (default 30s): then KeyboardInterrupt (the session keeps its state); a cell that ignores it is ended and its session restarts empty.")
     var timeout: Seconds = 30
 
@@ -81,7 +84,14 @@ struct MCPCommand: AsyncParsableCommand {
         guard (1...4096).contains(maxSessions) else { throw ValidationError("--max-sessions must be between 1 and 4096") }
         guard (256...(16 << 20)).contains(maxOutput) else { throw ValidationError("--max-output must be between 256 and 16777216 characters") }
         _ = try OptionChecks.mebibytes(memory?.count ?? 1024, option: "--memory")
-        if let listen { _ = try Serve.address(listen) }
+        if let listen {
+            let (host, _) = try Serve.address(listen)
+            if tokenFile == nil && !["127.0.0.1", "localhost", "::1"].contains(host) {
+                throw ValidationError("--listen \(listen) reaches beyond this machine: anyone who can connect could run code; give --token-file (or listen on 127.0.0.1)")
+            }
+        } else if tokenFile != nil {
+            throw ValidationError("--token-file is for --listen (stdio has no clients but its parent)")
+        }
         if let metrics { _ = try Serve.address(metrics) }
         for destination in allowConnect where LinuxDestination.parse(destination) == nil {
             throw ValidationError("--allow-connect takes IPv4:PORT (e.g. 127.0.0.1:5432), not \(destination)")
@@ -144,12 +154,26 @@ struct MCPCommand: AsyncParsableCommand {
         }
         if let listen {
             let (host, port) = try Serve.address(listen)
+            var token: String?
+            if let tokenFile {
+                guard let text = try? String(contentsOfFile: tokenFile, encoding: .utf8) else {
+                    log.critical("--token-file \(tokenFile): cannot read it")
+                    throw ExitCode(ExitStatus.sandboxError)
+                }
+                let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+                guard (16...4096).contains(trimmed.utf8.count), !trimmed.contains(where: \.isWhitespace) else {
+                    log.critical("--token-file \(tokenFile): the token must be 16 to 4096 characters without spaces")
+                    throw ExitCode(ExitStatus.sandboxError)
+                }
+                token = trimmed
+            }
+            let bearer = token
             if let problem = Serve.listeningProblem(host: host, port: port) {
                 log.critical("cannot listen on \(listen): \(problem)")
                 throw ExitCode(ExitStatus.sandboxError)
             }
             services.append(.init(service: ServingService {
-                try await server.serveHTTP(host: host, port: port) { bound in
+                try await server.serveHTTP(host: host, port: port, token: bearer) { bound in
                     log.notice("MCP over streamable HTTP at http://\(host):\(bound)/mcp")
                 }
             }))

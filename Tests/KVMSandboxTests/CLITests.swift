@@ -54,6 +54,22 @@ extension KVMTests {
             #expect(version.status == 0 && version.output.contains("snapshot format \(Snapshot.fileFormatVersion)"))
         }
 
+        /// `mcp` refuses, before booting anything, options that would expose code execution or
+        /// cannot work: listening beyond loopback without a token, a token without --listen,
+        /// nonsense limits and module names.
+        @Test func mcpRefusesUnsafeOrImpossibleOptions() throws {
+            for (arguments, says) in [(["mcp", "--listen", "0.0.0.0:8765"], "--token-file"),
+                                      (["mcp", "--token-file", "/dev/null"], "--token-file is for --listen"),
+                                      (["mcp", "--max-sessions", "0"], "--max-sessions"),
+                                      (["mcp", "--timeout", "-1"], "timeout"),
+                                      (["mcp", "--preload", "os;import shutil"], "is not a module name")] {
+                let (status, output) = try CLI.run(arguments)
+                #expect(status == 64 && output.contains(says), "\(arguments): \(status) \(output.prefix(300))")
+            }
+            let (status, output) = try CLI.run(["mcp", "--help"])
+            #expect(status == 0 && output.contains("run_python"))
+        }
+
         /// A busy port is reported before the program boots, in one plain line (status 125).
         @Test func aBusyPortIsFoundBeforeBooting() throws {
             let (listener, port) = try #require(SocketPrograms.localListener())
