@@ -126,6 +126,16 @@ extension KVMTests {
             }
             try vm.register(HostCallNumber.firstUserNumber) { (a: Int32, b: UInt64) -> Int64 in Int64(a) + Int64(b) }
             #expect(try vm.call("ask_host", Int64(-3)) as Int64 == -3)
+
+            // Codable values as JSON text; text of another shape is -EINVAL before the body runs.
+            struct Order: Decodable, Sendable { let item: String; let count: Int }
+            try vm.register(HostCallNumber.firstUserNumber + 1) { (order: JSONArgument<Order>, times: Int) -> Int in
+                order.value.item == "tea" ? order.value.count * times : -1
+            }
+            #expect(try vm.call("ask_host_text", #"{"item": "tea", "count": 3}"#, 2) as Int == 6)
+            for bad in [#"{"item": "tea"}"#, "not json", #"{"item": 1, "count": 2}"#, ""] {
+                #expect(try vm.call("ask_host_text", bad, 2) as Int64 == -Int64(HostCallErrno.EINVAL), "\(bad)")
+            }
         }
 
         @Test func programsAreFoundAsAShellAndTheKernelWould() throws {
