@@ -23,7 +23,6 @@ final class AgentSession: @unchecked Sendable {
     struct Activity: Sendable {
         var lastUsed = ContinuousClock.now
         var requests = 0
-        var restarts = 0
         var running = false
     }
 
@@ -129,7 +128,6 @@ final class AgentSession: @unchecked Sendable {
             return reply
         }
         needsRestart = true
-        activity.withLock { $0.restarts += 1 }
         let printed = String(decoding: stdout.prefix(outputLimit), as: UTF8.self)
         let lost = "The session was restarted: its variables, imports and files are gone."
         let reply: SessionReply
