@@ -3,6 +3,7 @@
 #include "CHost.h"
 #include <cpuid.h>
 #include <sched.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/syscall.h>
@@ -56,3 +57,5 @@ int chost_unpin(void) {
     for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) CPU_SET(cpu, &set);
     return sched_setaffinity(0, sizeof set, &set);
 }
+
+int chost_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }

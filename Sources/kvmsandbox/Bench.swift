@@ -158,7 +158,7 @@ struct Bench: ParsableCommand {
         progress("dynamic programs: python3/sqlite3/lua5.4 start-up, pooled python3 requests, idle forks (each vs native)")
         try DynamicBench.run(into: &results, work: work, batches: batches)
 
-        progress("processes: fork + exit + wait, posix_spawn + exec + wait, bash -c 'true | true' (each vs native, with exits)")
+        progress("processes: fork + exit + wait, posix_spawn + exec + wait, a shared-memory semaphore round trip, bash -c 'true | true' (each vs native, with exits)")
         try ProcessBench.run(into: &results, work: work, rounds: max(iterations / 50, 10), batches: batches)
 
         progress("host calls with everything on one core (a child process under taskset -c 0)")

@@ -4,14 +4,18 @@ import KVMSandbox
 import KVMSandboxTools
 
 /// Processes in `kvmsandbox bench`: fork + exit + wait, posix_spawn + exec + wait of a static
-/// program, and `bash -c 'true | true'`, each beside the same thing natively in the same run,
+/// program, a semaphore round trip between two processes through shared memory, and
+/// `bash -c 'true | true'`, each beside the same thing natively in the same run,
 /// with the VM exits each costs (a count that does not depend on the machine's load).
 enum ProcessBench {
     /// The guest: `fork N` (fork, the child `_exit(0)`, `waitpid`), `spawn N` (posix_spawn of
-    /// itself with `exit`, then `waitpid`), `exit`. Static glibc, so the same binary runs both ways.
+    /// itself with `exit`, then `waitpid`), `pingpong N` (N round trips with a forked child
+    /// through two process-shared semaphores), `exit`. Static glibc, so the same binary runs both ways.
     static let source = #"""
+    #include <semaphore.h>
     #include <spawn.h>
     #include <stdlib.h>
+    #include <sys/mman.h>
     #include <string.h>
     #include <sys/wait.h>
     #include <unistd.h>
@@ -19,6 +23,15 @@ enum ProcessBench {
     int main(int argc, char **argv) {
         if (argc < 2 || !strcmp(argv[1], "exit")) return 0;
         long rounds = argc > 2 ? atol(argv[2]) : 0;
+        if (!strcmp(argv[1], "pingpong")) {
+            sem_t *s = mmap(0, 2 * sizeof(sem_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+            if (s == MAP_FAILED || sem_init(&s[0], 1, 0) || sem_init(&s[1], 1, 0)) return 3;
+            pid_t pid = fork();
+            if (pid == 0) { for (long i = 0; i < rounds; i++) { sem_wait(&s[0]); sem_post(&s[1]); } _exit(0); }
+            for (long i = 0; i < rounds; i++) { sem_post(&s[0]); sem_wait(&s[1]); }
+            int status;
+            return pid < 0 || waitpid(pid, &status, 0) != pid || status != 0 ? 2 : 0;
+        }
         for (long i = 0; i < rounds; i++) {
             pid_t pid;
             int status;
@@ -50,7 +63,9 @@ enum ProcessBench {
             guard outcome == .exited(status: 0) else { throw ValidationError("\(program) \(arguments.joined(separator: " ")): \(outcome)") }
             return (Double(monotonicNanoseconds() - start), sandbox.processStatistics.exits)
         }
-        for (mode, key) in [("fork", "process_fork"), ("spawn", "process_spawn_exec")] {
+        // pingpong: a round trip between two processes through process-shared semaphores in
+        // MAP_SHARED memory (a futex wake and wait each way, across VMs).
+        for (mode, key) in [("fork", "process_fork"), ("spawn", "process_spawn_exec"), ("pingpong", "process_shared_pingpong")] {
             var exits = 0
             let inSandbox = median(try (0..<batches).map { _ in
                 let many = try sandboxed(binary, [mode, "\(rounds)"]), none = try sandboxed(binary, [mode, "0"])

@@ -7,6 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <semaphore.h>
+#include <sys/mman.h>
+#include <time.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -189,6 +193,88 @@ static int extremes(void) {
     return 0;
 }
 
+/* Shared memory between processes: an anonymous MAP_SHARED area with a counter and two
+   process-shared semaphores (futex waits and wakes across processes) played ping-pong 1000
+   times; a POSIX shared-memory object a child creates by name and its parent opens after; a
+   MADV_DONTNEED that keeps shared contents; a private mapping made after munmap that stays
+   private. Prints the same natively. */
+static int shared(void) {
+    struct area { sem_t ping, pong; volatile int counter; } *a =
+        mmap(0, sizeof *a, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (a == MAP_FAILED) { printf("mmap: %s\n", name(errno)); return 1; }
+    sem_init(&a->ping, 1, 0);
+    sem_init(&a->pong, 1, 0);
+    pid_t child = fork();
+    if (child == 0) {
+        for (int i = 0; i < 1000; i++) { sem_wait(&a->ping); a->counter++; sem_post(&a->pong); }
+        _exit(0);
+    }
+    for (int i = 0; i < 1000; i++) { sem_post(&a->ping); sem_wait(&a->pong); }
+    int status;
+    waitpid(child, &status, 0);
+    printf("ping-pong counter=%d child status=%d\n", a->counter, WEXITSTATUS(status));
+
+    if ((child = fork()) == 0) {
+        int fd = shm_open("/kvmsandbox-test", O_CREAT | O_RDWR, 0600);
+        if (fd < 0 || ftruncate(fd, 8192) != 0) _exit(1);
+        char *p = mmap(0, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) _exit(2);
+        strcpy(p + 4096, "written by the child");
+        _exit(0);
+    }
+    waitpid(child, &status, 0);
+    int fd = shm_open("/kvmsandbox-test", O_RDWR, 0);
+    char *q = fd < 0 ? MAP_FAILED : mmap(0, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    printf("shm_open: child status=%d, parent reads \"%s\"\n", WEXITSTATUS(status), q == MAP_FAILED ? "(none)" : q + 4096);
+    shm_unlink("/kvmsandbox-test");
+
+    madvise((void *)a, 4096, MADV_DONTNEED);
+    printf("after MADV_DONTNEED counter=%d\n", a->counter);
+    munmap((void *)a, 4096);
+    volatile int *b = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    *b = 7;
+    if ((child = fork()) == 0) { *b = 9; _exit(0); }
+    waitpid(child, &status, 0);
+    printf("private after fork: %d\n", *b);
+    return 0;
+}
+
+/* Shared memory never becomes executable in the sandbox (W^X across processes; Linux allows it). */
+static int sharedExec(void) {
+    void *a = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    int rx = mprotect(a, 4096, PROT_READ | PROT_EXEC);
+    printf("mprotect(shared, PROT_EXEC)=%d %s\n", rx, rx ? name(errno) : "");
+    void *x = mmap(0, 4096, PROT_READ | PROT_EXEC, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    printf("mmap(shared, PROT_EXEC) failed=%d %s\n", x == MAP_FAILED, x == MAP_FAILED ? name(errno) : "");
+    return 0;
+}
+
+/* Hostile use of shared memory: a timed wait on a process-shared semaphore nobody posts ends
+   with ETIMEDOUT; mapping and unmapping shared memory forever stops at the per-VM limit with
+   ENOMEM (the host process's mappings are a shared resource), and private memory still works. */
+static int sharedLimits(void) {
+    sem_t *s = mmap(0, sizeof(sem_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    sem_init(s, 1, 0);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_nsec += 50000000;
+    if (deadline.tv_nsec >= 1000000000) { deadline.tv_sec++; deadline.tv_nsec -= 1000000000; }
+    int timed = sem_timedwait(s, &deadline);
+    printf("sem_timedwait=%d %s\n", timed, timed ? (errno == ETIMEDOUT ? "ETIMEDOUT" : name(errno)) : "");
+    int mapped = 0, error = 0;
+    for (int i = 0; i < 2000; i++) {
+        void *p = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) { error = errno; break; }
+        mapped++;
+        munmap(p, 4096);
+    }
+    volatile char *private = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    private[0] = 1;
+    printf("shared mappings before refusal: %s %s, private still works: %d\n", mapped >= 2000 ? "all" : "some",
+           error == ENOMEM ? "ENOMEM" : name(error), private[0]);
+    return 0;
+}
+
 /* A child that computes forever while the parent waits for it: only the timeout ends it. */
 static int forever(void) {
     pid_t child = fork();
@@ -209,5 +295,8 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "suspend")) return suspend();
     if (!strcmp(mode, "orphans")) return orphans();
     if (!strcmp(mode, "extremes")) return extremes();
+    if (!strcmp(mode, "shared")) return shared();
+    if (!strcmp(mode, "shared-exec")) return sharedExec();
+    if (!strcmp(mode, "shared-limits")) return sharedLimits();
     return 2;
 }

@@ -50,11 +50,25 @@ extension KVMTests {
             ("suspend", "sigsuspend=-1 EINTR usr1=1 still blocked=1\npause ended by SIGCHLD: 1\n"),
             // Hostile selectors: INT_MIN has no negation (it once trapped the host), a negative group is invalid.
             ("extremes", "kill(INT_MIN)=-1 ESRCH waitpid(INT_MIN)=-1 ESRCH waitid(P_PGID,-5)=-1 EINVAL waitid(P_PGID,INT_MIN)=-1 EINVAL\n"),
+            // MAP_SHARED memory and process-shared semaphores between processes (as natively).
+            ("shared", """
+                ping-pong counter=1000 child status=0
+                shm_open: child status=0, parent reads "written by the child"
+                after MADV_DONTNEED counter=1000
+                private after fork: 7
+
+                """),
+            // W^X across processes: shared memory is never executable (Linux would allow both).
+            ("shared-exec", "mprotect(shared, PROT_EXEC)=-1 EACCES\nmmap(shared, PROT_EXEC) failed=1 EACCES\n"),
+            // Hostile: a timed wait nobody ends; shared mappings made and dropped forever stop at
+            // the per-VM limit (`GuestMemory.maximumOverlays`), the host unharmed.
+            ("shared-limits", "sem_timedwait=-1 ETIMEDOUT\nshared mappings before refusal: some ENOMEM, private still works: 1\n"),
         ]
 
         @Test(arguments: Self.guestModes.map(\.mode))
         func processCallsAnswerAsLinux(mode: String) throws {
-            let (outcome, stdout, stderr) = try Self.run(try ThreadPrograms.c("processes"), [mode])
+            // An in-memory /dev/shm, as the CLI gives by default (shm_open's directory).
+            let (outcome, stdout, stderr) = try Self.run(try ThreadPrograms.c("processes"), [mode]) { $0.memoryDirectories = ["/dev/shm"] }
             #expect(outcome == .exited(status: 0), "\(stderr)")
             #expect(stdout == Self.guestModes.first { $0.mode == mode }?.stdout)
         }
@@ -125,6 +139,43 @@ extension KVMTests {
             let (outcome, stdout, stderr) = try Self.run("/usr/bin/python3", ["-c", script])
             #expect(outcome == .exited(status: 0), "\(stderr)")
             #expect(stdout == "0 b'a\\nb\\n'\npopen\nwaitpid 7\nkilled -9\nmissing 2\n")
+        }
+
+        /// python's multiprocessing: a `Pool(2)` (worker processes fed through pipes, locked by
+        /// process-shared semaphores in `/dev/shm`), a `Value` in shared memory that two
+        /// processes increment under its lock, `shared_memory.SharedMemory` opened by name, and a
+        /// `TemporaryFile` in `/dev/shm` (unlinked while open).
+        @Test func pythonMultiprocessing() throws {
+            let script = """
+                import multiprocessing as mp
+                from multiprocessing import shared_memory
+                def square(x): return x * x
+                def add(v, n):
+                    for _ in range(n):
+                        with v.get_lock(): v.value += 1
+                def fill(name):
+                    s = shared_memory.SharedMemory(name=name)
+                    s.buf[:5] = b"hello"
+                    s.close()
+                if __name__ == "__main__":
+                    with mp.Pool(2) as pool:
+                        print(sum(pool.map(square, range(1000))))
+                    v = mp.Value("i", 0)
+                    ps = [mp.Process(target=add, args=(v, 200)) for _ in range(2)]
+                    for p in ps: p.start()
+                    for p in ps: p.join()
+                    print(v.value, [p.exitcode for p in ps])
+                    s = shared_memory.SharedMemory(create=True, size=4096)
+                    p = mp.Process(target=fill, args=(s.name,)); p.start(); p.join()
+                    print(bytes(s.buf[:5]))
+                    s.close(); s.unlink()
+                    import os, tempfile
+                    with tempfile.TemporaryFile(dir="/dev/shm") as f:
+                        f.write(b"kept"); f.seek(0); print(f.read(), os.listdir("/dev/shm"))
+                """
+            let (outcome, stdout, stderr) = try Self.run("/usr/bin/python3", ["-c", script]) { $0.memoryDirectories = ["/tmp", "/dev/shm"] }
+            #expect(outcome == .exited(status: 0), "\(stderr)")
+            #expect(stdout == "332833500\n400 [0, 0]\nb'hello'\nb'kept' []\n")
         }
 
         /// `gcc -O2 hello.c -o hello && ./hello` in the sandbox: the driver runs cc1, as and

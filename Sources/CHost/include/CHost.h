@@ -15,6 +15,8 @@ long chost_fallocate(int fd, int mode, long offset, long length);
 long chost_fstatfs(int fd, void *buffer);
 /// copy_file_range(2) between two host files at explicit offsets (advanced by what was copied).
 long chost_copy_file_range(int input, long long *input_offset, int output, long long *output_offset, unsigned long length);
+/// eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC) (<sys/eventfd.h> is not in Swift's Glibc module).
+int chost_eventfd(void);
 /// gettid(2): the calling thread's id.
 long chost_gettid(void);
 

@@ -230,6 +230,13 @@ struct FileTable: Codable {
         entries.values.contains { entry in descriptions[entry.description].map { matches($0.kind) } ?? false }
     }
 
+    /// Points the descriptions of in-memory file `path` at `newPath` (it was renamed away).
+    mutating func renameMemoryFile(_ path: String, to newPath: String) {
+        for (id, file) in descriptions {
+            if case .memoryFile(path) = file.kind { descriptions[id]?.kind = .memoryFile(path: newPath) }
+        }
+    }
+
     /// Closes `fd`; its description goes when no descriptor refers to it. False: not open.
     mutating func close(_ fd: Int64) -> Bool {
         guard let entry = entry(fd) else { return false }

@@ -100,7 +100,7 @@ extension LinuxPersonality {
         case .whenSmallAnonymousMapping:
             // Anonymous memory, not executable (a JIT's mapping goes through mprotect).
             let reservation = call[2] == 0 && call[3] & (0x10 | 0x100000) == 0
-            return call[3] & 0x20 != 0 && call[2] & 4 == 0 && (call[1] <= Self.exitlessMappingLimit || reservation)
+            return call[3] & 0x20 != 0 && call[3] & 0x03 == 0x02 && call[2] & 4 == 0 && (call[1] <= Self.exitlessMappingLimit || reservation)
         case .whenSmallRange:
             return call[1] <= Self.exitlessMappingLimit
         case .whenSmallHeapGrowth:

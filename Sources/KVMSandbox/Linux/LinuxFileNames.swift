@@ -117,11 +117,29 @@ extension LinuxPersonality {
         }
     }
 
+    /// An in-memory file unlinked while this process has it open (`tmpfile()`, python's
+    /// multiprocessing arenas) lives on under a name no guest path can spell (it holds a NUL),
+    /// left out of listings, and its open descriptions follow it; nil when it is not open here.
+    /// (Removed when its last descriptor closes in a process that never forked; with several
+    /// processes it stays until the tree goes: they may share the description.)
+    private func keepOpenMemoryFile(_ path: String) -> HostCallEffect? {
+        guard state.files.refersTo({ if case .memoryFile(path) = $0 { return true } else { return false } }),
+              let mount = state.memoryFiles.deepestMount(covering: path) else { return nil }
+        // Unique among every process sharing the tree (and the images they exec).
+        let hidden = (mount == "/" ? "" : mount) + "/\u{0}deleted-\(pid)-\(UInt64.random(in: 0 ... .max))"
+        if let error = state.memoryFiles.rename(path, to: hidden) { return Self.fail(error) }
+        state.files.renameMemoryFile(path, to: hidden)
+        return .value(0)
+    }
+
     func remove(_ dirfd: Int64, _ memory: GuestMemoryView, path address: UInt64, directory: Bool) throws -> HostCallEffect {
         switch try guestPath(dirfd, memory, address) {
         case .failure(let error): return Self.fail(error)
         case .success(let path):
-            if state.memoryFiles.covers(path) { return state.memoryFiles.remove(path, directory: directory).map(Self.fail) ?? .value(0) }
+            if state.memoryFiles.covers(path) {
+                if !directory, let hidden = keepOpenMemoryFile(path) { return hidden }
+                return state.memoryFiles.remove(path, directory: directory).map(Self.fail) ?? .value(0)
+            }
             switch nameChange(path, removing: true) {
             case .failure(let error): return Self.fail(error)
             case .success(let change):
@@ -203,7 +221,10 @@ extension LinuxPersonality {
         guard case .success(var source) = try guestPath(oldDirectory, memory, old),
               case .success(let target) = try guestPath(newDirectory, memory, new) else { return Self.fail(.noSuchFileOrDirectory) }
         if state.memoryFiles.covers(source) || state.memoryFiles.covers(target) {
-            return Self.fail(state.memoryFiles.covers(source) && state.memoryFiles.covers(target) ? .notPermitted : .improperLink)
+            // Within one in-memory directory: a copy under the new name (see `MemoryFileTree.link`).
+            guard let mount = state.memoryFiles.deepestMount(covering: source),
+                  mount == state.memoryFiles.deepestMount(covering: target) else { return Self.fail(.improperLink) }
+            return state.memoryFiles.link(source, to: target).map { Self.fail($0) } ?? .value(0)
         }
         if flags & 0x400 != 0, let followed = fileSystem.followingFirstLink(in: source, includingLast: true) { source = followed }
         return changingNames(source, target) { source, target in

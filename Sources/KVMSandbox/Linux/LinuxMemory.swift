@@ -23,6 +23,14 @@ extension LinuxPersonality {
             if case .value(let error) = protect(UInt64(start), length: size, protection: protection), error < 0 { return .value(error) }
             return .value(start)
         }
+        if flags & 0x01 != 0, protection & 2 != 0 {                    // MAP_SHARED(_VALIDATE), writable: shared memory
+            if anonymous { return mapShared(call[0], length: call[1], protection: protection, flags: flags, path: nil, offset: 0) }
+            guard let file = state.files[call.descriptor(4)] else { return Self.fail(.badFileDescriptor) }
+            if case .memoryFile(let path) = file.kind {
+                guard file.readable, file.writable else { return Self.fail(.permissionDenied) }
+                return mapShared(call[0], length: call[1], protection: protection, flags: flags, path: path, offset: call[5])
+            }
+        }
         if !anonymous {
             return try mapFile(call[0], length: call[1], protection: protection, flags: flags, fd: call.descriptor(4), offset: call[5])
         }
@@ -31,7 +39,10 @@ extension LinuxPersonality {
 
     /// `munmap(address, length)`: the built-in's, after forgetting file mappings in the range.
     func unmapMemory(_ call: HostCall) throws -> HostCallEffect {
-        if call[0] % PageSize.bytes == 0, let size = PageSize.alignUp(call[1]) { forgetFileMappings(call[0], size) }
+        if call[0] % PageSize.bytes == 0, let size = PageSize.alignUp(call[1]) {
+            guard releaseSharedPages(call[0], size) else { return Self.fail(.noMemory) }
+            forgetFileMappings(call[0], size)
+        }
         return try builtins.handle(call)
     }
 
@@ -48,6 +59,8 @@ extension LinuxPersonality {
             space.tables.forEachLeaf(from: address, to: end, memory: space.memory) { page, entry in
                 if entry & X86PageTables.writable != 0, entry & X86PageTables.user != 0 { writable.append(page) }
             }
+            // Shared memory keeps its contents (Linux drops only this process's view of them).
+            if !space.memory.overlays.isEmpty { writable.removeAll { containsSharedPages($0, PageSize.bytes) } }
             for page in writable { space.zeroMapped(page, length: PageSize.bytes) }
         }
         return .value(0)
@@ -63,6 +76,7 @@ extension LinuxPersonality {
             return Self.fail(.invalidArgument)
         }
         guard builtins.ownsMappings(address, oldSize) else { return Self.fail(.invalidArgument) }
+        guard !containsSharedPages(address, oldSize) else { return Self.fail(.invalidArgument) }  // shared memory does not move
         var page = address
         while page < address + oldSize {
             guard space.isMapped(page) else { return Self.fail(.invalidArgument) }  // only memory that is there
@@ -109,6 +123,7 @@ extension LinuxPersonality {
     func placeFixed(_ address: UInt64, size: UInt64, permissions: PagePermissions?, replace: Bool) -> Result<Void, Errno> {
         guard builtins.ownsMappings(address, size) else { return .failure(.noMemory) }
         let end = address + size
+        if replace, !releaseSharedPages(address, size) { return .failure(.noMemory) }
         if !replace {
             var occupied = false
             space.tables.forEachLeaf(from: address, to: end, memory: space.memory) { _, _ in occupied = true }
@@ -244,6 +259,8 @@ extension LinuxPersonality {
         let inImage = imageRanges.contains { address >= $0.lowerBound && end <= $0.upperBound }
         let inMappings = builtins.ownsMappings(address, size)
         if execute && !inImage && !inMappings { return Self.fail(.permissionDenied) }
+        // Shared memory never becomes executable: another process could write it meanwhile.
+        if execute && containsSharedPages(address, size) { return refuseExecutable() }
         // Every page must be mapped or reserved (PROT_NONE among the mappings), as Linux wants.
         // Inside the guest's own mappings that holds by construction; elsewhere the walk stops at
         // the first hole, so it never visits more pages than memory holds.

@@ -169,12 +169,21 @@ final class LinuxPersonality {
     /// SIGCHLD included, which is posted without a kick).
     var hostSignalsPending: () -> Bool = { false }
 
+    /// Threads waiting on a futex word in shared memory: the object and the ticket of the wait
+    /// (`sharedFutexWait`), by thread id.
+    var sharedWaits: [Int32: (object: SharedMemoryObject, ticket: UInt64)] = [:]
+    /// What other processes ring to wake this one's idle wait (made at its first shared wait).
+    var doorbell: Doorbell?
+    /// Whether the call being served is one a thread runs again after a wait (`restart`).
+    private(set) var callIsRerun = false
+
     /// Serves system call `call.number`.
     func handle(_ call: HostCall) throws -> HostCallEffect {
         counts[call.number, default: 0] += 1
         // A call re-run after a wait keeps the timeout it started with; any other starts afresh.
         let current = state.currentThread
-        if !state.threads[current].restart { state.threads[current].restartDeadline = nil }
+        callIsRerun = state.threads[current].restart
+        if !callIsRerun { state.threads[current].restartDeadline = nil }
         state.threads[current].restart = false
         let effect = try dispatch(call)
         // Descriptors may have changed (close, dup2 over a pipe end): pipes learn which ends remain.

@@ -88,6 +88,11 @@ extension LinuxPersonality {
             if !state.files.refersTo({ if case .eventCounter(id) = $0 { return true } else { return false } }) { state.eventCounters[id] = nil }
         case .connection:
             wakeReaders()  // a thread waiting on the listening socket may now be done (socket mode's ready point)
+        case .memoryFile(let path) where path.contains("\u{0}") && processes == nil:
+            // The last descriptor of an unlinked in-memory file, in a process that never forked.
+            if !state.files.refersTo({ if case .memoryFile(path) = $0 { return true } else { return false } }) {
+                _ = state.memoryFiles.remove(path, directory: false)
+            }
         default: break
         }
         return .value(0)

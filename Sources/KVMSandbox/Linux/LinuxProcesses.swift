@@ -211,6 +211,7 @@ extension LinuxPersonality {
         state.epolls = [:]
         syncPipeEnds()
         releasePipes()
+        cancelSharedWaits()
     }
 
     /// A reset of a fork (`Sandbox.reset`): processes the request started are killed.

@@ -424,10 +424,16 @@ extension LinuxPersonality {
     func waitForHostDescriptors(nanoseconds: UInt64) -> Bool {
         // Only a thread waiting for I/O can want them (else readable data nobody reads would
         // end every wait at once).
-        let watched = state.threads.contains { $0.wait == .io } ? watchedHostDescriptors() : []
+        let waiting = state.threads.contains { $0.wait == .io }
+        var watched = waiting ? watchedHostDescriptors() : []
+        // Another process's futex wake on shared memory rings the doorbell.
+        let doorbell = waiting && !sharedWaits.isEmpty ? self.doorbell : nil
+        if let doorbell { watched.append(doorbell.fd) }
         var descriptors = watched.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
         let milliseconds = Int32(min((nanoseconds + 999_999) / 1_000_000, 1_000))
-        return Glibc.poll(&descriptors, nfds_t(descriptors.count), milliseconds) > 0
+        let ready = Glibc.poll(&descriptors, nfds_t(descriptors.count), milliseconds) > 0
+        if ready, let doorbell, descriptors.last?.revents ?? 0 != 0 { doorbell.drain() }
+        return ready
     }
 
     /// The host descriptors a waiting thread may be waiting for (open connections, a host

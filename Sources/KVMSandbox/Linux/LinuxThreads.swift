@@ -178,11 +178,21 @@ extension LinuxPersonality {
         case 1, 10:                                                     // WAKE, WAKE_BITSET
             let bitset = operation == 10 ? UInt32(truncatingIfNeeded: call[5]) : .max
             guard bitset != 0 else { return Self.fail(.invalidArgument) }
+            if let word = sharedFutexWord(call[0], operation: call[1]) {
+                return sharedFutexWake(word, count: Int(min(call[2] & 0x7fff_ffff, 1 << 20)), bitset: bitset)
+            }
             return .value(Int64(wake(address: call[0], count: Int(min(call[2] & 0x7fff_ffff, 1 << 20)), bitset: bitset)))
         case 0, 9:                                                      // WAIT, WAIT_BITSET
             guard call[0] % 4 == 0 else { return Self.fail(.invalidArgument) }
             let bitset = operation == 9 ? UInt32(truncatingIfNeeded: call[5]) : .max
             guard bitset != 0 else { return Self.fail(.invalidArgument) }
+            if let shared = sharedFutexWord(call[0], operation: call[1]) {
+                return try sharedFutexWait(shared, address: call[0], expected: UInt32(truncatingIfNeeded: call[2]), bitset: bitset) {
+                    guard call[3] != 0 else { return .success(nil) }
+                    return try deadlineNanoseconds(memory, timeout: call[3], absolute: operation == 9,
+                                                   realtime: realtime && operation == 9).map { Optional($0) }
+                }
+            }
             let word = try memory.load(UInt32.self, at: call[0])
             guard word == UInt32(truncatingIfNeeded: call[2]) else { return Self.fail(.resourceTemporarilyUnavailable) }
             var deadline: UInt64?

@@ -110,6 +110,19 @@ struct MemoryFileTree: Codable, Sendable {
         }
     }
 
+    /// A second name for file `source`: a copy of its bytes made now (this tree has no inodes;
+    /// what `sem_open`'s link-then-unlink and link-based lock files need). Directories: `EPERM`.
+    mutating func link(_ source: String, to target: String) -> Errno? {
+        guard let node = nodes[source] else { return .noSuchFileOrDirectory }
+        guard case .file(let bytes) = node else { return .notPermitted }
+        guard nodes[target] == nil else { return .fileExists }
+        if let error = parentIsDirectory(target) { return error }
+        guard nodes.count < Self.maximumNodes, used + Self.charge(target) + bytes.count <= capacity else { return .noSpace }
+        nodes[target] = node
+        used += Self.charge(target) + bytes.count
+        return nil
+    }
+
     /// Writes `bytes` at `offset` (zero-filling a gap); returns the count or an errno.
     mutating func write(_ path: String, _ bytes: [UInt8], at offset: UInt64) -> Result<Int, Errno> {
         guard case .file(var contents) = nodes[path] else { return .failure(.noSuchFileOrDirectory) }
@@ -193,7 +206,8 @@ struct MemoryFileTree: Codable, Sendable {
     /// The names directly inside directory `path`.
     func children(_ path: String) -> [String] {
         let prefix = path == "/" ? "/" : path + "/"
-        return nodes.keys.filter { $0.hasPrefix(prefix) && $0 != path && !$0.dropFirst(prefix.count).contains("/") }
+        // Names with a NUL are unlinked files still open (`LinuxPersonality.keepOpenMemoryFile`).
+        return nodes.keys.filter { $0.hasPrefix(prefix) && $0 != path && !$0.dropFirst(prefix.count).contains("/") && !$0.contains("\u{0}") }
             .map { String($0.dropFirst(prefix.count)) }.sorted()
     }
 

@@ -15,6 +15,10 @@ struct MemoryFileSystem: Codable, Sendable {
     /// The shared tree. Kept alive by every handle that refers to it.
     private final class Storage: Sendable {
         let tree: HostMutex<MemoryFileTree>
+        /// The shared-memory objects of files mapped `MAP_SHARED`, by path: every process that
+        /// maps the file maps the same object. Forgotten when the path is removed, renamed,
+        /// replaced or truncated (a new file by that name is new memory).
+        let mapped = HostMutex<[String: SharedMemoryObject]>([:])
         init(_ tree: MemoryFileTree) { self.tree = HostMutex(tree) }
     }
     private let storage: Storage
@@ -61,11 +65,45 @@ struct MemoryFileSystem: Codable, Sendable {
     func status(_ path: String) -> stat? { read { $0.status(path) } }
 
     func createFile(_ path: String, exclusive: Bool, truncate: Bool) -> Errno? {
-        change { $0.createFile(path, exclusive: exclusive, truncate: truncate) }
+        if truncate { forgetMapping(path) }
+        return change { $0.createFile(path, exclusive: exclusive, truncate: truncate) }
     }
     func write(_ path: String, _ bytes: [UInt8], at offset: UInt64) -> Result<Int, Errno> { change { $0.write(path, bytes, at: offset) } }
     func resize(_ path: String, to length: Int64) -> Errno? { change { $0.resize(path, to: length) } }
     func makeDirectory(_ path: String) -> Errno? { change { $0.makeDirectory(path) } }
-    func remove(_ path: String, directory: Bool) -> Errno? { change { $0.remove(path, directory: directory) } }
-    func rename(_ source: String, to target: String) -> Errno? { change { $0.rename(source, to: target) } }
+    func remove(_ path: String, directory: Bool) -> Errno? {
+        forgetMapping(path)
+        return change { $0.remove(path, directory: directory) }
+    }
+    func rename(_ source: String, to target: String) -> Errno? {
+        storage.mapped.withLock { mapped in
+            let moved = mapped.removeValue(forKey: source)
+            mapped[target] = moved
+        }
+        return change { $0.rename(source, to: target) }
+    }
+
+    /// A second name for file `source` (a copy of its bytes; a mapping of either name maps the
+    /// same shared memory).
+    func link(_ source: String, to target: String) -> Errno? {
+        if let error = change({ $0.link(source, to: target) }) { return error }
+        storage.mapped.withLock { mapped in if let object = mapped[source] { mapped[target] = object } }
+        return nil
+    }
+
+    /// The shared-memory object of file `path` for a `MAP_SHARED` mapping reaching `end` bytes
+    /// into it: the one other mappings of the file use, or a new one holding the file's bytes.
+    /// Nil when `path` is not a file or the host has no memory for it.
+    func sharedObject(_ path: String, covering end: UInt64) -> SharedMemoryObject? {
+        guard let contents = contents(path) else { return nil }
+        return storage.mapped.withLock { mapped -> SharedMemoryObject? in
+            if let object = mapped[path] { return object.ensureSize(end) ? object : nil }
+            guard let size = PageSize.alignUp(max(end, UInt64(contents.count))),
+                  let object = try? SharedMemoryObject(size: size), object.write(contents, at: 0) else { return nil }
+            mapped[path] = object
+            return object
+        }
+    }
+
+    private func forgetMapping(_ path: String) { storage.mapped.withLock { _ = $0.removeValue(forKey: path) } }
 }

@@ -99,6 +99,95 @@ public final class GuestMemory {
         if source == nil { try? fd?.close() }
     }
 
+    /// A range of guest-physical pages that maps a shared object instead of this memory's own
+    /// backing (`overlay`).
+    struct Overlay {
+        let physical: UInt64
+        let count: UInt64
+        /// Kept alive by this record while the overlay is in place.
+        let object: SharedMemoryObject
+        let offset: UInt64
+    }
+    /// Overlays in place, and how many were ever made (each may leave the host process a
+    /// mapping or two more, so a guest that maps and unmaps forever is bounded).
+    private let overlayState = HostMutex<(overlays: [Overlay], made: Int)>(([], 0))
+
+    /// Overlays a VM may make over its life (the host process's mappings are a shared,
+    /// limited resource: `vm.max_map_count`).
+    static let maximumOverlays = 512
+
+    /// Maps `[offset, offset + count)` of `object` over the guest-physical pages
+    /// `[physical, physical + count)` (page-aligned, inside this memory): from now on the guest
+    /// and the host read and write the object there, as every other VM overlaying it does. KVM
+    /// follows the host mapping (its MMU notifier drops what it cached for the old pages).
+    func overlay(_ physical: UInt64, count: UInt64, with object: SharedMemoryObject, at offset: UInt64) -> Errno? {
+        guard physical % PageSize.bytes == 0, count % PageSize.bytes == 0, count > 0, contains(physical, count: count),
+              offset % PageSize.bytes == 0 else { return .invalidArgument }
+        return overlayState.withLock { state -> Errno? in
+            guard state.made < Self.maximumOverlays else { return .noMemory }
+            guard object.ensureSize(offset + count) else { return .noMemory }
+            // SAFETY: [physical, physical + count) lies inside this mapping (checked above); the
+            // object's memfd is at least offset + count long.
+            guard let mapped = mmap(base + Int(physical), Int(count), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+                                    object.fd.rawValue, off_t(offset)), mapped != MAP_FAILED else { return Errno.current }
+            state.made += 1
+            state.overlays.append(Overlay(physical: physical, count: count, object: object, offset: offset))
+            return nil
+        }
+    }
+
+    /// The overlays in place (a fork of the process maps the same objects at the same places).
+    var overlays: [Overlay] { overlayState.withLock { $0.overlays } }
+
+    /// The shared object and its offset behind guest-physical address `physical`, if overlaid.
+    func sharedObject(at physical: UInt64) -> (object: SharedMemoryObject, offset: UInt64)? {
+        overlayState.withLock { state in
+            guard let overlay = state.overlays.first(where: { physical >= $0.physical && physical - $0.physical < $0.count }) else {
+                return nil
+            }
+            return (overlay.object, overlay.offset + (physical - overlay.physical))
+        }
+    }
+
+    /// Puts this memory's own backing back under the overlaid pages in `[physical, physical +
+    /// count)` (all of them by default): zero pages for a fresh VM's memory, the snapshot's pages
+    /// for a fork. False when the host refused a mapping (then the rest stays overlaid).
+    @discardableResult
+    func removeOverlays(_ physical: UInt64 = 0, count: UInt64? = nil) -> Bool {
+        let end = count.map { physical &+ $0 } ?? size
+        return overlayState.withLock { state in
+            var kept: [Overlay] = []
+            var failed = false
+            for overlay in state.overlays {
+                let start = max(overlay.physical, physical), stop = min(overlay.physical + overlay.count, end)
+                guard !failed, start < stop else { kept.append(overlay); continue }
+                guard restoreBacking(start, count: stop - start) else { failed = true; kept.append(overlay); continue }
+                if overlay.physical < start {
+                    kept.append(Overlay(physical: overlay.physical, count: start - overlay.physical, object: overlay.object, offset: overlay.offset))
+                }
+                if stop < overlay.physical + overlay.count {
+                    kept.append(Overlay(physical: stop, count: overlay.physical + overlay.count - stop, object: overlay.object,
+                                        offset: overlay.offset + (stop - overlay.physical)))
+                }
+            }
+            state.overlays = kept
+            return !failed
+        }
+    }
+
+    /// Maps this memory's own backing over `[physical, physical + count)` again.
+    private func restoreBacking(_ physical: UInt64, count: UInt64) -> Bool {
+        let flags: Int32, fd: Int32
+        if let source { (flags, fd) = (MAP_PRIVATE, source.fd?.rawValue ?? -1) }
+        else if let own = self.fd { (flags, fd) = (MAP_SHARED, own.rawValue) }
+        else { (flags, fd) = (MAP_PRIVATE | MAP_ANONYMOUS, -1) }
+        // SAFETY: the range lies inside this mapping (it was overlaid, and overlays are checked).
+        guard let mapped = mmap(base + Int(physical), Int(count), PROT_READ | PROT_WRITE, flags | MAP_FIXED | MAP_NORESERVE,
+                                fd, fd < 0 ? 0 : off_t(physical)), mapped != MAP_FAILED else { return false }
+        if fd < 0 { _ = madvise(mapped, Int(count), MADV_DONTFORK) }
+        return true
+    }
+
     /// The host address of guest-physical page `physical`, for memory shared with a host thread
     /// while the guest runs (the exitless-call mailbox). Valid while this object lives.
     func pagePointer(_ physical: UInt64) -> UnsafeMutableRawPointer {

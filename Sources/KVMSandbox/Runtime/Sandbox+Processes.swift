@@ -110,6 +110,10 @@ extension Sandbox {
         if let tls = request.tls { state.specialRegisters.fs.base = tls }
         let memory = try GuestMemory(size: self.memory.size, backing: .privateHugePages)
         memory.copyPrefix(of: self.memory, count: space.allocatorState.next)
+        // Shared memory stays shared: the same objects at the same guest-physical pages.
+        for overlay in self.memory.overlays {
+            if let error = memory.overlay(overlay.physical, count: overlay.count, with: overlay.object, at: overlay.offset) { throw error }
+        }
         let space = AddressSpace(memory: memory, tablesRoot: self.space.tables.root, allocator: self.space.allocatorState)
         let builtins = BuiltinHostCalls(
             space: space, heapStart: image.program.imageEnd, mmapTop: image.mmapTop,

@@ -205,6 +205,9 @@ extension Sandbox {
         interruptHandle.clear()
         let snapshot = fork.snapshot
         let restoredBefore = memory.restoredPages
+        // Shared memory a request mapped goes back to the snapshot's own pages first (the
+        // dirty pages restored below then land there, never in an object another VM maps).
+        guard memory.removeOverlays() else { throw .hostResource(operation: "mmap(restore shared pages)", errno: .noMemory) }
         defer { statistics.pagesRestoredByLastReset = memory.restoredPages - restoredBefore }
         do {
             switch fork.tracking {
@@ -232,6 +235,7 @@ extension Sandbox {
         builtins.captured.clear()
         linux.endProcesses()
         linux.releasePipes()
+        linux.cancelSharedWaits()
         linux.state = snapshot.linux.detached()
         vcpu.modifyRegisters { $0 = snapshot.registers }
         vcpu.clearImmediateExit()

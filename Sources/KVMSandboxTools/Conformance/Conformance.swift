@@ -27,6 +27,8 @@ public struct ConformanceCorpus: Codable, Sendable {
         public var arguments: [String]?
         /// Seconds; generous, since the emulated machine is slow.
         public var timeout: Double?
+        /// In-memory directories the guest gets (`SandboxConfiguration.memoryDirectories`).
+        public var memoryDirectories: [String]?
         /// `run` (default) or `forkIsolation` (snapshot, two forks, a reset; `elf` is a service).
         public var kind: String?
         /// What every platform must produce.
@@ -73,6 +75,7 @@ public enum ConformanceRunner {
         configuration.standardOutput = .capture
         configuration.standardError = .capture
         configuration.timeout = testCase.timeout ?? 60
+        configuration.memoryDirectories = testCase.memoryDirectories ?? []
         if testCase.kind == "forkIsolation" { return try forkIsolation(path, configuration, kvm) }
 
         let sandbox = try Sandbox(elfPath: path, configuration: configuration, system: kvm)
