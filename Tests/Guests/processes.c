@@ -3,13 +3,17 @@
    Hostile by design: never run it natively outside `unshare -p -f --mount-proc`. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
 #include <semaphore.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -24,6 +28,7 @@ static const char *name(int error) {
     case ENOENT: return "ENOENT";
     case ESRCH: return "ESRCH";
     case EPERM: return "EPERM";
+    case EADDRINUSE: return "EADDRINUSE";
     default: return "other";
     }
 }
@@ -275,6 +280,56 @@ static int sharedLimits(void) {
     return 0;
 }
 
+/* AF_UNIX stream sockets between processes: a path and an abstract name, each bound by the
+   parent, connected to by a child that writes, accepted after poll says so; a second bind of a
+   name, a connect to a name nobody bound or one unlinked since, a connect before listen. */
+static int unixSockets(void) {
+    const char *names[] = {"/tmp/kvmsandbox-test.sock", "@kvmsandbox-abstract"};
+    for (int n = 0; n < 2; n++) {
+        struct sockaddr_un address = {.sun_family = AF_UNIX};
+        strcpy(address.sun_path, names[n]);
+        socklen_t length = offsetof(struct sockaddr_un, sun_path) + strlen(names[n]) + (n == 0);
+        if (n == 1) address.sun_path[0] = 0;  /* abstract: a leading NUL, no terminator */
+        int listener = socket(AF_UNIX, SOCK_STREAM, 0);
+        if (n == 0) unlink(names[n]);
+        int bound = bind(listener, (struct sockaddr *)&address, length);
+        int again = socket(AF_UNIX, SOCK_STREAM, 0);
+        int twice = bind(again, (struct sockaddr *)&address, length);
+        int twiceError = errno;
+        int early = socket(AF_UNIX, SOCK_STREAM, 0);
+        int refused = connect(early, (struct sockaddr *)&address, length);
+        int refusedError = errno;
+        listen(listener, 8);
+        pid_t child = fork();
+        if (child == 0) {
+            int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            if (connect(s, (struct sockaddr *)&address, length) != 0) _exit(1);
+            const char *text = "hello through a unix socket";
+            _exit(write(s, text, strlen(text)) == (ssize_t)strlen(text) ? 0 : 2);
+        }
+        struct pollfd ready = {.fd = listener, .events = POLLIN};
+        int polled = poll(&ready, 1, 10000);
+        int connection = accept(listener, 0, 0);
+        char buffer[64] = {0};
+        ssize_t got = 0, n1;
+        while ((n1 = read(connection, buffer + got, sizeof buffer - 1 - got)) > 0) got += n1;
+        int status;
+        waitpid(child, &status, 0);
+        printf("%s: bind=%d again=%d %s, connect before listen=%d %s, poll=%d, read \"%s\", child status=%d\n",
+               n == 0 ? "path" : "abstract", bound, twice, name(twiceError), refused,
+               refusedError == ECONNREFUSED ? "ECONNREFUSED" : name(refusedError), polled, buffer, WEXITSTATUS(status));
+        close(connection);
+        close(listener);
+        if (n == 0) {
+            unlink(names[n]);
+            int late = socket(AF_UNIX, SOCK_STREAM, 0);
+            int gone = connect(late, (struct sockaddr *)&address, length);
+            printf("after unlink: connect=%d %s\n", gone, name(errno));
+        }
+    }
+    return 0;
+}
+
 /* A child that computes forever while the parent waits for it: only the timeout ends it. */
 static int forever(void) {
     pid_t child = fork();
@@ -298,5 +353,6 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "shared")) return shared();
     if (!strcmp(mode, "shared-exec")) return sharedExec();
     if (!strcmp(mode, "shared-limits")) return sharedLimits();
+    if (!strcmp(mode, "unix")) return unixSockets();
     return 2;
 }

@@ -62,6 +62,13 @@ extension KVMTests {
             ("shared-exec", "mprotect(shared, PROT_EXEC)=-1 EACCES\nmmap(shared, PROT_EXEC) failed=1 EACCES\n"),
             // Hostile: a timed wait nobody ends; shared mappings made and dropped forever stop at
             // the per-VM limit (`GuestMemory.maximumOverlays`), the host unharmed.
+            // AF_UNIX stream sockets bound to a path and an abstract name, between processes (as natively).
+            ("unix", """
+                path: bind=0 again=-1 EADDRINUSE, connect before listen=-1 ECONNREFUSED, poll=1, read "hello through a unix socket", child status=0
+                after unlink: connect=-1 ENOENT
+                abstract: bind=0 again=-1 EADDRINUSE, connect before listen=-1 ECONNREFUSED, poll=1, read "hello through a unix socket", child status=0
+
+                """),
             ("shared-limits", "sem_timedwait=-1 ETIMEDOUT\nshared mappings before refusal: some ENOMEM, private still works: 1\n"),
         ]
 
@@ -176,6 +183,25 @@ extension KVMTests {
             let (outcome, stdout, stderr) = try Self.run("/usr/bin/python3", ["-c", script]) { $0.memoryDirectories = ["/tmp", "/dev/shm"] }
             #expect(outcome == .exited(status: 0), "\(stderr)")
             #expect(stdout == "332833500\n400 [0, 0]\nb'hello'\nb'kept' []\n")
+        }
+
+        /// gpg encrypts and decrypts with a passphrase: it starts gpg-agent (fork, exec, the
+        /// agent daemonizes) and talks to it through the AF_UNIX socket the agent binds in
+        /// `~/.gnupg` (an in-memory home: a socket path must fit in 108 bytes, and the scratch
+        /// directory's does not); the agent is killed when gpg, the first process, ends.
+        @Test func gpgTalksToItsAgent() throws {
+            let directory = LinuxFixtures.scratch("gpg")
+            try Data("a secret\n".utf8).write(to: URL(fileURLWithPath: directory + "/plain.txt"))
+            let common = ["--batch", "--pinentry-mode", "loopback", "--passphrase", "pw"]
+            for arguments in [common + ["-c", "-o", "sealed.gpg", "plain.txt"], common + ["-q", "-d", "sealed.gpg"]] {
+                let (outcome, stdout, stderr) = try Self.run("/usr/bin/gpg", arguments, grants: [FileGrant(hostPath: directory, writable: true)],
+                                                             cwd: directory) {
+                    $0.environment.append("HOME=/home")
+                    $0.memoryDirectories = ["/home"]
+                }
+                #expect(outcome == .exited(status: 0), "\(stderr)")
+                if arguments.contains("-d") { #expect(stdout == "a secret\n") }
+            }
         }
 
         /// `gcc -O2 hello.c -o hello && ./hello` in the sandbox: the driver runs cc1, as and

@@ -136,6 +136,8 @@ extension LinuxPersonality {
         switch try guestPath(dirfd, memory, address) {
         case .failure(let error): return Self.fail(error)
         case .success(let path):
+            // A unix socket's name: unlinking its path unbinds it (it has no file).
+            if !directory, state.memoryFiles.socketNames.unbind(path) { return .value(0) }
             if state.memoryFiles.covers(path) {
                 if !directory, let hidden = keepOpenMemoryFile(path) { return hidden }
                 return state.memoryFiles.remove(path, directory: directory).map(Self.fail) ?? .value(0)

@@ -21,6 +21,7 @@ extension LinuxPersonality {
 
     /// `socket(domain, type, protocol)`: a TCP socket of the guest's own (socket mode only).
     func createSocket(domain: UInt64, type: UInt64, protocol: UInt64) -> HostCallEffect {
+        if domain == Self.unixFamily { return createUnixSocket(type: type, protocol: `protocol`) }
         let kind = type & ~(Self.socketNonblocking | Self.socketCloseOnExec)
         guard acceptsConnections || !allowedConnections.isEmpty, domain == Self.inet || domain == Self.inet6, kind == 1,
               `protocol` == 0 || `protocol` == 6 else { return Self.fail(.permissionDenied) }
@@ -36,6 +37,7 @@ extension LinuxPersonality {
     /// `bind(fd, address, length)`: the guest's one listening address (nothing is bound on the host).
     func bind(_ fd: Int64, _ memory: GuestMemoryView, address: UInt64, length: UInt64) throws -> HostCallEffect {
         guard let id = virtualSocket(fd) else { return notASocket(fd) }
+        if unixSocket(fd) != nil { return try bindUnix(id, memory, address: address, length: length) }
         guard acceptsConnections else { return Self.fail(.permissionDenied) }  // outgoing connections only
         guard (16...128).contains(length) else { return Self.fail(.invalidArgument) }
         let bytes = try memory.read(address, count: Int(length))
@@ -50,8 +52,9 @@ extension LinuxPersonality {
     }
 
     /// `listen(fd, backlog)`.
-    func listen(_ fd: Int64) -> HostCallEffect {
+    func listen(_ fd: Int64, backlog: UInt64 = 128) -> HostCallEffect {
         guard let id = virtualSocket(fd) else { return notASocket(fd) }
+        if unixSocket(fd) != nil { return listenUnix(id, backlog: backlog) }
         guard state.sockets[id]?.address != nil else { return Self.fail(.addressRequired) }
         state.sockets[id]?.listening = true
         return .value(0)
@@ -153,6 +156,7 @@ extension LinuxPersonality {
     func connect(_ fd: Int64, _ memory: GuestMemoryView, address: UInt64, length: UInt64) throws -> HostCallEffect {
         if connection(fd) != nil { return Self.fail(.socketIsConnected) }
         guard let id = virtualSocket(fd), let file = state.files[fd] else { return notASocket(fd) }
+        if unixSocket(fd) != nil { return try connectUnix(fd, id, memory, address: address, length: length) }
         guard state.sockets[id]?.address == nil else { return Self.fail(.invalidArgument) }
         guard (16...128).contains(length) else { return Self.fail(.invalidArgument) }
         let bytes = try memory.read(address, count: 16)
@@ -225,20 +229,21 @@ extension LinuxPersonality {
         virtualSocket(fd) != nil ? Self.fail(.socketNotConnected) : notASocket(fd)
     }
 
-    /// Whether `fd` is the listening socket.
+    /// Whether `fd` is the listening socket (socket mode's; unix sockets are the sandbox's own).
     func isListening(_ fd: Int64) -> Bool {
-        guard let id = virtualSocket(fd) else { return false }
+        guard let id = virtualSocket(fd), state.sockets[id]?.family != UInt16(Self.unixFamily) else { return false }
         return state.sockets[id]?.listening ?? false
     }
 
-    /// Whether the guest has a listening socket.
-    var listens: Bool { state.sockets.values.contains(where: \.listening) }
+    /// Whether the guest has a listening socket (socket mode's).
+    var listens: Bool { state.sockets.values.contains { $0.listening && $0.family != UInt16(Self.unixFamily) } }
 
     /// `accept(fd, address, length)` (`flags` 0) and `accept4(..., flags)`: a connection the
     /// embedder offered.
     func accept(_ fd: Int64, _ memory: GuestMemoryView, address: UInt64, length: UInt64, flags: UInt64) throws -> HostCallEffect {
         guard flags & ~(Self.socketNonblocking | Self.socketCloseOnExec) == 0 else { return Self.fail(.invalidArgument) }
         guard let file = state.files[fd] else { return Self.fail(.badFileDescriptor) }
+        if let id = unixSocket(fd) { return try acceptUnix(fd, id, memory, address: address, length: length, flags: flags) }
         guard isListening(fd) else { return Self.fail(virtualSocket(fd) == nil ? .notSocket : .invalidArgument) }
         guard !state.pendingConnections.isEmpty else {
             // Nothing offered yet: a blocking accept waits (the ready point of socket mode).
@@ -390,6 +395,7 @@ extension LinuxPersonality {
     func socketReadiness(_ kind: OpenFile.Kind) -> UInt32 {
         switch kind {
         case .socket(let id):
+            if state.sockets[id]?.family == UInt16(Self.unixFamily) { return unixReadiness(id) }
             return state.sockets[id]?.listening == true && !state.pendingConnections.isEmpty ? 1 : 0
         case .connection(let host):
             var descriptor = pollfd(fd: host.fd, events: Int16(POLLIN | POLLOUT | 0x2000), revents: 0)
@@ -427,12 +433,17 @@ extension LinuxPersonality {
         let waiting = state.threads.contains { $0.wait == .io }
         var watched = waiting ? watchedHostDescriptors() : []
         // Another process's futex wake on shared memory rings the doorbell.
-        let doorbell = waiting && !sharedWaits.isEmpty ? self.doorbell : nil
-        if let doorbell { watched.append(doorbell.fd) }
+        // So does a connection to a unix socket this process listens on.
+        var doorbells = waiting ? unixListenerDoorbells() : []
+        if waiting && !sharedWaits.isEmpty, let doorbell { doorbells.append(doorbell) }
+        let hostCount = watched.count
+        watched += doorbells.map(\.fd)
         var descriptors = watched.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
         let milliseconds = Int32(min((nanoseconds + 999_999) / 1_000_000, 1_000))
         let ready = Glibc.poll(&descriptors, nfds_t(descriptors.count), milliseconds) > 0
-        if ready, let doorbell, descriptors.last?.revents ?? 0 != 0 { doorbell.drain() }
+        if ready {
+            for (index, doorbell) in doorbells.enumerated() where descriptors[hostCount + index].revents != 0 { doorbell.drain() }
+        }
         return ready
     }
 
@@ -454,8 +465,10 @@ extension LinuxPersonality {
 /// A socket of the guest's that has no host counterpart: one being set up, or the listening
 /// socket, which stands for the embedder's real one.
 struct VirtualSocket: Equatable, Codable {
-    /// AF_INET or AF_INET6.
+    /// AF_INET or AF_INET6, or AF_UNIX (`LinuxUnixSockets`).
     var family: UInt16
+    /// An AF_UNIX socket's name in `UnixSocketNames`, once bound.
+    var name: String?
     /// The address the guest bound it to (a `sockaddr`, as given).
     var address: [UInt8]?
     var listening = false

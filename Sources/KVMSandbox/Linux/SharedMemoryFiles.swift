@@ -19,6 +19,8 @@ struct MemoryFileSystem: Codable, Sendable {
         /// maps the file maps the same object. Forgotten when the path is removed, renamed,
         /// replaced or truncated (a new file by that name is new memory).
         let mapped = HostMutex<[String: SharedMemoryObject]>([:])
+        /// The AF_UNIX socket names bound in the sandbox (they have no file in the tree).
+        let sockets = UnixSocketNames()
         init(_ tree: MemoryFileTree) { self.tree = HostMutex(tree) }
     }
     private let storage: Storage
@@ -104,6 +106,10 @@ struct MemoryFileSystem: Codable, Sendable {
             return object
         }
     }
+
+    /// The AF_UNIX names of every process sharing this tree (the sandbox's processes and the
+    /// programs they exec; a snapshot's copy starts with none).
+    var socketNames: UnixSocketNames { storage.sockets }
 
     private func forgetMapping(_ path: String) { storage.mapped.withLock { _ = $0.removeValue(forKey: path) } }
 }

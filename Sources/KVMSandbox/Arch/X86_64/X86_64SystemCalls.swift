@@ -160,7 +160,7 @@ extension SystemCallTable {
         .init(53, "socketpair", "dxdx", hostCost: .hostObject) { l, c in
             try l.socketPair(domain: c[0], type: c[1], protocol: c[2], c.memory, into: c[3]) },
         .init(49, "bind", "fxu") { l, c in try l.bind(c.descriptor(0), c.memory, address: c[1], length: c[2]) },
-        .init(50, "listen", "fd") { l, c in l.listen(c.descriptor(0)) },
+        .init(50, "listen", "fd") { l, c in l.listen(c.descriptor(0), backlog: c[1]) },
         .init(43, "accept", "fxx", exitless: .whenConnectionPending, connectionWait: .accept) { l, c in
             try l.accept(c.descriptor(0), c.memory, address: c[1], length: c[2], flags: 0) },
         .init(288, "accept4", "fxxx", exitless: .whenConnectionPending, connectionWait: .accept) { l, c in
