@@ -10,14 +10,27 @@ public struct LoadedProgram: Sendable {
     public let programHeaderCount: Int
     /// The first page after the highest segment: where the heap starts.
     public let imageEnd: UInt64
-    /// The ELF's symbols (linked addresses; add `base`).
-    public let symbols: SymbolTable
+    /// The ELF's symbols (linked addresses; add `base`), parsed at their first use.
+    public var symbols: SymbolTable { lazySymbols.table }
+    let lazySymbols: LazySymbolTable
     /// The guest addresses the ELF's segments occupy, from the lowest page to `imageEnd`.
     public let imageRange: Range<UInt64>
     /// DWARF line tables and call-frame information, opened on first use (a fault).
     let debugInfo: LazyDebugInfo
     /// The file's path as the guest sees it, when the host knows it (the dynamic loader's).
     public internal(set) var path: String?
+
+    init(base: UInt64, entry: UInt64, programHeaderAddress: UInt64, programHeaderCount: Int, imageEnd: UInt64,
+         symbols: LazySymbolTable, imageRange: Range<UInt64>, debugInfo: LazyDebugInfo) {
+        (self.base, self.entry, self.programHeaderAddress, self.programHeaderCount) = (base, entry, programHeaderAddress, programHeaderCount)
+        (self.imageEnd, self.lazySymbols, self.imageRange, self.debugInfo) = (imageEnd, symbols, imageRange, debugInfo)
+    }
+
+    init(base: UInt64, entry: UInt64, programHeaderAddress: UInt64, programHeaderCount: Int, imageEnd: UInt64,
+         symbols: SymbolTable, imageRange: Range<UInt64>, debugInfo: LazyDebugInfo) {
+        self.init(base: base, entry: entry, programHeaderAddress: programHeaderAddress, programHeaderCount: programHeaderCount,
+                  imageEnd: imageEnd, symbols: LazySymbolTable(parsed: symbols), imageRange: imageRange, debugInfo: debugInfo)
+    }
 
     /// `function+0xoffset` for a guest address, when a symbol covers it.
     public func symbolize(_ address: UInt64) -> String? {
@@ -126,7 +139,7 @@ enum ELFLoader {
         return LoadedProgram(
             base: base, entry: base &+ elf.entry,
             programHeaderAddress: headers,
-            programHeaderCount: elf.programHeaderCount, imageEnd: imageEnd, symbols: elf.symbols,
+            programHeaderCount: elf.programHeaderCount, imageEnd: imageEnd, symbols: elf.lazySymbols,
             imageRange: (base &+ lowest)..<imageEnd, debugInfo: LazyDebugInfo(elfBytes: elf.bytes))
     }
 

@@ -109,3 +109,31 @@ public struct SymbolTable: Sendable {
     /// The symbol named `name`, if any.
     public func symbol(named name: String) -> Symbol? { symbols.first { $0.name == name } }
 }
+
+/// An ELF file's symbol table, parsed on first use (by whichever thread asks first) and kept:
+/// shared by the file and every program loaded from it.
+final class LazySymbolTable: Sendable {
+    private let reader: ByteReader?
+    private let parsed: HostMutex<SymbolTable?>
+
+    /// The table of the file `reader` reads, parsed when first asked for.
+    init(_ reader: ByteReader) {
+        self.reader = reader
+        parsed = HostMutex(nil)
+    }
+
+    /// A table parsed already.
+    init(parsed table: SymbolTable) {
+        reader = nil
+        parsed = HostMutex(table)
+    }
+
+    var table: SymbolTable {
+        parsed.withLock { table in
+            if let table { return table }
+            let made = reader.map { SymbolTable(elf: $0) } ?? SymbolTable()
+            table = made
+            return made
+        }
+    }
+}

@@ -63,9 +63,12 @@ public enum SystemView {
                 if name.hasPrefix(leaf) { paths.append(directory + "/" + name) }
             }
         }
+        // Roots normalized once (every exec of a process tree asks again: it must be cheap).
+        var roots = existing.map { FileSystemView.normalize($0.guestPath, cwd: "/") }
         var grants: [FileGrant] = []
-        for path in paths where exists(path) && !covered(path, by: existing + grants) {
+        for path in paths where !covered(path, roots: roots) && exists(path) {
             grants.append(FileGrant(hostPath: path))
+            roots.append(path)
         }
         return grants
     }
@@ -77,9 +80,11 @@ public enum SystemView {
 
     /// Whether one of `grants` shows `path` already.
     static func covered(_ path: String, by grants: [FileGrant]) -> Bool {
-        grants.contains { grant in
-            let root = FileSystemView.normalize(grant.guestPath, cwd: "/")
-            return path == root || path.hasPrefix(root == "/" ? "/" : root + "/")
-        }
+        covered(path, roots: grants.map { FileSystemView.normalize($0.guestPath, cwd: "/") })
+    }
+
+    /// Whether one of the normalized guest paths `roots` is `path` or a directory above it.
+    static func covered(_ path: String, roots: [String]) -> Bool {
+        roots.contains { root in path == root || path.hasPrefix(root == "/" ? "/" : root + "/") }
     }
 }
