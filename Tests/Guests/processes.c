@@ -330,6 +330,42 @@ static int unixSockets(void) {
     return 0;
 }
 
+/* Guest memory is recycled between processes (RecycledMemory): what one process wrote must
+   never be seen by the next. Children fill 32 MiB with 0xab and end; the children forked after
+   them, and a program they exec, must find fresh memory zero. */
+static int freshMemoryIsZero(void) {
+    size_t n = 32 << 20;
+    unsigned char *p = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return 2;
+    for (size_t i = 0; i < n; i += 256) if (p[i]) return 1;
+    return 0;
+}
+
+static int recycle(char **argv) {
+    int dirty = 0, forkSawDirt = 0, execSawDirt = 0, execFailed = 0, status;
+    for (int round = 0; round < 6; round++) {
+        pid_t filler = fork();
+        if (filler == 0) {
+            size_t n = 32 << 20;
+            unsigned char *p = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            memset(p, 0xab, n);
+            _exit(0);
+        }
+        waitpid(filler, &status, 0);
+        dirty += WEXITSTATUS(status) == 0;
+        pid_t checker = fork();
+        if (checker == 0) {
+            if (round % 2) { execl(argv[0], argv[0], "zero", (char *)0); _exit(9); }
+            _exit(freshMemoryIsZero());
+        }
+        waitpid(checker, &status, 0);
+        if (WEXITSTATUS(status) == 9) execFailed++;
+        else if (WEXITSTATUS(status) != 0) { if (round % 2) execSawDirt++; else forkSawDirt++; }
+    }
+    printf("fillers=%d, forks that saw another's bytes=%d, execs that did=%d (failed: %d)\n", dirty, forkSawDirt, execSawDirt, execFailed);
+    return 0;
+}
+
 /* A child that computes forever while the parent waits for it: only the timeout ends it. */
 static int forever(void) {
     pid_t child = fork();
@@ -354,5 +390,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "shared-exec")) return sharedExec();
     if (!strcmp(mode, "shared-limits")) return sharedLimits();
     if (!strcmp(mode, "unix")) return unixSockets();
+    if (!strcmp(mode, "recycle")) return recycle(argv);
+    if (!strcmp(mode, "zero")) return freshMemoryIsZero();
     return 2;
 }

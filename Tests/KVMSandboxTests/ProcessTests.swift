@@ -69,13 +69,20 @@ extension KVMTests {
                 abstract: bind=0 again=-1 EADDRINUSE, connect before listen=-1 ECONNREFUSED, poll=1, read "hello through a unix socket", child status=0
 
                 """),
+            // Recycled guest memory: no process sees the bytes of one that ended before it.
+            ("recycle", "fillers=6, forks that saw another's bytes=0, execs that did=0 (failed: 0)\n"),
             ("shared-limits", "sem_timedwait=-1 ETIMEDOUT\nshared mappings before refusal: some ENOMEM, private still works: 1\n"),
         ]
 
         @Test(arguments: Self.guestModes.map(\.mode))
         func processCallsAnswerAsLinux(mode: String) throws {
-            // An in-memory /dev/shm, as the CLI gives by default (shm_open's directory).
-            let (outcome, stdout, stderr) = try Self.run(try ThreadPrograms.c("processes"), [mode]) { $0.memoryDirectories = ["/dev/shm"] }
+            // An in-memory /dev/shm, as the CLI gives by default (shm_open's directory); the
+            // program's own directory, read-only, for the modes that exec it again.
+            let program = try ThreadPrograms.c("processes")
+            let directory = URL(fileURLWithPath: program).deletingLastPathComponent().path
+            let (outcome, stdout, stderr) = try Self.run(program, [mode], grants: [FileGrant(hostPath: directory)]) {
+                $0.memoryDirectories = ["/dev/shm"]
+            }
             #expect(outcome == .exited(status: 0), "\(stderr)")
             #expect(stdout == Self.guestModes.first { $0.mode == mode }?.stdout)
         }

@@ -46,14 +46,8 @@ public final class GuestMemory {
         self.source = nil
         switch backing {
         case .privateHugePages:
-            base = try Self.map(nil, size: size, flags: MAP_PRIVATE | MAP_ANONYMOUS)
+            if let recycled = RecycledMemory.take(size: size, zeroFrom: 0) { base = recycled } else { base = try Self.mapPrivate(size: size) }
             fd = nil
-            // Advice only: a host without transparent huge pages keeps 4 KiB pages. A child the
-            // host process forks gets none of the guest's memory (and no copy-on-write of it
-            // under KVM's feet).
-            // SAFETY: `base` is the start of the `size`-byte mapping just made.
-            _ = madvise(base, Int(size), MADV_HUGEPAGE)
-            _ = madvise(base, Int(size), MADV_DONTFORK)
         case .shareable:
             let raw = chost_memfd_create("kvmsandbox-guest")
             guard raw >= 0 else { throw .hostResource(operation: "memfd_create", errno: .current) }
@@ -86,6 +80,30 @@ public final class GuestMemory {
         hostDirty.withLock { $0 = ([UInt64](repeating: 0, count: Int((size / PageSize.bytes + 63) / 64)), []) }
     }
 
+    /// A copy of the first `count` bytes of `other` in new private memory of its size (a
+    /// process's `fork`): a recycled mapping when there is one (`RecycledMemory`), whose pages
+    /// past `count` are zeroed, else a fresh one.
+    init(copyingPrefixOf other: GuestMemory, count: UInt64) throws(SandboxError) {
+        precondition(count <= other.size)
+        size = other.size
+        source = nil
+        fd = nil
+        if let recycled = RecycledMemory.take(size: other.size, zeroFrom: count) { base = recycled } else { base = try Self.mapPrivate(size: other.size) }
+        // SAFETY: both mappings are `size` bytes and count <= size.
+        base.copyMemory(from: other.base, byteCount: Int(count))
+    }
+
+    /// A fresh private anonymous mapping of `size` bytes, in transparent huge pages where the
+    /// host allows them. (Advice only: a host without them keeps 4 KiB pages. A child the host
+    /// process forks gets none of the guest's memory, and no copy-on-write of it under KVM's feet.)
+    private static func mapPrivate(size: UInt64) throws(SandboxError) -> UnsafeMutableRawPointer {
+        let base = try map(nil, size: size, flags: MAP_PRIVATE | MAP_ANONYMOUS)
+        // SAFETY: `base` is the start of the `size`-byte mapping just made.
+        _ = madvise(base, Int(size), MADV_HUGEPAGE)
+        _ = madvise(base, Int(size), MADV_DONTFORK)
+        return base
+    }
+
     private static func map(_ fd: FileDescriptor?, size: UInt64, flags: Int32) throws(SandboxError) -> UnsafeMutableRawPointer {
         guard let mapping = mmap(nil, Int(size), PROT_READ | PROT_WRITE, flags | MAP_NORESERVE, fd?.rawValue ?? -1, 0),
               mapping != MAP_FAILED else {
@@ -95,6 +113,12 @@ public final class GuestMemory {
     }
 
     deinit {
+        // Private memory goes to the next process of its size (its own backing back under any
+        // shared pages first); a memfd's, or a fork's of a snapshot, is unmapped.
+        if fd == nil, source == nil, removeOverlays() {
+            RecycledMemory.give(base, size: size)
+            return
+        }
         munmap(base, Int(size))
         if source == nil { try? fd?.close() }
     }

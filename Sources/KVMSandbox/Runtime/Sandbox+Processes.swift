@@ -108,8 +108,7 @@ extension Sandbox {
         var state = try vcpu.saveState(capabilities: system.stateCapabilities)
         state.generalRegisters = registers
         if let tls = request.tls { state.specialRegisters.fs.base = tls }
-        let memory = try GuestMemory(size: self.memory.size, backing: .privateHugePages)
-        memory.copyPrefix(of: self.memory, count: space.allocatorState.next)
+        let memory = try GuestMemory(copyingPrefixOf: self.memory, count: space.allocatorState.next)
         // Shared memory stays shared: the same objects at the same guest-physical pages.
         for overlay in self.memory.overlays {
             if let error = memory.overlay(overlay.physical, count: overlay.count, with: overlay.object, at: overlay.offset) { throw error }
