@@ -87,6 +87,52 @@ extension KVMTests {
             #expect(stdout == Self.guestModes.first { $0.mode == mode }?.stdout)
         }
 
+        /// Commands that start other programs, each run natively and in the sandbox in a scratch
+        /// directory of the same contents, their output compared byte for byte (benign
+        /// programs from the distribution: running them natively harms nothing).
+        static let toolCommands: [(name: String, shell: String)] = [
+            ("xargs -P2", "printf '3\\n1\\n2\\n' | xargs -P2 -n1 sh -c 'echo line $0' | sort"),
+            ("find -exec", "find . -name '*.c' -exec wc -l {} + | sort"),
+            ("tar czf, tar xzf", "tar czf /tmp/t.tgz --owner=0 --group=0 --numeric-owner src && mkdir -p out && tar xzf /tmp/t.tgz -C out && cat out/src/a.c && tar tzf /tmp/t.tgz | sort"),
+            ("perl system and backticks", "perl -e 'system(\"echo from system\"); my $x = `echo backticks`; print \"got $x\"; print \"status \", $? >> 8, \"\\n\"'"),
+            ("dash pipeline", "dash -c 'ls src | sort -r | head -3'"),
+            ("busybox sh applets", "busybox sh -c 'busybox seq 3 | busybox wc -l; busybox echo done'"),
+            ("git init, add, commit", "git init -q -b main repo && cp src/a.c repo/ && git -C repo add a.c && git -C repo -c user.name=t -c user.email=t@e commit -q -m first && git -C repo log --format=%s && git -C repo ls-files"),
+        ]
+
+        @Test(arguments: Self.toolCommands.map(\.name))
+        func commandsThatStartProgramsMatchNativeRuns(name: String) throws {
+            let shell = try #require(Self.toolCommands.first { $0.name == name }?.shell)
+            func scratch() throws -> String {
+                let directory = LinuxFixtures.scratch("tools")
+                try FileManager.default.createDirectory(atPath: directory + "/src", withIntermediateDirectories: true)
+                for (file, lines) in [("a.c", 3), ("b.c", 5), ("notes.txt", 2)] {
+                    try Data(String(repeating: "int x;\n", count: lines).utf8).write(to: URL(fileURLWithPath: "\(directory)/src/\(file)"))
+                }
+                return directory
+            }
+            let native = try scratch()
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/bash")
+            process.arguments = ["-c", shell.replacingOccurrences(of: "/tmp/t.tgz", with: native + "/t.tgz")]
+            process.currentDirectoryURL = URL(fileURLWithPath: native)
+            process.environment = ["LC_ALL": "C", "PATH": "/usr/bin:/bin", "HOME": native, "GIT_CONFIG_NOSYSTEM": "1"]
+            let pipe = Pipe()
+            process.standardOutput = pipe
+            try process.run()
+            let expected = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            try #require(process.terminationStatus == 0, "natively: \(shell)")
+            let directory = try scratch()
+            let (outcome, stdout, stderr) = try Self.run("/bin/bash", ["-c", shell], grants: [FileGrant(hostPath: directory, writable: true)],
+                                                         cwd: directory) {
+                $0.memoryDirectories = ["/tmp"]
+                $0.environment += ["HOME=\(directory)", "GIT_CONFIG_NOSYSTEM=1"]
+            }
+            #expect(outcome == .exited(status: 0), "\(stderr)")
+            #expect(stdout == expected)
+        }
+
         /// `processStatistics` counts every process, every execve and the exits of all of them.
         @Test func statisticsCoverEveryProcess() throws {
             var configuration = SandboxConfiguration()
