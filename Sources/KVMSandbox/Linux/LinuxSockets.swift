@@ -19,12 +19,14 @@ extension LinuxPersonality {
     static let inet: UInt64 = 2, inet6: UInt64 = 10
     static let socketNonblocking: UInt64 = 0o4000, socketCloseOnExec: UInt64 = 0o2000000
 
-    /// `socket(domain, type, protocol)`: a TCP socket of the guest's own (socket mode only).
+    /// `socket(domain, type, protocol)`: a TCP socket of the guest's own (socket mode, allowed
+    /// destinations), or an AF_UNIX stream socket.
     func createSocket(domain: UInt64, type: UInt64, protocol: UInt64) -> HostCallEffect {
-        if domain == Self.unixFamily { return createUnixSocket(type: type, protocol: `protocol`) }
         let kind = type & ~(Self.socketNonblocking | Self.socketCloseOnExec)
-        guard acceptsConnections || !allowedConnections.isEmpty, domain == Self.inet || domain == Self.inet6, kind == 1,
-              `protocol` == 0 || `protocol` == 6 else { return Self.fail(.permissionDenied) }
+        // AF_UNIX streams lead only to the sandbox's own processes (`LinuxUnixSockets`): no permission needed.
+        let unix = domain == Self.unixFamily && kind == 1 && `protocol` == 0
+        guard unix || (acceptsConnections || !allowedConnections.isEmpty) && (domain == Self.inet || domain == Self.inet6) && kind == 1
+                && (`protocol` == 0 || `protocol` == 6) else { return Self.fail(.permissionDenied) }
         let id = state.nextObject
         let status = O_RDWR | (type & Self.socketNonblocking != 0 ? O_NONBLOCK : 0)
         guard let fd = state.files.install(OpenFile(kind: .socket(id: id), statusFlags: status, path: "socket:[\(id)]"),

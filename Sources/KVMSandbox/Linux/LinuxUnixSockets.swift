@@ -14,19 +14,6 @@ import Glibc
 extension LinuxPersonality {
     static let unixFamily: UInt64 = 1
 
-    /// `socket(AF_UNIX, SOCK_STREAM, 0)`: a socket with no name yet.
-    func createUnixSocket(type: UInt64, protocol socketProtocol: UInt64) -> HostCallEffect {
-        let kind = type & ~(Self.socketNonblocking | Self.socketCloseOnExec)
-        guard kind == 1, socketProtocol == 0 else { return Self.fail(.permissionDenied) }
-        let id = state.nextObject
-        let status = O_RDWR | (type & Self.socketNonblocking != 0 ? O_NONBLOCK : 0)
-        guard let fd = state.files.install(OpenFile(kind: .socket(id: id), statusFlags: status, path: "socket:[\(id)]"),
-                                           closeOnExec: type & Self.socketCloseOnExec != 0) else { return Self.fail(.tooManyOpenFiles) }
-        state.nextObject += 1
-        state.sockets[id] = VirtualSocket(family: UInt16(Self.unixFamily))
-        return .value(Int64(fd))
-    }
-
     /// The name in a `sockaddr_un` of `length` bytes: a normalized guest path, or NUL and an
     /// abstract name; nil when it is no name (`EINVAL`).
     func unixName(_ memory: GuestMemoryView, address: UInt64, length: UInt64) throws -> String? {

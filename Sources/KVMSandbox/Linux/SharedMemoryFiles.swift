@@ -74,15 +74,17 @@ struct MemoryFileSystem: Codable, Sendable {
     func resize(_ path: String, to length: Int64) -> Errno? { change { $0.resize(path, to: length) } }
     func makeDirectory(_ path: String) -> Errno? { change { $0.makeDirectory(path) } }
     func remove(_ path: String, directory: Bool) -> Errno? {
+        if let error = change({ $0.remove(path, directory: directory) }) { return error }
         forgetMapping(path)
-        return change { $0.remove(path, directory: directory) }
+        return nil
     }
     func rename(_ source: String, to target: String) -> Errno? {
+        if let error = change({ $0.rename(source, to: target) }) { return error }
         storage.mapped.withLock { mapped in
             let moved = mapped.removeValue(forKey: source)
             mapped[target] = moved
         }
-        return change { $0.rename(source, to: target) }
+        return nil
     }
 
     /// A second name for file `source` (a copy of its bytes; a mapping of either name maps the
